@@ -1,0 +1,651 @@
+"""Side-by-side benchmark of taskmesh against Ray and Dask distributed.
+
+Method: the same workloads (defined once in :mod:`benchmarks.workloads` against
+a tiny common API, :mod:`benchmarks.adapters`) run on every framework with two
+single-threaded worker processes.  Each framework runs in its own fresh child
+process (:mod:`benchmarks._child`), strictly one after the other, so their
+runtimes never coexist and cold start is measured honestly: the child times the
+framework import, then ``init`` plus the first result of a trivial task.  Every
+other workload gets one untimed warm-up and ``--repeat`` timed iterations; the
+table reports the best (min) time and the median, converted into the
+workload's unit.  Every iteration verifies its results and a wrong value fails
+the workload.  The parent collects the child's JSON-lines events, enforces
+per-workload timeouts (killing the child's whole process group), restarts a
+fresh child for the remaining workloads after a crash or timeout, and reports a
+missing or failing framework in the table instead of aborting.
+
+Usage::
+
+    python -m benchmarks.sidebyside [--frameworks taskmesh,ray,dask]
+        [--workloads noop_async,noop_sync,tree_reduce,nested,cold_start]
+        [--repeat N] [--json out.json]
+
+Speed-up columns are ``other_time / taskmesh_time``: above 1.00x taskmesh is
+faster, below 1.00x it is slower.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterable
+
+from benchmarks.adapters import DEFAULT_NUM_WORKERS, FRAMEWORKS, installed_version
+from benchmarks.workloads import WORKLOADS, Workload
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+#: Budget for a child to import + init + return its first result.
+INIT_TIMEOUT_S = 180.0
+#: Budget between events outside a workload (e.g. result -> next start).
+EVENT_GAP_TIMEOUT_S = 60.0
+#: Grace period for the framework's shutdown before the child is killed.
+SHUTDOWN_GRACE_S = 60.0
+#: Frameworks we compare taskmesh against, in table order.
+BASELINES = ("ray", "dask")
+
+
+# =========================================================================== results
+
+
+@dataclass
+class WorkloadResult:
+    """Outcome of one workload on one framework."""
+
+    status: str = "pending"  # ok | failed | not installed | pending
+    seconds: list[float] = field(default_factory=list)
+    warmup_s: float | None = None
+    error: str | None = None
+    #: cold_start only: framework import time of each sample.
+    import_s: list[float] = field(default_factory=list)
+
+    @property
+    def best_s(self) -> float | None:
+        """Minimum time over the timed iterations."""
+        return min(self.seconds) if self.status == "ok" and self.seconds else None
+
+    @property
+    def median_s(self) -> float | None:
+        """Median time over the timed iterations."""
+        return statistics.median(self.seconds) if self.status == "ok" and self.seconds else None
+
+
+@dataclass
+class FrameworkReport:
+    """Everything measured for one framework."""
+
+    name: str
+    status: str = "ok"  # ok | not installed | failed
+    error: str | None = None
+    versions: dict[str, str] = field(default_factory=dict)
+    workloads: dict[str, WorkloadResult] = field(default_factory=dict)
+    cold_start_breakdown: list[dict[str, float]] = field(default_factory=list)
+    shutdown_s: list[float] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    logs: list[str] = field(default_factory=list)
+
+
+@dataclass
+class ChildOutcome:
+    """What one child process reported before it exited or was killed."""
+
+    events: list[dict[str, Any]]
+    returncode: int | None
+    #: Set when the child died or was killed before reporting everything.
+    failure: str | None = None
+    #: Workload that was running when the child failed, if any.
+    failed_in: str | None = None
+    log_path: str = ""
+
+
+# =========================================================================== child control
+
+
+def _child_env(framework: str) -> dict[str, str]:
+    env = os.environ.copy()
+    # Workers of every framework must be able to import benchmarks.workloads.
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO_ROOT), env.get("PYTHONPATH", "")) if p)
+    env["PYTHONUNBUFFERED"] = "1"
+    env.update(FRAMEWORKS[framework].env)
+    return env
+
+
+def _group_alive(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _kill_group(proc: subprocess.Popen[bytes], grace_s: float = 5.0) -> None:
+    """Terminate the child and anything left in its process group (SIGTERM, then SIGKILL)."""
+    pgid = proc.pid  # the child leads its own session/group (start_new_session=True)
+    if proc.poll() is None or _group_alive(pgid):
+        try:
+            os.killpg(pgid, signal.SIGTERM)
+        except ProcessLookupError:
+            pass
+        deadline = time.monotonic() + grace_s
+        while time.monotonic() < deadline:
+            if proc.poll() is not None and not _group_alive(pgid):
+                break
+            time.sleep(0.05)
+        if _group_alive(pgid):
+            try:
+                os.killpg(pgid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+    try:
+        proc.wait(timeout=grace_s)
+    except subprocess.TimeoutExpired:  # pragma: no cover - SIGKILLed processes do exit
+        pass
+
+
+def _last_log_line(path: str) -> str:
+    """Last non-empty line of a child's log (for crash reasons)."""
+    try:
+        lines = [ln.strip() for ln in Path(path).read_text(errors="replace").splitlines() if ln.strip()]
+    except OSError:
+        return ""
+    return lines[-1][:200] if lines else ""
+
+
+def run_child(
+    framework: str,
+    workloads: list[str],
+    repeat: int,
+    workers: int,
+    log_dir: Path,
+    tag: str,
+    iteration_timeout: float | None,
+    progress: bool = True,
+) -> ChildOutcome:
+    """Run one fresh child process for ``framework`` and collect its events.
+
+    The child's stdout/stderr go to a log file; its events to a JSON-lines file
+    polled here.  Deadlines: :data:`INIT_TIMEOUT_S` until the cold-start event,
+    ``(warm-up + repeat) * per-iteration timeout`` for each workload, and a
+    grace period for shutdown.  On timeout, crash or interrupt the child's whole
+    process group is killed.
+    """
+    events_path = log_dir / f"{framework}-{tag}.events.jsonl"
+    log_path = log_dir / f"{framework}-{tag}.log"
+    events_path.write_text("")
+    cmd = [
+        sys.executable, "-m", "benchmarks._child",
+        "--framework", framework,
+        "--workloads", ",".join(workloads),
+        "--repeat", str(repeat),
+        "--workers", str(workers),
+        "--events", str(events_path),
+    ]  # fmt: skip
+    events: list[dict[str, Any]] = []
+    outcome = ChildOutcome(events=events, returncode=None, log_path=str(log_path))
+    current: str | None = None  # workload in progress
+    stage = "init"
+    deadline = time.monotonic() + INIT_TIMEOUT_S
+    buf = ""
+    offset = 0
+
+    def drain() -> list[dict[str, Any]]:
+        nonlocal buf, offset
+        with open(events_path, encoding="utf-8") as f:
+            f.seek(offset)
+            chunk = f.read()
+            offset = f.tell()
+        buf += chunk
+        *lines, buf = buf.split("\n")
+        return [json.loads(ln) for ln in lines if ln.strip()]
+
+    with open(log_path, "wb") as log:
+        proc = subprocess.Popen(
+            cmd,
+            cwd=REPO_ROOT,
+            env=_child_env(framework),
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        try:
+            while True:
+                exited = proc.poll() is not None
+                for ev in drain():
+                    events.append(ev)
+                    kind = ev["event"]
+                    now = time.monotonic()
+                    if kind == "cold_start":
+                        stage, deadline = "between workloads", now + EVENT_GAP_TIMEOUT_S
+                        if progress:
+                            _progress(f"[{framework}] cold start {ev['seconds']:.2f} s (import {ev['import_s']:.2f} s)")
+                    elif kind == "start":
+                        current = ev["workload"]
+                        stage = f"workload {current}"
+                        w = WORKLOADS[current]
+                        per_iter = iteration_timeout or w.timeout_s
+                        deadline = now + per_iter * (repeat + (1 if w.warmup else 0))
+                    elif kind == "result":
+                        current = None
+                        stage, deadline = "between workloads", now + EVENT_GAP_TIMEOUT_S
+                        if progress:
+                            _progress(_describe_result(framework, ev))
+                    elif kind == "workloads_done":
+                        stage, deadline = "shutdown", now + SHUTDOWN_GRACE_S
+                    elif kind == "fatal" and progress:
+                        _progress(f"[{framework}] failed during {ev['stage']}: {ev['error']}")
+                if exited:
+                    break
+                if time.monotonic() > deadline:
+                    if stage != "shutdown":
+                        outcome.failure = f"timeout during {stage}; child killed"
+                        outcome.failed_in = current
+                    else:
+                        outcome.failure = "shutdown hung; child killed"
+                    break
+                time.sleep(0.05)
+        except BaseException:
+            _kill_group(proc)
+            raise
+        _kill_group(proc)
+    outcome.returncode = proc.returncode
+    kinds = {e["event"] for e in events}
+    if outcome.failure is None and "workloads_done" not in kinds and "fatal" not in kinds:
+        last = _last_log_line(str(log_path))
+        outcome.failure = f"child exited with code {proc.returncode} during {stage}" + (f": {last}" if last else "")
+        outcome.failed_in = current
+    return outcome
+
+
+def _progress(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+def _describe_result(framework: str, ev: dict[str, Any]) -> str:
+    name = ev["workload"]
+    if not ev["ok"]:
+        return f"[{framework}] {name}: FAILED {ev['error']}"
+    secs = ev["seconds"]
+    w = WORKLOADS[name]
+    return f"[{framework}] {name}: best {_fmt(w.metric(min(secs)))} {w.unit} ({', '.join(f'{s:.3f}' for s in secs)} s)"
+
+
+# =========================================================================== orchestration
+
+
+def run_framework(
+    framework: str,
+    names: list[str],
+    repeat: int,
+    workers: int,
+    log_dir: Path,
+    iteration_timeout: float | None = None,
+) -> FrameworkReport:
+    """Benchmark ``names`` on ``framework`` in fresh child process(es).
+
+    The first child runs all non-cold-start workloads and also yields the first
+    cold-start sample.  After a crash or timeout a new child continues with the
+    workloads not yet reported.  Extra cold-start-only children run until
+    ``repeat`` cold-start samples exist.
+    """
+    fw = FRAMEWORKS[framework]
+    report = FrameworkReport(name=framework, versions=fw.versions() if fw.is_installed() else {})
+    report.workloads = {n: WorkloadResult() for n in names}
+    if not fw.is_installed():
+        report.status = "not installed"
+        for r in report.workloads.values():
+            r.status = "not installed"
+        return report
+
+    want_cold = "cold_start" in names
+    cold = report.workloads.get("cold_start")
+    remaining = [n for n in names if WORKLOADS[n].special is None]
+    child_no = 0
+    fatal: str | None = None
+
+    def absorb(out: ChildOutcome) -> None:
+        nonlocal fatal
+        report.logs.append(out.log_path)
+        for ev in out.events:
+            kind = ev["event"]
+            if kind == "fatal":
+                fatal = f"{ev['error']} (during {ev['stage']})"
+            elif kind == "cold_start":
+                report.versions.update(ev.get("versions") or {})
+                report.cold_start_breakdown.append(
+                    {k: ev[k] for k in ("import_s", "init_s", "first_task_s", "seconds")}
+                )
+                if cold is not None and len(cold.seconds) < repeat:
+                    cold.seconds.append(ev["seconds"])
+                    cold.import_s.append(ev["import_s"])
+                    cold.status = "ok"
+            elif kind == "result":
+                r = report.workloads[ev["workload"]]
+                r.seconds, r.warmup_s = ev["seconds"], ev.get("warmup_s")
+                r.status = "ok" if ev["ok"] else "failed"
+                r.error = ev.get("error")
+            elif kind == "shutdown" and "seconds" in ev:
+                report.shutdown_s.append(ev["seconds"])
+        if out.failure:
+            if out.failed_in is not None:
+                r = report.workloads[out.failed_in]
+                r.status, r.error = "failed", out.failure
+            elif fatal is None and not any(e["event"] == "cold_start" for e in out.events):
+                fatal = out.failure
+            else:
+                report.notes.append(out.failure)
+
+    # Main child(ren): all regular workloads.
+    while True:
+        out = run_child(framework, remaining, repeat, workers, log_dir, f"main{child_no}", iteration_timeout)
+        child_no += 1
+        absorb(out)
+        if fatal is not None:
+            break
+        remaining = [n for n in remaining if report.workloads[n].status == "pending"]
+        if not remaining or not out.failure or child_no > len(names) + 1:
+            break
+        _progress(f"[{framework}] restarting a fresh child for: {', '.join(remaining)}")
+
+    # Extra children for the remaining cold-start samples.
+    extra = 0
+    while fatal is None and want_cold and cold is not None and len(cold.seconds) < repeat and extra < repeat + 2:
+        extra += 1
+        absorb(run_child(framework, [], repeat, workers, log_dir, f"cold{extra}", iteration_timeout))
+
+    for r in report.workloads.values():
+        if r.status == "pending":
+            r.status = "failed"
+            r.error = fatal or "no result reported"
+    if fatal is not None:
+        report.status, report.error = "failed", fatal
+    elif any(r.status == "failed" for r in report.workloads.values()):
+        report.status = "failed"
+    return report
+
+
+# =========================================================================== reporting
+
+
+def machine_info() -> dict[str, Any]:
+    """CPU, memory, OS, Python and framework versions of this machine."""
+    try:
+        usable = len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        usable = os.cpu_count()
+    mem_gb: float | None = None
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemTotal:"):
+                    mem_gb = round(int(line.split()[1]) / 1024**2, 1)
+    except OSError:
+        pass
+    versions = {d: installed_version(d) for d in ("taskmesh", "ray", "dask", "distributed", "numpy")}
+    return {
+        "cpu_count": os.cpu_count(),
+        "usable_cpus": usable,
+        "cpu_model": _cpu_model(),
+        "memory_gb": mem_gb,
+        "platform": platform.platform(),
+        "python": f"{platform.python_implementation()} {platform.python_version()}",
+        "versions": versions,
+    }
+
+
+def _cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "?"
+
+
+def _fmt(v: float) -> str:
+    """Compact number: 3 significant digits-ish, thousands separators for large values."""
+    if v >= 100:
+        return f"{v:,.0f}"
+    if v >= 10:
+        return f"{v:.1f}"
+    if v >= 1:
+        return f"{v:.2f}"
+    return f"{v:.3f}"
+
+
+def _cell(r: WorkloadResult | None, w_metric: Callable[[float], float], max_err: int = 72) -> str:
+    if r is None:
+        return "-"
+    if r.status == "ok" and r.best_s is not None and r.median_s is not None:
+        best = _fmt(w_metric(r.best_s))
+        if len(r.seconds) > 1:
+            return f"{best} (med {_fmt(w_metric(r.median_s))})"
+        return best
+    if r.status == "not installed":
+        return "not installed"
+    err = (r.error or r.status).replace("\n", " ")
+    text = f"failed: {err}"
+    return text if len(text) <= max_err else text[: max_err - 1] + "…"
+
+
+def _speedup(tm: WorkloadResult | None, other: WorkloadResult | None) -> str:
+    if tm is None or other is None or tm.best_s is None or other.best_s is None or tm.best_s <= 0:
+        return "n/a"
+    return f"{other.best_s / tm.best_s:.2f}x"
+
+
+def build_rows(reports: dict[str, FrameworkReport], names: list[str]) -> list[dict[str, Any]]:
+    """Table rows: one per workload, plus an informational import-time row under cold_start."""
+    rows: list[dict[str, Any]] = []
+    for n in names:
+        w = WORKLOADS[n]
+        rows.append({"label": n, "unit": w.unit, "better": w.better, "metric": w.metric,
+                     "results": {f: rep.workloads.get(n) for f, rep in reports.items()}})  # fmt: skip
+        if n == "cold_start":
+            imp: dict[str, WorkloadResult | None] = {}
+            for f, rep in reports.items():
+                c = rep.workloads.get(n)
+                if c is not None and c.status == "ok" and c.import_s:
+                    imp[f] = WorkloadResult(status="ok", seconds=list(c.import_s))
+                else:
+                    imp[f] = c
+            rows.append({"label": "  (import)", "unit": "s", "better": "lower", "metric": lambda s: s,
+                         "results": imp})  # fmt: skip
+    return rows
+
+
+def render_table(reports: dict[str, FrameworkReport], names: list[str]) -> str:
+    """The human-readable comparison table (best, with median in parentheses)."""
+    frameworks = list(reports)
+    compare = "taskmesh" in reports
+    baselines = [b for b in BASELINES if b in reports] if compare else []
+    header = ["workload", "unit"] + frameworks + [f"speed-up vs {_pretty(b)}" for b in baselines]
+    body: list[list[str]] = []
+    for row in build_rows(reports, names):
+        unit = f"{row['unit']} ({row['better']} better)"
+        cells = [_cell(row["results"].get(f), row["metric"]) for f in frameworks]
+        ups = [_speedup(row["results"].get("taskmesh"), row["results"].get(b)) for b in baselines]
+        body.append([row["label"], unit] + cells + ups)
+    widths = [max(len(r[i]) for r in [header] + body) for i in range(len(header))]
+    line = "  ".join("-" * w for w in widths)
+    out = ["  ".join(h.ljust(w) for h, w in zip(header, widths)), line]
+    out += ["  ".join(c.ljust(w) for c, w in zip(r, widths)) for r in body]
+    return "\n".join(out)
+
+
+def _pretty(framework: str) -> str:
+    return {"ray": "Ray", "dask": "Dask"}.get(framework, framework)
+
+
+def print_header(info: dict[str, Any], frameworks: list[str], names: list[str], repeat: int, workers: int) -> None:
+    """Machine and configuration summary printed before the run."""
+    v = info["versions"]
+    print("taskmesh side-by-side benchmark")
+    print(f"  machine : {info['cpu_count']} CPUs ({info['usable_cpus']} usable), {info['cpu_model']}, "
+          f"{info['memory_gb']} GB RAM")  # fmt: skip
+    print(f"  os      : {info['platform']}")
+    print(f"  python  : {info['python']}")
+    print(f"  versions: taskmesh {_src_version('taskmesh', v['taskmesh'])}, ray {v['ray']}, "
+          f"dask {v['dask']}, distributed {v['distributed']}, numpy {v['numpy']}")  # fmt: skip
+    print(f"  config  : frameworks={','.join(frameworks)} workloads={','.join(names)} "
+          f"repeat={repeat} workers={workers}")  # fmt: skip
+    print(flush=True)
+
+
+def _src_version(dist: str, version: str) -> str:
+    if version != "?":
+        return version
+    return "(source tree, not pip-installed)" if (REPO_ROOT / dist).is_dir() else "(not installed)"
+
+
+def print_summary(reports: dict[str, FrameworkReport], names: list[str], repeat: int) -> None:
+    """Table, legend, cold-start breakdown and failures."""
+    print()
+    how = f"best of {repeat}, median in parentheses" if repeat > 1 else "single timed run"
+    print(f"Results ({how}; every workload had one untimed warm-up except cold_start):")
+    print(render_table(reports, names))
+    print()
+    if "taskmesh" in reports and any(b in reports for b in BASELINES):
+        print("speed-up vs X = X time / taskmesh time (best runs): >1.00x means taskmesh is faster,"
+              " <1.00x means taskmesh is slower.")  # fmt: skip
+    for f, rep in reports.items():
+        if rep.cold_start_breakdown:
+            parts = ", ".join(f"init {c['init_s']:.2f} s + first task {c['first_task_s']:.3f} s"
+                              for c in rep.cold_start_breakdown)  # fmt: skip
+            sd = f"; shutdown {min(rep.shutdown_s):.2f} s" if rep.shutdown_s else ""
+            print(f"  {f} cold start: {parts}{sd}")
+    failures: list[str] = []
+    for f, rep in reports.items():
+        if rep.error:  # the framework never got going: one line for all its workloads
+            failures.append(f"  {f} (all workloads): {rep.error}")
+            continue
+        failures += [f"  {f}/{n}: {r.error}" for n, r in rep.workloads.items() if r.status == "failed"]
+    if failures:
+        print("\nFailures:")
+        print("\n".join(failures))
+        logs = sorted({lg for rep in reports.values() if rep.status == 'failed' for lg in rep.logs})
+        if logs:
+            print("  child logs: " + " ".join(logs))
+    for f, rep in reports.items():
+        for note in rep.notes:
+            print(f"  note ({f}): {note}")
+
+
+def to_json(
+    info: dict[str, Any], reports: dict[str, FrameworkReport], names: list[str], args: argparse.Namespace
+) -> dict[str, Any]:
+    """Machine-readable results (raw seconds plus derived metrics and speed-ups)."""
+    fw_out: dict[str, Any] = {}
+    for f, rep in reports.items():
+        d = asdict(rep)
+        for n, r in rep.workloads.items():
+            w = WORKLOADS[n]
+            d["workloads"][n].update(
+                unit=w.unit,
+                better=w.better,
+                best_s=r.best_s,
+                median_s=r.median_s,
+                metric_best=w.metric(r.best_s) if r.best_s else None,
+                metric_median=w.metric(r.median_s) if r.median_s else None,
+            )
+        fw_out[f] = d
+    speedups: dict[str, dict[str, float | None]] = {}
+    if "taskmesh" in reports:
+        for n in names:
+            tm = reports["taskmesh"].workloads.get(n)
+            for b in BASELINES:
+                if b in reports:
+                    o = reports[b].workloads.get(n)
+                    ok = tm and o and tm.best_s and o.best_s
+                    speedups.setdefault(n, {})[f"vs_{b}"] = (o.best_s / tm.best_s) if ok else None  # type: ignore[operator,union-attr]
+    return {
+        "machine": info,
+        "config": {"frameworks": list(reports), "workloads": names, "repeat": args.repeat, "workers": args.workers},
+        "speedup_definition": "other_best_seconds / taskmesh_best_seconds (>1 means taskmesh faster)",
+        "frameworks": fw_out,
+        "speedups": speedups,
+        "workload_info": {n: {"description": WORKLOADS[n].description, "unit": WORKLOADS[n].unit,
+                              "better": WORKLOADS[n].better} for n in names},  # fmt: skip
+    }
+
+
+# =========================================================================== CLI
+
+
+def _split(value: str, known: Iterable[str], what: str) -> list[str]:
+    items = [x.strip() for x in value.split(",") if x.strip()]
+    unknown = [x for x in items if x not in known]
+    if unknown:
+        raise SystemExit(f"unknown {what}: {', '.join(unknown)} (known: {', '.join(known)})")
+    return items
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Parse arguments, run every framework in turn, print the table; exit 1 on any failure."""
+    p = argparse.ArgumentParser(
+        prog="python -m benchmarks.sidebyside",
+        description="Run the same workloads on taskmesh, Ray and Dask distributed, side by side.",
+        epilog="Speed-up columns are other_time / taskmesh_time: >1 means taskmesh is faster.",
+    )
+    p.add_argument("--frameworks", default=",".join(FRAMEWORKS), help="comma-separated (default: %(default)s)")
+    p.add_argument("--workloads", default=",".join(WORKLOADS), help="comma-separated (default: %(default)s)")
+    p.add_argument("--repeat", type=int, default=3, help="timed iterations per workload; best and median reported")
+    p.add_argument("--workers", type=int, default=DEFAULT_NUM_WORKERS, help="worker processes per framework")
+    p.add_argument("--json", metavar="PATH", help="also write results as JSON")
+    p.add_argument("--timeout", type=float, default=None, help="per-iteration timeout in s (default: per workload)")
+    p.add_argument("--keep-logs", action="store_true", help="keep child logs even if everything passed")
+    p.add_argument("--list", action="store_true", help="list workloads and exit")
+    args = p.parse_args(argv)
+
+    if args.list:
+        for w in WORKLOADS.values():
+            print(f"{w.name:<14} {w.unit:<14} {w.better:<6} {w.description}")
+        return 0
+    if args.repeat < 1:
+        p.error("--repeat must be >= 1")
+    frameworks = _split(args.frameworks, FRAMEWORKS, "framework")
+    names = _split(args.workloads, WORKLOADS, "workload")
+
+    info = machine_info()
+    print_header(info, frameworks, names, args.repeat, args.workers)
+    log_dir = Path(tempfile.mkdtemp(prefix="taskmesh-bench-"))
+    reports: dict[str, FrameworkReport] = {}
+    t0 = time.monotonic()
+    try:
+        for f in frameworks:
+            _progress(f"== {f}")
+            reports[f] = run_framework(f, names, args.repeat, args.workers, log_dir, args.timeout)
+            if reports[f].status == "not installed":
+                _progress(f"[{f}] not installed; skipped")
+    finally:
+        failed = any(r.status == "failed" for r in reports.values())
+        if failed or args.keep_logs:
+            _progress(f"child logs kept in {log_dir}")
+        else:
+            shutil.rmtree(log_dir, ignore_errors=True)
+
+    print_summary(reports, names, args.repeat)
+    print(f"\ntotal wall time {time.monotonic() - t0:.0f} s")
+    if args.json:
+        Path(args.json).write_text(json.dumps(to_json(info, reports, names, args), indent=2) + "\n")
+        print(f"JSON written to {args.json}")
+    return 1 if any(r.status == "failed" for r in reports.values()) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

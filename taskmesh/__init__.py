@@ -1,0 +1,47 @@
+"""taskmesh: Ray-style remote functions on a laptop or a lab cluster.
+
+    import taskmesh
+    taskmesh.init()                    # a local cluster, or the one `taskmesh start` runs here
+
+    @taskmesh.remote
+    def square(x):
+        return x * x
+
+    print(taskmesh.get([square.remote(i) for i in range(10)]))
+"""
+
+from .api import (
+    available_resources,
+    cluster_resources,
+    get,
+    get_runtime_context,
+    init,
+    is_initialized,
+    nodes,
+    put,
+    remote,
+    shutdown,
+    wait,
+)
+from .errors import (
+    GetTimeoutError,
+    HeadConnectionError,
+    NodeLostError,
+    ObjectLostError,
+    ProtocolVersionError,
+    SerializationError,
+    TaskError,
+    TaskmeshError,
+    WorkerCrashedError,
+)
+from .handles import ObjectRef, RemoteFunction
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "init", "shutdown", "is_initialized", "remote", "get", "put", "wait",
+    "nodes", "cluster_resources", "available_resources", "get_runtime_context",
+    "ObjectRef", "RemoteFunction",
+    "TaskmeshError", "TaskError", "GetTimeoutError", "WorkerCrashedError", "NodeLostError",
+    "ObjectLostError", "SerializationError", "HeadConnectionError", "ProtocolVersionError",
+]

@@ -1,0 +1,384 @@
+"""The client core: one process's connection to the head, used by drivers and by workers.
+
+    .remote() ──Submit──▶ head        put() ──Put──▶ head        ObjectRef GC ──Release──▶ head
+    get()/wait() ◀──ObjectValues── head (pushed for objects we own; on Subscribe for others)
+
+The socket has no I/O thread of its own: whichever thread needs to wait (get, wait) becomes
+the I/O leader for a while and polls the socket itself, so a synchronous round trip costs no
+thread hand-off. Sends from other threads queue up and wake the leader through a pipe. Values
+of small objects this process owns are pushed by the head as soon as their task ends, so a
+later ``get`` is a dictionary look-up.
+
+Reference counting (first cut): every ObjectRef instance counts; when the last one for an
+object dies in its owner, the owner tells the head, which drops the value once no pending
+task needs it. A ref that was pickled (nested in a value or argument) has "escaped" and is
+never released by its owner, trading a leak for safety until distributed counting lands.
+"""
+
+from __future__ import annotations
+
+import collections
+import hashlib
+import itertools
+import logging
+import os
+import threading
+import time
+from typing import Any, Callable, Iterable, Sequence
+
+from .. import _protocol as P
+from .. import _serialize as S
+from .._transport import ClientSocket, Poller, new_context
+from ..config import Config
+from ..errors import GetTimeoutError, HeadConnectionError, ProtocolVersionError
+
+log = logging.getLogger("taskmesh.client")
+
+
+def return_ids(task_id: bytes, num_returns: int) -> list[bytes]:
+    return [task_id + i.to_bytes(4, "big") for i in range(num_returns)]
+
+
+class CoreClient:
+    """Submits tasks, stores and fetches objects, for one process (driver or worker)."""
+
+    def __init__(
+        self,
+        config: Config,
+        endpoint: str,
+        kind: str,
+        address: str,
+        identity: bytes | None = None,
+        ctx: Any = None,
+    ) -> None:
+        self.config = config
+        self.kind = kind
+        self.address = address  # "host:port" for messages
+        self.peer_id = identity or (b"D" + os.urandom(8))
+        self._own_ctx = ctx is None
+        self.ctx = ctx or new_context()
+        self.sock = ClientSocket(self.ctx, endpoint, self.peer_id, config.frame_threshold_bytes)
+        self._prefix = os.urandom(8)
+        self._counter = itertools.count(1)
+        self._values: dict[bytes, P.SerializedObject] = {}
+        self._ready_remote: set[bytes] = set()  # ready at the head, value not pushed
+        self._wanted: set[bytes] = set()  # someone waits for these
+        self._subscribed: set[bytes] = set()
+        self._refcounts: dict[bytes, int] = {}
+        self._escaped: set[bytes] = set()
+        self._dead: collections.deque[bytes] = collections.deque()
+        self._registered_fns: set[bytes] = set()
+        self._pending: collections.deque = collections.deque()
+        self._info: dict[int, Any] = {}
+        self._info_ids = itertools.count(1)
+        self._io_lock = threading.Lock()
+        self._ref_lock = threading.Lock()
+        self._cond = threading.Condition()
+        self._wake_r, self._wake_w = os.pipe()
+        os.set_blocking(self._wake_r, False)
+        os.set_blocking(self._wake_w, False)
+        self._poller = Poller()
+        self._poller.register(self.sock)
+        self._poller.register(self._wake_r)
+        self.welcome: dict | None = None
+        self._refused: str | None = None
+        self.closed = False
+        #: messages that are not for the client (a worker's Execute/Exit) go here
+        self.on_foreign: Callable[[Any], None] | None = None
+        #: a worker lends its CPU while blocked in get/wait
+        self.on_block: Callable[[], None] | None = None
+        self.on_unblock: Callable[[], None] | None = None
+
+    # ------------------------------------------------------------------ connection
+
+    def handshake(self, info: dict | None = None) -> dict:
+        """Say Hello and wait for Welcome; raise HeadConnectionError with a clear reason."""
+        self.send(P.Hello(P.PROTOCOL_VERSION, self.kind, info or {}))
+        deadline = time.monotonic() + self.config.connect_timeout_s
+        ok = self._wait_for(lambda: self.welcome is not None or self._refused is not None, deadline)
+        if self._refused is not None:
+            cls = ProtocolVersionError if "protocol version" in self._refused else HeadConnectionError
+            raise cls(f"the taskmesh head at {self.address} refused this {self.kind}: {self._refused}")
+        if not ok:
+            raise HeadConnectionError(
+                f"no taskmesh head answered at {self.address} within "
+                f"{self.config.connect_timeout_s:g} s. Is `taskmesh start --head` running there, "
+                "and is the port reachable from this machine?")
+        assert self.welcome is not None
+        return self.welcome
+
+    def close(self) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        try:
+            with self._io_lock:
+                self._drain_sends()
+                self.sock.sock.setsockopt(__import__("zmq").LINGER, 200)
+                self.sock.close()
+        except Exception:  # closing must never raise at interpreter exit
+            pass
+        for fd in (self._wake_r, self._wake_w):
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+        if self._own_ctx:
+            self.ctx.term()
+
+    # ------------------------------------------------------------------ sending
+
+    def send(self, msg: Any) -> None:
+        """Send now if we can take the socket, else hand the message to the I/O leader."""
+        self._pending.append(msg)
+        if self._io_lock.acquire(blocking=False):
+            try:
+                self._drain_sends()
+            finally:
+                self._io_lock.release()
+            if self._pending:
+                self._retry_drain()
+        else:
+            try:
+                os.write(self._wake_w, b"x")
+            except (BlockingIOError, OSError):
+                pass
+
+    def _retry_drain(self) -> None:
+        if self._io_lock.acquire(blocking=False):
+            try:
+                self._drain_sends()
+            finally:
+                self._io_lock.release()
+
+    def _drain_sends(self) -> None:
+        if self.closed and not self._pending:
+            return
+        if self._dead:
+            self._collect_dead()
+        pending = self._pending
+        send = self.sock.send
+        while pending:
+            send(pending.popleft())
+
+    # ------------------------------------------------------------------ receiving
+
+    def pump(self, timeout_s: float) -> None:
+        """Wait up to ``timeout_s`` for messages and apply them (caller holds no lock)."""
+        if self._io_lock.acquire(blocking=False):
+            try:
+                self._drain_sends()
+                self._pump_locked(timeout_s)
+            finally:
+                self._io_lock.release()
+            if self._pending:
+                self._retry_drain()
+        else:
+            with self._cond:
+                self._cond.wait(timeout_s)
+
+    def _pump_locked(self, timeout_s: float) -> None:
+        ready = self._poller.poll(timeout_s * 1000)
+        if self._wake_r in ready:
+            try:
+                os.read(self._wake_r, 4096)
+            except BlockingIOError:
+                pass
+            self._drain_sends()
+        got = False
+        recv = self.sock.recv_nowait
+        while (msg := recv()) is not None:
+            got = True
+            self._apply(msg)
+        if got:
+            with self._cond:
+                self._cond.notify_all()
+
+    def _apply(self, msg: Any) -> None:
+        t = type(msg)
+        if t is P.ObjectValues:
+            values = self._values
+            for item in msg.items:
+                oid = item.object_id
+                if oid not in self._refcounts and oid not in self._wanted:
+                    continue  # nobody holds a ref any more
+                if item.value is not None:
+                    values[oid] = item.value
+                    self._ready_remote.discard(oid)
+                else:
+                    self._ready_remote.add(oid)
+                    if oid in self._wanted and oid not in self._subscribed:
+                        self._subscribed.add(oid)
+                        self._pending.append(P.Subscribe([oid]))
+            if self._pending:
+                self._drain_sends()
+        elif t is P.InfoReply:
+            self._info[msg.request_id] = msg.data
+        elif t is P.Notice:
+            log.warning("%s", msg.message)
+        elif t is P.Welcome:
+            self.welcome = msg.info
+        elif t is P.Refused:
+            self._refused = msg.reason
+        elif self.on_foreign is not None:
+            self.on_foreign(msg)
+        else:
+            log.warning("ignored unexpected %s from the head", t.__name__)
+
+    def _wait_for(self, pred: Callable[[], bool], deadline: float | None) -> bool:
+        """Pump until ``pred()`` holds or ``deadline`` passes; return pred()."""
+        while not pred():
+            if self.closed:
+                raise HeadConnectionError("taskmesh was shut down while waiting")
+            if deadline is None:
+                step = 0.5
+            else:
+                step = deadline - time.monotonic()
+                if step <= 0:
+                    return pred()
+                step = min(step, 0.5)
+            self.pump(step)
+        return True
+
+    # ------------------------------------------------------------------ references
+
+    def new_ref_ids(self, oids: Iterable[bytes]) -> None:
+        with self._ref_lock:
+            rc = self._refcounts
+            for oid in oids:
+                rc[oid] = rc.get(oid, 0) + 1
+
+    def ref_died(self, oid: bytes) -> None:
+        """Called from ObjectRef.__del__ (any thread, even inside GC): never blocks."""
+        self._dead.append(oid)
+
+    def mark_escaped(self, oid: bytes) -> None:
+        self._escaped.add(oid)
+
+    def _collect_dead(self) -> None:
+        release = []
+        dead = self._dead
+        with self._ref_lock:
+            rc = self._refcounts
+            while dead:
+                oid = dead.popleft()
+                n = rc.get(oid, 0) - 1
+                if n > 0:
+                    rc[oid] = n
+                    continue
+                rc.pop(oid, None)
+                self._values.pop(oid, None)
+                self._ready_remote.discard(oid)
+                self._subscribed.discard(oid)
+                if oid in self._escaped:
+                    continue
+                if self.owns(oid):
+                    release.append(oid)
+        if release:
+            self._pending.appendleft(P.Release(release))
+
+    def owns(self, oid: bytes) -> bool:
+        return oid[:8] == self._prefix
+
+    # ------------------------------------------------------------------ operations
+
+    def next_task_id(self) -> bytes:
+        return self._prefix + next(self._counter).to_bytes(8, "big")
+
+    def register_function(self, function_id: bytes, name: str, blob: bytes) -> None:
+        if function_id not in self._registered_fns:
+            self._registered_fns.add(function_id)
+            self.send(P.RegisterFunction(function_id, name, blob))
+
+    def submit(self, spec: P.TaskSpec) -> None:
+        self.send(P.Submit([spec]))
+
+    def put_serialized(self, value: P.SerializedObject) -> bytes:
+        oid = self.next_task_id() + b"\0\0\0\0"
+        self._values[oid] = value
+        self.send(P.Put([(oid, value)]))
+        return oid
+
+    def get_values(self, oids: Sequence[bytes], timeout: float | None) -> list[P.SerializedObject]:
+        """The serialized values of ``oids``, waiting up to ``timeout`` seconds."""
+        values = self._values
+        missing = [oid for oid in oids if oid not in values]
+        if missing:
+            deadline = None if timeout is None else time.monotonic() + timeout
+            self._request(missing)
+            blocked = False
+            if self.on_block is not None:
+                self.on_block()
+                blocked = True
+            try:
+                ok = self._wait_for(lambda: all(o in values for o in missing), deadline)
+            finally:
+                if blocked and self.on_unblock is not None:
+                    self.on_unblock()
+                self._wanted.difference_update(missing)
+            if not ok:
+                n = sum(1 for o in missing if o not in values)
+                raise GetTimeoutError(
+                    f"get() timed out after {timeout:g} s: {n} of {len(oids)} objects not ready "
+                    f"(first: {next(o for o in missing if o not in values).hex()})")
+        return [values[oid] for oid in oids]
+
+    def wait_ready(self, oids: Sequence[bytes], num_returns: int, timeout: float | None) -> set[bytes]:
+        """Return the set of ready ids once ``num_returns`` are ready or ``timeout`` passes."""
+
+        def ready_set() -> set[bytes]:
+            return {o for o in oids if o in self._values or o in self._ready_remote}
+
+        if len(ready_set()) >= num_returns:
+            return ready_set()
+        missing = [o for o in oids if o not in self._values and o not in self._ready_remote]
+        self._request(missing, values_needed=False)
+        deadline = None if timeout is None else time.monotonic() + timeout
+        if timeout == 0:
+            self.pump(0)
+            return ready_set()
+        if self.on_block is not None:
+            self.on_block()
+        try:
+            self._wait_for(lambda: len(ready_set()) >= num_returns, deadline)
+        finally:
+            if self.on_unblock is not None:
+                self.on_unblock()
+            self._wanted.difference_update(missing)
+        return ready_set()
+
+    def _request(self, missing: list[bytes], values_needed: bool = True) -> None:
+        """Make sure the head will send us these objects (owned ones come by themselves)."""
+        self._wanted.update(missing)
+        sub = [o for o in missing if o not in self._subscribed
+               and (not self.owns(o) or (values_needed and o in self._ready_remote))]
+        if sub:
+            self._subscribed.update(sub)
+            self.send(P.Subscribe(sub))
+        else:
+            self.send_pending()
+
+    def send_pending(self) -> None:
+        if self._pending or self._dead:
+            if self._dead:
+                self._io_lock.acquire()
+                try:
+                    self._drain_sends()
+                finally:
+                    self._io_lock.release()
+            elif self._io_lock.acquire(blocking=False):
+                try:
+                    self._drain_sends()
+                finally:
+                    self._io_lock.release()
+
+    def info(self, what: str, timeout: float = 10.0) -> Any:
+        rid = next(self._info_ids)
+        self.send(P.InfoRequest(rid, what))
+        if not self._wait_for(lambda: rid in self._info, time.monotonic() + timeout):
+            raise HeadConnectionError(f"the head at {self.address} did not answer within {timeout:g} s")
+        return self._info.pop(rid)
+
+
+def function_id_for(blob: bytes) -> bytes:
+    return hashlib.blake2b(blob, digest_size=16).digest()

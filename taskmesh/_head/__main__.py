@@ -1,0 +1,27 @@
+"""``python -m taskmesh._head``: run a head process (started by the CLI or an embedded init)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from .._daemon import setup_logging
+from ..config import Config
+from .server import run_head
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m taskmesh._head")
+    ap.add_argument("--host", default="0.0.0.0")
+    ap.add_argument("--port", type=int, default=0)
+    ap.add_argument("--ready-fd", type=int)
+    ap.add_argument("--lifeline-fd", type=int)
+    ap.add_argument("--log-file")
+    ap.add_argument("--log-level", default="INFO")
+    args = ap.parse_args(argv)
+    setup_logging("head", args.log_file, args.log_level)
+    return run_head(Config.from_env(), args.host, args.port, args.ready_fd, args.lifeline_fd)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

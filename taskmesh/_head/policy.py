@@ -1,0 +1,78 @@
+"""Placement policy as pure functions: which node, which worker, how many tasks in flight.
+
+Policy in one paragraph: a ready task goes to an *idle* worker on the node with the most free
+CPU among the nodes whose free resources fit the task. When no idle worker fits, nodes that have
+room but no idle worker are asked to start workers, and meanwhile short tasks may be *pipelined*:
+queued behind a running task of the same resource shape on a busy worker, up to a window that
+keeps about ``PIPELINE_TARGET_S`` of queued work per worker (known from the function's measured
+mean duration) and never more than an even share of the queue. Unknown or long functions are
+never pipelined, so one slow task cannot hold short ones hostage.
+"""
+
+from __future__ import annotations
+
+from typing import Iterable, Mapping
+
+UNIT = 10_000  # resource amounts travel as integers in 1/10000 units
+CPU = "CPU"
+PIPELINE_TARGET_S = 0.002
+
+
+def to_units(amount: float) -> int:
+    return int(round(amount * UNIT))
+
+
+def from_units(units: int) -> float:
+    return units / UNIT
+
+
+def fits(available: Mapping[str, int], demand: Mapping[str, int]) -> bool:
+    """True if ``available`` covers every resource in ``demand``."""
+    for name, amount in demand.items():
+        if amount and available.get(name, 0) < amount:
+            return False
+    return True
+
+
+def pick_node(candidates: Iterable[tuple[str, Mapping[str, int]]], demand: Mapping[str, int]) -> str | None:
+    """The candidate (node id, available resources) with the most free CPU that fits ``demand``."""
+    best: str | None = None
+    best_cpu = -1
+    for node_id, available in candidates:
+        if not fits(available, demand):
+            continue
+        cpu = available.get(CPU, 0)
+        if cpu > best_cpu:
+            best, best_cpu = node_id, cpu
+    return best
+
+
+def pipeline_window(mean_duration_s: float | None, queued: int, workers: int, max_pipeline: int) -> int:
+    """How many tasks of one function a busy worker may hold (1 = no pipelining)."""
+    if mean_duration_s is None or workers <= 0:
+        return 1
+    by_time = int(PIPELINE_TARGET_S / max(mean_duration_s, 1e-6))
+    fair_share = 1 + queued // workers
+    return max(1, min(by_time, fair_share, max_pipeline))
+
+
+def workers_to_start(
+    free_cpu_units: int, demand_cpu_units: int, queued: int, starting: int, live: int, cap: int
+) -> int:
+    """How many new workers a node with free CPU but no idle worker should start now."""
+    if demand_cpu_units > 0:
+        could_run = free_cpu_units // demand_cpu_units
+    else:
+        could_run = queued
+    want = min(could_run, queued) - starting
+    room = cap - live - starting
+    return max(0, min(want, room))
+
+
+def describe_resources(resources: Mapping[str, int]) -> str:
+    """{'CPU': 20000} -> 'CPU=2'."""
+    parts = []
+    for name in sorted(resources):
+        value = from_units(resources[name])
+        parts.append(f"{name}={value:g}")
+    return ", ".join(parts) or "nothing"

@@ -1,0 +1,133 @@
+"""The head process: one ROUTER socket and a loop that feeds HeadState and flushes its outbox.
+
+    peers ──▶ ROUTER ──decode──▶ HeadState.handle() ... schedule() ──outbox──▶ ROUTER ──▶ peers
+
+Each wake-up drains every message already waiting (up to a cap), applies them, schedules once
+and sends one batched message per peer and type: under load, batches grow by themselves;
+when idle, a lone message goes out at once. Timers (heartbeat deadlines) run between batches.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import time
+
+from .. import _protocol as P
+from .._transport import Poller, ServerSocket, new_context
+from ..config import Config
+from .state import HeadState
+
+log = logging.getLogger("taskmesh.head")
+
+_DRAIN_LIMIT = 2000
+_TICK_S = 0.1
+
+
+class HeadServer:
+    """The head's I/O shell."""
+
+    def __init__(self, config: Config, host: str, port: int) -> None:
+        self.config = config
+        self.ctx = new_context()
+        self.sock = ServerSocket(self.ctx, host, port, config.frame_threshold_bytes)
+        self.host = host
+        self.port = self.sock.port
+        self.state = HeadState(config, time.monotonic())
+        self._stop_r, self._stop_w = os.pipe()
+        os.set_blocking(self._stop_w, False)
+
+    def request_stop(self) -> None:
+        """Async-signal-safe: wake the loop and make it exit."""
+        try:
+            os.write(self._stop_w, b"x")
+        except OSError:
+            pass
+
+    def serve(self, lifeline_fd: int | None = None) -> None:
+        poller = Poller()
+        poller.register(self.sock)
+        poller.register(self._stop_r)
+        if lifeline_fd is not None:
+            poller.register(lifeline_fd)
+        state = self.state
+        sock = self.sock
+        next_tick = time.monotonic() + _TICK_S
+        reason = "stopped"
+        while True:
+            timeout = max(0.0, next_tick - time.monotonic()) * 1000
+            ready = poller.poll(timeout)
+            if self._stop_r in ready:
+                break
+            if lifeline_fd is not None and lifeline_fd in ready:
+                if not os.read(lifeline_fd, 64):
+                    reason = "the driver that started this embedded cluster exited"
+                    break
+            if sock.sock in ready:
+                while True:
+                    n = 0
+                    now = time.monotonic()
+                    for peer, msg in sock.recv_batch(_DRAIN_LIMIT):
+                        n += 1
+                        try:
+                            state.handle(peer, msg, now)
+                        except Exception:  # a bug must not take the head down; say so loudly
+                            log.exception("error while handling %s from %r", type(msg).__name__, peer)
+                    if n == 0:
+                        break
+                    state.schedule()
+                    self._flush()
+                    if n < _DRAIN_LIMIT:
+                        break
+            now = time.monotonic()
+            if now >= next_tick:
+                state.tick(now)
+                state.schedule()
+                self._flush()
+                next_tick = now + _TICK_S
+        self._shutdown(reason)
+
+    def _flush(self) -> None:
+        send = self.sock.send
+        for peer, msg in self.state.out.drain():
+            send(peer, msg)
+
+    def _shutdown(self, reason: str) -> None:
+        log.info("head shutting down: %s", reason)
+        for node in self.state.nodes.values():
+            if node.alive:
+                self.sock.send(node.peer, P.Shutdown(f"the head at {self.host}:{self.port} {reason}"))
+        # give ZeroMQ a moment to put the Shutdown messages on the wire
+        self.sock.sock.setsockopt(__import__("zmq").LINGER, 500)
+        self.sock.sock.close()
+        self.ctx.term()
+
+
+def run_head(config: Config, host: str, port: int, ready_fd: int | None, lifeline_fd: int | None) -> int:
+    """Bind, report readiness on ``ready_fd``, serve until stopped. Return an exit code."""
+    try:
+        server = HeadServer(config, host, port)
+    except Exception as exc:
+        msg = _bind_error(host, port, exc)
+        if ready_fd is not None:
+            os.write(ready_fd, f"ERROR {msg}\n".encode())
+        log.error("%s", msg)
+        return 1
+    signal.signal(signal.SIGTERM, lambda *_: server.request_stop())
+    signal.signal(signal.SIGINT, lambda *_: server.request_stop())
+    if ready_fd is not None:
+        os.write(ready_fd, f"READY {server.port}\n".encode())
+        os.close(ready_fd)
+    log.info("taskmesh head listening on %s:%d (pid %d)", host, server.port, os.getpid())
+    server.serve(lifeline_fd)
+    return 0
+
+
+def _bind_error(host: str, port: int, exc: Exception) -> str:
+    text = str(exc)
+    if "Address already in use" in text:
+        return f"port {port} on {host} is already in use (another taskmesh head? try `taskmesh stop`, or --port)"
+    if "Cannot assign requested address" in text or "No such device" in text:
+        return f"cannot listen on {host}:{port}: {host} is not an address of this machine"
+    return f"cannot listen on {host}:{port}: {text}"

@@ -1,0 +1,688 @@
+"""The head's scheduler, membership and object directory, as a sans-IO state machine.
+
+    message from a peer ──handle(peer, msg, now)──▶ HeadState ──outbox──▶ messages to peers
+    clock ──tick(now)──▶ HeadState (heartbeat deadlines, idle workers)
+
+No sockets, threads or clocks here: the server (server.py) decodes a batch of messages, feeds
+them in, then sends whatever the outbox holds, one batched message per peer and type. Unit tests
+drive this class directly.
+
+Lifecycle of a task: submitted -> waiting for its dependencies -> ready (queued by resource
+shape) -> assigned to a worker (first in that worker's list = running) -> done. Its return
+objects are created at submission, owned by the submitter, and hold a value once the task ends
+(an error object if it failed; dependents then fail with the same error without running). An
+object is dropped when its owner released it and no pending task depends on it. The head keeps
+values as opaque bytes: it never unpickles them.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import deque
+from typing import Any, Iterable
+
+from .. import _protocol as P
+from ..config import Config
+from ._outbox import Outbox
+from .policy import (
+    CPU,
+    UNIT,
+    describe_resources,
+    fits,
+    pipeline_window,
+    workers_to_start,
+)
+
+log = logging.getLogger(__name__)
+
+_ERR = P.SerializedObject.system_error
+
+# task states
+WAITING, READY, ASSIGNED, DONE = range(4)
+
+
+class NodeRec:
+    __slots__ = ("node_id", "peer", "address", "hostname", "pid", "total", "avail", "workers",
+                 "idle", "starting", "last_seen", "alive", "finished", "stats", "retiring")
+
+    def __init__(self, node_id: str, peer: bytes, info: dict, now: float) -> None:
+        self.node_id = node_id
+        self.peer = peer
+        self.address = str(info.get("address", ""))
+        self.hostname = str(info.get("hostname", ""))
+        self.pid = int(info.get("pid", 0))
+        self.total: dict[str, int] = dict(info.get("resources", {}))
+        self.avail: dict[str, int] = dict(self.total)
+        self.workers: dict[bytes, WorkerRec] = {}
+        self.idle: list[WorkerRec] = []
+        self.starting = int(info.get("prestart", 0))
+        self.last_seen = now
+        self.alive = True
+        self.finished = 0
+        self.stats: dict = {}
+        self.retiring: set[str] = set()  # worker ids told to exit
+
+    @property
+    def num_cpus(self) -> int:
+        return self.total.get(CPU, 0) // UNIT
+
+
+class WorkerRec:
+    __slots__ = ("peer", "worker_id", "node", "pid", "assigned", "lease", "blocked",
+                 "functions", "idle_since")
+
+    def __init__(self, peer: bytes, worker_id: str, node: NodeRec | None, pid: int, now: float) -> None:
+        self.peer = peer
+        self.worker_id = worker_id
+        self.node = node
+        self.pid = pid
+        self.assigned: deque[TaskRec] = deque()
+        self.lease: dict[str, int] | None = None  # resources held while it has tasks
+        self.blocked = False
+        self.functions: set[bytes] = set()
+        self.idle_since = now
+
+
+class TaskRec:
+    __slots__ = ("spec", "owner", "state", "waiting", "worker", "retries_left", "shape")
+
+    def __init__(self, spec: P.TaskSpec, owner: bytes) -> None:
+        self.spec = spec
+        self.owner = owner
+        self.state = WAITING
+        self.waiting = 0
+        self.worker: WorkerRec | None = None
+        self.retries_left = spec.max_retries
+        self.shape = tuple(sorted(spec.resources.items()))
+
+
+class ObjectRec:
+    __slots__ = ("value", "owner", "released", "waiters", "subscribers", "dependents", "nbytes")
+
+    def __init__(self, owner: bytes) -> None:
+        self.value: P.SerializedObject | None = None
+        self.owner = owner
+        self.released = False
+        self.waiters: list[TaskRec] | None = None
+        self.subscribers: list[bytes] | None = None
+        self.dependents = 0
+        self.nbytes = 0
+
+
+def return_ids(task_id: bytes, num_returns: int) -> list[bytes]:
+    """Object ids of a task's returns: the task id plus a 4-byte index."""
+    return [task_id + i.to_bytes(4, "big") for i in range(num_returns)]
+
+
+class HeadState:
+    """Everything the head knows, and every decision it makes."""
+
+    def __init__(self, config: Config, now: float = 0.0) -> None:
+        self.config = config
+        self.out = Outbox()
+        self.peers: dict[bytes, str] = {}  # peer -> kind
+        self.nodes: dict[str, NodeRec] = {}
+        self.node_by_peer: dict[bytes, NodeRec] = {}
+        self.workers: dict[bytes, WorkerRec] = {}
+        self.orphan_workers: dict[str, list[WorkerRec]] = {}  # said Hello before their node
+        self.tasks: dict[bytes, TaskRec] = {}
+        self.objects: dict[bytes, ObjectRec] = {}
+        self.functions: dict[bytes, bytes] = {}
+        self.function_names: dict[bytes, str] = {}
+        self.fn_mean_s: dict[bytes, float] = {}
+        self.queues: dict[tuple, deque[TaskRec]] = {}
+        self.finished = 0
+        self.failed = 0
+        self.warned_shapes: set[tuple] = set()
+        self.now = now
+
+    # ------------------------------------------------------------------ entry points
+
+    def handle(self, peer: bytes, msg: Any, now: float) -> None:
+        """Apply one decoded message from ``peer``."""
+        self.now = now
+        kind = self.peers.get(peer)
+        if type(msg) is P.Hello:
+            self._on_hello(peer, msg)
+            return
+        if kind is None:
+            log.warning("dropped %s from a peer that never said Hello", type(msg).__name__)
+            return
+        handler = _HANDLERS.get(type(msg))
+        if handler is None or kind not in handler[1]:
+            log.warning("dropped %s: not expected from a %s", type(msg).__name__, kind)
+            return
+        handler[0](self, peer, msg)
+
+    def tick(self, now: float) -> None:
+        """Time passed: check node heartbeats and retire surplus idle workers."""
+        self.now = now
+        deadline = now - self.config.heartbeat_timeout_s
+        for node in list(self.nodes.values()):
+            if node.alive and node.last_seen < deadline:
+                self._node_lost(node, f"no heartbeat for {self.config.heartbeat_timeout_s:g} s")
+        idle_deadline = now - self.config.idle_worker_timeout_s
+        for node in self.nodes.values():
+            surplus = len(node.workers) - max(node.num_cpus, 1)
+            if surplus <= 0:
+                continue
+            for w in list(node.idle):
+                if surplus <= 0:
+                    break
+                if w.idle_since < idle_deadline:
+                    node.idle.remove(w)
+                    node.workers.pop(w.peer, None)
+                    node.retiring.add(w.worker_id)
+                    self._forget_worker(w)
+                    self.out.send(w.peer, P.Exit("idle surplus worker"))
+                    surplus -= 1
+
+    def schedule(self) -> None:
+        """Assign ready tasks to workers (called after every input batch)."""
+        for shape, queue in list(self.queues.items()):
+            if queue:
+                self._schedule_shape(queue)
+            if not queue:
+                del self.queues[shape]
+
+    # ------------------------------------------------------------------ handshake
+
+    def _on_hello(self, peer: bytes, msg: P.Hello) -> None:
+        if msg.version != P.PROTOCOL_VERSION:
+            self.out.send(peer, P.Refused(
+                f"protocol version mismatch: this head speaks taskmesh protocol "
+                f"{P.PROTOCOL_VERSION}, the {msg.kind} speaks {msg.version}; install the same "
+                f"taskmesh version everywhere"))
+            return
+        info = msg.info
+        if msg.kind in ("driver", "status"):
+            self.peers[peer] = msg.kind
+        elif msg.kind == "node":
+            node_id = str(info.get("node_id", ""))
+            old = self.nodes.get(node_id)
+            if not node_id or (old is not None and old.alive and old.peer != peer):
+                self.out.send(peer, P.Refused(f"a node with id {node_id!r} is already registered"))
+                return
+            if old is not None:
+                self._node_lost(old, "re-registered")
+            node = NodeRec(node_id, peer, info, self.now)
+            self.nodes[node_id] = node
+            self.node_by_peer[peer] = node
+            self.peers[peer] = "node"
+            for w in self.orphan_workers.pop(node_id, []):
+                self._attach_worker(w, node)
+            log.info("node %s joined from %s with %s", node_id, node.address,
+                     describe_resources(node.total))
+        elif msg.kind == "worker":
+            node_id = str(info.get("node_id", ""))
+            w = WorkerRec(peer, str(info.get("worker_id", "")), None, int(info.get("pid", 0)), self.now)
+            self.peers[peer] = "worker"
+            self.workers[peer] = w
+            node = self.nodes.get(node_id)
+            if node is None:
+                self.orphan_workers.setdefault(node_id, []).append(w)
+            elif not node.alive:
+                self.out.send(peer, P.Exit(f"node {node_id} was declared dead"))
+                self._forget_worker(w)
+                return
+            else:
+                self._attach_worker(w, node)
+        else:
+            self.out.send(peer, P.Refused(f"unknown peer kind {msg.kind!r}"))
+            return
+        self.out.send(peer, P.Welcome(P.PROTOCOL_VERSION, {"peer": peer}))
+
+    def _attach_worker(self, w: WorkerRec, node: NodeRec) -> None:
+        w.node = node
+        node.workers[w.peer] = w
+        node.starting = max(0, node.starting - 1)
+        w.idle_since = self.now
+        node.idle.append(w)
+
+    # ------------------------------------------------------------------ clients
+
+    def _on_register_function(self, peer: bytes, msg: P.RegisterFunction) -> None:
+        self.functions[msg.function_id] = bytes(msg.blob)
+        self.function_names[msg.function_id] = msg.name
+
+    def _on_submit(self, peer: bytes, msg: P.Submit) -> None:
+        objects = self.objects
+        for spec in msg.tasks:
+            if spec.task_id in self.tasks or spec.num_returns < 0:
+                log.warning("dropped a duplicate or invalid task %s", spec.task_id.hex())
+                continue
+            t = TaskRec(spec, peer)
+            for oid in return_ids(spec.task_id, spec.num_returns):
+                objects[oid] = ObjectRec(peer)
+            if spec.function_id not in self.functions:
+                self._fail_task(t, _ERR("TaskmeshError", f"task {spec.name}: its function was "
+                                        "never registered with the head"))
+                continue
+            failed: P.SerializedObject | None = None
+            for dep in spec.deps:
+                obj = objects.get(dep)
+                if obj is None:
+                    failed = _ERR("ObjectLostError", f"task {spec.name} depends on object "
+                                  f"{dep.hex()}, which the head does not know: it was freed or "
+                                  "never existed")
+                    break
+                obj.dependents += 1
+                if obj.value is None:
+                    t.waiting += 1
+                    if obj.waiters is None:
+                        obj.waiters = [t]
+                    else:
+                        obj.waiters.append(t)
+                elif obj.value.is_error and failed is None:
+                    failed = obj.value
+            self.tasks[spec.task_id] = t
+            if failed is not None:
+                self._fail_task(t, failed)
+            elif t.waiting == 0:
+                self._make_ready(t)
+
+    def _on_put(self, peer: bytes, msg: P.Put) -> None:
+        for oid, value in msg.objects:
+            obj = self.objects.get(oid)
+            if obj is None:
+                obj = self.objects[oid] = ObjectRec(peer)
+            elif obj.value is not None:
+                continue
+            self._set_value(oid, obj, value, push_owner=False)
+
+    def _on_subscribe(self, peer: bytes, msg: P.Subscribe) -> None:
+        for oid in msg.object_ids:
+            obj = self.objects.get(oid)
+            if obj is None:
+                self.out.add(peer, P.ObjectValues, P.ObjectValue(oid, _ERR(
+                    "ObjectLostError", f"object {oid.hex()} is not known to the head: it was "
+                    "freed or never existed"), 0))
+            elif obj.value is not None:
+                self.out.add(peer, P.ObjectValues, P.ObjectValue(oid, obj.value, obj.nbytes))
+            elif obj.subscribers is None:
+                obj.subscribers = [peer]
+            elif peer not in obj.subscribers:
+                obj.subscribers.append(peer)
+
+    def _on_release(self, peer: bytes, msg: P.Release) -> None:
+        for oid in msg.object_ids:
+            obj = self.objects.get(oid)
+            if obj is None or obj.owner != peer:
+                continue
+            obj.released = True
+            if obj.dependents == 0 and obj.value is not None:
+                del self.objects[oid]
+
+    def _on_info(self, peer: bytes, msg: P.InfoRequest) -> None:
+        self.out.send(peer, P.InfoReply(msg.request_id, self.info(msg.what)))
+
+    # ------------------------------------------------------------------ workers
+
+    def _on_results(self, peer: bytes, msg: P.TaskResults) -> None:
+        w = self.workers.get(peer)
+        if w is None:
+            return
+        fn_mean = self.fn_mean_s
+        for r in msg.results:
+            t = self.tasks.get(r.task_id)
+            if t is None or t.worker is not w or t.state != ASSIGNED:
+                log.debug("ignored a result for task %s not assigned to that worker", r.task_id.hex())
+                continue
+            if w.assigned and w.assigned[0] is t:
+                w.assigned.popleft()
+            else:
+                w.assigned.remove(t)
+            fid = t.spec.function_id
+            old = fn_mean.get(fid)
+            fn_mean[fid] = r.duration_s if old is None else 0.8 * old + 0.2 * r.duration_s
+            if len(r.returns) != t.spec.num_returns:
+                err = _ERR("TaskmeshError", f"worker {w.pid} returned {len(r.returns)} values for "
+                           f"task {t.spec.name}, expected {t.spec.num_returns}")
+                self._finish(t, [err] * t.spec.num_returns)
+            else:
+                self._finish(t, r.returns)
+            if w.node is not None:
+                w.node.finished += 1
+        if not w.assigned:
+            self._release_lease(w)
+
+    def _on_blocked(self, peer: bytes, msg: P.Blocked) -> None:
+        w = self.workers.get(peer)
+        if w is None:
+            return
+        self._take_back(w, msg.returned)
+        if not w.blocked and w.lease is not None and w.node is not None:
+            _add(w.node.avail, w.lease)
+        w.blocked = True
+
+    def _on_unblocked(self, peer: bytes, msg: P.Unblocked) -> None:
+        w = self.workers.get(peer)
+        if w is None or not w.blocked:
+            return
+        w.blocked = False
+        if w.lease is not None and w.node is not None:
+            _sub(w.node.avail, w.lease)
+
+    def _take_back(self, w: WorkerRec, task_ids: Iterable[bytes]) -> None:
+        """Tasks a worker hands back unstarted go to the front of their queues, in order."""
+        back = []
+        for tid in task_ids:
+            t = self.tasks.get(tid)
+            if t is None or t.worker is not w or t.state != ASSIGNED:
+                continue
+            w.assigned.remove(t)
+            back.append(t)
+        for t in reversed(back):
+            t.state = READY
+            t.worker = None
+            self.queues.setdefault(t.shape, deque()).appendleft(t)
+
+    # ------------------------------------------------------------------ nodes
+
+    def _on_heartbeat(self, peer: bytes, msg: P.Heartbeat) -> None:
+        node = self.node_by_peer.get(peer)
+        if node is None:
+            return
+        node.last_seen = self.now
+        node.stats = msg.stats
+        self.out.send(peer, P.HeartbeatAck())
+
+    def _on_worker_exited(self, peer: bytes, msg: P.WorkerExited) -> None:
+        node = self.node_by_peer.get(peer)
+        if node is None:
+            return
+        node.last_seen = self.now
+        if msg.worker_id in node.retiring:
+            node.retiring.discard(msg.worker_id)
+            return
+        w = next((w for w in node.workers.values() if w.worker_id == msg.worker_id), None)
+        if w is None:
+            orphans = self.orphan_workers.get(node.node_id, [])
+            w = next((o for o in orphans if o.worker_id == msg.worker_id), None)
+            if w is not None:
+                orphans.remove(w)
+                self._forget_worker(w)
+            elif not msg.registered:
+                node.starting = max(0, node.starting - 1)
+            return
+        cause = _exit_cause(msg.exitcode)
+        self._worker_lost(w, "WorkerCrashedError",
+                          f"the worker process (pid {msg.pid}) on node {node.node_id} {cause}")
+
+    # ------------------------------------------------------------------ failures
+
+    def _worker_lost(self, w: WorkerRec, kind: str, why: str) -> None:
+        """A worker is gone: its running task retries or fails, its queued ones run elsewhere."""
+        node = w.node
+        if node is not None:
+            node.workers.pop(w.peer, None)
+            if w in node.idle:
+                node.idle.remove(w)
+            if w.lease is not None and not w.blocked:
+                _add(node.avail, w.lease)
+        w.lease = None
+        assigned = list(w.assigned)
+        w.assigned.clear()
+        self._forget_worker(w)
+        requeue = []
+        for i, t in enumerate(assigned):
+            t.worker = None
+            if i == 0:  # the one it was running
+                if t.retries_left != 0:
+                    if t.retries_left > 0:
+                        t.retries_left -= 1
+                    log.warning("task %s lost: %s; retrying", t.spec.name, why)
+                    requeue.append(t)
+                else:
+                    self._fail_task(t, _ERR(kind, f"task {t.spec.name} failed: {why}, and it "
+                                            f"has no retries left (max_retries={t.spec.max_retries})"))
+            else:
+                requeue.append(t)
+        for t in reversed(requeue):
+            t.state = READY
+            self.queues.setdefault(t.shape, deque()).appendleft(t)
+
+    def _node_lost(self, node: NodeRec, why: str) -> None:
+        log.warning("node %s (%s) declared dead: %s", node.node_id, node.address, why)
+        node.alive = False
+        for w in list(node.workers.values()):
+            self._worker_lost(w, "NodeLostError", f"node {node.node_id} ({node.address}) was lost ({why})")
+        node.idle.clear()
+        node.starting = 0
+        self.node_by_peer.pop(node.peer, None)
+        self.peers.pop(node.peer, None)
+
+    def _forget_worker(self, w: WorkerRec) -> None:
+        self.workers.pop(w.peer, None)
+        self.peers.pop(w.peer, None)
+
+    # ------------------------------------------------------------------ task completion
+
+    def _make_ready(self, t: TaskRec) -> None:
+        t.state = READY
+        q = self.queues.get(t.shape)
+        if q is None:
+            q = self.queues[t.shape] = deque()
+            if t.shape not in self.warned_shapes and not any(
+                fits(n.total, t.spec.resources) for n in self.nodes.values() if n.alive
+            ):
+                self.warned_shapes.add(t.shape)
+                largest = max((n.total for n in self.nodes.values() if n.alive),
+                              key=lambda r: r.get(CPU, 0), default={})
+                self.out.send(t.owner, P.Notice("warning", (
+                    f"no node can run task {t.spec.name} now: it needs "
+                    f"{describe_resources(t.spec.resources)}; the largest node has "
+                    f"{describe_resources(largest)}. It waits until such a node joins.")))
+        q.append(t)
+
+    def _fail_task(self, t: TaskRec, err: P.SerializedObject) -> None:
+        self.failed += 1
+        self._finish(t, [err] * t.spec.num_returns)
+
+    def _finish(self, t: TaskRec, returns: list) -> None:
+        """Store a finished task's return values and wake whatever waited for them."""
+        t.state = DONE
+        t.worker = None
+        self.tasks.pop(t.spec.task_id, None)
+        self.finished += 1
+        objects = self.objects
+        for oid, value in zip(return_ids(t.spec.task_id, t.spec.num_returns), returns):
+            obj = objects.get(oid)
+            if obj is not None:
+                self._set_value(oid, obj, value, push_owner=True)
+        for dep in t.spec.deps:
+            obj = objects.get(dep)
+            if obj is not None:
+                obj.dependents -= 1
+                if obj.released and obj.dependents <= 0 and obj.value is not None:
+                    del objects[dep]
+
+    def _set_value(self, oid: bytes, obj: ObjectRec, value: P.SerializedObject, push_owner: bool) -> None:
+        nbytes = value.nbytes
+        if obj.released and obj.dependents <= 0 and not obj.subscribers:
+            del self.objects[oid]
+            return
+        obj.value = value
+        obj.nbytes = nbytes
+        out = self.out
+        if push_owner and not obj.released and obj.owner in self.peers:
+            pushed = value if nbytes <= self.config.inline_push_bytes or value.is_error else None
+            out.add(obj.owner, P.ObjectValues, P.ObjectValue(oid, pushed, nbytes))
+        if obj.subscribers:
+            item = P.ObjectValue(oid, value, nbytes)
+            for peer in obj.subscribers:
+                out.add(peer, P.ObjectValues, item)
+            obj.subscribers = None
+        waiters = obj.waiters
+        if waiters:
+            obj.waiters = None
+            is_error = value.is_error
+            for t in waiters:
+                if t.state != WAITING:
+                    continue
+                if is_error:
+                    self._fail_task(t, value)
+                else:
+                    t.waiting -= 1
+                    if t.waiting == 0:
+                        self._make_ready(t)
+        if obj.released and obj.dependents <= 0:
+            del self.objects[oid]
+
+    # ------------------------------------------------------------------ placement
+
+    def _schedule_shape(self, queue: deque[TaskRec]) -> None:
+        demand = queue[0].spec.resources
+        nodes = [n for n in self.nodes.values() if n.alive]
+        # 1. idle workers, on the node with the most free CPU that fits
+        while queue:
+            best: NodeRec | None = None
+            best_cpu = -1
+            for n in nodes:
+                if n.idle and fits(n.avail, demand):
+                    cpu = n.avail.get(CPU, 0)
+                    if cpu > best_cpu:
+                        best, best_cpu = n, cpu
+            if best is None:
+                break
+            w = best.idle.pop()
+            w.lease = dict(demand)
+            _sub(best.avail, demand)
+            self._assign(queue.popleft(), w)
+        if not queue:
+            return
+        # 2. nodes with room but no idle worker start more workers
+        demand_cpu = demand.get(CPU, 0)
+        for n in nodes:
+            if not n.idle and fits(n.avail, demand):
+                blocked = sum(1 for w in n.workers.values() if w.blocked)
+                cap = max(n.num_cpus, 1) + blocked + 2
+                count = workers_to_start(n.avail.get(CPU, 0), demand_cpu, len(queue),
+                                         n.starting, len(n.workers), cap)
+                if count > 0:
+                    n.starting += count
+                    self.out.send(n.peer, P.StartWorkers(count))
+        # 3. pipeline short tasks behind busy workers of the same shape
+        busy = [w for n in nodes for w in n.workers.values()
+                if w.lease == demand and not w.blocked and w.assigned]
+        if not busy:
+            return
+        busy.sort(key=lambda w: len(w.assigned))
+        max_pipe = self.config.max_pipeline
+        fn_mean = self.fn_mean_s
+        progress = True
+        while queue and progress:
+            progress = False
+            for w in busy:
+                if not queue:
+                    break
+                t = queue[0]
+                window = pipeline_window(fn_mean.get(t.spec.function_id), len(queue),
+                                         len(busy), max_pipe)
+                if len(w.assigned) < window:
+                    self._assign(queue.popleft(), w)
+                    progress = True
+
+    def _assign(self, t: TaskRec, w: WorkerRec) -> None:
+        t.state = ASSIGNED
+        t.worker = w
+        w.assigned.append(t)
+        spec = t.spec
+        blob = None
+        if spec.function_id not in w.functions:
+            w.functions.add(spec.function_id)
+            blob = self.functions[spec.function_id]
+        dep_values = [self.objects[d].value for d in spec.deps] if spec.deps else []
+        self.out.add(w.peer, P.Execute, P.Assignment(
+            spec.task_id, spec.name, spec.function_id, blob, spec.args, dep_values, spec.num_returns))
+
+    def _release_lease(self, w: WorkerRec) -> None:
+        node = w.node
+        if w.lease is not None and node is not None and not w.blocked:
+            _add(node.avail, w.lease)
+        w.lease = None
+        w.blocked = False
+        w.idle_since = self.now
+        if node is not None and node.alive and w.peer in node.workers:
+            node.idle.append(w)
+
+    # ------------------------------------------------------------------ reporting
+
+    def info(self, what: str) -> Any:
+        """Cluster information for InfoRequest: nodes, resources, available or status."""
+        alive = [n for n in self.nodes.values() if n.alive]
+        if what == "nodes":
+            return [self._node_info(n) for n in self.nodes.values()]
+        if what in ("resources", "available"):
+            total: dict[str, int] = {}
+            for n in alive:
+                _add(total, n.total if what == "resources" else
+                     {k: max(0, v) for k, v in n.avail.items()})
+                total[f"node:{n.address}"] = total.get(f"node:{n.address}", 0) + UNIT
+            return total
+        if what == "status":
+            queued = sum(len(q) for q in self.queues.values())
+            waiting = sum(1 for t in self.tasks.values() if t.state == WAITING)
+            running = sum(1 for t in self.tasks.values() if t.state == ASSIGNED)
+            return {
+                "nodes": [self._node_info(n) for n in self.nodes.values()],
+                "tasks": {"queued": queued, "waiting_for_deps": waiting, "running": running,
+                          "finished": self.finished, "failed": self.failed},
+                "objects": len(self.objects),
+                "drivers": sum(1 for k in self.peers.values() if k == "driver"),
+            }
+        return {"error": f"unknown info request {what!r}"}
+
+    def _node_info(self, n: NodeRec) -> dict:
+        busy_units = sum(w.lease.get(CPU, 0) for w in n.workers.values() if w.lease is not None and not w.blocked)
+        return {
+            "NodeID": n.node_id,
+            "Alive": n.alive,
+            "NodeManagerAddress": n.address,
+            "NodeManagerHostname": n.hostname,
+            "Resources": dict(n.total),
+            "Available": {k: max(0, v) for k, v in n.avail.items()},
+            "CPUsInUse": busy_units,
+            "Workers": len(n.workers),
+            "TasksRunning": sum(len(w.assigned) for w in n.workers.values()),
+            "TasksFinished": n.finished,
+            "pid": n.pid,
+        }
+
+
+def _add(into: dict[str, int], amounts: dict[str, int]) -> None:
+    for k, v in amounts.items():
+        into[k] = into.get(k, 0) + v
+
+
+def _sub(into: dict[str, int], amounts: dict[str, int]) -> None:
+    for k, v in amounts.items():
+        into[k] = into.get(k, 0) - v
+
+
+def _exit_cause(exitcode: int) -> str:
+    if exitcode < 0:
+        import signal
+
+        try:
+            name = signal.Signals(-exitcode).name
+        except ValueError:
+            name = f"signal {-exitcode}"
+        return f"was killed by {name}"
+    return f"exited with code {exitcode}"
+
+
+_CLIENT = ("driver", "worker")
+_HANDLERS: dict[type, tuple[Any, tuple[str, ...]]] = {
+    P.RegisterFunction: (HeadState._on_register_function, _CLIENT),
+    P.Submit: (HeadState._on_submit, _CLIENT),
+    P.Put: (HeadState._on_put, _CLIENT),
+    P.Subscribe: (HeadState._on_subscribe, _CLIENT),
+    P.Release: (HeadState._on_release, _CLIENT),
+    P.InfoRequest: (HeadState._on_info, ("driver", "worker", "status")),
+    P.TaskResults: (HeadState._on_results, ("worker",)),
+    P.Blocked: (HeadState._on_blocked, ("worker",)),
+    P.Unblocked: (HeadState._on_unblocked, ("worker",)),
+    P.Heartbeat: (HeadState._on_heartbeat, ("node",)),
+    P.WorkerExited: (HeadState._on_worker_exited, ("node",)),
+}

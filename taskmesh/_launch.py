@@ -1,0 +1,146 @@
+"""Starting head and node-agent processes: for an embedded cluster, or as CLI daemons.
+
+Each daemon reports on a "ready pipe" one line, ``READY ...`` or ``ERROR reason``, so the
+starter can wait for it with a deadline and show the reason when it fails. An embedded cluster's
+processes also hold the read end of a lifeline pipe whose write end only the driver holds: when
+the driver exits, however it exits, they see EOF and shut down (the node agent takes its workers
+with it), so nothing outlives the notebook or script that started it.
+"""
+
+from __future__ import annotations
+
+import os
+import select
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+
+from ._transport import free_port
+from .config import Config
+from .errors import HeadConnectionError
+
+
+class StartError(RuntimeError):
+    """A daemon could not start; the message is one line for a person."""
+
+
+def spawn(
+    module: str,
+    args: list[str],
+    config: Config,
+    *,
+    lifeline_fd: int | None = None,
+    log_file: str | None = None,
+    detach: bool = False,
+) -> tuple[subprocess.Popen, int]:
+    """Start ``python -m module args``; return (process, read end of its ready pipe)."""
+    ready_r, ready_w = os.pipe()
+    fds = [ready_w]
+    cmd = [sys.executable, "-m", module, *args, "--ready-fd", str(ready_w)]
+    if lifeline_fd is not None:
+        cmd += ["--lifeline-fd", str(lifeline_fd)]
+        fds.append(lifeline_fd)
+    if log_file:
+        cmd += ["--log-file", log_file]
+    env = dict(os.environ)
+    env.update(config.to_env())
+    out = subprocess.DEVNULL if detach else None
+    try:
+        proc = subprocess.Popen(
+            cmd, pass_fds=fds, env=env, stdin=subprocess.DEVNULL, stdout=out,
+            stderr=out, start_new_session=True, close_fds=True)
+    finally:
+        os.close(ready_w)
+    return proc, ready_r
+
+
+def wait_ready(proc: subprocess.Popen, ready_r: int, what: str, timeout: float) -> str:
+    """Wait for the daemon's READY line; return what follows READY, or raise StartError."""
+    deadline = time.monotonic() + timeout
+    buf = b""
+    try:
+        while b"\n" not in buf:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise StartError(f"{what} did not start within {timeout:g} s")
+            r, _, _ = select.select([ready_r], [], [], remaining)
+            if not r:
+                continue
+            chunk = os.read(ready_r, 4096)
+            if not chunk:
+                code = proc.wait(timeout=5)
+                raise StartError(f"{what} exited during start-up (exit code {code})")
+            buf += chunk
+    finally:
+        os.close(ready_r)
+    line = buf.split(b"\n", 1)[0].decode(errors="replace")
+    if line.startswith("READY"):
+        return line[5:].strip()
+    raise StartError(line[6:] if line.startswith("ERROR ") else line)
+
+
+def stop_process(proc: subprocess.Popen, timeout: float = 5.0) -> None:
+    if proc.poll() is None:
+        try:
+            proc.terminate()
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+@dataclass
+class EmbeddedCluster:
+    """A head and one node agent on loopback, owned by this driver."""
+
+    head: subprocess.Popen
+    node: subprocess.Popen
+    address: str
+    lifeline_w: int
+    node_id: str
+
+    def stop(self, timeout: float = 5.0) -> None:
+        try:
+            os.close(self.lifeline_w)  # both daemons see EOF and shut down
+        except OSError:
+            pass
+        deadline = time.monotonic() + timeout
+        for proc in (self.node, self.head):
+            try:
+                proc.wait(max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                stop_process(proc, 2.0)
+
+
+def start_embedded(config: Config, num_cpus: int, resources_json: str = "{}") -> EmbeddedCluster:
+    """Start a head and a node agent with ``num_cpus`` workers on 127.0.0.1."""
+    last_error: Exception | None = None
+    for _attempt in range(3):  # the free port may be taken between our probe and the bind
+        port = free_port()
+        life_r, life_w = os.pipe()
+        head, head_ready = spawn("taskmesh._head", ["--host", "127.0.0.1", "--port", str(port),
+                                                    "--log-level", "WARNING"],
+                                 config, lifeline_fd=life_r)
+        node, node_ready = spawn("taskmesh._node", ["--head", f"127.0.0.1:{port}", "--node-ip",
+                                                    "127.0.0.1", "--num-cpus", str(num_cpus),
+                                                    "--resources", resources_json,
+                                                    "--log-level", "WARNING"],
+                                 config, lifeline_fd=life_r)
+        os.close(life_r)
+        try:
+            try:
+                wait_ready(head, head_ready, "the local taskmesh head", 30)
+            except StartError:
+                os.close(node_ready)
+                raise
+            node_id = wait_ready(node, node_ready, "the local taskmesh node", 30)
+            return EmbeddedCluster(head, node, f"127.0.0.1:{port}", life_w, node_id)
+        except StartError as exc:
+            last_error = exc
+            os.close(life_w)
+            for proc in (node, head):
+                stop_process(proc, 2.0)
+            if "already in use" not in str(exc):
+                break
+    raise HeadConnectionError(f"could not start a local taskmesh cluster: {last_error}")

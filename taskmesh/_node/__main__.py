@@ -1,0 +1,43 @@
+"""``python -m taskmesh._node``: run a node agent (started by the CLI or an embedded init)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import sys
+
+from .._daemon import setup_logging
+from .._head.policy import CPU, to_units
+from .._transport import local_ip_towards, split_address, tcp_endpoint
+from ..config import DEFAULT_PORT, Config
+from .agent import NodeAgent
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m taskmesh._node")
+    ap.add_argument("--head", required=True, help="HOST:PORT of the head")
+    ap.add_argument("--node-ip")
+    ap.add_argument("--num-cpus", type=int, default=os.cpu_count() or 1)
+    ap.add_argument("--resources", default="{}")
+    ap.add_argument("--node-id")
+    ap.add_argument("--ready-fd", type=int)
+    ap.add_argument("--lifeline-fd", type=int)
+    ap.add_argument("--log-file")
+    ap.add_argument("--log-level", default="INFO")
+    args = ap.parse_args(argv)
+    setup_logging("node", args.log_file, args.log_level)
+    host, port = split_address(args.head, DEFAULT_PORT)
+    node_ip = args.node_ip or local_ip_towards(host)
+    resources = {k: to_units(float(v)) for k, v in json.loads(args.resources).items()}
+    resources[CPU] = to_units(args.num_cpus)
+    agent = NodeAgent(Config.from_env(), tcp_endpoint(host, port), node_ip, args.num_cpus,
+                      resources, args.node_id)
+    signal.signal(signal.SIGTERM, lambda *_: agent.request_stop())
+    signal.signal(signal.SIGINT, lambda *_: agent.request_stop())
+    return agent.serve(args.lifeline_fd, args.ready_fd)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

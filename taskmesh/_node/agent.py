@@ -1,0 +1,222 @@
+"""The node agent: one per machine; starts and watches the worker processes, heartbeats the head.
+
+    head ──StartWorkers, Shutdown, HeartbeatAck──▶ NodeAgent ──Hello, Heartbeat, WorkerExited──▶ head
+                                                   │ spawn / SIGTERM
+                                                   ▼
+                                            worker processes (each talks to the head directly)
+
+Workers receive tasks from the head directly (the agent is off the task hot path). The agent
+learns of a worker's death at once through a pidfd (the process sentinel) and reports the exit
+code, so the head can retry or fail the task it was running. Every worker holds the read end
+of a lifeline pipe whose write end only the agent holds: if the agent dies, however it dies,
+its workers see EOF and exit. The decisions here are few (spawn what the head asks, report
+what exits); the scheduling ones live in the head's state machine.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import uuid
+
+import psutil
+
+from .. import _protocol as P
+from .._transport import ClientSocket, Poller, new_context
+from ..config import Config
+
+log = logging.getLogger("taskmesh.node")
+
+
+class _Worker:
+    __slots__ = ("worker_id", "proc", "pidfd")
+
+    def __init__(self, worker_id: str, proc: subprocess.Popen, pidfd: int) -> None:
+        self.worker_id = worker_id
+        self.proc = proc
+        self.pidfd = pidfd
+
+
+class NodeAgent:
+    """Runs the worker pool of one machine."""
+
+    def __init__(
+        self,
+        config: Config,
+        head_endpoint: str,
+        node_ip: str,
+        num_cpus: int,
+        resources: dict[str, int],
+        node_id: str | None = None,
+    ) -> None:
+        self.config = config
+        self.head_endpoint = head_endpoint
+        self.node_ip = node_ip
+        self.num_cpus = num_cpus
+        self.resources = resources
+        self.node_id = node_id or uuid.uuid4().hex[:12]
+        self.ctx = new_context()
+        self.sock = ClientSocket(self.ctx, head_endpoint, b"N" + self.node_id.encode(),
+                                 config.frame_threshold_bytes)
+        self.workers: dict[int, _Worker] = {}  # pidfd -> worker
+        self._seq = 0
+        self._life_r, self._life_w = os.pipe()
+        self._stop_r, self._stop_w = os.pipe()
+        os.set_blocking(self._stop_w, False)
+        self.registered = False
+        self.exit_code = 0
+
+    def request_stop(self) -> None:
+        try:
+            os.write(self._stop_w, b"x")
+        except OSError:
+            pass
+
+    # ------------------------------------------------------------------ workers
+
+    def spawn_workers(self, count: int) -> None:
+        env = dict(os.environ)
+        env.update(self.config.to_env())
+        env["TASKMESH_NODE_ID"] = self.node_id
+        env["TASKMESH_NODE_IP"] = self.node_ip
+        for _ in range(count):
+            self._seq += 1
+            worker_id = f"{self.node_id}-{self._seq}"
+            cmd = [sys.executable, "-m", "taskmesh._worker", "--head", self.head_endpoint,
+                   "--node-id", self.node_id, "--worker-id", worker_id,
+                   "--lifeline-fd", str(self._life_r)]
+            try:
+                proc = subprocess.Popen(cmd, pass_fds=(self._life_r,), env=env,
+                                        stdin=subprocess.DEVNULL, start_new_session=False)
+            except OSError as exc:
+                log.error("could not start a worker process: %s", exc)
+                self.sock.send(P.WorkerExited(worker_id, 0, 127, False))
+                continue
+            pidfd = os.pidfd_open(proc.pid)
+            self.workers[pidfd] = _Worker(worker_id, proc, pidfd)
+            self._poller.register(pidfd)
+
+    def _reap(self, pidfd: int) -> None:
+        w = self.workers.pop(pidfd, None)
+        self._poller.unregister(pidfd)
+        os.close(pidfd)
+        if w is None:
+            return
+        code = w.proc.wait()
+        level = logging.INFO if code in (0, -signal.SIGTERM) else logging.WARNING
+        log.log(level, "worker %s (pid %d) exited with %s", w.worker_id, w.proc.pid, code)
+        self.sock.send(P.WorkerExited(w.worker_id, w.proc.pid, code, False))
+
+    def _stop_workers(self) -> None:
+        for w in self.workers.values():
+            if w.proc.poll() is None:
+                try:
+                    w.proc.terminate()
+                except OSError:
+                    pass
+        deadline = time.monotonic() + 2.0
+        for w in self.workers.values():
+            try:
+                w.proc.wait(max(0.0, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                w.proc.kill()
+                w.proc.wait()
+            os.close(w.pidfd)
+        self.workers.clear()
+
+    # ------------------------------------------------------------------ main loop
+
+    def serve(self, lifeline_fd: int | None = None, ready_fd: int | None = None) -> int:
+        """Run until told to stop; report registration (or failure) on ``ready_fd``."""
+        self._poller = poller = Poller()
+        poller.register(self.sock)
+        poller.register(self._stop_r)
+        if lifeline_fd is not None:
+            poller.register(lifeline_fd)
+        info = {
+            "node_id": self.node_id, "address": self.node_ip, "hostname": socket.gethostname(),
+            "pid": os.getpid(), "resources": self.resources, "prestart": self.num_cpus,
+        }
+        self.sock.send(P.Hello(P.PROTOCOL_VERSION, "node", info))
+        # start the pool at once: workers connect to the head while it welcomes us
+        self.spawn_workers(self.num_cpus)
+        interval = self.config.heartbeat_interval_s
+        last_contact = time.monotonic()
+        next_beat = last_contact + interval
+        reason = "stopped"
+        proc = psutil.Process()
+        register_by = last_contact + self.config.connect_timeout_s
+        while True:
+            wake_at = next_beat if self.registered else min(next_beat, register_by)
+            ready = poller.poll(max(0.0, wake_at - time.monotonic()) * 1000)
+            if self._stop_r in ready:
+                break
+            if lifeline_fd is not None and lifeline_fd in ready and not os.read(lifeline_fd, 64):
+                reason = "the driver that started this embedded cluster exited"
+                break
+            for fd in [fd for fd in ready if fd in self.workers]:
+                self._reap(fd)
+            if self.sock.sock in ready:
+                stop = False
+                while (msg := self.sock.recv_nowait()) is not None:
+                    last_contact = time.monotonic()
+                    kind = type(msg)
+                    if kind is P.StartWorkers:
+                        self.spawn_workers(max(0, min(msg.count, 64)))
+                    elif kind is P.Welcome:
+                        self.registered = True
+                        if ready_fd is not None:
+                            _report(ready_fd, f"READY {self.node_id}")
+                            ready_fd = None
+                        log.info("node %s registered with the head at %s", self.node_id,
+                                 self.head_endpoint)
+                    elif kind is P.Refused:
+                        log.error("the head at %s refused this node: %s", self.head_endpoint, msg.reason)
+                        reason, self.exit_code, stop = f"refused: {msg.reason}", 1, True
+                        if ready_fd is not None:
+                            _report(ready_fd, f"ERROR the head refused this node: {msg.reason}")
+                            ready_fd = None
+                    elif kind is P.Shutdown:
+                        reason, stop = msg.reason, True
+                    elif kind is not P.HeartbeatAck:
+                        log.warning("ignored unexpected %s from the head", kind.__name__)
+                if stop:
+                    break
+            now = time.monotonic()
+            if not self.registered and now > register_by:
+                reason = (f"no taskmesh head answered at {self.head_endpoint} within "
+                          f"{self.config.connect_timeout_s:g} s")
+                self.exit_code = 1
+                if ready_fd is not None:
+                    _report(ready_fd, f"ERROR {reason}")
+                    ready_fd = None
+                break
+            if now >= next_beat:
+                if now - last_contact > self.config.head_lost_exit_s:
+                    reason, self.exit_code = (f"the head at {self.head_endpoint} has not answered "
+                                              f"for {self.config.head_lost_exit_s:g} s"), 1
+                    break
+                stats = {"workers": len(self.workers), "rss": proc.memory_info().rss,
+                         "load": os.getloadavg()[0]}
+                self.sock.send(P.Heartbeat(stats))
+                next_beat = now + interval
+        log.log(logging.ERROR if self.exit_code else logging.INFO,
+                "node %s shutting down: %s", self.node_id, reason)
+        self._stop_workers()
+        os.close(self._life_w)
+        self.sock.close()
+        self.ctx.term()
+        return self.exit_code
+
+
+def _report(fd: int, line: str) -> None:
+    try:
+        os.write(fd, (line + "\n").encode())
+        os.close(fd)
+    except OSError:
+        pass

@@ -1,0 +1,495 @@
+"""Every message that crosses a taskmesh socket: its op tag, its typed fields, encode and decode.
+
+    driver/worker ──Submit, Put, Subscribe, Release, RegisterFunction──▶ head
+    head ──ObjectValues, InfoReply, Notice──▶ driver/worker
+    head ──Execute, Exit──▶ worker ──TaskResults, Blocked, Unblocked──▶ head
+    node agent ──Heartbeat, WorkerExited──▶ head ──StartWorkers, Shutdown, HeartbeatAck──▶ node agent
+    anyone ──Hello──▶ head ──Welcome | Refused──▶ anyone
+
+A message is one ZeroMQ multipart message: frame 0 is a msgpack array ``[op, field, ...]``;
+large binary buffers (pickle protocol-5 out-of-band buffers) ride in frames 1..n and are referenced
+from frame 0 by a msgpack extension (code 1, the frame index), so they are never copied into the
+header. msgpack was chosen over pickle for the envelope because decoding it cannot execute code:
+the head decodes every envelope but never unpickles a user payload (``SerializedObject.data``).
+
+``decode`` checks the op, the field count and every field's type, converting nested records into
+their typed classes; anything else raises :class:`ProtocolError`, which the receiver counts, logs
+and drops. docs/protocol.md has a section per message.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, ClassVar, NamedTuple, Sequence
+
+import msgpack
+
+PROTOCOL_VERSION = 1
+
+_EXT_FRAME = 1
+
+
+class ProtocolError(ValueError):
+    """A message that is not a well-formed taskmesh message of this protocol version."""
+
+
+# --------------------------------------------------------------------------- payload records
+
+
+class SerializedObject:
+    """An opaque serialized value: a pickle stream plus its out-of-band buffers.
+
+    ``flags`` says how to read it: VALUE (a pickle), TASK_ERROR (a pickled remote error) or
+    SYSTEM_ERROR (a msgpack ``[kind, message]`` built by taskmesh itself, never a pickle, so the
+    head can make one without pickling anything).
+    """
+
+    __slots__ = ("flags", "data", "buffers")
+
+    VALUE: ClassVar[int] = 0
+    TASK_ERROR: ClassVar[int] = 1
+    SYSTEM_ERROR: ClassVar[int] = 2
+
+    def __init__(self, flags: int, data: bytes, buffers: Sequence[Any] = ()) -> None:
+        self.flags = flags
+        self.data = data
+        self.buffers = buffers
+
+    @property
+    def is_error(self) -> bool:
+        return self.flags != SerializedObject.VALUE
+
+    @property
+    def nbytes(self) -> int:
+        return len(self.data) + sum(_buflen(b) for b in self.buffers)
+
+    @classmethod
+    def system_error(cls, kind: str, message: str) -> "SerializedObject":
+        return cls(cls.SYSTEM_ERROR, msgpack.packb([kind, message]))
+
+    def read_system_error(self) -> tuple[str, str]:
+        kind, message = msgpack.unpackb(self.data)
+        return str(kind), str(message)
+
+    def __repr__(self) -> str:
+        return f"SerializedObject(flags={self.flags}, nbytes={self.nbytes})"
+
+
+def _buflen(b: Any) -> int:
+    return b.nbytes if isinstance(b, memoryview) else len(b)
+
+
+class TaskSpec(NamedTuple):
+    """A submitted task, as the driver describes it to the head. ``args`` is opaque to the head."""
+
+    task_id: bytes
+    name: str
+    function_id: bytes
+    args: SerializedObject | None
+    deps: list  # object ids of top-level ObjectRef arguments, in argument order
+    num_returns: int
+    resources: dict  # resource name -> amount in units of 1/10000
+    max_retries: int
+
+
+class Assignment(NamedTuple):
+    """A task the head hands to one worker, with its resolved dependency values."""
+
+    task_id: bytes
+    name: str
+    function_id: bytes
+    function_blob: bytes | None  # sent the first time this worker sees the function
+    args: SerializedObject | None
+    dep_values: list  # SerializedObject per TaskSpec.deps entry
+    num_returns: int
+
+
+class TaskResult(NamedTuple):
+    """A finished task's return values (or error objects), as a worker reports it."""
+
+    task_id: bytes
+    returns: list  # SerializedObject per return
+    duration_s: float
+
+
+class ObjectValue(NamedTuple):
+    """An object that became available. ``value`` is None when only its readiness is pushed."""
+
+    object_id: bytes
+    value: SerializedObject | None
+    nbytes: int
+
+
+# --------------------------------------------------------------------------- type checking
+
+_Check = Callable[[Any], Any]
+
+
+def _fail(what: str, value: Any) -> ProtocolError:
+    return ProtocolError(f"expected {what}, got {type(value).__name__}")
+
+
+def _scalar(*types: type) -> _Check:
+    name = "/".join(t.__name__ for t in types)
+
+    def check(v: Any) -> Any:
+        if type(v) in types:
+            return v
+        raise _fail(name, v)
+
+    return check
+
+
+_BYTES = _scalar(bytes)
+_STR = _scalar(str)
+_INT = _scalar(int)
+_FLOAT = _scalar(float, int)
+_DICT = _scalar(dict)
+_BOOL = _scalar(bool)
+
+
+def _blob(v: Any) -> Any:
+    if type(v) is bytes or isinstance(v, memoryview):
+        return v
+    raise _fail("bytes", v)
+
+
+def _optional(inner: _Check) -> _Check:
+    def check(v: Any) -> Any:
+        return None if v is None else inner(v)
+
+    return check
+
+
+def _list_of(inner: _Check) -> _Check:
+    def check(v: Any) -> Any:
+        if type(v) is not list:
+            raise _fail("list", v)
+        return [inner(x) for x in v]
+
+    return check
+
+
+def _serialized(v: Any) -> SerializedObject:
+    if type(v) is SerializedObject:
+        return v
+    if type(v) is not list or len(v) != 3:
+        raise _fail("serialized object [flags, data, buffers]", v)
+    flags, data, buffers = v
+    if type(flags) is not int or not 0 <= flags <= 2:
+        raise ProtocolError(f"bad serialized-object flags {flags!r}")
+    if type(buffers) is not list:
+        raise _fail("list of buffers", buffers)
+    for b in buffers:
+        _blob(b)
+    return SerializedObject(flags, _blob(data), buffers)
+
+
+def _record(cls: type, field_checks: Sequence[_Check]) -> _Check:
+    n = len(field_checks)
+    name = cls.__name__
+
+    def check(v: Any) -> Any:
+        if type(v) is cls:
+            return v
+        if type(v) is not list or len(v) != n:
+            raise ProtocolError(f"malformed {name}")
+        return cls._make([c(x) for c, x in zip(field_checks, v)])  # type: ignore[attr-defined]
+
+    return check
+
+
+def _resources(v: Any) -> dict:
+    if type(v) is not dict:
+        raise _fail("dict of resources", v)
+    for k, amount in v.items():
+        if type(k) is not str or type(amount) is not int or amount < 0:
+            raise ProtocolError("resources must map names to non-negative integer units")
+    return v
+
+
+_TASK_SPEC = _record(
+    TaskSpec,
+    [_BYTES, _STR, _BYTES, _optional(_serialized), _list_of(_BYTES), _INT, _resources, _INT],
+)
+_ASSIGNMENT = _record(
+    Assignment,
+    [_BYTES, _STR, _BYTES, _optional(_BYTES), _optional(_serialized), _list_of(_serialized), _INT],
+)
+_TASK_RESULT = _record(TaskResult, [_BYTES, _list_of(_serialized), _FLOAT])
+_OBJECT_VALUE = _record(ObjectValue, [_BYTES, _optional(_serialized), _INT])
+
+
+def _put_item(v: Any) -> tuple[bytes, SerializedObject]:
+    if type(v) is not list or len(v) != 2:
+        raise ProtocolError("malformed put item")
+    return _BYTES(v[0]), _serialized(v[1])
+
+
+# --------------------------------------------------------------------------- messages
+
+_BY_OP: dict[int, type] = {}
+
+
+class Message:
+    """Base of all wire messages. Subclasses are NamedTuples with a unique ``OP``."""
+
+    OP: ClassVar[int]
+    CHECKS: ClassVar[Sequence[_Check]]
+
+
+def _message(op: int, *checks: _Check) -> Callable[[type], type]:
+    def register(cls: type) -> type:
+        if op in _BY_OP:
+            raise RuntimeError(f"duplicate op {op}")
+        assert len(checks) == len(cls._fields), cls  # type: ignore[attr-defined]
+        cls.OP = op  # type: ignore[attr-defined]
+        cls.CHECKS = checks  # type: ignore[attr-defined]
+        _BY_OP[op] = cls
+        return cls
+
+    return register
+
+
+# -- handshake ---------------------------------------------------------------
+
+
+@_message(1, _INT, _STR, _DICT)
+class Hello(NamedTuple):
+    """First message on every connection: who I am. kind: driver | worker | node | status."""
+
+    version: int
+    kind: str
+    info: dict
+
+
+@_message(2, _INT, _DICT)
+class Welcome(NamedTuple):
+    """The head accepted a Hello."""
+
+    version: int
+    info: dict
+
+
+@_message(3, _STR)
+class Refused(NamedTuple):
+    """The head refused a Hello (wrong protocol version, duplicate node, ...)."""
+
+    reason: str
+
+
+# -- clients (drivers, and workers running nested tasks) --------------------
+
+
+@_message(10, _BYTES, _STR, _BYTES)
+class RegisterFunction(NamedTuple):
+    """A pickled function, sent once per function before the first task that uses it."""
+
+    function_id: bytes
+    name: str
+    blob: bytes
+
+
+@_message(11, _list_of(_TASK_SPEC))
+class Submit(NamedTuple):
+    """New tasks. Their return objects belong to the sender (the owner)."""
+
+    tasks: list
+
+
+@_message(12, _list_of(_put_item))
+class Put(NamedTuple):
+    """Objects created with ``put()``: (object_id, SerializedObject) pairs."""
+
+    objects: list
+
+
+@_message(13, _list_of(_BYTES))
+class Subscribe(NamedTuple):
+    """Send me these objects' values as soon as each is available."""
+
+    object_ids: list
+
+
+@_message(14, _list_of(_BYTES))
+class Release(NamedTuple):
+    """The owner holds no more references to these objects."""
+
+    object_ids: list
+
+
+@_message(15, _INT, _STR)
+class InfoRequest(NamedTuple):
+    """Ask for cluster information. what: nodes | resources | available | status."""
+
+    request_id: int
+    what: str
+
+
+@_message(16, _list_of(_OBJECT_VALUE))
+class ObjectValues(NamedTuple):
+    """Values (or readiness) of objects the receiver owns or subscribed to."""
+
+    items: list
+
+
+@_message(17, _INT, _scalar(dict, list))
+class InfoReply(NamedTuple):
+    """Answer to an InfoRequest."""
+
+    request_id: int
+    data: Any
+
+
+@_message(18, _STR, _STR)
+class Notice(NamedTuple):
+    """A warning for a person to read, e.g. a task no node can ever run."""
+
+    level: str
+    message: str
+
+
+# -- workers ---------------------------------------------------------------
+
+
+@_message(20, _list_of(_ASSIGNMENT))
+class Execute(NamedTuple):
+    """Tasks for this worker to run, in order."""
+
+    assignments: list
+
+
+@_message(21, _list_of(_TASK_RESULT))
+class TaskResults(NamedTuple):
+    """Finished tasks, batched."""
+
+    results: list
+
+
+@_message(22, _list_of(_BYTES))
+class Blocked(NamedTuple):
+    """The running task waits in get(): lend my CPU; here are the tasks I had not started."""
+
+    returned: list
+
+
+@_message(23)
+class Unblocked(NamedTuple):
+    """The running task resumed; I hold my CPU again."""
+
+
+@_message(24, _STR)
+class Exit(NamedTuple):
+    """Worker: finish nothing more, exit now."""
+
+    reason: str
+
+
+# -- node agents -----------------------------------------------------------
+
+
+@_message(30, _DICT)
+class Heartbeat(NamedTuple):
+    """Node agent liveness and load figures."""
+
+    stats: dict
+
+
+@_message(31, _STR, _INT, _INT, _BOOL)
+class WorkerExited(NamedTuple):
+    """A worker process ended. registered=False: it died before saying Hello."""
+
+    worker_id: str
+    pid: int
+    exitcode: int
+    registered: bool
+
+
+@_message(32, _INT)
+class StartWorkers(NamedTuple):
+    """Node agent: start this many more worker processes."""
+
+    count: int
+
+
+@_message(33, _STR)
+class Shutdown(NamedTuple):
+    """Node agent: stop your workers and exit."""
+
+    reason: str
+
+
+@_message(34)
+class HeartbeatAck(NamedTuple):
+    """The head is alive (answer to Heartbeat)."""
+
+
+# --------------------------------------------------------------------------- encode / decode
+
+
+class _OutOfBand:
+    __slots__ = ("buf",)
+
+    def __init__(self, buf: Any) -> None:
+        self.buf = buf
+
+
+def encode(msg: Any, frame_threshold: int = 64 * 1024) -> list:
+    """Encode a message into ZeroMQ frames: [msgpack header, out-of-band buffers...]."""
+    frames: list = [b""]
+
+    def default(obj: Any) -> Any:
+        if type(obj) is SerializedObject:
+            bufs = [
+                _OutOfBand(b) if _buflen(b) > frame_threshold else b for b in obj.buffers
+            ]
+            return [obj.flags, obj.data, bufs]
+        if type(obj) is _OutOfBand:
+            frames.append(obj.buf)
+            return msgpack.ExtType(_EXT_FRAME, (len(frames) - 1).to_bytes(4, "little"))
+        if isinstance(obj, memoryview):
+            return obj.tobytes()
+        raise TypeError(f"cannot encode {type(obj).__name__} in a taskmesh message")
+
+    frames[0] = msgpack.packb((msg.OP, *msg), default=default, use_bin_type=True)
+    return frames
+
+
+def decode(frames: Sequence[Any]) -> Any:
+    """Decode and type-check frames into a message object; raise ProtocolError if malformed."""
+    if not frames:
+        raise ProtocolError("empty message")
+
+    def ext_hook(code: int, data: bytes) -> Any:
+        if code != _EXT_FRAME or len(data) != 4:
+            raise ProtocolError(f"unknown msgpack extension {code}")
+        index = int.from_bytes(data, "little")
+        if not 1 <= index < len(frames):
+            raise ProtocolError(f"reference to missing frame {index}")
+        f = frames[index]
+        return f if isinstance(f, (bytes, memoryview)) else memoryview(f)
+
+    try:
+        raw = msgpack.unpackb(
+            frames[0], use_list=True, raw=False, ext_hook=ext_hook, strict_map_key=False
+        )
+    except ProtocolError:
+        raise
+    except Exception as exc:  # msgpack raises several types on garbage
+        raise ProtocolError(f"undecodable header: {exc}") from None
+    if type(raw) is not list or not raw or type(raw[0]) is not int:
+        raise ProtocolError("header is not [op, ...]")
+    cls = _BY_OP.get(raw[0])
+    if cls is None:
+        raise ProtocolError(f"unknown op {raw[0]}")
+    checks = cls.CHECKS  # type: ignore[attr-defined]
+    if len(raw) - 1 != len(checks):
+        raise ProtocolError(f"{cls.__name__} needs {len(checks)} fields, got {len(raw) - 1}")
+    try:
+        return cls._make([c(v) for c, v in zip(checks, raw[1:])])  # type: ignore[attr-defined]
+    except ProtocolError as exc:
+        raise ProtocolError(f"{cls.__name__}: {exc}") from None
+
+
+def message_types() -> dict[int, type]:
+    """op -> message class, for docs and tests."""
+    return dict(_BY_OP)

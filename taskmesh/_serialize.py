@@ -1,0 +1,170 @@
+"""Turning Python values into SerializedObjects and back: cloudpickle, pickle protocol 5 buffers.
+
+    value ──cloudpickle(protocol 5)──▶ pickle stream + out-of-band buffers (numpy data, bytes)
+          ──SerializedObject──▶ frame 0 header + one ZeroMQ frame per large buffer (no copy)
+
+Task arguments are packed as one pickle of ``(args, kwargs)`` in which every *top-level*
+ObjectRef is replaced by a ``_DepSlot(i)`` marker; the refs' ids travel beside it (``deps``) so
+the head can wait for them without unpickling anything, and the worker puts the values back in.
+Refs nested deeper stay refs, as in Ray.
+"""
+
+from __future__ import annotations
+
+import pickle
+import traceback
+from typing import Any, Callable, Sequence
+
+import cloudpickle
+
+from ._protocol import SerializedObject
+from .errors import SerializationError, TaskError, system_error
+
+_EMPTY_ARGS: tuple = ((), {})
+
+
+def dumps(value: Any) -> SerializedObject:
+    """Serialize a value; raise SerializationError naming the offending type."""
+    buffers: list = []
+    try:
+        data = cloudpickle.dumps(value, protocol=5, buffer_callback=buffers.append)
+    except Exception as exc:
+        raise SerializationError(f"could not serialize {_describe(value)}: {exc}") from exc
+    return SerializedObject(SerializedObject.VALUE, data, [b.raw() for b in buffers])
+
+
+def loads(obj: SerializedObject) -> Any:
+    """Deserialize a VALUE object (errors are turned into exceptions by :func:`raise_if_error`)."""
+    return pickle.loads(obj.data, buffers=obj.buffers)
+
+
+def to_exception(obj: SerializedObject) -> BaseException:
+    """The exception an error object stands for."""
+    if obj.flags == SerializedObject.SYSTEM_ERROR:
+        kind, message = obj.read_system_error()
+        return system_error(kind, message)
+    try:
+        info = pickle.loads(obj.data)
+    except Exception as exc:  # the cause class may not exist here
+        return TaskError(remote_traceback=f"(error details could not be unpickled: {exc})")
+    return TaskError.from_cause(
+        info.get("cause"), info["task_name"], info["node_id"], info["pid"],
+        info["traceback"], info.get("cause_repr", ""),
+    )
+
+
+def value_or_raise(obj: SerializedObject) -> Any:
+    if obj.flags != SerializedObject.VALUE:
+        raise to_exception(obj)
+    return loads(obj)
+
+
+def dump_task_error(exc: BaseException, task_name: str, node_id: str, pid: int) -> SerializedObject:
+    """Serialize an exception raised by a task, with its traceback and where it happened."""
+    tb = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+    info = {"task_name": task_name, "node_id": node_id, "pid": pid, "traceback": tb,
+            "cause_repr": repr(exc)}
+    cause: BaseException | None = exc.cause if isinstance(exc, TaskError) else exc
+    try:
+        data = cloudpickle.dumps({**info, "cause": cause}, protocol=5)
+        pickle.loads(data)  # the cause must also come back out; some exceptions don't
+    except Exception:
+        data = cloudpickle.dumps({**info, "cause": None}, protocol=5)
+    return SerializedObject(SerializedObject.TASK_ERROR, data, [])
+
+
+def system_error_object(kind: str, message: str) -> SerializedObject:
+    return SerializedObject.system_error(kind, message)
+
+
+# --------------------------------------------------------------------------- task arguments
+
+
+class _DepSlot:
+    """Stands for the i-th top-level ObjectRef argument inside a packed argument pickle."""
+
+    __slots__ = ("index",)
+
+    def __init__(self, index: int) -> None:
+        self.index = index
+
+    def __reduce__(self) -> Any:
+        return (_DepSlot, (self.index,))
+
+
+def pack_args(
+    args: Sequence[Any], kwargs: dict, is_ref: Callable[[Any], bool], task_name: str
+) -> tuple[SerializedObject | None, list]:
+    """Pack call arguments; return (serialized args or None if there are none, dep refs)."""
+    if not args and not kwargs:
+        return None, []
+    deps: list = []
+    new_args = list(args)
+    for i, a in enumerate(new_args):
+        if is_ref(a):
+            new_args[i] = _DepSlot(len(deps))
+            deps.append(a)
+    new_kwargs = dict(kwargs)
+    for k, a in new_kwargs.items():
+        if is_ref(a):
+            new_kwargs[k] = _DepSlot(len(deps))
+            deps.append(a)
+    if deps and len(deps) == len(new_args) + len(new_kwargs) and not kwargs:
+        # all arguments are refs: a tiny fixed pickle, cached
+        payload = (tuple(new_args), {})
+    else:
+        payload = (tuple(new_args), new_kwargs)
+    buffers: list = []
+    try:
+        data = cloudpickle.dumps(payload, protocol=5, buffer_callback=buffers.append)
+    except Exception as exc:
+        raise _argument_error(args, kwargs, task_name, exc) from exc
+    return SerializedObject(SerializedObject.VALUE, data, [b.raw() for b in buffers]), deps
+
+
+def _argument_error(args: Sequence[Any], kwargs: dict, task_name: str, exc: Exception) -> SerializationError:
+    """Find which argument failed to pickle and say so."""
+    for i, a in enumerate(args):
+        try:
+            cloudpickle.dumps(a, protocol=5)
+        except Exception as inner:
+            return SerializationError(
+                f"could not serialize argument {i} ({_describe(a)}) of task {task_name}: {inner}. "
+                "Pass something picklable, or create it inside the task."
+            )
+    for k, a in kwargs.items():
+        try:
+            cloudpickle.dumps(a, protocol=5)
+        except Exception as inner:
+            return SerializationError(
+                f"could not serialize argument {k!r} ({_describe(a)}) of task {task_name}: {inner}. "
+                "Pass something picklable, or create it inside the task."
+            )
+    return SerializationError(f"could not serialize the arguments of task {task_name}: {exc}")
+
+
+def unpack_args(obj: SerializedObject | None, dep_values: Sequence[Any]) -> tuple[tuple, dict]:
+    """Rebuild (args, kwargs), putting resolved dependency values in place of the slots."""
+    if obj is None:
+        return _EMPTY_ARGS
+    args, kwargs = pickle.loads(obj.data, buffers=obj.buffers)
+    if dep_values:
+        args = tuple(dep_values[a.index] if type(a) is _DepSlot else a for a in args)
+        if kwargs:
+            kwargs = {k: dep_values[v.index] if type(v) is _DepSlot else v for k, v in kwargs.items()}
+    return args, kwargs
+
+
+def dump_function(fn: Any, name: str) -> bytes:
+    try:
+        return cloudpickle.dumps(fn, protocol=5)
+    except Exception as exc:
+        raise SerializationError(
+            f"could not serialize remote function {name}: {exc}. It may capture an unpicklable "
+            "object (a lock, a socket, an open file) from its enclosing scope."
+        ) from exc
+
+
+def _describe(value: Any) -> str:
+    t = type(value)
+    return f"a {t.__module__}.{t.__qualname__}" if t.__module__ != "builtins" else f"a {t.__qualname__}"

@@ -1,0 +1,189 @@
+"""The worker process: runs the tasks the head assigns to it, one at a time, in order.
+
+    head ──Execute[assignments]──▶ queue ──run──▶ results ──TaskResults (batched)──▶ head
+
+Results of fast tasks are held back briefly (``result_batch_s``, at most 64) while more
+assigned tasks are already waiting, so a stream of short tasks costs one message per batch;
+a slow task's result goes out the moment it ends. A task that blocks in ``get()``/``wait()``
+first hands back the tasks queued behind it and tells the head (Blocked), which lends the CPU
+to another worker; when it resumes it says Unblocked. A watchdog thread exits the process as
+soon as the node agent's lifeline pipe closes, even in the middle of a long task.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import os
+import pickle
+import threading
+import time
+from typing import Any
+
+from .. import _protocol as P
+from .. import _serialize as S
+from .._client.core import CoreClient
+from .._context import CTX
+from ..config import Config
+from ..errors import SerializationError
+
+log = logging.getLogger("taskmesh.worker")
+
+_MAX_BATCH = 64
+
+
+class Worker:
+    def __init__(self, config: Config, endpoint: str, node_id: str, worker_id: str) -> None:
+        self.config = config
+        self.node_id = node_id
+        self.worker_id = worker_id
+        self.pid = os.getpid()
+        self.core = CoreClient(config, endpoint, "worker", endpoint.replace("tcp://", ""),
+                               identity=b"W" + worker_id.encode())
+        self.core.on_foreign = self._on_message
+        self.core.on_block = self._block
+        self.core.on_unblock = self._unblock
+        self.queue: collections.deque[P.Assignment] = collections.deque()
+        self.functions: dict[bytes, Any] = {}
+        self.results: list[P.TaskResult] = []
+        self.batch_started = 0.0
+        self.block_depth = 0
+        self.block_lock = threading.Lock()
+        self.exit_reason: str | None = None
+        CTX.core = self.core
+        CTX.node_id = node_id
+        CTX.worker_id = worker_id
+
+    # ------------------------------------------------------------------ messages
+
+    def _on_message(self, msg: Any) -> None:
+        t = type(msg)
+        if t is P.Execute:
+            if self.block_depth:
+                # blocked: we may not start these; hand them straight back
+                self.core.send(P.Blocked([a.task_id for a in msg.assignments]))
+            else:
+                self.queue.extend(msg.assignments)
+        elif t is P.Exit:
+            self.exit_reason = msg.reason
+        else:
+            log.warning("worker ignored unexpected %s", t.__name__)
+
+    def _block(self) -> None:
+        with self.block_lock:
+            self.block_depth += 1
+            if self.block_depth > 1:
+                return
+        self._flush()
+        self.core.pump(0)  # take in whatever was already sent to us
+        returned = [a.task_id for a in self.queue]
+        self.queue.clear()
+        self.core.send(P.Blocked(returned))
+
+    def _unblock(self) -> None:
+        with self.block_lock:
+            self.block_depth -= 1
+            if self.block_depth > 0:
+                return
+        self.core.send(P.Unblocked())
+
+    # ------------------------------------------------------------------ running tasks
+
+    def _flush(self) -> None:
+        if self.results:
+            results, self.results = self.results, []
+            self.core.send(P.TaskResults(results))
+
+    def _function(self, a: P.Assignment) -> Any:
+        fn = self.functions.get(a.function_id)
+        if fn is None:
+            if a.function_blob is None:
+                raise RuntimeError(f"the head did not send the code of {a.name}")
+            fn = self.functions[a.function_id] = pickle.loads(a.function_blob)
+        return fn
+
+    def _run(self, a: P.Assignment) -> None:
+        start = time.perf_counter()
+        if not self.results:
+            self.batch_started = start
+        CTX.current_task_id = a.task_id
+        CTX.current_task_name = a.name
+        n = a.num_returns
+        try:
+            fn = self._function(a)
+            deps = [S.value_or_raise(v) for v in a.dep_values] if a.dep_values else ()
+            args, kwargs = S.unpack_args(a.args, deps)
+            result = fn(*args, **kwargs)
+            returns = self._serialize_returns(a, result)
+        except BaseException as exc:  # noqa: BLE001 - every task failure becomes an error object
+            if isinstance(exc, KeyboardInterrupt):
+                exc = RuntimeError("the task was interrupted (KeyboardInterrupt)")
+            returns = [S.dump_task_error(exc, a.name, self.node_id, self.pid)] * n
+        finally:
+            CTX.current_task_id = None
+        self.results.append(P.TaskResult(a.task_id, returns, time.perf_counter() - start))
+
+    def _serialize_returns(self, a: P.Assignment, result: Any) -> list:
+        n = a.num_returns
+        if n == 1:
+            values = [result]
+        elif n == 0:
+            values = []
+        else:
+            try:
+                values = list(result)
+            except TypeError:
+                raise ValueError(f"task {a.name} has num_returns={n} but returned a "
+                                 f"{type(result).__name__}, not a sequence") from None
+            if len(values) != n:
+                raise ValueError(f"task {a.name} has num_returns={n} but returned "
+                                 f"{len(values)} values")
+        out = []
+        for i, v in enumerate(values):
+            try:
+                out.append(S.dumps(v))
+            except SerializationError as exc:
+                which = "" if n == 1 else f" {i}"
+                raise SerializationError(
+                    f"task {a.name} returned a value{which} that could not be serialized: "
+                    f"{exc.__cause__ or exc}. Return something picklable (e.g. convert it to "
+                    "plain data) instead.") from None
+        return out
+
+    def run(self) -> int:
+        info = {"node_id": self.node_id, "worker_id": self.worker_id, "pid": self.pid}
+        self.core.send(P.Hello(P.PROTOCOL_VERSION, "worker", info))
+        queue = self.queue
+        core = self.core
+        batch_s = self.config.result_batch_s
+        while self.exit_reason is None:
+            if core._refused is not None:
+                log.error("the head refused this worker: %s", core._refused)
+                return 1
+            if not queue:
+                self._flush()
+                core.pump(1.0)
+                continue
+            self._run(queue.popleft())
+            if not queue:
+                core.pump(0)
+            if (not queue or len(self.results) >= _MAX_BATCH
+                    or time.perf_counter() - self.batch_started >= batch_s):
+                self._flush()
+        self._flush()
+        core.close()
+        return 0
+
+
+def watch_lifeline(fd: int) -> None:
+    """Exit the process the moment the node agent's end of the pipe closes."""
+
+    def watch() -> None:
+        try:
+            while os.read(fd, 64):
+                pass
+        except OSError:
+            pass
+        os._exit(0)
+
+    threading.Thread(target=watch, name="taskmesh-lifeline", daemon=True).start()

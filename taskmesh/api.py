@@ -1,0 +1,263 @@
+"""The public functions: init, shutdown, remote, get, put, wait and cluster introspection.
+
+Names and semantics follow Ray core's API, so Ray code ports by changing the import.
+"""
+
+from __future__ import annotations
+
+import atexit
+import inspect
+import json
+import os
+from typing import Any, Callable, Sequence, TypeVar, overload
+
+from . import _serialize as S
+from ._client.core import CoreClient
+from ._context import CTX, current_core
+from ._head.policy import from_units
+from ._rundir import find_head
+from ._transport import split_address, tcp_endpoint
+from .config import DEFAULT_PORT, Config
+from .errors import HeadConnectionError
+from .handles import ObjectRef, RemoteFunction
+
+T = TypeVar("T")
+
+_atexit_registered = False
+
+
+def init(
+    address: str | None = None,
+    *,
+    num_cpus: int | None = None,
+    resources: dict[str, float] | None = None,
+    ignore_reinit_error: bool = False,
+    **config: Any,
+) -> dict[str, Any]:
+    """Connect this process to a taskmesh cluster, starting a local one if needed.
+
+    Args:
+        address: ``None`` joins the cluster started with ``taskmesh start`` on this machine if
+            there is one (or ``$TASKMESH_ADDRESS``), else starts an embedded local cluster;
+            ``"auto"`` joins the cluster started on this machine and fails if there is none;
+            ``"HOST:PORT"`` joins the head at that address.
+        num_cpus: worker processes of the embedded cluster (default: this machine's CPU count).
+        resources: custom resources of the embedded cluster's node, e.g. ``{"highmem": 1}``.
+        ignore_reinit_error: return quietly if taskmesh is already initialized.
+        **config: overrides of :class:`taskmesh.config.Config` fields (e.g. connect_timeout_s).
+
+    Returns:
+        A dict with the head ``address`` and this process's ``node_id`` when embedded.
+    """
+    global _atexit_registered
+    with CTX.lock:
+        if CTX.core is not None:
+            if ignore_reinit_error:
+                return {"address": CTX.core.address}
+            raise RuntimeError("taskmesh.init() was already called in this process; call "
+                               "taskmesh.shutdown() first, or pass ignore_reinit_error=True")
+        cfg = Config.from_env(**config)
+        if address is None:
+            address = os.environ.get("TASKMESH_ADDRESS") or None
+        if address is None:
+            address = find_head(cfg.run_dir)
+        elif address == "auto":
+            address = find_head(cfg.run_dir)
+            if address is None:
+                raise HeadConnectionError(
+                    f"init(address='auto') found no taskmesh cluster started on this machine "
+                    f"(looked in {cfg.run_dir}). Start one with `taskmesh start --head`, or call "
+                    "taskmesh.init() with no address for a local cluster.")
+        cluster = None
+        if address is None:
+            from ._launch import start_embedded
+
+            n = (os.cpu_count() or 1) if num_cpus is None else num_cpus
+            if not isinstance(n, int) or n < 0:
+                raise ValueError(f"num_cpus must be a non-negative integer, got {num_cpus!r}")
+            cluster = start_embedded(cfg, n, json.dumps(resources or {}))
+            address = cluster.address
+        elif num_cpus is not None or resources is not None:
+            raise ValueError("num_cpus and resources describe a local cluster; when joining an "
+                             "existing cluster, give them to `taskmesh start` instead")
+        try:
+            host, port = split_address(address, DEFAULT_PORT)
+        except ValueError as exc:
+            raise ValueError(f"bad taskmesh address {address!r}: {exc}") from None
+        core = CoreClient(cfg, tcp_endpoint(host, port), "driver", f"{host}:{port}")
+        try:
+            core.handshake({"pid": os.getpid()})
+        except BaseException:
+            core.close()
+            if cluster is not None:
+                cluster.stop()
+            raise
+        CTX.core = core
+        CTX.cluster = cluster
+        CTX.node_id = cluster.node_id if cluster is not None else ""
+        if not _atexit_registered:
+            atexit.register(shutdown)
+            _atexit_registered = True
+        return {"address": f"{host}:{port}", "node_id": CTX.node_id}
+
+
+def shutdown() -> None:
+    """Disconnect; stop the embedded cluster if this process started one. Safe to call twice."""
+    with CTX.lock:
+        core, cluster = CTX.core, CTX.cluster
+        CTX.core = None
+        CTX.cluster = None
+        if core is not None:
+            core.close()
+        if cluster is not None:
+            cluster.stop()
+
+
+def is_initialized() -> bool:
+    """True if ``init()`` has connected this process to a cluster."""
+    return CTX.core is not None
+
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+@overload
+def remote(__fn: Callable[..., Any]) -> RemoteFunction: ...
+@overload
+def remote(**options: Any) -> Callable[[Callable[..., Any]], RemoteFunction]: ...
+
+
+def remote(*args: Any, **options: Any) -> Any:
+    """Make a function a remote function: ``@remote`` or ``@remote(num_cpus=2, num_returns=2)``.
+
+    Call ``f.remote(*args)`` to run it as a task; it returns an :class:`ObjectRef` at once.
+    """
+    if args:
+        if len(args) != 1 or options or not callable(args[0]):
+            raise TypeError("use @taskmesh.remote or @taskmesh.remote(option=value, ...)")
+        return _make_remote(args[0], {})
+    return lambda fn: _make_remote(fn, options)
+
+
+def _make_remote(fn: Any, options: dict[str, Any]) -> RemoteFunction:
+    if inspect.isclass(fn):
+        raise TypeError(f"@taskmesh.remote on a class ({fn.__name__}) makes an actor; actors "
+                        "are not available in this version of taskmesh yet")
+    return RemoteFunction(fn, options)
+
+
+def _ids(refs: Any, fn: str) -> tuple[list[bytes], bool]:
+    if type(refs) is ObjectRef:
+        return [refs._id], True
+    if isinstance(refs, (list, tuple)):
+        for r in refs:
+            if type(r) is not ObjectRef:
+                raise TypeError(f"{fn}() takes ObjectRefs; the list contains a {type(r).__name__}")
+        return [r._id for r in refs], False
+    raise TypeError(f"{fn}() takes an ObjectRef or a list of ObjectRefs, got {type(refs).__name__}")
+
+
+def get(refs: Any, *, timeout: float | None = None) -> Any:
+    """Wait for and return the value(s) behind an ObjectRef or a list of ObjectRefs.
+
+    Raises the task's error (a :class:`TaskError` that is also an instance of the original
+    exception class) if a task failed, and :class:`GetTimeoutError` after ``timeout`` seconds.
+    """
+    ids, single = _ids(refs, "get")
+    if timeout is not None and timeout < 0:
+        raise ValueError("timeout must be >= 0 or None")
+    values = current_core().get_values(ids, timeout)
+    if single:
+        return S.value_or_raise(values[0])
+    return [S.value_or_raise(v) for v in values]
+
+
+def put(value: Any) -> ObjectRef:
+    """Store a value in the cluster; return an ObjectRef to pass to tasks instead of the value."""
+    if type(value) is ObjectRef:
+        raise TypeError("put() of an ObjectRef is not allowed; pass the ref itself instead")
+    core = current_core()
+    obj = S.dumps(value)
+    oid = core.put_serialized(obj)
+    core.new_ref_ids((oid,))
+    return ObjectRef(oid, core)
+
+
+def wait(
+    refs: Sequence[ObjectRef], *, num_returns: int = 1, timeout: float | None = None,
+    fetch_local: bool = True,
+) -> tuple[list[ObjectRef], list[ObjectRef]]:
+    """Wait until ``num_returns`` of ``refs`` are ready or ``timeout`` passes.
+
+    Returns ``(ready, not_ready)``, each in the order of ``refs``; ``ready`` holds at most
+    ``num_returns`` refs.
+    """
+    if type(refs) is ObjectRef:
+        raise TypeError("wait() takes a list of ObjectRefs; for one ref use wait([ref])")
+    ids, _ = _ids(list(refs), "wait")
+    if len(set(ids)) != len(ids):
+        raise ValueError("wait() got the same ObjectRef twice")
+    if not 0 <= num_returns <= len(ids):
+        raise ValueError(f"num_returns must be between 0 and len(refs)={len(ids)}, got {num_returns}")
+    if timeout is not None and timeout < 0:
+        raise ValueError("timeout must be >= 0 or None")
+    ready_ids = current_core().wait_ready(ids, num_returns, timeout)
+    ready, not_ready = [], []
+    for r in refs:
+        if r._id in ready_ids and len(ready) < num_returns:
+            ready.append(r)
+        else:
+            not_ready.append(r)
+    return ready, not_ready
+
+
+def _resources_from_units(units: dict[str, int]) -> dict[str, float]:
+    return {k: from_units(v) for k, v in units.items()}
+
+
+def nodes() -> list[dict[str, Any]]:
+    """One dict per node: NodeID, Alive, NodeManagerAddress, Resources, ... (as in Ray)."""
+    out = []
+    for n in current_core().info("nodes"):
+        n = dict(n)
+        n["Resources"] = _resources_from_units(n["Resources"])
+        n["Available"] = _resources_from_units(n["Available"])
+        n["CPUsInUse"] = from_units(n["CPUsInUse"])
+        out.append(n)
+    return out
+
+
+def cluster_resources() -> dict[str, float]:
+    """Total resources of the live nodes, e.g. ``{'CPU': 8.0, 'node:10.0.0.5': 1.0}``."""
+    return _resources_from_units(current_core().info("resources"))
+
+
+def available_resources() -> dict[str, float]:
+    """Resources not held by running tasks right now."""
+    return _resources_from_units(current_core().info("available"))
+
+
+class RuntimeContext:
+    """Where the calling code runs: ``get_runtime_context().get_node_id()`` etc."""
+
+    def get_node_id(self) -> str:
+        return CTX.node_id
+
+    def get_worker_id(self) -> str:
+        return CTX.worker_id
+
+    def get_task_id(self) -> str | None:
+        return CTX.current_task_id.hex() if CTX.current_task_id else None
+
+    @property
+    def node_id(self) -> str:
+        return CTX.node_id
+
+    @property
+    def gcs_address(self) -> str:
+        return current_core().address
+
+
+def get_runtime_context() -> RuntimeContext:
+    """Information about the current driver or worker process."""
+    return RuntimeContext()

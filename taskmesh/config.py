@@ -1,0 +1,83 @@
+"""The one frozen runtime configuration, built from arguments and ``TASKMESH_*`` environment variables.
+
+Every process (driver, head, node agent, worker) builds its :class:`Config` once and passes it
+explicitly; nothing reads the environment later.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import tempfile
+from dataclasses import dataclass, field
+
+DEFAULT_PORT = 7300
+
+
+def _env_float(name: str, default: float) -> float:
+    raw = os.environ.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        return float(raw)
+    except ValueError:
+        raise ValueError(f"environment variable {name}={raw!r} is not a number") from None
+
+
+def _env_int(name: str, default: int) -> int:
+    return int(_env_float(name, default))
+
+
+def default_run_dir() -> str:
+    """Where CLI-started processes record themselves (``taskmesh stop`` and ``address="auto"`` read it)."""
+    env = os.environ.get("TASKMESH_RUN_DIR")
+    if env:
+        return env
+    return os.path.join(tempfile.gettempdir(), f"taskmesh-{os.getuid()}")
+
+
+@dataclass(frozen=True)
+class Config:
+    """Tunables shared by all taskmesh processes. Defaults suit a laptop or a lab cluster."""
+
+    #: seconds between node-agent heartbeats to the head
+    heartbeat_interval_s: float = 0.5
+    #: a node silent for this long is declared dead by the head
+    heartbeat_timeout_s: float = 10.0
+    #: how long a driver or node waits for the head to answer the handshake
+    connect_timeout_s: float = 5.0
+    #: a node agent whose head stays silent this long shuts itself down
+    head_lost_exit_s: float = 60.0
+    #: results up to this size are pushed to their owner eagerly; larger ones on request
+    inline_push_bytes: int = 64 * 1024
+    #: a pickle buffer larger than this travels as its own ZeroMQ frame (no copy into the header)
+    frame_threshold_bytes: int = 64 * 1024
+    #: the head queues at most this many tasks on one worker (short tasks only; see policy.py)
+    max_pipeline: int = 64
+    #: a worker keeps results of fast tasks back at most this long to send them in one batch
+    result_batch_s: float = 0.002
+    #: extra idle workers (started to cover blocked ones) exit after this long idle
+    idle_worker_timeout_s: float = 10.0
+    #: directory of state files for CLI-started processes
+    run_dir: str = field(default_factory=default_run_dir)
+
+    @classmethod
+    def from_env(cls, **overrides: object) -> "Config":
+        """Defaults, then ``TASKMESH_<FIELD>`` environment variables, then ``overrides``."""
+        values: dict[str, object] = {}
+        for f in dataclasses.fields(cls):
+            env_name = "TASKMESH_" + f.name.upper()
+            if env_name in os.environ and f.name != "run_dir":
+                if f.type in ("int", int):
+                    values[f.name] = _env_int(env_name, 0)
+                else:
+                    values[f.name] = _env_float(env_name, 0.0)
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        return cls(**values)  # type: ignore[arg-type]
+
+    def to_env(self) -> dict[str, str]:
+        """Environment variables that make a child process build the same Config."""
+        env = {}
+        for f in dataclasses.fields(self):
+            env["TASKMESH_" + f.name.upper()] = str(getattr(self, f.name))
+        return env

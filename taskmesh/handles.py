@@ -1,0 +1,138 @@
+"""User-facing handles: ObjectRef (a future value) and RemoteFunction (``@remote`` functions)."""
+
+from __future__ import annotations
+
+import functools
+from typing import Any, Callable, Generic, TypeVar
+
+from . import _protocol as P
+from . import _serialize as S
+from ._client.core import function_id_for, return_ids
+from ._context import CTX, current_core
+from .options import TaskOptions, compile_options, validate
+
+T = TypeVar("T")
+
+
+class ObjectRef(Generic[T]):
+    """A reference to an object that a task returns or ``put()`` stored; hashable.
+
+    Pass it to other tasks (as a top-level argument it arrives as the value), keep it in
+    lists or dicts, and fetch the value with ``taskmesh.get(ref)``.
+    """
+
+    __slots__ = ("_id", "_core", "__weakref__")
+
+    def __init__(self, object_id: bytes, core: Any = None) -> None:
+        self._id = object_id
+        self._core = core  # set when this process counts the reference
+
+    def binary(self) -> bytes:
+        return self._id
+
+    def hex(self) -> str:
+        return self._id.hex()
+
+    def task_id(self) -> bytes:
+        return self._id[:16]
+
+    def __hash__(self) -> int:
+        return hash(self._id)
+
+    def __eq__(self, other: object) -> bool:
+        return type(other) is ObjectRef and other._id == self._id
+
+    def __repr__(self) -> str:
+        return f"ObjectRef({self._id.hex()})"
+
+    def __reduce__(self) -> Any:
+        core = self._core or CTX.core
+        if core is not None:
+            core.mark_escaped(self._id)
+        return (_rebuild_ref, (self._id,))
+
+    def __del__(self) -> None:
+        core = self._core
+        if core is not None:
+            try:
+                core.ref_died(self._id)
+            except Exception:
+                pass
+
+
+def _rebuild_ref(object_id: bytes) -> ObjectRef:
+    core = CTX.core
+    if core is None:
+        return ObjectRef(object_id)
+    core.new_ref_ids((object_id,))
+    return ObjectRef(object_id, core)
+
+
+def _is_ref(value: Any) -> bool:
+    return type(value) is ObjectRef
+
+
+class RemoteFunction:
+    """A function that runs as a task: call ``f.remote(*args)`` to get ObjectRef(s)."""
+
+    def __init__(self, fn: Callable[..., Any], options: dict[str, Any]) -> None:
+        if not callable(fn):
+            raise TypeError(f"@taskmesh.remote needs a function, got {fn!r}")
+        self._fn = fn
+        self._options = validate(options)
+        self._compiled = compile_options(self._options)
+        self._qualname = f"{getattr(fn, '__module__', None) or '__main__'}.{getattr(fn, '__qualname__', repr(fn))}"
+        self._blob: bytes | None = None
+        self._fid: bytes = b""
+        functools.update_wrapper(self, fn, updated=())
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        name = getattr(self._fn, "__name__", "f")
+        raise TypeError(
+            f"remote function {self._qualname} cannot be called directly; "
+            f"use {name}.remote(...) to run it as a task (and taskmesh.get() for its result)")
+
+    def remote(self, *args: Any, **kwargs: Any) -> Any:
+        """Submit a task; return an ObjectRef (a list of them if num_returns > 1)."""
+        return self._submit(args, kwargs, self._compiled)
+
+    def options(self, **options: Any) -> "_BoundOptions":
+        """A copy of this function with some options changed, e.g. ``f.options(num_cpus=2)``."""
+        merged = {**self._options, **validate(options)}
+        return _BoundOptions(self, compile_options(merged))
+
+    def _submit(self, args: tuple, kwargs: dict, opts: TaskOptions) -> Any:
+        core = current_core()
+        if self._blob is None:
+            self._blob = S.dump_function(self._fn, self._qualname)
+            self._fid = function_id_for(self._blob)
+        core.register_function(self._fid, self._qualname, self._blob)
+        name = opts.name or self._qualname
+        args_obj, deps = S.pack_args(args, kwargs, _is_ref, name)
+        task_id = core.next_task_id()
+        n = opts.num_returns
+        oids = return_ids(task_id, n)
+        core.new_ref_ids(oids)  # before sending: the result may come back at once
+        refs = [ObjectRef(oid, core) for oid in oids]
+        spec = P.TaskSpec(task_id, name, self._fid, args_obj, [d._id for d in deps], n,
+                          opts.resources, opts.max_retries)
+        core.submit(spec)
+        if n == 1:
+            return refs[0]
+        if n == 0:
+            return None
+        return refs
+
+
+class _BoundOptions:
+    __slots__ = ("_rf", "_compiled")
+
+    def __init__(self, rf: RemoteFunction, compiled: TaskOptions) -> None:
+        self._rf = rf
+        self._compiled = compiled
+
+    def remote(self, *args: Any, **kwargs: Any) -> Any:
+        return self._rf._submit(args, kwargs, self._compiled)
+
+    def options(self, **options: Any) -> "_BoundOptions":
+        raise TypeError("call .options() once with all options")

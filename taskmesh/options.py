@@ -1,0 +1,104 @@
+"""The one table of task options: names, defaults, validation, and helpful errors.
+
+``@remote(...)`` and ``.options(...)`` both go through :func:`validate`; the result is compiled
+once into a :class:`TaskOptions` so the hot path (``.remote()``) does no option work at all.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable
+
+from ._head.policy import CPU, to_units
+
+
+def _non_negative_number(name: str) -> Callable[[Any], Any]:
+    def check(v: Any) -> Any:
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or v < 0:
+            raise ValueError(f"{name} must be a number >= 0, got {v!r}")
+        return v
+
+    return check
+
+
+def _int_at_least(name: str, low: int) -> Callable[[Any], Any]:
+    def check(v: Any) -> Any:
+        if isinstance(v, bool) or not isinstance(v, int) or v < low:
+            raise ValueError(f"{name} must be an integer >= {low}, got {v!r}")
+        return v
+
+    return check
+
+
+def _resources(v: Any) -> Any:
+    if not isinstance(v, dict):
+        raise ValueError(f"resources must be a dict of name -> amount, got {v!r}")
+    for k, amount in v.items():
+        if not isinstance(k, str):
+            raise ValueError(f"resource names must be strings, got {k!r}")
+        if k in ("CPU", "GPU"):
+            raise ValueError(f"use num_cpus/num_gpus instead of resources={{{k!r}: ...}}")
+        _non_negative_number(f"resources[{k!r}]")(amount)
+    return v
+
+
+def _name(v: Any) -> Any:
+    if v is not None and not isinstance(v, str):
+        raise ValueError(f"name must be a string, got {v!r}")
+    return v
+
+
+def _bool(name: str) -> Callable[[Any], Any]:
+    def check(v: Any) -> Any:
+        if not isinstance(v, bool):
+            raise ValueError(f"{name} must be True or False, got {v!r}")
+        return v
+
+    return check
+
+
+#: option -> (default, validator, one-line meaning)
+TASK_OPTIONS: dict[str, tuple[Any, Callable[[Any], Any], str]] = {
+    "num_cpus": (1, _non_negative_number("num_cpus"), "CPUs the task holds while it runs"),
+    "num_gpus": (0, _non_negative_number("num_gpus"), "GPUs the task holds while it runs"),
+    "resources": (None, _resources, "custom resources the task holds, e.g. {'highmem': 1}"),
+    "num_returns": (1, _int_at_least("num_returns", 0), "how many ObjectRefs .remote() returns"),
+    "max_retries": (3, _int_at_least("max_retries", -1),
+                    "re-runs after a worker or node dies (-1: forever)"),
+    "retry_exceptions": (False, _bool("retry_exceptions"), "also retry when the task raises"),
+    "name": (None, _name, "task name shown in errors and status"),
+}
+
+
+def validate(options: dict[str, Any]) -> dict[str, Any]:
+    """Check option names and values; raise ValueError naming the problem."""
+    out = {}
+    for key, value in options.items():
+        spec = TASK_OPTIONS.get(key)
+        if spec is None:
+            known = ", ".join(sorted(TASK_OPTIONS))
+            raise ValueError(f"unknown task option {key!r}; valid options are: {known}")
+        out[key] = spec[1](value)
+    return out
+
+
+@dataclass(frozen=True)
+class TaskOptions:
+    """Options compiled for the wire."""
+
+    resources: dict  # name -> units of 1/10000
+    num_returns: int
+    max_retries: int
+    name: str | None
+
+
+def compile_options(options: dict[str, Any]) -> TaskOptions:
+    merged = {k: spec[0] for k, spec in TASK_OPTIONS.items()}
+    merged.update(options)
+    resources = {CPU: to_units(merged["num_cpus"])}
+    if merged["num_gpus"]:
+        resources["GPU"] = to_units(merged["num_gpus"])
+    for k, v in (merged["resources"] or {}).items():
+        resources[k] = to_units(v)
+    resources = {k: v for k, v in resources.items() if v}
+    return TaskOptions(resources, merged["num_returns"], merged["max_retries"], merged["name"])
