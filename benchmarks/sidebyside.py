@@ -197,7 +197,8 @@ def run_child(
     outcome = ChildOutcome(events=events, returncode=None, log_path=str(log_path))
     current: str | None = None  # workload in progress
     stage = "init"
-    deadline = time.monotonic() + INIT_TIMEOUT_S
+    budget = INIT_TIMEOUT_S
+    deadline = time.monotonic() + budget
     buf = ""
     offset = 0
 
@@ -229,7 +230,8 @@ def run_child(
                     kind = ev["event"]
                     now = time.monotonic()
                     if kind == "cold_start":
-                        stage, deadline = "between workloads", now + EVENT_GAP_TIMEOUT_S
+                        stage, budget = "between workloads", EVENT_GAP_TIMEOUT_S
+                        deadline = now + budget
                         if progress:
                             _progress(f"[{framework}] cold start {ev['seconds']:.2f} s (import {ev['import_s']:.2f} s)")
                     elif kind == "start":
@@ -237,21 +239,24 @@ def run_child(
                         stage = f"workload {current}"
                         w = WORKLOADS[current]
                         per_iter = iteration_timeout or w.timeout_s
-                        deadline = now + per_iter * (repeat + (1 if w.warmup else 0))
+                        budget = per_iter * (repeat + (1 if w.warmup else 0))
+                        deadline = now + budget
                     elif kind == "result":
                         current = None
-                        stage, deadline = "between workloads", now + EVENT_GAP_TIMEOUT_S
+                        stage, budget = "between workloads", EVENT_GAP_TIMEOUT_S
+                        deadline = now + budget
                         if progress:
                             _progress(_describe_result(framework, ev))
                     elif kind == "workloads_done":
-                        stage, deadline = "shutdown", now + SHUTDOWN_GRACE_S
+                        stage, budget = "shutdown", SHUTDOWN_GRACE_S
+                        deadline = now + budget
                     elif kind == "fatal" and progress:
                         _progress(f"[{framework}] failed during {ev['stage']}: {ev['error']}")
                 if exited:
                     break
                 if time.monotonic() > deadline:
                     if stage != "shutdown":
-                        outcome.failure = f"timeout during {stage}; child killed"
+                        outcome.failure = f"timeout ({budget:g} s) during {stage}; child killed"
                         outcome.failed_in = current
                     else:
                         outcome.failure = "shutdown hung; child killed"

@@ -1,6 +1,6 @@
 """Every message that crosses a taskmesh socket: its op tag, its typed fields, encode and decode.
 
-    driver/worker ──Submit, Put, Subscribe, Release, RegisterFunction──▶ head
+    driver/worker ──Submit, Put, Subscribe, Release, RegisterFunction, Goodbye──▶ head
     head ──ObjectValues, InfoReply, Notice──▶ driver/worker
     head ──Execute, Exit──▶ worker ──TaskResults, Blocked, Unblocked──▶ head
     node agent ──Heartbeat, WorkerExited──▶ head ──StartWorkers, Shutdown, HeartbeatAck──▶ node agent
@@ -346,6 +346,11 @@ class Notice(NamedTuple):
 
     level: str
     message: str
+
+
+@_message(19)
+class Goodbye(NamedTuple):
+    """The client is leaving: release everything it owns."""
 
 
 # -- workers ---------------------------------------------------------------

@@ -59,9 +59,18 @@ def value_or_raise(obj: SerializedObject) -> Any:
     return loads(obj)
 
 
-def dump_task_error(exc: BaseException, task_name: str, node_id: str, pid: int) -> SerializedObject:
-    """Serialize an exception raised by a task, with its traceback and where it happened."""
-    tb = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+def dump_task_error(
+    exc: BaseException, task_name: str, node_id: str, pid: int, user_traceback: bool = True
+) -> SerializedObject:
+    """Serialize an exception raised by a task, with its traceback and where it happened.
+
+    ``user_traceback=False`` is for errors taskmesh raised around the task (e.g. a return value
+    that cannot be pickled): the traceback of taskmesh internals would only hide the message.
+    """
+    if user_traceback:
+        tb = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+    else:
+        tb = f"{type(exc).__name__}: {exc}"
     info = {"task_name": task_name, "node_id": node_id, "pid": pid, "traceback": tb,
             "cause_repr": repr(exc)}
     cause: BaseException | None = exc.cause if isinstance(exc, TaskError) else exc

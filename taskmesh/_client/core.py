@@ -110,14 +110,21 @@ class CoreClient:
     def close(self) -> None:
         if self.closed:
             return
-        self.closed = True
+        # another thread may be the I/O leader for up to one poll step; never wait forever
+        locked = self._io_lock.acquire(timeout=2.0)
         try:
-            with self._io_lock:
-                self._drain_sends()
-                self.sock.sock.setsockopt(__import__("zmq").LINGER, 200)
-                self.sock.close()
+            if self.kind != "worker" and self.welcome is not None:
+                self._pending.append(P.Goodbye())
+            self._drain_sends()
+            self.closed = True
+            self.sock.sock.setsockopt(__import__("zmq").LINGER, 200)
+            self.sock.close()
         except Exception:  # closing must never raise at interpreter exit
             pass
+        finally:
+            if locked:
+                self._io_lock.release()
+        self.closed = True
         for fd in (self._wake_r, self._wake_w):
             try:
                 os.close(fd)
@@ -152,7 +159,7 @@ class CoreClient:
                 self._io_lock.release()
 
     def _drain_sends(self) -> None:
-        if self.closed and not self._pending:
+        if self.closed:
             return
         if self._dead:
             self._collect_dead()

@@ -313,6 +313,16 @@ class HeadState:
             if obj.dependents == 0 and obj.value is not None:
                 del self.objects[oid]
 
+    def _on_goodbye(self, peer: bytes, msg: P.Goodbye) -> None:
+        """A driver left cleanly: drop what it owned (pending tasks' results are discarded)."""
+        for oid, obj in list(self.objects.items()):
+            if obj.owner == peer:
+                obj.released = True
+                if obj.dependents <= 0 and obj.value is not None:
+                    del self.objects[oid]
+        if self.peers.get(peer) in ("driver", "status"):
+            del self.peers[peer]
+
     def _on_info(self, peer: bytes, msg: P.InfoRequest) -> None:
         self.out.send(peer, P.InfoReply(msg.request_id, self.info(msg.what)))
 
@@ -680,6 +690,7 @@ _HANDLERS: dict[type, tuple[Any, tuple[str, ...]]] = {
     P.Subscribe: (HeadState._on_subscribe, _CLIENT),
     P.Release: (HeadState._on_release, _CLIENT),
     P.InfoRequest: (HeadState._on_info, ("driver", "worker", "status")),
+    P.Goodbye: (HeadState._on_goodbye, ("driver", "status")),
     P.TaskResults: (HeadState._on_results, ("worker",)),
     P.Blocked: (HeadState._on_blocked, ("worker",)),
     P.Unblocked: (HeadState._on_unblocked, ("worker",)),

@@ -114,13 +114,17 @@ class Worker:
             deps = [S.value_or_raise(v) for v in a.dep_values] if a.dep_values else ()
             args, kwargs = S.unpack_args(a.args, deps)
             result = fn(*args, **kwargs)
-            returns = self._serialize_returns(a, result)
         except BaseException as exc:  # noqa: BLE001 - every task failure becomes an error object
             if isinstance(exc, KeyboardInterrupt):
                 exc = RuntimeError("the task was interrupted (KeyboardInterrupt)")
             returns = [S.dump_task_error(exc, a.name, self.node_id, self.pid)] * n
-        finally:
-            CTX.current_task_id = None
+        else:
+            try:
+                returns = self._serialize_returns(a, result)
+            except (SerializationError, ValueError) as exc:
+                returns = [S.dump_task_error(exc, a.name, self.node_id, self.pid, False)] * n
+            del result
+        CTX.current_task_id = None
         self.results.append(P.TaskResult(a.task_id, returns, time.perf_counter() - start))
 
     def _serialize_returns(self, a: P.Assignment, result: Any) -> list:

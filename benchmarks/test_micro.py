@@ -1,0 +1,80 @@
+"""pytest-benchmark micro-benchmarks of taskmesh alone.
+
+Run with ``pytest benchmarks/ --benchmark-only`` for timings, or
+``pytest benchmarks/ --benchmark-disable`` to run every benchmark body once as a
+quick correctness check.  One taskmesh runtime (``init(num_cpus=2)``) is shared
+by the whole module; if taskmesh cannot import or init, every test is skipped.
+The larger workloads reuse the definitions of :mod:`benchmarks.workloads` (at a
+smaller size), so they also verify their results.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Iterator
+
+import pytest
+
+pytest.importorskip("pytest_benchmark")
+
+from benchmarks import workloads as wl  # noqa: E402
+from benchmarks.adapters import RayLikeApi  # noqa: E402
+
+NOOP_TASKS = 1000
+TREE_LEAVES = 64
+TREE_LEAF_SIZE = 1000
+SMALL_OBJECT = {"ints": list(range(16)), "text": "taskmesh" * 8, "nested": {"a": (1, 2.5, None)}}
+
+
+@pytest.fixture(scope="module")
+def tm() -> Iterator[Any]:
+    """The ``taskmesh`` module, initialised with two worker processes for this module."""
+    try:
+        import taskmesh
+
+        taskmesh.init(num_cpus=2)
+    except Exception as exc:  # noqa: BLE001 - any failure to start means "skip", not "error"
+        try:
+            taskmesh.shutdown()  # type: ignore[possibly-undefined]
+        except Exception:  # noqa: BLE001
+            pass
+        pytest.skip(f"taskmesh cannot init: {type(exc).__name__}: {exc}")
+    try:
+        yield taskmesh
+    finally:
+        taskmesh.shutdown()
+
+
+@pytest.fixture(scope="module")
+def api(tm: Any) -> RayLikeApi:
+    """The benchmark adapter over the running taskmesh (same code path as sidebyside)."""
+    return RayLikeApi(tm, "taskmesh")
+
+
+def test_noop_async_1000(benchmark: Any, api: RayLikeApi) -> None:
+    """Submit 1000 no-op tasks, then get all (verified)."""
+    benchmark.pedantic(wl.run_noop_async, args=(api,), kwargs={"n": NOOP_TASKS}, rounds=5, warmup_rounds=1)
+
+
+def test_noop_sync_round_trip(benchmark: Any, tm: Any) -> None:
+    """One submit-then-get round trip of a no-op task."""
+    noop = tm.remote(wl.noop)
+    tm.get(noop.remote())  # warm up: the function is exported and a worker is ready
+    result = benchmark(lambda: tm.get(noop.remote()))
+    assert result == wl.NOOP_RESULT
+
+
+def test_put_get_small(benchmark: Any, tm: Any) -> None:
+    """``get(put(obj))`` of a small nested Python object."""
+    result = benchmark(lambda: tm.get(tm.put(SMALL_OBJECT)))
+    assert result == SMALL_OBJECT
+
+
+def test_tree_reduce_small(benchmark: Any, api: RayLikeApi) -> None:
+    """64 leaves of 1000 float64 reduced pairwise by tasks (verified exactly)."""
+    benchmark.pedantic(
+        wl.run_tree_reduce,
+        args=(api,),
+        kwargs={"leaves": TREE_LEAVES, "size": TREE_LEAF_SIZE},
+        rounds=5,
+        warmup_rounds=1,
+    )

@@ -1,0 +1,285 @@
+"""The ``taskmesh`` command: start a head or a worker node, show status, stop.
+
+    taskmesh start --head [--port 7300] [--num-cpus N] [--node-ip IP] [--block]
+    taskmesh start --worker --address HOST:PORT [--num-cpus N] [--node-ip IP] [--block]
+    taskmesh status [--address HOST:PORT]
+    taskmesh stop
+
+Every failure prints one line, ``taskmesh: error: ...``, and exits non-zero within seconds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import socket
+import sys
+import time
+from typing import Any, NoReturn
+
+from . import _rundir
+from ._launch import StartError, spawn, stop_process, wait_ready
+from ._transport import port_is_free, split_address, tcp_endpoint
+from .config import DEFAULT_PORT, Config
+
+
+class CliError(Exception):
+    """A one-line error for the person at the terminal."""
+
+
+def _fail(msg: str) -> NoReturn:
+    raise CliError(msg)
+
+
+def _guess_node_ip() -> str:
+    """The first non-loopback IPv4 address of this machine (no packets sent), else 127.0.0.1."""
+    import psutil
+
+    for _name, addrs in psutil.net_if_addrs().items():
+        for a in addrs:
+            if a.family == socket.AF_INET and not a.address.startswith("127."):
+                return a.address
+    return "127.0.0.1"
+
+
+def _resolve(host: str) -> str:
+    try:
+        return socket.getaddrinfo(host, None, socket.AF_INET)[0][4][0]
+    except socket.gaierror:
+        _fail(f"cannot resolve host {host!r}")
+
+
+def _log_path(cfg: Config, role: str) -> str:
+    return os.path.join(cfg.run_dir, "logs", f"{role}-{time.strftime('%Y%m%d-%H%M%S')}.log")
+
+
+def _start_node(cfg: Config, head_addr: str, node_ip: str, num_cpus: int, resources: str,
+                detach: bool) -> tuple[Any, str, str]:
+    log_file = _log_path(cfg, "node")
+    proc, ready = spawn("taskmesh._node", ["--head", head_addr, "--node-ip", node_ip,
+                                           "--num-cpus", str(num_cpus), "--resources", resources],
+                        cfg, log_file=log_file, detach=detach)
+    try:
+        node_id = wait_ready(proc, ready, "the node agent", cfg.connect_timeout_s + 4)
+    except StartError as exc:
+        stop_process(proc, 2)
+        _fail(f"could not join the head at {head_addr}: {exc}")
+    _rundir.record(cfg.run_dir, "node", proc.pid, head_address=head_addr, node_ip=node_ip,
+                   node_id=node_id, log_file=log_file)
+    return proc, node_id, log_file
+
+
+def cmd_start(args: argparse.Namespace) -> int:
+    cfg = Config.from_env()
+    if args.resources:
+        try:
+            res = json.loads(args.resources)
+            assert isinstance(res, dict)
+        except (ValueError, AssertionError):
+            _fail(f"--resources must be a JSON object like '{{\"highmem\": 2}}', got {args.resources!r}")
+    resources = args.resources or "{}"
+    num_cpus = (os.cpu_count() or 1) if args.num_cpus is None else args.num_cpus
+    if num_cpus < 0:
+        _fail("--num-cpus must be >= 0")
+    detach = not args.block
+    procs = []
+    if args.head:
+        heads = _rundir.live(cfg.run_dir, "head")
+        if heads:
+            h = heads[-1]
+            _fail(f"a taskmesh head is already running on this machine (pid {h['pid']}, "
+                  f"address {h['connect_address']}); stop it first with `taskmesh stop`")
+        node_ip = args.node_ip or _guess_node_ip()
+        port = args.port
+        if not port_is_free("0.0.0.0", port):
+            _fail(f"port {port} is already in use on this machine; pick another with --port")
+        head_log = _log_path(cfg, "head")
+        head, ready = spawn("taskmesh._head", ["--host", "0.0.0.0", "--port", str(port)], cfg,
+                            log_file=head_log, detach=detach)
+        try:
+            wait_ready(head, ready, "the head", 10)
+        except StartError as exc:
+            stop_process(head, 2)
+            _fail(f"could not start the head: {exc}")
+        address = f"{node_ip}:{port}"
+        _rundir.record(cfg.run_dir, "head", head.pid, connect_address=address, port=port,
+                       log_file=head_log)
+        procs.append(head)
+        node_msg = "no worker processes (--num-cpus 0)"
+        if num_cpus > 0:
+            try:
+                node, node_id, _ = _start_node(cfg, f"127.0.0.1:{port}", node_ip, num_cpus,
+                                               resources, detach)
+            except CliError:
+                stop_process(head, 5)
+                raise
+            procs.append(node)
+            node_msg = f"a node of {num_cpus} CPU{'s' if num_cpus != 1 else ''} ({node_id})"
+        print(f"taskmesh head started at {address} (pid {head.pid}) with {node_msg}.")
+        print(f"  add a machine:    taskmesh start --worker --address {address}")
+        print(f"  connect Python:   taskmesh.init(address=\"{address}\")  "
+              "(or address=\"auto\" on this machine)")
+        print("  see the cluster:  taskmesh status")
+        print("  stop:             taskmesh stop")
+        print(f"  logs:             {os.path.dirname(head_log)}")
+    else:
+        if not args.address:
+            _fail("start --worker needs --address HOST:PORT of the head")
+        try:
+            host, port = split_address(args.address, DEFAULT_PORT)
+        except ValueError as exc:
+            _fail(f"bad --address: {exc}")
+        ip = _resolve(host)
+        node_ip = args.node_ip or _local_ip_for(ip)
+        for n in _rundir.live(cfg.run_dir, "node"):
+            if n.get("node_ip") == node_ip:
+                _fail(f"a taskmesh node is already running on this machine ({node_ip}, pid "
+                      f"{n['pid']}, joined {n['head_address']}); stop it first with `taskmesh stop`")
+        node, node_id, log_file = _start_node(cfg, f"{ip}:{port}", node_ip, num_cpus, resources,
+                                              detach)
+        procs.append(node)
+        print(f"taskmesh node {node_id} ({node_ip}, {num_cpus} CPUs, pid {node.pid}) joined the "
+              f"head at {ip}:{port}.")
+        print(f"  logs: {log_file}")
+    sys.stdout.flush()
+    if args.block:
+        return _block(procs)
+    return 0
+
+
+def _local_ip_for(head_ip: str) -> str:
+    from ._transport import local_ip_towards
+
+    return local_ip_towards(head_ip)
+
+
+def _block(procs: list) -> int:
+    """Stay in the foreground until a signal or until one of our processes ends."""
+    stop = {"sig": False}
+
+    def on_signal(*_: Any) -> None:
+        stop["sig"] = True
+
+    signal.signal(signal.SIGINT, on_signal)
+    signal.signal(signal.SIGTERM, on_signal)
+    code = 0
+    while not stop["sig"]:
+        dead = [p for p in procs if p.poll() is not None]
+        if dead:
+            print(f"taskmesh: process {dead[0].pid} exited with code {dead[0].returncode}; "
+                  "stopping", file=sys.stderr)
+            code = 1
+            break
+        time.sleep(0.2)
+    for p in reversed(procs):
+        stop_process(p, 10)
+    return code
+
+
+def cmd_stop(args: argparse.Namespace) -> int:
+    cfg = Config.from_env()
+    recs = _rundir.live(cfg.run_dir)
+    if not recs:
+        print("no taskmesh processes are running on this machine")
+        return 0
+    # nodes first, so the head does not see them vanish one by one
+    recs.sort(key=lambda r: r.get("role") == "head")
+    for r in recs:
+        try:
+            os.kill(int(r["pid"]), signal.SIGTERM)
+        except ProcessLookupError:
+            pass
+    deadline = time.monotonic() + 10
+    from ._transport import pid_alive
+
+    for r in recs:
+        while pid_alive(int(r["pid"])) and time.monotonic() < deadline:
+            time.sleep(0.05)
+            try:  # reap if it is our child (it is not, normally: daemons are detached)
+                os.waitpid(int(r["pid"]), os.WNOHANG)
+            except ChildProcessError:
+                pass
+        if pid_alive(int(r["pid"])):
+            os.kill(int(r["pid"]), signal.SIGKILL)
+        _rundir.remove(r["_path"])
+    names = ", ".join(f"{r['role']} pid {r['pid']}" for r in recs)
+    print(f"stopped {len(recs)} taskmesh process{'es' if len(recs) != 1 else ''} ({names})")
+    return 0
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from ._client.core import CoreClient
+    from ._head.policy import from_units
+    from .errors import HeadConnectionError
+
+    cfg = Config.from_env()
+    address = args.address or os.environ.get("TASKMESH_ADDRESS") or _rundir.find_head(cfg.run_dir)
+    if not address:
+        _fail("no taskmesh cluster is running on this machine; give --address HOST:PORT")
+    try:
+        host, port = split_address(address, DEFAULT_PORT)
+    except ValueError as exc:
+        _fail(f"bad address: {exc}")
+    core = CoreClient(cfg, tcp_endpoint(_resolve(host), port), "status", f"{host}:{port}")
+    try:
+        core.handshake({"pid": os.getpid()})
+        st = core.info("status")
+    except HeadConnectionError as exc:
+        _fail(str(exc))
+    finally:
+        core.close()
+    print(f"taskmesh cluster at {host}:{port}")
+    rows = [("NODE", "ADDRESS", "STATE", "CPUS USED/TOTAL", "WORKERS", "RUNNING", "FINISHED")]
+    for n in st["nodes"]:
+        total = from_units(n["Resources"].get("CPU", 0))
+        used = from_units(n["CPUsInUse"])
+        rows.append((n["NodeID"], n["NodeManagerAddress"], "alive" if n["Alive"] else "dead",
+                     f"{used:g}/{total:g}", str(n["Workers"]), str(n["TasksRunning"]),
+                     str(n["TasksFinished"])))
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    for r in rows:
+        print("  " + "  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip())
+    t = st["tasks"]
+    print(f"tasks: {t['queued']} queued, {t['waiting_for_deps']} waiting for dependencies, "
+          f"{t['running']} running, {t['finished']} finished ({t['failed']} failed)")
+    print(f"objects: {st['objects']}   drivers connected: {st['drivers']}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="taskmesh", description="Run and inspect a taskmesh cluster.")
+    sub = ap.add_subparsers(dest="command", required=True)
+    st = sub.add_parser("start", help="start a head or a worker node on this machine")
+    role = st.add_mutually_exclusive_group(required=True)
+    role.add_argument("--head", action="store_true", help="start the head (and a node, unless --num-cpus 0)")
+    role.add_argument("--worker", action="store_true", help="start a node that joins --address")
+    st.add_argument("--address", help="HOST:PORT of the head (with --worker)")
+    st.add_argument("--port", type=int, default=DEFAULT_PORT, help="head port (default %(default)s)")
+    st.add_argument("--num-cpus", type=int, help="worker processes on this machine (default: CPU count)")
+    st.add_argument("--resources", help="custom resources as JSON, e.g. '{\"highmem\": 2}'")
+    st.add_argument("--node-ip", help="this machine's address as other machines reach it")
+    st.add_argument("--block", action="store_true", help="stay in the foreground until Ctrl-C")
+    st.set_defaults(fn=cmd_start)
+    s = sub.add_parser("status", help="show nodes, CPUs and task counts")
+    s.add_argument("--address", help="HOST:PORT of the head (default: the one on this machine)")
+    s.set_defaults(fn=cmd_status)
+    sp = sub.add_parser("stop", help="stop the taskmesh processes started on this machine")
+    sp.set_defaults(fn=cmd_stop)
+    return ap
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.fn(args))
+    except CliError as exc:
+        print(f"taskmesh: error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
