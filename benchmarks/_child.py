@@ -22,6 +22,7 @@ loaded, equally for every framework).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import gc
 import json
 import os
@@ -44,7 +45,7 @@ class Events:
     """Append-only JSON-lines event sink, flushed after every event."""
 
     def __init__(self, path: str) -> None:
-        self._f: TextIO = open(path, "a", encoding="utf-8")
+        self._f: TextIO = open(path, "a", encoding="utf-8")  # noqa: SIM115 - lives as long as the process
 
     def emit(self, event: str, **fields: Any) -> None:
         """Write one event line and flush it so the parent sees it immediately."""
@@ -56,7 +57,11 @@ def main(argv: list[str] | None = None) -> int:
     """Run the requested workloads on one framework; return the exit code."""
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--framework", required=True, choices=sorted(FRAMEWORKS))
-    p.add_argument("--workloads", default="", help="comma-separated; may be empty (cold start only)")
+    p.add_argument(
+        "--workloads",
+        default="",
+        help="comma-separated; may be empty (cold start only)",
+    )
     p.add_argument("--repeat", type=int, default=1)
     p.add_argument("--workers", type=int, default=DEFAULT_NUM_WORKERS)
     p.add_argument("--events", required=True)
@@ -84,13 +89,13 @@ def main(argv: list[str] | None = None) -> int:
     except BaseException as exc:  # noqa: BLE001
         traceback.print_exc()
         events.emit("fatal", stage="init", error=one_line(exc))
-        try:
+        with contextlib.suppress(
+            BaseException
+        ):  # best effort; the parent kills leftovers
             fw.shutdown()
-        except BaseException:  # noqa: BLE001
-            pass
         return 2
     try:
-        versions = fw.versions()
+        versions = fw.versions(imported=True)
     except Exception:  # noqa: BLE001
         versions = {}
     events.emit(
@@ -119,11 +124,20 @@ def main(argv: list[str] | None = None) -> int:
                 seconds.append(run(api))
         except BaseException as exc:  # noqa: BLE001
             traceback.print_exc()
-            events.emit("result", workload=name, ok=False, error=one_line(exc), seconds=seconds, warmup_s=warmup_s)
+            events.emit(
+                "result",
+                workload=name,
+                ok=False,
+                error=one_line(exc),
+                seconds=seconds,
+                warmup_s=warmup_s,
+            )
             if isinstance(exc, KeyboardInterrupt):
                 break
             continue
-        events.emit("result", workload=name, ok=True, seconds=seconds, warmup_s=warmup_s)
+        events.emit(
+            "result", workload=name, ok=True, seconds=seconds, warmup_s=warmup_s
+        )
 
     events.emit("workloads_done")
     t4 = time.perf_counter()

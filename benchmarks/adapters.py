@@ -22,7 +22,8 @@ import importlib.metadata
 import importlib.util
 import logging
 import operator
-from typing import Any, Callable, Iterator, Protocol, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any, Protocol
 
 #: Number of worker processes every framework gets (the spec: two).
 DEFAULT_NUM_WORKERS = 2
@@ -90,7 +91,9 @@ class RayLikeApi:
     def wait(
         self, refs: Sequence[Any], *, num_returns: int = 1, timeout: float | None = None
     ) -> tuple[list[Any], list[Any]]:
-        ready, not_ready = self._mod.wait(list(refs), num_returns=num_returns, timeout=timeout)
+        ready, not_ready = self._mod.wait(
+            list(refs), num_returns=num_returns, timeout=timeout
+        )
         return list(ready), list(not_ready)
 
 
@@ -113,7 +116,10 @@ class DaskApi:
 
         def submit(*args: Any) -> list[Any]:
             whole = client.submit(fn, *args, pure=False)
-            return [client.submit(operator.getitem, whole, k, pure=False) for k in range(num_returns)]
+            return [
+                client.submit(operator.getitem, whole, k, pure=False)
+                for k in range(num_returns)
+            ]
 
         return submit
 
@@ -162,8 +168,11 @@ class Framework:
     modules: tuple[str, ...] = ()
     #: Distributions whose versions are reported.
     distributions: tuple[str, ...] = ()
-    #: Extra environment variables for the child process.
-    env: dict[str, str] = {}
+    #: Extra environment variables for the child process (set per instance).
+    env: dict[str, str]
+
+    def __init__(self) -> None:
+        self.env = {}
 
     def is_installed(self) -> bool:
         """True if every required module can be found (without importing it)."""
@@ -174,8 +183,12 @@ class Framework:
         for m in self.modules:
             importlib.import_module(m)
 
-    def versions(self) -> dict[str, str]:
-        """Installed versions of :attr:`distributions` (``"?"`` if unknown)."""
+    def versions(self, *, imported: bool = False) -> dict[str, str]:
+        """Installed versions of :attr:`distributions` (``"?"`` if unknown).
+
+        With ``imported=True`` (only in the child, after the import) a
+        framework may also ask its module, e.g. for a source-tree checkout.
+        """
         out: dict[str, str] = {}
         for dist in self.distributions:
             out[dist] = installed_version(dist)
@@ -200,6 +213,7 @@ class RayLikeFramework(Framework):
         init_kwargs: dict[str, Any] | None = None,
         env: dict[str, str] | None = None,
     ) -> None:
+        super().__init__()
         self.name = name
         self.module = module
         self.modules = (module,)
@@ -218,9 +232,9 @@ class RayLikeFramework(Framework):
     def shutdown(self) -> None:
         self._mod().shutdown()
 
-    def versions(self) -> dict[str, str]:
+    def versions(self, *, imported: bool = False) -> dict[str, str]:
         out = super().versions()
-        if out.get(self.module, "?") == "?":
+        if imported and out.get(self.module, "?") == "?":
             # Not pip-installed (e.g. taskmesh from the source tree): ask the module.
             out[self.module] = str(getattr(self._mod(), "__version__", "?"))
         return out
@@ -234,6 +248,7 @@ class DaskFramework(Framework):
     distributions = ("dask", "distributed")
 
     def __init__(self) -> None:
+        super().__init__()
         self._cluster: Any = None
         self._client: Any = None
 
@@ -312,5 +327,7 @@ def in_task(framework: str) -> Iterator[Api]:
     if api is None:
         fw = FRAMEWORKS[framework]
         assert isinstance(fw, RayLikeFramework)
-        api = _task_apis[framework] = RayLikeApi(importlib.import_module(fw.module), framework)
+        api = _task_apis[framework] = RayLikeApi(
+            importlib.import_module(fw.module), framework
+        )
     yield api

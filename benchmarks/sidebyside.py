@@ -37,12 +37,13 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any
 
 from benchmarks.adapters import DEFAULT_NUM_WORKERS, FRAMEWORKS, installed_version
-from benchmarks.workloads import WORKLOADS, Workload
+from benchmarks.workloads import WORKLOADS
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
@@ -78,7 +79,11 @@ class WorkloadResult:
     @property
     def median_s(self) -> float | None:
         """Median time over the timed iterations."""
-        return statistics.median(self.seconds) if self.status == "ok" and self.seconds else None
+        return (
+            statistics.median(self.seconds)
+            if self.status == "ok" and self.seconds
+            else None
+        )
 
 
 @dataclass
@@ -115,7 +120,9 @@ class ChildOutcome:
 def _child_env(framework: str) -> dict[str, str]:
     env = os.environ.copy()
     # Workers of every framework must be able to import benchmarks.workloads.
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO_ROOT), env.get("PYTHONPATH", "")) if p)
+    env["PYTHONPATH"] = os.pathsep.join(
+        p for p in (str(REPO_ROOT), env.get("PYTHONPATH", "")) if p
+    )
     env["PYTHONUNBUFFERED"] = "1"
     env.update(FRAMEWORKS[framework].env)
     return env
@@ -158,7 +165,11 @@ def _kill_group(proc: subprocess.Popen[bytes], grace_s: float = 5.0) -> None:
 def _last_log_line(path: str) -> str:
     """Last non-empty line of a child's log (for crash reasons)."""
     try:
-        lines = [ln.strip() for ln in Path(path).read_text(errors="replace").splitlines() if ln.strip()]
+        lines = [
+            ln.strip()
+            for ln in Path(path).read_text(errors="replace").splitlines()
+            if ln.strip()
+        ]
     except OSError:
         return ""
     return lines[-1][:200] if lines else ""
@@ -186,13 +197,20 @@ def run_child(
     log_path = log_dir / f"{framework}-{tag}.log"
     events_path.write_text("")
     cmd = [
-        sys.executable, "-m", "benchmarks._child",
-        "--framework", framework,
-        "--workloads", ",".join(workloads),
-        "--repeat", str(repeat),
-        "--workers", str(workers),
-        "--events", str(events_path),
-    ]  # fmt: skip
+        sys.executable,
+        "-m",
+        "benchmarks._child",
+        "--framework",
+        framework,
+        "--workloads",
+        ",".join(workloads),
+        "--repeat",
+        str(repeat),
+        "--workers",
+        str(workers),
+        "--events",
+        str(events_path),
+    ]
     events: list[dict[str, Any]] = []
     outcome = ChildOutcome(events=events, returncode=None, log_path=str(log_path))
     current: str | None = None  # workload in progress
@@ -233,7 +251,9 @@ def run_child(
                         stage, budget = "between workloads", EVENT_GAP_TIMEOUT_S
                         deadline = now + budget
                         if progress:
-                            _progress(f"[{framework}] cold start {ev['seconds']:.2f} s (import {ev['import_s']:.2f} s)")
+                            _progress(
+                                f"[{framework}] cold start {ev['seconds']:.2f} s (import {ev['import_s']:.2f} s)"
+                            )
                     elif kind == "start":
                         current = ev["workload"]
                         stage = f"workload {current}"
@@ -251,12 +271,16 @@ def run_child(
                         stage, budget = "shutdown", SHUTDOWN_GRACE_S
                         deadline = now + budget
                     elif kind == "fatal" and progress:
-                        _progress(f"[{framework}] failed during {ev['stage']}: {ev['error']}")
+                        _progress(
+                            f"[{framework}] failed during {ev['stage']}: {ev['error']}"
+                        )
                 if exited:
                     break
                 if time.monotonic() > deadline:
                     if stage != "shutdown":
-                        outcome.failure = f"timeout ({budget:g} s) during {stage}; child killed"
+                        outcome.failure = (
+                            f"timeout ({budget:g} s) during {stage}; child killed"
+                        )
                         outcome.failed_in = current
                     else:
                         outcome.failure = "shutdown hung; child killed"
@@ -268,9 +292,15 @@ def run_child(
         _kill_group(proc)
     outcome.returncode = proc.returncode
     kinds = {e["event"] for e in events}
-    if outcome.failure is None and "workloads_done" not in kinds and "fatal" not in kinds:
+    if (
+        outcome.failure is None
+        and "workloads_done" not in kinds
+        and "fatal" not in kinds
+    ):
         last = _last_log_line(str(log_path))
-        outcome.failure = f"child exited with code {proc.returncode} during {stage}" + (f": {last}" if last else "")
+        outcome.failure = f"child exited with code {proc.returncode} during {stage}" + (
+            f": {last}" if last else ""
+        )
         outcome.failed_in = current
     return outcome
 
@@ -307,7 +337,9 @@ def run_framework(
     ``repeat`` cold-start samples exist.
     """
     fw = FRAMEWORKS[framework]
-    report = FrameworkReport(name=framework, versions=fw.versions() if fw.is_installed() else {})
+    report = FrameworkReport(
+        name=framework, versions=fw.versions() if fw.is_installed() else {}
+    )
     report.workloads = {n: WorkloadResult() for n in names}
     if not fw.is_installed():
         report.status = "not installed"
@@ -331,7 +363,10 @@ def run_framework(
             elif kind == "cold_start":
                 report.versions.update(ev.get("versions") or {})
                 report.cold_start_breakdown.append(
-                    {k: ev[k] for k in ("import_s", "init_s", "first_task_s", "seconds")}
+                    {
+                        k: ev[k]
+                        for k in ("import_s", "init_s", "first_task_s", "seconds")
+                    }
                 )
                 if cold is not None and len(cold.seconds) < repeat:
                     cold.seconds.append(ev["seconds"])
@@ -348,14 +383,24 @@ def run_framework(
             if out.failed_in is not None:
                 r = report.workloads[out.failed_in]
                 r.status, r.error = "failed", out.failure
-            elif fatal is None and not any(e["event"] == "cold_start" for e in out.events):
+            elif fatal is None and not any(
+                e["event"] == "cold_start" for e in out.events
+            ):
                 fatal = out.failure
             else:
                 report.notes.append(out.failure)
 
     # Main child(ren): all regular workloads.
     while True:
-        out = run_child(framework, remaining, repeat, workers, log_dir, f"main{child_no}", iteration_timeout)
+        out = run_child(
+            framework,
+            remaining,
+            repeat,
+            workers,
+            log_dir,
+            f"main{child_no}",
+            iteration_timeout,
+        )
         child_no += 1
         absorb(out)
         if fatal is not None:
@@ -367,9 +412,25 @@ def run_framework(
 
     # Extra children for the remaining cold-start samples.
     extra = 0
-    while fatal is None and want_cold and cold is not None and len(cold.seconds) < repeat and extra < repeat + 2:
+    while (
+        fatal is None
+        and want_cold
+        and cold is not None
+        and len(cold.seconds) < repeat
+        and extra < repeat + 2
+    ):
         extra += 1
-        absorb(run_child(framework, [], repeat, workers, log_dir, f"cold{extra}", iteration_timeout))
+        absorb(
+            run_child(
+                framework,
+                [],
+                repeat,
+                workers,
+                log_dir,
+                f"cold{extra}",
+                iteration_timeout,
+            )
+        )
 
     for r in report.workloads.values():
         if r.status == "pending":
@@ -387,6 +448,7 @@ def run_framework(
 
 def machine_info() -> dict[str, Any]:
     """CPU, memory, OS, Python and framework versions of this machine."""
+    usable: int | None
     try:
         usable = len(os.sched_getaffinity(0))
     except AttributeError:  # not Linux
@@ -399,7 +461,10 @@ def machine_info() -> dict[str, Any]:
                     mem_gb = round(int(line.split()[1]) / 1024**2, 1)
     except OSError:
         pass
-    versions = {d: installed_version(d) for d in ("taskmesh", "ray", "dask", "distributed", "numpy")}
+    versions = {
+        d: installed_version(d)
+        for d in ("taskmesh", "ray", "dask", "distributed", "numpy")
+    }
     return {
         "cpu_count": os.cpu_count(),
         "usable_cpus": usable,
@@ -433,7 +498,9 @@ def _fmt(v: float) -> str:
     return f"{v:.3f}"
 
 
-def _cell(r: WorkloadResult | None, w_metric: Callable[[float], float], max_err: int = 72) -> str:
+def _cell(
+    r: WorkloadResult | None, w_metric: Callable[[float], float], max_err: int = 72
+) -> str:
     if r is None:
         return "-"
     if r.status == "ok" and r.best_s is not None and r.median_s is not None:
@@ -448,19 +515,38 @@ def _cell(r: WorkloadResult | None, w_metric: Callable[[float], float], max_err:
     return text if len(text) <= max_err else text[: max_err - 1] + "…"
 
 
+def _speedup_value(
+    tm: WorkloadResult | None, other: WorkloadResult | None
+) -> float | None:
+    """``other_best / taskmesh_best`` in seconds (>1: taskmesh faster), or None."""
+    tm_s = tm.best_s if tm is not None else None
+    other_s = other.best_s if other is not None else None
+    if tm_s is None or other_s is None or tm_s <= 0:
+        return None
+    return other_s / tm_s
+
+
 def _speedup(tm: WorkloadResult | None, other: WorkloadResult | None) -> str:
-    if tm is None or other is None or tm.best_s is None or other.best_s is None or tm.best_s <= 0:
-        return "n/a"
-    return f"{other.best_s / tm.best_s:.2f}x"
+    v = _speedup_value(tm, other)
+    return "n/a" if v is None else f"{v:.2f}x"
 
 
-def build_rows(reports: dict[str, FrameworkReport], names: list[str]) -> list[dict[str, Any]]:
+def build_rows(
+    reports: dict[str, FrameworkReport], names: list[str]
+) -> list[dict[str, Any]]:
     """Table rows: one per workload, plus an informational import-time row under cold_start."""
     rows: list[dict[str, Any]] = []
     for n in names:
         w = WORKLOADS[n]
-        rows.append({"label": n, "unit": w.unit, "better": w.better, "metric": w.metric,
-                     "results": {f: rep.workloads.get(n) for f, rep in reports.items()}})  # fmt: skip
+        rows.append(
+            {
+                "label": n,
+                "unit": w.unit,
+                "better": w.better,
+                "metric": w.metric,
+                "results": {f: rep.workloads.get(n) for f, rep in reports.items()},
+            }
+        )
         if n == "cold_start":
             imp: dict[str, WorkloadResult | None] = {}
             for f, rep in reports.items():
@@ -469,8 +555,15 @@ def build_rows(reports: dict[str, FrameworkReport], names: list[str]) -> list[di
                     imp[f] = WorkloadResult(status="ok", seconds=list(c.import_s))
                 else:
                     imp[f] = c
-            rows.append({"label": "  (import)", "unit": "s", "better": "lower", "metric": lambda s: s,
-                         "results": imp})  # fmt: skip
+            rows.append(
+                {
+                    "label": "  (import)",
+                    "unit": "s",
+                    "better": "lower",
+                    "metric": lambda s: s,
+                    "results": imp,
+                }
+            )
     return rows
 
 
@@ -479,12 +572,19 @@ def render_table(reports: dict[str, FrameworkReport], names: list[str]) -> str:
     frameworks = list(reports)
     compare = "taskmesh" in reports
     baselines = [b for b in BASELINES if b in reports] if compare else []
-    header = ["workload", "unit"] + frameworks + [f"speed-up vs {_pretty(b)}" for b in baselines]
+    header = (
+        ["workload", "unit"]
+        + frameworks
+        + [f"speed-up vs {_pretty(b)}" for b in baselines]
+    )
     body: list[list[str]] = []
     for row in build_rows(reports, names):
         unit = f"{row['unit']} ({row['better']} better)"
         cells = [_cell(row["results"].get(f), row["metric"]) for f in frameworks]
-        ups = [_speedup(row["results"].get("taskmesh"), row["results"].get(b)) for b in baselines]
+        ups = [
+            _speedup(row["results"].get("taskmesh"), row["results"].get(b))
+            for b in baselines
+        ]
         body.append([row["label"], unit] + cells + ups)
     widths = [max(len(r[i]) for r in [header] + body) for i in range(len(header))]
     line = "  ".join("-" * w for w in widths)
@@ -497,41 +597,65 @@ def _pretty(framework: str) -> str:
     return {"ray": "Ray", "dask": "Dask"}.get(framework, framework)
 
 
-def print_header(info: dict[str, Any], frameworks: list[str], names: list[str], repeat: int, workers: int) -> None:
+def print_header(
+    info: dict[str, Any],
+    frameworks: list[str],
+    names: list[str],
+    repeat: int,
+    workers: int,
+) -> None:
     """Machine and configuration summary printed before the run."""
     v = info["versions"]
     print("taskmesh side-by-side benchmark")
-    print(f"  machine : {info['cpu_count']} CPUs ({info['usable_cpus']} usable), {info['cpu_model']}, "
-          f"{info['memory_gb']} GB RAM")  # fmt: skip
+    print(
+        f"  machine : {info['cpu_count']} CPUs ({info['usable_cpus']} usable), {info['cpu_model']}, "
+        f"{info['memory_gb']} GB RAM"
+    )
     print(f"  os      : {info['platform']}")
     print(f"  python  : {info['python']}")
-    print(f"  versions: taskmesh {_src_version('taskmesh', v['taskmesh'])}, ray {v['ray']}, "
-          f"dask {v['dask']}, distributed {v['distributed']}, numpy {v['numpy']}")  # fmt: skip
-    print(f"  config  : frameworks={','.join(frameworks)} workloads={','.join(names)} "
-          f"repeat={repeat} workers={workers}")  # fmt: skip
+    print(
+        f"  versions: taskmesh {_src_version('taskmesh', v['taskmesh'])}, ray {v['ray']}, "
+        f"dask {v['dask']}, distributed {v['distributed']}, numpy {v['numpy']}"
+    )
+    print(
+        f"  config  : frameworks={','.join(frameworks)} workloads={','.join(names)} "
+        f"repeat={repeat} workers={workers}"
+    )
     print(flush=True)
 
 
 def _src_version(dist: str, version: str) -> str:
     if version != "?":
         return version
-    return "(source tree, not pip-installed)" if (REPO_ROOT / dist).is_dir() else "(not installed)"
+    return (
+        "(source tree, not pip-installed)"
+        if (REPO_ROOT / dist).is_dir()
+        else "(not installed)"
+    )
 
 
-def print_summary(reports: dict[str, FrameworkReport], names: list[str], repeat: int) -> None:
+def print_summary(
+    reports: dict[str, FrameworkReport], names: list[str], repeat: int
+) -> None:
     """Table, legend, cold-start breakdown and failures."""
     print()
-    how = f"best of {repeat}, median in parentheses" if repeat > 1 else "single timed run"
+    how = (
+        f"best of {repeat}, median in parentheses" if repeat > 1 else "single timed run"
+    )
     print(f"Results ({how}; every workload had one untimed warm-up except cold_start):")
     print(render_table(reports, names))
     print()
     if "taskmesh" in reports and any(b in reports for b in BASELINES):
-        print("speed-up vs X = X time / taskmesh time (best runs): >1.00x means taskmesh is faster,"
-              " <1.00x means taskmesh is slower.")  # fmt: skip
+        print(
+            "speed-up vs X = X time / taskmesh time (best runs): >1.00x means taskmesh is faster,"
+            " <1.00x means taskmesh is slower."
+        )
     for f, rep in reports.items():
         if rep.cold_start_breakdown:
-            parts = ", ".join(f"init {c['init_s']:.2f} s + first task {c['first_task_s']:.3f} s"
-                              for c in rep.cold_start_breakdown)  # fmt: skip
+            parts = ", ".join(
+                f"init {c['init_s']:.2f} s + first task {c['first_task_s']:.3f} s"
+                for c in rep.cold_start_breakdown
+            )
             sd = f"; shutdown {min(rep.shutdown_s):.2f} s" if rep.shutdown_s else ""
             print(f"  {f} cold start: {parts}{sd}")
     failures: list[str] = []
@@ -539,11 +663,22 @@ def print_summary(reports: dict[str, FrameworkReport], names: list[str], repeat:
         if rep.error:  # the framework never got going: one line for all its workloads
             failures.append(f"  {f} (all workloads): {rep.error}")
             continue
-        failures += [f"  {f}/{n}: {r.error}" for n, r in rep.workloads.items() if r.status == "failed"]
+        failures += [
+            f"  {f}/{n}: {r.error}"
+            for n, r in rep.workloads.items()
+            if r.status == "failed"
+        ]
     if failures:
         print("\nFailures:")
         print("\n".join(failures))
-        logs = sorted({lg for rep in reports.values() if rep.status == 'failed' for lg in rep.logs})
+        logs = sorted(
+            {
+                lg
+                for rep in reports.values()
+                if rep.status == "failed"
+                for lg in rep.logs
+            }
+        )
         if logs:
             print("  child logs: " + " ".join(logs))
     for f, rep in reports.items():
@@ -552,7 +687,10 @@ def print_summary(reports: dict[str, FrameworkReport], names: list[str], repeat:
 
 
 def to_json(
-    info: dict[str, Any], reports: dict[str, FrameworkReport], names: list[str], args: argparse.Namespace
+    info: dict[str, Any],
+    reports: dict[str, FrameworkReport],
+    names: list[str],
+    args: argparse.Namespace,
 ) -> dict[str, Any]:
     """Machine-readable results (raw seconds plus derived metrics and speed-ups)."""
     fw_out: dict[str, Any] = {}
@@ -576,16 +714,26 @@ def to_json(
             for b in BASELINES:
                 if b in reports:
                     o = reports[b].workloads.get(n)
-                    ok = tm and o and tm.best_s and o.best_s
-                    speedups.setdefault(n, {})[f"vs_{b}"] = (o.best_s / tm.best_s) if ok else None  # type: ignore[operator,union-attr]
+                    speedups.setdefault(n, {})[f"vs_{b}"] = _speedup_value(tm, o)
     return {
         "machine": info,
-        "config": {"frameworks": list(reports), "workloads": names, "repeat": args.repeat, "workers": args.workers},
+        "config": {
+            "frameworks": list(reports),
+            "workloads": names,
+            "repeat": args.repeat,
+            "workers": args.workers,
+        },
         "speedup_definition": "other_best_seconds / taskmesh_best_seconds (>1 means taskmesh faster)",
         "frameworks": fw_out,
         "speedups": speedups,
-        "workload_info": {n: {"description": WORKLOADS[n].description, "unit": WORKLOADS[n].unit,
-                              "better": WORKLOADS[n].better} for n in names},  # fmt: skip
+        "workload_info": {
+            n: {
+                "description": WORKLOADS[n].description,
+                "unit": WORKLOADS[n].unit,
+                "better": WORKLOADS[n].better,
+            }
+            for n in names
+        },
     }
 
 
@@ -596,7 +744,9 @@ def _split(value: str, known: Iterable[str], what: str) -> list[str]:
     items = [x.strip() for x in value.split(",") if x.strip()]
     unknown = [x for x in items if x not in known]
     if unknown:
-        raise SystemExit(f"unknown {what}: {', '.join(unknown)} (known: {', '.join(known)})")
+        raise SystemExit(
+            f"unknown {what}: {', '.join(unknown)} (known: {', '.join(known)})"
+        )
     return items
 
 
@@ -607,13 +757,40 @@ def main(argv: list[str] | None = None) -> int:
         description="Run the same workloads on taskmesh, Ray and Dask distributed, side by side.",
         epilog="Speed-up columns are other_time / taskmesh_time: >1 means taskmesh is faster.",
     )
-    p.add_argument("--frameworks", default=",".join(FRAMEWORKS), help="comma-separated (default: %(default)s)")
-    p.add_argument("--workloads", default=",".join(WORKLOADS), help="comma-separated (default: %(default)s)")
-    p.add_argument("--repeat", type=int, default=3, help="timed iterations per workload; best and median reported")
-    p.add_argument("--workers", type=int, default=DEFAULT_NUM_WORKERS, help="worker processes per framework")
+    p.add_argument(
+        "--frameworks",
+        default=",".join(FRAMEWORKS),
+        help="comma-separated (default: %(default)s)",
+    )
+    p.add_argument(
+        "--workloads",
+        default=",".join(WORKLOADS),
+        help="comma-separated (default: %(default)s)",
+    )
+    p.add_argument(
+        "--repeat",
+        type=int,
+        default=3,
+        help="timed iterations per workload; best and median reported",
+    )
+    p.add_argument(
+        "--workers",
+        type=int,
+        default=DEFAULT_NUM_WORKERS,
+        help="worker processes per framework",
+    )
     p.add_argument("--json", metavar="PATH", help="also write results as JSON")
-    p.add_argument("--timeout", type=float, default=None, help="per-iteration timeout in s (default: per workload)")
-    p.add_argument("--keep-logs", action="store_true", help="keep child logs even if everything passed")
+    p.add_argument(
+        "--timeout",
+        type=float,
+        default=None,
+        help="per-iteration timeout in s (default: per workload)",
+    )
+    p.add_argument(
+        "--keep-logs",
+        action="store_true",
+        help="keep child logs even if everything passed",
+    )
     p.add_argument("--list", action="store_true", help="list workloads and exit")
     args = p.parse_args(argv)
 
@@ -634,7 +811,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         for f in frameworks:
             _progress(f"== {f}")
-            reports[f] = run_framework(f, names, args.repeat, args.workers, log_dir, args.timeout)
+            reports[f] = run_framework(
+                f, names, args.repeat, args.workers, log_dir, args.timeout
+            )
             if reports[f].status == "not installed":
                 _progress(f"[{f}] not installed; skipped")
     finally:
@@ -647,7 +826,9 @@ def main(argv: list[str] | None = None) -> int:
     print_summary(reports, names, args.repeat)
     print(f"\ntotal wall time {time.monotonic() - t0:.0f} s")
     if args.json:
-        Path(args.json).write_text(json.dumps(to_json(info, reports, names, args), indent=2) + "\n")
+        Path(args.json).write_text(
+            json.dumps(to_json(info, reports, names, args), indent=2) + "\n"
+        )
         print(f"JSON written to {args.json}")
     return 1 if any(r.status == "failed" for r in reports.values()) else 0
 

@@ -10,19 +10,25 @@ smaller size), so they also verify their results.
 
 from __future__ import annotations
 
-from typing import Any, Iterator
+import contextlib
+from collections.abc import Iterator
+from typing import Any
 
 import pytest
 
 pytest.importorskip("pytest_benchmark")
 
-from benchmarks import workloads as wl  # noqa: E402
-from benchmarks.adapters import RayLikeApi  # noqa: E402
+from benchmarks import workloads as wl
+from benchmarks.adapters import RayLikeApi
 
 NOOP_TASKS = 1000
 TREE_LEAVES = 64
 TREE_LEAF_SIZE = 1000
-SMALL_OBJECT = {"ints": list(range(16)), "text": "taskmesh" * 8, "nested": {"a": (1, 2.5, None)}}
+SMALL_OBJECT = {
+    "ints": list(range(16)),
+    "text": "taskmesh" * 8,
+    "nested": {"a": (1, 2.5, None)},
+}
 
 
 @pytest.fixture(scope="module")
@@ -33,10 +39,8 @@ def tm() -> Iterator[Any]:
 
         taskmesh.init(num_cpus=2)
     except Exception as exc:  # noqa: BLE001 - any failure to start means "skip", not "error"
-        try:
-            taskmesh.shutdown()  # type: ignore[possibly-undefined]
-        except Exception:  # noqa: BLE001
-            pass
+        with contextlib.suppress(Exception):  # undo a half-done init, if any
+            taskmesh.shutdown()
         pytest.skip(f"taskmesh cannot init: {type(exc).__name__}: {exc}")
     try:
         yield taskmesh
@@ -52,7 +56,13 @@ def api(tm: Any) -> RayLikeApi:
 
 def test_noop_async_1000(benchmark: Any, api: RayLikeApi) -> None:
     """Submit 1000 no-op tasks, then get all (verified)."""
-    benchmark.pedantic(wl.run_noop_async, args=(api,), kwargs={"n": NOOP_TASKS}, rounds=5, warmup_rounds=1)
+    benchmark.pedantic(
+        wl.run_noop_async,
+        args=(api,),
+        kwargs={"n": NOOP_TASKS},
+        rounds=5,
+        warmup_rounds=1,
+    )
 
 
 def test_noop_sync_round_trip(benchmark: Any, tm: Any) -> None:

@@ -17,8 +17,9 @@ worker processes can import them by reference.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Callable, Literal, Mapping
+from typing import Any, Literal
 
 import numpy as np
 
@@ -175,7 +176,9 @@ def run_noop_sync(api: Api, n: int = NOOP_SYNC_ROUND_TRIPS) -> float:
     return elapsed
 
 
-def run_tree_reduce(api: Api, leaves: int = TREE_LEAVES, size: int = TREE_LEAF_SIZE) -> float:
+def run_tree_reduce(
+    api: Api, leaves: int = TREE_LEAVES, size: int = TREE_LEAF_SIZE
+) -> float:
     """``leaves`` array-producing tasks reduced pairwise by tasks taking two refs."""
     leaf = api.remote(make_leaf)
     add = api.remote(add_arrays)
@@ -195,11 +198,15 @@ def run_tree_reduce(api: Api, leaves: int = TREE_LEAVES, size: int = TREE_LEAF_S
     expected = expected_tree_result(leaves, size)
     if not np.array_equal(result, expected):
         k = int(np.flatnonzero(result != expected)[0])
-        raise VerificationError(f"tree_reduce: result[{k}]={result[k]!r}, expected {expected[k]!r}")
+        raise VerificationError(
+            f"tree_reduce: result[{k}]={result[k]!r}, expected {expected[k]!r}"
+        )
     return elapsed
 
 
-def run_nested(api: Api, parents: int = NESTED_PARENTS, children: int = NESTED_CHILDREN) -> float:
+def run_nested(
+    api: Api, parents: int = NESTED_PARENTS, children: int = NESTED_CHILDREN
+) -> float:
     """``parents`` tasks that each submit and get ``children`` tasks."""
     parent = api.remote(nested_parent)
     t0 = time.perf_counter()
@@ -207,7 +214,10 @@ def run_nested(api: Api, parents: int = NESTED_PARENTS, children: int = NESTED_C
     results = api.get(refs)
     elapsed = time.perf_counter() - t0
     expected = [expected_nested(i, children) for i in range(parents)]
-    verify(list(results) == expected, f"nested: results {list(results)[:5]}... != {expected[:5]}...")
+    verify(
+        list(results) == expected,
+        f"nested: results {list(results)[:5]}... != {expected[:5]}...",
+    )
     return elapsed
 
 

@@ -45,6 +45,11 @@ def spawn(
         cmd += ["--log-file", log_file]
     env = dict(os.environ)
     env.update(config.to_env())
+    if not detach:
+        # an embedded cluster's workers import what the driver can import (its modules, the
+        # script's directory, test modules...), as a notebook user expects of a local cluster
+        paths = [p for p in sys.path if p and os.path.isdir(p)]
+        env["PYTHONPATH"] = os.pathsep.join(dict.fromkeys([os.getcwd(), *paths]))
     out = subprocess.DEVNULL if detach else None
     try:
         proc = subprocess.Popen(

@@ -47,8 +47,11 @@ def to_exception(obj: SerializedObject) -> BaseException:
         info = pickle.loads(obj.data)
     except Exception as exc:  # the cause class may not exist here
         return TaskError(remote_traceback=f"(error details could not be unpickled: {exc})")
+    cause = info.get("cause")
+    if cause is None and "cause_state" in info:
+        cause = _rebuild_cause(info["cause_state"])
     return TaskError.from_cause(
-        info.get("cause"), info["task_name"], info["node_id"], info["pid"],
+        cause, info["task_name"], info["node_id"], info["pid"],
         info["traceback"], info.get("cause_repr", ""),
     )
 
@@ -78,8 +81,41 @@ def dump_task_error(
         data = cloudpickle.dumps({**info, "cause": cause}, protocol=5)
         pickle.loads(data)  # the cause must also come back out; some exceptions don't
     except Exception:
-        data = cloudpickle.dumps({**info, "cause": None}, protocol=5)
+        data = _dump_cause_state(info, cause)
     return SerializedObject(SerializedObject.TASK_ERROR, data, [])
+
+
+def _dump_cause_state(info: dict, cause: BaseException | None) -> bytes:
+    """For exceptions whose __init__ breaks unpickling: send class, args and __dict__ apart."""
+    if cause is not None:
+        state = {k: v for k, v in getattr(cause, "__dict__", {}).items() if _picklable(v)}
+        try:
+            data = cloudpickle.dumps({**info, "cause": None,
+                                      "cause_state": (type(cause), cause.args, state)}, protocol=5)
+            pickle.loads(data)
+            return data
+        except Exception:
+            pass
+    return cloudpickle.dumps({**info, "cause": None}, protocol=5)
+
+
+def _picklable(value: Any) -> bool:
+    try:
+        cloudpickle.dumps(value, protocol=5)
+        return True
+    except Exception:
+        return False
+
+
+def _rebuild_cause(state: Any) -> BaseException | None:
+    try:
+        cls, args, attrs = state
+        exc = cls.__new__(cls)
+        exc.args = args
+        exc.__dict__.update(attrs)
+        return exc
+    except Exception:
+        return None
 
 
 def system_error_object(kind: str, message: str) -> SerializedObject:

@@ -451,6 +451,9 @@ class HeadState:
         for t in reversed(requeue):
             t.state = READY
             self.queues.setdefault(t.shape, deque()).appendleft(t)
+        if node is not None and node.alive and len(node.workers) + node.starting < node.num_cpus:
+            node.starting += 1  # keep the pool at its size: a replacement starts now
+            self.out.send(node.peer, P.StartWorkers(1))
 
     def _node_lost(self, node: NodeRec, why: str) -> None:
         log.warning("node %s (%s) declared dead: %s", node.node_id, node.address, why)

@@ -1,0 +1,83 @@
+"""Shared fixtures: embedded clusters that always clean up, and leak checks."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+
+import psutil
+import pytest
+
+import taskmesh
+
+
+def descendants() -> set[int]:
+    return {p.pid for p in psutil.Process().children(recursive=True)}
+
+
+def shm_entries() -> set[str]:
+    try:
+        return set(os.listdir("/dev/shm"))
+    except FileNotFoundError:
+        return set()
+
+
+def wait_gone(pids: set[int], timeout: float = 10.0) -> set[int]:
+    """Wait until none of ``pids`` is alive; return the ones still alive."""
+    deadline = time.monotonic() + timeout
+    alive = set(pids)
+    while alive and time.monotonic() < deadline:
+        alive = {p for p in alive if psutil.pid_exists(p) and
+                 psutil.Process(p).status() != psutil.STATUS_ZOMBIE}
+        if alive:
+            time.sleep(0.05)
+    return alive
+
+
+def kill_all(pids: set[int]) -> None:
+    for pid in pids:
+        try:
+            os.kill(pid, 9)
+        except ProcessLookupError:
+            pass
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    """An embedded 2-CPU cluster shared by a test module; checks nothing leaks afterwards."""
+    before_shm = shm_entries()
+    taskmesh.init(num_cpus=2)
+    procs = descendants()
+    try:
+        yield taskmesh
+    finally:
+        taskmesh.shutdown()
+        left = wait_gone(procs)
+        kill_all(left)
+        assert not left, f"processes left after shutdown: {left}"
+        assert shm_entries() - before_shm == set()
+
+
+@pytest.fixture
+def fresh_cluster(request):
+    """A cluster just for one test; pass num_cpus with @pytest.mark.parametrize indirect or default 2."""
+    num_cpus = getattr(request, "param", 2)
+    if taskmesh.is_initialized():
+        taskmesh.shutdown()
+    taskmesh.init(num_cpus=num_cpus)
+    procs = descendants()
+    try:
+        yield taskmesh
+    finally:
+        taskmesh.shutdown()
+        left = wait_gone(procs)
+        kill_all(left)
+        assert not left, f"processes left after shutdown: {left}"
+
+
+def run_python(code: str, timeout: float = 60, env: dict | None = None) -> subprocess.CompletedProcess:
+    """Run a Python snippet in a fresh interpreter (a separate driver process)."""
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=timeout, env={**os.environ, **(env or {})})

@@ -1,0 +1,107 @@
+"""The taskmesh command: start/status/stop and its one-line errors."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+
+import pytest
+
+from taskmesh import _rundir
+from taskmesh._transport import free_port
+
+from ..conftest import kill_all, run_python, wait_gone
+
+
+def tm(*args: str, env: dict, timeout: float = 30) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "taskmesh._cli", *args], capture_output=True,
+                          text=True, timeout=timeout, env=env)
+
+
+@pytest.fixture
+def run_env(tmp_path):
+    env = {**os.environ, "TASKMESH_RUN_DIR": str(tmp_path / "run")}
+    yield env
+    r = tm("stop", env=env)
+    pids = {int(rec["pid"]) for rec in _rundir.live(env["TASKMESH_RUN_DIR"])}
+    kill_all(wait_gone(pids, 5))
+    assert r.returncode == 0
+
+
+def test_head_status_join_stop(run_env):
+    port = free_port()
+    r = tm("start", "--head", "--port", str(port), "--num-cpus", "1", "--node-ip", "127.0.0.1",
+           env=run_env)
+    assert r.returncode == 0, r.stderr
+    assert f"127.0.0.1:{port}" in r.stdout and "taskmesh start --worker --address" in r.stdout
+
+    r = tm("start", "--worker", "--address", f"127.0.0.1:{port}", "--num-cpus", "2",
+           "--node-ip", "127.0.0.2", env=run_env)
+    assert r.returncode == 0, r.stderr
+    assert "joined" in r.stdout
+
+    code = (
+        "import taskmesh\n"
+        "taskmesh.init(address='auto')\n"
+        "@taskmesh.remote\n"
+        "def where(): return taskmesh.get_runtime_context().get_node_id()\n"
+        "ids = set(taskmesh.get([where.remote() for _ in range(200)]))\n"
+        "print(len(taskmesh.nodes()), taskmesh.cluster_resources()['CPU'], len(ids))\n"
+    )
+    r = run_python(code, env=run_env)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.split() == ["2", "3.0", "2"]
+
+    r = tm("status", env=run_env)
+    assert r.returncode == 0, r.stderr
+    assert "127.0.0.1" in r.stdout and "127.0.0.2" in r.stdout
+    assert "200 finished" in r.stdout and "0/1" in r.stdout and "0/2" in r.stdout
+
+    pids = {int(rec["pid"]) for rec in _rundir.live(run_env["TASKMESH_RUN_DIR"])}
+    assert len(pids) == 3
+    r = tm("stop", env=run_env)
+    assert r.returncode == 0 and "stopped 3" in r.stdout
+    assert not wait_gone(pids, 10)
+    r = tm("stop", env=run_env)
+    assert "no taskmesh processes" in r.stdout
+
+
+def _one_line_error(r: subprocess.CompletedProcess, elapsed: float, *needles: str) -> None:
+    assert r.returncode != 0
+    assert elapsed < 10
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("taskmesh: error:"), r.stderr
+    for n in needles:
+        assert n in lines[0], lines[0]
+
+
+def test_errors_are_one_line_and_fast(run_env):
+    port = free_port()
+    assert tm("start", "--head", "--port", str(port), "--num-cpus", "0", env=run_env).returncode == 0
+
+    t = time.monotonic()
+    r = tm("start", "--head", "--port", str(free_port()), env=run_env)
+    _one_line_error(r, time.monotonic() - t, "already running")
+
+    other_env = {**run_env, "TASKMESH_RUN_DIR": run_env["TASKMESH_RUN_DIR"] + "-other"}
+    t = time.monotonic()
+    r = tm("start", "--head", "--port", str(port), env=other_env)
+    _one_line_error(r, time.monotonic() - t, "already in use", str(port))
+
+    dead_port = free_port()
+    t = time.monotonic()
+    r = tm("start", "--worker", "--address", f"127.0.0.1:{dead_port}", env=other_env)
+    _one_line_error(r, time.monotonic() - t, f"127.0.0.1:{dead_port}")
+
+    t = time.monotonic()
+    r = tm("start", "--worker", "--address", "no-such-host.invalid:7300", env=other_env)
+    _one_line_error(r, time.monotonic() - t, "no-such-host.invalid")
+
+    t = time.monotonic()
+    r = tm("status", "--address", f"127.0.0.1:{dead_port}", env=other_env)
+    _one_line_error(r, time.monotonic() - t, f"127.0.0.1:{dead_port}")
+
+    r = tm("start", "--worker", env=other_env)
+    assert r.returncode != 0

@@ -1,0 +1,70 @@
+"""Tasks that submit tasks and block in get(): no deadlock, CPU lent, bounded workers."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+import taskmesh
+
+
+@taskmesh.remote
+def leaf(x):
+    return x + 1
+
+
+@taskmesh.remote
+def fan(n):
+    return sum(taskmesh.get([leaf.remote(i) for i in range(n)]))
+
+
+@taskmesh.remote
+def depth(d):
+    if d == 0:
+        return 0
+    return taskmesh.get(depth.remote(d - 1)) + 1
+
+
+@pytest.mark.parametrize("fresh_cluster", [1], indirect=True)
+def test_nested_on_one_cpu_does_not_deadlock(fresh_cluster):
+    assert taskmesh.get(fan.remote(10), timeout=60) == sum(range(1, 11))
+    assert taskmesh.get([fan.remote(5) for _ in range(5)], timeout=60) == [15] * 5
+    assert taskmesh.get(depth.remote(6), timeout=60) == 6
+    # a blocked worker lends its CPU: one extra worker per level of blocking, not more
+    workers = taskmesh.nodes()[0]["Workers"]
+    assert 1 <= workers <= 1 + 6 + 2
+
+
+@pytest.mark.parametrize("fresh_cluster", [2], indirect=True)
+def test_many_nested_parents_bounded_workers(fresh_cluster):
+    parents = [fan.remote(10) for _ in range(50)]
+    assert taskmesh.get(parents, timeout=120) == [55] * 50
+    workers = taskmesh.nodes()[0]["Workers"]
+    # at most one blocked parent per worker plus the CPUs (and a small start-up margin)
+    assert workers <= 2 + 50 + 2
+
+
+@pytest.mark.parametrize("fresh_cluster", [1], indirect=True)
+def test_wait_inside_task_lends_cpu(fresh_cluster):
+    @taskmesh.remote
+    def waiter():
+        refs = [leaf.remote(i) for i in range(3)]
+        ready, _ = taskmesh.wait(refs, num_returns=3, timeout=30)
+        return len(ready)
+
+    assert taskmesh.get(waiter.remote(), timeout=60) == 3
+
+
+def test_surplus_idle_workers_retire(tmp_path):
+    taskmesh.init(num_cpus=1, idle_worker_timeout_s=0.5)
+    try:
+        assert taskmesh.get(depth.remote(4), timeout=60) == 4
+        assert taskmesh.nodes()[0]["Workers"] >= 2
+        deadline = time.monotonic() + 20
+        while taskmesh.nodes()[0]["Workers"] > 1 and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert taskmesh.nodes()[0]["Workers"] == 1
+        assert taskmesh.get(leaf.remote(1)) == 2
+    finally:
+        taskmesh.shutdown()
