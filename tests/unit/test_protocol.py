@@ -1,0 +1,418 @@
+"""Wire protocol: every message round-trips, big buffers ride out of band, garbage is refused.
+
+``decode`` is the head's first line of defence: whatever arrives on a socket, it must either
+return a typed message or raise ProtocolError — never any other exception type.
+"""
+
+from __future__ import annotations
+
+import msgpack
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from taskmesh import _protocol as P
+from taskmesh._protocol import (
+    Assignment,
+    ObjectValue,
+    ProtocolError,
+    SerializedObject,
+    TaskResult,
+    TaskSpec,
+    decode,
+    encode,
+    message_types,
+)
+
+SO = SerializedObject(SerializedObject.VALUE, b"\x80\x05pickle", [b"buf-1", b"x" * 100])
+ERR = SerializedObject(SerializedObject.TASK_ERROR, b"pickled-error", [])
+SYS = SerializedObject.system_error("WorkerCrashedError", "boom")
+SPEC = TaskSpec(b"t" * 16, "mod.f", b"f" * 16, SO, [b"o" * 20, b"p" * 20], 2,
+                {"CPU": 10_000, "GPU": 5_000}, 3)
+
+# One or more examples per message type. A new message type without an entry here fails
+# test_every_message_type_has_an_example.
+EXAMPLES: dict[type, list] = {
+    P.Hello: [P.Hello(P.PROTOCOL_VERSION, "driver", {"pid": 1, "hostname": "h", "nested": [1, b"x"]})],
+    P.Welcome: [P.Welcome(P.PROTOCOL_VERSION, {"peer": b"\x00\x01peer"})],
+    P.Refused: [P.Refused("protocol version mismatch")],
+    P.RegisterFunction: [P.RegisterFunction(b"fid", "mod.f", b"\x80\x05blob")],
+    P.Submit: [
+        P.Submit([SPEC]),
+        P.Submit([SPEC, SPEC._replace(task_id=b"u" * 16, args=None, deps=[], resources={},
+                                      max_retries=-1, num_returns=0)]),
+        P.Submit([]),
+    ],
+    P.Put: [P.Put([(b"oid-1", SO), (b"oid-2", ERR)])],
+    P.Subscribe: [P.Subscribe([b"a", b"b"]), P.Subscribe([])],
+    P.Release: [P.Release([b"a"])],
+    P.InfoRequest: [P.InfoRequest(7, "status")],
+    P.ObjectValues: [P.ObjectValues([ObjectValue(b"o1", SO, SO.nbytes),
+                                     ObjectValue(b"o2", None, 1 << 40),
+                                     ObjectValue(b"o3", SYS, SYS.nbytes)])],
+    P.InfoReply: [P.InfoReply(7, {"CPU": 20_000, "node:10.0.0.1": 10_000}),
+                  P.InfoReply(8, [{"NodeID": "n1", "Alive": True}])],
+    P.Notice: [P.Notice("warning", "no node can run task f")],
+    P.Execute: [P.Execute([
+        Assignment(b"t1", "mod.f", b"fid", b"blob", SO, [SO, ERR], 1),
+        Assignment(b"t2", "mod.f", b"fid", None, None, [], 0),
+    ])],
+    P.TaskResults: [P.TaskResults([TaskResult(b"t1", [SO, ERR], 0.25),
+                                   TaskResult(b"t2", [], 3)])],
+    P.Blocked: [P.Blocked([b"t2", b"t3"]), P.Blocked([])],
+    P.Unblocked: [P.Unblocked()],
+    P.Exit: [P.Exit("idle surplus worker")],
+    P.Heartbeat: [P.Heartbeat({"cpu_percent": 12.5, "rss": 1 << 30, "workers": 4})],
+    P.WorkerExited: [P.WorkerExited("w1", 1234, -9, True), P.WorkerExited("w2", 5, 0, False)],
+    P.StartWorkers: [P.StartWorkers(3)],
+    P.Shutdown: [P.Shutdown("taskmesh stop")],
+    P.HeartbeatAck: [P.HeartbeatAck()],
+}
+# Messages added after this file was written: only accepted if they have no fields.
+if hasattr(P, "Goodbye"):
+    EXAMPLES[P.Goodbye] = [P.Goodbye()]
+
+
+def norm(v):
+    """A comparable, type-revealing form of a (decoded) message."""
+    if type(v) is SerializedObject:
+        return ("SerializedObject", v.flags, bytes(v.data), [bytes(b) for b in v.buffers])
+    if isinstance(v, tuple) and hasattr(v, "_fields"):
+        return (type(v).__name__, *[norm(x) for x in v])
+    if isinstance(v, (list, tuple)):
+        return [norm(x) for x in v]
+    if isinstance(v, dict):
+        return {k: norm(x) for k, x in v.items()}
+    if isinstance(v, (memoryview, bytearray)):
+        return bytes(v)
+    return v
+
+
+def roundtrip(msg, **kw):
+    return decode(encode(msg, **kw))
+
+
+# --------------------------------------------------------------------------- round trips
+
+
+def test_every_message_type_has_an_example():
+    missing = sorted(cls.__name__ for cls in message_types().values() if cls not in EXAMPLES)
+    assert not missing, f"add round-trip examples for: {', '.join(missing)}"
+
+
+@pytest.mark.parametrize("op,cls", sorted(message_types().items()),
+                         ids=[c.__name__ for _, c in sorted(message_types().items())])
+def test_message_round_trips(op, cls):
+    examples = EXAMPLES.get(cls)
+    if not examples:
+        pytest.fail(f"no example for {cls.__name__}")
+    for msg in examples:
+        assert type(msg).OP == op
+        frames = encode(msg)
+        assert msgpack.unpackb(frames[0], strict_map_key=False)[0] == op
+        out = decode(frames)
+        assert type(out) is cls
+        assert norm(out) == norm(msg)
+
+
+def test_nested_records_decode_to_their_typed_classes():
+    sub = roundtrip(P.Submit([SPEC]))
+    spec = sub.tasks[0]
+    assert type(spec) is TaskSpec
+    assert type(spec.args) is SerializedObject
+    assert spec.resources == {"CPU": 10_000, "GPU": 5_000}
+    ex = roundtrip(EXAMPLES[P.Execute][0])
+    assert all(type(a) is Assignment for a in ex.assignments)
+    assert all(type(d) is SerializedObject for d in ex.assignments[0].dep_values)
+    tr = roundtrip(EXAMPLES[P.TaskResults][0])
+    assert type(tr.results[0]) is TaskResult
+    ov = roundtrip(EXAMPLES[P.ObjectValues][0])
+    assert type(ov.items[0]) is ObjectValue
+    assert ov.items[1].value is None
+    assert ov.items[2].value.read_system_error() == ("WorkerCrashedError", "boom")
+    put = roundtrip(EXAMPLES[P.Put][0])
+    oid, obj = put.objects[1]
+    assert oid == b"oid-2" and type(obj) is SerializedObject and obj.is_error
+
+
+def test_op_tags_are_unique_and_messages_are_namedtuples():
+    types = message_types()
+    assert len(set(types)) == len(types)
+    for op, cls in types.items():
+        assert cls.OP == op
+        assert len(cls.CHECKS) == len(cls._fields)
+
+
+def test_serialized_object_helpers():
+    assert not SO.is_error and ERR.is_error and SYS.is_error
+    assert SO.nbytes == len(SO.data) + 5 + 100
+    assert SerializedObject(0, b"ab", [memoryview(b"xyz")]).nbytes == 5
+    assert SYS.flags == SerializedObject.SYSTEM_ERROR
+    assert SYS.read_system_error() == ("WorkerCrashedError", "boom")
+
+
+def test_encode_refuses_unencodable_values_with_a_clear_type_error():
+    with pytest.raises(TypeError, match="cannot encode object"):
+        encode(P.Hello(P.PROTOCOL_VERSION, "driver", {"x": object()}))
+
+
+# --------------------------------------------------------------------------- out-of-band frames
+
+
+def test_large_buffers_travel_as_their_own_frames():
+    big = bytes(range(256)) * 400  # 102_400 bytes
+    big_view = memoryview(bytearray(b"\x07" * 70_000))
+    so = SerializedObject(SerializedObject.VALUE, b"header-pickle", [b"small", big, big_view])
+    msg = P.ObjectValues([ObjectValue(b"o", so, so.nbytes)])
+    frames = encode(msg, frame_threshold=64 * 1024)
+    assert len(frames) == 3
+    assert frames[1] is big  # not copied
+    assert frames[2] is big_view
+    assert len(frames[0]) < 200  # the header does not contain the big buffers
+    assert big[:64] not in frames[0]
+    out = decode(frames)
+    bufs = out.items[0].value.buffers
+    assert [bytes(b) for b in bufs] == [b"small", big, bytes(big_view)]
+    assert out.items[0].nbytes == so.nbytes
+
+
+def test_frame_threshold_is_exclusive_and_configurable():
+    buf = b"z" * 1000
+    so = SerializedObject(0, b"d", [buf])
+    assert len(encode(P.Put([(b"o", so)]), frame_threshold=1000)) == 1  # == threshold: inline
+    frames = encode(P.Put([(b"o", so)]), frame_threshold=999)
+    assert len(frames) == 2 and frames[1] is buf
+
+
+def test_out_of_band_frames_keep_their_places_across_many_objects():
+    bufs = [bytes([i]) * (200 + i) for i in range(5)]
+    results = [TaskResult(f"t{i}".encode(), [SerializedObject(0, b"p", [bufs[i], b"tiny"])], 0.1)
+               for i in range(5)]
+    frames = encode(P.TaskResults(results), frame_threshold=100)
+    assert len(frames) == 6
+    out = decode(frames)
+    for i, r in enumerate(out.results):
+        assert r.task_id == f"t{i}".encode()
+        assert [bytes(b) for b in r.returns[0].buffers] == [bufs[i], b"tiny"]
+
+
+def test_decode_accepts_buffer_like_frames():
+    big = b"q" * 500
+    so = SerializedObject(0, b"d", [big])
+    frames = encode(P.Put([(b"o", so)]), frame_threshold=10)
+    frames = [bytearray(frames[0]), bytearray(frames[1])]  # e.g. zmq frames expose buffers
+    out = decode(frames)
+    (_, obj), = out.objects
+    assert bytes(obj.buffers[0]) == big
+
+
+# --------------------------------------------------------------------------- rejection
+
+
+def pack(*fields):
+    return [msgpack.packb(list(fields), use_bin_type=True)]
+
+
+def ext_frame(i, n=4):
+    return msgpack.ExtType(1, i.to_bytes(n, "little"))
+
+
+GOOD_SPEC = [b"tid", "mod.f", b"fid", None, [], 1, {"CPU": 10_000}, 0]
+
+
+def spec_with(**changes):
+    fields = list(GOOD_SPEC)
+    for name, value in changes.items():
+        fields[TaskSpec._fields.index(name)] = value
+    return fields
+
+
+BAD_FRAMES = {
+    "no frames": [],
+    "empty frame": [b""],
+    "reserved msgpack byte": [b"\xc1"],
+    "truncated array": [b"\x93\x01"],
+    "not msgpack text": [b"hello, world"],
+    "trailing garbage": [msgpack.packb([P.HeartbeatAck.OP]) + b"\x00"],
+    "frame0 is None": [None],
+    "frame0 is int": [5],
+    "frame0 is str": ["[34]"],
+    "header is a map": [msgpack.packb({"op": 1})],
+    "header is a scalar": [msgpack.packb(34)],
+    "header is empty list": pack(),
+    "op is str": pack("1", 1, "driver", {}),
+    "op is bool": pack(True),
+    "op is float": pack(34.0),
+    "unknown op": pack(999),
+    "negative op": pack(-1),
+    "too few fields": pack(P.Hello.OP, 1, "driver"),
+    "too many fields": pack(P.Hello.OP, 1, "driver", {}, 5),
+    "fields on fieldless msg": pack(P.HeartbeatAck.OP, 1),
+    "version is str": pack(P.Hello.OP, "1", "driver", {}),
+    "version is float": pack(P.Hello.OP, 1.0, "driver", {}),
+    "version is bool": pack(P.Hello.OP, True, "driver", {}),
+    "info is list": pack(P.Hello.OP, 1, "driver", []),
+    "kind is bytes": pack(P.Hello.OP, 1, b"driver", {}),
+    "invalid utf-8 str": [b"\x94\x01\x01\xa1\xff\x80"],
+    "str where bytes expected": pack(P.RegisterFunction.OP, "fid", "f", b"blob"),
+    "bytes where str expected": pack(P.RegisterFunction.OP, b"fid", b"f", b"blob"),
+    "id list holds str": pack(P.Subscribe.OP, [b"a", "b"]),
+    "id list is not a list": pack(P.Release.OP, b"a"),
+    "id list is a map": pack(P.Release.OP, {b"a": 1}),
+    "submit not list": pack(P.Submit.OP, GOOD_SPEC),
+    "spec short": pack(P.Submit.OP, [GOOD_SPEC[:-1]]),
+    "spec long": pack(P.Submit.OP, [GOOD_SPEC + [1]]),
+    "spec is map": pack(P.Submit.OP, [{"task_id": b"t"}]),
+    "negative resources": pack(P.Submit.OP, [spec_with(resources={"CPU": -1})]),
+    "float resources": pack(P.Submit.OP, [spec_with(resources={"CPU": 1.5})]),
+    "bool resources": pack(P.Submit.OP, [spec_with(resources={"CPU": True})]),
+    "non-str resource name": pack(P.Submit.OP, [spec_with(resources={1: 10})]),
+    "resources is list": pack(P.Submit.OP, [spec_with(resources=[["CPU", 1]])]),
+    "num_returns is str": pack(P.Submit.OP, [spec_with(num_returns="1")]),
+    "deps hold ints": pack(P.Submit.OP, [spec_with(deps=[1])]),
+    "task_id is str": pack(P.Submit.OP, [spec_with(task_id="tid")]),
+    "args flags 3": pack(P.Submit.OP, [spec_with(args=[3, b"d", []])]),
+    "args flags -1": pack(P.Submit.OP, [spec_with(args=[-1, b"d", []])]),
+    "args flags str": pack(P.Submit.OP, [spec_with(args=["0", b"d", []])]),
+    "args flags bool": pack(P.Submit.OP, [spec_with(args=[False, b"d", []])]),
+    "args data str": pack(P.Submit.OP, [spec_with(args=[0, "d", []])]),
+    "args buffers not list": pack(P.Submit.OP, [spec_with(args=[0, b"d", b"buf"])]),
+    "args buffer str": pack(P.Submit.OP, [spec_with(args=[0, b"d", ["buf"]])]),
+    "args wrong length": pack(P.Submit.OP, [spec_with(args=[0, b"d"])]),
+    "args is bytes": pack(P.Submit.OP, [spec_with(args=b"pickle")]),
+    "put item short": pack(P.Put.OP, [[b"oid"]]),
+    "put item bad value": pack(P.Put.OP, [[b"oid", [0, b"d"]]]),
+    "put id str": pack(P.Put.OP, [["oid", [0, b"d", []]]]),
+    "object value nbytes str": pack(P.ObjectValues.OP, [[b"o", None, "1"]]),
+    "object value flags 7": pack(P.ObjectValues.OP, [[b"o", [7, b"d", []], 1]]),
+    "result duration str": pack(P.TaskResults.OP, [[b"t", [], "0.1"]]),
+    "result returns not list": pack(P.TaskResults.OP, [[b"t", [0, b"d", []], 0.1]]),
+    "assignment blob str": pack(P.Execute.OP, [[b"t", "f", b"fid", "blob", None, [], 1]]),
+    "assignment dep None": pack(P.Execute.OP, [[b"t", "f", b"fid", None, None, [None], 1]]),
+    "info reply data str": pack(P.InfoReply.OP, 1, "nodes"),
+    "worker exited registered int": pack(P.WorkerExited.OP, "w", 1, 0, 1),
+    "start workers float": pack(P.StartWorkers.OP, 1.5),
+    "missing frame": pack(P.RegisterFunction.OP, b"fid", "f", ext_frame(1)),
+    "missing frame far": pack(P.Put.OP, [[b"o", [0, b"d", [ext_frame(7)]]]]),
+    "frame index 0": pack(P.Put.OP, [[b"o", [0, b"d", [ext_frame(0)]]]]),
+    "frame ref short data": pack(P.Put.OP, [[b"o", [0, b"d", [ext_frame(1, 3)]]]]) + [b"x"],
+    "unknown extension": pack(P.Put.OP, [[b"o", [0, b"d", [msgpack.ExtType(9, b"\0\0\0\1")]]]]) + [b"x"],
+    "frame ref where str expected": pack(P.Hello.OP, 1, ext_frame(1), {}) + [b"driver"],
+    "frame ref to unbufferable frame": pack(P.Put.OP, [[b"o", [0, b"d", [ext_frame(1)]]]]) + ["str"],
+    "deep nesting": [b"\x91" * 100_000 + b"\xc0"],
+    "huge declared array": [b"\xdd\xff\xff\xff\xff"],
+    "bad timestamp ext": [b"\x92\x22\xd4\xff\x00"],
+}
+
+
+@pytest.mark.parametrize("frames", list(BAD_FRAMES.values()), ids=list(BAD_FRAMES))
+def test_decode_rejects_garbage_with_protocol_error(frames):
+    with pytest.raises(ProtocolError):
+        decode(frames)
+
+
+def test_protocol_error_messages_say_what_is_wrong():
+    with pytest.raises(ProtocolError, match="unknown op 999"):
+        decode(pack(999))
+    with pytest.raises(ProtocolError, match="Hello needs 3 fields, got 2"):
+        decode(pack(P.Hello.OP, 1, "driver"))
+    with pytest.raises(ProtocolError, match="missing frame 1"):
+        decode(pack(P.RegisterFunction.OP, b"fid", "f", ext_frame(1)))
+    with pytest.raises(ProtocolError, match="RegisterFunction.*expected bytes, got str"):
+        decode(pack(P.RegisterFunction.OP, "fid", "f", b"blob"))
+    with pytest.raises(ProtocolError, match="flags"):
+        decode(pack(P.Submit.OP, [spec_with(args=[3, b"d", []])]))
+    with pytest.raises(ProtocolError, match="non-negative"):
+        decode(pack(P.Submit.OP, [spec_with(resources={"CPU": -1})]))
+
+
+def test_frame_reference_resolves_to_the_frame():
+    frames = pack(P.RegisterFunction.OP, b"fid", "f", ext_frame(1)) + [b"the-blob"]
+    msg = decode(frames)
+    assert msg.blob == b"the-blob"
+
+
+# --------------------------------------------------------------------------- fuzzing
+
+
+def check_decode(frames):
+    try:
+        msg = decode(frames)
+    except ProtocolError:
+        return None
+    assert type(msg) in message_types().values()
+    return msg
+
+
+FUZZ = settings(max_examples=300, deadline=None, database=None,
+                suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much])
+
+
+@FUZZ
+@given(st.lists(st.binary(max_size=64), max_size=3))
+def test_fuzz_random_bytes_only_raise_protocol_error(frames):
+    check_decode(frames)
+
+
+scalars = (
+    st.none()
+    | st.booleans()
+    | st.integers(min_value=-(2**63), max_value=2**64 - 1)
+    | st.floats(allow_nan=False)
+    | st.text(max_size=8)
+    | st.binary(max_size=8)
+    | st.builds(msgpack.ExtType, st.integers(0, 3), st.binary(max_size=5))
+    | st.builds(lambda i: msgpack.ExtType(1, i.to_bytes(4, "little")), st.integers(0, 3))
+)
+hashable = st.none() | st.booleans() | st.integers(-5, 5) | st.text(max_size=4) | st.binary(max_size=4)
+structures = st.recursive(
+    scalars,
+    lambda children: st.lists(children, max_size=5) | st.dictionaries(hashable, children, max_size=3),
+    max_leaves=6,
+)
+ops = st.sampled_from(sorted(message_types())) | st.integers(-3, 300)
+
+
+@FUZZ
+@given(ops, st.lists(structures, max_size=9), st.lists(st.binary(max_size=8), max_size=2))
+def test_fuzz_random_msgpack_structures_only_raise_protocol_error(op, fields, extra_frames):
+    frames = [msgpack.packb([op, *fields], use_bin_type=True)] + extra_frames
+    msg = check_decode(frames)
+    if msg is not None:  # what decode accepts, encode can send again, unchanged
+        again = decode(encode(msg))
+        assert type(again) is type(msg)
+
+
+@FUZZ
+@given(st.sampled_from(sorted(message_types())), st.data())
+def test_fuzz_right_op_and_field_count_only_raise_protocol_error(op, data):
+    cls = message_types()[op]
+    fields = data.draw(st.lists(structures, min_size=len(cls._fields), max_size=len(cls._fields)))
+    frames = [msgpack.packb([op, *fields], use_bin_type=True), b"frame-1", b"frame-2"]
+    check_decode(frames)
+
+
+valid_frames = [encode(m, frame_threshold=16) for ms in EXAMPLES.values() for m in ms]
+
+
+@FUZZ
+@given(st.sampled_from(valid_frames), st.data())
+def test_fuzz_mutated_valid_messages_only_raise_protocol_error(frames, data):
+    header = bytearray(frames[0])
+    for _ in range(data.draw(st.integers(1, 4))):
+        kind = data.draw(st.sampled_from(["flip", "truncate", "insert", "drop_frame"]))
+        if kind == "flip" and header:
+            i = data.draw(st.integers(0, len(header) - 1))
+            header[i] = data.draw(st.integers(0, 255))
+        elif kind == "truncate" and header:
+            del header[data.draw(st.integers(0, len(header) - 1)):]
+        elif kind == "insert":
+            i = data.draw(st.integers(0, len(header)))
+            header[i:i] = data.draw(st.binary(min_size=1, max_size=3))
+        elif kind == "drop_frame" and len(frames) > 1:
+            frames = frames[:-1]
+    check_decode([bytes(header), *frames[1:]])
+
+
+def test_protocol_error_is_a_value_error():
+    assert issubclass(ProtocolError, ValueError)
