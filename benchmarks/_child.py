@@ -35,10 +35,18 @@ from benchmarks import workloads as wl
 from benchmarks.adapters import DEFAULT_NUM_WORKERS, FRAMEWORKS
 
 
-def one_line(exc: BaseException) -> str:
-    """``"ExcType: first line of message"``, for tables."""
-    msg = str(exc).strip().splitlines()
-    return f"{type(exc).__name__}: {msg[0]}" if msg else type(exc).__name__
+def one_line(exc: BaseException, limit: int = 400) -> str:
+    """``"ExcType: first line … last line"`` of the message, for tables.
+
+    Remote-task errors usually carry the worker traceback in the message; its
+    last line names the root cause, so it is kept next to the first line.
+    """
+    lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
+    if not lines:
+        return type(exc).__name__
+    msg = lines[0] if len(lines) == 1 else f"{lines[0]} … {lines[-1]}"
+    text = f"{type(exc).__name__}: {msg}"
+    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 class Events:

@@ -211,7 +211,7 @@ def cmd_stop(args: argparse.Namespace) -> int:
 
 def cmd_status(args: argparse.Namespace) -> int:
     from ._client.core import CoreClient
-    from ._head.policy import from_units
+    from ._resources import from_units
     from .errors import HeadConnectionError
 
     cfg = Config.from_env()

@@ -21,11 +21,3 @@ def setup_logging(role: str, log_file: str | None, level: str = "INFO") -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(getattr(logging, level.upper(), logging.INFO))
-
-
-def detach_stdio() -> None:
-    """Point stdin/stdout at /dev/null so a daemon holds no terminal or pipe of its parent."""
-    devnull = os.open(os.devnull, os.O_RDWR)
-    for fd in (0, 1):
-        os.dup2(devnull, fd)
-    os.close(devnull)

@@ -2,7 +2,7 @@
 
     driver/worker ──Submit, Put, Subscribe, Release, RegisterFunction, Goodbye──▶ head
     head ──ObjectValues, InfoReply, Notice──▶ driver/worker
-    head ──Execute, Exit──▶ worker ──TaskResults, Blocked, Unblocked──▶ head
+    head ──Execute, Help, Exit──▶ worker ──TaskResults, Blocked, Unblocked──▶ head
     node agent ──Heartbeat, WorkerExited──▶ head ──StartWorkers, Shutdown, HeartbeatAck──▶ node agent
     anyone ──Hello──▶ head ──Welcome | Refused──▶ anyone
 
@@ -89,6 +89,7 @@ class TaskSpec(NamedTuple):
     num_returns: int
     resources: dict  # resource name -> amount in units of 1/10000
     max_retries: int
+    retry_exceptions: bool  # also retry when the task raises
 
 
 class Assignment(NamedTuple):
@@ -209,7 +210,7 @@ def _resources(v: Any) -> dict:
 
 _TASK_SPEC = _record(
     TaskSpec,
-    [_BYTES, _STR, _BYTES, _optional(_serialized), _list_of(_BYTES), _INT, _resources, _INT],
+    [_BYTES, _STR, _BYTES, _optional(_serialized), _list_of(_BYTES), _INT, _resources, _INT, _BOOL],
 )
 _ASSIGNMENT = _record(
     Assignment,
@@ -370,16 +371,29 @@ class TaskResults(NamedTuple):
     results: list
 
 
-@_message(22, _list_of(_BYTES))
+@_message(22, _list_of(_BYTES), _list_of(_BYTES))
 class Blocked(NamedTuple):
-    """The running task waits in get(): lend my CPU; here are the tasks I had not started."""
+    """The running task waits in get()/wait(): lend my CPU.
+
+    ``returned``: assigned tasks I had not started (run them elsewhere). ``waiting``: the
+    objects I wait for; the head may hand me their not-yet-started tasks as Help.
+    """
 
     returned: list
+    waiting: list
 
 
 @_message(23)
 class Unblocked(NamedTuple):
     """The running task resumed; I hold my CPU again."""
+
+
+@_message(25, _list_of(_ASSIGNMENT))
+class Help(NamedTuple):
+    """Run these now, inside the blocked task: they make objects it waits for. I take the
+    CPU back while you run them; send Blocked again when you go back to waiting."""
+
+    assignments: list
 
 
 @_message(24, _STR)
@@ -399,14 +413,13 @@ class Heartbeat(NamedTuple):
     stats: dict
 
 
-@_message(31, _STR, _INT, _INT, _BOOL)
+@_message(31, _STR, _INT, _INT)
 class WorkerExited(NamedTuple):
-    """A worker process ended. registered=False: it died before saying Hello."""
+    """A worker process ended (exitcode < 0: killed by that signal)."""
 
     worker_id: str
     pid: int
     exitcode: int
-    registered: bool
 
 
 @_message(32, _INT)

@@ -104,8 +104,8 @@ class ServerSocket:
                 return False
             raise
 
-    def close(self) -> None:
-        self.sock.close(linger=0)
+    def close(self, linger_ms: int = 0) -> None:
+        self.sock.close(linger=linger_ms)
 
 
 class ClientSocket:
@@ -142,8 +142,8 @@ class ClientSocket:
     def poll(self, timeout_ms: int | None) -> bool:
         return bool(self.sock.poll(timeout_ms, zmq.POLLIN))
 
-    def close(self) -> None:
-        self.sock.close(linger=0)
+    def close(self, linger_ms: int = 0) -> None:
+        self.sock.close(linger=linger_ms)
 
 
 class Poller:

@@ -14,7 +14,7 @@ from typing import Any, Callable, Sequence, TypeVar, overload
 from . import _serialize as S
 from ._client.core import CoreClient
 from ._context import CTX, current_core
-from ._head.policy import from_units
+from ._resources import from_units
 from ._rundir import find_head
 from ._transport import split_address, tcp_endpoint
 from .config import DEFAULT_PORT, Config

@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Callable
 
-from ._head.policy import CPU, to_units
+from ._resources import CPU, to_units
 
 
 def _non_negative_number(name: str) -> Callable[[Any], Any]:
@@ -89,6 +89,7 @@ class TaskOptions:
     resources: dict  # name -> units of 1/10000
     num_returns: int
     max_retries: int
+    retry_exceptions: bool
     name: str | None
 
 
@@ -101,4 +102,5 @@ def compile_options(options: dict[str, Any]) -> TaskOptions:
     for k, v in (merged["resources"] or {}).items():
         resources[k] = to_units(v)
     resources = {k: v for k, v in resources.items() if v}
-    return TaskOptions(resources, merged["num_returns"], merged["max_retries"], merged["name"])
+    return TaskOptions(resources, merged["num_returns"], merged["max_retries"],
+                       merged["retry_exceptions"], merged["name"])

@@ -62,6 +62,7 @@ class CoreClient:
         self._counter = itertools.count(1)
         self._values: dict[bytes, P.SerializedObject] = {}
         self._ready_remote: set[bytes] = set()  # ready at the head, value not pushed
+        self._pending_owned: set[bytes] = set()  # our tasks' results not yet announced
         self._wanted: set[bytes] = set()  # someone waits for these
         self._subscribed: set[bytes] = set()
         self._refcounts: dict[bytes, int] = {}
@@ -86,8 +87,10 @@ class CoreClient:
         #: messages that are not for the client (a worker's Execute/Exit) go here
         self.on_foreign: Callable[[Any], None] | None = None
         #: a worker lends its CPU while blocked in get/wait
-        self.on_block: Callable[[], None] | None = None
+        self.on_block: Callable[[list], None] | None = None
         self.on_unblock: Callable[[], None] | None = None
+        #: called on every step of a blocking wait (a worker runs Help tasks there)
+        self.on_wait_step: Callable[[], bool] | None = None
 
     # ------------------------------------------------------------------ connection
 
@@ -114,11 +117,11 @@ class CoreClient:
         locked = self._io_lock.acquire(timeout=2.0)
         try:
             if self.kind != "worker" and self.welcome is not None:
+                self._dead.clear()  # Goodbye releases everything we own
                 self._pending.append(P.Goodbye())
             self._drain_sends()
             self.closed = True
-            self.sock.sock.setsockopt(__import__("zmq").LINGER, 200)
-            self.sock.close()
+            self.sock.close(linger_ms=200)
         except Exception:  # closing must never raise at interpreter exit
             pass
         finally:
@@ -207,6 +210,7 @@ class CoreClient:
             values = self._values
             for item in msg.items:
                 oid = item.object_id
+                self._pending_owned.discard(oid)
                 if oid not in self._refcounts and oid not in self._wanted:
                     continue  # nobody holds a ref any more
                 if item.value is not None:
@@ -244,6 +248,8 @@ class CoreClient:
                 if step <= 0:
                     return pred()
                 step = min(step, 0.5)
+            if self.on_wait_step is not None and self.on_wait_step():
+                continue  # it ran something; look again before sleeping
             self.pump(step)
         return True
 
@@ -275,14 +281,15 @@ class CoreClient:
                     continue
                 rc.pop(oid, None)
                 self._values.pop(oid, None)
+                self._pending_owned.discard(oid)
                 self._ready_remote.discard(oid)
                 self._subscribed.discard(oid)
                 if oid in self._escaped:
                     continue
                 if self.owns(oid):
                     release.append(oid)
-        if release:
-            self._pending.appendleft(P.Release(release))
+        if release:  # after what is already queued: a queued Submit may still use them
+            self._pending.append(P.Release(release))
 
     def owns(self, oid: bytes) -> bool:
         return oid[:8] == self._prefix
@@ -297,7 +304,8 @@ class CoreClient:
             self._registered_fns.add(function_id)
             self.send(P.RegisterFunction(function_id, name, blob))
 
-    def submit(self, spec: P.TaskSpec) -> None:
+    def submit(self, spec: P.TaskSpec, return_ids: list[bytes]) -> None:
+        self._pending_owned.update(return_ids)
         self.send(P.Submit([spec]))
 
     def put_serialized(self, value: P.SerializedObject) -> bytes:
@@ -315,7 +323,7 @@ class CoreClient:
             self._request(missing)
             blocked = False
             if self.on_block is not None:
-                self.on_block()
+                self.on_block(missing)
                 blocked = True
             try:
                 ok = self._wait_for(lambda: all(o in values for o in missing), deadline)
@@ -343,9 +351,10 @@ class CoreClient:
         deadline = None if timeout is None else time.monotonic() + timeout
         if timeout == 0:
             self.pump(0)
+            self._wanted.difference_update(missing)
             return ready_set()
         if self.on_block is not None:
-            self.on_block()
+            self.on_block(missing)
         try:
             self._wait_for(lambda: len(ready_set()) >= num_returns, deadline)
         finally:
@@ -357,8 +366,11 @@ class CoreClient:
     def _request(self, missing: list[bytes], values_needed: bool = True) -> None:
         """Make sure the head will send us these objects (owned ones come by themselves)."""
         self._wanted.update(missing)
-        sub = [o for o in missing if o not in self._subscribed
-               and (not self.owns(o) or (values_needed and o in self._ready_remote))]
+        # our own results come by themselves while pending; anything else (other owners'
+        # objects, large values, values we dropped and got back through an escaped ref)
+        # must be asked for
+        sub = [o for o in missing if o not in self._subscribed and o not in self._pending_owned
+               and (values_needed or o not in self._ready_remote)]
         if sub:
             self._subscribed.update(sub)
             self.send(P.Subscribe(sub))

@@ -13,17 +13,9 @@ from __future__ import annotations
 
 from typing import Iterable, Mapping
 
-UNIT = 10_000  # resource amounts travel as integers in 1/10000 units
-CPU = "CPU"
+from .._resources import CPU, UNIT, describe, from_units, to_units  # noqa: F401 (re-exported)
+
 PIPELINE_TARGET_S = 0.002
-
-
-def to_units(amount: float) -> int:
-    return int(round(amount * UNIT))
-
-
-def from_units(units: int) -> float:
-    return units / UNIT
 
 
 def fits(available: Mapping[str, int], demand: Mapping[str, int]) -> bool:
@@ -45,6 +37,11 @@ def pick_node(candidates: Iterable[tuple[str, Mapping[str, int]]], demand: Mappi
         if cpu > best_cpu:
             best, best_cpu = node_id, cpu
     return best
+
+
+def is_short(mean_duration_s: float | None) -> bool:
+    """A function known to finish well within the pipelining target."""
+    return mean_duration_s is not None and mean_duration_s < PIPELINE_TARGET_S / 2
 
 
 def pipeline_window(mean_duration_s: float | None, queued: int, workers: int, max_pipeline: int) -> int:
@@ -71,8 +68,4 @@ def workers_to_start(
 
 def describe_resources(resources: Mapping[str, int]) -> str:
     """{'CPU': 20000} -> 'CPU=2'."""
-    parts = []
-    for name in sorted(resources):
-        value = from_units(resources[name])
-        parts.append(f"{name}={value:g}")
-    return ", ".join(parts) or "nothing"
+    return describe(resources)

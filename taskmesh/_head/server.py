@@ -76,17 +76,23 @@ class HeadServer:
                             log.exception("error while handling %s from %r", type(msg).__name__, peer)
                     if n == 0:
                         break
-                    state.schedule()
+                    self._guarded(state.schedule)
                     self._flush()
                     if n < _DRAIN_LIMIT:
                         break
             now = time.monotonic()
             if now >= next_tick:
-                state.tick(now)
-                state.schedule()
+                self._guarded(state.tick, now)
+                self._guarded(state.schedule)
                 self._flush()
                 next_tick = now + _TICK_S
         self._shutdown(reason)
+
+    def _guarded(self, fn, *args) -> None:  # type: ignore[no-untyped-def]
+        try:
+            fn(*args)
+        except Exception:  # a bug must not take the whole cluster down; log it loudly
+            log.exception("internal error in %s", getattr(fn, "__name__", fn))
 
     def _flush(self) -> None:
         send = self.sock.send
@@ -99,8 +105,7 @@ class HeadServer:
             if node.alive:
                 self.sock.send(node.peer, P.Shutdown(f"the head at {self.host}:{self.port} {reason}"))
         # give ZeroMQ a moment to put the Shutdown messages on the wire
-        self.sock.sock.setsockopt(__import__("zmq").LINGER, 500)
-        self.sock.sock.close()
+        self.sock.close(linger_ms=500)
         self.ctx.term()
 
 

@@ -24,11 +24,12 @@ from typing import Any, Iterable
 from .. import _protocol as P
 from ..config import Config
 from ._outbox import Outbox
+from .._resources import CPU, UNIT, valid
 from .policy import (
-    CPU,
-    UNIT,
     describe_resources,
     fits,
+    is_short,
+    pick_node,
     pipeline_window,
     workers_to_start,
 )
@@ -40,10 +41,15 @@ _ERR = P.SerializedObject.system_error
 # task states
 WAITING, READY, ASSIGNED, DONE = range(4)
 
+#: CPU lent by a blocked worker starts new workers only after this long: most blocks are short
+#: (a parent waiting for children it runs itself as Help), and a process start costs far more
+START_GRACE_S = 0.05
+
 
 class NodeRec:
     __slots__ = ("node_id", "peer", "address", "hostname", "pid", "total", "avail", "workers",
-                 "idle", "starting", "last_seen", "alive", "finished", "stats", "retiring")
+                 "idle", "starting", "last_seen", "alive", "finished", "stats", "retiring",
+                 "gone_workers")
 
     def __init__(self, node_id: str, peer: bytes, info: dict, now: float) -> None:
         self.node_id = node_id
@@ -61,6 +67,7 @@ class NodeRec:
         self.finished = 0
         self.stats: dict = {}
         self.retiring: set[str] = set()  # worker ids told to exit
+        self.gone_workers: set[str] = set()  # exited before their Hello reached us
 
     @property
     def num_cpus(self) -> int:
@@ -69,7 +76,7 @@ class NodeRec:
 
 class WorkerRec:
     __slots__ = ("peer", "worker_id", "node", "pid", "assigned", "lease", "blocked",
-                 "functions", "idle_since")
+                 "functions", "idle_since", "blocked_since")
 
     def __init__(self, peer: bytes, worker_id: str, node: NodeRec | None, pid: int, now: float) -> None:
         self.peer = peer
@@ -81,10 +88,11 @@ class WorkerRec:
         self.blocked = False
         self.functions: set[bytes] = set()
         self.idle_since = now
+        self.blocked_since = now
 
 
 class TaskRec:
-    __slots__ = ("spec", "owner", "state", "waiting", "worker", "retries_left", "shape")
+    __slots__ = ("spec", "owner", "state", "waiting", "worker", "retries_left", "shape", "queued")
 
     def __init__(self, spec: P.TaskSpec, owner: bytes) -> None:
         self.spec = spec
@@ -94,6 +102,7 @@ class TaskRec:
         self.worker: WorkerRec | None = None
         self.retries_left = spec.max_retries
         self.shape = tuple(sorted(spec.resources.items()))
+        self.queued = False  # an entry for it sits in a ready queue (maybe stale)
 
 
 class ObjectRec:
@@ -146,6 +155,9 @@ class HeadState:
             self._on_hello(peer, msg)
             return
         if kind is None:
+            if type(msg) is P.Heartbeat:  # a node we declared dead is still talking
+                self.out.send(peer, P.Refused("this head declared the node dead (it was silent "
+                                              "too long); restart it to rejoin"))
             log.warning("dropped %s from a peer that never said Hello", type(msg).__name__)
             return
         handler = _HANDLERS.get(type(msg))
@@ -198,9 +210,13 @@ class HeadState:
         if msg.kind in ("driver", "status"):
             self.peers[peer] = msg.kind
         elif msg.kind == "node":
-            node_id = str(info.get("node_id", ""))
+            node_id = info.get("node_id")
+            if not isinstance(node_id, str) or not node_id or not valid(info.get("resources")):
+                self.out.send(peer, P.Refused("a node Hello needs a node_id and resources "
+                                              "(name -> non-negative integer units)"))
+                return
             old = self.nodes.get(node_id)
-            if not node_id or (old is not None and old.alive and old.peer != peer):
+            if old is not None and old.alive and old.peer != peer:
                 self.out.send(peer, P.Refused(f"a node with id {node_id!r} is already registered"))
                 return
             if old is not None:
@@ -221,6 +237,10 @@ class HeadState:
             node = self.nodes.get(node_id)
             if node is None:
                 self.orphan_workers.setdefault(node_id, []).append(w)
+            elif w.worker_id in node.gone_workers:  # its exit overtook its Hello
+                node.gone_workers.discard(w.worker_id)
+                self._forget_worker(w)
+                return
             elif not node.alive:
                 self.out.send(peer, P.Exit(f"node {node_id} was declared dead"))
                 self._forget_worker(w)
@@ -248,24 +268,29 @@ class HeadState:
     def _on_submit(self, peer: bytes, msg: P.Submit) -> None:
         objects = self.objects
         for spec in msg.tasks:
-            if spec.task_id in self.tasks or spec.num_returns < 0:
+            rids = return_ids(spec.task_id, spec.num_returns)
+            if (spec.task_id in self.tasks or spec.num_returns < 0 or len(spec.task_id) != 16
+                    or (rids and rids[0] in objects)):
                 log.warning("dropped a duplicate or invalid task %s", spec.task_id.hex())
                 continue
             t = TaskRec(spec, peer)
-            for oid in return_ids(spec.task_id, spec.num_returns):
+            for oid in rids:
                 objects[oid] = ObjectRec(peer)
             if spec.function_id not in self.functions:
-                self._fail_task(t, _ERR("TaskmeshError", f"task {spec.name}: its function was "
-                                        "never registered with the head"))
+                self._finish(t, [_ERR("TaskmeshError", f"task {spec.name}: its function was "
+                                      "never registered with the head")] * spec.num_returns,
+                             deps_counted=False)
+                continue
+            unknown = next((d for d in spec.deps if d not in objects), None)
+            if unknown is not None:
+                self._finish(t, [_ERR("ObjectLostError", f"task {spec.name} depends on object "
+                                      f"{unknown.hex()}, which the head does not know: it was "
+                                      "freed or never existed")] * spec.num_returns,
+                             deps_counted=False)
                 continue
             failed: P.SerializedObject | None = None
             for dep in spec.deps:
-                obj = objects.get(dep)
-                if obj is None:
-                    failed = _ERR("ObjectLostError", f"task {spec.name} depends on object "
-                                  f"{dep.hex()}, which the head does not know: it was freed or "
-                                  "never existed")
-                    break
+                obj = objects[dep]
                 obj.dependents += 1
                 if obj.value is None:
                     t.waiting += 1
@@ -345,6 +370,13 @@ class HeadState:
             fid = t.spec.function_id
             old = fn_mean.get(fid)
             fn_mean[fid] = r.duration_s if old is None else 0.8 * old + 0.2 * r.duration_s
+            if (t.spec.retry_exceptions and t.retries_left != 0 and r.returns
+                    and r.returns[0].flags == P.SerializedObject.TASK_ERROR):
+                if t.retries_left > 0:
+                    t.retries_left -= 1
+                t.worker = None
+                self._enqueue(t)
+                continue
             if len(r.returns) != t.spec.num_returns:
                 err = _ERR("TaskmeshError", f"worker {w.pid} returned {len(r.returns)} values for "
                            f"task {t.spec.name}, expected {t.spec.num_returns}")
@@ -361,9 +393,42 @@ class HeadState:
         if w is None:
             return
         self._take_back(w, msg.returned)
-        if not w.blocked and w.lease is not None and w.node is not None:
-            _add(w.node.avail, w.lease)
-        w.blocked = True
+        if not w.blocked:
+            if w.lease is not None and w.node is not None:
+                _add(w.node.avail, w.lease)
+            w.blocked = True
+            w.blocked_since = self.now
+        if msg.waiting and w.assigned:
+            self._offer_help(w, msg.waiting)
+
+    def _offer_help(self, w: WorkerRec, waiting: list) -> None:
+        """Hand a blocked worker the not-yet-started tasks that make what it waits for.
+
+        It runs them inside its blocked get(), so a parent waiting for its children needs no
+        extra worker process; it holds its CPU again while it does.
+        """
+        help_tasks = []
+        seen = set()
+        for oid in waiting:
+            tid = oid[:16]
+            if tid in seen:
+                continue
+            seen.add(tid)
+            t = self.tasks.get(tid)
+            if t is not None and t.state == READY and t.spec.resources == w.lease:
+                help_tasks.append(t)  # left in its queue; the scheduler skips non-READY ones
+        if not help_tasks:
+            return
+        if w.lease is not None and w.node is not None:
+            _sub(w.node.avail, w.lease)
+        w.blocked = False
+        items = []
+        for t in help_tasks:
+            t.state = ASSIGNED
+            t.worker = w
+            w.assigned.append(t)
+            items.append(self._assignment(t, w))
+        self.out.send(w.peer, P.Help(items))
 
     def _on_unblocked(self, peer: bytes, msg: P.Unblocked) -> None:
         w = self.workers.get(peer)
@@ -383,9 +448,8 @@ class HeadState:
             w.assigned.remove(t)
             back.append(t)
         for t in reversed(back):
-            t.state = READY
             t.worker = None
-            self.queues.setdefault(t.shape, deque()).appendleft(t)
+            self._enqueue(t, front=True)
 
     # ------------------------------------------------------------------ nodes
 
@@ -412,8 +476,9 @@ class HeadState:
             if w is not None:
                 orphans.remove(w)
                 self._forget_worker(w)
-            elif not msg.registered:
+            else:
                 node.starting = max(0, node.starting - 1)
+                node.gone_workers.add(msg.worker_id)
             return
         cause = _exit_cause(msg.exitcode)
         self._worker_lost(w, "WorkerCrashedError",
@@ -449,8 +514,7 @@ class HeadState:
             else:
                 requeue.append(t)
         for t in reversed(requeue):
-            t.state = READY
-            self.queues.setdefault(t.shape, deque()).appendleft(t)
+            self._enqueue(t, front=True)
         if node is not None and node.alive and len(node.workers) + node.starting < node.num_cpus:
             node.starting += 1  # keep the pool at its size: a replacement starts now
             self.out.send(node.peer, P.StartWorkers(1))
@@ -471,8 +535,20 @@ class HeadState:
 
     # ------------------------------------------------------------------ task completion
 
-    def _make_ready(self, t: TaskRec) -> None:
+    def _enqueue(self, t: TaskRec, front: bool = False) -> None:
         t.state = READY
+        if t.queued:  # its old entry is still in the queue: it will be found there
+            return
+        t.queued = True
+        q = self.queues.get(t.shape)
+        if q is None:
+            q = self.queues[t.shape] = deque()
+        if front:
+            q.appendleft(t)
+        else:
+            q.append(t)
+
+    def _make_ready(self, t: TaskRec) -> None:
         q = self.queues.get(t.shape)
         if q is None:
             q = self.queues[t.shape] = deque()
@@ -486,13 +562,13 @@ class HeadState:
                     f"no node can run task {t.spec.name} now: it needs "
                     f"{describe_resources(t.spec.resources)}; the largest node has "
                     f"{describe_resources(largest)}. It waits until such a node joins.")))
-        q.append(t)
+        self._enqueue(t)
 
     def _fail_task(self, t: TaskRec, err: P.SerializedObject) -> None:
         self.failed += 1
         self._finish(t, [err] * t.spec.num_returns)
 
-    def _finish(self, t: TaskRec, returns: list) -> None:
+    def _finish(self, t: TaskRec, returns: list, deps_counted: bool = True) -> None:
         """Store a finished task's return values and wake whatever waited for them."""
         t.state = DONE
         t.worker = None
@@ -503,6 +579,8 @@ class HeadState:
             obj = objects.get(oid)
             if obj is not None:
                 self._set_value(oid, obj, value, push_owner=True)
+        if not deps_counted:
+            return
         for dep in t.spec.deps:
             obj = objects.get(dep)
             if obj is not None:
@@ -545,69 +623,78 @@ class HeadState:
     # ------------------------------------------------------------------ placement
 
     def _schedule_shape(self, queue: deque[TaskRec]) -> None:
+        _skip_taken(queue)
+        if not queue:
+            return
         demand = queue[0].spec.resources
         nodes = [n for n in self.nodes.values() if n.alive]
+        by_id = {n.node_id: n for n in nodes}
         # 1. idle workers, on the node with the most free CPU that fits
         while queue:
-            best: NodeRec | None = None
-            best_cpu = -1
-            for n in nodes:
-                if n.idle and fits(n.avail, demand):
-                    cpu = n.avail.get(CPU, 0)
-                    if cpu > best_cpu:
-                        best, best_cpu = n, cpu
-            if best is None:
+            node_id = pick_node(((n.node_id, n.avail) for n in nodes if n.idle), demand)
+            if node_id is None:
                 break
+            best = by_id[node_id]
             w = best.idle.pop()
             w.lease = dict(demand)
             _sub(best.avail, demand)
-            self._assign(queue.popleft(), w)
+            self._assign(_pop(queue), w)
+            _skip_taken(queue)
         if not queue:
             return
         # 2. nodes with room but no idle worker start more workers
         demand_cpu = demand.get(CPU, 0)
+        recent = self.now - START_GRACE_S
         for n in nodes:
             if not n.idle and fits(n.avail, demand):
-                blocked = sum(1 for w in n.workers.values() if w.blocked)
-                cap = max(n.num_cpus, 1) + blocked + 2
-                count = workers_to_start(n.avail.get(CPU, 0), demand_cpu, len(queue),
+                blocked = [w for w in n.workers.values() if w.blocked]
+                cap = max(n.num_cpus, 1) + len(blocked) + 2
+                # CPU lent only a moment ago does not start a process yet
+                fresh = sum(w.lease.get(CPU, 0) for w in blocked
+                            if w.lease is not None and w.blocked_since > recent)
+                count = workers_to_start(n.avail.get(CPU, 0) - fresh, demand_cpu, len(queue),
                                          n.starting, len(n.workers), cap)
                 if count > 0:
                     n.starting += count
                     self.out.send(n.peer, P.StartWorkers(count))
         # 3. pipeline short tasks behind busy workers of the same shape
+        fn_mean = self.fn_mean_s
         busy = [w for n in nodes for w in n.workers.values()
-                if w.lease == demand and not w.blocked and w.assigned]
+                if w.lease == demand and not w.blocked and w.assigned
+                and is_short(fn_mean.get(w.assigned[-1].spec.function_id))]
         if not busy:
             return
         busy.sort(key=lambda w: len(w.assigned))
         max_pipe = self.config.max_pipeline
-        fn_mean = self.fn_mean_s
         progress = True
         while queue and progress:
             progress = False
             for w in busy:
+                _skip_taken(queue)
                 if not queue:
                     break
                 t = queue[0]
                 window = pipeline_window(fn_mean.get(t.spec.function_id), len(queue),
                                          len(busy), max_pipe)
                 if len(w.assigned) < window:
-                    self._assign(queue.popleft(), w)
+                    self._assign(_pop(queue), w)
                     progress = True
 
     def _assign(self, t: TaskRec, w: WorkerRec) -> None:
         t.state = ASSIGNED
         t.worker = w
         w.assigned.append(t)
+        self.out.add(w.peer, P.Execute, self._assignment(t, w))
+
+    def _assignment(self, t: TaskRec, w: WorkerRec) -> P.Assignment:
         spec = t.spec
         blob = None
         if spec.function_id not in w.functions:
             w.functions.add(spec.function_id)
             blob = self.functions[spec.function_id]
         dep_values = [self.objects[d].value for d in spec.deps] if spec.deps else []
-        self.out.add(w.peer, P.Execute, P.Assignment(
-            spec.task_id, spec.name, spec.function_id, blob, spec.args, dep_values, spec.num_returns))
+        return P.Assignment(spec.task_id, spec.name, spec.function_id, blob, spec.args,
+                            dep_values, spec.num_returns)
 
     def _release_lease(self, w: WorkerRec) -> None:
         node = w.node
@@ -634,7 +721,7 @@ class HeadState:
                 total[f"node:{n.address}"] = total.get(f"node:{n.address}", 0) + UNIT
             return total
         if what == "status":
-            queued = sum(len(q) for q in self.queues.values())
+            queued = sum(1 for q in self.queues.values() for t in q if t.state == READY)
             waiting = sum(1 for t in self.tasks.values() if t.state == WAITING)
             running = sum(1 for t in self.tasks.values() if t.state == ASSIGNED)
             return {
@@ -661,6 +748,18 @@ class HeadState:
             "TasksFinished": n.finished,
             "pid": n.pid,
         }
+
+
+def _skip_taken(queue: deque[TaskRec]) -> None:
+    """Drop queue heads that were taken out of turn (handed to a blocked worker as Help)."""
+    while queue and queue[0].state != READY:
+        queue.popleft().queued = False
+
+
+def _pop(queue: deque[TaskRec]) -> TaskRec:
+    t = queue.popleft()
+    t.queued = False
+    return t
 
 
 def _add(into: dict[str, int], amounts: dict[str, int]) -> None:

@@ -9,7 +9,7 @@ import signal
 import sys
 
 from .._daemon import setup_logging
-from .._head.policy import CPU, to_units
+from .._resources import CPU, to_units
 from .._transport import local_ip_towards, split_address, tcp_endpoint
 from ..config import DEFAULT_PORT, Config
 from .agent import NodeAgent

@@ -95,7 +95,7 @@ class NodeAgent:
                                         stdin=subprocess.DEVNULL, start_new_session=False)
             except OSError as exc:
                 log.error("could not start a worker process: %s", exc)
-                self.sock.send(P.WorkerExited(worker_id, 0, 127, False))
+                self.sock.send(P.WorkerExited(worker_id, 0, 127))
                 continue
             pidfd = os.pidfd_open(proc.pid)
             self.workers[pidfd] = _Worker(worker_id, proc, pidfd)
@@ -110,7 +110,7 @@ class NodeAgent:
         code = w.proc.wait()
         level = logging.INFO if code in (0, -signal.SIGTERM) else logging.WARNING
         log.log(level, "worker %s (pid %d) exited with %s", w.worker_id, w.proc.pid, code)
-        self.sock.send(P.WorkerExited(w.worker_id, w.proc.pid, code, False))
+        self.sock.send(P.WorkerExited(w.worker_id, w.proc.pid, code))
 
     def _stop_workers(self) -> None:
         for w in self.workers.values():

@@ -43,8 +43,13 @@ class Worker:
         self.core.on_foreign = self._on_message
         self.core.on_block = self._block
         self.core.on_unblock = self._unblock
+        self.core.on_wait_step = self._help
         self.queue: collections.deque[P.Assignment] = collections.deque()
+        self.help_queue: collections.deque[P.Assignment] = collections.deque()
+        self.wait_stack: list[list] = []  # objects each active wait of the main thread needs
+        self.main_thread = threading.get_ident()
         self.functions: dict[bytes, Any] = {}
+        self.blobs: dict[bytes, bytes] = {}
         self.results: list[P.TaskResult] = []
         self.batch_started = 0.0
         self.block_depth = 0
@@ -58,10 +63,16 @@ class Worker:
 
     def _on_message(self, msg: Any) -> None:
         t = type(msg)
-        if t is P.Execute:
-            if self.block_depth:
+        if t is P.Execute or t is P.Help:
+            for a in msg.assignments:  # keep the code even of tasks we hand back
+                if a.function_blob is not None:
+                    self.blobs[a.function_id] = a.function_blob
+            if t is P.Help:
+                self.help_queue.extend(msg.assignments)
+            elif self.block_depth:
                 # blocked: we may not start these; hand them straight back
-                self.core.send(P.Blocked([a.task_id for a in msg.assignments]))
+                waiting = self.wait_stack[-1] if self.wait_stack else []
+                self.core.send(P.Blocked([a.task_id for a in msg.assignments], waiting))
             else:
                 self.queue.extend(msg.assignments)
         elif t is P.Exit:
@@ -69,23 +80,45 @@ class Worker:
         else:
             log.warning("worker ignored unexpected %s", t.__name__)
 
-    def _block(self) -> None:
+    def _block(self, waiting: list) -> None:
         with self.block_lock:
             self.block_depth += 1
             if self.block_depth > 1:
-                return
+                return  # another thread of this task already lent the CPU
+        if threading.get_ident() == self.main_thread:
+            self.wait_stack.append(waiting)
         self._flush()
         self.core.pump(0)  # take in whatever was already sent to us
         returned = [a.task_id for a in self.queue]
         self.queue.clear()
-        self.core.send(P.Blocked(returned))
+        self.core.send(P.Blocked(returned, waiting))
 
     def _unblock(self) -> None:
         with self.block_lock:
             self.block_depth -= 1
             if self.block_depth > 0:
                 return
+        if threading.get_ident() == self.main_thread and self.wait_stack:
+            self.wait_stack.pop()
         self.core.send(P.Unblocked())
+
+    def _help(self) -> bool:
+        """In a blocked get(): run the tasks the head handed us that make what we wait for."""
+        if not self.help_queue or threading.get_ident() != self.main_thread:
+            return False
+        saved, self.block_depth = self.block_depth, 0  # we hold the CPU again while helping
+        try:
+            while self.help_queue:
+                self._run(self.help_queue.popleft())
+        finally:
+            self.block_depth = saved
+        self._flush()
+        self.core.pump(0)
+        returned = [a.task_id for a in self.queue]
+        self.queue.clear()
+        waiting = self.wait_stack[-1] if self.wait_stack else []
+        self.core.send(P.Blocked(returned, waiting))  # back to waiting: lend the CPU again
+        return True
 
     # ------------------------------------------------------------------ running tasks
 
@@ -97,9 +130,10 @@ class Worker:
     def _function(self, a: P.Assignment) -> Any:
         fn = self.functions.get(a.function_id)
         if fn is None:
-            if a.function_blob is None:
+            blob = a.function_blob or self.blobs.pop(a.function_id, None)
+            if blob is None:
                 raise RuntimeError(f"the head did not send the code of {a.name}")
-            fn = self.functions[a.function_id] = pickle.loads(a.function_blob)
+            fn = self.functions[a.function_id] = pickle.loads(blob)
         return fn
 
     def _run(self, a: P.Assignment) -> None:
@@ -164,6 +198,9 @@ class Worker:
             if core._refused is not None:
                 log.error("the head refused this worker: %s", core._refused)
                 return 1
+            if self.help_queue:  # handed to us in a get() that returned before running them
+                self._run(self.help_queue.popleft())
+                continue
             if not queue:
                 self._flush()
                 core.pump(1.0)

@@ -43,10 +43,15 @@ def test_head_status_join_stop(run_env):
     assert "joined" in r.stdout
 
     code = (
-        "import taskmesh\n"
+        "import time, taskmesh\n"
         "taskmesh.init(address='auto')\n"
+        "deadline = time.monotonic() + 30\n"
+        "while sum(n['Workers'] for n in taskmesh.nodes()) < 3 and time.monotonic() < deadline:\n"
+        "    time.sleep(0.05)  # worker processes are still starting\n"
         "@taskmesh.remote\n"
-        "def where(): return taskmesh.get_runtime_context().get_node_id()\n"
+        "def where():\n"
+        "    time.sleep(0.01)\n"
+        "    return taskmesh.get_runtime_context().get_node_id()\n"
         "ids = set(taskmesh.get([where.remote() for _ in range(200)]))\n"
         "print(len(taskmesh.nodes()), taskmesh.cluster_resources()['CPU'], len(ids))\n"
     )

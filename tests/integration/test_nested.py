@@ -56,10 +56,37 @@ def test_wait_inside_task_lends_cpu(fresh_cluster):
     assert taskmesh.get(waiter.remote(), timeout=60) == 3
 
 
+@taskmesh.remote(num_cpus=0.5)
+def other_shape(x):
+    return x * 2
+
+
+@taskmesh.remote
+def waits_for_other_shape(d):
+    """Its child has another resource shape, so it cannot run it itself: it must lend its CPU."""
+    if d == 0:
+        return taskmesh.get(other_shape.remote(1))
+    return taskmesh.get(waits_for_other_shape.options(num_cpus=0.5).remote(d - 1)) + 1
+
+
+@pytest.mark.parametrize("fresh_cluster", [1], indirect=True)
+def test_blocked_worker_lends_its_cpu_to_a_new_worker(fresh_cluster):
+    assert taskmesh.get(waits_for_other_shape.remote(0), timeout=60) == 2
+    assert taskmesh.nodes()[0]["Workers"] == 2
+    assert taskmesh.get(waits_for_other_shape.remote(3), timeout=60) == 5
+    assert taskmesh.nodes()[0]["Workers"] <= 1 + 4 + 2
+
+
+@pytest.mark.parametrize("fresh_cluster", [1], indirect=True)
+def test_parent_runs_its_own_children_without_new_workers(fresh_cluster):
+    assert taskmesh.get([fan.remote(10) for _ in range(20)], timeout=60) == [55] * 20
+    assert taskmesh.nodes()[0]["Workers"] == 1
+
+
 def test_surplus_idle_workers_retire(tmp_path):
     taskmesh.init(num_cpus=1, idle_worker_timeout_s=0.5)
     try:
-        assert taskmesh.get(depth.remote(4), timeout=60) == 4
+        assert taskmesh.get(waits_for_other_shape.remote(3), timeout=60) == 5
         assert taskmesh.nodes()[0]["Workers"] >= 2
         deadline = time.monotonic() + 20
         while taskmesh.nodes()[0]["Workers"] > 1 and time.monotonic() < deadline:

@@ -27,8 +27,22 @@ from taskmesh._protocol import (
 SO = SerializedObject(SerializedObject.VALUE, b"\x80\x05pickle", [b"buf-1", b"x" * 100])
 ERR = SerializedObject(SerializedObject.TASK_ERROR, b"pickled-error", [])
 SYS = SerializedObject.system_error("WorkerCrashedError", "boom")
-SPEC = TaskSpec(b"t" * 16, "mod.f", b"f" * 16, SO, [b"o" * 20, b"p" * 20], 2,
-                {"CPU": 10_000, "GPU": 5_000}, 3)
+
+
+def build(cls, **fields):
+    """A record from named fields; fields the class does not (or no longer) have are ignored."""
+    return cls(**{name: fields[name] for name in cls._fields})
+
+
+def make_spec(**changes) -> TaskSpec:
+    fields = dict(task_id=b"t" * 16, name="mod.f", function_id=b"f" * 16, args=SO,
+                  deps=[b"o" * 20, b"p" * 20], num_returns=2,
+                  resources={"CPU": 10_000, "GPU": 5_000}, max_retries=3, retry_exceptions=False)
+    fields.update(changes)
+    return TaskSpec(**{name: fields[name] for name in TaskSpec._fields})
+
+
+SPEC = make_spec()
 
 # One or more examples per message type. A new message type without an entry here fails
 # test_every_message_type_has_an_example.
@@ -39,8 +53,8 @@ EXAMPLES: dict[type, list] = {
     P.RegisterFunction: [P.RegisterFunction(b"fid", "mod.f", b"\x80\x05blob")],
     P.Submit: [
         P.Submit([SPEC]),
-        P.Submit([SPEC, SPEC._replace(task_id=b"u" * 16, args=None, deps=[], resources={},
-                                      max_retries=-1, num_returns=0)]),
+        P.Submit([SPEC, make_spec(task_id=b"u" * 16, args=None, deps=[], resources={},
+                                  max_retries=-1, num_returns=0, retry_exceptions=True)]),
         P.Submit([]),
     ],
     P.Put: [P.Put([(b"oid-1", SO), (b"oid-2", ERR)])],
@@ -59,18 +73,22 @@ EXAMPLES: dict[type, list] = {
     ])],
     P.TaskResults: [P.TaskResults([TaskResult(b"t1", [SO, ERR], 0.25),
                                    TaskResult(b"t2", [], 3)])],
-    P.Blocked: [P.Blocked([b"t2", b"t3"]), P.Blocked([])],
+    P.Blocked: [build(P.Blocked, returned=[b"t2", b"t3"], waiting=[b"o1" * 10]),
+                build(P.Blocked, returned=[], waiting=[])],
     P.Unblocked: [P.Unblocked()],
     P.Exit: [P.Exit("idle surplus worker")],
     P.Heartbeat: [P.Heartbeat({"cpu_percent": 12.5, "rss": 1 << 30, "workers": 4})],
-    P.WorkerExited: [P.WorkerExited("w1", 1234, -9, True), P.WorkerExited("w2", 5, 0, False)],
+    P.WorkerExited: [build(P.WorkerExited, worker_id="w1", pid=1234, exitcode=-9, registered=True),
+                     build(P.WorkerExited, worker_id="w2", pid=5, exitcode=0, registered=False)],
     P.StartWorkers: [P.StartWorkers(3)],
     P.Shutdown: [P.Shutdown("taskmesh stop")],
     P.HeartbeatAck: [P.HeartbeatAck()],
 }
-# Messages added after this file was written: only accepted if they have no fields.
 if hasattr(P, "Goodbye"):
     EXAMPLES[P.Goodbye] = [P.Goodbye()]
+if hasattr(P, "Help"):
+    EXAMPLES[P.Help] = [P.Help([Assignment(b"t9", "mod.g", b"gid", b"blob", SO, [SYS], 1)]),
+                        P.Help([])]
 
 
 def norm(v):
@@ -217,7 +235,7 @@ def ext_frame(i, n=4):
     return msgpack.ExtType(1, i.to_bytes(n, "little"))
 
 
-GOOD_SPEC = [b"tid", "mod.f", b"fid", None, [], 1, {"CPU": 10_000}, 0]
+GOOD_SPEC = list(make_spec(args=None, deps=[], num_returns=1, resources={"CPU": 10_000}))
 
 
 def spec_with(**changes):
@@ -290,7 +308,7 @@ BAD_FRAMES = {
     "assignment blob str": pack(P.Execute.OP, [[b"t", "f", b"fid", "blob", None, [], 1]]),
     "assignment dep None": pack(P.Execute.OP, [[b"t", "f", b"fid", None, None, [None], 1]]),
     "info reply data str": pack(P.InfoReply.OP, 1, "nodes"),
-    "worker exited registered int": pack(P.WorkerExited.OP, "w", 1, 0, 1),
+    "worker exited pid str": pack(P.WorkerExited.OP, "w", "1", *[0] * (len(P.WorkerExited._fields) - 2)),
     "start workers float": pack(P.StartWorkers.OP, 1.5),
     "missing frame": pack(P.RegisterFunction.OP, b"fid", "f", ext_frame(1)),
     "missing frame far": pack(P.Put.OP, [[b"o", [0, b"d", [ext_frame(7)]]]]),

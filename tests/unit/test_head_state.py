@@ -1,0 +1,1251 @@
+"""The head's sans-IO state machine, driven with real protocol messages.
+
+A :class:`Cluster` plays the driver, the node agents and the workers: every message it feeds in
+and every message the head puts in its outbox goes through the real encode/decode, so the
+tests also check that the head only ever says well-formed things.
+"""
+
+from __future__ import annotations
+
+import itertools
+from typing import Iterable
+
+import pytest
+
+from taskmesh import _protocol as P
+from taskmesh._head.policy import UNIT
+from taskmesh._head.state import HeadState, return_ids
+from taskmesh.config import Config
+
+PV = P.PROTOCOL_VERSION
+SO = P.SerializedObject
+
+
+def wire(msg):
+    """What the other side of a socket would get."""
+    return P.decode(P.encode(msg))
+
+
+def value(data: bytes = b"value", buffers: Iterable[bytes] = ()) -> SO:
+    return SO(SO.VALUE, data, list(buffers))
+
+
+def task_error(data: bytes = b"pickled ValueError('boom')") -> SO:
+    return SO(SO.TASK_ERROR, data, [])
+
+
+def build(cls, **fields):
+    """A message or record from named fields (ones this protocol version lacks are ignored)."""
+    return cls(**{name: fields[name] for name in cls._fields})
+
+
+def blocked(returned=(), waiting=()) -> P.Blocked:
+    """A worker's Blocked message (``waiting``: the objects its task waits for)."""
+    return build(P.Blocked, returned=list(returned), waiting=list(waiting))
+
+
+def ret(task_id: bytes, i: int = 0) -> bytes:
+    return return_ids(task_id, i + 1)[i]
+
+
+class Sent:
+    """One drained outbox: (peer, message) pairs, with lookups."""
+
+    def __init__(self, pairs: list) -> None:
+        self.pairs = pairs
+
+    def to(self, peer: bytes, cls: type | None = None) -> list:
+        return [m for p, m in self.pairs if p == peer and (cls is None or type(m) is cls)]
+
+    def of(self, cls: type) -> list:
+        return [(p, m) for p, m in self.pairs if type(m) is cls]
+
+    def assignments(self, peer: bytes | None = None) -> list:
+        return [a for p, m in self.pairs if type(m) is P.Execute and (peer is None or p == peer)
+                for a in m.assignments]
+
+    def assigned_to(self) -> dict:
+        """task id -> worker peer, for every Execute in this batch."""
+        return {a.task_id: p for p, m in self.of(P.Execute) for a in m.assignments}
+
+    def values(self, peer: bytes) -> dict:
+        return {it.object_id: it for m in self.to(peer, P.ObjectValues) for it in m.items}
+
+    def __len__(self) -> int:
+        return len(self.pairs)
+
+    def __repr__(self) -> str:
+        return f"Sent({self.pairs!r})"
+
+
+class Cluster:
+    """A head plus scripted peers: one driver, node agents, and workers."""
+
+    def __init__(self, **config) -> None:
+        self.config = Config(**config)
+        self.state = HeadState(self.config, now=0.0)
+        self.now = 0.0
+        self._seq = itertools.count(1)
+        self.node_peer: dict[str, bytes] = {}
+        self.node_workers: dict[str, list[bytes]] = {}
+        self.worker_info: dict[bytes, tuple[str, str, int]] = {}  # peer -> node id, worker id, pid
+        self.driver = self.hello(b"driver-1", "driver")
+        self.drain()
+
+    # -- plumbing
+
+    def send(self, peer: bytes, msg, schedule: bool = True) -> None:
+        self.state.handle(peer, wire(msg), self.now)
+        if schedule:
+            self.state.schedule()
+
+    def drain(self) -> Sent:
+        pairs = list(self.state.out.drain())
+        for _, m in pairs:
+            wire(m)  # everything the head says must be encodable and decodable
+        return Sent(pairs)
+
+    def later(self, dt: float = 1.0) -> Sent:
+        """Let ``dt`` seconds pass with every live node heartbeating."""
+        return self.tick(self.now + dt, heartbeats=[n for n, rec in self.state.nodes.items()
+                                                    if rec.alive])
+
+    def tick(self, now: float, heartbeats: Iterable[str] = ()) -> Sent:
+        """Advance the clock to ``now``; the named nodes heartbeat just before."""
+        self.now = now
+        for node_id in heartbeats:
+            self.heartbeat(node_id)
+        self.state.tick(now)
+        self.state.schedule()
+        return self.drain()
+
+    # -- peers
+
+    def hello(self, peer: bytes, kind: str, info: dict | None = None, version: int = PV) -> bytes:
+        self.send(peer, P.Hello(version, kind, info or {}))
+        return peer
+
+    def add_node(self, node_id: str, cpus: float = 1, workers: int | None = None,
+                 resources: dict | None = None, address: str | None = None) -> bytes:
+        peer = f"node-{node_id}".encode()
+        total = {"CPU": int(cpus * UNIT)}
+        total.update({k: int(v * UNIT) for k, v in (resources or {}).items()})
+        n = int(cpus) if workers is None else workers
+        self.send(peer, P.Hello(PV, "node", {
+            "node_id": node_id, "address": address or f"10.0.0.{len(self.node_peer) + 1}",
+            "hostname": f"host-{node_id}", "pid": 100 + len(self.node_peer),
+            "resources": total, "prestart": n}))
+        self.node_peer[node_id] = peer
+        self.node_workers[node_id] = []
+        for _ in range(n):
+            self.add_worker(node_id)
+        return peer
+
+    def add_worker(self, node_id: str) -> bytes:
+        n = next(self._seq)
+        peer, worker_id, pid = f"worker-{n}".encode(), f"w{n}", 5000 + n
+        self.worker_info[peer] = (node_id, worker_id, pid)
+        self.node_workers.setdefault(node_id, []).append(peer)
+        self.send(peer, P.Hello(PV, "worker", {"node_id": node_id, "worker_id": worker_id, "pid": pid}))
+        return peer
+
+    def heartbeat(self, node_id: str) -> None:
+        self.send(self.node_peer[node_id], P.Heartbeat({"cpu_percent": 1.0}))
+
+    def exited(self, worker: bytes, exitcode: int = -9, registered: bool = True) -> None:
+        node_id, worker_id, pid = self.worker_info[worker]
+        self.send(self.node_peer[node_id], build(P.WorkerExited, worker_id=worker_id, pid=pid,
+                                                 exitcode=exitcode, registered=registered))
+
+    # -- driver
+
+    def register(self, name: str = "mod.f", owner: bytes | None = None) -> bytes:
+        fid = f"fid:{name}".encode()
+        self.send(owner or self.driver, P.RegisterFunction(fid, name, f"blob of {name}".encode()),
+                  schedule=False)
+        return fid
+
+    def spec(self, fid: bytes, *, deps: Iterable[bytes] = (), cpus: float = 1,
+             resources: dict | None = None, max_retries: int = 3, num_returns: int = 1,
+             name: str | None = None, retry_exceptions: bool = False) -> P.TaskSpec:
+        res = {"CPU": int(cpus * UNIT)} if cpus else {}
+        res.update({k: int(v * UNIT) for k, v in (resources or {}).items()})
+        return build(P.TaskSpec, task_id=f"task-{next(self._seq):011d}".encode(),  # 16 bytes
+                     name=name or fid.decode().split(":", 1)[1], function_id=fid,
+                     args=value(b"args"), deps=list(deps), num_returns=num_returns,
+                     resources=res, max_retries=max_retries, retry_exceptions=retry_exceptions)
+
+    def submit(self, fid: bytes, n: int = 1, owner: bytes | None = None, **kw) -> list[bytes]:
+        specs = [self.spec(fid, **kw) for _ in range(n)]
+        self.send(owner or self.driver, P.Submit(specs))
+        return [s.task_id for s in specs]
+
+    def put(self, oid: bytes, obj: SO, owner: bytes | None = None) -> bytes:
+        self.send(owner or self.driver, P.Put([(oid, obj)]))
+        return oid
+
+    # -- workers
+
+    def finish(self, worker: bytes, task_id: bytes, *returns: SO, duration: float = 0.5) -> None:
+        if not returns:
+            returns = (value(b"result of " + task_id),)
+        self.send(worker, P.TaskResults([P.TaskResult(task_id, list(returns), duration)]))
+
+    def warm(self, fid: bytes, duration: float) -> None:
+        """Run one task of ``fid`` so the head learns its mean duration."""
+        [t] = self.submit(fid)
+        worker = self.drain().assigned_to()[t]
+        self.finish(worker, t, duration=duration)
+        self.drain()
+
+    # -- inspection
+
+    def node(self, node_id: str):
+        return self.state.nodes[node_id]
+
+    def avail_cpu(self, node_id: str) -> int:
+        return self.node(node_id).avail.get("CPU", 0)
+
+    def status(self) -> dict:
+        return self.state.info("status")
+
+    def info(self, what: str, peer: bytes | None = None):
+        rid = next(self._seq)
+        peer = peer or self.driver
+        self.send(peer, P.InfoRequest(rid, what), schedule=False)
+        [reply] = self.drain().to(peer, P.InfoReply)
+        assert reply.request_id == rid
+        return reply.data
+
+
+@pytest.fixture
+def c() -> Cluster:
+    return Cluster()
+
+
+SHORT = 1e-4  # a function mean this short is pipelined
+LONG = 5.0
+
+
+# =========================================================================== handshake
+
+
+def test_hello_is_welcomed_per_kind(c):
+    c.hello(b"d2", "driver")
+    c.hello(b"s", "status")
+    c.add_node("n1", cpus=1, workers=0)
+    c.add_worker("n1")
+    sent = c.drain()
+    for peer in (b"d2", b"s", b"node-n1", b"worker-1"):
+        [welcome] = sent.to(peer, P.Welcome)
+        assert welcome.version == PV
+        assert welcome.info["peer"] == peer
+    assert c.state.peers == {c.driver: "driver", b"d2": "driver", b"s": "status",
+                             b"node-n1": "node", b"worker-1": "worker"}
+
+
+def test_protocol_version_mismatch_is_refused_naming_both_versions(c):
+    c.hello(b"old", "driver", version=PV + 41)
+    [refused] = c.drain().to(b"old")
+    assert type(refused) is P.Refused
+    assert str(PV) in refused.reason and str(PV + 41) in refused.reason
+    assert "protocol" in refused.reason
+    assert b"old" not in c.state.peers
+    c.hello(b"old-node", "node", {"node_id": "n9", "resources": {"CPU": UNIT}}, version=0)
+    assert type(c.drain().to(b"old-node")[0]) is P.Refused
+    assert "n9" not in c.state.nodes
+
+
+def test_unknown_peer_kind_is_refused(c):
+    c.hello(b"x", "toaster")
+    [refused] = c.drain().to(b"x")
+    assert type(refused) is P.Refused and "toaster" in refused.reason
+
+
+def test_duplicate_node_id_is_refused(c):
+    c.add_node("n1")
+    c.drain()
+    c.send(b"impostor", P.Hello(PV, "node", {"node_id": "n1", "resources": {"CPU": UNIT}}))
+    [refused] = c.drain().to(b"impostor")
+    assert type(refused) is P.Refused and "n1" in refused.reason
+    assert c.node("n1").peer == b"node-n1" and c.node("n1").alive
+
+
+def test_messages_from_peers_that_never_said_hello_are_dropped(c):
+    stranger = b"stranger"
+    c.send(stranger, P.RegisterFunction(b"fid:f", "f", b"blob"))
+    c.send(stranger, P.Submit([c.spec(b"fid:f")]))
+    c.send(stranger, P.Put([(b"obj", value())]))
+    c.send(stranger, P.InfoRequest(1, "status"))
+    c.send(stranger, P.TaskResults([P.TaskResult(b"t", [value()], 0.1)]))
+    assert len(c.drain()) == 0
+    c.send(stranger, P.Heartbeat({}))  # at most told it is unknown
+    assert [type(m) for _, m in c.drain().pairs] in ([], [P.Refused])
+    assert c.state.functions == {} and c.state.tasks == {} and c.state.objects == {}
+
+
+def test_messages_a_peer_kind_may_not_send_are_dropped(c):
+    c.add_node("n1")
+    c.hello(b"s", "status")
+    c.drain()
+    fid = c.register()
+    c.send(b"s", P.Submit([c.spec(fid)]))
+    c.send(b"node-n1", P.Submit([c.spec(fid)]))
+    c.send(c.driver, P.TaskResults([P.TaskResult(b"t", [value()], 0.1)]))
+    c.send(c.driver, P.Heartbeat({}))
+    assert c.state.tasks == {} and c.state.objects == {}
+    assert len(c.drain()) == 0
+    assert c.info("status", peer=b"s")["tasks"]["finished"] == 0  # status peers may ask
+
+
+def test_worker_that_says_hello_before_its_node_is_attached_when_the_node_joins(c):
+    w = c.add_worker("late")
+    assert c.state.orphan_workers["late"][0].peer == w
+    c.add_node("late", cpus=1, workers=0)
+    assert [x.peer for x in c.node("late").idle] == [w]
+    assert c.state.orphan_workers == {}
+    fid = c.register()
+    [t] = c.submit(fid)
+    assert c.drain().assigned_to() == {t: w}
+
+
+def test_worker_of_a_dead_node_is_told_to_exit(c):
+    c.add_node("n1")
+    c.tick(c.config.heartbeat_timeout_s + 1)
+    assert not c.node("n1").alive
+    w = c.add_worker("n1")
+    [msg] = c.drain().to(w)
+    assert type(msg) is P.Exit and "n1" in msg.reason
+    assert w not in c.state.workers
+
+
+# =========================================================================== placement
+
+
+def test_task_goes_to_the_node_with_most_free_cpu(c):
+    c.add_node("small", cpus=2)
+    c.add_node("big", cpus=4)
+    fid = c.register()
+    [t] = c.submit(fid)
+    sent = c.drain()
+    assert sent.assigned_to()[t] in c.node_workers["big"]
+    assert c.avail_cpu("big") == 3 * UNIT and c.avail_cpu("small") == 2 * UNIT
+    # big has 3 free, small 2: the next goes to big again
+    [t2] = c.submit(fid)
+    assert c.drain().assigned_to()[t2] in c.node_workers["big"]
+
+
+def test_task_goes_only_to_a_node_whose_resources_fit(c):
+    c.add_node("cpu", cpus=8)
+    c.add_node("gpu", cpus=1, resources={"GPU": 1})
+    fid = c.register()
+    [t] = c.submit(fid, resources={"GPU": 1})
+    assert c.drain().assigned_to()[t] in c.node_workers["gpu"]
+    assert c.node("gpu").avail["GPU"] == 0
+    [t2] = c.submit(fid, resources={"GPU": 1})
+    sent = c.drain()
+    assert sent.assignments() == []  # the only GPU is taken: wait
+    assert c.status()["tasks"]["queued"] == 1
+    c.finish(c.node_workers["gpu"][0], t)
+    assert c.drain().assigned_to()[t2] in c.node_workers["gpu"]
+
+
+def test_assignment_carries_spec_fields_and_the_blob_only_the_first_time(c):
+    c.add_node("n1", cpus=1)
+    [w] = c.node_workers["n1"]
+    fid = c.register("mod.square")
+    [t1] = c.submit(fid, num_returns=2)
+    [a1] = c.drain().assignments(w)
+    assert a1.task_id == t1 and a1.name == "mod.square" and a1.function_id == fid
+    assert a1.function_blob == b"blob of mod.square"
+    assert bytes(a1.args.data) == b"args" and a1.num_returns == 2 and a1.dep_values == []
+    c.finish(w, t1, value(b"a"), value(b"b"))
+    [t2] = c.submit(fid)
+    [a2] = c.drain().assignments(w)
+    assert a2.task_id == t2 and a2.function_blob is None
+    # another worker has not seen the function yet
+    c.add_node("n2", cpus=4)
+    [t3] = c.submit(fid)
+    sent = c.drain()
+    [a3] = sent.assignments()
+    assert sent.assigned_to()[t3] in c.node_workers["n2"]
+    assert a3.function_blob == b"blob of mod.square"
+
+
+def test_task_of_an_unregistered_function_fails_at_once(c):
+    c.add_node("n1")
+    [t] = c.submit(b"fid:never-registered")
+    sent = c.drain()
+    assert sent.assignments() == []
+    item = sent.values(c.driver)[ret(t)]
+    assert item.value.read_system_error()[0] == "TaskmeshError"
+    assert "never registered" in item.value.read_system_error()[1]
+
+
+# =========================================================================== dependencies
+
+
+def test_dependent_task_waits_for_its_dependency_then_gets_its_value(c):
+    c.add_node("n1", cpus=2)
+    fid = c.register()
+    [a] = c.submit(fid)
+    sent = c.drain()
+    wa = sent.assigned_to()[a]
+    [b] = c.submit(fid, deps=[ret(a)])
+    assert c.drain().assignments() == []
+    assert c.status()["tasks"]["waiting_for_deps"] == 1
+    c.finish(wa, a, value(b"A's result", [b"A's buffer"]))
+    sent = c.drain()
+    [asg] = sent.assignments()
+    assert asg.task_id == b
+    [dep] = asg.dep_values
+    assert bytes(dep.data) == b"A's result" and [bytes(x) for x in dep.buffers] == [b"A's buffer"]
+    assert c.status()["tasks"]["waiting_for_deps"] == 0
+
+
+def test_task_with_several_deps_waits_for_all_of_them(c):
+    c.add_node("n1", cpus=2)
+    fid = c.register()
+    a1, a2 = c.submit(fid, n=2)
+    w = c.drain().assigned_to()
+    c.put(b"put-1", value(b"P"))
+    [b] = c.submit(fid, deps=[b"put-1", ret(a2), ret(a1)])
+    assert c.drain().assignments() == []
+    c.finish(w[a1], a1, value(b"A1"))
+    assert c.drain().assignments() == []
+    assert c.status()["tasks"]["waiting_for_deps"] == 1
+    c.finish(w[a2], a2, value(b"A2"))
+    [asg] = c.drain().assignments()
+    assert asg.task_id == b
+    assert [bytes(d.data) for d in asg.dep_values] == [b"P", b"A2", b"A1"]
+
+
+def test_dependency_on_unknown_object_fails_with_object_lost(c):
+    c.add_node("n1")
+    fid = c.register()
+    [t] = c.submit(fid, deps=[b"no-such-object"])
+    sent = c.drain()
+    assert sent.assignments() == []
+    kind, message = sent.values(c.driver)[ret(t)].value.read_system_error()
+    assert kind == "ObjectLostError" and b"no-such-object".hex() in message
+
+
+def test_deps_are_passed_in_argument_order(c):
+    c.add_node("n1", cpus=1)
+    fid = c.register()
+    c.put(b"x", value(b"X"))
+    c.put(b"y", value(b"Y"))
+    [t] = c.submit(fid, deps=[b"y", b"x", b"y"])
+    [a] = c.drain().assignments()
+    assert a.task_id == t and [bytes(d.data) for d in a.dep_values] == [b"Y", b"X", b"Y"]
+
+
+# =========================================================================== results to the owner
+
+
+def test_owner_gets_small_values_inline_and_large_ones_as_readiness_only():
+    c = Cluster(inline_push_bytes=100)
+    c.add_node("n1", cpus=3)
+    fid = c.register()
+    small, big, err = c.submit(fid, n=3)
+    sent = c.drain()
+    w = sent.assigned_to()
+    c.finish(w[small], small, value(b"s" * 100))
+    c.finish(w[big], big, value(b"b" * 50, [b"B" * 51]))  # 101 bytes counting buffers
+    c.finish(w[err], err, task_error(b"E" * 1000))  # errors always travel inline
+    vals = c.drain().values(c.driver)
+    assert bytes(vals[ret(small)].value.data) == b"s" * 100 and vals[ret(small)].nbytes == 100
+    assert vals[ret(big)].value is None and vals[ret(big)].nbytes == 101
+    assert vals[ret(err)].value.flags == SO.TASK_ERROR
+    assert bytes(vals[ret(err)].value.data) == b"E" * 1000
+    # the head keeps the large value for whoever asks
+    c.send(c.driver, P.Subscribe([ret(big)]), schedule=False)
+    [item] = c.drain().values(c.driver).values()
+    assert [bytes(b) for b in item.value.buffers] == [b"B" * 51]
+
+
+def test_every_return_of_a_multi_return_task_is_pushed(c):
+    c.add_node("n1")
+    fid = c.register()
+    [t] = c.submit(fid, num_returns=3)
+    [w] = c.node_workers["n1"]
+    c.drain()
+    c.finish(w, t, value(b"0"), value(b"1"), value(b"2"))
+    vals = c.drain().values(c.driver)
+    assert {k: bytes(v.value.data) for k, v in vals.items()} == {
+        ret(t, 0): b"0", ret(t, 1): b"1", ret(t, 2): b"2"}
+
+
+def test_wrong_number_of_returns_is_an_error_for_every_return(c):
+    c.add_node("n1")
+    fid = c.register()
+    [t] = c.submit(fid, num_returns=2)
+    [w] = c.node_workers["n1"]
+    c.drain()
+    c.finish(w, t, value(b"only one"))
+    vals = c.drain().values(c.driver)
+    for i in range(2):
+        kind, message = vals[ret(t, i)].value.read_system_error()
+        assert kind == "TaskmeshError" and "returned 1 values" in message and "expected 2" in message
+
+
+def test_subscribers_get_the_value_when_it_arrives_and_unknown_objects_are_lost(c):
+    c.add_node("n1")
+    c.hello(b"other-driver", "driver")
+    fid = c.register()
+    [t] = c.submit(fid)
+    [w] = c.node_workers["n1"]
+    c.drain()
+    c.send(b"other-driver", P.Subscribe([ret(t), ret(t), b"nope"]), schedule=False)
+    [lost] = c.drain().values(b"other-driver").values()
+    assert lost.object_id == b"nope" and lost.value.read_system_error()[0] == "ObjectLostError"
+    c.finish(w, t, value(b"R"))
+    sent = c.drain()
+    [m] = sent.to(b"other-driver", P.ObjectValues)
+    assert len(m.items) == 1 and bytes(m.items[0].value.data) == b"R"  # subscribed twice, sent once
+    # already available: answered at once
+    c.send(b"other-driver", P.Subscribe([ret(t)]), schedule=False)
+    assert bytes(c.drain().values(b"other-driver")[ret(t)].value.data) == b"R"
+
+
+def test_results_from_the_wrong_worker_are_ignored(c):
+    c.add_node("n1", cpus=2)
+    fid = c.register()
+    [t] = c.submit(fid)
+    w = c.drain().assigned_to()[t]
+    other = next(x for x in c.node_workers["n1"] if x != w)
+    c.finish(other, t, value(b"forged"))
+    assert c.drain().values(c.driver) == {}
+    c.finish(w, t, value(b"real"))
+    assert bytes(c.drain().values(c.driver)[ret(t)].value.data) == b"real"
+    c.finish(w, t, value(b"again"))  # duplicate
+    assert c.drain().values(c.driver) == {}
+
+
+# =========================================================================== failures propagate
+
+
+def test_failed_task_error_propagates_to_dependents_without_running_them(c):
+    c.add_node("n1", cpus=1)
+    [w] = c.node_workers["n1"]
+    fid = c.register()
+    [a] = c.submit(fid)
+    [b] = c.submit(fid, deps=[ret(a)])
+    [d] = c.submit(fid, deps=[ret(b)], num_returns=2)
+    assert [x.task_id for x in c.drain().assignments()] == [a]
+    err = task_error(b"the pickled error of a")
+    c.finish(w, a, err)
+    sent = c.drain()
+    assert sent.assignments() == []
+    vals = sent.values(c.driver)
+    for oid in (ret(a), ret(b), ret(d, 0), ret(d, 1)):
+        assert vals[oid].value.flags == SO.TASK_ERROR
+        assert bytes(vals[oid].value.data) == b"the pickled error of a"
+    assert c.state.tasks == {}
+    # a task submitted later on the failed object fails the same way, at once
+    [e] = c.submit(fid, deps=[ret(b)])
+    sent = c.drain()
+    assert sent.assignments() == []
+    assert bytes(sent.values(c.driver)[ret(e)].value.data) == b"the pickled error of a"
+
+
+def test_failed_dependency_of_a_multi_dep_task_fails_it_even_if_others_are_pending(c):
+    c.add_node("n1", cpus=2)
+    fid = c.register()
+    a, b = c.submit(fid, n=2)
+    w = c.drain().assigned_to()
+    [d] = c.submit(fid, deps=[ret(a), ret(b)])
+    c.finish(w[b], b, task_error(b"b failed"))
+    sent = c.drain()
+    assert bytes(sent.values(c.driver)[ret(d)].value.data) == b"b failed"
+    c.finish(w[a], a, value(b"a ok"))  # a arrives later: d must not run
+    sent = c.drain()
+    assert sent.assignments() == []
+    assert set(sent.values(c.driver)) == {ret(a)}
+
+
+# =========================================================================== blocking in get()
+
+
+def test_blocked_lends_the_cpu_returns_unstarted_tasks_and_starts_a_worker(c):
+    c.add_node("n1", cpus=1)
+    [w1] = c.node_workers["n1"]
+    fid = c.register()
+    c.warm(fid, SHORT)
+    tids = c.submit(fid, n=5)
+    sent = c.drain()
+    mine = [a.task_id for a in sent.assignments(w1)]
+    assert mine[0] == tids[0] and len(mine) >= 2  # pipelined behind the running one
+    assert c.avail_cpu("n1") == 0
+    c.send(w1, blocked(mine[1:]), schedule=False)
+    assert c.avail_cpu("n1") == UNIT  # lent
+    assert list(c.state.queues.values())[0][0].spec.task_id == tids[1]  # back at the front, in order
+    assert [t.spec.task_id for t in c.state.workers[w1].assigned] == [tids[0]]
+    sent = c.later(1.0)  # (the head may wait a moment before starting a process)
+    [(peer, start)] = sent.of(P.StartWorkers)
+    assert peer == c.node_peer["n1"] and start.count == 1
+    assert sent.assignments() == []  # nobody else to run them yet
+    w2 = c.add_worker("n1")
+    sent = c.drain()
+    got = [a.task_id for a in sent.assignments(w2)]
+    assert got[0] == tids[1] and got == tids[1:1 + len(got)]
+    assert sent.assignments(w2)[0].function_blob is not None  # w2 never saw the function
+    assert c.avail_cpu("n1") == 0
+    c.send(w1, P.Unblocked(), schedule=False)
+    assert c.avail_cpu("n1") == -UNIT  # takes it back: briefly oversubscribed
+    c.send(w1, P.Unblocked(), schedule=False)  # duplicate: no double take
+    assert c.avail_cpu("n1") == -UNIT
+
+
+def test_blocked_twice_lends_once_and_finishing_while_blocked_does_not_return_the_cpu_twice(c):
+    c.add_node("n1", cpus=2)
+    fid = c.register()
+    [t] = c.submit(fid)
+    w = c.drain().assigned_to()[t]
+    c.send(w, blocked([]), schedule=False)
+    c.send(w, blocked([]), schedule=False)
+    assert c.avail_cpu("n1") == 2 * UNIT
+    c.finish(w, t)  # finished while blocked: its lease was already lent
+    assert c.avail_cpu("n1") == 2 * UNIT
+    assert not c.state.workers[w].blocked
+    assert sum(1 for x in c.node("n1").idle if x.peer == w) == 1
+
+
+def test_blocked_worker_gets_no_pipelined_tasks(c):
+    c.add_node("n1", cpus=1)
+    [w] = c.node_workers["n1"]
+    fid = c.register()
+    c.warm(fid, SHORT)
+    [t] = c.submit(fid)
+    c.drain()
+    c.send(w, blocked([]))
+    c.submit(fid, n=3)
+    sent = c.drain()
+    sent.pairs += c.later(1.0).pairs
+    assert sent.assignments(w) == []
+    assert len(sent.of(P.StartWorkers)) == 1
+
+
+def test_new_workers_start_only_after_a_short_grace_when_cpu_is_lent():
+    """Most blocks are short, so CPU lent a moment ago does not start a process at once."""
+    from taskmesh._head import state as state_mod
+    grace = getattr(state_mod, "START_GRACE_S", 0.0)
+    c = Cluster()
+    c.add_node("n1", cpus=1)
+    [w] = c.node_workers["n1"]
+    fid = c.register()
+    [t, queued] = c.submit(fid, n=2)
+    c.drain()
+    c.send(w, blocked([]))
+    if grace > 0:
+        assert c.drain().of(P.StartWorkers) == []
+        c.now += grace / 2
+        c.state.schedule()
+        assert c.drain().of(P.StartWorkers) == []
+    sent = c.later(grace + 0.01)
+    assert [(p, m.count) for p, m in sent.of(P.StartWorkers)] == [(c.node_peer["n1"], 1)]
+    assert c.later(1.0).of(P.StartWorkers) == []  # already starting one
+
+
+# =========================================================================== help (nested tasks)
+
+
+def nested_setup(c, children=2, **child_kw):
+    """A 1-CPU node whose only worker runs a parent task that submits children."""
+    c.add_node("n1", cpus=1)
+    [w] = c.node_workers["n1"]
+    parent_fn = c.register("mod.parent")
+    [parent] = c.submit(parent_fn)
+    assert c.drain().assigned_to() == {parent: w}
+    child_fn = c.register("mod.child", owner=w)
+    kids = c.submit(child_fn, n=children, owner=w, **child_kw)
+    assert c.drain().assignments() == []  # no free worker
+    return w, parent, kids
+
+
+def test_blocked_worker_is_handed_the_tasks_it_waits_for_as_help(c):
+    if not hasattr(P, "Help"):
+        pytest.skip("no Help message in this protocol version")
+    w, parent, kids = nested_setup(c)
+    c.send(w, blocked([], [ret(k) for k in kids]))
+    sent = c.drain()
+    [help_msg] = sent.to(w, P.Help)
+    assert [a.task_id for a in help_msg.assignments] == kids
+    assert help_msg.assignments[0].function_blob == b"blob of mod.child"
+    assert help_msg.assignments[1].function_blob is None
+    assert c.avail_cpu("n1") == 0  # it runs them on the CPU it holds
+    assert c.status()["tasks"]["queued"] == 0
+    assert c.later(1.0).of(P.StartWorkers) == []  # no extra process needed
+    for k in kids:
+        c.finish(w, k, value(b"child " + k))
+    vals = c.drain().values(w)  # the worker owns the children's results
+    assert {bytes(vals[ret(k)].value.data) for k in kids} == {b"child " + k for k in kids}
+    c.send(w, blocked([], []))
+    c.send(w, P.Unblocked())
+    c.finish(w, parent, value(b"sum"))
+    assert bytes(c.drain().values(c.driver)[ret(parent)].value.data) == b"sum"
+    assert c.avail_cpu("n1") == UNIT and c.state.tasks == {}
+
+
+def test_help_only_offers_ready_tasks_of_the_same_shape(c):
+    if not hasattr(P, "Help"):
+        pytest.skip("no Help message in this protocol version")
+    w, parent, [big] = nested_setup(c, children=1, cpus=2)  # needs 2 CPUs: not on this worker
+    child_fn = c.register("mod.child", owner=w)
+    [waiting] = c.submit(child_fn, owner=w, deps=[ret(big)])  # not ready yet
+    c.drain()
+    c.send(w, blocked([], [ret(big), ret(waiting)]))
+    sent = c.drain()
+    assert sent.to(w, P.Help) == []
+    assert c.avail_cpu("n1") == UNIT  # lent while it waits
+    assert c.state.workers[w].blocked
+
+
+def test_status_counts_only_tasks_still_queued_after_help(c):
+    if not hasattr(P, "Help"):
+        pytest.skip("no Help message in this protocol version")
+    w, parent, kids = nested_setup(c, children=3)
+    # the worker waits only for the last two; the first stays queued ahead of them
+    c.send(w, blocked([], [ret(k) for k in kids[1:]]))
+    [help_msg] = c.drain().to(w, P.Help)
+    assert [a.task_id for a in help_msg.assignments] == kids[1:]
+    assert c.status()["tasks"]["queued"] == 1
+    assert c.status()["tasks"]["running"] == 3
+
+
+# =========================================================================== retry_exceptions
+
+
+def test_retry_exceptions_reruns_a_raising_task_until_retries_run_out(c):
+    if "retry_exceptions" not in P.TaskSpec._fields:
+        pytest.skip("no retry_exceptions in this protocol version")
+    c.add_node("n1", cpus=1)
+    [w] = c.node_workers["n1"]
+    fid = c.register()
+    [t] = c.submit(fid, max_retries=1, retry_exceptions=True)
+    c.drain()
+    c.finish(w, t, task_error(b"first failure"))
+    sent = c.drain()
+    assert sent.values(c.driver) == {}  # not delivered: retried
+    assert [a.task_id for a in sent.assignments(w)] == [t]
+    c.finish(w, t, task_error(b"second failure"))
+    sent = c.drain()
+    assert bytes(sent.values(c.driver)[ret(t)].value.data) == b"second failure"
+    assert sent.assignments() == [] and c.state.tasks == {}
+
+
+def test_without_retry_exceptions_a_raising_task_fails_at_once(c):
+    c.add_node("n1", cpus=1)
+    [w] = c.node_workers["n1"]
+    fid = c.register()
+    [t] = c.submit(fid, max_retries=5)
+    c.drain()
+    c.finish(w, t, task_error(b"failure"))
+    assert bytes(c.drain().values(c.driver)[ret(t)].value.data) == b"failure"
+
+
+# =========================================================================== worker and node death
+
+
+def test_worker_death_retries_then_fails_with_worker_crashed_error(c):
+    c.add_node("n1", cpus=1)
+    fid = c.register("mod.fragile")
+    c.warm(fid, SHORT)  # so tasks pipeline behind the running one
+    [w1] = c.node_workers["n1"]
+    first, *rest = c.submit(fid, n=4, max_retries=1)
+    sent = c.drain()
+    on_w1 = [a.task_id for a in sent.assignments(w1)]
+    assert on_w1[0] == first and len(on_w1) >= 2
+    c.exited(w1, exitcode=-9)
+    sent = c.drain()
+    assert sent.values(c.driver) == {}  # retried, nothing failed
+    tasks = c.state.tasks
+    assert tasks[first].retries_left == 0
+    assert all(tasks[t].retries_left == 1 for t in rest)  # queued ones keep their retries
+    queued = [t.spec.task_id for q in c.state.queues.values() for t in q]
+    assert queued == [first, *rest]
+    assert w1 not in c.state.workers and c.avail_cpu("n1") == UNIT
+    assert [p for p, _ in sent.of(P.StartWorkers)] == [c.node_peer["n1"]]  # a replacement
+    w2 = c.add_worker("n1")
+    sent = c.drain()
+    on_w2 = [a.task_id for a in sent.assignments(w2)]
+    assert on_w2[0] == first
+    node_id, worker_id, pid = c.worker_info[w2]
+    c.exited(w2, exitcode=-9)
+    sent = c.drain()
+    item = sent.values(c.driver)[ret(first)]
+    kind, message = item.value.read_system_error()
+    assert kind == "WorkerCrashedError"
+    assert "mod.fragile" in message and str(pid) in message and "SIGKILL" in message
+    assert "n1" in message and "max_retries=1" in message
+    assert first not in c.state.tasks
+    assert all(c.state.tasks[t].retries_left == 1 for t in rest)
+
+
+def test_worker_exit_code_is_described(c):
+    c.add_node("n1", cpus=1)
+    fid = c.register()
+    [t] = c.submit(fid, max_retries=0)
+    [w] = c.node_workers["n1"]
+    c.drain()
+    c.exited(w, exitcode=3)
+    kind, message = c.drain().values(c.driver)[ret(t)].value.read_system_error()
+    assert kind == "WorkerCrashedError" and "exited with code 3" in message
+
+
+def test_infinite_retries(c):
+    c.add_node("n1", cpus=1)
+    fid = c.register()
+    [t] = c.submit(fid, max_retries=-1)
+    for _ in range(5):
+        [w] = [x for x in c.node_workers["n1"] if x in c.state.workers]
+        c.drain()
+        c.exited(w)
+        assert c.state.tasks[t].retries_left == -1
+        c.add_worker("n1")
+    assert c.drain().assigned_to()[t]
+
+
+def test_idle_worker_death_and_unregistered_worker_death(c):
+    c.add_node("n1", cpus=2)
+    w1, w2 = c.node_workers["n1"]
+    c.exited(w1)
+    assert [x.peer for x in c.node("n1").idle] == [w2]
+    assert c.drain().values(c.driver) == {}
+    # a worker the node started that died before saying Hello
+    c.node("n1").starting = 1
+    c.worker_info[b"never-said-hello"] = ("n1", "w-nsh", 4242)
+    c.exited(b"never-said-hello", exitcode=1, registered=False)
+    assert c.node("n1").starting == 0
+    assert c.drain().values(c.driver) == {}
+
+
+def test_worker_whose_exit_overtakes_its_hello_gets_no_tasks(c):
+    c.add_node("n1", cpus=2, workers=1)
+    [w1] = c.node_workers["n1"]
+    fid = c.register()
+    [t] = c.submit(fid)
+    c.drain()
+    # the node agent reports the exit of its new worker before that worker's Hello arrived
+    c.worker_info[b"worker-late"] = ("n1", "w-late", 4343)
+    c.exited(b"worker-late", exitcode=1, registered=False)
+    c.send(b"worker-late", P.Hello(PV, "worker", {"node_id": "n1", "worker_id": "w-late",
+                                                 "pid": 4343}))
+    assert all(x.peer != b"worker-late" for x in c.node("n1").idle)
+    c.finish(w1, t)
+    c.submit(fid, n=2)
+    assert b"worker-late" not in set(c.drain().assigned_to().values())
+
+
+def test_node_heartbeat_timeout_declares_it_dead_and_requeues_or_fails_its_tasks():
+    c = Cluster(heartbeat_timeout_s=10.0, idle_worker_timeout_s=1000.0)
+    c.add_node("n1", cpus=2)
+    fid = c.register("mod.g")
+    [doomed] = c.submit(fid, max_retries=0)
+    [survivor] = c.submit(fid, max_retries=2)
+    assert len(c.drain().assignments()) == 2
+    sent = c.tick(9.0)
+    assert c.node("n1").alive and len(sent) == 0
+    sent = c.tick(15.0, heartbeats=["n1"])  # heartbeats keep it alive
+    assert c.node("n1").alive
+    assert [type(m) for m in sent.to(c.node_peer["n1"])] == [P.HeartbeatAck]
+    sent = c.tick(25.5)
+    assert not c.node("n1").alive
+    kind, message = sent.values(c.driver)[ret(doomed)].value.read_system_error()
+    assert kind == "NodeLostError" and "mod.g" in message and "n1" in message
+    assert "no heartbeat" in message
+    assert c.state.tasks[survivor].retries_left == 1
+    assert c.state.workers == {}
+    assert [n["Alive"] for n in c.info("nodes")] == [False]
+    # late messages from the dead node and its workers are dropped
+    c.heartbeat("n1")
+    c.finish(c.node_workers["n1"][0], survivor)
+    assert [type(m) for _, m in c.drain().pairs] in ([], [P.Refused])  # "you were declared dead"
+    assert c.state.tasks[survivor].retries_left == 1
+    # a new node picks the task up
+    c.add_node("n2", cpus=1)
+    assert c.drain().assigned_to()[survivor] in c.node_workers["n2"]
+    # the dead node may come back under the same id
+    c.add_node("n1", cpus=1)
+    assert c.node("n1").alive
+
+
+def test_node_reregistering_on_the_same_connection_replaces_the_old_record(c):
+    c.add_node("n1", cpus=1)
+    fid = c.register()
+    [t] = c.submit(fid)
+    c.drain()
+    c.send(b"node-n1", P.Hello(PV, "node", {"node_id": "n1", "resources": {"CPU": 2 * UNIT}}))
+    assert c.node("n1").total == {"CPU": 2 * UNIT}
+    assert c.state.tasks[t].retries_left == 2  # its running task was retried
+
+
+# =========================================================================== object lifetime
+
+
+def test_release_of_an_available_object_with_no_dependents_frees_it(c):
+    c.put(b"x", value())
+    assert b"x" in c.state.objects
+    c.send(c.driver, P.Release([b"x"]))
+    assert b"x" not in c.state.objects
+
+
+def test_release_by_someone_other_than_the_owner_is_ignored(c):
+    c.hello(b"d2", "driver")
+    c.put(b"x", value())
+    c.send(b"d2", P.Release([b"x"]))
+    assert b"x" in c.state.objects
+
+
+def test_released_object_stays_while_a_pending_task_depends_on_it(c):
+    c.add_node("n1", cpus=1)
+    [w] = c.node_workers["n1"]
+    fid = c.register()
+    c.put(b"x", value(b"X"))
+    [a] = c.submit(fid)
+    [b] = c.submit(fid, deps=[b"x", ret(a)])
+    c.drain()
+    c.send(c.driver, P.Release([b"x"]))
+    assert b"x" in c.state.objects  # b still needs it
+    c.finish(w, a, value(b"A"))
+    [asg] = c.drain().assignments()
+    assert asg.task_id == b and [bytes(d.data) for d in asg.dep_values] == [b"X", b"A"]
+    assert b"x" in c.state.objects  # b has not finished
+    c.finish(w, b)
+    assert b"x" not in c.state.objects
+    assert ret(a) in c.state.objects  # not released by the driver
+    c.send(c.driver, P.Release([ret(a), ret(b)]))
+    assert c.state.objects == {}
+
+
+def test_released_return_is_dropped_when_it_arrives_and_not_pushed(c):
+    c.add_node("n1")
+    [w] = c.node_workers["n1"]
+    fid = c.register()
+    [t] = c.submit(fid)
+    c.drain()
+    c.send(c.driver, P.Release([ret(t)]))
+    assert ret(t) in c.state.objects  # no value yet
+    c.finish(w, t)
+    assert ret(t) not in c.state.objects
+    assert c.drain().values(c.driver) == {}
+
+
+def test_release_of_a_dependency_whose_producer_fails(c):
+    """The owner keeps only the dependent's ref; the producer fails. Nothing may crash."""
+    c.add_node("n1", cpus=1)
+    [w] = c.node_workers["n1"]
+    fid = c.register()
+    [a] = c.submit(fid)
+    [b] = c.submit(fid, deps=[ret(a)])
+    c.drain()
+    c.send(c.driver, P.Release([ret(a)]))
+    c.finish(w, a, task_error(b"a failed"))
+    vals = c.drain().values(c.driver)
+    assert bytes(vals[ret(b)].value.data) == b"a failed"
+    assert ret(a) not in c.state.objects
+
+
+def test_failed_task_of_unregistered_function_does_not_free_its_dependencies(c):
+    c.add_node("n1", cpus=1)
+    [w] = c.node_workers["n1"]
+    fid = c.register()
+    c.put(b"x", value(b"X"))
+    [a] = c.submit(fid)
+    [b] = c.submit(fid, deps=[b"x", ret(a)])
+    c.drain()
+    c.send(c.driver, P.Release([b"x"]))
+    [bad] = c.submit(b"fid:unregistered", deps=[b"x"])  # fails at once
+    assert ret(bad) in c.drain().values(c.driver)
+    assert b"x" in c.state.objects, "x was freed although task b still depends on it"
+    assert c.state.objects[b"x"].dependents == 1
+    c.finish(w, a)
+    [asg] = c.drain().assignments()
+    assert asg.task_id == b and bytes(asg.dep_values[0].data) == b"X"
+
+
+def test_task_with_a_missing_dependency_does_not_free_its_other_dependencies(c):
+    c.add_node("n1", cpus=1)
+    [w] = c.node_workers["n1"]
+    fid = c.register()
+    c.put(b"x", value(b"X"))
+    [a] = c.submit(fid)
+    [b] = c.submit(fid, deps=[b"x", ret(a)])
+    c.drain()
+    c.send(c.driver, P.Release([b"x"]))
+    [bad] = c.submit(fid, deps=[b"missing", b"x"])  # fails with ObjectLostError
+    assert c.drain().values(c.driver)[ret(bad)].value.read_system_error()[0] == "ObjectLostError"
+    assert b"x" in c.state.objects, "x was freed although task b still depends on it"
+    assert c.state.objects[b"x"].dependents == 1
+
+
+def test_objects_owned_by_a_crashed_worker_do_not_leak(c):
+    """A worker that runs nested tasks owns their results and its put()s. When it dies it can
+    never release them, so (like a driver's Goodbye) its death must release them."""
+    w, parent, [kid] = nested_setup(c, children=1)
+    c.put(b"put-by-worker", value(b"P"), owner=w)
+    c.exited(w)
+    w2 = c.add_worker("n1")
+    c.add_worker("n1")
+    for _ in range(3):  # run whatever is handed out
+        for tid, peer in c.drain().assigned_to().items():
+            c.finish(peer, tid)
+    assert parent not in c.state.tasks
+    leaked = [oid for oid, obj in c.state.objects.items() if obj.owner == w]
+    assert leaked == [], f"objects of the dead worker are kept forever: {leaked}"
+    assert w2 in c.state.workers
+
+
+def test_goodbye_releases_what_the_driver_owned(c):
+    if not hasattr(P, "Goodbye"):
+        pytest.skip("no Goodbye message in this protocol version")
+    c.add_node("n1", cpus=1)
+    [w] = c.node_workers["n1"]
+    fid = c.register()
+    c.put(b"x", value())
+    [t] = c.submit(fid)
+    c.drain()
+    c.send(c.driver, P.Goodbye())
+    assert b"x" not in c.state.objects and c.driver not in c.state.peers
+    c.finish(w, t)  # its result is discarded, nothing pushed to the departed driver
+    assert c.state.objects == {}
+    assert c.drain().to(c.driver) == []
+
+
+# =========================================================================== pipelining
+
+
+def test_short_function_is_pipelined_more_than_one_task_per_worker(c):
+    c.add_node("n1", cpus=2)
+    fid = c.register()
+    c.warm(fid, SHORT)
+    c.submit(fid, n=20)
+    sent = c.drain()
+    per_worker = {w: len(sent.assignments(w)) for w in c.node_workers["n1"]}
+    assert all(n > 1 for n in per_worker.values()), per_worker
+    assert sum(per_worker.values()) <= 20
+
+
+def test_pipelining_respects_max_pipeline():
+    c = Cluster(max_pipeline=3)
+    c.add_node("n1", cpus=2)
+    fid = c.register()
+    c.warm(fid, SHORT)
+    c.submit(fid, n=20)
+    sent = c.drain()
+    assert [len(sent.assignments(w)) for w in c.node_workers["n1"]] == [3, 3]
+    assert c.status()["tasks"]["queued"] == 14
+
+
+@pytest.mark.parametrize("mean", [None, LONG], ids=["unknown", "long"])
+def test_unknown_or_long_function_gets_one_task_per_worker(c, mean):
+    c.add_node("n1", cpus=2)
+    fid = c.register()
+    if mean is not None:
+        c.warm(fid, mean)
+    c.submit(fid, n=6)
+    sent = c.drain()
+    assert [len(sent.assignments(w)) for w in c.node_workers["n1"]] == [1, 1]
+    assert c.status()["tasks"]["queued"] == 4
+    assert sent.of(P.StartWorkers) == []  # the node is full
+
+
+def test_queued_tasks_are_dispatched_as_workers_free_up(c):
+    c.add_node("n1", cpus=1)
+    [w] = c.node_workers["n1"]
+    fid = c.register()
+    tids = c.submit(fid, n=3)
+    for expected in tids:
+        [a] = c.drain().assignments(w)
+        assert a.task_id == expected
+        c.finish(w, a.task_id)
+    assert c.status()["tasks"]["finished"] == 3
+
+
+def test_short_tasks_are_not_pipelined_behind_a_slow_running_task(c):
+    """policy.py: 'Unknown or long functions are never pipelined, so one slow task cannot hold
+    short ones hostage.'"""
+    c.add_node("n1", cpus=1)
+    [w] = c.node_workers["n1"]
+    slow = c.register("mod.slow")
+    short = c.register("mod.short")
+    c.warm(short, SHORT)
+    [s] = c.submit(slow)  # unknown duration, runs on w
+    assert c.drain().assigned_to() == {s: w}
+    c.submit(short, n=5)
+    sent = c.drain()
+    assert sent.assignments(w) == [], "short tasks were queued behind a task of unknown duration"
+
+
+def test_blob_is_not_resent_after_the_worker_handed_the_task_back(c):
+    """The blob goes to a worker once, even if the assignment that carried it is handed back
+    unstarted (Blocked): the worker keeps the code of tasks it returns."""
+    c.add_node("other", cpus=1)
+    c.add_node("n1", cpus=1)
+    [w] = c.node_workers["n1"]
+    [w_other] = c.node_workers["other"]
+    f = c.register("mod.f")
+    g = c.register("mod.g")
+    # learn that f is short on the other node, then lose that node's worker
+    [t] = c.submit(f)
+    assert c.drain().assigned_to()[t] == w_other
+    c.finish(w_other, t, duration=SHORT)
+    c.exited(w_other)
+    c.drain()
+    # g is short too and known to w
+    c.warm(g, SHORT)
+    [running] = c.submit(g)
+    assert c.drain().assigned_to() == {running: w}
+    fs = c.submit(f, n=2)
+    sent = c.drain()
+    first_f = [a for a in sent.assignments(w) if a.function_id == f]
+    assert first_f and first_f[0].function_blob == b"blob of mod.f"  # pipelined behind `running`
+    c.send(w, blocked([a.task_id for a in first_f]))  # handed back unstarted
+    c.send(w, P.Unblocked())
+    c.finish(w, running, duration=SHORT)
+    sent = c.drain()
+    again = [a for a in sent.assignments(w) if a.function_id == f]
+    assert again and again[0].task_id == fs[0]
+    assert again[0].function_blob is None
+
+
+# =========================================================================== idle workers
+
+
+def test_idle_surplus_workers_exit_after_the_idle_timeout():
+    c = Cluster(idle_worker_timeout_s=10.0, heartbeat_timeout_s=1000.0)
+    c.add_node("n1", cpus=1, workers=3)
+    c.drain()
+    assert len(c.tick(9.0)) == 0
+    sent = c.tick(10.5)
+    exits = sent.of(P.Exit)
+    assert len(exits) == 2 and all("idle" in m.reason for _, m in exits)
+    gone = {p for p, _ in exits}
+    assert len(c.node("n1").workers) == 1
+    assert all(p not in c.state.workers for p in gone)
+    # their exits are expected, not crashes
+    for p in gone:
+        c.exited(p, exitcode=0)
+    assert len(c.node("n1").workers) == 1 and len(c.drain()) == 0
+    assert len(c.tick(100.0)) == 0  # one worker per CPU stays forever
+
+
+def test_busy_or_recently_idle_workers_are_not_retired():
+    c = Cluster(idle_worker_timeout_s=10.0, heartbeat_timeout_s=1000.0)
+    c.add_node("n1", cpus=1, workers=2)
+    fid = c.register()
+    [t] = c.submit(fid)
+    w = c.drain().assigned_to()[t]
+    c.now = 8.0
+    c.finish(w, t)  # w idle since 8
+    c.drain()
+    sent = c.tick(12.0)
+    [(peer, _)] = sent.of(P.Exit)
+    assert peer != w  # the one idle since 0 goes
+    assert len(c.tick(15.0)) == 0
+
+
+# =========================================================================== notices
+
+
+def test_task_no_node_can_run_warns_its_owner_once(c):
+    c.add_node("n1", cpus=2)
+    fid = c.register("mod.huge")
+    [t] = c.submit(fid, cpus=4)
+    sent = c.drain()
+    [notice] = sent.to(c.driver, P.Notice)
+    assert notice.level == "warning"
+    assert "mod.huge" in notice.message and "CPU=4" in notice.message and "CPU=2" in notice.message
+    assert sent.assignments() == []
+    c.submit(fid, cpus=4)
+    assert c.drain().to(c.driver, P.Notice) == []
+    # it runs when a big enough node joins
+    c.add_node("big", cpus=8)
+    assert t in c.drain().assigned_to()
+
+
+def test_task_needing_a_missing_custom_resource_warns(c):
+    c.add_node("n1", cpus=2)
+    fid = c.register()
+    c.submit(fid, resources={"TPU": 1})
+    [notice] = c.drain().to(c.driver, P.Notice)
+    assert "TPU=1" in notice.message
+
+
+def test_no_notice_for_a_task_that_fits_a_busy_node(c):
+    c.add_node("n1", cpus=1)
+    fid = c.register()
+    c.submit(fid, n=3)
+    assert c.drain().to(c.driver, P.Notice) == []
+
+
+# =========================================================================== info
+
+
+def test_info_requests(c):
+    c.add_node("n1", cpus=2, address="10.1.1.1", resources={"GPU": 1})
+    c.add_node("n2", cpus=4, address="10.1.1.2")
+    fid = c.register()
+    [t] = c.submit(fid, resources={"GPU": 0.5})
+    c.submit(fid, deps=[ret(t)])
+    c.drain()
+    nodes = c.info("nodes")
+    assert [n["NodeID"] for n in nodes] == ["n1", "n2"]
+    n1 = nodes[0]
+    assert n1["Alive"] is True and n1["NodeManagerAddress"] == "10.1.1.1"
+    assert n1["NodeManagerHostname"] == "host-n1"
+    assert n1["Resources"] == {"CPU": 2 * UNIT, "GPU": UNIT}
+    assert n1["Available"] == {"CPU": UNIT, "GPU": UNIT // 2}
+    assert n1["CPUsInUse"] == UNIT and n1["Workers"] == 2 and n1["TasksRunning"] == 1
+    assert c.info("resources") == {"CPU": 6 * UNIT, "GPU": UNIT,
+                                   "node:10.1.1.1": UNIT, "node:10.1.1.2": UNIT}
+    assert c.info("available") == {"CPU": 5 * UNIT, "GPU": UNIT // 2,
+                                   "node:10.1.1.1": UNIT, "node:10.1.1.2": UNIT}
+    status = c.info("status")
+    assert status["tasks"] == {"queued": 0, "waiting_for_deps": 1, "running": 1,
+                               "finished": 0, "failed": 0}
+    assert status["drivers"] == 1 and status["objects"] == 2
+    assert [n["NodeID"] for n in status["nodes"]] == ["n1", "n2"]
+    assert "error" in c.info("bogus")
+
+
+def test_available_never_reports_negative_amounts(c):
+    c.add_node("n1", cpus=1)
+    fid = c.register()
+    [t] = c.submit(fid)
+    w = c.drain().assigned_to()[t]
+    c.send(w, blocked([]))
+    w2 = c.add_worker("n1")
+    c.submit(fid)
+    c.drain()
+    c.send(w, P.Unblocked())
+    assert c.avail_cpu("n1") < 0
+    assert c.info("available")["CPU"] == 0
+    assert c.info("nodes")[0]["Available"]["CPU"] == 0
+    assert w2 in c.state.workers
+
+
+# =========================================================================== robustness
+
+
+def test_stray_results_from_an_idle_worker_do_not_duplicate_it(c):
+    c.add_node("n1", cpus=2)
+    fid = c.register()
+    [t] = c.submit(fid)
+    w = c.drain().assigned_to()[t]
+    c.finish(w, t)
+    c.finish(w, t)  # a late duplicate
+    c.send(w, P.TaskResults([]))
+    idle = [x.peer for x in c.node("n1").idle]
+    assert sorted(idle) == sorted(set(idle)), f"worker listed twice as idle: {idle}"
+    a, b = c.submit(fid, n=2)
+    placed = c.drain().assigned_to()
+    assert placed[a] != placed[b], "two tasks were given to the same idle worker"
+
+
+def test_duplicate_task_ids_are_dropped(c):
+    c.add_node("n1", cpus=2)
+    fid = c.register()
+    spec = c.spec(fid)
+    c.send(c.driver, P.Submit([spec, spec]))
+    assert len(c.drain().assignments()) == 1
