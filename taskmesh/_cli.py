@@ -21,7 +21,7 @@ from typing import Any, NoReturn
 
 from . import _rundir
 from ._launch import StartError, spawn, stop_process, wait_ready
-from ._transport import port_is_free, split_address, tcp_endpoint
+from ._transport import connect_endpoint, port_is_free, split_address
 from .config import DEFAULT_PORT, Config
 
 
@@ -222,7 +222,7 @@ def cmd_status(args: argparse.Namespace) -> int:
         host, port = split_address(address, DEFAULT_PORT)
     except ValueError as exc:
         _fail(f"bad address: {exc}")
-    core = CoreClient(cfg, tcp_endpoint(_resolve(host), port), "status", f"{host}:{port}")
+    core = CoreClient(cfg, connect_endpoint(_resolve(host), port), "status", f"{host}:{port}")
     try:
         core.handshake({"pid": os.getpid()})
         st = core.info("status")

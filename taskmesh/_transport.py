@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import os
 import socket
+import sys
 from typing import Any, Iterator
 
 import zmq
@@ -39,6 +40,36 @@ def _tune(sock: zmq.Socket) -> None:
 
 def tcp_endpoint(host: str, port: int) -> str:
     return f"tcp://{host}:{port}"
+
+
+def local_endpoint(port: int) -> str:
+    """The head's Linux abstract unix socket: no file to clean up, private to this network
+    namespace, and several times faster than TCP loopback for small messages."""
+    return f"ipc://@taskmesh-head-{port}"
+
+
+def is_local_address(host: str) -> bool:
+    """True if ``host`` is an address of this machine (of this network namespace)."""
+    try:
+        ip = socket.getaddrinfo(host, None, socket.AF_INET)[0][4][0]
+    except (socket.gaierror, IndexError):
+        return False
+    if ip.startswith("127."):
+        return True
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        try:
+            s.bind((ip, 0))  # only an address of ours can be bound
+            return True
+        except OSError:
+            return False
+
+
+def connect_endpoint(host: str, port: int) -> str:
+    """Where a peer should connect to reach the head at host:port: the local socket when
+    the head runs on this machine, TCP otherwise."""
+    if sys.platform.startswith("linux") and is_local_address(host):
+        return local_endpoint(port)
+    return tcp_endpoint(host, port)
 
 
 def split_address(address: str, default_port: int) -> tuple[str, int]:
@@ -70,6 +101,13 @@ class ServerSocket:
         else:
             self.sock.bind(tcp_endpoint(host, port))
             self.port = port
+        self.local_endpoint = None
+        if sys.platform.startswith("linux"):
+            try:
+                self.sock.bind(local_endpoint(self.port))
+                self.local_endpoint = local_endpoint(self.port)
+            except zmq.ZMQError as exc:  # TCP still works; local peers just use it
+                log.warning("no local socket %s: %s", local_endpoint(self.port), exc)
         self.bad_messages = 0
 
     def recv_batch(self, limit: int) -> Iterator[tuple[bytes, Any]]:

@@ -16,7 +16,7 @@ from ._client.core import CoreClient
 from ._context import CTX, current_core
 from ._resources import from_units
 from ._rundir import find_head
-from ._transport import split_address, tcp_endpoint
+from ._transport import connect_endpoint, split_address
 from .config import DEFAULT_PORT, Config
 from .errors import HeadConnectionError
 from .handles import ObjectRef, RemoteFunction
@@ -84,7 +84,7 @@ def init(
             host, port = split_address(address, DEFAULT_PORT)
         except ValueError as exc:
             raise ValueError(f"bad taskmesh address {address!r}: {exc}") from None
-        core = CoreClient(cfg, tcp_endpoint(host, port), "driver", f"{host}:{port}")
+        core = CoreClient(cfg, connect_endpoint(host, port), "driver", f"{host}:{port}")
         try:
             core.handshake({"pid": os.getpid()})
         except BaseException:

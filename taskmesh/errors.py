@@ -95,6 +95,12 @@ class TaskError(TaskmeshError):
         if dual is None:
             return TaskError(task_name, node_id, pid, remote_traceback, cause, cause_repr)
         err = dual.__new__(dual)
+        if isinstance(cause, OSError):  # its C-level fields are not in __dict__
+            for name in ("errno", "strerror", "filename", "filename2"):
+                try:
+                    setattr(err, name, getattr(cause, name))
+                except (AttributeError, TypeError):
+                    pass
         # Copy the cause's state so attribute access (e.errno, e.args...) works as on the original.
         try:
             err.__dict__.update(getattr(cause, "__dict__", {}))

@@ -340,11 +340,7 @@ class HeadState:
 
     def _on_goodbye(self, peer: bytes, msg: P.Goodbye) -> None:
         """A driver left cleanly: drop what it owned (pending tasks' results are discarded)."""
-        for oid, obj in list(self.objects.items()):
-            if obj.owner == peer:
-                obj.released = True
-                if obj.dependents <= 0 and obj.value is not None:
-                    del self.objects[oid]
+        self._release_owned_by(peer)
         if self.peers.get(peer) in ("driver", "status"):
             del self.peers[peer]
 
@@ -385,7 +381,7 @@ class HeadState:
                 self._finish(t, r.returns)
             if w.node is not None:
                 w.node.finished += 1
-        if not w.assigned:
+        if not w.assigned and w.lease is not None:
             self._release_lease(w)
 
     def _on_blocked(self, peer: bytes, msg: P.Blocked) -> None:
@@ -530,8 +526,18 @@ class HeadState:
         self.peers.pop(node.peer, None)
 
     def _forget_worker(self, w: WorkerRec) -> None:
+        # Objects the worker owned stay: refs to them may have escaped (returned to a driver
+        # inside a result), and losing a value is worse than keeping it. Distributed reference
+        # counting (the object-store issue) will free them exactly.
         self.workers.pop(w.peer, None)
         self.peers.pop(w.peer, None)
+
+    def _release_owned_by(self, peer: bytes) -> None:
+        for oid, obj in list(self.objects.items()):
+            if obj.owner == peer:
+                obj.released = True
+                if obj.dependents <= 0 and obj.value is not None:
+                    del self.objects[oid]
 
     # ------------------------------------------------------------------ task completion
 
@@ -618,7 +624,7 @@ class HeadState:
                     if t.waiting == 0:
                         self._make_ready(t)
         if obj.released and obj.dependents <= 0:
-            del self.objects[oid]
+            self.objects.pop(oid, None)
 
     # ------------------------------------------------------------------ placement
 

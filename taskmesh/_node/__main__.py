@@ -10,7 +10,7 @@ import sys
 
 from .._daemon import setup_logging
 from .._resources import CPU, to_units
-from .._transport import local_ip_towards, split_address, tcp_endpoint
+from .._transport import connect_endpoint, local_ip_towards, split_address
 from ..config import DEFAULT_PORT, Config
 from .agent import NodeAgent
 
@@ -32,7 +32,7 @@ def main(argv: list[str] | None = None) -> int:
     node_ip = args.node_ip or local_ip_towards(host)
     resources = {k: to_units(float(v)) for k, v in json.loads(args.resources).items()}
     resources[CPU] = to_units(args.num_cpus)
-    agent = NodeAgent(Config.from_env(), tcp_endpoint(host, port), node_ip, args.num_cpus,
+    agent = NodeAgent(Config.from_env(), connect_endpoint(host, port), node_ip, args.num_cpus,
                       resources, args.node_id)
     signal.signal(signal.SIGTERM, lambda *_: agent.request_stop())
     signal.signal(signal.SIGINT, lambda *_: agent.request_stop())

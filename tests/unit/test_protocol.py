@@ -39,7 +39,7 @@ def make_spec(**changes) -> TaskSpec:
                   deps=[b"o" * 20, b"p" * 20], num_returns=2,
                   resources={"CPU": 10_000, "GPU": 5_000}, max_retries=3, retry_exceptions=False)
     fields.update(changes)
-    return TaskSpec(**{name: fields[name] for name in TaskSpec._fields})
+    return build(TaskSpec, **fields)
 
 
 SPEC = make_spec()
@@ -321,6 +321,10 @@ BAD_FRAMES = {
     "huge declared array": [b"\xdd\xff\xff\xff\xff"],
     "bad timestamp ext": [b"\x92\x22\xd4\xff\x00"],
 }
+
+
+if "retry_exceptions" in TaskSpec._fields:
+    BAD_FRAMES["retry_exceptions int"] = pack(P.Submit.OP, [spec_with(retry_exceptions=1)])
 
 
 @pytest.mark.parametrize("frames", list(BAD_FRAMES.values()), ids=list(BAD_FRAMES))
