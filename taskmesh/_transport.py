@@ -114,6 +114,8 @@ class ServerSocket:
         """Yield up to ``limit`` decoded (peer, message) pairs that are ready now."""
         sock = self.sock
         for _ in range(limit):
+            if not sock.getsockopt(zmq.EVENTS) & zmq.POLLIN:  # cheaper than raising Again
+                return
             try:
                 frames = sock.recv_multipart(zmq.NOBLOCK)
             except zmq.Again:
@@ -164,9 +166,14 @@ class ClientSocket:
         frames = encode(msg, self.frame_threshold)
         self.sock.send_multipart(frames, copy=len(frames) == 1)
 
+    def has_input(self) -> bool:
+        return bool(self.sock.getsockopt(zmq.EVENTS) & zmq.POLLIN)
+
     def recv_nowait(self) -> Any | None:
         """One decoded message, or None if nothing is waiting. Malformed ones are dropped."""
         while True:
+            if not self.sock.getsockopt(zmq.EVENTS) & zmq.POLLIN:
+                return None
             try:
                 frames = self.sock.recv_multipart(zmq.NOBLOCK)
             except zmq.Again:

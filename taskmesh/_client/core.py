@@ -35,6 +35,11 @@ from ..errors import GetTimeoutError, HeadConnectionError, ProtocolVersionError
 log = logging.getLogger("taskmesh.client")
 
 
+#: dead refs are released to the head in batches: when this many piled up, or this often
+_RELEASE_BATCH = 256
+_RELEASE_EVERY_S = 0.2
+
+
 def return_ids(task_id: bytes, num_returns: int) -> list[bytes]:
     return [task_id + i.to_bytes(4, "big") for i in range(num_returns)]
 
@@ -68,6 +73,7 @@ class CoreClient:
         self._refcounts: dict[bytes, int] = {}
         self._escaped: set[bytes] = set()
         self._dead: collections.deque[bytes] = collections.deque()
+        self._next_release = 0.0  # releases are batched: at most every _RELEASE_EVERY_S
         self._registered_fns: set[bytes] = set()
         self._pending: collections.deque = collections.deque()
         self._info: dict[int, Any] = {}
@@ -164,8 +170,9 @@ class CoreClient:
     def _drain_sends(self) -> None:
         if self.closed:
             return
-        if self._dead:
+        if self._dead and (len(self._dead) >= _RELEASE_BATCH or time.monotonic() >= self._next_release):
             self._collect_dead()
+            self._next_release = time.monotonic() + _RELEASE_EVERY_S
         pending = self._pending
         send = self.sock.send
         while pending:
@@ -378,18 +385,11 @@ class CoreClient:
             self.send_pending()
 
     def send_pending(self) -> None:
-        if self._pending or self._dead:
-            if self._dead:
-                self._io_lock.acquire()
-                try:
-                    self._drain_sends()
-                finally:
-                    self._io_lock.release()
-            elif self._io_lock.acquire(blocking=False):
-                try:
-                    self._drain_sends()
-                finally:
-                    self._io_lock.release()
+        if self._pending and self._io_lock.acquire(blocking=False):
+            try:
+                self._drain_sends()
+            finally:
+                self._io_lock.release()
 
     def info(self, what: str, timeout: float = 10.0) -> Any:
         rid = next(self._info_ids)

@@ -206,7 +206,7 @@ class Worker:
                 core.pump(1.0)
                 continue
             self._run(queue.popleft())
-            if not queue:
+            if not queue and core.sock.has_input():
                 core.pump(0)
             if (not queue or len(self.results) >= _MAX_BATCH
                     or time.perf_counter() - self.batch_started >= batch_s):
