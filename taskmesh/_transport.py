@@ -26,6 +26,21 @@ ZMQError = zmq.ZMQError
 POLLIN = zmq.POLLIN
 
 
+def _recv_frames(sock: zmq.Socket, small: int) -> list:
+    """Receive one multipart message without blocking. The first ``small`` frames (routing
+    id, header) are copied into bytes; the rest are out-of-band buffers, large by
+    construction, and are kept in ZeroMQ's own memory (a memoryview, no copy)."""
+    frames: list = [sock.recv(zmq.NOBLOCK)]
+    more = sock.getsockopt(zmq.RCVMORE)
+    while more:
+        if len(frames) < small:
+            frames.append(sock.recv())
+        else:
+            frames.append(sock.recv(copy=False).buffer)
+        more = sock.getsockopt(zmq.RCVMORE)
+    return frames
+
+
 def new_context() -> zmq.Context:
     """A fresh context for this process (never shared across fork)."""
     return zmq.Context()
@@ -117,7 +132,7 @@ class ServerSocket:
             if not sock.getsockopt(zmq.EVENTS) & zmq.POLLIN:  # cheaper than raising Again
                 return
             try:
-                frames = sock.recv_multipart(zmq.NOBLOCK)
+                frames = _recv_frames(sock, 2)
             except zmq.Again:
                 return
             if len(frames) < 2:
@@ -175,7 +190,7 @@ class ClientSocket:
             if not self.sock.getsockopt(zmq.EVENTS) & zmq.POLLIN:
                 return None
             try:
-                frames = self.sock.recv_multipart(zmq.NOBLOCK)
+                frames = _recv_frames(self.sock, 1)
             except zmq.Again:
                 return None
             try:
