@@ -35,6 +35,9 @@ from ..errors import GetTimeoutError, HeadConnectionError, ProtocolVersionError
 log = logging.getLogger("taskmesh.client")
 
 
+#: a waiting client pings a silent head this often
+_PING_AFTER_S = 2.0
+
 #: dead refs are released to the head in batches: when this many piled up, or this often
 _RELEASE_BATCH = 256
 _RELEASE_EVERY_S = 0.2
@@ -88,6 +91,8 @@ class CoreClient:
         self._poller.register(self.sock)
         self._poller.register(self._wake_r)
         self.welcome: dict | None = None
+        self._last_heard = time.monotonic()
+        self._last_ping = 0.0
         self._refused: str | None = None
         self.closed = False
         #: messages that are not for the client (a worker's Execute/Exit) go here
@@ -208,6 +213,7 @@ class CoreClient:
             got = True
             self._apply(msg)
         if got:
+            self._last_heard = time.monotonic()
             with self._cond:
                 self._cond.notify_all()
 
@@ -231,7 +237,8 @@ class CoreClient:
             if self._pending:
                 self._drain_sends()
         elif t is P.InfoReply:
-            self._info[msg.request_id] = msg.data
+            if msg.request_id:  # 0 answers a liveness ping
+                self._info[msg.request_id] = msg.data
         elif t is P.Notice:
             log.warning("%s", msg.message)
         elif t is P.Welcome:
@@ -258,7 +265,24 @@ class CoreClient:
             if self.on_wait_step is not None and self.on_wait_step():
                 continue  # it ran something; look again before sleeping
             self.pump(step)
+            self._check_head_alive()
         return True
+
+    def _check_head_alive(self) -> None:
+        """While we wait, make sure the head still answers: ping it after a silence, and give
+        up with a clear error once it stayed silent for ``head_timeout_s``."""
+        silent = time.monotonic() - self._last_heard
+        if silent < _PING_AFTER_S:
+            return
+        if silent > self.config.head_timeout_s and self.welcome is not None:
+            raise HeadConnectionError(
+                f"the taskmesh head at {self.address} has not answered for {silent:.0f} s: it "
+                "stopped, or the network to it is down. Objects and tasks it held are lost; "
+                "start it again and call taskmesh.init() again.")
+        now = time.monotonic()
+        if now - self._last_ping >= _PING_AFTER_S:
+            self._last_ping = now
+            self.send(P.InfoRequest(0, "ping"))
 
     # ------------------------------------------------------------------ references
 

@@ -149,3 +149,4 @@ def test_garbage_does_not_hurt_the_head(cluster):
         return "ok"
 
     assert taskmesh.get(ok.remote(), timeout=30) == "ok"
+
