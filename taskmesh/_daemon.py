@@ -1,4 +1,4 @@
-"""Shared start-up of taskmesh daemon processes (head, node agent, worker): logging and fds."""
+"""Shared start-up of taskmesh daemon processes (head, node agent, worker): logging."""
 
 from __future__ import annotations
 

@@ -118,11 +118,16 @@ class ServerSocket:
             self.port = port
         self.local_endpoint = None
         if sys.platform.startswith("linux"):
+            # local peers (connect_endpoint) always dial this name, so it must be ours: a
+            # failure here means another head owns it, and starting anyway would send our
+            # local peers to that other cluster
             try:
                 self.sock.bind(local_endpoint(self.port))
-                self.local_endpoint = local_endpoint(self.port)
-            except zmq.ZMQError as exc:  # TCP still works; local peers just use it
-                log.warning("no local socket %s: %s", local_endpoint(self.port), exc)
+            except zmq.ZMQError as exc:
+                self.sock.close(linger=0)
+                raise OSError(f"the local socket {local_endpoint(self.port)} is taken ({exc}): "
+                              f"is another taskmesh head using port {self.port}?") from None
+            self.local_endpoint = local_endpoint(self.port)
         self.bad_messages = 0
 
     def recv_batch(self, limit: int) -> Iterator[tuple[bytes, Any]]:

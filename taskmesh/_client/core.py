@@ -252,6 +252,8 @@ class CoreClient:
 
     def _wait_for(self, pred: Callable[[], bool], deadline: float | None) -> bool:
         """Pump until ``pred()`` holds or ``deadline`` passes; return pred()."""
+        # silence before this wait says nothing about the head: count from now
+        self._last_heard = max(self._last_heard, time.monotonic())
         while not pred():
             if self.closed:
                 raise HeadConnectionError("taskmesh was shut down while waiting")

@@ -140,6 +140,7 @@ class Worker:
         start = time.perf_counter()
         if not self.results:
             self.batch_started = start
+        outer = CTX.current_task_id, CTX.current_task_name  # set again after Help tasks
         CTX.current_task_id = a.task_id
         CTX.current_task_name = a.name
         n = a.num_returns
@@ -158,7 +159,7 @@ class Worker:
             except (SerializationError, ValueError) as exc:
                 returns = [S.dump_task_error(exc, a.name, self.node_id, self.pid, False)] * n
             del result
-        CTX.current_task_id = None
+        CTX.current_task_id, CTX.current_task_name = outer
         self.results.append(P.TaskResult(a.task_id, returns, time.perf_counter() - start))
 
     def _serialize_returns(self, a: P.Assignment, result: Any) -> list:

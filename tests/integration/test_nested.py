@@ -95,3 +95,15 @@ def test_surplus_idle_workers_retire(tmp_path):
         assert taskmesh.get(leaf.remote(1)) == 2
     finally:
         taskmesh.shutdown()
+
+
+@pytest.mark.parametrize("fresh_cluster", [1], indirect=True)
+def test_task_id_survives_help(fresh_cluster):
+    @taskmesh.remote
+    def parent_ids():
+        before = taskmesh.get_runtime_context().get_task_id()
+        taskmesh.get([leaf.remote(i) for i in range(3)])  # runs them itself, as Help
+        return before, taskmesh.get_runtime_context().get_task_id()
+
+    before, after = taskmesh.get(parent_ids.remote(), timeout=60)
+    assert before is not None and before == after
