@@ -222,7 +222,10 @@ def cmd_status(args: argparse.Namespace) -> int:
         host, port = split_address(address, DEFAULT_PORT)
     except ValueError as exc:
         _fail(f"bad address: {exc}")
-    core = CoreClient(cfg, connect_endpoint(_resolve(host), port), "status", f"{host}:{port}")
+    try:
+        core = CoreClient(cfg, connect_endpoint(_resolve(host), port), "status", f"{host}:{port}")
+    except HeadConnectionError as exc:
+        _fail(str(exc))
     try:
         core.handshake({"pid": os.getpid()})
         st = core.info("status")

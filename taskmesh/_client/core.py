@@ -28,7 +28,7 @@ from typing import Any, Callable, Iterable, Sequence
 
 from .. import _protocol as P
 from .. import _serialize as S
-from .._transport import ClientSocket, Poller, new_context
+from .._transport import Poller, new_context, open_client
 from ..config import Config
 from ..errors import GetTimeoutError, HeadConnectionError, ProtocolVersionError
 
@@ -65,7 +65,13 @@ class CoreClient:
         self.peer_id = identity or (b"D" + os.urandom(8))
         self._own_ctx = ctx is None
         self.ctx = ctx or new_context()
-        self.sock = ClientSocket(self.ctx, endpoint, self.peer_id, config.frame_threshold_bytes)
+        try:
+            self.sock = open_client(self.ctx, endpoint, self.peer_id, config.frame_threshold_bytes,
+                                    config.connect_timeout_s)
+        except ConnectionError as exc:
+            if self._own_ctx:
+                self.ctx.term()
+            raise HeadConnectionError(f"no taskmesh head is listening at {address} ({exc})") from None
         self._prefix = os.urandom(8)
         self._counter = itertools.count(1)
         self._values: dict[bytes, P.SerializedObject] = {}
@@ -270,9 +276,17 @@ class CoreClient:
             self._check_head_alive()
         return True
 
+    @property
+    def head_gone(self) -> bool:
+        return self.sock.peer_closed
+
     def _check_head_alive(self) -> None:
         """While we wait, make sure the head still answers: ping it after a silence, and give
         up with a clear error once it stayed silent for ``head_timeout_s``."""
+        if self.sock.peer_closed and self.welcome is not None:
+            raise HeadConnectionError(
+                f"the taskmesh head at {self.address} closed the connection: it stopped. "
+                "Objects and tasks it held are lost; start it again and call taskmesh.init() again.")
         silent = time.monotonic() - self._last_heard
         if silent < _PING_AFTER_S:
             return

@@ -47,7 +47,7 @@ class HeadServer:
 
     def serve(self, lifeline_fd: int | None = None) -> None:
         poller = Poller()
-        poller.register(self.sock)
+        self.sock.attach(poller)
         poller.register(self._stop_r)
         if lifeline_fd is not None:
             poller.register(lifeline_fd)
@@ -64,22 +64,23 @@ class HeadServer:
                 if not os.read(lifeline_fd, 64):
                     reason = "the driver that started this embedded cluster exited"
                     break
-            if sock.sock in ready:
-                while True:
-                    n = 0
-                    now = time.monotonic()
-                    for peer, msg in sock.recv_batch(_DRAIN_LIMIT):
-                        n += 1
-                        try:
-                            state.handle(peer, msg, now)
-                        except Exception:  # a bug must not take the head down; say so loudly
-                            log.exception("error while handling %s from %r", type(msg).__name__, peer)
-                    if n == 0:
-                        break
-                    self._guarded(state.schedule)
-                    self._flush()
-                    if n < _DRAIN_LIMIT:
-                        break
+            while True:
+                batch = sock.receive(ready, _DRAIN_LIMIT)
+                ready = {}
+                now = time.monotonic()
+                for peer, msg in batch:
+                    try:
+                        state.handle(peer, msg, now)
+                    except Exception:  # a bug must not take the head down; say so loudly
+                        log.exception("error while handling %s from %r", type(msg).__name__, peer)
+                for peer in sock.closed_peers():
+                    self._guarded(state.disconnected, peer)
+                if not batch:
+                    break
+                self._guarded(state.schedule)
+                self._flush()
+                if len(batch) < _DRAIN_LIMIT and not sock.more_waiting():
+                    break
             now = time.monotonic()
             if now >= next_tick:
                 self._guarded(state.tick, now)

@@ -344,6 +344,18 @@ class HeadState:
         if self.peers.get(peer) in ("driver", "status"):
             del self.peers[peer]
 
+    def disconnected(self, peer: bytes) -> None:
+        """A peer's connection ended, so its process is gone (local peers only: TCP peers are
+        judged by heartbeats). A driver is treated as having said Goodbye; a node as lost.
+        A worker's exit is reported by its node agent, with the exit code."""
+        kind = self.peers.get(peer)
+        if kind in ("driver", "status"):
+            self._on_goodbye(peer, P.Goodbye())
+        elif kind == "node":
+            node = self.node_by_peer.get(peer)
+            if node is not None and node.alive:
+                self._node_lost(node, "its node agent exited")
+
     def _on_info(self, peer: bytes, msg: P.InfoRequest) -> None:
         self.out.send(peer, P.InfoReply(msg.request_id, self.info(msg.what)))
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import json
 import os
 import signal
@@ -32,8 +33,16 @@ def main(argv: list[str] | None = None) -> int:
     node_ip = args.node_ip or local_ip_towards(host)
     resources = {k: to_units(float(v)) for k, v in json.loads(args.resources).items()}
     resources[CPU] = to_units(args.num_cpus)
-    agent = NodeAgent(Config.from_env(), connect_endpoint(host, port), node_ip, args.num_cpus,
-                      resources, args.node_id)
+    endpoint = connect_endpoint(host, port)
+    try:
+        agent = NodeAgent(Config.from_env(), endpoint, node_ip, args.num_cpus, resources,
+                          args.node_id)
+    except ConnectionError:
+        msg = f"no taskmesh head answered at {host}:{port}"
+        if args.ready_fd is not None:
+            os.write(args.ready_fd, f"ERROR {msg}\n".encode())
+        logging.getLogger("taskmesh.node").error("%s", msg)
+        return 1
     signal.signal(signal.SIGTERM, lambda *_: agent.request_stop())
     signal.signal(signal.SIGINT, lambda *_: agent.request_stop())
     return agent.serve(args.lifeline_fd, args.ready_fd)

@@ -27,7 +27,7 @@ import uuid
 import psutil
 
 from .. import _protocol as P
-from .._transport import ClientSocket, Poller, new_context
+from .._transport import Poller, new_context, open_client
 from ..config import Config
 
 log = logging.getLogger("taskmesh.node")
@@ -61,8 +61,8 @@ class NodeAgent:
         self.resources = resources
         self.node_id = node_id or uuid.uuid4().hex[:12]
         self.ctx = new_context()
-        self.sock = ClientSocket(self.ctx, head_endpoint, b"N" + self.node_id.encode(),
-                                 config.frame_threshold_bytes)
+        self.sock = open_client(self.ctx, head_endpoint, b"N" + self.node_id.encode(),
+                                config.frame_threshold_bytes, config.connect_timeout_s)
         self.workers: dict[int, _Worker] = {}  # pidfd -> worker
         self._seq = 0
         self._life_r, self._life_w = os.pipe()
@@ -161,7 +161,7 @@ class NodeAgent:
                 break
             for fd in [fd for fd in ready if fd in self.workers]:
                 self._reap(fd)
-            if self.sock.sock in ready:
+            if self.sock.poll_target in ready:
                 stop = False
                 while (msg := self.sock.recv_nowait()) is not None:
                     last_contact = time.monotonic()
@@ -186,6 +186,9 @@ class NodeAgent:
                     elif kind is not P.HeartbeatAck:
                         log.warning("ignored unexpected %s from the head", kind.__name__)
                 if stop:
+                    break
+                if self.sock.peer_closed:
+                    reason, self.exit_code = f"the head at {self.head_endpoint} closed the connection", 1
                     break
             now = time.monotonic()
             if not self.registered and now > register_by:

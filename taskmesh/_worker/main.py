@@ -199,6 +199,8 @@ class Worker:
             if core._refused is not None:
                 log.error("the head refused this worker: %s", core._refused)
                 return 1
+            if core.head_gone:
+                return 0  # the head exited; nothing left to run
             if self.help_queue:  # handed to us in a get() that returned before running them
                 self._run(self.help_queue.popleft())
                 continue

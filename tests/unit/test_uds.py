@@ -1,0 +1,110 @@
+"""The local framed transport (_uds.py): framing, large messages, partial writes, bad input."""
+
+from __future__ import annotations
+
+import os
+import socket
+import struct
+
+import pytest
+
+from taskmesh._uds import FramedConnection, LocalClient, LocalServer
+
+
+def pair():
+    a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+    return FramedConnection(a), FramedConnection(b)
+
+
+def pump(sender: FramedConnection, receiver: FramedConnection, want: int) -> list:
+    """Alternate writing and reading until ``want`` messages arrived (no threads needed)."""
+    got: list = []
+    for _ in range(100_000):
+        sender.flush()
+        msgs = receiver.read()
+        assert msgs is not None
+        got.extend(msgs)
+        if len(got) >= want and not sender.wants_write:
+            return got
+    raise AssertionError("messages did not arrive")
+
+
+def test_small_messages_round_trip_in_order():
+    a, b = pair()
+    sent = [[b"header-%d" % i, b"x" * i] for i in range(300)]
+    for m in sent:
+        a.queue(m)
+    got = pump(a, b, len(sent))
+    assert [[bytes(f) for f in m] for m in got] == [[m[0], m[1]] for m in sent]
+
+
+def test_large_message_arrives_whole_through_partial_writes():
+    a, b = pair()
+    big = os.urandom(8 * 1024 * 1024)  # far more than a socket buffer: many partial writes
+    a.queue([b"hdr", memoryview(big), b""])
+    a.queue([b"after"])
+    assert not a.flush()  # the kernel could not take it all at once
+    got = pump(a, b, 2)
+    assert bytes(got[0][0]) == b"hdr" and bytes(got[0][1]) == big and bytes(got[0][2]) == b""
+    assert isinstance(got[0][1], memoryview)  # large frames are not copied into bytes again
+    assert [bytes(f) for f in got[1]] == [b"after"]
+
+
+def test_eof_and_garbage():
+    a, b = pair()
+    a.sock.sendall(struct.pack("<I", 0))  # zero frames: not a message
+    with pytest.raises(ValueError):
+        b.read()
+    a, b = pair()
+    a.close()
+    assert b.read() is None and b.closed
+
+
+def test_sending_to_a_closed_peer_drops_quietly():
+    a, b = pair()
+    b.close()
+    a.queue([b"x" * 100_000])
+    for _ in range(10):
+        if a.flush():
+            break
+    assert a.closed and not a.wants_write
+
+
+def test_server_and_client_by_identity():
+    name = f"taskmesh-test-{os.getpid()}"
+    server = LocalServer(name)
+    try:
+        client = LocalClient(name, b"Dpeer1", timeout_s=2)
+        fds = []
+        for _ in range(100):
+            fds += server.accept()
+            if fds:
+                break
+        assert len(fds) == 1
+        client.send_frames([b"hello", b"world"])
+        got = []
+        for _ in range(1000):
+            got += list(server.read(fds[0]))
+            if got:
+                break
+        assert got == [(b"Dpeer1", [b"hello", b"world"])]
+        assert server.send(b"Dpeer1", [b"reply"]) is None
+        reply = None
+        for _ in range(1000):
+            reply = client.recv_frames()
+            if reply:
+                break
+        assert reply == [b"reply"]
+        client.close()
+        for _ in range(1000):
+            list(server.read(fds[0]))
+            if not server.has_peer(b"Dpeer1"):
+                break
+        assert server.closed_peers == [b"Dpeer1"]
+    finally:
+        server.close()
+
+
+def test_client_connect_times_out_with_a_clear_error():
+    with pytest.raises(ConnectionError, match="taskmesh-nobody"):
+        LocalClient(f"taskmesh-nobody-{os.getpid()}", b"x", timeout_s=0.2)
