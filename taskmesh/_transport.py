@@ -166,12 +166,20 @@ class ServerSocket:
                             self.bad_messages += 1
                             log.warning("dropped a malformed message from local peer %r: %s",
                                         peer[:16], exc)
-                    if fd not in local.conns:  # the peer closed its end
-                        poller.unregister(fd)
-                        self._writing.discard(fd)
+            self._unpoll_dropped()
         if self.sock in ready or self.sock.getsockopt(zmq.EVENTS) & zmq.POLLIN:
             out.extend(self._recv_zmq(limit))
         return out
+
+    def _unpoll_dropped(self) -> None:
+        assert self.local is not None and self._poller is not None
+        for fd in self.local.dropped_fds:
+            self._writing.discard(fd)
+            try:
+                self._poller.unregister(fd)
+            except KeyError:
+                pass
+        self.local.dropped_fds.clear()
 
     def closed_peers(self) -> list[bytes]:
         """Local peers whose connection ended since the last call (the process is gone)."""
@@ -236,9 +244,12 @@ class ServerSocket:
         """Before exiting: try to deliver what is still queued for local peers."""
         import time as _time
 
+        import select
+
         deadline = _time.monotonic() + timeout_s
         while self._writing and _time.monotonic() < deadline:
-            for fd in list(self._writing):
+            writable = select.select([], list(self._writing), [], 0.05)[1]
+            for fd in writable:
                 self._flush_local(fd)
 
     def close(self, linger_ms: int = 0) -> None:

@@ -1,8 +1,8 @@
 """Framed multipart messages over Linux abstract unix-domain sockets, for peers on one machine.
 
     sender: [u32 nframes][u64 len]*nframes [frame 0][frame 1]...  ──sendmsg (gather, no copy)──▶
-    receiver: recv_into a reused chunk, cut out whole messages; a large frame is read straight
-    into its own buffer (one copy, by the kernel)
+    receiver: recv_into a reused chunk, cut out whole messages; a message larger than the
+    chunk (256 KiB) is read straight into buffers of its own (one copy, by the kernel)
 
 Why not ZeroMQ here too: a ZeroMQ hop wakes three threads (the sender's I/O thread, the
 receiver's I/O thread, the receiver's application thread). On a small VM where waking an idle
@@ -12,7 +12,8 @@ TCP; on one machine (the embedded cluster, the head's own node, local drivers) i
 
 Abstract sockets have no file to clean up and belong to the network namespace, so netcluster
 hosts stay apart. The server accepts only peers running as its own user (or root), checked with
-SO_PEERCRED before a byte is read. The first message on a connection is the peer's identity.
+SO_PEERCRED before a byte is read, and a client talks only to a server of its own user (or
+root). The first message on a connection is the peer's identity.
 """
 
 from __future__ import annotations
@@ -222,6 +223,7 @@ class LocalServer:
         self.bad_messages = 0
         self.refused = 0
         self.closed_peers: list[bytes] = []  # peers whose connection ended since last asked
+        self.dropped_fds: list[int] = []  # connections closed since last asked (to unpoll)
 
     @property
     def listen_fd(self) -> int:
@@ -270,7 +272,7 @@ class LocalServer:
                 peer = frames[0]
                 old = self.by_peer.get(peer)
                 if old is not None and old.fd != fd:  # a reconnecting peer takes over its id
-                    self.drop(old.fd)
+                    self.drop(old.fd, closed=False)
                 self.peer_of[fd] = peer
                 self.by_peer[peer] = conn
                 continue
@@ -278,13 +280,16 @@ class LocalServer:
         if conn.closed:
             self.drop(fd)
 
-    def drop(self, fd: int) -> None:
+    def drop(self, fd: int, closed: bool = True) -> None:
+        """Forget a connection; ``closed``: report its peer as gone (not when it reconnected)."""
         conn = self.conns.pop(fd, None)
         peer = self.peer_of.pop(fd, None)
         if peer is not None and self.by_peer.get(peer) is conn:
             del self.by_peer[peer]
-            self.closed_peers.append(peer)
+            if closed:
+                self.closed_peers.append(peer)
         if conn is not None:
+            self.dropped_fds.append(fd)
             conn.close()
 
     def has_peer(self, peer: bytes) -> bool:
@@ -324,6 +329,11 @@ class LocalClient:
                     raise ConnectionError(f"cannot connect to the local socket @{name}: {exc}") from None
                 time.sleep(delay)  # the head is still starting
                 delay = min(delay * 2, 0.1)
+        uid = _peer_uid(sock)
+        if uid not in (os.geteuid(), 0):
+            sock.close()
+            raise ConnectionError(f"the local socket @{name} belongs to uid {uid}, not to us "
+                                  f"(uid {os.geteuid()}): refusing to talk to it")
         self.conn = FramedConnection(sock)
         self.fd = self.conn.fd
         self._inbox: collections.deque = collections.deque()

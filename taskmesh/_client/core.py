@@ -283,7 +283,10 @@ class CoreClient:
     def _check_head_alive(self) -> None:
         """While we wait, make sure the head still answers: ping it after a silence, and give
         up with a clear error once it stayed silent for ``head_timeout_s``."""
-        if self.sock.peer_closed and self.welcome is not None:
+        if self.sock.peer_closed and self.welcome is None:
+            raise HeadConnectionError(f"the taskmesh head at {self.address} closed the "
+                                      "connection during the handshake")
+        if self.sock.peer_closed:
             raise HeadConnectionError(
                 f"the taskmesh head at {self.address} closed the connection: it stopped. "
                 "Objects and tasks it held are lost; start it again and call taskmesh.init() again.")

@@ -73,9 +73,10 @@ class HeadServer:
                         state.handle(peer, msg, now)
                     except Exception:  # a bug must not take the head down; say so loudly
                         log.exception("error while handling %s from %r", type(msg).__name__, peer)
-                for peer in sock.closed_peers():
+                closed = sock.closed_peers()
+                for peer in closed:
                     self._guarded(state.disconnected, peer)
-                if not batch:
+                if not batch and not closed:
                     break
                 self._guarded(state.schedule)
                 self._flush()
@@ -132,6 +133,8 @@ def run_head(config: Config, host: str, port: int, ready_fd: int | None, lifelin
 
 def _bind_error(host: str, port: int, exc: Exception) -> str:
     text = str(exc)
+    if "local socket" in text:
+        return text
     if "Address already in use" in text:
         return f"port {port} on {host} is already in use (another taskmesh head? try `taskmesh stop`, or --port)"
     if "Cannot assign requested address" in text or "No such device" in text:

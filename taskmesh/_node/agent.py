@@ -189,6 +189,9 @@ class NodeAgent:
                     break
                 if self.sock.peer_closed:
                     reason, self.exit_code = f"the head at {self.head_endpoint} closed the connection", 1
+                    if ready_fd is not None:
+                        _report(ready_fd, f"ERROR {reason}")
+                        ready_fd = None
                     break
             now = time.monotonic()
             if not self.registered and now > register_by:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import signal
 import sys
 
@@ -22,7 +23,13 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is for the driver, not for its workers
     if args.lifeline_fd is not None:
         watch_lifeline(args.lifeline_fd)
-    return Worker(Config.from_env(), args.head, args.node_id, args.worker_id).run()
+    try:
+        worker = Worker(Config.from_env(), args.head, args.node_id, args.worker_id)
+    except Exception as exc:  # no head to talk to: say so in one line, exit non-zero
+        logging.getLogger("taskmesh.worker").error("worker %s could not start: %s",
+                                                   args.worker_id, exc)
+        return 1
+    return worker.run()
 
 
 if __name__ == "__main__":

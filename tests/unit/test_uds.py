@@ -108,3 +108,33 @@ def test_server_and_client_by_identity():
 def test_client_connect_times_out_with_a_clear_error():
     with pytest.raises(ConnectionError, match="taskmesh-nobody"):
         LocalClient(f"taskmesh-nobody-{os.getpid()}", b"x", timeout_s=0.2)
+
+
+def _read_all(server, fds, rounds=1000):
+    got = []
+    for _ in range(rounds):
+        for fd in fds:
+            got += list(server.read(fd))
+        if got:
+            return got
+    return got
+
+
+def test_reconnect_with_the_same_identity_takes_over_quietly():
+    name = f"taskmesh-test-takeover-{os.getpid()}"
+    server = LocalServer(name)
+    try:
+        first = LocalClient(name, b"Nnode1", timeout_s=2)
+        fd1 = [fd for _ in range(100) for fd in server.accept()][:1]
+        _read_all(server, fd1, rounds=50)  # takes in the identity message
+        second = LocalClient(name, b"Nnode1", timeout_s=2)
+        fd2 = [fd for _ in range(100) for fd in server.accept()][:1]
+        second.send_frames([b"hi"])
+        assert _read_all(server, fd2) == [(b"Nnode1", [b"hi"])]
+        assert fd1[0] in server.dropped_fds  # the head un-polls it ...
+        assert server.closed_peers == []  # ... but the peer is not reported gone
+        assert server.has_peer(b"Nnode1")
+        first.close()
+        second.close()
+    finally:
+        server.close()
