@@ -56,6 +56,9 @@ class Config:
     frame_threshold_bytes: int = 64 * 1024
     #: the head queues at most this many tasks on one worker (short tasks only; see policy.py)
     max_pipeline: int = 64
+    #: head and workers busy-wait up to this long for the next message before sleeping, while
+    #: messages keep arriving that quickly (see _spin.py); 0 turns spinning off
+    spin_s: float = 0.0003
     #: a worker keeps results of fast tasks back at most this long to send them in one batch
     result_batch_s: float = 0.002
     #: extra idle workers (started to cover blocked ones) exit after this long idle

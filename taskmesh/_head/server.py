@@ -15,6 +15,7 @@ import signal
 import time
 
 from .. import _protocol as P
+from .._spin import Spinner
 from .._transport import Poller, ServerSocket, new_context
 from ..config import Config
 from .state import HeadState
@@ -55,9 +56,15 @@ class HeadServer:
         sock = self.sock
         next_tick = time.monotonic() + _TICK_S
         reason = "stopped"
+        spinner = Spinner(self.config.spin_s)
         while True:
             timeout = max(0.0, next_tick - time.monotonic()) * 1000
-            ready = poller.poll(timeout)
+            box: list = []
+            if spinner.spin(lambda: bool(box.append(poller.poll(0)) or box[-1])):
+                ready = box[-1]
+            else:
+                ready = poller.poll(timeout)
+            spinner.woke()  # a timeout counts too: a long gap stops the spinning
             if self._stop_r in ready:
                 break
             if lifeline_fd is not None and lifeline_fd in ready:

@@ -24,6 +24,7 @@ from .. import _protocol as P
 from .. import _serialize as S
 from .._client.core import CoreClient
 from .._context import CTX
+from .._spin import Spinner
 from ..config import Config
 from ..errors import SerializationError
 
@@ -195,6 +196,7 @@ class Worker:
         queue = self.queue
         core = self.core
         batch_s = self.config.result_batch_s
+        spinner = Spinner(self.config.spin_s)
         while self.exit_reason is None:
             if core._refused is not None:
                 log.error("the head refused this worker: %s", core._refused)
@@ -206,7 +208,8 @@ class Worker:
                 continue
             if not queue:
                 self._flush()
-                core.pump(1.0)
+                core.pump(0 if spinner.spin(core.sock.has_input) else 1.0)
+                spinner.woke()  # a timeout counts too: a long gap stops the spinning
                 continue
             self._run(queue.popleft())
             if not queue and core.sock.has_input():
