@@ -259,6 +259,16 @@ class ServerSocket:
         self.sock.close(linger=linger_ms)
 
 
+def _decode_from_head(sock: Any, frames: list) -> Any | None:
+    """Decode a message from the head; count, log and drop (None) a malformed one."""
+    try:
+        return decode(frames)
+    except ProtocolError as exc:
+        sock.bad_messages += 1
+        log.warning("dropped a malformed message from the head: %s", exc)
+        return None
+
+
 class ClientSocket:
     """A DEALER connected to the head over TCP (the head is on another machine)."""
 
@@ -291,11 +301,9 @@ class ClientSocket:
                 frames = _recv_frames(self.sock, 1)
             except zmq.Again:
                 return None
-            try:
-                return decode(frames)
-            except ProtocolError as exc:
-                self.bad_messages += 1
-                log.warning("dropped a malformed message from the head: %s", exc)
+            msg = _decode_from_head(self, frames)
+            if msg is not None:
+                return msg
 
     def close(self, linger_ms: int = 0) -> None:
         self.sock.close(linger=linger_ms)
@@ -334,11 +342,9 @@ class LocalClientSocket:
             frames = self.client.recv_frames()
             if frames is None:
                 return None
-            try:
-                return decode(frames)
-            except ProtocolError as exc:
-                self.bad_messages += 1
-                log.warning("dropped a malformed message from the head: %s", exc)
+            msg = _decode_from_head(self, frames)
+            if msg is not None:
+                return msg
 
     def close(self, linger_ms: int = 0) -> None:
         self.client.close()

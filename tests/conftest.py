@@ -44,6 +44,14 @@ def kill_all(pids: set[int]) -> None:
             pass
 
 
+def _stop_and_check(procs: set[int], before_shm: set[str]) -> None:
+    taskmesh.shutdown()
+    left = wait_gone(procs)
+    kill_all(left)
+    assert not left, f"processes left after shutdown: {left}"
+    assert shm_entries() - before_shm == set()
+
+
 @pytest.fixture(scope="module")
 def cluster():
     """An embedded 2-CPU cluster shared by a test module; checks nothing leaks afterwards."""
@@ -53,28 +61,21 @@ def cluster():
     try:
         yield taskmesh
     finally:
-        taskmesh.shutdown()
-        left = wait_gone(procs)
-        kill_all(left)
-        assert not left, f"processes left after shutdown: {left}"
-        assert shm_entries() - before_shm == set()
+        _stop_and_check(procs, before_shm)
 
 
 @pytest.fixture
 def fresh_cluster(request):
     """A cluster just for one test; pass num_cpus with @pytest.mark.parametrize indirect or default 2."""
-    num_cpus = getattr(request, "param", 2)
     if taskmesh.is_initialized():
         taskmesh.shutdown()
-    taskmesh.init(num_cpus=num_cpus)
+    before_shm = shm_entries()
+    taskmesh.init(num_cpus=getattr(request, "param", 2))
     procs = descendants()
     try:
         yield taskmesh
     finally:
-        taskmesh.shutdown()
-        left = wait_gone(procs)
-        kill_all(left)
-        assert not left, f"processes left after shutdown: {left}"
+        _stop_and_check(procs, before_shm)
 
 
 def run_python(code: str, timeout: float = 60, env: dict | None = None) -> subprocess.CompletedProcess:

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import socket
 import signal
 import time
 
@@ -111,16 +113,25 @@ def test_auto_without_cluster(tmp_path, monkeypatch):
         taskmesh.init(address="auto")
 
 
-def test_other_protocol_version_is_refused(cluster):
-    address = taskmesh.get_runtime_context().gcs_address
+@contextlib.contextmanager
+def raw_dealer(address: str):
+    """A bare ZeroMQ DEALER to the head's TCP port, as any program could open one."""
     with zmq.Context() as ctx:
         s = ctx.socket(zmq.DEALER)
         s.setsockopt(zmq.LINGER, 0)
         s.connect(f"tcp://{address}")
+        try:
+            yield s
+        finally:
+            s.close()
+
+
+def test_other_protocol_version_is_refused(cluster):
+    address = taskmesh.get_runtime_context().gcs_address
+    with raw_dealer(address) as s:
         s.send(msgpack.packb([P.Hello.OP, 999, "driver", {}]))
         assert s.poll(5000)
         reply = P.decode(s.recv_multipart())
-        s.close()
     assert isinstance(reply, P.Refused)
     assert "999" in reply.reason and str(P.PROTOCOL_VERSION) in reply.reason
     # a whole driver of another version gets a clear exception
@@ -136,13 +147,14 @@ def test_other_protocol_version_is_refused(cluster):
 
 def test_garbage_does_not_hurt_the_head(cluster):
     address = taskmesh.get_runtime_context().gcs_address
-    with zmq.Context() as ctx:
-        s = ctx.socket(zmq.DEALER)
-        s.setsockopt(zmq.LINGER, 0)
-        s.connect(f"tcp://{address}")
+    with raw_dealer(address) as s:
         for junk in (b"", b"\x00\xff garbage", msgpack.packb([12345]), msgpack.packb([P.Submit.OP, "x"])):
             s.send(junk)
-        s.close()
+    port = int(address.rsplit(":", 1)[1])
+    for junk in (b"\x00\x00\x00\x00", b"\x01\x00\x00\x00" + b"\xff" * 8, b"\x02"):
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as u:  # the local socket too
+            u.connect(f"\0taskmesh-head-{port}")
+            u.sendall(junk)
 
     @taskmesh.remote
     def ok():
