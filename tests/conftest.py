@@ -24,13 +24,19 @@ def shm_entries() -> set[str]:
         return set()
 
 
+def _alive(pid: int) -> bool:
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+
+
 def wait_gone(pids: set[int], timeout: float = 10.0) -> set[int]:
     """Wait until none of ``pids`` is alive; return the ones still alive."""
     deadline = time.monotonic() + timeout
     alive = set(pids)
     while alive and time.monotonic() < deadline:
-        alive = {p for p in alive if psutil.pid_exists(p) and
-                 psutil.Process(p).status() != psutil.STATUS_ZOMBIE}
+        alive = {p for p in alive if _alive(p)}
         if alive:
             time.sleep(0.05)
     return alive
