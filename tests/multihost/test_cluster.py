@@ -115,3 +115,18 @@ def test_worker_with_wrong_head_address_fails_fast(hosts, tmp_path):
                        run_dir=str(tmp_path / "run"))
     assert r.returncode != 0 and time.monotonic() - t < 10
     assert f"{hosts.addr(0)}:7300" in r.stderr and len(r.stderr.strip().splitlines()) == 1
+
+
+def test_driver_pointed_at_no_head_fails_fast_naming_the_address(hosts):
+    import sys
+    import time
+
+    code = ("import taskmesh\n"
+            "try:\n"
+            f"    taskmesh.init(address='{hosts.addr(0)}:7301')\n"
+            "except taskmesh.HeadConnectionError as e:\n"
+            "    print('ERR', e)\n")
+    t = time.monotonic()
+    r = hosts.run(3, sys.executable, "-c", code, timeout=60)
+    assert time.monotonic() - t < 10, "it must not hang"
+    assert f"ERR no taskmesh head answered at {hosts.addr(0)}:7301" in r.stdout, r.stdout + r.stderr
