@@ -23,14 +23,25 @@ from .errors import SerializationError, TaskError, system_error
 _EMPTY_ARGS: tuple = ((), {})
 
 
-def dumps(value: Any) -> SerializedObject:
-    """Serialize a value; raise SerializationError naming the offending type."""
+def dumps(value: Any, snapshot: bool = False) -> SerializedObject:
+    """Serialize a value; raise SerializationError naming the offending type.
+
+    Out-of-band buffers are views of the value's own memory. ``snapshot=True`` copies them,
+    for values the caller may change afterwards (put, task arguments): the object keeps the
+    value as it was at the call, as Ray's put and .remote() do.
+    """
     buffers: list = []
     try:
         data = cloudpickle.dumps(value, protocol=5, buffer_callback=buffers.append)
     except Exception as exc:
         raise SerializationError(f"could not serialize {_describe(value)}: {exc}") from exc
-    return SerializedObject(SerializedObject.VALUE, data, [b.raw() for b in buffers])
+    return SerializedObject(SerializedObject.VALUE, data, _buffers(buffers, snapshot))
+
+
+def _buffers(buffers: list, snapshot: bool) -> list:
+    if snapshot:
+        return [b.raw().tobytes() for b in buffers]
+    return [b.raw() for b in buffers]
 
 
 def loads(obj: SerializedObject) -> Any:
@@ -164,7 +175,7 @@ def pack_args(
         data = cloudpickle.dumps(payload, protocol=5, buffer_callback=buffers.append)
     except Exception as exc:
         raise _argument_error(args, kwargs, task_name, exc) from exc
-    return SerializedObject(SerializedObject.VALUE, data, [b.raw() for b in buffers]), deps
+    return SerializedObject(SerializedObject.VALUE, data, _buffers(buffers, True)), deps
 
 
 def _argument_error(args: Sequence[Any], kwargs: dict, task_name: str, exc: Exception) -> SerializationError:

@@ -27,6 +27,7 @@ log = logging.getLogger(__name__)
 Again = zmq.Again
 ZMQError = zmq.ZMQError
 POLLIN = zmq.POLLIN
+POLLOUT = zmq.POLLOUT
 
 
 def _recv_frames(sock: zmq.Socket, small: int) -> list:
@@ -284,10 +285,14 @@ class ClientSocket:
         self.bad_messages = 0
         self.poll_target: Any = self.sock
         self.peer_closed = False  # TCP peers never tell; heartbeats do
+        self.wants_write = False  # ZeroMQ queues everything itself
 
     def send(self, msg: Any) -> None:
         frames = encode(msg, self.frame_threshold)
         self.sock.send_multipart(frames, copy=len(frames) == 1)
+
+    def flush(self) -> None:
+        pass
 
     def has_input(self) -> bool:
         return bool(self.sock.getsockopt(zmq.EVENTS) & zmq.POLLIN)
@@ -346,7 +351,16 @@ class LocalClientSocket:
             if msg is not None:
                 return msg
 
+    @property
+    def wants_write(self) -> bool:
+        return self.client.wants_write
+
+    def flush(self) -> None:
+        self.client.flush()
+
     def close(self, linger_ms: int = 0) -> None:
+        if linger_ms:
+            self.client.flush_blocking(linger_ms / 1000)
         self.client.close()
 
 

@@ -188,7 +188,9 @@ class FramedConnection:
                 while index < len(lens) and lens[index] == 0:
                     index += 1
         self._big = None
-        msgs.append([bytes(f) if len(f) <= _BIG else memoryview(f) for f in frames])
+        # read-only, like ZeroMQ's frames: values built on them (numpy arrays) must not be
+        # changed in place, since the client may hand the same object to several get()s
+        msgs.append([bytes(f) if len(f) <= _BIG else memoryview(f).toreadonly() for f in frames])
         return True
 
     def close(self) -> None:
@@ -341,16 +343,33 @@ class LocalClient:
         self.send_frames([identity])
 
     def send_frames(self, frames: list) -> None:
+        """Queue a message and write what the kernel takes now; the rest waits for flush()
+        (the caller polls for writability while ``wants_write``), so a thread holding the
+        socket is never stuck in a write while messages for it pile up unread."""
         conn = self.conn
         if conn.closed:
             raise ConnectionError("the connection to the head is closed")
         conn.queue(frames)
-        while not conn.flush():  # the head always reads, so waiting here cannot deadlock
-            import select
+        self.flush()
 
-            select.select([], [conn.fd], [], 1.0)
-        if conn.closed:
+    def flush(self) -> bool:
+        """Write what the kernel takes now; True when nothing is left."""
+        done = self.conn.flush()
+        if self.conn.closed:
             self.eof = True
+        return done
+
+    @property
+    def wants_write(self) -> bool:
+        return self.conn.wants_write
+
+    def flush_blocking(self, timeout_s: float) -> None:
+        """Before closing: wait (bounded) until everything queued is written."""
+        import select
+
+        deadline = time.monotonic() + timeout_s
+        while not self.flush() and time.monotonic() < deadline:
+            select.select([], [self.conn.fd], [], 0.05)
 
     def recv_frames(self) -> list | None:
         """One waiting message, or None."""

@@ -177,7 +177,7 @@ def put(value: Any) -> ObjectRef:
     if type(value) is ObjectRef:
         raise TypeError("put() of an ObjectRef is not allowed; pass the ref itself instead")
     core = current_core()
-    obj = S.dumps(value)
+    obj = S.dumps(value, snapshot=True)
     oid = core.put_serialized(obj)
     core.new_ref_ids((oid,))
     return ObjectRef(oid, core)

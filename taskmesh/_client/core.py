@@ -28,12 +28,15 @@ from typing import Any, Callable, Iterable, Sequence
 
 from .. import _protocol as P
 from .. import _serialize as S
-from .._transport import Poller, new_context, open_client
+from .._transport import POLLIN, POLLOUT, Poller, new_context, open_client
 from ..config import Config
 from ..errors import GetTimeoutError, HeadConnectionError, ProtocolVersionError
 
 log = logging.getLogger("taskmesh.client")
 
+
+_POLLIN = POLLIN
+_POLLIN_OUT = POLLIN | POLLOUT
 
 #: a waiting client pings a silent head this often
 _PING_AFTER_S = 2.0
@@ -77,7 +80,7 @@ class CoreClient:
         self._values: dict[bytes, P.SerializedObject] = {}
         self._ready_remote: set[bytes] = set()  # ready at the head, value not pushed
         self._pending_owned: set[bytes] = set()  # our tasks' results not yet announced
-        self._wanted: set[bytes] = set()  # someone waits for these
+        self._wanted: collections.Counter[bytes] = collections.Counter()  # waiters per object
         self._subscribed: set[bytes] = set()
         self._refcounts: dict[bytes, int] = {}
         self._escaped: set[bytes] = set()
@@ -88,6 +91,8 @@ class CoreClient:
         self._info: dict[int, Any] = {}
         self._info_ids = itertools.count(1)
         self._io_lock = threading.Lock()
+        self._reading = False  # a thread holds _io_lock to read (not just to send)
+        self._waiting = 0  # threads waiting on _cond for the reader
         self._ref_lock = threading.Lock()
         self._cond = threading.Condition()
         self._wake_r, self._wake_w = os.pipe()
@@ -186,27 +191,54 @@ class CoreClient:
             self._next_release = time.monotonic() + _RELEASE_EVERY_S
         pending = self._pending
         send = self.sock.send
-        while pending:
+        # only what is queued now: a thread submitting in a loop must not keep us here
+        for _ in range(len(pending)):
             send(pending.popleft())
 
     # ------------------------------------------------------------------ receiving
 
-    def pump(self, timeout_s: float) -> None:
-        """Wait up to ``timeout_s`` for messages and apply them (caller holds no lock)."""
-        if self._io_lock.acquire(blocking=False):
-            try:
-                self._drain_sends()
-                self._pump_locked(timeout_s)
-            finally:
-                self._io_lock.release()
-            if self._pending:
-                self._retry_drain()
-        else:
+    def pump(self, timeout_s: float) -> bool:
+        """Wait up to ``timeout_s`` for messages and apply them (caller holds no lock).
+
+        Returns True if this thread read the socket. A thread that finds another one reading
+        waits to be notified instead; one that finds the lock held by a mere sender waits for
+        the lock, so a thread submitting in a loop cannot starve a get().
+        """
+        got = self._io_lock.acquire(blocking=False)
+        if not got and not self._reading:
+            got = self._io_lock.acquire(timeout=min(timeout_s, 0.05))
+        if not got:
             with self._cond:
-                self._cond.wait(timeout_s)
+                self._waiting += 1
+                try:
+                    self._cond.wait(timeout_s)
+                finally:
+                    self._waiting -= 1
+            return False
+        try:
+            self._reading = True
+            self._drain_sends()
+            self._pump_locked(timeout_s)
+        finally:
+            self._reading = False
+            self._io_lock.release()
+        if self._waiting:  # let a waiting thread take over reading at once
+            with self._cond:
+                self._cond.notify_all()
+        if self._pending:
+            self._retry_drain()
+        return True
 
     def _pump_locked(self, timeout_s: float) -> None:
-        ready = self._poller.poll(timeout_s * 1000)
+        sock = self.sock
+        if sock.wants_write:  # output the kernel could not take yet: wake when it can
+            self._poller.register(sock, _POLLIN_OUT)
+            ready = self._poller.poll(timeout_s * 1000)
+            sock.flush()
+            if not sock.wants_write:
+                self._poller.register(sock, _POLLIN)
+        else:
+            ready = self._poller.poll(timeout_s * 1000)
         if self._wake_r in ready:
             try:
                 os.read(self._wake_r, 4096)
@@ -268,12 +300,13 @@ class CoreClient:
             else:
                 step = deadline - time.monotonic()
                 if step <= 0:
+                    self.pump(0)  # whatever already arrived still counts
                     return pred()
                 step = min(step, 0.5)
             if self.on_wait_step is not None and self.on_wait_step():
                 continue  # it ran something; look again before sleeping
-            self.pump(step)
-            self._check_head_alive()
+            if self.pump(step):
+                self._check_head_alive()  # only a thread that read may judge the head
         return True
 
     @property
@@ -380,7 +413,8 @@ class CoreClient:
             finally:
                 if blocked and self.on_unblock is not None:
                     self.on_unblock()
-                self._wanted.difference_update(missing)
+                self._wanted.subtract(missing)
+                self._drop_unwanted(missing)
             if not ok:
                 n = sum(1 for o in missing if o not in values)
                 raise GetTimeoutError(
@@ -401,7 +435,8 @@ class CoreClient:
         deadline = None if timeout is None else time.monotonic() + timeout
         if timeout == 0:
             self.pump(0)
-            self._wanted.difference_update(missing)
+            self._wanted.subtract(missing)
+            self._drop_unwanted(missing)
             return ready_set()
         if self.on_block is not None:
             self.on_block(missing)
@@ -410,12 +445,19 @@ class CoreClient:
         finally:
             if self.on_unblock is not None:
                 self.on_unblock()
-            self._wanted.difference_update(missing)
+            self._wanted.subtract(missing)
+            self._drop_unwanted(missing)
         return ready_set()
+
+    def _drop_unwanted(self, oids: list[bytes]) -> None:
+        wanted = self._wanted
+        for oid in oids:
+            if wanted.get(oid, 0) <= 0:
+                wanted.pop(oid, None)
 
     def _request(self, missing: list[bytes], values_needed: bool = True) -> None:
         """Make sure the head will send us these objects (owned ones come by themselves)."""
-        self._wanted.update(missing)
+        self._wanted.update(missing)  # a count per waiting call: threads may wait for the same
         # our own results come by themselves while pending; anything else (other owners'
         # objects, large values, values we dropped and got back through an escaped ref)
         # must be asked for

@@ -401,6 +401,10 @@ class HeadState:
         if w is None:
             return
         self._take_back(w, msg.returned)
+        if not w.assigned:  # nothing of ours runs there: no CPU to lend
+            if w.lease is not None:
+                self._release_lease(w)
+            return
         if not w.blocked:
             if w.lease is not None and w.node is not None:
                 _add(w.node.avail, w.lease)
@@ -440,7 +444,7 @@ class HeadState:
 
     def _on_unblocked(self, peer: bytes, msg: P.Unblocked) -> None:
         w = self.workers.get(peer)
-        if w is None or not w.blocked:
+        if w is None or not w.blocked or not w.assigned:
             return
         w.blocked = False
         if w.lease is not None and w.node is not None:
@@ -721,7 +725,7 @@ class HeadState:
         w.lease = None
         w.blocked = False
         w.idle_since = self.now
-        if node is not None and node.alive and w.peer in node.workers:
+        if node is not None and node.alive and w.peer in node.workers and w not in node.idle:
             node.idle.append(w)
 
     # ------------------------------------------------------------------ reporting

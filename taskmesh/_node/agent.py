@@ -153,6 +153,9 @@ class NodeAgent:
         register_by = last_contact + self.config.connect_timeout_s
         while True:
             wake_at = next_beat if self.registered else min(next_beat, register_by)
+            self.sock.flush()  # the agent's messages are small; anything left goes out here
+            if self.sock.wants_write:
+                wake_at = min(wake_at, time.monotonic() + 0.01)
             ready = poller.poll(max(0.0, wake_at - time.monotonic()) * 1000)
             if self._stop_r in ready:
                 break

@@ -55,6 +55,8 @@ class Worker:
         self.batch_started = 0.0
         self.block_depth = 0
         self.block_lock = threading.Lock()
+        self.running = 0  # tasks executing (more than one while Help tasks run)
+        self._uncounted = threading.local()  # this thread's block did not lend a CPU
         self.exit_reason: str | None = None
         CTX.core = self.core
         CTX.node_id = node_id
@@ -82,6 +84,11 @@ class Worker:
             log.warning("worker ignored unexpected %s", t.__name__)
 
     def _block(self, waiting: list) -> None:
+        if not self.running:
+            # a thread left behind by a finished task: no task holds a CPU here to lend
+            self._uncounted.flag = True
+            return
+        self._uncounted.flag = False
         with self.block_lock:
             self.block_depth += 1
             if self.block_depth > 1:
@@ -95,6 +102,9 @@ class Worker:
         self.core.send(P.Blocked(returned, waiting))
 
     def _unblock(self) -> None:
+        if getattr(self._uncounted, "flag", False):
+            self._uncounted.flag = False
+            return
         with self.block_lock:
             self.block_depth -= 1
             if self.block_depth > 0:
@@ -142,6 +152,7 @@ class Worker:
         if not self.results:
             self.batch_started = start
         outer = CTX.current_task_id, CTX.current_task_name  # set again after Help tasks
+        self.running += 1
         CTX.current_task_id = a.task_id
         CTX.current_task_name = a.name
         n = a.num_returns
@@ -161,6 +172,7 @@ class Worker:
                 returns = [S.dump_task_error(exc, a.name, self.node_id, self.pid, False)] * n
             del result
         CTX.current_task_id, CTX.current_task_name = outer
+        self.running -= 1
         self.results.append(P.TaskResult(a.task_id, returns, time.perf_counter() - start))
 
     def _serialize_returns(self, a: P.Assignment, result: Any) -> list:
