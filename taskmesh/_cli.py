@@ -72,7 +72,9 @@ def _start_node(cfg: Config, head_addr: str, node_ip: str, num_cpus: int, resour
 
 
 def cmd_start(args: argparse.Namespace) -> int:
-    cfg = Config.from_env()
+    if args.object_store_memory is not None and args.object_store_memory < (1 << 20):
+        _fail("--object-store-memory must be at least 1048576 bytes (1 MiB)")
+    cfg = Config.from_env(object_store_memory=args.object_store_memory)
     if args.resources:
         try:
             res = json.loads(args.resources)
@@ -263,6 +265,8 @@ def build_parser() -> argparse.ArgumentParser:
     st.add_argument("--num-cpus", type=int, help="worker processes on this machine (default: CPU count)")
     st.add_argument("--resources", help="custom resources as JSON, e.g. '{\"highmem\": 2}'")
     st.add_argument("--node-ip", help="this machine's address as other machines reach it")
+    st.add_argument("--object-store-memory", type=int, metavar="BYTES",
+                    help="shared memory for this node's object store (default: 30%% of RAM)")
     st.add_argument("--block", action="store_true", help="stay in the foreground until Ctrl-C")
     st.set_defaults(fn=cmd_start)
     s = sub.add_parser("status", help="show nodes, CPUs and task counts")

@@ -63,6 +63,8 @@ class Config:
     result_batch_s: float = 0.002
     #: extra idle workers (started to cover blocked ones) exit after this long idle
     idle_worker_timeout_s: float = 10.0
+    #: bytes of shared memory per node for the object store (0: 30% of RAM, within /dev/shm)
+    object_store_memory: int = 0
     #: directory of state files for CLI-started processes
     run_dir: str = field(default_factory=default_run_dir)
 

@@ -27,7 +27,8 @@ import uuid
 import psutil
 
 from .. import _protocol as P
-from .._transport import Poller, new_context, open_client
+from .._store.shm import Arena, arena_name, capacity_for, sweep_dead
+from .._transport import Poller, new_context, open_client, pid_alive
 from ..config import Config
 
 log = logging.getLogger("taskmesh.node")
@@ -70,6 +71,13 @@ class NodeAgent:
         os.set_blocking(self._stop_w, False)
         self.registered = False
         self.exit_code = 0
+        # the object store's arena (groundwork: created and cleaned up, not used yet)
+        swept = sweep_dead(pid_alive)
+        if swept:
+            log.info("removed %d shared-memory arena(s) of node agents that died: %s",
+                     len(swept), ", ".join(swept))
+        self.arena = Arena.create(arena_name(self.node_id),
+                                  capacity_for(config.object_store_memory))
 
     def request_stop(self) -> None:
         try:
@@ -141,6 +149,7 @@ class NodeAgent:
         info = {
             "node_id": self.node_id, "address": self.node_ip, "hostname": socket.gethostname(),
             "pid": os.getpid(), "resources": self.resources, "prestart": self.num_cpus,
+            "arena": self.arena.name, "store_capacity": self.arena.capacity,
         }
         self.sock.send(P.Hello(P.PROTOCOL_VERSION, "node", info))
         # start the pool at once: workers connect to the head while it welcomes us
@@ -217,6 +226,7 @@ class NodeAgent:
         log.log(logging.ERROR if self.exit_code else logging.INFO,
                 "node %s shutting down: %s", self.node_id, reason)
         self._stop_workers()
+        self.arena.close()
         os.close(self._life_w)
         self.sock.close()
         self.ctx.term()

@@ -89,6 +89,17 @@ class Arena:
             unlink(self.name)
 
 
+def capacity_for(requested: int | None, fraction_of_ram: float = 0.3) -> int:
+    """The arena size to use: ``requested`` bytes, or a fraction of RAM, never more than
+    /dev/shm can hold (writing past a full tmpfs would kill the writer with SIGBUS)."""
+    import psutil
+
+    want = requested if requested else int(psutil.virtual_memory().total * fraction_of_ram)
+    st = os.statvfs(SHM_DIR)
+    room = int(st.f_bavail * st.f_frsize * 0.9)
+    return max(1 << 20, min(want, room))
+
+
 def unlink(name: str) -> None:
     try:
         os.unlink(os.path.join(SHM_DIR, name))
