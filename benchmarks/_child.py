@@ -11,7 +11,9 @@ which the frameworks are free to clutter):
 * ``{"event": "fatal", "stage": "import"|"init", "error": ...}`` -- then exits 2;
 * ``{"event": "cold_start", "import_s", "init_s", "first_task_s", "seconds", "versions"}``;
 * per workload ``{"event": "start", "workload"}`` then
-  ``{"event": "result", "workload", "ok", "seconds": [...], "warmup_s", "error"}``;
+  ``{"event": "result", "workload", "ok", "seconds": [...], "warmup_s", "error", "info"}``
+  (``info``: ``{"warmup": {...}, "timed": [{...}, ...]}`` from runners returning a
+  :class:`benchmarks.workloads.Sample`, else ``null``);
 * ``{"event": "workloads_done"}``, ``{"event": "shutdown", "seconds"|"error"}``.
 
 Cold start is measured first thing, so the process is genuinely fresh; the
@@ -59,6 +61,13 @@ class Events:
         """Write one event line and flush it so the parent sees it immediately."""
         self._f.write(json.dumps({"event": event, "t": time.time(), **fields}) + "\n")
         self._f.flush()
+
+
+def _info_or_none(info: dict[str, Any]) -> dict[str, Any] | None:
+    """The collected iteration infos, or ``None`` if the runner returned bare floats."""
+    if info["warmup"] is None and not any(info["timed"]):
+        return None
+    return info
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -122,14 +131,19 @@ def main(argv: list[str] | None = None) -> int:
         events.emit("start", workload=name)
         seconds: list[float] = []
         warmup_s: float | None = None
+        # Extra facts the runner returned (wl.Sample.info), per iteration.
+        info: dict[str, Any] = {"warmup": None, "timed": []}
         try:
             run = workload.runner(fw.name)
             if workload.warmup:
                 gc.collect()
-                warmup_s = run(api)
+                sample = wl.as_sample(run(api))
+                warmup_s, info["warmup"] = sample.seconds, sample.info or None
             for _ in range(args.repeat):
                 gc.collect()
-                seconds.append(run(api))
+                sample = wl.as_sample(run(api))
+                seconds.append(sample.seconds)
+                info["timed"].append(sample.info)
         except BaseException as exc:  # noqa: BLE001
             traceback.print_exc()
             events.emit(
@@ -139,12 +153,18 @@ def main(argv: list[str] | None = None) -> int:
                 error=one_line(exc),
                 seconds=seconds,
                 warmup_s=warmup_s,
+                info=_info_or_none(info),
             )
             if isinstance(exc, KeyboardInterrupt):
                 break
             continue
         events.emit(
-            "result", workload=name, ok=True, seconds=seconds, warmup_s=warmup_s
+            "result",
+            workload=name,
+            ok=True,
+            seconds=seconds,
+            warmup_s=warmup_s,
+            info=_info_or_none(info),
         )
 
     events.emit("workloads_done")

@@ -17,7 +17,7 @@ missing or failing framework in the table instead of aborting.
 Usage::
 
     python -m benchmarks.sidebyside [--frameworks taskmesh,ray,dask]
-        [--workloads noop_async,noop_sync,tree_reduce,nested,cold_start]
+        [--workloads noop_async,noop_sync,tree_reduce,nested,put_get_100MB,big_arg_fanout,cold_start]
         [--repeat N] [--json out.json]
 
 Speed-up columns are ``other_time / taskmesh_time``: above 1.00x taskmesh is
@@ -70,6 +70,10 @@ class WorkloadResult:
     error: str | None = None
     #: cold_start only: framework import time of each sample.
     import_s: list[float] = field(default_factory=list)
+    #: Extra facts from the runner: ``{"warmup": {...}, "timed": [{...}, ...]}``.
+    info: dict[str, Any] | None = None
+    #: One line built from :attr:`info` by the workload's ``note`` (log and table footer).
+    note: str | None = None
 
     @property
     def best_s(self) -> float | None:
@@ -309,13 +313,28 @@ def _progress(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
 
 
+def _note(name: str, info: dict[str, Any] | None) -> str | None:
+    """The workload's one-line note about ``info`` (never raises: it is only a note)."""
+    w = WORKLOADS[name]
+    if w.note is None or not info:
+        return None
+    try:
+        return w.note(info)
+    except Exception as exc:  # noqa: BLE001
+        return f"(note unavailable: {type(exc).__name__}: {exc})"
+
+
 def _describe_result(framework: str, ev: dict[str, Any]) -> str:
     name = ev["workload"]
     if not ev["ok"]:
         return f"[{framework}] {name}: FAILED {ev['error']}"
     secs = ev["seconds"]
     w = WORKLOADS[name]
-    return f"[{framework}] {name}: best {_fmt(w.metric(min(secs)))} {w.unit} ({', '.join(f'{s:.3f}' for s in secs)} s)"
+    text = f"[{framework}] {name}: best {_fmt(w.metric(min(secs)))} {w.unit} ({', '.join(f'{s:.3f}' for s in secs)} s)"
+    if w.warmup_label and ev.get("warmup_s"):
+        text += f"; {w.warmup_label.strip()} {_fmt(w.metric(ev['warmup_s']))} {w.unit} ({ev['warmup_s']:.3f} s)"
+    note = _note(name, ev.get("info"))
+    return f"{text}\n    {note}" if note else text
 
 
 # =========================================================================== orchestration
@@ -377,6 +396,8 @@ def run_framework(
                 r.seconds, r.warmup_s = ev["seconds"], ev.get("warmup_s")
                 r.status = "ok" if ev["ok"] else "failed"
                 r.error = ev.get("error")
+                r.info = ev.get("info")
+                r.note = _note(ev["workload"], r.info)
             elif kind == "shutdown" and "seconds" in ev:
                 report.shutdown_s.append(ev["seconds"])
         if out.failure:
@@ -547,6 +568,24 @@ def build_rows(
                 "results": {f: rep.workloads.get(n) for f, rep in reports.items()},
             }
         )
+        if w.warmup_label:
+            # The untimed warm-up as its own row (e.g. the cold first put); one sample.
+            warm: dict[str, WorkloadResult | None] = {}
+            for f, rep in reports.items():
+                r = rep.workloads.get(n)
+                if r is not None and r.status == "ok" and r.warmup_s:
+                    warm[f] = WorkloadResult(status="ok", seconds=[r.warmup_s])
+                else:
+                    warm[f] = r
+            rows.append(
+                {
+                    "label": w.warmup_label,
+                    "unit": w.unit,
+                    "better": w.better,
+                    "metric": w.metric,
+                    "results": warm,
+                }
+            )
         if n == "cold_start":
             imp: dict[str, WorkloadResult | None] = {}
             for f, rep in reports.items():
@@ -681,6 +720,15 @@ def print_summary(
         )
         if logs:
             print("  child logs: " + " ".join(logs))
+    workload_notes = [
+        f"  {n} ({f}): {r.note}"
+        for n in names
+        for f, rep in reports.items()
+        if (r := rep.workloads.get(n)) is not None and r.note
+    ]
+    if workload_notes:
+        print("\nNotes:")
+        print("\n".join(workload_notes))
     for f, rep in reports.items():
         for note in rep.notes:
             print(f"  note ({f}): {note}")
@@ -706,6 +754,11 @@ def to_json(
                 metric_best=w.metric(r.best_s) if r.best_s else None,
                 metric_median=w.metric(r.median_s) if r.median_s else None,
             )
+            if w.warmup_label:
+                d["workloads"][n].update(
+                    warmup_label=w.warmup_label.strip(),
+                    metric_warmup=w.metric(r.warmup_s) if r.warmup_s else None,
+                )
         fw_out[f] = d
     speedups: dict[str, dict[str, float | None]] = {}
     if "taskmesh" in reports:

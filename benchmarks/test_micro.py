@@ -24,6 +24,8 @@ from benchmarks.adapters import RayLikeApi
 NOOP_TASKS = 1000
 TREE_LEAVES = 64
 TREE_LEAF_SIZE = 1000
+BIG_FLOATS_SMALL = 125_000  # 1 MB instead of the side-by-side's 100 MB
+FANOUT_TASKS_SMALL = 4
 SMALL_OBJECT = {
     "ints": list(range(16)),
     "text": "taskmesh" * 8,
@@ -88,3 +90,28 @@ def test_tree_reduce_small(benchmark: Any, api: RayLikeApi) -> None:
         rounds=5,
         warmup_rounds=1,
     )
+
+
+def test_put_get_1MB(benchmark: Any, api: RayLikeApi) -> None:
+    """``put_get_100MB`` at 1 MB: put, get, verified bit for bit; records zero-copy facts."""
+    sample = benchmark.pedantic(
+        wl.run_put_get_100MB,
+        args=(api,),
+        kwargs={"n": BIG_FLOATS_SMALL},
+        rounds=5,
+        warmup_rounds=1,
+    )
+    assert sample.info["bytes"] == BIG_FLOATS_SMALL * 8
+    assert wl.note_put_get({"warmup": None, "timed": [sample.info]})
+
+
+def test_big_arg_fanout_1MB(benchmark: Any, api: RayLikeApi) -> None:
+    """``big_arg_fanout`` at 1 MB and 4 tasks (each sum verified exactly)."""
+    sample = benchmark.pedantic(
+        wl.run_big_arg_fanout,
+        args=(api,),
+        kwargs={"n": BIG_FLOATS_SMALL, "tasks": FANOUT_TASKS_SMALL},
+        rounds=5,
+        warmup_rounds=1,
+    )
+    assert sample.info["tasks"] == FANOUT_TASKS_SMALL

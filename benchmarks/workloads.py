@@ -7,17 +7,20 @@ seconds of the timed region.  A :class:`Workload` record adds the unit the resul
 is reported in, whether lower or higher is better, and optional per-framework
 overrides for work that cannot be expressed through the common API.
 
-Adding a workload (e.g. ``put_get_100MB``, ``big_arg_fanout``,
-``actor_calls_async``, ``failure``) means: write a ``run_<name>(api) -> float``
-function (plus any module-level task functions it submits) and call
-:func:`register`.  Task functions must live at module level in this module so
-worker processes can import them by reference.
+Adding a workload (e.g. ``actor_calls_async``, ``failure``) means: write a
+``run_<name>(api) -> float`` function (plus any module-level task functions it
+submits) and call :func:`register`.  Task functions must live at module level in
+this module so worker processes can import them by reference.  A runner that has
+more to say than its time returns a :class:`Sample` (seconds plus a JSON-able
+``info`` dict); the runner collects the info of every iteration into the JSON
+output, and the workload's ``note`` turns it into one line for the log and the
+table footer.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -25,8 +28,31 @@ import numpy as np
 
 from benchmarks.adapters import Api, in_task
 
-#: One timed iteration on an initialised framework -> elapsed seconds.
-Runner = Callable[[Api], float]
+
+@dataclass(frozen=True)
+class Sample:
+    """A runner's result when it reports more than its time.
+
+    ``seconds`` is the timed region, exactly like a bare ``float`` return;
+    ``info`` holds extra facts about the iteration (JSON-serialisable values
+    only), e.g. whether ``get`` returned a zero-copy view.
+    """
+
+    seconds: float
+    info: dict[str, Any] = field(default_factory=dict)
+
+
+def as_sample(result: float | Sample) -> Sample:
+    """A runner's return value as a :class:`Sample` (a bare float has no info)."""
+    if isinstance(result, Sample):
+        return result
+    return Sample(float(result))
+
+
+#: One timed iteration on an initialised framework -> elapsed seconds (or a :class:`Sample`).
+Runner = Callable[[Api], "float | Sample"]
+#: ``{"warmup": info or None, "timed": [info, ...]}`` -> one line for the log and table footer.
+NoteFn = Callable[[dict[str, Any]], "str | None"]
 
 
 class VerificationError(AssertionError):
@@ -61,6 +87,11 @@ class Workload:
     timeout_s: float = 300.0
     #: ``"cold_start"`` is measured by the child around framework init, not by a runner.
     special: str | None = None
+    #: If set, the untimed warm-up iteration is also shown as its own table row
+    #: under this label (e.g. a cold first ``put``); it stays out of best/median.
+    warmup_label: str | None = None
+    #: Builds a one-line note from the iterations' :attr:`Sample.info`.
+    note: NoteFn | None = None
 
     def runner(self, framework: str) -> Runner:
         """The implementation to use for ``framework``."""
@@ -126,6 +157,11 @@ def nested_parent(i: int, children: int, framework: str) -> int:
     return int(sum(values))
 
 
+def array_sum(a: np.ndarray) -> float:
+    """Sum of an array passed as a top-level ref argument (``big_arg_fanout``)."""
+    return float(a.sum())
+
+
 # =========================================================================== expected values
 
 
@@ -147,6 +183,53 @@ TREE_LEAVES = 1024
 TREE_LEAF_SIZE = 10_000
 NESTED_PARENTS = 50
 NESTED_CHILDREN = 10
+#: 12.5M float64 = 100 MB (decimal: 100_000_000 bytes) for the object-store workloads.
+BIG_FLOATS = 12_500_000
+BIG_SEED = 20261127
+FANOUT_TASKS = 16
+#: Values of the fan-out array are random integers below 2**20 stored as float64, so
+#: every partial sum stays below 2**53 and ``a.sum()`` is exact in any order (SIMD,
+#: alignment): the tasks' sums can be checked with ``==``.
+FANOUT_MAX_VALUE = 1 << 20
+
+#: Arrays built once per process, outside every timed region: (kind, n) -> array.
+_BIG_ARRAYS: dict[tuple[str, int], np.ndarray] = {}
+#: Large puts done by this process so far (a "cold" put is the first of the session).
+_big_puts = 0
+
+
+def big_random_array(n: int = BIG_FLOATS) -> np.ndarray:
+    """``n`` uniform random float64 in [0, 1) from a fixed seed, created once per process."""
+    key = ("random", n)
+    if key not in _BIG_ARRAYS:
+        _BIG_ARRAYS[key] = np.random.default_rng(BIG_SEED).random(n)
+    return _BIG_ARRAYS[key]
+
+
+def big_integer_array(n: int = BIG_FLOATS) -> tuple[np.ndarray, float]:
+    """``n`` random integer-valued float64 (fixed seed) and their exact sum, created once."""
+    key = ("integer", n)
+    if key not in _BIG_ARRAYS:
+        ints = np.random.default_rng(BIG_SEED + 1).integers(0, FANOUT_MAX_VALUE, n)
+        _BIG_ARRAYS[key] = ints.astype(np.float64)
+        _BIG_ARRAYS[("integer-sum", n)] = np.array(float(int(ints.sum(dtype=np.int64))))
+    return _BIG_ARRAYS[key], float(_BIG_ARRAYS[("integer-sum", n)])
+
+
+def _same_array(result: Any, expected: np.ndarray, what: str) -> None:
+    """Raise :class:`VerificationError` unless ``result`` equals ``expected`` bit for bit."""
+    verify(
+        isinstance(result, np.ndarray)
+        and result.dtype == expected.dtype
+        and result.shape == expected.shape,
+        f"{what}: got {type(result).__name__} {getattr(result, 'dtype', '')} "
+        f"{getattr(result, 'shape', '')}, expected float64 {expected.shape}",
+    )
+    if not np.array_equal(result, expected):
+        k = int(np.flatnonzero(result != expected)[0])
+        raise VerificationError(
+            f"{what}: result[{k}]={result[k]!r}, expected {expected[k]!r}"
+        )
 
 
 def run_noop_async(api: Api, n: int = NOOP_ASYNC_TASKS) -> float:
@@ -221,6 +304,151 @@ def run_nested(
     return elapsed
 
 
+def run_put_get_100MB(api: Api, n: int = BIG_FLOATS) -> Sample:
+    """``put`` a 100 MB float64 array, then ``get`` it back; time put + get.
+
+    Outside the timed region a second ``get`` of the same ref tells whether
+    ``get`` is zero-copy (the two results share memory: both are views of the
+    stored object) or a copy, and the first result's ``writeable`` flag whether
+    it is read-only.  The ref and results are dropped before returning, so the
+    next iteration puts again after the previous object was freed.
+    """
+    global _big_puts
+    data = big_random_array(n)
+    puts_before = _big_puts
+    t0 = time.perf_counter()
+    ref = api.put(data)
+    t1 = time.perf_counter()
+    got = api.get(ref)
+    t2 = time.perf_counter()
+    _big_puts += 1
+    _same_array(got, data, "put_get_100MB")
+    again = api.get(ref)
+    _same_array(again, data, "put_get_100MB (second get)")
+    info = {
+        "framework": api.name,
+        "bytes": int(data.nbytes),
+        "put_s": t1 - t0,
+        "get_s": t2 - t1,
+        "large_puts_before": puts_before,
+        "two_gets_share_memory": bool(np.shares_memory(got, again)),
+        "get_shares_memory_with_input": bool(np.shares_memory(got, data)),
+        "get_read_only": not got.flags.writeable,
+    }
+    del ref, got, again
+    return Sample(t2 - t0, info)
+
+
+def run_big_arg_fanout(
+    api: Api, n: int = BIG_FLOATS, tasks: int = FANOUT_TASKS
+) -> Sample:
+    """``put`` 100 MB once, ``tasks`` tasks take the ref as a top-level argument and sum it.
+
+    Timed from the ``put`` to the last sum (the put alone is also recorded).
+    """
+    global _big_puts
+    data, expected = big_integer_array(n)
+    work = api.remote(array_sum)
+    t0 = time.perf_counter()
+    ref = api.put(data)
+    t1 = time.perf_counter()
+    sums = api.get([work(ref) for _ in range(tasks)])
+    t2 = time.perf_counter()
+    _big_puts += 1
+    verify(
+        len(sums) == tasks, f"big_arg_fanout: got {len(sums)} sums, expected {tasks}"
+    )
+    bad = [s for s in sums if s != expected]
+    verify(
+        not bad,
+        f"big_arg_fanout: {len(bad)} of {tasks} sums wrong, e.g. {bad[:1]!r} != {expected!r}",
+    )
+    del ref
+    return Sample(
+        t2 - t0,
+        {"framework": api.name, "put_s": t1 - t0, "tasks_s": t2 - t1, "tasks": tasks},
+    )
+
+
+def _fmt_s(s: float) -> str:
+    return f"{s * 1000:.0f} ms" if s < 10 else f"{s:.1f} s"
+
+
+def note_put_get(collected: dict[str, Any]) -> str | None:
+    """``get``: zero-copy or copy, read-only or writable; put/get split; what 'cold' was."""
+    cold = collected.get("warmup")
+    timed = collected.get("timed") or []
+    everything = [i for i in [cold, *timed] if i]
+    if not everything:
+        return None
+    first = everything[0]
+    shared = {i["two_gets_share_memory"] for i in everything}
+    readonly = {i["get_read_only"] for i in everything}
+    if shared == {True}:
+        parts = ["get zero-copy (two gets share memory)"]
+    elif shared == {False}:
+        parts = ["get copies (two gets do not share memory)"]
+    else:
+        parts = ["get sometimes zero-copy (two gets share memory in some iterations)"]
+    parts[0] += (
+        ", read-only"
+        if readonly == {True}
+        else ", writable"
+        if readonly == {False}
+        else ", read-only in some iterations"
+    )
+    if any(i["get_shares_memory_with_input"] for i in everything):
+        parts.append("get result shares memory with the put's input array")
+    if first["framework"] == "dask":
+        parts.append(
+            "object kept in a worker's memory (client.scatter), result() fetches it"
+        )
+    if first["framework"] == "taskmesh":
+        parts.append(
+            "no shared-memory store yet: the value is served from the driver's put snapshot"
+        )
+    if cold:
+        kind = (
+            "first large put of the session"
+            if cold["large_puts_before"] == 0
+            else f"after {cold['large_puts_before']} earlier large put(s), not truly cold"
+        )
+        parts.append(
+            f"cold ({kind}): put {_fmt_s(cold['put_s'])} + get {_fmt_s(cold['get_s'])}"
+        )
+    timed = [i for i in timed if i]
+    if timed:
+        parts.append(
+            f"warm ({len(timed)}x): put {_span(i['put_s'] for i in timed)}"
+            f" + get {_span(i['get_s'] for i in timed)}"
+        )
+    return "; ".join(parts)
+
+
+def _span(values: Iterable[float]) -> str:
+    """``"12 ms"`` or ``"12-48 ms"``: the range of some durations."""
+    lo_hi = sorted(values)
+    lo, hi = _fmt_s(lo_hi[0]), _fmt_s(lo_hi[-1])
+    if lo == hi:
+        return lo
+    if lo.endswith(" ms") and hi.endswith(" ms"):
+        return f"{lo[:-3]}-{hi}"
+    return f"{lo}-{hi}"
+
+
+def note_fanout(collected: dict[str, Any]) -> str | None:
+    """Split of the best iteration into the put and the tasks."""
+    timed = collected.get("timed") or []
+    timed = [i for i in timed if i]
+    if not timed:
+        return None
+    best = min(timed, key=lambda i: i["put_s"] + i["tasks_s"])
+    return (
+        f"best = put {_fmt_s(best['put_s'])} + {best['tasks']} tasks and their gets "
+        f"{_fmt_s(best['tasks_s'])}"
+    )
+
+
 register(
     Workload(
         name="noop_async",
@@ -259,6 +487,37 @@ register(
         better="lower",
         metric=_seconds,
         run=run_nested,
+    )
+)
+register(
+    Workload(
+        name="put_get_100MB",
+        description=(
+            "put 100 MB of float64, then get it (warm: after the previous ref was freed);"
+            " notes zero-copy / read-only"
+        ),
+        unit="GB/s",
+        better="higher",
+        metric=lambda s: BIG_FLOATS * 8 / 1e9 / s,
+        run=run_put_get_100MB,
+        timeout_s=120.0,
+        warmup_label="  (cold: 1st put)",
+        note=note_put_get,
+    )
+)
+register(
+    Workload(
+        name="big_arg_fanout",
+        description=(
+            f"put 100 MB once; {FANOUT_TASKS} tasks take the ref as an argument"
+            " and return its sum"
+        ),
+        unit="s",
+        better="lower",
+        metric=_seconds,
+        run=run_big_arg_fanout,
+        timeout_s=120.0,
+        note=note_fanout,
     )
 )
 register(
