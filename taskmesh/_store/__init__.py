@@ -1,1 +1,1 @@
-"""The node's shared-memory object store: arena allocator and sans-IO bookkeeping."""
+"""The node's shared-memory object store: the arena (shm), its allocator and the store's sans-IO bookkeeping."""

@@ -24,7 +24,7 @@ where.
 from __future__ import annotations
 
 from bisect import bisect_left, insort
-from typing import Iterable
+from collections.abc import Iterable
 
 __all__ = ["Allocator", "WhatIf"]
 

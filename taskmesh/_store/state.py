@@ -13,10 +13,13 @@ argument, and unit tests drive this class directly.
 
 Life of an object::
 
-    create ─▶ waiting for space ─▶ created ──seal──▶ sealed, in memory ──▶ spilling ──spilled──▶ on disk
-                                      │abort             ▲  (evicted at once if it has a disk copy)  │
-                                      ▼                  └──restored── restoring ◀── pin (space) ◀───┘
-                                    Freed
+    create ─▶ waiting ─(space)─▶ created ─seal─▶ in memory ─(Spill)─▶ spilling ─spilled─▶ on disk
+                │                  │              ▲    │                                    ▲  │
+                │                  │              │    └──── evicted: has a disk copy ────────┘  │
+                │                  │              └─── restored ── restoring ◀─(space)─ pin ───┘
+                └──────────────────┴─ abort, creator gone, time-out ─▶ forgotten
+
+A deleted object is forgotten (``Freed``) once nobody pins it and no I/O on it is in flight.
 
 Policy: a ``create`` or a restore (``pin`` of an object on disk) that does not fit waits in one
 FIFO queue; while the queue is not empty only its head may allocate, so a large request is not
@@ -42,7 +45,6 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from dataclasses import dataclass
-from typing import Union
 
 from .allocator import Allocator
 
@@ -146,7 +148,7 @@ class Freed:
     on_disk: bool
 
 
-Command = Union[Created, CreateFailed, Pinned, PinFailed, Waiting, Spill, Restore, Freed]
+Command = Created | CreateFailed | Pinned | PinFailed | Waiting | Spill | Restore | Freed
 
 
 @dataclass(frozen=True, slots=True)
@@ -549,7 +551,11 @@ class StoreState:
                 out.append(Created(object_id, obj.creator, offset, obj.size))
 
     def _make_room(self, need: int, out: list[Command]) -> None:
-        """Spill (or drop) least recently used objects until a free range of ``need`` bytes will appear."""
+        """Spill (or drop) least recently used objects until a free range of ``need`` bytes will appear.
+
+        Costs O(spills in flight + victims). When even every candidate would not make room, it
+        looks at every candidate, again after each event, while the request waits.
+        """
         plan = self._alloc.what_if()
         for object_id in self._spilling:  # in flight: these free their memory when done
             obj = self._objects[object_id]

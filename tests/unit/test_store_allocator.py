@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import itertools
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -115,7 +116,7 @@ def test_split_keeps_the_remainder_free_at_the_end_of_the_range():
 
 
 def test_fragmentation_total_free_is_not_enough():
-    a, offs = allocator_with_holes((64, False), (64, True), (64, False), (64, True))
+    a, _ = allocator_with_holes((64, False), (64, True), (64, False), (64, True))
     assert a.free_bytes == 128 and a.largest_free == 64
     assert a.alloc(128) is None
 
@@ -175,8 +176,8 @@ def test_freeing_an_unknown_or_interior_offset_raises():
     a.check()
 
 
-@pytest.mark.parametrize("kwargs", [dict(capacity=-1), dict(capacity=64, alignment=0),
-                                    dict(capacity=64, alignment=48), dict(capacity=1.5)])
+@pytest.mark.parametrize("kwargs", [{"capacity": -1}, {"capacity": 64, "alignment": 0},
+                                    {"capacity": 64, "alignment": 48}, {"capacity": 1.5}])
 def test_bad_construction_arguments(kwargs):
     with pytest.raises(ValueError):
         Allocator(**kwargs)
@@ -282,7 +283,7 @@ def test_random_alloc_free_keeps_invariants(capacity, alignment, ops):
         assert a.largest_free == max((s for _, s in a.free_ranges()), default=0)
         # blocks never overlap each other
         spans = sorted((o, o + a.size_of(o)) for o in live)
-        assert all(e <= s for (_, e), (s, _) in zip(spans, spans[1:]))
+        assert all(e <= s for (_, e), (s, _) in itertools.pairwise(spans))
     for off in list(live):
         a.free(off)
     a.check()
