@@ -28,6 +28,7 @@ from .errors import (
     HeadConnectionError,
     NodeLostError,
     ObjectLostError,
+    ObjectStoreFullError,
     ProtocolVersionError,
     SerializationError,
     TaskError,
@@ -43,5 +44,5 @@ __all__ = [
     "nodes", "cluster_resources", "available_resources", "get_runtime_context",
     "ObjectRef", "RemoteFunction",
     "TaskmeshError", "TaskError", "GetTimeoutError", "WorkerCrashedError", "NodeLostError",
-    "ObjectLostError", "SerializationError", "HeadConnectionError", "ProtocolVersionError",
+    "ObjectLostError", "ObjectStoreFullError", "SerializationError", "HeadConnectionError", "ProtocolVersionError",
 ]

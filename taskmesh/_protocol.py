@@ -5,6 +5,8 @@
     head ──Execute, Help, Exit──▶ worker ──TaskResults, Blocked, Unblocked──▶ head
     node agent ──Heartbeat, WorkerExited──▶ head ──StartWorkers, Shutdown, HeartbeatAck──▶ node agent
     anyone ──Hello──▶ head ──Welcome | Refused──▶ anyone
+    local client ──StoreCreate, StoreSeal, StoreAbort, StorePin, StoreUnpin, StoreDelete──▶ node store
+    node store ──StoreInfo, StoreCreated | StoreCreateFailed, StorePinned | StorePinFailed, StoreWaiting──▶ local client
 
 A message is one ZeroMQ multipart message: frame 0 is a msgpack array ``[op, field, ...]``;
 large binary buffers (pickle protocol-5 out-of-band buffers) ride in frames 1..n and are referenced
@@ -439,6 +441,105 @@ class Shutdown(NamedTuple):
 @_message(34)
 class HeartbeatAck(NamedTuple):
     """The head is alive (answer to Heartbeat)."""
+
+
+# -- a node's object store and its local clients (never over TCP) ----------
+# 40-49: client -> store; 50-59: store -> client. See docs/object-store.md.
+
+
+@_message(40, _BYTES, _INT)
+class StoreCreate(NamedTuple):
+    """Give me ``size`` bytes of the arena to write a new object into."""
+
+    object_id: bytes
+    size: int
+
+
+@_message(41, _BYTES)
+class StoreSeal(NamedTuple):
+    """I finished writing the object I created: it is immutable and readable from now on."""
+
+    object_id: bytes
+
+
+@_message(42, _BYTES)
+class StoreAbort(NamedTuple):
+    """Forget the object I was creating and its space."""
+
+    object_id: bytes
+
+
+@_message(43, _list_of(_BYTES))
+class StorePin(NamedTuple):
+    """I want to read these objects: keep each where it is until I unpin it (one pin each)."""
+
+    object_ids: list
+
+
+@_message(44, _list_of(_BYTES))
+class StoreUnpin(NamedTuple):
+    """I dropped one view of each of these objects."""
+
+    object_ids: list
+
+
+@_message(45, _list_of(_BYTES))
+class StoreDelete(NamedTuple):
+    """The cluster no longer references these objects: free them once nobody pins them."""
+
+    object_ids: list
+
+
+@_message(50, _STR, _INT)
+class StoreInfo(NamedTuple):
+    """The store's arena (a file in /dev/shm to map) and its size; first message to a client."""
+
+    arena: str
+    capacity: int
+
+
+@_message(51, _BYTES, _INT, _INT)
+class StoreCreated(NamedTuple):
+    """Write the object's ``size`` bytes at ``offset`` in the arena, then send StoreSeal."""
+
+    object_id: bytes
+    offset: int
+    size: int
+
+
+@_message(52, _BYTES, _STR, _BOOL)
+class StoreCreateFailed(NamedTuple):
+    """The create failed and the object is forgotten. ``full``: for lack of room (else refused)."""
+
+    object_id: bytes
+    reason: str
+    full: bool
+
+
+@_message(53, _BYTES, _INT, _INT)
+class StorePinned(NamedTuple):
+    """Read the object at ``offset`` until you unpin it (one per requested pin)."""
+
+    object_id: bytes
+    offset: int
+    size: int
+
+
+@_message(54, _BYTES, _STR, _BOOL)
+class StorePinFailed(NamedTuple):
+    """The pin was refused. ``full``: the object is on disk and no room appeared to restore it;
+    else it is not in this store (unknown, deleted, or its creator gave up)."""
+
+    object_id: bytes
+    reason: str
+    full: bool
+
+
+@_message(55, _BYTES)
+class StoreWaiting(NamedTuple):
+    """Your create or pin waits (for room, a restore or the seal); the answer follows."""
+
+    object_id: bytes
 
 
 # --------------------------------------------------------------------------- encode / decode

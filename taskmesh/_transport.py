@@ -106,136 +106,99 @@ def split_address(address: str, default_port: int) -> tuple[str, int]:
     return host.strip("[]"), int(port_s)
 
 
-class ServerSocket:
-    """The head's sockets: a ZeroMQ ROUTER on TCP for other machines, and a local unix socket
-    for peers on this one. Receive (peer, message); send a message to a peer by id."""
+class LocalServerSocket:
+    """A listener on a local unix socket (_uds.py) driven by a Poller: accepts, reads and
+    decodes, sends without blocking (finishing a write when the socket becomes writable), and
+    reports peers that joined (``report_joins``) or left. The head's local side and each node's
+    object store (``taskmesh-node-<node_id>``) use it."""
 
-    def __init__(self, ctx: zmq.Context, host: str, port: int, frame_threshold: int) -> None:
-        self.sock = ctx.socket(zmq.ROUTER)
-        _tune(self.sock)
-        self.sock.setsockopt(zmq.ROUTER_MANDATORY, 1)
-        self.sock.setsockopt(zmq.ROUTER_HANDOVER, 1)
+    def __init__(self, name: str, frame_threshold: int, report_joins: bool = False) -> None:
+        self.name = name
+        self.server = LocalServer(name, report_joins)  # OSError if the name is taken
         self.frame_threshold = frame_threshold
-        if port == 0:
-            self.port = self.sock.bind_to_random_port(f"tcp://{host}")
-        else:
-            self.sock.bind(tcp_endpoint(host, port))
-            self.port = port
-        self.local: LocalServer | None = None
-        if sys.platform.startswith("linux"):
-            # local peers (connect_endpoint) always dial this name, so it must be ours: a
-            # failure here means another head owns it, and starting anyway would send our
-            # local peers to that other cluster
-            name = local_endpoint(self.port).split(":", 1)[1]
-            try:
-                self.local = LocalServer(name)
-            except OSError as exc:
-                self.sock.close(linger=0)
-                raise OSError(f"the local socket @{name} is taken ({exc}): is another taskmesh "
-                              f"head using port {self.port}?") from None
         self.bad_messages = 0
         self._poller: Poller | None = None
         self._writing: set[int] = set()
 
-    def attach(self, poller: "Poller") -> None:
-        """Register everything this server needs to be woken for."""
-        self._poller = poller
-        poller.register(self.sock)
-        if self.local is not None:
-            poller.register(self.local.listen_fd)
+    @property
+    def listen_fd(self) -> int:
+        return self.server.listen_fd
 
-    def receive(self, ready: dict, limit: int) -> list[tuple[bytes, Any]]:
-        """Every message that is ready now (local ones, then up to ``limit`` from ZeroMQ)."""
+    def attach(self, poller: "Poller") -> None:
+        """Register the listener; connections are registered as they are accepted."""
+        self._poller = poller
+        poller.register(self.server.listen_fd)
+
+    def receive(self, ready: dict) -> list[tuple[bytes, Any]]:
+        """Every message that is ready now: accept, finish pending writes, read and decode."""
         out: list[tuple[bytes, Any]] = []
-        local = self.local
-        if local is not None and ready:
-            poller = self._poller
-            assert poller is not None
-            if local.listen_fd in ready:
-                for fd in local.accept():
-                    poller.register(fd)
-            for fd, events in ready.items():
-                if type(fd) is not int or fd not in local.conns:
-                    continue
-                if events & zmq.POLLOUT and fd in self._writing:
-                    self._flush_local(fd)
-                if events & (zmq.POLLIN | zmq.POLLERR):
-                    for peer, frames in local.read(fd):
-                        try:
-                            out.append((peer, decode(frames)))
-                        except ProtocolError as exc:
-                            self.bad_messages += 1
-                            log.warning("dropped a malformed message from local peer %r: %s",
-                                        peer[:16], exc)
-            self._unpoll_dropped()
-        if self.sock in ready or self.sock.getsockopt(zmq.EVENTS) & zmq.POLLIN:
-            out.extend(self._recv_zmq(limit))
+        if not ready:
+            return out
+        server, poller = self.server, self._poller
+        assert poller is not None
+        if server.listen_fd in ready:
+            for fd in server.accept():
+                poller.register(fd)
+        for fd, events in ready.items():
+            if type(fd) is not int or fd not in server.conns:
+                continue
+            if events & zmq.POLLOUT and fd in self._writing:
+                self._flush(fd)
+            if events & (zmq.POLLIN | zmq.POLLERR):
+                for peer, frames in server.read(fd):
+                    try:
+                        out.append((peer, decode(frames)))
+                    except ProtocolError as exc:
+                        self.bad_messages += 1
+                        log.warning("dropped a malformed message from local peer %r on @%s: %s",
+                                    peer[:16], self.name, exc)
+        self._unpoll_dropped()
         return out
 
     def _unpoll_dropped(self) -> None:
-        assert self.local is not None and self._poller is not None
-        for fd in self.local.dropped_fds:
+        assert self._poller is not None
+        for fd in self.server.dropped_fds:
             self._writing.discard(fd)
             try:
                 self._poller.unregister(fd)
             except KeyError:
                 pass
-        self.local.dropped_fds.clear()
+        self.server.dropped_fds.clear()
 
-    def closed_peers(self) -> list[bytes]:
-        """Local peers whose connection ended since the last call (the process is gone)."""
-        if self.local is None or not self.local.closed_peers:
+    def joined_peers(self) -> list[bytes]:
+        """Peers whose identity message arrived since the last call (with ``report_joins``)."""
+        if not self.server.joined_peers:
             return []
-        peers, self.local.closed_peers = self.local.closed_peers, []
+        peers, self.server.joined_peers = self.server.joined_peers, []
         return peers
 
-    def more_waiting(self) -> bool:
-        return bool(self.sock.getsockopt(zmq.EVENTS) & zmq.POLLIN)
+    def closed_peers(self) -> list[bytes]:
+        """Peers whose connection ended since the last call (the process is gone)."""
+        if not self.server.closed_peers:
+            return []
+        peers, self.server.closed_peers = self.server.closed_peers, []
+        return peers
 
-    def _recv_zmq(self, limit: int) -> Iterator[tuple[bytes, Any]]:
-        sock = self.sock
-        for _ in range(limit):
-            if not sock.getsockopt(zmq.EVENTS) & zmq.POLLIN:  # cheaper than raising Again
-                return
-            try:
-                frames = _recv_frames(sock, 2)
-            except zmq.Again:
-                return
-            if len(frames) < 2:
-                self.bad_messages += 1
-                continue
-            peer = frames[0]
-            try:
-                msg = decode(frames[1:])
-            except ProtocolError as exc:
-                self.bad_messages += 1
-                log.warning("dropped a malformed message from peer %r: %s", peer[:16], exc)
-                continue
-            yield peer, msg
+    def has_peer(self, peer: bytes) -> bool:
+        return self.server.has_peer(peer)
 
     def send(self, peer: bytes, msg: Any) -> bool:
-        """Send; return False if the peer is gone (the message is dropped and logged)."""
-        frames = encode(msg, self.frame_threshold)
-        local = self.local
-        if local is not None and local.has_peer(peer):
-            conn = local.send(peer, frames)
-            if conn is not None and conn.fd not in self._writing:
-                self._writing.add(conn.fd)  # the kernel buffer is full: finish when writable
-                assert self._poller is not None
-                self._poller.register(conn.fd, zmq.POLLIN | zmq.POLLOUT)
-            return True
-        try:
-            self.sock.send_multipart([peer, *frames], copy=len(frames) == 1)
-            return True
-        except zmq.ZMQError as exc:
-            if exc.errno == zmq.EHOSTUNREACH:
-                log.debug("peer %r is gone; dropped %s", peer, type(msg).__name__)
-                return False
-            raise
+        """Send; return False if the peer is not connected (the message is dropped)."""
+        return self.send_frames(peer, encode(msg, self.frame_threshold))
 
-    def _flush_local(self, fd: int) -> None:
-        assert self.local is not None and self._poller is not None
-        conn = self.local.conns.get(fd)
+    def send_frames(self, peer: bytes, frames: list) -> bool:
+        if not self.server.has_peer(peer):
+            return False
+        conn = self.server.send(peer, frames)
+        if conn is not None and conn.fd not in self._writing:
+            self._writing.add(conn.fd)  # the kernel buffer is full: finish when writable
+            assert self._poller is not None
+            self._poller.register(conn.fd, zmq.POLLIN | zmq.POLLOUT)
+        return True
+
+    def _flush(self, fd: int) -> None:
+        assert self._poller is not None
+        conn = self.server.conns.get(fd)
         if conn is None or conn.flush():
             self._writing.discard(fd)
             if conn is not None:
@@ -251,11 +214,114 @@ class ServerSocket:
         while self._writing and _time.monotonic() < deadline:
             writable = select.select([], list(self._writing), [], 0.05)[1]
             for fd in writable:
-                self._flush_local(fd)
+                self._flush(fd)
+
+    def close(self, linger_ms: int = 0) -> None:
+        if linger_ms:
+            self.flush_all(linger_ms / 1000)
+        self.server.close()
+
+
+class ServerSocket:
+    """The head's sockets: a ZeroMQ ROUTER on TCP for other machines, and a local unix socket
+    for peers on this one. Receive (peer, message); send a message to a peer by id."""
+
+    def __init__(self, ctx: zmq.Context, host: str, port: int, frame_threshold: int) -> None:
+        self.sock = ctx.socket(zmq.ROUTER)
+        _tune(self.sock)
+        self.sock.setsockopt(zmq.ROUTER_MANDATORY, 1)
+        self.sock.setsockopt(zmq.ROUTER_HANDOVER, 1)
+        self.frame_threshold = frame_threshold
+        if port == 0:
+            self.port = self.sock.bind_to_random_port(f"tcp://{host}")
+        else:
+            self.sock.bind(tcp_endpoint(host, port))
+            self.port = port
+        self.local: LocalServerSocket | None = None
+        if sys.platform.startswith("linux"):
+            # local peers (connect_endpoint) always dial this name, so it must be ours: a
+            # failure here means another head owns it, and starting anyway would send our
+            # local peers to that other cluster
+            name = local_endpoint(self.port).split(":", 1)[1]
+            try:
+                self.local = LocalServerSocket(name, frame_threshold)
+            except OSError as exc:
+                self.sock.close(linger=0)
+                raise OSError(f"the local socket @{name} is taken ({exc}): is another taskmesh "
+                              f"head using port {self.port}?") from None
+        self._zmq_bad_messages = 0
+
+    @property
+    def bad_messages(self) -> int:
+        """Malformed messages dropped, on both sides."""
+        return self._zmq_bad_messages + (self.local.bad_messages if self.local is not None else 0)
+
+    def attach(self, poller: "Poller") -> None:
+        """Register everything this server needs to be woken for."""
+        poller.register(self.sock)
+        if self.local is not None:
+            self.local.attach(poller)
+
+    def receive(self, ready: dict, limit: int) -> list[tuple[bytes, Any]]:
+        """Every message that is ready now (local ones, then up to ``limit`` from ZeroMQ)."""
+        out: list[tuple[bytes, Any]] = []
+        if self.local is not None and ready:
+            out.extend(self.local.receive(ready))
+        if self.sock in ready or self.sock.getsockopt(zmq.EVENTS) & zmq.POLLIN:
+            out.extend(self._recv_zmq(limit))
+        return out
+
+    def closed_peers(self) -> list[bytes]:
+        """Local peers whose connection ended since the last call (the process is gone)."""
+        return self.local.closed_peers() if self.local is not None else []
+
+    def more_waiting(self) -> bool:
+        return bool(self.sock.getsockopt(zmq.EVENTS) & zmq.POLLIN)
+
+    def _recv_zmq(self, limit: int) -> Iterator[tuple[bytes, Any]]:
+        sock = self.sock
+        for _ in range(limit):
+            if not sock.getsockopt(zmq.EVENTS) & zmq.POLLIN:  # cheaper than raising Again
+                return
+            try:
+                frames = _recv_frames(sock, 2)
+            except zmq.Again:
+                return
+            if len(frames) < 2:
+                self._zmq_bad_messages += 1
+                continue
+            peer = frames[0]
+            try:
+                msg = decode(frames[1:])
+            except ProtocolError as exc:
+                self._zmq_bad_messages += 1
+                log.warning("dropped a malformed message from peer %r: %s", peer[:16], exc)
+                continue
+            yield peer, msg
+
+    def send(self, peer: bytes, msg: Any) -> bool:
+        """Send; return False if the peer is gone (the message is dropped and logged)."""
+        frames = encode(msg, self.frame_threshold)
+        local = self.local
+        if local is not None and local.send_frames(peer, frames):
+            return True
+        try:
+            self.sock.send_multipart([peer, *frames], copy=len(frames) == 1)
+            return True
+        except zmq.ZMQError as exc:
+            if exc.errno == zmq.EHOSTUNREACH:
+                log.debug("peer %r is gone; dropped %s", peer, type(msg).__name__)
+                return False
+            raise
+
+    def flush_all(self, timeout_s: float) -> None:
+        """Before exiting: try to deliver what is still queued for local peers."""
+        if self.local is not None:
+            self.local.flush_all(timeout_s)
 
     def close(self, linger_ms: int = 0) -> None:
         if self.local is not None:
-            self.flush_all(linger_ms / 1000)
+            self.local.flush_all(linger_ms / 1000)
             self.local.close()
         self.sock.close(linger=linger_ms)
 

@@ -211,9 +211,10 @@ def _peer_uid(sock: socket.socket) -> int:
 
 
 class LocalServer:
-    """The head's listener for peers on its machine; peers are named by their first message."""
+    """A listener for peers on this machine (the head's, a node's object store); peers are
+    named by their first message."""
 
-    def __init__(self, name: str) -> None:
+    def __init__(self, name: str, report_joins: bool = False) -> None:
         self.name = name
         self.listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         self.listener.bind(_address(name))
@@ -225,6 +226,8 @@ class LocalServer:
         self.bad_messages = 0
         self.refused = 0
         self.closed_peers: list[bytes] = []  # peers whose connection ended since last asked
+        # peers whose identity message arrived since last asked (None: not recorded)
+        self.joined_peers: list[bytes] | None = [] if report_joins else None
         self.dropped_fds: list[int] = []  # connections closed since last asked (to unpoll)
 
     @property
@@ -277,6 +280,8 @@ class LocalServer:
                     self.drop(old.fd, closed=False)
                 self.peer_of[fd] = peer
                 self.by_peer[peer] = conn
+                if self.joined_peers is not None:
+                    self.joined_peers.append(peer)
                 continue
             yield peer, frames
         if conn.closed:

@@ -65,6 +65,12 @@ class Config:
     idle_worker_timeout_s: float = 10.0
     #: bytes of shared memory per node for the object store (0: 30% of RAM, within /dev/shm)
     object_store_memory: int = 0
+    #: a create (or a restore from disk) that finds no room waits this long for spills and
+    #: released pins, then fails with ObjectStoreFullError
+    store_create_timeout_s: float = 10.0
+    #: where node agents spill objects: each makes its own directory in it
+    #: (``taskmesh-spill-<pid>-<node_id>``, mode 0700, removed at exit); "": the system temp dir
+    spill_dir: str = ""
     #: directory of state files for CLI-started processes
     run_dir: str = field(default_factory=default_run_dir)
 
@@ -75,7 +81,9 @@ class Config:
         for f in dataclasses.fields(cls):
             env_name = "TASKMESH_" + f.name.upper()
             if env_name in os.environ and f.name != "run_dir":
-                if f.type in ("int", int):
+                if f.type in ("str", str):
+                    values[f.name] = os.environ[env_name]
+                elif f.type in ("int", int):
                     values[f.name] = _env_int(env_name, 0)
                 else:
                     values[f.name] = _env_float(env_name, 0.0)

@@ -17,6 +17,7 @@ __all__ = [
     "WorkerCrashedError",
     "NodeLostError",
     "ObjectLostError",
+    "ObjectStoreFullError",
     "SerializationError",
     "HeadConnectionError",
     "ProtocolVersionError",
@@ -153,6 +154,17 @@ class ObjectLostError(TaskmeshError):
     """An object is no longer stored anywhere and cannot be rebuilt."""
 
 
+class ObjectStoreFullError(TaskmeshError):
+    """A node's shared-memory object store had no room for an object.
+
+    Raised at once when the object is larger than the store, or after
+    ``store_create_timeout_s`` when objects pinned by readers leave no free range large
+    enough (objects nobody reads are spilled to disk to make room). The message names the
+    sizes involved. Release views of objects you no longer need, or give the store more
+    memory (``object_store_memory``).
+    """
+
+
 class SerializationError(TaskmeshError, TypeError):
     """A value could not be pickled or unpickled (an argument, a return value, a put)."""
 
@@ -167,8 +179,8 @@ class ProtocolVersionError(HeadConnectionError):
 
 _SYSTEM_ERRORS: dict[str, type[TaskmeshError]] = {
     cls.__name__: cls
-    for cls in (WorkerCrashedError, NodeLostError, ObjectLostError, SerializationError,
-                HeadConnectionError, TaskmeshError)
+    for cls in (WorkerCrashedError, NodeLostError, ObjectLostError, ObjectStoreFullError,
+                SerializationError, HeadConnectionError, TaskmeshError)
 }
 
 

@@ -1,16 +1,19 @@
-"""The node agent: one per machine; starts and watches the worker processes, heartbeats the head.
+"""The node agent: one per machine; starts and watches the worker processes, heartbeats the head,
+and runs the node's object store.
 
     head ──StartWorkers, Shutdown, HeartbeatAck──▶ NodeAgent ──Hello, Heartbeat, WorkerExited──▶ head
-                                                   │ spawn / SIGTERM
-                                                   ▼
-                                            worker processes (each talks to the head directly)
+                                                   │ spawn / SIGTERM        ▲ @taskmesh-node-<id>
+                                                   ▼                        │ Store* (store_service.py)
+                                            worker processes (each talks to the head directly;
+                                            local processes map the arena and ask the store)
 
 Workers receive tasks from the head directly (the agent is off the task hot path). The agent
 learns of a worker's death at once through a pidfd (the process sentinel) and reports the exit
 code, so the head can retry or fail the task it was running. Every worker holds the read end
 of a lifeline pipe whose write end only the agent holds: if the agent dies, however it dies,
 its workers see EOF and exit. The decisions here are few (spawn what the head asks, report
-what exits); the scheduling ones live in the head's state machine.
+what exits); the scheduling ones live in the head's state machine. The object store's decisions
+live in ``_store/state.py``; ``store_service.py`` executes them inside this agent's loop.
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ from .. import _protocol as P
 from .._store.shm import Arena, arena_name, capacity_for, sweep_dead
 from .._transport import Poller, new_context, open_client, pid_alive
 from ..config import Config
+from .store_service import StoreService
 
 log = logging.getLogger("taskmesh.node")
 
@@ -71,13 +75,20 @@ class NodeAgent:
         os.set_blocking(self._stop_w, False)
         self.registered = False
         self.exit_code = 0
-        # the object store's arena (groundwork: created and cleaned up, not used yet)
+        # the object store: the arena, and the service local clients talk to
         swept = sweep_dead(pid_alive)
         if swept:
             log.info("removed %d shared-memory arena(s) of node agents that died: %s",
                      len(swept), ", ".join(swept))
         self.arena = Arena.create(arena_name(self.node_id),
                                   capacity_for(config.object_store_memory))
+        try:
+            self.store = StoreService(self.node_id, self.arena, config, pid_alive)
+        except BaseException:
+            self.arena.close()
+            self.sock.close()
+            self.ctx.term()
+            raise
 
     def request_stop(self) -> None:
         try:
@@ -146,14 +157,33 @@ class NodeAgent:
         poller.register(self._stop_r)
         if lifeline_fd is not None:
             poller.register(lifeline_fd)
+        self.store.attach(poller)
         info = {
             "node_id": self.node_id, "address": self.node_ip, "hostname": socket.gethostname(),
             "pid": os.getpid(), "resources": self.resources, "prestart": self.num_cpus,
             "arena": self.arena.name, "store_capacity": self.arena.capacity,
+            "store": self.store.name,
         }
         self.sock.send(P.Hello(P.PROTOCOL_VERSION, "node", info))
         # start the pool at once: workers connect to the head while it welcomes us
         self.spawn_workers(self.num_cpus)
+        reason = "an internal error (traceback follows)"
+        try:
+            reason = self._loop(lifeline_fd, ready_fd)
+        finally:  # whatever happens, leave no workers, arena or spill files behind
+            log.log(logging.ERROR if self.exit_code else logging.INFO,
+                    "node %s shutting down: %s", self.node_id, reason)
+            self._stop_workers()
+            self.store.close()
+            self.arena.close()
+            os.close(self._life_w)
+            self.sock.close()
+            self.ctx.term()
+        return self.exit_code
+
+    def _loop(self, lifeline_fd: int | None, ready_fd: int | None) -> str:
+        """Serve until told to stop; return why it stopped."""
+        poller = self._poller
         interval = self.config.heartbeat_interval_s
         last_contact = time.monotonic()
         next_beat = last_contact + interval
@@ -162,12 +192,16 @@ class NodeAgent:
         register_by = last_contact + self.config.connect_timeout_s
         while True:
             wake_at = next_beat if self.registered else min(next_beat, register_by)
+            store_at = self.store.wake_at(time.monotonic())
+            if store_at is not None:
+                wake_at = min(wake_at, store_at)
             self.sock.flush()  # the agent's messages are small; anything left goes out here
             if self.sock.wants_write:
                 wake_at = min(wake_at, time.monotonic() + 0.01)
             ready = poller.poll(max(0.0, wake_at - time.monotonic()) * 1000)
             if self._stop_r in ready:
                 break
+            self.store.handle(ready, time.monotonic())
             if lifeline_fd is not None and lifeline_fd in ready and not os.read(lifeline_fd, 64):
                 reason = "the driver that started this embedded cluster exited"
                 break
@@ -206,6 +240,7 @@ class NodeAgent:
                         ready_fd = None
                     break
             now = time.monotonic()
+            self.store.tick(now)
             if not self.registered and now > register_by:
                 reason = (f"no taskmesh head answered at {self.head_endpoint} within "
                           f"{self.config.connect_timeout_s:g} s")
@@ -223,14 +258,7 @@ class NodeAgent:
                          "load": os.getloadavg()[0]}
                 self.sock.send(P.Heartbeat(stats))
                 next_beat = now + interval
-        log.log(logging.ERROR if self.exit_code else logging.INFO,
-                "node %s shutting down: %s", self.node_id, reason)
-        self._stop_workers()
-        self.arena.close()
-        os.close(self._life_w)
-        self.sock.close()
-        self.ctx.term()
-        return self.exit_code
+        return reason
 
 
 def _report(fd: int, line: str) -> None:

@@ -23,7 +23,8 @@ def test_hierarchy():
 
 
 @pytest.mark.parametrize("kind", ["WorkerCrashedError", "NodeLostError", "ObjectLostError",
-                                  "SerializationError", "HeadConnectionError", "TaskmeshError"])
+                                  "ObjectStoreFullError", "SerializationError", "HeadConnectionError",
+                                  "TaskmeshError"])
 def test_system_error_by_name(kind):
     err = E.system_error(kind, "what happened")
     assert type(err).__name__ == kind and str(err) == "what happened"

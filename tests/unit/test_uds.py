@@ -138,3 +138,22 @@ def test_reconnect_with_the_same_identity_takes_over_quietly():
         second.close()
     finally:
         server.close()
+
+
+def test_server_reports_joined_peers_when_asked():
+    name = f"taskmesh-test-joins-{os.getpid()}"
+    server = LocalServer(name, report_joins=True)
+    try:
+        client = LocalClient(name, b"Speer", timeout_s=2)
+        fds = [fd for _ in range(100) for fd in server.accept()][:1]
+        client.send_frames([b"first"])
+        assert _read_all(server, fds) == [(b"Speer", [b"first"])]
+        assert server.joined_peers == [b"Speer"]
+        client.close()
+    finally:
+        server.close()
+    quiet = LocalServer(name)  # by default (the head) joins are not collected
+    try:
+        assert quiet.joined_peers is None
+    finally:
+        quiet.close()
