@@ -3,7 +3,7 @@
     local client ──StoreCreate/Seal/Abort/Pin/Unpin/Delete──▶ StoreService ──▶ StoreState (sans-IO)
          ▲           (socket @taskmesh-node-<node_id>)          │    ▲             │ commands
          └──StoreInfo, StoreCreated, StorePinned, ...───────────┘    │             ▼
-                                                 spilled/restored    │    Spill, Restore, Freed
+                                         spilled/restored (or failed)│    Spill, Restore, Freed
                                                  (wake pipe in the   │             │
                                                   agent's poller)  ──┴── spill thread ──▶ spill dir
 
@@ -13,8 +13,11 @@ service's fds in its poller, calls :meth:`StoreService.handle` with what is read
 (where an object goes, what to spill, when a wait times out) is :class:`StoreState`'s; this
 module only executes its commands: it answers clients, and hands spill-file work to one
 background thread so the loop never blocks on disk. That thread does the jobs in order (so a
-file is never deleted before it is written), and reports each finished spill or restore through
-a pipe the agent polls; the loop then tells the state (``spilled``/``restored``). The arena range
+file is never deleted before it is written), and reports each finished spill or restore, or its
+failure with the exception's text, through a pipe the agent polls; the loop then tells the state
+(``spilled``/``restored``, ``spill_failed``/``restore_failed``) and logs one line per failure. A
+failed spill leaves no partial file behind (the thread removes it); the object stays in memory.
+A failed restore loses the object: its readers get an error and its spill file is removed. The arena range
 of an object being spilled or restored stays allocated to it until that report, so the thread
 and the loop never touch the same bytes.
 
@@ -166,7 +169,10 @@ class _SpillThread:
                 elif kind == _RESTORE:
                     self._restore(object_id, offset, size)
                 else:
-                    os.unlink(self.path(object_id))
+                    try:
+                        os.unlink(self.path(object_id))
+                    except FileNotFoundError:
+                        pass  # e.g. the file of a failed restore, gone already
             except Exception as exc:  # reported to the loop, which logs it
                 error = f"{type(exc).__name__}: {exc}"
             if kind == _DELETE:
@@ -184,12 +190,19 @@ class _SpillThread:
         part = path + ".part"
         fd = os.open(part, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         try:
-            view = self.arena.readonly(offset, size)
-            while view.nbytes:
-                view = view[os.write(fd, view):]
-        finally:
-            os.close(fd)
-        os.replace(part, path)  # a spill file exists only once complete
+            try:
+                view = self.arena.readonly(offset, size)
+                while view.nbytes:
+                    view = view[os.write(fd, view):]
+            finally:
+                os.close(fd)
+            os.replace(part, path)  # a spill file exists only once complete
+        except BaseException:
+            try:  # the store assumes no file after a failed spill
+                os.unlink(part)
+            except OSError:
+                pass
+            raise
 
     def _restore(self, object_id: bytes, offset: int, size: int) -> None:
         fd = os.open(self.path(object_id), os.O_RDONLY)
@@ -323,14 +336,20 @@ class StoreService:
         self._run(self.state.tick(now), pin_full=True)
 
     def _io_done(self, kind: str, object_id: bytes, error: str | None) -> None:
-        if error is not None:
-            # StoreState has no failure path for I/O: the object stays in its spilling or
-            # restoring state, so waiting creates and pins time out (see object-store.md)
-            self.io_errors += 1
-            log.error("%s of object %s failed (spill directory %s): %s", kind, object_id.hex(),
-                      self.spill_dir, error)
+        state = self.state
+        if error is None:
+            self._run(state.spilled(object_id) if kind == _SPILL else state.restored(object_id))
             return
-        self._run(self.state.spilled(object_id) if kind == _SPILL else self.state.restored(object_id))
+        self.io_errors += 1
+        if kind == _SPILL:
+            log.error("spilling object %s to %s failed: %s; it stays in memory, and is not spilled "
+                      "again for %g s unless another spill succeeds", object_id.hex(), self.spill_dir,
+                      error, state.spill_retry_s)
+            self._run(state.spill_failed(object_id, error))
+        else:
+            log.error("restoring object %s from %s failed: %s; the object is lost on this node, "
+                      "its readers get ObjectLostError", object_id.hex(), self.spill_dir, error)
+            self._run(state.restore_failed(object_id, error))
 
     # ------------------------------------------------------------------ commands
 

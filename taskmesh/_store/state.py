@@ -1,14 +1,14 @@
 """The bookkeeping of one node's object store, as a sans-IO state machine.
 
     client request ──create/seal/abort/pin/unpin/delete/client_gone──▶ StoreState ──▶ [commands]
-    finished I/O   ──spilled/restored──────────────────────────────────▶ StoreState ──▶ [commands]
+    finished I/O   ──spilled/restored, spill_failed/restore_failed─────▶ StoreState ──▶ [commands]
     clock          ──tick(now)─────────────────────────────────────────▶ StoreState ──▶ [commands]
 
 Every method returns a list of commands (small frozen dataclasses below) for the I/O shell,
 which owns the shared memory and the spill files and talks to the clients: answer a client
 (``Created``, ``CreateFailed``, ``Pinned``, ``PinFailed``, ``Waiting``), write or read a spill
-file (``Spill``, ``Restore``; the shell reports back with ``spilled``/``restored``), or forget an
-object (``Freed``). No shared memory, files, sockets, threads or clocks here: time comes in as an
+file (``Spill``, ``Restore``; the shell reports back with ``spilled``/``restored``, or with
+``spill_failed``/``restore_failed`` when the file I/O failed), or forget an object (``Freed``). No shared memory, files, sockets, threads or clocks here: time comes in as an
 argument, and unit tests drive this class directly.
 
 Life of an object::
@@ -36,6 +36,18 @@ object is deleted, so an object restored once is evicted again without I/O. An o
 it, and no spill or restore of it is in flight. Every object the store accepted ends with exactly
 one ``Freed`` or ``CreateFailed``.
 
+Failed I/O: a spill that fails (disk full, permissions, I/O error) leaves the object in memory,
+as if it had never been chosen; the shell removes any partial file itself before it reports, so
+no spill file is assumed to exist. The waiting requests are planned again without that object:
+other candidates are spilled if they can make room, else the requests wait and time out as
+above (their message then names the spill failure). So that a broken disk does not cause a
+tight loop of failing spills, an object whose spill failed is not chosen again until some spill
+succeeds (the disk works again: every such mark is cleared) or ``spill_retry_s`` passed on the
+store's clock (the ``create``/``tick`` times), whichever comes first. A restore that fails loses
+the object: its waiting pins get ``PinFailed`` naming the object and the error, it is freed
+(``Freed`` with ``on_disk``, so the shell removes the file), and later pins of its id get
+``PinFailed`` saying it was lost (until the id is deleted or created again).
+
 Methods raise ValueError, changing nothing, for requests that cannot make sense (sealing an
 object that is not being created, unpinning without a pin, an I/O report nobody asked for): the
 shell turns that into an error reply or a log line.
@@ -57,6 +69,9 @@ __all__ = [
 ClientId = bytes
 
 DEFAULT_CREATE_TIMEOUT_S = 10.0
+DEFAULT_SPILL_RETRY_S = 10.0
+#: ids of lost objects remembered for their ``PinFailed`` (oldest forgotten first)
+MAX_LOST = 10_000
 
 # I/O in flight for an object
 _SPILL, _RESTORE = "spill", "restore"
@@ -115,7 +130,8 @@ class Waiting:
 class Spill:
     """Write ``size`` bytes at ``offset`` to the object's spill file, then call ``spilled``.
 
-    The range stays allocated until then; readers may pin the object meanwhile.
+    The range stays allocated until then; readers may pin the object meanwhile. If the write
+    fails, remove any partial file and call ``spill_failed`` instead.
     """
 
     object_id: bytes
@@ -127,7 +143,8 @@ class Spill:
 class Restore:
     """Read the object's spill file into ``size`` bytes at ``offset``, then call ``restored``.
 
-    Keep the spill file: the object may be evicted again, and that then costs no I/O.
+    Keep the spill file: the object may be evicted again, and that then costs no I/O. If the
+    read fails, call ``restore_failed`` instead (a ``Freed`` then tells to remove the file).
     """
 
     object_id: bytes
@@ -223,14 +240,20 @@ class StoreState:
 
     ``capacity``: bytes of the shared-memory arena. ``alignment``: every object starts on a
     multiple of it. ``create_timeout_s``: how long a create or restore may wait for space.
+    ``spill_retry_s``: how long an object whose spill failed is not chosen for spilling again,
+    unless another spill succeeds first.
     """
 
     def __init__(self, capacity: int, *, alignment: int = 64,
-                 create_timeout_s: float = DEFAULT_CREATE_TIMEOUT_S) -> None:
+                 create_timeout_s: float = DEFAULT_CREATE_TIMEOUT_S,
+                 spill_retry_s: float = DEFAULT_SPILL_RETRY_S) -> None:
         if create_timeout_s < 0:
             raise ValueError(f"create_timeout_s must be >= 0, not {create_timeout_s!r}")
+        if not spill_retry_s > 0:
+            raise ValueError(f"spill_retry_s must be > 0, not {spill_retry_s!r}")
         self.capacity = capacity
         self.create_timeout_s = create_timeout_s
+        self.spill_retry_s = spill_retry_s
         self._alloc = Allocator(capacity, alignment)
         self._objects: dict[bytes, _Object] = {}
         self._by_client: dict[ClientId, set[bytes]] = {}  # objects a client pins, awaits or creates
@@ -240,13 +263,19 @@ class StoreState:
         self._lru: OrderedDict[bytes, None] = OrderedDict()
         self._spilling: set[bytes] = set()
         self._restoring: set[bytes] = set()
+        # objects whose spill failed -> until when they are not chosen again (see the docstring)
+        self._spill_failed: dict[bytes, float] = {}
+        self._last_spill_error = ""  # of the latest failed spill, while any mark is set
+        # ids of objects whose restore failed -> why (for later pins), oldest first
+        self._lost: OrderedDict[bytes, str] = OrderedDict()
         self._pinned_bytes = 0  # arena bytes of objects with at least one granted pin
         self._num_pinned = 0  # objects with at least one granted pin
         self._disk_bytes = 0  # bytes in spill files
         self._num_on_disk = 0  # objects with a spill file
         self._now = 0.0  # latest time seen (create, tick): restores start their wait then
         self._totals = {"created": 0, "create_failed": 0, "spills": 0, "restores": 0,
-                        "evicted_without_io": 0, "freed": 0}
+                        "evicted_without_io": 0, "freed": 0, "spill_failures": 0,
+                        "restore_failures": 0}
 
     # ------------------------------------------------------------------ client requests
 
@@ -271,6 +300,7 @@ class StoreState:
                 f"cannot create object {object_id.hex()} of {size} bytes: it is larger than this "
                 f"node's object store ({self.capacity} bytes). Give the store more memory, or "
                 f"split the value into smaller objects."))]
+        self._lost.pop(object_id, None)  # a new object under a lost one's id
         obj = _Object(object_id, size, block, client)
         self._objects[object_id] = obj
         self._index(client, object_id)
@@ -321,6 +351,9 @@ class StoreState:
         """
         obj = self._objects.get(object_id)
         if obj is None:
+            lost = self._lost.get(object_id)
+            if lost is not None:
+                return [PinFailed(object_id, client, lost)]
             return [PinFailed(object_id, client, f"object {object_id.hex()} is not in this node's object store")]
         if obj.deleted:
             return [PinFailed(object_id, client,
@@ -355,10 +388,14 @@ class StoreState:
         """The cluster no longer references the object: free it now, or once pins and I/O are done.
 
         An object that is still being created is freed when it is sealed or aborted. Deleting an
-        unknown or already deleted object does nothing.
+        unknown or already deleted object does nothing (a lost one is forgotten: later pins say
+        it is not here).
         """
         obj = self._objects.get(object_id)
-        if obj is None or obj.deleted:
+        if obj is None:
+            self._lost.pop(object_id, None)
+            return []
+        if obj.deleted:
             return []
         obj.deleted = True
         out: list[Command] = []
@@ -397,6 +434,8 @@ class StoreState:
         self._disk_bytes += obj.size
         self._num_on_disk += 1
         self._totals["spills"] += 1
+        self._spill_failed.clear()  # the disk works (again): objects whose spill failed may go
+        self._last_spill_error = ""
         if not obj.pins and not obj.deleted:  # a deleted one is freed, offset and all, just below
             self._release_memory(obj)
         out: list[Command] = []
@@ -415,6 +454,43 @@ class StoreState:
         out: list[Command] = []
         self._grant_pending(obj, out)
         self._settle(obj, out)
+        self._serve(out)
+        return out
+
+    def spill_failed(self, object_id: bytes, reason: str) -> list[Command]:
+        """The shell could not write a ``Spill`` (and removed any partial file): the object stays
+        in memory and is not chosen for spilling again for a while (see the module docstring);
+        waiting requests are planned again without it. ``reason``: the error, for messages."""
+        obj = self._objects.get(object_id)
+        if obj is None or obj.io != _SPILL:
+            raise ValueError(f"spill_failed({object_id.hex()}): no spill of this object is in flight")
+        obj.io = None
+        self._spilling.discard(object_id)
+        self._totals["spill_failures"] += 1
+        self._spill_failed[object_id] = self._now + self.spill_retry_s
+        self._last_spill_error = f"object {object_id.hex()}: {reason}"
+        out: list[Command] = []
+        self._settle(obj, out)  # back in the LRU, or freed if deleted meanwhile
+        self._serve(out)
+        return out
+
+    def restore_failed(self, object_id: bytes, reason: str) -> list[Command]:
+        """The shell could not read a ``Restore``: the object is lost. Its waiting pins fail,
+        it is freed (``Freed`` with ``on_disk``: remove the file), later pins of it fail."""
+        obj = self._objects.get(object_id)
+        if obj is None or obj.io != _RESTORE:
+            raise ValueError(f"restore_failed({object_id.hex()}): no restore of this object is in flight")
+        obj.io = None
+        self._restoring.discard(object_id)
+        self._totals["restore_failures"] += 1
+        message = (f"object {object_id.hex()} was lost: restoring it from its spill file on this "
+                   f"node failed: {reason}")
+        out: list[Command] = []
+        self._forget(obj, out, message)
+        if not obj.deleted:
+            self._lost[object_id] = message
+            if len(self._lost) > MAX_LOST:
+                self._lost.popitem(last=False)
         self._serve(out)
         return out
 
@@ -474,6 +550,8 @@ class StoreState:
             "num_waiting": len(self._waiting),
             "num_spilling": len(self._spilling),
             "num_restoring": len(self._restoring),
+            "num_spill_failed": len(self._spill_failed),  # marks, some perhaps expired
+            "num_lost": len(self._lost),
             **{f"total_{name}": n for name, n in self._totals.items()},
         }
 
@@ -518,6 +596,12 @@ class StoreState:
                 num_on_disk += 1
             for client in (*obj.pins, *obj.pending, *([obj.creator] if obj.creator is not None else [])):
                 index.setdefault(client, set()).add(oid)
+        for oid in self._spill_failed:
+            obj = self._objects.get(oid)  # type: ignore[assignment]
+            _require(obj is not None and obj.sealed and obj.offset is not None and not obj.on_disk
+                     and obj.io is None, f"object {oid.hex()}: marked as failed to spill, but not in memory only")
+        _require(not self._lost.keys() & self._objects.keys(), "a lost object is still in the store")
+        _require(bool(self._spill_failed) == bool(self._last_spill_error), "spill error out of step")
         _require(in_memory == self._alloc.num_blocks, "the arena holds blocks that no object owns")
         _require(index == self._by_client, "the per-client index is out of step")
         _require(self._pinned_bytes == pinned, f"pinned bytes: counted {self._pinned_bytes}, actual {pinned}")
@@ -564,7 +648,13 @@ class StoreState:
         if plan.largest_free >= need:
             return
         victims: list[_Object] = []
+        expired: list[bytes] = []
         for object_id in self._lru:
+            until = self._spill_failed.get(object_id)
+            if until is not None:
+                if self._now < until:
+                    continue  # its spill failed lately: not again yet
+                expired.append(object_id)
             obj = self._objects[object_id]
             plan.free(obj.offset)  # type: ignore[arg-type]
             victims.append(obj)
@@ -572,6 +662,10 @@ class StoreState:
                 break
         else:
             return  # spilling every candidate would not make room: wait for pins to go
+        for object_id in expired:
+            del self._spill_failed[object_id]
+        if not self._spill_failed:
+            self._last_spill_error = ""
         for obj in victims:
             del self._lru[obj.object_id]
             if obj.on_disk:
@@ -611,6 +705,8 @@ class StoreState:
             self._num_on_disk -= 1
         self._waiting.pop(object_id, None)
         self._lru.pop(object_id, None)
+        if self._spill_failed.pop(object_id, None) is not None and not self._spill_failed:
+            self._last_spill_error = ""
         del self._objects[object_id]
         if freed:
             self._totals["freed"] += 1
@@ -670,12 +766,16 @@ class StoreState:
     def _no_room(self, obj: _Object) -> str:
         what = "create object" if not obj.sealed else "restore object"
         spilling = sum(self._objects[oid].block for oid in self._spilling)
+        failed = ""
+        if self._spill_failed:
+            failed = (f"; spilling to disk failed lately for {len(self._spill_failed)} object(s), "
+                      f"last error: {self._last_spill_error}")
         return (f"cannot {what} {obj.object_id.hex()} of {obj.size} bytes: no free range of "
                 f"{obj.block} bytes appeared in this node's object store within "
                 f"{self.create_timeout_s:g} s (capacity {self.capacity} bytes, {self._alloc.used} "
                 f"in use, {self._pinned_bytes} pinned by readers, {spilling} being spilled, "
-                f"largest free range {self._alloc.largest_free}). Release views of objects you no longer need "
-                f"(delete zero-copy arrays and ObjectRefs), or give the store more memory.")
+                f"largest free range {self._alloc.largest_free}){failed}. Release views of objects you no "
+                f"longer need (delete zero-copy arrays and ObjectRefs), or give the store more memory.")
 
 
 def _require(ok: bool, message: str) -> None:

@@ -205,3 +205,61 @@ def test_a_client_that_dies_without_sealing_frees_its_space(store):
         assert view.nbytes == 6 * MiB
         client.seal(b"again")
         del view
+
+
+def test_a_spill_that_fails_leaves_the_object_in_memory_and_the_create_fails_cleanly(store, tmp_path):
+    with StoreClient(store) as client:
+        put(client, b"a", 1.0)
+        put(client, b"b", 2.0)
+        # the spill directory becomes a regular file: every spill fails with NotADirectoryError,
+        # for root too (permissions would not stop root)
+        [directory] = glob.glob(str(tmp_path / "spill" / "taskmesh-spill-*"))
+        os.rmdir(directory)
+        with open(directory, "wb") as f:
+            f.write(b"not a directory")
+        try:
+            started = time.monotonic()
+            with pytest.raises(ObjectStoreFullError) as info:
+                client.create(b"c", OBJ)  # spilling "a", then "b", fails: no room, no hang
+            waited = time.monotonic() - started
+            assert TIMEOUT_S * 0.9 <= waited < TIMEOUT_S + 3
+            message = str(info.value)
+            assert "spilling to disk failed lately for 2 object(s)" in message
+            assert "NotADirectoryError" in message
+            views = client.pin([b"a", b"b"])  # both stayed in memory, intact
+            check(views[0], 1.0)
+            check(views[1], 2.0)
+            client.unpin([b"a", b"b"])
+            del views
+        finally:
+            os.unlink(directory)
+            os.mkdir(directory, 0o700)
+        assert spill_files(tmp_path) == []
+        client.delete([b"a"])  # its memory is freed at once: "c" fits without a spill
+        started = time.monotonic()
+        put(client, b"c", 3.0)
+        assert time.monotonic() - started < TIMEOUT_S
+        [c] = client.pin([b"c"])
+        check(c, 3.0)
+        client.unpin([b"c"])
+        del c
+
+
+def test_a_restore_that_fails_loses_the_object_and_removes_its_file(store, tmp_path):
+    with StoreClient(store) as client:
+        put(client, b"a", 1.0)
+        put(client, b"b", 2.0)
+        put(client, b"c", 3.0)  # "a" goes to disk
+        [directory] = glob.glob(str(tmp_path / "spill" / "taskmesh-spill-*"))
+        os.truncate(os.path.join(directory, b"a".hex()), OBJ // 2)  # damaged: restoring fails
+        with pytest.raises(taskmesh.ObjectLostError, match="was lost.*EOFError") as info:
+            client.pin([b"a"])
+        assert b"a".hex() in str(info.value)
+        assert wait_until(lambda: b"a".hex() not in spill_files(tmp_path))
+        with pytest.raises(taskmesh.ObjectLostError, match="was lost"):
+            client.pin([b"a"])  # later pins say so too
+        views = client.pin([b"b", b"c"])  # the others are unharmed (restored if need be)
+        check(views[0], 2.0)
+        check(views[1], 3.0)
+        client.unpin([b"b", b"c"])
+        del views

@@ -1,9 +1,11 @@
 """The object store's sans-IO bookkeeping: create/seal/pin, spilling under pressure, restores, failures.
 
 Each test plays the shell: it calls StoreState's methods and reads the commands they return.
-The stateful property test at the end runs random histories against a model of what the
-shell was told, checking after every step that nothing pinned is spilled or freed, nothing
-sealed is lost, and memory use stays within the capacity.
+The stateful property test at the end runs random histories (failed spills and restores
+included) against a model of what the shell was told, checking after every step that nothing
+pinned is spilled or freed, nothing sealed is lost unless its restore failed, an object whose
+spill failed stays in memory and is not spilled again too soon, and memory use stays within the
+capacity.
 """
 
 from __future__ import annotations
@@ -133,6 +135,12 @@ def test_misuse_raises_value_error_and_changes_nothing():
         s.spilled(oid(1))
     with pytest.raises(ValueError, match="no restore of this object is in flight"):
         s.restored(oid(1))
+    with pytest.raises(ValueError, match=r"spill_failed\(00000001\): no spill of this object is in flight"):
+        s.spill_failed(oid(1), "disk full")
+    with pytest.raises(ValueError, match=r"restore_failed\(00000002\): no restore of this object is in flight"):
+        s.restore_failed(oid(2), "I/O error")
+    with pytest.raises(ValueError, match="no spill"):
+        s.spill_failed(oid(9), "unknown object")
     with pytest.raises(ValueError, match="non-negative"):
         s.create(oid(3), -1, W, 0.0)
     s.check()
@@ -443,12 +451,160 @@ def test_stats_add_up():
     assert st_["total_created"] == 3 and st_["total_spills"] == 1
 
 
+# --------------------------------------------------------------------------- failed spills and restores
+
+
+def test_failed_spill_keeps_the_object_in_memory_and_spills_another():
+    s = store(units=4)
+    offs = [put(s, n) for n in range(4)]
+    assert s.create(oid(10), U, W, 1.0) == [Spill(oid(0), offs[0], U), Waiting(oid(10), W)]
+    cmds = s.spill_failed(oid(0), "OSError: [Errno 28] No space left on device")
+    assert cmds == [Spill(oid(1), offs[1], U)], "planned again without the object that failed"
+    info = s.info(oid(0))
+    assert (info.state, info.offset, info.on_disk) == ("in memory", offs[0], False)
+    assert s.pin(oid(0), R) == [Pinned(oid(0), R, offs[0], U)]  # still readable
+    s.check()
+    assert s.spilled(oid(1)) == [Created(oid(10), W, offs[1], U)]
+    st_ = s.stats()
+    assert st_["total_spill_failures"] == 1 and st_["num_spill_failed"] == 0, "a spill succeeded: marks cleared"
+    assert st_["disk_bytes"] == U
+    s.check()
+
+
+def test_when_every_spill_fails_the_create_times_out_naming_the_error():
+    s = store(units=2, timeout=5.0)
+    put(s, 0)
+    put(s, 1)
+    assert of(s.create(oid(10), U, W, 10.0), Spill) == [Spill(oid(0), 0, U)]
+    assert s.spill_failed(oid(0), "NotADirectoryError: not a dir") == [Spill(oid(1), U, U)]
+    assert s.spill_failed(oid(1), "NotADirectoryError: not a dir") == [], "no candidate left: no loop"
+    assert s.stats()["num_spill_failed"] == 2
+    s.check()
+    assert s.tick(14.0) == []  # still marked: no retry within the wait
+    [failed] = s.tick(15.0)
+    assert type(failed) is CreateFailed and failed.client == W
+    assert "within 5 s" in failed.reason and "spilling to disk failed lately for 2 object(s)" in failed.reason
+    assert "NotADirectoryError: not a dir" in failed.reason
+    for n in (0, 1):
+        assert s.info(oid(n)).state == "in memory"
+    s.check()
+
+
+def test_an_object_whose_spill_failed_is_tried_again_after_spill_retry_s():
+    s = StoreState(2 * U, create_timeout_s=5.0, spill_retry_s=3.0)
+    put(s, 0)
+    put(s, 1)
+    s.pin(oid(1), R)
+    s.create(oid(10), U, W, 10.0)  # spills 0, the only candidate
+    assert s.spill_failed(oid(0), "EIO") == []
+    assert s.tick(12.9) == []
+    assert s.tick(13.0) == [Spill(oid(0), 0, U)], "the mark expired: tried again (once)"
+    assert s.stats()["num_spill_failed"] == 0
+    s.check()
+    assert s.spilled(oid(0)) == [Created(oid(10), W, 0, U)]
+    s.check()
+
+
+def test_a_successful_spill_clears_the_marks_of_failed_ones():
+    s = store(units=3)
+    for n in range(3):
+        put(s, n)
+    s.pin(oid(2), R)
+    s.create(oid(10), U, W, 0.0)  # Spill(0)
+    assert s.spill_failed(oid(0), "EIO") == [Spill(oid(1), U, U)]
+    assert s.spilled(oid(1)) == [Created(oid(10), W, U, U)]
+    s.seal(oid(10))
+    s.pin(oid(10), R)
+    # 0 may be spilled again at once: the disk works
+    assert of(s.create(oid(11), U, W, 0.0), Spill) == [Spill(oid(0), 0, U)]
+    s.check()
+
+
+def test_failed_spill_of_a_pinned_or_deleted_object():
+    s = store(units=2)
+    put(s, 0)
+    put(s, 1)
+    s.create(oid(10), U, W, 0.0)  # Spill(0)
+    s.pin(oid(0), R)  # replans: Spill(1)
+    assert s.spill_failed(oid(0), "EIO") == []  # pinned: nothing to add
+    assert s.info(oid(0)).pins == 1 and s.info(oid(0)).state == "in memory"
+    assert s.delete(oid(1)) == []  # being spilled
+    assert s.spill_failed(oid(1), "EIO") == [Freed(oid(1), U, False), Created(oid(10), W, U, U)]
+    assert s.stats()["disk_bytes"] == 0
+    s.check()
+    s.unpin(oid(0), R)
+    s.check()
+
+
+def restoring_store() -> StoreState:
+    """Object 0 being restored at offset 1 unit for two pins of R and one of R2."""
+    s = spilled_store()
+    s.pin(oid(0), R)
+    s.pin(oid(0), R)
+    s.pin(oid(0), R2)
+    assert s.spilled(oid(1)) == [Restore(oid(0), U, U)]
+    return s
+
+
+def test_failed_restore_loses_the_object_and_fails_its_pins():
+    s = restoring_store()
+    cmds = s.restore_failed(oid(0), "EOFError: the spill file is short")
+    failed = of(cmds, PinFailed)
+    assert [(c.object_id, c.client) for c in failed] == [(oid(0), R), (oid(0), R), (oid(0), R2)]
+    assert all("00000000 was lost" in c.reason and "EOFError: the spill file is short" in c.reason
+               for c in failed)
+    assert cmds[3:] == [Freed(oid(0), U, True)], "its memory is released and its file removed"
+    assert s.info(oid(0)) is None
+    st_ = s.stats()
+    assert (st_["disk_bytes"], st_["num_on_disk"], st_["used_bytes"]) == (U, 1, U)  # 1 stays on disk
+    assert st_["total_restore_failures"] == 1 and st_["num_lost"] == 1
+    s.check()
+    [later] = s.pin(oid(0), R)
+    assert type(later) is PinFailed and "was lost" in later.reason and "EOFError" in later.reason
+    # the cluster deletes it: forgotten
+    assert s.delete(oid(0)) == []
+    [later] = s.pin(oid(0), R)
+    assert "not in this node's object store" in later.reason
+    s.check()
+
+
+def test_failed_restore_makes_room_for_the_next_waiter_and_the_id_can_be_reused():
+    s = restoring_store()
+    s.pin(oid(2), R2)
+    assert s.pin(oid(1), R2) == [Waiting(oid(1), R2)]  # on disk; queued behind nothing, no room
+    cmds = s.restore_failed(oid(0), "EIO")
+    assert cmds[-1] == Restore(oid(1), U, U)
+    assert s.restored(oid(1)) == [Pinned(oid(1), R2, U, U)]
+    s.check()
+    assert s.create(oid(0), 10, W, 0.0)[-1] == Waiting(oid(0), W)  # a new object, same id
+    assert s.stats()["num_lost"] == 0
+    s.check()
+
+
+def test_failed_restore_of_a_deleted_object_is_not_remembered_as_lost():
+    s = restoring_store()
+    s.client_gone(R)
+    s.client_gone(R2)
+    s.delete(oid(0))
+    assert s.restore_failed(oid(0), "EIO") == [Freed(oid(0), U, True)]
+    [later] = s.pin(oid(0), R)
+    assert "not in this node's object store" in later.reason
+    s.check()
+
+
+def test_spill_retry_s_must_be_positive():
+    with pytest.raises(ValueError, match="spill_retry_s"):
+        StoreState(U, spill_retry_s=0)
+
+
 # --------------------------------------------------------------------------- property test
 
 N_OBJECTS, CLIENTS = 8, (b"a", b"b", b"c")
 # weighted so that histories build up memory pressure: many creates, seals and pins
 KINDS = ["create"] * 3 + ["seal"] * 3 + ["pin"] * 3 + ["unpin"] * 2 + ["delete"] * 2 + \
-    ["spilled"] * 2 + ["restored"] * 2 + ["abort", "client_gone", "tick", "wind_down"]
+    ["spilled"] * 2 + ["restored"] * 2 + ["spill_failed"] + ["restore_failed"] * 2 + \
+    ["abort", "client_gone", "tick", "wind_down"]
+SPILL_RETRY_S = 1.5
 # (kind, a number to pick an object or pin with, a size in bytes, a client, seconds to tick);
 # few and cheap draws per step keep generation and shrinking fast
 step = st.tuples(st.sampled_from(KINDS), st.integers(0, 63), st.integers(0, 4 * U),
@@ -468,6 +624,9 @@ class Shell:
         self.pinned_at: dict[bytes, int] = {}
         self.spills: set[bytes] = set()
         self.restores: set[bytes] = set()
+        self.now = 0.0
+        self.spill_marks: dict[bytes, float] = {}  # spill failed: not to be spilled before then
+        self.lost: set[bytes] = set()  # restore failed, not deleted or created again
 
     def pinned(self, o: bytes) -> bool:
         return any(n for (x, _), n in self.pins.items() if x == o)
@@ -488,18 +647,20 @@ class Shell:
             elif type(c) is Spill:
                 assert not self.pinned(o), "spilled a pinned object"
                 assert o in self.sealed and o not in self.spills and o not in self.restores
+                assert self.now >= self.spill_marks.pop(o, self.now), "spilled again too soon after a failure"
                 self.spills.add(o)
             elif type(c) is Restore:
                 assert o in self.sealed and o not in self.restores
                 self.restores.add(o)
             elif type(c) is Freed:
                 assert not self.pinned(o), "freed a pinned object"
-                assert o in self.deleted or o not in self.sealed, "freed a live sealed object"
+                assert o in self.deleted or o in self.lost or o not in self.sealed, "freed a live sealed object"
                 assert o not in self.spills and o not in self.restores, "freed during I/O"
                 self.live.discard(o)
                 self.writable.discard(o)
                 self.sealed.discard(o)
                 self.deleted.discard(o)
+                self.spill_marks.pop(o, None)
             else:
                 assert type(c) in (PinFailed, Waiting)
 
@@ -514,6 +675,9 @@ class Shell:
         for o in {x for (x, _), n in self.pins.items() if n}:
             info = s.info(o)
             assert info is not None and info.offset == self.pinned_at[o], "a pinned object moved or left memory"
+        for o in self.spill_marks:
+            info = s.info(o)
+            assert info is not None and info.offset is not None and not info.on_disk, "failed spill left memory"
         for o in list(self.pinned_at):
             if not self.pinned(o):
                 del self.pinned_at[o]
@@ -529,6 +693,7 @@ def pick(k: int, candidates) -> bytes | None:
 def run_step(shell: Shell, op: tuple, now: float) -> float:
     s = shell.s
     kind, k, size, client, dt = op
+    shell.now = now
     if kind == "create":
         o = oid(k % N_OBJECTS)
         exists = o in shell.live
@@ -537,6 +702,7 @@ def run_step(shell: Shell, op: tuple, now: float) -> float:
             assert [type(c) for c in cmds] == [CreateFailed]
             return now
         shell.live.add(o)
+        shell.lost.discard(o)
         shell.apply(cmds)
     elif kind == "seal":
         o = pick(k, shell.writable)
@@ -560,7 +726,11 @@ def run_step(shell: Shell, op: tuple, now: float) -> float:
         assert [c for c in cmds if type(c) is Freed and c.object_id == o and not c.on_disk]
         shell.apply(cmds)
     elif kind == "pin":
-        shell.apply(s.pin(pick(k, shell.live) or oid(k % N_OBJECTS), client))
+        o = pick(k, shell.live) or oid(k % N_OBJECTS)
+        cmds = s.pin(o, client)
+        if o in shell.lost:
+            assert len(cmds) == 1 and type(cmds[0]) is PinFailed and "was lost" in cmds[0].reason
+        shell.apply(cmds)
     elif kind == "unpin":
         held = pick(k, [key for key, n in shell.pins.items() if n])
         o, client = held if held is not None else (oid(k % N_OBJECTS), client)
@@ -574,6 +744,7 @@ def run_step(shell: Shell, op: tuple, now: float) -> float:
         o = oid(k % N_OBJECTS)
         if o in shell.live:
             shell.deleted.add(o)
+        shell.lost.discard(o)
         shell.apply(s.delete(o))
     elif kind == "client_gone":
         for key in [key for key in shell.pins if key[1] == client]:
@@ -587,9 +758,38 @@ def run_step(shell: Shell, op: tuple, now: float) -> float:
         o = pick(k | 1, in_flight)
         if o is not None:
             in_flight.discard(o)
+            if kind == "spilled":
+                shell.spill_marks.clear()
             shell.apply(getattr(s, kind)(o))
+    elif kind == "spill_failed":
+        o = pick(k | 1, shell.spills)
+        if o is None:
+            with pytest.raises(ValueError):
+                s.spill_failed(oid(k % N_OBJECTS) if oid(k % N_OBJECTS) not in shell.spills else b"?", "nobody asked")
+            return now
+        shell.spills.discard(o)
+        cmds = s.spill_failed(o, "OSError: disk full")
+        if o not in shell.deleted:
+            shell.spill_marks[o] = now + SPILL_RETRY_S
+        shell.apply(cmds)
+    elif kind == "restore_failed":
+        o = pick(k | 1, shell.restores)
+        if o is None:
+            with pytest.raises(ValueError):
+                s.restore_failed(oid(k % N_OBJECTS) if oid(k % N_OBJECTS) not in shell.restores else b"?", "nobody asked")
+            return now
+        shell.restores.discard(o)
+        if o not in shell.deleted:
+            shell.lost.add(o)
+        cmds = s.restore_failed(o, "OSError: I/O error")
+        assert any(type(c) is Freed and c.object_id == o and c.on_disk for c in cmds), \
+            "a failed restore frees the object and its file"
+        assert all(o.hex() in c.reason and "I/O error" in c.reason for c in cmds
+                   if type(c) is PinFailed and c.object_id == o)
+        shell.apply(cmds)
     else:
         now += dt
+        shell.now = now
         shell.apply(s.tick(now))
     return now
 
@@ -601,6 +801,7 @@ def finish_io(shell: Shell) -> None:
             return
         for o in sorted(shell.spills):
             shell.spills.discard(o)
+            shell.spill_marks.clear()
             shell.apply(shell.s.spilled(o))
         for o in sorted(shell.restores):
             shell.restores.discard(o)
@@ -622,6 +823,7 @@ def wind_down(shell: Shell) -> None:
     for o in map(oid, range(N_OBJECTS)):
         if o in shell.live:
             shell.deleted.add(o)
+        shell.lost.discard(o)
         shell.apply(s.delete(o))
     finish_io(shell)
     shell.verify()
@@ -640,7 +842,7 @@ class StoreHistories(RuleBasedStateMachine):
 
     @initialize(units=st.integers(1, 8))
     def start(self, units: int) -> None:
-        self.shell = Shell(StoreState(units * U, create_timeout_s=2.0))
+        self.shell = Shell(StoreState(units * U, create_timeout_s=2.0, spill_retry_s=SPILL_RETRY_S))
 
     @rule(op=step)
     def one_step(self, op: tuple) -> None:
