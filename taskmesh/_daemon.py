@@ -8,6 +8,17 @@ import os
 import sys
 
 
+def report_ready(fd: int | None, line: str) -> None:
+    """Write the one READY/ERROR line a starter waits for (see _launch.wait_ready); close."""
+    if fd is None:
+        return
+    try:
+        os.write(fd, (line + "\n").encode())
+        os.close(fd)
+    except OSError:
+        pass
+
+
 def setup_logging(role: str, log_file: str | None, level: str = "INFO") -> None:
     """Log to a rotating file (CLI-started daemons) or to stderr (embedded clusters)."""
     fmt = f"%(asctime)s {role}[%(process)d] %(levelname)s %(name)s: %(message)s"

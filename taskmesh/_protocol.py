@@ -30,6 +30,11 @@ PROTOCOL_VERSION = 1
 _EXT_FRAME = 1
 
 
+def return_ids(task_id: bytes, num_returns: int) -> list[bytes]:
+    """Object ids of a task's returns: the task id plus a 4-byte index."""
+    return [task_id + i.to_bytes(4, "big") for i in range(num_returns)]
+
+
 class ProtocolError(ValueError):
     """A message that is not a well-formed taskmesh message of this protocol version."""
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import os
+import select
 import socket
 import sys
 from typing import Any, Iterator
@@ -24,8 +25,6 @@ from ._uds import LocalClient, LocalServer
 
 log = logging.getLogger(__name__)
 
-Again = zmq.Again
-ZMQError = zmq.ZMQError
 POLLIN = zmq.POLLIN
 POLLOUT = zmq.POLLOUT
 
@@ -207,8 +206,6 @@ class LocalServerSocket:
     def flush_all(self, timeout_s: float) -> None:
         """Before exiting: try to deliver what is still queued for local peers."""
         import time as _time
-
-        import select
 
         deadline = _time.monotonic() + timeout_s
         while self._writing and _time.monotonic() < deadline:
@@ -404,8 +401,6 @@ class LocalClientSocket:
     def has_input(self) -> bool:
         if self.client.has_buffered():
             return True
-        import select
-
         return bool(select.select([self.client.fd], [], [], 0)[0])
 
     def recv_nowait(self) -> Any | None:

@@ -7,7 +7,8 @@ from typing import Any, Callable, Generic, TypeVar
 
 from . import _protocol as P
 from . import _serialize as S
-from ._client.core import function_id_for, return_ids
+from ._client.core import function_id_for
+from ._protocol import return_ids
 from ._context import CTX, current_core
 from .options import TaskOptions, compile_options, validate
 

@@ -27,7 +27,6 @@ import time
 from typing import Any, Callable, Iterable, Sequence
 
 from .. import _protocol as P
-from .. import _serialize as S
 from .._transport import POLLIN, POLLOUT, Poller, new_context, open_client
 from ..config import Config
 from ..errors import GetTimeoutError, HeadConnectionError, ProtocolVersionError
@@ -44,10 +43,6 @@ _PING_AFTER_S = 2.0
 #: dead refs are released to the head in batches: when this many piled up, or this often
 _RELEASE_BATCH = 256
 _RELEASE_EVERY_S = 0.2
-
-
-def return_ids(task_id: bytes, num_returns: int) -> list[bytes]:
-    return [task_id + i.to_bytes(4, "big") for i in range(num_returns)]
 
 
 class CoreClient:

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from typing import Iterable, Mapping
 
-from .._resources import CPU, UNIT, describe, from_units, to_units  # noqa: F401 (re-exported)
+from .._resources import CPU
 
 PIPELINE_TARGET_S = 0.002
 
@@ -64,8 +64,3 @@ def workers_to_start(
     want = min(could_run, queued) - starting
     room = cap - live - starting
     return max(0, min(want, room))
-
-
-def describe_resources(resources: Mapping[str, int]) -> str:
-    """{'CPU': 20000} -> 'CPU=2'."""
-    return describe(resources)

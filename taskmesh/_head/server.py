@@ -15,6 +15,7 @@ import signal
 import time
 
 from .. import _protocol as P
+from .._daemon import report_ready
 from .._spin import Spinner
 from .._transport import Poller, ServerSocket, new_context
 from ..config import Config
@@ -124,15 +125,12 @@ def run_head(config: Config, host: str, port: int, ready_fd: int | None, lifelin
         server = HeadServer(config, host, port)
     except Exception as exc:
         msg = _bind_error(host, port, exc)
-        if ready_fd is not None:
-            os.write(ready_fd, f"ERROR {msg}\n".encode())
+        report_ready(ready_fd, f"ERROR {msg}")
         log.error("%s", msg)
         return 1
     signal.signal(signal.SIGTERM, lambda *_: server.request_stop())
     signal.signal(signal.SIGINT, lambda *_: server.request_stop())
-    if ready_fd is not None:
-        os.write(ready_fd, f"READY {server.port}\n".encode())
-        os.close(ready_fd)
+    report_ready(ready_fd, f"READY {server.port}")
     log.info("taskmesh head listening on %s:%d (pid %d)", host, server.port, os.getpid())
     server.serve(lifeline_fd)
     return 0

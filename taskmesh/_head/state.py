@@ -24,9 +24,9 @@ from typing import Any, Iterable
 from .. import _protocol as P
 from ..config import Config
 from ._outbox import Outbox
-from .._resources import CPU, UNIT, valid
+from .._protocol import return_ids
+from .._resources import CPU, UNIT, describe, valid
 from .policy import (
-    describe_resources,
     fits,
     is_short,
     pick_node,
@@ -118,11 +118,6 @@ class ObjectRec:
         self.nbytes = 0
 
 
-def return_ids(task_id: bytes, num_returns: int) -> list[bytes]:
-    """Object ids of a task's returns: the task id plus a 4-byte index."""
-    return [task_id + i.to_bytes(4, "big") for i in range(num_returns)]
-
-
 class HeadState:
     """Everything the head knows, and every decision it makes."""
 
@@ -137,7 +132,6 @@ class HeadState:
         self.tasks: dict[bytes, TaskRec] = {}
         self.objects: dict[bytes, ObjectRec] = {}
         self.functions: dict[bytes, bytes] = {}
-        self.function_names: dict[bytes, str] = {}
         self.fn_mean_s: dict[bytes, float] = {}
         self.queues: dict[tuple, deque[TaskRec]] = {}
         self.finished = 0
@@ -228,7 +222,7 @@ class HeadState:
             for w in self.orphan_workers.pop(node_id, []):
                 self._attach_worker(w, node)
             log.info("node %s joined from %s with %s", node_id, node.address,
-                     describe_resources(node.total))
+                     describe(node.total))
         elif msg.kind == "worker":
             node_id = str(info.get("node_id", ""))
             w = WorkerRec(peer, str(info.get("worker_id", "")), None, int(info.get("pid", 0)), self.now)
@@ -263,7 +257,6 @@ class HeadState:
 
     def _on_register_function(self, peer: bytes, msg: P.RegisterFunction) -> None:
         self.functions[msg.function_id] = bytes(msg.blob)
-        self.function_names[msg.function_id] = msg.name
 
     def _on_submit(self, peer: bytes, msg: P.Submit) -> None:
         objects = self.objects
@@ -335,8 +328,7 @@ class HeadState:
             if obj is None or obj.owner != peer:
                 continue
             obj.released = True
-            if obj.dependents == 0 and obj.value is not None:
-                del self.objects[oid]
+            self._drop_if_unneeded(oid, obj)
 
     def _on_goodbye(self, peer: bytes, msg: P.Goodbye) -> None:
         """A driver left cleanly: drop what it owned (pending tasks' results are discarded)."""
@@ -552,8 +544,7 @@ class HeadState:
         for oid, obj in list(self.objects.items()):
             if obj.owner == peer:
                 obj.released = True
-                if obj.dependents <= 0 and obj.value is not None:
-                    del self.objects[oid]
+                self._drop_if_unneeded(oid, obj)
 
     # ------------------------------------------------------------------ task completion
 
@@ -582,8 +573,8 @@ class HeadState:
                               key=lambda r: r.get(CPU, 0), default={})
                 self.out.send(t.owner, P.Notice("warning", (
                     f"no node can run task {t.spec.name} now: it needs "
-                    f"{describe_resources(t.spec.resources)}; the largest node has "
-                    f"{describe_resources(largest)}. It waits until such a node joins.")))
+                    f"{describe(t.spec.resources)}; the largest node has "
+                    f"{describe(largest)}. It waits until such a node joins.")))
         self._enqueue(t)
 
     def _fail_task(self, t: TaskRec, err: P.SerializedObject) -> None:
@@ -607,8 +598,7 @@ class HeadState:
             obj = objects.get(dep)
             if obj is not None:
                 obj.dependents -= 1
-                if obj.released and obj.dependents <= 0 and obj.value is not None:
-                    del objects[dep]
+                self._drop_if_unneeded(dep, obj)
 
     def _set_value(self, oid: bytes, obj: ObjectRec, value: P.SerializedObject, push_owner: bool) -> None:
         nbytes = value.nbytes
@@ -639,7 +629,12 @@ class HeadState:
                     t.waiting -= 1
                     if t.waiting == 0:
                         self._make_ready(t)
-        if obj.released and obj.dependents <= 0:
+        self._drop_if_unneeded(oid, obj)
+
+    def _drop_if_unneeded(self, oid: bytes, obj: ObjectRec) -> None:
+        """An object goes once its owner released it, no pending task needs it, and its value
+        has arrived (until then its record is where the coming result is discarded)."""
+        if obj.released and obj.dependents <= 0 and obj.value is not None:
             self.objects.pop(oid, None)
 
     # ------------------------------------------------------------------ placement

@@ -9,7 +9,7 @@ import os
 import signal
 import sys
 
-from .._daemon import setup_logging
+from .._daemon import report_ready, setup_logging
 from .._resources import CPU, to_units
 from .._transport import connect_endpoint, local_ip_towards, split_address
 from ..config import DEFAULT_PORT, Config
@@ -39,8 +39,7 @@ def main(argv: list[str] | None = None) -> int:
                           args.node_id)
     except ConnectionError:
         msg = f"no taskmesh head answered at {host}:{port}"
-        if args.ready_fd is not None:
-            os.write(args.ready_fd, f"ERROR {msg}\n".encode())
+        report_ready(args.ready_fd, f"ERROR {msg}")
         logging.getLogger("taskmesh.node").error("%s", msg)
         return 1
     signal.signal(signal.SIGTERM, lambda *_: agent.request_stop())

@@ -30,6 +30,7 @@ import uuid
 import psutil
 
 from .. import _protocol as P
+from .._daemon import report_ready
 from .._store.shm import Arena, arena_name, capacity_for, sweep_dead
 from .._transport import Poller, new_context, open_client, pid_alive
 from ..config import Config
@@ -217,7 +218,7 @@ class NodeAgent:
                     elif kind is P.Welcome:
                         self.registered = True
                         if ready_fd is not None:
-                            _report(ready_fd, f"READY {self.node_id}")
+                            report_ready(ready_fd, f"READY {self.node_id}")
                             ready_fd = None
                         log.info("node %s registered with the head at %s", self.node_id,
                                  self.head_endpoint)
@@ -225,7 +226,7 @@ class NodeAgent:
                         log.error("the head at %s refused this node: %s", self.head_endpoint, msg.reason)
                         reason, self.exit_code, stop = f"refused: {msg.reason}", 1, True
                         if ready_fd is not None:
-                            _report(ready_fd, f"ERROR the head refused this node: {msg.reason}")
+                            report_ready(ready_fd, f"ERROR the head refused this node: {msg.reason}")
                             ready_fd = None
                     elif kind is P.Shutdown:
                         reason, stop = msg.reason, True
@@ -236,7 +237,7 @@ class NodeAgent:
                 if self.sock.peer_closed:
                     reason, self.exit_code = f"the head at {self.head_endpoint} closed the connection", 1
                     if ready_fd is not None:
-                        _report(ready_fd, f"ERROR {reason}")
+                        report_ready(ready_fd, f"ERROR {reason}")
                         ready_fd = None
                     break
             now = time.monotonic()
@@ -246,7 +247,7 @@ class NodeAgent:
                           f"{self.config.connect_timeout_s:g} s")
                 self.exit_code = 1
                 if ready_fd is not None:
-                    _report(ready_fd, f"ERROR {reason}")
+                    report_ready(ready_fd, f"ERROR {reason}")
                     ready_fd = None
                 break
             if now >= next_beat:
@@ -259,11 +260,3 @@ class NodeAgent:
                 self.sock.send(P.Heartbeat(stats))
                 next_beat = now + interval
         return reason
-
-
-def _report(fd: int, line: str) -> None:
-    try:
-        os.write(fd, (line + "\n").encode())
-        os.close(fd)
-    except OSError:
-        pass

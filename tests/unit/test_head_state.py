@@ -13,8 +13,9 @@ from typing import Iterable
 import pytest
 
 from taskmesh import _protocol as P
-from taskmesh._head.policy import UNIT
-from taskmesh._head.state import HeadState, return_ids
+from taskmesh._resources import UNIT
+from taskmesh._head.state import HeadState
+from taskmesh._protocol import return_ids
 from taskmesh.config import Config
 
 PV = P.PROTOCOL_VERSION

@@ -6,17 +6,14 @@ import pytest
 
 from taskmesh._head import policy
 from taskmesh._head.policy import (
-    CPU,
     PIPELINE_TARGET_S,
-    UNIT,
-    describe_resources,
     fits,
-    from_units,
     pick_node,
     pipeline_window,
-    to_units,
     workers_to_start,
 )
+from taskmesh._resources import CPU, UNIT, from_units, to_units
+from taskmesh._resources import describe as describe_resources
 
 
 @pytest.mark.parametrize("amount,units", [(0, 0), (1, 10_000), (0.5, 5_000), (2.25, 22_500),
