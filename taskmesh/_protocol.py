@@ -5,7 +5,7 @@
     head ──Execute, Help, Exit──▶ worker ──TaskResults, Blocked, Unblocked──▶ head
     node agent ──Heartbeat, WorkerExited──▶ head ──StartWorkers, Shutdown, HeartbeatAck──▶ node agent
     anyone ──Hello──▶ head ──Welcome | Refused──▶ anyone
-    local client ──StoreCreate, StoreSeal, StoreAbort, StorePin, StoreUnpin, StoreDelete──▶ node store
+    local client ──StoreCreate, StoreSeal, StoreAbort, StorePin, StoreUnpin, StoreDelete, StoreFetch──▶ node store
     node store ──StoreInfo, StoreCreated | StoreCreateFailed, StorePinned | StorePinFailed, StoreWaiting──▶ local client
 
 A message is one ZeroMQ multipart message: frame 0 is a msgpack array ``[op, field, ...]``;
@@ -493,6 +493,23 @@ class StoreDelete(NamedTuple):
     """The cluster no longer references these objects: free them once nobody pins them."""
 
     object_ids: list
+
+
+def _source(v: Any) -> list:
+    if type(v) is not list or len(v) != 2 or type(v[0]) is not str or type(v[1]) is not str:
+        raise _fail("source [node_id, address]", v)
+    return v
+
+
+@_message(46, _BYTES, _INT, _list_of(_source))
+class StoreFetch(NamedTuple):
+    """Make this object local: pull its ``size`` bytes from one of ``sources`` (``[node_id,
+    "host:port"]`` of nodes holding it, tried in order), unless this store has or is fetching it.
+    Pins of the object wait for the fetch, and fail if every source failed."""
+
+    object_id: bytes
+    size: int
+    sources: list
 
 
 @_message(50, _STR, _INT)

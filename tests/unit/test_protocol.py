@@ -89,6 +89,8 @@ EXAMPLES: dict[type, list] = {
     P.StorePin: [P.StorePin([b"a" * 20, b"a" * 20, b"b" * 20]), P.StorePin([])],
     P.StoreUnpin: [P.StoreUnpin([b"a" * 20])],
     P.StoreDelete: [P.StoreDelete([b"a" * 20, b"b" * 20])],
+    P.StoreFetch: [P.StoreFetch(b"a" * 20, 1 << 20, [["node1", "10.0.0.1:4000"], ["node2", "h2:1"]]),
+                   P.StoreFetch(b"b" * 20, 0, [])],
     P.StoreInfo: [P.StoreInfo("taskmesh-arena-123-abc", 8 << 20)],
     P.StoreCreated: [P.StoreCreated(b"o" * 20, 4096, 3 << 20)],
     P.StoreCreateFailed: [P.StoreCreateFailed(b"o" * 20, "cannot create object: no room", True),
