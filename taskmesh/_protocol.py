@@ -1,9 +1,10 @@
 """Every message that crosses a taskmesh socket: its op tag, its typed fields, encode and decode.
 
-    driver/worker ──Submit, Put, Subscribe, Release, RegisterFunction, Goodbye──▶ head
+    driver/worker ──Submit, Put, Subscribe, Release, Borrow, RegisterFunction, Goodbye──▶ head
     head ──ObjectValues, InfoReply, Notice──▶ driver/worker
     head ──Execute, Help, Exit──▶ worker ──TaskResults, Blocked, Unblocked──▶ head
-    node agent ──Heartbeat, WorkerExited──▶ head ──StartWorkers, Shutdown, HeartbeatAck──▶ node agent
+    node agent ──Heartbeat, WorkerExited, ObjectLocations──▶ head
+    head ──StartWorkers, Shutdown, HeartbeatAck, FreeObjects──▶ node agent
     anyone ──Hello──▶ head ──Welcome | Refused──▶ anyone
     local client ──StoreCreate, StoreSeal, StoreAbort, StorePin, StoreUnpin, StoreDelete, StoreFetch──▶ node store
     node store ──StoreInfo, StoreCreated | StoreCreateFailed, StorePinned | StorePinFailed, StoreWaiting──▶ local client
@@ -45,25 +46,36 @@ class ProtocolError(ValueError):
 class SerializedObject:
     """An opaque serialized value: a pickle stream plus its out-of-band buffers.
 
-    ``flags`` says how to read it: VALUE (a pickle), TASK_ERROR (a pickled remote error) or
+    ``flags`` says how to read it: VALUE (a pickle), TASK_ERROR (a pickled remote error),
     SYSTEM_ERROR (a msgpack ``[kind, message]`` built by taskmesh itself, never a pickle, so the
-    head can make one without pickling anything).
+    head can make one without pickling anything) or STORED (a large value that lives in node
+    object stores: ``data`` is a msgpack ``[object_id, size, [[node_id, address], ...]]`` saying
+    where, and the bytes are read from a store; see docs/object-store.md).
     """
 
-    __slots__ = ("flags", "data", "buffers")
+    __slots__ = ("flags", "data", "buffers", "contained")
 
     VALUE: ClassVar[int] = 0
     TASK_ERROR: ClassVar[int] = 1
     SYSTEM_ERROR: ClassVar[int] = 2
+    STORED: ClassVar[int] = 3
 
-    def __init__(self, flags: int, data: bytes, buffers: Sequence[Any] = ()) -> None:
+    def __init__(self, flags: int, data: bytes, buffers: Sequence[Any] = (),
+                 contained: Sequence[bytes] = ()) -> None:
         self.flags = flags
         self.data = data
         self.buffers = buffers
+        #: ids of the ObjectRefs pickled inside the value: the head keeps them alive while
+        #: this object (or the task whose arguments it is) exists
+        self.contained = contained
 
     @property
     def is_error(self) -> bool:
-        return self.flags != SerializedObject.VALUE
+        return self.flags == 1 or self.flags == 2
+
+    @property
+    def is_stored(self) -> bool:
+        return self.flags == 3
 
     @property
     def nbytes(self) -> int:
@@ -72,6 +84,25 @@ class SerializedObject:
     @classmethod
     def system_error(cls, kind: str, message: str) -> "SerializedObject":
         return cls(cls.SYSTEM_ERROR, msgpack.packb([kind, message]))
+
+    @classmethod
+    def stored(cls, object_id: bytes, size: int, locations: list) -> "SerializedObject":
+        """A STORED marker: ``size`` bytes of ``object_id`` held by ``locations``
+        (``[[node_id, transfer address], ...]``; the address may be "" when only the id matters)."""
+        return cls(cls.STORED, msgpack.packb([object_id, size, locations]))
+
+    def read_stored(self) -> tuple[bytes, int, list]:
+        """(object_id, size, locations) of a STORED marker; ProtocolError if it is malformed."""
+        try:
+            oid, size, locations = msgpack.unpackb(self.data)
+        except Exception:
+            raise ProtocolError("malformed stored-object marker") from None
+        if type(oid) is not bytes or type(size) is not int or size < 0 or type(locations) is not list:
+            raise ProtocolError("malformed stored-object marker")
+        for loc in locations:
+            if type(loc) is not list or len(loc) != 2 or not all(type(x) is str for x in loc):
+                raise ProtocolError("malformed location in a stored-object marker")
+        return oid, size, locations
 
     def read_system_error(self) -> tuple[str, str]:
         kind, message = msgpack.unpackb(self.data)
@@ -180,16 +211,17 @@ def _list_of(inner: _Check) -> _Check:
 def _serialized(v: Any) -> SerializedObject:
     if type(v) is SerializedObject:
         return v
-    if type(v) is not list or len(v) != 3:
-        raise _fail("serialized object [flags, data, buffers]", v)
-    flags, data, buffers = v
-    if type(flags) is not int or not 0 <= flags <= 2:
+    if type(v) is not list or not 3 <= len(v) <= 4:
+        raise _fail("serialized object [flags, data, buffers(, contained)]", v)
+    flags, data, buffers = v[0], v[1], v[2]
+    contained = _list_of(_BYTES)(v[3]) if len(v) == 4 else ()
+    if type(flags) is not int or not 0 <= flags <= 3:
         raise ProtocolError(f"bad serialized-object flags {flags!r}")
     if type(buffers) is not list:
         raise _fail("list of buffers", buffers)
     for b in buffers:
         _blob(b)
-    return SerializedObject(flags, _blob(data), buffers)
+    return SerializedObject(flags, _blob(data), buffers, contained)
 
 
 def _record(cls: type, field_checks: Sequence[_Check]) -> _Check:
@@ -320,7 +352,15 @@ class Subscribe(NamedTuple):
 
 @_message(14, _list_of(_BYTES))
 class Release(NamedTuple):
-    """The owner holds no more references to these objects."""
+    """I hold no more references to these objects (as their owner, or as a borrower)."""
+
+    object_ids: list
+
+
+@_message(26, _list_of(_BYTES))
+class Borrow(NamedTuple):
+    """I now hold ObjectRefs to these objects of other owners (unpickled from a value or task
+    arguments): keep them until I Release them."""
 
     object_ids: list
 
@@ -446,6 +486,28 @@ class Shutdown(NamedTuple):
 @_message(34)
 class HeartbeatAck(NamedTuple):
     """The head is alive (answer to Heartbeat)."""
+
+
+def _sized_id(v: Any) -> list:
+    if type(v) is not list or len(v) != 2 or type(v[0]) is not bytes or type(v[1]) is not int:
+        raise _fail("[object_id, size]", v)
+    return v
+
+
+@_message(35, _list_of(_sized_id), _list_of(_BYTES))
+class ObjectLocations(NamedTuple):
+    """This node now holds copies of ``added`` (``[object_id, size]`` pairs: fetched from
+    another node) and no longer holds ``removed``."""
+
+    added: list
+    removed: list
+
+
+@_message(36, _list_of(_BYTES))
+class FreeObjects(NamedTuple):
+    """No reference to these objects remains: delete your copies (once nobody reads them)."""
+
+    object_ids: list
 
 
 # -- a node's object store and its local clients (never over TCP) ----------
@@ -583,6 +645,8 @@ def encode(msg: Any, frame_threshold: int = 64 * 1024) -> list:
             bufs = [
                 _OutOfBand(b) if _buflen(b) > frame_threshold else b for b in obj.buffers
             ]
+            if obj.contained:
+                return [obj.flags, obj.data, bufs, obj.contained]
             return [obj.flags, obj.data, bufs]
         if type(obj) is _OutOfBand:
             frames.append(obj.buf)

@@ -12,6 +12,7 @@ Refs nested deeper stay refs, as in Ray.
 from __future__ import annotations
 
 import pickle
+import threading
 import traceback
 from typing import Any, Callable, Sequence
 
@@ -23,25 +24,53 @@ from .errors import SerializationError, TaskError, system_error
 _EMPTY_ARGS: tuple = ((), {})
 
 
-def dumps(value: Any, snapshot: bool = False) -> SerializedObject:
+_collecting = threading.local()
+
+
+def ref_pickled(object_id: bytes) -> bool:
+    """Called when an ObjectRef is pickled: note its id in the value being serialized. False
+    if taskmesh is not serializing anything in this thread (someone pickles the ref for their
+    own use: it escapes reference counting)."""
+    ids = getattr(_collecting, "ids", None)
+    if ids is None:
+        return False
+    ids.append(object_id)
+    return True
+
+
+def _pickle(value: Any, buffer_callback: Callable[[Any], None]) -> tuple[bytes, list]:
+    """cloudpickle ``value``; also return the ids of the ObjectRefs pickled inside it."""
+    outer = getattr(_collecting, "ids", None)
+    _collecting.ids = ids = []
+    try:
+        data = cloudpickle.dumps(value, protocol=5, buffer_callback=buffer_callback)
+    finally:
+        _collecting.ids = outer
+    return data, list(dict.fromkeys(ids)) if len(ids) > 1 else ids
+
+
+def dumps(value: Any) -> SerializedObject:
     """Serialize a value; raise SerializationError naming the offending type.
 
-    Out-of-band buffers are views of the value's own memory. ``snapshot=True`` copies them,
-    for values the caller may change afterwards (put, task arguments): the object keeps the
-    value as it was at the call, as Ray's put and .remote() do.
+    Out-of-band buffers are views of the value's own memory: a caller that keeps the object
+    while the value may change (put, task arguments) copies them, into the node store or with
+    :func:`snapshot`, so the object keeps the value as it was at the call, as Ray's put and
+    .remote() do.
     """
     buffers: list = []
     try:
-        data = cloudpickle.dumps(value, protocol=5, buffer_callback=buffers.append)
+        data, contained = _pickle(value, buffers.append)
     except Exception as exc:
         raise SerializationError(f"could not serialize {_describe(value)}: {exc}") from exc
-    return SerializedObject(SerializedObject.VALUE, data, _buffers(buffers, snapshot))
+    return SerializedObject(SerializedObject.VALUE, data, [b.raw() for b in buffers], contained)
 
 
-def _buffers(buffers: list, snapshot: bool) -> list:
-    if snapshot:
-        return [b.raw().tobytes() for b in buffers]
-    return [b.raw() for b in buffers]
+def snapshot(obj: SerializedObject) -> SerializedObject:
+    """The object with copies of its buffers (they may be views of memory the caller changes)."""
+    if not obj.buffers:
+        return obj
+    return SerializedObject(obj.flags, obj.data, [memoryview(b).tobytes() for b in obj.buffers],
+                            obj.contained)
 
 
 def loads(obj: SerializedObject) -> Any:
@@ -172,10 +201,11 @@ def pack_args(
         payload = (tuple(new_args), new_kwargs)
     buffers: list = []
     try:
-        data = cloudpickle.dumps(payload, protocol=5, buffer_callback=buffers.append)
+        data, contained = _pickle(payload, buffers.append)
     except Exception as exc:
         raise _argument_error(args, kwargs, task_name, exc) from exc
-    return SerializedObject(SerializedObject.VALUE, data, _buffers(buffers, True)), deps
+    return SerializedObject(SerializedObject.VALUE, data, [b.raw().tobytes() for b in buffers],
+                            contained), deps
 
 
 def _argument_error(args: Sequence[Any], kwargs: dict, task_name: str, exc: Exception) -> SerializationError:

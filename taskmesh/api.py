@@ -95,6 +95,7 @@ def init(
         CTX.core = core
         CTX.cluster = cluster
         CTX.node_id = cluster.node_id if cluster is not None else ""
+        core.node_id = CTX.node_id
         if not _atexit_registered:
             atexit.register(shutdown)
             _atexit_registered = True
@@ -166,10 +167,11 @@ def get(refs: Any, *, timeout: float | None = None) -> Any:
     ids, single = _ids(refs, "get")
     if timeout is not None and timeout < 0:
         raise ValueError("timeout must be >= 0 or None")
-    values = current_core().get_values(ids, timeout)
+    core = current_core()
+    values = core.get_values(ids, timeout)
     if single:
-        return S.value_or_raise(values[0])
-    return [S.value_or_raise(v) for v in values]
+        return S.value_or_raise(core.resolve(values[0], timeout))
+    return [S.value_or_raise(core.resolve(v, timeout)) for v in values]
 
 
 def put(value: Any) -> ObjectRef:
@@ -177,8 +179,12 @@ def put(value: Any) -> ObjectRef:
     if type(value) is ObjectRef:
         raise TypeError("put() of an ObjectRef is not allowed; pass the ref itself instead")
     core = current_core()
-    obj = S.dumps(value, snapshot=True)
-    oid = core.put_serialized(obj)
+    obj = S.dumps(value)
+    oid = core.new_object_id()
+    stored = None
+    if obj.nbytes > core.config.store_threshold_bytes:
+        stored = core.store_large(oid, obj)  # one copy, into shared memory
+    core.put_serialized(oid, stored if stored is not None else S.snapshot(obj))
     core.new_ref_ids((oid,))
     return ObjectRef(oid, core)
 

@@ -63,6 +63,9 @@ class Config:
     result_batch_s: float = 0.002
     #: extra idle workers (started to cover blocked ones) exit after this long idle
     idle_worker_timeout_s: float = 10.0
+    #: values larger than this go to the node's shared-memory object store (put() and task
+    #: results); smaller ones travel inline in messages
+    store_threshold_bytes: int = 100 * 1024
     #: bytes of shared memory per node for the object store (0: 30% of RAM, within /dev/shm)
     object_store_memory: int = 0
     #: a create (or a restore from disk) that finds no room waits this long for spills and

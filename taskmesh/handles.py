@@ -47,9 +47,10 @@ class ObjectRef(Generic[T]):
         return f"ObjectRef({self._id.hex()})"
 
     def __reduce__(self) -> Any:
-        core = self._core or CTX.core
-        if core is not None:
-            core.mark_escaped(self._id)
+        if not S.ref_pickled(self._id):  # pickled outside taskmesh: never freed by us
+            core = self._core or CTX.core
+            if core is not None:
+                core.mark_escaped(self._id)
         return (_rebuild_ref, (self._id,))
 
     def __del__(self) -> None:
@@ -65,7 +66,7 @@ def _rebuild_ref(object_id: bytes) -> ObjectRef:
     core = CTX.core
     if core is None:
         return ObjectRef(object_id)
-    core.new_ref_ids((object_id,))
+    core.borrow_ref(object_id)
     return ObjectRef(object_id, core)
 
 

@@ -9,10 +9,13 @@ thread hand-off. Sends from other threads queue up and wake the leader through a
 of small objects this process owns are pushed by the head as soon as their task ends, so a
 later ``get`` is a dictionary look-up.
 
-Reference counting (first cut): every ObjectRef instance counts; when the last one for an
-object dies in its owner, the owner tells the head, which drops the value once no pending
-task needs it. A ref that was pickled (nested in a value or argument) has "escaped" and is
-never released by its owner, trading a leak for safety until distributed counting lands.
+Reference counting: every ObjectRef instance counts in its process; when the last one for an
+object dies, the process tells the head (Release, batched). The owner's release, every
+borrower's (a process that unpickled a ref of another owner says Borrow first), the pending
+tasks that use the object, and the objects whose values contain a ref to it (``contained``,
+collected while pickling) all keep it alive at the head; it is freed when none remains. A ref
+pickled outside taskmesh (``pickle.dumps(ref)`` by user code) "escapes": its object is never
+released by this process, trading a leak for safety.
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ from .. import _protocol as P
 from .._transport import POLLIN, POLLOUT, Poller, new_context, open_client
 from ..config import Config
 from ..errors import GetTimeoutError, HeadConnectionError, ProtocolVersionError
+from .local_store import LocalStore
 
 log = logging.getLogger("taskmesh.client")
 
@@ -79,8 +83,14 @@ class CoreClient:
         self._subscribed: set[bytes] = set()
         self._refcounts: dict[bytes, int] = {}
         self._escaped: set[bytes] = set()
+        self._borrowed: set[bytes] = set()  # others' objects we told the head we hold refs to
         self._dead: collections.deque[bytes] = collections.deque()
         self._next_release = 0.0  # releases are batched: at most every _RELEASE_EVERY_S
+        # dead refs and dropped views are flushed by whoever talks to the head next, or by a
+        # small thread after _RELEASE_EVERY_S when this process is idle (a notebook that just
+        # dropped a large object must not keep it in the store until its next call)
+        self._housekeeping = threading.Event()
+        self._housekeeper: threading.Thread | None = None
         self._registered_fns: set[bytes] = set()
         self._pending: collections.deque = collections.deque()
         self._info: dict[int, Any] = {}
@@ -108,6 +118,12 @@ class CoreClient:
         self.on_unblock: Callable[[], None] | None = None
         #: called on every step of a blocking wait (a worker runs Help tasks there)
         self.on_wait_step: Callable[[], bool] | None = None
+        #: the node this process runs on, if known ("" for a driver that joined a cluster: the
+        #: node whose store answers on this machine is looked up on first need)
+        self.node_id = ""
+        self._store: LocalStore | None = None
+        self._store_looked = False
+        self._store_lock = threading.Lock()
 
     # ------------------------------------------------------------------ connection
 
@@ -145,6 +161,9 @@ class CoreClient:
             if locked:
                 self._io_lock.release()
         self.closed = True
+        self._housekeeping.set()  # let the housekeeper see it and end
+        if self._store is not None:
+            self._store.close()
         for fd in (self._wake_r, self._wake_w):
             try:
                 os.close(fd)
@@ -184,6 +203,9 @@ class CoreClient:
         if self._dead and (len(self._dead) >= _RELEASE_BATCH or time.monotonic() >= self._next_release):
             self._collect_dead()
             self._next_release = time.monotonic() + _RELEASE_EVERY_S
+        store = self._store
+        if store is not None and store.has_unpins:
+            store.flush()
         pending = self._pending
         send = self.sock.send
         # only what is queued now: a thread submitting in a loop must not keep us here
@@ -342,6 +364,42 @@ class CoreClient:
     def ref_died(self, oid: bytes) -> None:
         """Called from ObjectRef.__del__ (any thread, even inside GC): never blocks."""
         self._dead.append(oid)
+        if not self._housekeeping.is_set():
+            self.wake_housekeeper()
+
+    def wake_housekeeper(self) -> None:
+        """Make sure dead refs and unpins are flushed soon even if this process goes idle
+        (any thread, even inside GC: starting the thread is the only non-trivial step)."""
+        self._housekeeping.set()
+        if self._housekeeper is None and not self.closed:
+            t = threading.Thread(target=self._housekeep, name="taskmesh-housekeeper", daemon=True)
+            self._housekeeper = t
+            t.start()
+
+    def _housekeep(self) -> None:
+        ev = self._housekeeping
+        while not self.closed:
+            ev.wait()
+            time.sleep(_RELEASE_EVERY_S)
+            ev.clear()
+            if self.closed:
+                return
+            try:
+                self.send_pending()
+            except Exception:  # closing under our feet
+                return
+
+    def borrow_ref(self, oid: bytes) -> None:
+        """A ref was unpickled here. The first ref of another owner's object makes us a
+        borrower: the head hears it (in order with everything we send: before the result of
+        the task whose arguments held the ref, before we release the value it came in)."""
+        with self._ref_lock:
+            rc = self._refcounts
+            n = rc.get(oid, 0)
+            rc[oid] = n + 1
+            if n == 0 and not self.owns(oid) and oid not in self._borrowed:
+                self._borrowed.add(oid)
+                self._pending.append(P.Borrow([oid]))
 
     def mark_escaped(self, oid: bytes) -> None:
         self._escaped.add(oid)
@@ -366,6 +424,9 @@ class CoreClient:
                     continue
                 if self.owns(oid):
                     release.append(oid)
+                elif oid in self._borrowed:
+                    self._borrowed.discard(oid)
+                    release.append(oid)
         if release:  # after what is already queued: a queued Submit may still use them
             self._pending.append(P.Release(release))
 
@@ -386,14 +447,66 @@ class CoreClient:
         self._pending_owned.update(return_ids)
         self.send(P.Submit([spec]))
 
-    def put_serialized(self, value: P.SerializedObject) -> bytes:
-        oid = self.next_task_id() + b"\0\0\0\0"
+    def new_object_id(self) -> bytes:
+        return self.next_task_id() + b"\0\0\0\0"
+
+    def put_serialized(self, oid: bytes, value: P.SerializedObject) -> None:
         self._values[oid] = value
         self.send(P.Put([(oid, value)]))
-        return oid
+
+    # ------------------------------------------------------------------ the node's object store
+
+    def local_store(self) -> LocalStore | None:
+        """The object store of this machine's node, connected on first use; None if no node
+        of the cluster runs on this machine."""
+        if self._store is not None or self._store_looked:
+            return self._store
+        with self._store_lock:
+            if not self._store_looked:
+                self._store = self._connect_store()
+                self._store_looked = True
+        return self._store
+
+    def _connect_store(self) -> LocalStore | None:
+        timeout = self.config.connect_timeout_s
+        if self.node_id:
+            candidates = [self.node_id]
+        else:  # a driver that joined a cluster: a node on this machine answers on its socket
+            candidates = [n["NodeID"] for n in self.info("nodes") if n.get("Alive")]
+        for node_id in candidates:
+            try:
+                return LocalStore.connect(node_id, f"taskmesh-node-{node_id}", timeout,
+                                          self.wake_housekeeper)
+            except (ConnectionError, OSError) as exc:
+                if self.node_id:
+                    log.warning("could not reach the object store of node %s: %s", node_id, exc)
+        return None
+
+    def store_large(self, object_id: bytes, obj: P.SerializedObject) -> P.SerializedObject | None:
+        """Write a large value into this machine's node store; return its STORED marker, or
+        None if this process has no store (the value then travels inline)."""
+        store = self.local_store()
+        if store is None:
+            return None
+        if self._dead:  # free what died first: in a put/del loop, its room is needed now
+            self._next_release = 0.0
+            self.send_pending()
+        return store.put(object_id, obj)
+
+    def resolve(self, obj: P.SerializedObject, timeout: float | None = None) -> P.SerializedObject:
+        """A readable object for ``obj``: itself, or for a STORED marker the value read from the
+        node store (zero-copy views; pulled from another node first if needed)."""
+        if obj.flags != P.SerializedObject.STORED:
+            return obj
+        store = self.local_store()
+        if store is None:
+            from .._node.transfer import fetch_value  # no store here: pull the bytes ourselves
+            return fetch_value(obj, timeout)
+        return store.read(obj, timeout)
 
     def get_values(self, oids: Sequence[bytes], timeout: float | None) -> list[P.SerializedObject]:
-        """The serialized values of ``oids``, waiting up to ``timeout`` seconds."""
+        """The serialized values of ``oids``, waiting up to ``timeout`` seconds (STORED markers
+        are left as they are: see :meth:`resolve`)."""
         values = self._values
         missing = [oid for oid in oids if oid not in values]
         if missing:
@@ -465,7 +578,8 @@ class CoreClient:
             self.send_pending()
 
     def send_pending(self) -> None:
-        if self._pending and self._io_lock.acquire(blocking=False):
+        if ((self._pending or self._dead or (self._store is not None and self._store.has_unpins))
+                and self._io_lock.acquire(blocking=False)):
             try:
                 self._drain_sends()
             finally:

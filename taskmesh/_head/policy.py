@@ -1,7 +1,9 @@
 """Placement policy as pure functions: which node, which worker, how many tasks in flight.
 
-Policy in one paragraph: a ready task goes to an *idle* worker on the node with the most free
-CPU among the nodes whose free resources fit the task. When no idle worker fits, nodes that have
+Policy in one paragraph: a ready task goes to an *idle* worker on the node that holds the most
+bytes of its arguments in its object store (locality: no transfer), then with the most free CPU,
+among the nodes whose free resources fit the task and that have an idle worker (a saturated holder
+is passed over: moving the arguments costs less than waiting). When no idle worker fits, nodes that have
 room but no idle worker are asked to start workers, and meanwhile short tasks may be *pipelined*:
 queued behind a running task of the same resource shape on a busy worker, up to a window that
 keeps about ``PIPELINE_TARGET_S`` of queued work per worker (known from the function's measured
@@ -26,16 +28,24 @@ def fits(available: Mapping[str, int], demand: Mapping[str, int]) -> bool:
     return True
 
 
-def pick_node(candidates: Iterable[tuple[str, Mapping[str, int]]], demand: Mapping[str, int]) -> str | None:
-    """The candidate (node id, available resources) with the most free CPU that fits ``demand``."""
+def pick_node(
+    candidates: Iterable[tuple[str, Mapping[str, int]]],
+    demand: Mapping[str, int],
+    held_bytes: Mapping[str, int] | None = None,
+) -> str | None:
+    """The candidate (node id, available resources) that fits ``demand`` and holds the most of
+    the task's argument bytes (``held_bytes``: node id -> bytes of its stored arguments there),
+    then has the most free CPU. Candidates are the nodes that can start the task now, so a
+    saturated holder is simply not among them and the task goes elsewhere (its arguments are
+    then pulled over the network)."""
     best: str | None = None
-    best_cpu = -1
+    best_key = (-1, -1)
     for node_id, available in candidates:
         if not fits(available, demand):
             continue
-        cpu = available.get(CPU, 0)
-        if cpu > best_cpu:
-            best, best_cpu = node_id, cpu
+        key = (held_bytes.get(node_id, 0) if held_bytes else 0, available.get(CPU, 0))
+        if key > best_key:
+            best, best_key = node_id, key
     return best
 
 

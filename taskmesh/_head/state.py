@@ -49,7 +49,7 @@ START_GRACE_S = 0.05
 class NodeRec:
     __slots__ = ("node_id", "peer", "address", "hostname", "pid", "total", "avail", "workers",
                  "idle", "starting", "last_seen", "alive", "finished", "stats", "retiring",
-                 "gone_workers")
+                 "gone_workers", "transfer", "objects")
 
     def __init__(self, node_id: str, peer: bytes, info: dict, now: float) -> None:
         self.node_id = node_id
@@ -68,6 +68,8 @@ class NodeRec:
         self.stats: dict = {}
         self.retiring: set[str] = set()  # worker ids told to exit
         self.gone_workers: set[str] = set()  # exited before their Hello reached us
+        self.transfer = str(info.get("transfer", ""))  # host:port other nodes pull objects from
+        self.objects: set[bytes] = set()  # ids of stored objects it holds a copy of
 
     @property
     def num_cpus(self) -> int:
@@ -106,7 +108,8 @@ class TaskRec:
 
 
 class ObjectRec:
-    __slots__ = ("value", "owner", "released", "waiters", "subscribers", "dependents", "nbytes")
+    __slots__ = ("value", "owner", "released", "waiters", "subscribers", "dependents", "nbytes",
+                 "locations", "holds", "borrowers", "contained")
 
     def __init__(self, owner: bytes) -> None:
         self.value: P.SerializedObject | None = None
@@ -116,6 +119,19 @@ class ObjectRec:
         self.subscribers: list[bytes] | None = None
         self.dependents = 0
         self.nbytes = 0
+        #: for a value in node stores (STORED marker): ids of the nodes holding a copy
+        self.locations: list[str] | None = None
+        #: values that contain a ref to it, plus pending tasks whose arguments do
+        self.holds = 0
+        #: peers other than the owner holding refs to it (they said Borrow)
+        self.borrowers: set[bytes] | None = None
+        #: ids of the refs inside its value (each holds one of ``holds`` there)
+        self.contained: list[bytes] | None = None
+
+    def needed(self) -> bool:
+        """Something still refers to it (the value may not have arrived yet)."""
+        return (not self.released or self.dependents > 0 or self.holds > 0
+                or bool(self.borrowers))
 
 
 class HeadState:
@@ -133,6 +149,7 @@ class HeadState:
         self.objects: dict[bytes, ObjectRec] = {}
         self.functions: dict[bytes, bytes] = {}
         self.fn_mean_s: dict[bytes, float] = {}
+        self.borrowed: dict[bytes, set[bytes]] = {}  # peer -> objects it said Borrow for
         self.queues: dict[tuple, deque[TaskRec]] = {}
         self.finished = 0
         self.failed = 0
@@ -293,6 +310,8 @@ class HeadState:
                         obj.waiters.append(t)
                 elif obj.value.is_error and failed is None:
                     failed = obj.value
+            if spec.args is not None and spec.args.contained:
+                self._hold(spec.args.contained)
             self.tasks[spec.task_id] = t
             if failed is not None:
                 self._fail_task(t, failed)
@@ -325,14 +344,41 @@ class HeadState:
     def _on_release(self, peer: bytes, msg: P.Release) -> None:
         for oid in msg.object_ids:
             obj = self.objects.get(oid)
-            if obj is None or obj.owner != peer:
+            if obj is None:
                 continue
-            obj.released = True
+            if obj.owner == peer:
+                obj.released = True
+            elif obj.borrowers and peer in obj.borrowers:
+                obj.borrowers.discard(peer)
+                self.borrowed[peer].discard(oid)
+            else:
+                continue
             self._drop_if_unneeded(oid, obj)
+
+    def _on_borrow(self, peer: bytes, msg: P.Borrow) -> None:
+        mine = self.borrowed.setdefault(peer, set())
+        for oid in msg.object_ids:
+            obj = self.objects.get(oid)
+            if obj is None or obj.owner == peer:
+                continue
+            if obj.borrowers is None:
+                obj.borrowers = {peer}
+            else:
+                obj.borrowers.add(peer)
+            mine.add(oid)
+
+    def _drop_borrows(self, peer: bytes) -> None:
+        """A peer is gone: so are the refs it borrowed."""
+        for oid in self.borrowed.pop(peer, ()):
+            obj = self.objects.get(oid)
+            if obj is not None and obj.borrowers:
+                obj.borrowers.discard(peer)
+                self._drop_if_unneeded(oid, obj)
 
     def _on_goodbye(self, peer: bytes, msg: P.Goodbye) -> None:
         """A driver left cleanly: drop what it owned (pending tasks' results are discarded)."""
         self._release_owned_by(peer)
+        self._drop_borrows(peer)
         if self.peers.get(peer) in ("driver", "status"):
             del self.peers[peer]
 
@@ -382,7 +428,7 @@ class HeadState:
                            f"task {t.spec.name}, expected {t.spec.num_returns}")
                 self._finish(t, [err] * t.spec.num_returns)
             else:
-                self._finish(t, r.returns)
+                self._finish(t, r.returns, node=w.node)
             if w.node is not None:
                 w.node.finished += 1
         if not w.assigned and w.lease is not None:
@@ -530,15 +576,22 @@ class HeadState:
             self._worker_lost(w, "NodeLostError", f"node {node.node_id} ({node.address}) was lost ({why})")
         node.idle.clear()
         node.starting = 0
+        held, node.objects = node.objects, set()
+        for oid in held:
+            obj = self.objects.get(oid)
+            if obj is not None and obj.locations and node.node_id in obj.locations:
+                obj.locations.remove(node.node_id)
+                self._copies_changed(oid, obj, f"node {node.node_id} ({node.address}) was lost")
         self.node_by_peer.pop(node.peer, None)
         self.peers.pop(node.peer, None)
 
     def _forget_worker(self, w: WorkerRec) -> None:
-        # Objects the worker owned stay: refs to them may have escaped (returned to a driver
-        # inside a result), and losing a value is worse than keeping it. Distributed reference
-        # counting (the object-store issue) will free them exactly.
+        # its own refs died with it; refs it handed out (in results, arguments, puts) are
+        # counted as holds and borrows, so its objects live on exactly as long as needed
         self.workers.pop(w.peer, None)
         self.peers.pop(w.peer, None)
+        self._release_owned_by(w.peer)
+        self._drop_borrows(w.peer)
 
     def _release_owned_by(self, peer: bytes) -> None:
         for oid, obj in list(self.objects.items()):
@@ -581,7 +634,8 @@ class HeadState:
         self.failed += 1
         self._finish(t, [err] * t.spec.num_returns)
 
-    def _finish(self, t: TaskRec, returns: list, deps_counted: bool = True) -> None:
+    def _finish(self, t: TaskRec, returns: list, deps_counted: bool = True,
+                node: NodeRec | None = None) -> None:
         """Store a finished task's return values and wake whatever waited for them."""
         t.state = DONE
         t.worker = None
@@ -591,25 +645,45 @@ class HeadState:
         for oid, value in zip(return_ids(t.spec.task_id, t.spec.num_returns), returns):
             obj = objects.get(oid)
             if obj is not None:
-                self._set_value(oid, obj, value, push_owner=True)
+                self._set_value(oid, obj, value, push_owner=True, node=node)
+            elif value.is_stored and node is not None:  # nobody wants it: free the copy
+                self._free_copies(oid, [node.node_id])
         if not deps_counted:
             return
+        args = t.spec.args
+        if args is not None and args.contained:
+            self._unhold(args.contained)
         for dep in t.spec.deps:
             obj = objects.get(dep)
             if obj is not None:
                 obj.dependents -= 1
                 self._drop_if_unneeded(dep, obj)
 
-    def _set_value(self, oid: bytes, obj: ObjectRec, value: P.SerializedObject, push_owner: bool) -> None:
+    def _set_value(self, oid: bytes, obj: ObjectRec, value: P.SerializedObject, push_owner: bool,
+                   node: NodeRec | None = None) -> None:
+        """``node``: where a worker's result was made (a stored result lives in its store)."""
         nbytes = value.nbytes
-        if obj.released and obj.dependents <= 0 and not obj.subscribers:
+        holders = None
+        contained = value.contained
+        if value.is_stored:
+            value, nbytes, holders = self._accept_stored(oid, value, node)
+        if not obj.needed() and not obj.subscribers:
             del self.objects[oid]
+            if holders:
+                self._free_copies(oid, holders)
             return
         obj.value = value
         obj.nbytes = nbytes
+        if contained:
+            obj.contained = self._hold(contained)
+        if holders:
+            obj.locations = holders
+            for nid in holders:
+                self.nodes[nid].objects.add(oid)
         out = self.out
         if push_owner and not obj.released and obj.owner in self.peers:
-            pushed = value if nbytes <= self.config.inline_push_bytes or value.is_error else None
+            pushed = (value if nbytes <= self.config.inline_push_bytes or value.is_error
+                      or holders else None)
             out.add(obj.owner, P.ObjectValues, P.ObjectValue(oid, pushed, nbytes))
         if obj.subscribers:
             item = P.ObjectValue(oid, value, nbytes)
@@ -632,10 +706,126 @@ class HeadState:
         self._drop_if_unneeded(oid, obj)
 
     def _drop_if_unneeded(self, oid: bytes, obj: ObjectRec) -> None:
-        """An object goes once its owner released it, no pending task needs it, and its value
-        has arrived (until then its record is where the coming result is discarded)."""
-        if obj.released and obj.dependents <= 0 and obj.value is not None:
-            self.objects.pop(oid, None)
+        """An object goes once nothing refers to it (its owner released it, no borrower, no
+        pending task and no other value uses it) and its value has arrived (until then its
+        record is where the coming result is discarded). Nodes holding copies are told to free
+        them, and the objects its value refers to lose that hold (iteratively: a long chain of
+        nested refs must not recurse)."""
+        if obj.needed() or obj.value is None:
+            return
+        objects = self.objects
+        stack = [(oid, obj)]
+        while stack:
+            oid, obj = stack.pop()
+            if objects.get(oid) is not obj:
+                continue
+            del objects[oid]
+            if obj.locations:
+                self._free_copies(oid, obj.locations)
+                obj.locations = None
+            for inner_id in obj.contained or ():
+                inner = objects.get(inner_id)
+                if inner is not None:
+                    inner.holds -= 1
+                    if not inner.needed() and inner.value is not None:
+                        stack.append((inner_id, inner))
+
+    def _hold(self, oids: Iterable[bytes]) -> list[bytes]:
+        """Count one hold on each known object; return the ids held."""
+        held = []
+        objects = self.objects
+        for oid in oids:
+            obj = objects.get(oid)
+            if obj is not None:
+                obj.holds += 1
+                held.append(oid)
+        return held
+
+    def _unhold(self, oids: Iterable[bytes]) -> None:
+        objects = self.objects
+        for oid in oids:
+            obj = objects.get(oid)
+            if obj is not None:
+                obj.holds -= 1
+                self._drop_if_unneeded(oid, obj)
+
+    # ------------------------------------------------------------------ object directory
+
+    def _accept_stored(self, oid: bytes, marker: P.SerializedObject,
+                       node: NodeRec | None) -> tuple[P.SerializedObject, int, list[str] | None]:
+        """Check a STORED marker from a worker (``node``: its node) or a driver's put (the
+        marker names the node); return (value to keep, size, holder node ids). A marker that
+        makes no sense becomes an error value (holders None)."""
+        try:
+            moid, size, locs = marker.read_stored()
+        except P.ProtocolError as exc:
+            return _ERR("TaskmeshError", f"object {oid.hex()}: {exc}"), 0, None
+        if moid != oid:
+            return _ERR("TaskmeshError", f"object {oid.hex()}: its stored-object marker names "
+                        f"another object ({moid.hex()})"), 0, None
+        if node is not None:
+            holders = [node.node_id] if node.alive else []
+        else:
+            holders = [nid for nid, _ in locs if nid in self.nodes and self.nodes[nid].alive]
+        if not holders:
+            where = node.node_id if node is not None else ", ".join(n for n, _ in locs) or "none"
+            return _ERR("ObjectLostError", f"object {oid.hex()} was stored on node {where}, "
+                        "which is no longer part of the cluster"), size, None
+        return self._marker(oid, size, holders), size, holders
+
+    def _marker(self, oid: bytes, size: int, holders: list[str]) -> P.SerializedObject:
+        nodes = self.nodes
+        return P.SerializedObject.stored(oid, size, [[nid, nodes[nid].transfer] for nid in holders])
+
+    def _free_copies(self, oid: bytes, node_ids: Iterable[str]) -> None:
+        for nid in node_ids:
+            n = self.nodes.get(nid)
+            if n is not None and n.alive:
+                n.objects.discard(oid)
+                self.out.add(n.peer, P.FreeObjects, oid)
+
+    def _on_object_locations(self, peer: bytes, msg: P.ObjectLocations) -> None:
+        """A node fetched copies (``added``) or lost some (``removed``)."""
+        node = self.node_by_peer.get(peer)
+        if node is None:
+            return
+        nid = node.node_id
+        for oid, _size in msg.added:
+            obj = self.objects.get(oid)
+            if obj is None or obj.locations is None:  # freed meanwhile: the copy is not needed
+                self.out.add(peer, P.FreeObjects, oid)
+                continue
+            if nid not in obj.locations:
+                obj.locations.append(nid)
+                node.objects.add(oid)
+                obj.value = self._marker(oid, obj.nbytes, obj.locations)
+        for oid in msg.removed:
+            node.objects.discard(oid)
+            obj = self.objects.get(oid)
+            if obj is not None and obj.locations and nid in obj.locations:
+                obj.locations.remove(nid)
+                self._copies_changed(oid, obj, f"its copy on node {nid} was lost")
+
+    def _copies_changed(self, oid: bytes, obj: ObjectRec, why: str) -> None:
+        if obj.locations:
+            obj.value = self._marker(oid, obj.nbytes, obj.locations)
+        else:  # rebuilding it from lineage comes with fault tolerance
+            obj.locations = None
+            obj.value = _ERR("ObjectLostError", f"object {oid.hex()} ({obj.nbytes} bytes) is "
+                             f"lost: {why}, and no other node held a copy")
+
+    def _held_bytes(self, t: TaskRec) -> dict[str, int] | None:
+        """Node id -> bytes of the task's stored arguments held there (None if none)."""
+        held: dict[str, int] | None = None
+        objects = self.objects
+        for dep in t.spec.deps:
+            obj = objects.get(dep)
+            if obj is not None and obj.locations:
+                if held is None:
+                    held = {}
+                for nid in obj.locations:
+                    held[nid] = held.get(nid, 0) + obj.nbytes
+        return held
 
     # ------------------------------------------------------------------ placement
 
@@ -646,9 +836,10 @@ class HeadState:
         demand = queue[0].spec.resources
         nodes = [n for n in self.nodes.values() if n.alive]
         by_id = {n.node_id: n for n in nodes}
-        # 1. idle workers, on the node with the most free CPU that fits
+        # 1. idle workers, on the node holding most argument bytes, then most free CPU
         while queue:
-            node_id = pick_node(((n.node_id, n.avail) for n in nodes if n.idle), demand)
+            held = self._held_bytes(queue[0]) if queue[0].spec.deps else None
+            node_id = pick_node(((n.node_id, n.avail) for n in nodes if n.idle), demand, held)
             if node_id is None:
                 break
             best = by_id[node_id]
@@ -766,6 +957,7 @@ class HeadState:
             "TasksRunning": sum(len(w.assigned) for w in n.workers.values()),
             "TasksFinished": n.finished,
             "pid": n.pid,
+            "ObjectStore": {k: v for k, v in n.stats.items() if k.startswith("store_")},
         }
 
 
@@ -810,6 +1002,7 @@ _HANDLERS: dict[type, tuple[Any, tuple[str, ...]]] = {
     P.Put: (HeadState._on_put, _CLIENT),
     P.Subscribe: (HeadState._on_subscribe, _CLIENT),
     P.Release: (HeadState._on_release, _CLIENT),
+    P.Borrow: (HeadState._on_borrow, _CLIENT),
     P.InfoRequest: (HeadState._on_info, ("driver", "worker", "status")),
     P.Goodbye: (HeadState._on_goodbye, ("driver", "status")),
     P.TaskResults: (HeadState._on_results, ("worker",)),
@@ -817,4 +1010,5 @@ _HANDLERS: dict[type, tuple[Any, tuple[str, ...]]] = {
     P.Unblocked: (HeadState._on_unblocked, ("worker",)),
     P.Heartbeat: (HeadState._on_heartbeat, ("node",)),
     P.WorkerExited: (HeadState._on_worker_exited, ("node",)),
+    P.ObjectLocations: (HeadState._on_object_locations, ("node",)),
 }

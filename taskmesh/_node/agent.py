@@ -76,6 +76,8 @@ class NodeAgent:
         os.set_blocking(self._stop_w, False)
         self.registered = False
         self.exit_code = 0
+        self._added: list[list] = []  # copies fetched / freed, for the next ObjectLocations
+        self._removed: list[bytes] = []
         # the object store: the arena, and the service local clients talk to
         swept = sweep_dead(pid_alive)
         if swept:
@@ -84,12 +86,27 @@ class NodeAgent:
         self.arena = Arena.create(arena_name(self.node_id),
                                   capacity_for(config.object_store_memory))
         try:
-            self.store = StoreService(self.node_id, self.arena, config, pid_alive)
+            self.store = StoreService(self.node_id, self.arena, config, pid_alive,
+                                      transfer_host=node_ip, on_fetched=self._fetched,
+                                      on_freed=self._freed)
         except BaseException:
             self.arena.close()
             self.sock.close()
             self.ctx.term()
             raise
+
+    def _fetched(self, object_id: bytes, size: int) -> None:
+        """The store pulled a copy from another node: the head's directory should know."""
+        self._added.append([object_id, size])
+
+    def _freed(self, object_id: bytes) -> None:
+        """The store let go of a copy (the head ignores it if it asked for that itself)."""
+        self._removed.append(object_id)
+
+    def _report_locations(self) -> None:
+        if self._added or self._removed:
+            self.sock.send(P.ObjectLocations(self._added, self._removed))
+            self._added, self._removed = [], []
 
     def request_stop(self) -> None:
         try:
@@ -163,7 +180,7 @@ class NodeAgent:
             "node_id": self.node_id, "address": self.node_ip, "hostname": socket.gethostname(),
             "pid": os.getpid(), "resources": self.resources, "prestart": self.num_cpus,
             "arena": self.arena.name, "store_capacity": self.arena.capacity,
-            "store": self.store.name,
+            "store": self.store.name, "transfer": self.store.transfer_address,
         }
         self.sock.send(P.Hello(P.PROTOCOL_VERSION, "node", info))
         # start the pool at once: workers connect to the head while it welcomes us
@@ -196,6 +213,7 @@ class NodeAgent:
             store_at = self.store.wake_at(time.monotonic())
             if store_at is not None:
                 wake_at = min(wake_at, store_at)
+            self._report_locations()
             self.sock.flush()  # the agent's messages are small; anything left goes out here
             if self.sock.wants_write:
                 wake_at = min(wake_at, time.monotonic() + 0.01)
@@ -228,6 +246,8 @@ class NodeAgent:
                         if ready_fd is not None:
                             report_ready(ready_fd, f"ERROR the head refused this node: {msg.reason}")
                             ready_fd = None
+                    elif kind is P.FreeObjects:
+                        self.store.delete(msg.object_ids)
                     elif kind is P.Shutdown:
                         reason, stop = msg.reason, True
                     elif kind is not P.HeartbeatAck:
@@ -257,6 +277,7 @@ class NodeAgent:
                     break
                 stats = {"workers": len(self.workers), "rss": proc.memory_info().rss,
                          "load": os.getloadavg()[0]}
+                stats.update(("store_" + k, v) for k, v in self.store.stats().items())
                 self.sock.send(P.Heartbeat(stats))
                 next_beat = now + interval
         return reason

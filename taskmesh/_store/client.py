@@ -126,6 +126,12 @@ class StoreClient:
             raise cls(f"object store @{self.name}: {failure.reason}")
         return [views[oid].pop() for oid in object_ids]
 
+    def fetch(self, object_id: bytes, size: int, sources: list) -> None:
+        """Ask the store to pull the object from another node (``sources``: ``[node_id,
+        "host:port"]`` of holders) unless it has it; a :meth:`pin` of it then waits for the
+        bytes, and fails with ObjectLostError if no source could deliver them."""
+        self._send(P.StoreFetch(object_id, size, list(sources)))
+
     def unpin(self, object_ids: list[bytes]) -> None:
         """Release one pin on each object (views of it must no longer be read)."""
         if object_ids:

@@ -26,7 +26,7 @@ from .._client.core import CoreClient
 from .._context import CTX
 from .._spin import Spinner
 from ..config import Config
-from ..errors import SerializationError
+from ..errors import SerializationError, TaskmeshError
 
 log = logging.getLogger("taskmesh.worker")
 
@@ -41,6 +41,7 @@ class Worker:
         self.pid = os.getpid()
         self.core = CoreClient(config, endpoint, "worker", endpoint.replace("tcp://", ""),
                                identity=b"W" + worker_id.encode())
+        self.core.node_id = node_id
         self.core.on_foreign = self._on_message
         self.core.on_block = self._block
         self.core.on_unblock = self._unblock
@@ -158,7 +159,8 @@ class Worker:
         n = a.num_returns
         try:
             fn = self._function(a)
-            deps = [S.value_or_raise(v) for v in a.dep_values] if a.dep_values else ()
+            resolve = self.core.resolve
+            deps = [S.value_or_raise(resolve(v)) for v in a.dep_values] if a.dep_values else ()
             args, kwargs = S.unpack_args(a.args, deps)
             result = fn(*args, **kwargs)
         except BaseException as exc:  # noqa: BLE001 - every task failure becomes an error object
@@ -168,7 +170,7 @@ class Worker:
         else:
             try:
                 returns = self._serialize_returns(a, result)
-            except (SerializationError, ValueError) as exc:
+            except (SerializationError, ValueError, TaskmeshError, OSError) as exc:
                 returns = [S.dump_task_error(exc, a.name, self.node_id, self.pid, False)] * n
             del result
         CTX.current_task_id, CTX.current_task_name = outer
@@ -191,15 +193,24 @@ class Worker:
                 raise ValueError(f"task {a.name} has num_returns={n} but returned "
                                  f"{len(values)} values")
         out = []
+        threshold = self.config.store_threshold_bytes
         for i, v in enumerate(values):
             try:
-                out.append(S.dumps(v))
+                obj = S.dumps(v)
             except SerializationError as exc:
                 which = "" if n == 1 else f" {i}"
                 raise SerializationError(
                     f"task {a.name} returned a value{which} that could not be serialized: "
                     f"{exc.__cause__ or exc}. Return something picklable (e.g. convert it to "
                     "plain data) instead.") from None
+            if obj.nbytes > threshold:  # into the node store: one copy, the head sees a marker
+                oid = a.task_id + i.to_bytes(4, "big")
+                try:
+                    obj = self.core.store_large(oid, obj) or obj
+                except TaskmeshError as exc:
+                    raise type(exc)(f"task {a.name} on node {self.node_id}: its result could not "
+                                    f"be stored: {exc}") from None
+            out.append(obj)
         return out
 
     def run(self) -> int:

@@ -980,24 +980,26 @@ def test_task_with_a_missing_dependency_does_not_free_its_other_dependencies(c):
     assert c.state.objects[b"x"].dependents == 1
 
 
-def test_objects_owned_by_a_crashed_worker_stay_readable(c):
-    """A worker that runs nested tasks owns their results and its put()s. Refs to them may have
-    escaped to a driver (inside a returned value), so its death must not free them: they stay
-    readable until distributed reference counting can prove nobody holds them."""
+def test_objects_owned_by_a_crashed_worker_live_exactly_as_long_as_refs_to_them(c):
+    """A worker that runs nested tasks owns their results and its put()s. When it dies its own
+    refs die with it; refs it handed out (here: one the driver borrowed) keep theirs alive."""
     w, parent, [kid] = nested_setup(c, children=1)
-    c.put(b"put-by-worker", value(b"P"), owner=w)
+    c.put(b"shared-by-worker", value(b"P"), owner=w)
+    c.put(b"private-to-worker", value(b"Q"), owner=w)
+    c.send(c.driver, P.Borrow([b"shared-by-worker"]))  # the driver unpickled a ref to it
     c.exited(w)
-    w2 = c.add_worker("n1")
+    c.add_worker("n1")
     c.add_worker("n1")
     for _ in range(3):  # run whatever is handed out
         for tid, peer in c.drain().assigned_to().items():
             c.finish(peer, tid)
     assert parent not in c.state.tasks
-    assert b"put-by-worker" in c.state.objects
-    c.send(c.driver, P.Subscribe([b"put-by-worker"]))
+    assert b"private-to-worker" not in c.state.objects
+    c.send(c.driver, P.Subscribe([b"shared-by-worker"]))
     got = [i for m in c.drain().to(c.driver) if isinstance(m, P.ObjectValues) for i in m.items]
-    assert [i.object_id for i in got] == [b"put-by-worker"] and got[0].value.data == b"P"
-    assert w2 in c.state.workers
+    assert [i.object_id for i in got] == [b"shared-by-worker"] and got[0].value.data == b"P"
+    c.send(c.driver, P.Release([b"shared-by-worker"]))  # the borrower let go: now it goes
+    assert b"shared-by-worker" not in c.state.objects
 
 
 def test_goodbye_releases_what_the_driver_owned(c):

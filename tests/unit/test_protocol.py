@@ -60,6 +60,7 @@ EXAMPLES: dict[type, list] = {
     P.Put: [P.Put([(b"oid-1", SO), (b"oid-2", ERR)])],
     P.Subscribe: [P.Subscribe([b"a", b"b"]), P.Subscribe([])],
     P.Release: [P.Release([b"a"])],
+    P.Borrow: [P.Borrow([b"o" * 20])],
     P.InfoRequest: [P.InfoRequest(7, "status")],
     P.ObjectValues: [P.ObjectValues([ObjectValue(b"o1", SO, SO.nbytes),
                                      ObjectValue(b"o2", None, 1 << 40),
@@ -83,6 +84,8 @@ EXAMPLES: dict[type, list] = {
     P.StartWorkers: [P.StartWorkers(3)],
     P.Shutdown: [P.Shutdown("taskmesh stop")],
     P.HeartbeatAck: [P.HeartbeatAck()],
+    P.ObjectLocations: [P.ObjectLocations([[b"o" * 20, 1 << 20]], [b"p" * 20]), P.ObjectLocations([], [])],
+    P.FreeObjects: [P.FreeObjects([b"o" * 20, b"p" * 20])],
     P.StoreCreate: [P.StoreCreate(b"o" * 20, 3 << 20), P.StoreCreate(b"empty", 0)],
     P.StoreSeal: [P.StoreSeal(b"o" * 20)],
     P.StoreAbort: [P.StoreAbort(b"o" * 20)],
@@ -305,7 +308,7 @@ BAD_FRAMES = {
     "num_returns is str": pack(P.Submit.OP, [spec_with(num_returns="1")]),
     "deps hold ints": pack(P.Submit.OP, [spec_with(deps=[1])]),
     "task_id is str": pack(P.Submit.OP, [spec_with(task_id="tid")]),
-    "args flags 3": pack(P.Submit.OP, [spec_with(args=[3, b"d", []])]),
+    "args flags 4": pack(P.Submit.OP, [spec_with(args=[4, b"d", []])]),
     "args flags -1": pack(P.Submit.OP, [spec_with(args=[-1, b"d", []])]),
     "args flags str": pack(P.Submit.OP, [spec_with(args=["0", b"d", []])]),
     "args flags bool": pack(P.Submit.OP, [spec_with(args=[False, b"d", []])]),
@@ -364,7 +367,7 @@ def test_protocol_error_messages_say_what_is_wrong():
     with pytest.raises(ProtocolError, match="RegisterFunction.*expected bytes, got str"):
         decode(pack(P.RegisterFunction.OP, "fid", "f", b"blob"))
     with pytest.raises(ProtocolError, match="flags"):
-        decode(pack(P.Submit.OP, [spec_with(args=[3, b"d", []])]))
+        decode(pack(P.Submit.OP, [spec_with(args=[4, b"d", []])]))
     with pytest.raises(ProtocolError, match="non-negative"):
         decode(pack(P.Submit.OP, [spec_with(resources={"CPU": -1})]))
 
@@ -459,3 +462,20 @@ def test_fuzz_mutated_valid_messages_only_raise_protocol_error(frames, data):
 
 def test_protocol_error_is_a_value_error():
     assert issubclass(ProtocolError, ValueError)
+
+
+def test_contained_refs_and_stored_markers_round_trip():
+    obj = SerializedObject(0, b"pickle", [b"buf"], [b"inner-1", b"inner-2"])
+    [(oid, out)] = roundtrip(P.Put([(b"outer", obj)])).objects
+    assert list(out.contained) == [b"inner-1", b"inner-2"] and out.data == b"pickle"
+    plain = roundtrip(P.Put([(b"o", SerializedObject(0, b"p", []))])).objects[0][1]
+    assert list(plain.contained) == []
+    marker = SerializedObject.stored(b"oid", 1 << 30, [["n1", "10.0.0.1:7400"]])
+    assert marker.is_stored and not marker.is_error
+    out = roundtrip(P.Put([(b"oid", marker)])).objects[0][1]
+    assert out.read_stored() == (b"oid", 1 << 30, [["n1", "10.0.0.1:7400"]])
+    for bad in (b"\xc1", msgpack.packb([b"oid", -1, []]), msgpack.packb([b"oid", 1, [["n"]]])):
+        with pytest.raises(ProtocolError, match="marker"):
+            SerializedObject(3, bad).read_stored()
+    with pytest.raises(ProtocolError):
+        decode(pack(P.Put.OP, [[b"o", [0, b"p", [], [1, 2]]]]))  # contained ids must be bytes

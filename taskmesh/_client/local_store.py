@@ -1,0 +1,147 @@
+"""A driver's or worker's access to the object store of the node it runs on: large values in place.
+
+    put(x) / a large task result ──create──▶ node store: write pickle + buffers once ──seal──▶
+        the head records a STORED marker (object id, size, holders), never the bytes
+    get(ref) ──pin──▶ read-only views of the arena ──pickle.loads(buffers=views)──▶ value
+        (numpy arrays backed by shared memory: no copy, whatever the size)
+    the last Python object using the views dies ──▶ finalizer ──▶ batched StoreUnpin
+
+A pin lives exactly as long as the memory it protects is reachable: every view handed to
+``pickle.loads`` is a slice of one read-only numpy array per pin (the "holder"), so the value's
+arrays keep the holder alive, and a ``weakref.finalize`` on the holder queues the unpin when the
+last of them goes. Finalizers may run in any thread, even inside garbage collection, so they only
+append to a deque; the queue is flushed with the next store request or by the client core's
+periodic housekeeping. Gets of an object whose holder is still alive reuse it: no round trip,
+and two gets share memory.
+
+An object held only by other nodes is first pulled into this node's store (``StoreFetch``; the
+node agent does the transfer, once per object however many processes ask), then pinned. One
+thread at a time talks to the store (a lock); the store connection is opened on first use.
+"""
+
+from __future__ import annotations
+
+import collections
+import threading
+import weakref
+from collections.abc import Callable
+import numpy as np
+
+from .._protocol import SerializedObject
+from .._store import layout
+from .._store.client import StoreClient
+
+__all__ = ["LocalStore"]
+
+
+class LocalStore:
+    """This process's link to its node's object store (one per process)."""
+
+    def __init__(self, node_id: str, client: StoreClient,
+                 on_unpin: Callable[[], None] | None = None) -> None:
+        self.node_id = node_id
+        self._client = client
+        self._on_unpin = on_unpin
+        self._lock = threading.Lock()
+        self._unpins: collections.deque[bytes] = collections.deque()
+        self._holders: weakref.WeakValueDictionary[bytes, np.ndarray] = weakref.WeakValueDictionary()
+        self.closed = False
+
+    @classmethod
+    def connect(cls, node_id: str, store_name: str, timeout_s: float,
+                on_unpin: Callable[[], None] | None = None) -> "LocalStore":
+        """Connect to the store at the abstract socket ``store_name``; ConnectionError if none
+        answers (the socket only exists on the node's own machine). ``on_unpin`` is called
+        (in any thread, maybe inside GC) when a view died and an unpin waits to be sent."""
+        return cls(node_id, StoreClient(store_name, connect_timeout_s=timeout_s), on_unpin)
+
+    # ------------------------------------------------------------------ writing
+
+    def put(self, object_id: bytes, obj: SerializedObject) -> SerializedObject:
+        """Write a serialized value into the store under ``object_id`` (one copy of each
+        buffer); return the STORED marker that stands for it in messages."""
+        size = layout.encoded_size(obj.data, obj.buffers)
+        with self._lock:
+            self._flush_locked()
+            client = self._client
+            dest = client.create(object_id, size)
+            try:
+                layout.write(dest, obj.data, obj.buffers)
+            except BaseException:
+                client.abort(object_id)
+                raise
+            finally:
+                dest.release()
+            client.seal(object_id)
+        marker = SerializedObject.stored(object_id, size, [[self.node_id, ""]])
+        marker.contained = obj.contained
+        return marker
+
+    # ------------------------------------------------------------------ reading
+
+    def read(self, marker: SerializedObject, timeout_s: float | None = None) -> SerializedObject:
+        """The value behind a STORED marker, as a VALUE whose pickle stream and buffers are
+        read-only views of the store (pulled to this node first if only others hold it).
+        Raises ObjectLostError if no copy can be read, TimeoutError after ``timeout_s``."""
+        object_id, size, locations = marker.read_stored()
+        holder = self._holders.get(object_id)
+        if holder is None:
+            holder = self._pin(object_id, size, locations, timeout_s)
+        data, buffers = layout.read(memoryview(holder))
+        return SerializedObject(SerializedObject.VALUE, data, buffers)
+
+    def _pin(self, object_id: bytes, size: int, locations: list, timeout_s: float | None) -> np.ndarray:
+        with self._lock:
+            holder = self._holders.get(object_id)  # another thread may have pinned it meanwhile
+            if holder is not None:
+                return holder
+            self._flush_locked()
+            client = self._client
+            if not any(node_id == self.node_id for node_id, _ in locations):
+                client.fetch(object_id, size, [loc for loc in locations if loc[1]])
+            view = client.pin([object_id], timeout_s)[0]
+            holder = np.frombuffer(view, dtype=np.uint8)
+            weakref.finalize(holder, self._view_died, object_id)
+            self._holders[object_id] = holder
+            return holder
+
+    # ------------------------------------------------------------------ housekeeping
+
+    def _view_died(self, object_id: bytes) -> None:
+        self._unpins.append(object_id)
+        if self._on_unpin is not None:
+            self._on_unpin()
+
+    @property
+    def has_unpins(self) -> bool:
+        return bool(self._unpins)
+
+    def flush(self) -> None:
+        """Send the unpins of views that died, unless another thread is using the store."""
+        if self._unpins and self._lock.acquire(blocking=False):
+            try:
+                self._flush_locked()
+            finally:
+                self._lock.release()
+
+    def _flush_locked(self) -> None:
+        if self._unpins and not self.closed:
+            batch = []
+            while self._unpins:
+                batch.append(self._unpins.popleft())
+            self._client.unpin(batch)
+
+    def close(self) -> None:
+        """Close the connection: the store drops this process's pins (views stay mapped)."""
+        with self._lock:
+            if not self.closed:
+                self.closed = True
+                self._client.close()
+
+    @property
+    def pinned(self) -> int:
+        """Objects this process holds views of (for tests and diagnostics)."""
+        return len(self._holders)
+
+    def __repr__(self) -> str:
+        return f"LocalStore(node={self.node_id}, pinned={self.pinned})"
