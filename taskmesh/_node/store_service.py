@@ -1,11 +1,15 @@
-"""The node's object store service: local processes ask the node agent for arena space and pins.
+"""The node's object store service: local processes ask the node agent for arena space and pins,
+and other nodes pull objects from it over TCP.
 
-    local client ──StoreCreate/Seal/Abort/Pin/Unpin/Delete──▶ StoreService ──▶ StoreState (sans-IO)
-         ▲           (socket @taskmesh-node-<node_id>)          │    ▲             │ commands
-         └──StoreInfo, StoreCreated, StorePinned, ...───────────┘    │             ▼
-                                         spilled/restored (or failed)│    Spill, Restore, Freed
-                                                 (wake pipe in the   │             │
-                                                  agent's poller)  ──┴── spill thread ──▶ spill dir
+    local client ──StoreCreate/Seal/Abort/Pin/Unpin/Delete/Fetch──▶ StoreService ──▶ StoreState (sans-IO)
+         ▲           (socket @taskmesh-node-<node_id>)                │    ▲             │ commands
+         └──StoreInfo, StoreCreated, StorePinned, ...─────────────────┘    │             ▼
+                                         spilled/restored (or failed)      │    Spill, Restore, Freed
+                                                 (wake pipe in the         │             │
+                                                  agent's poller)  ────────┴── spill thread ──▶ spill dir
+                                        pin/unpin for a transfer,          │
+                                        fetched (or failed)  (a second  ───┴── transfer threads ◀──TCP──▶ other nodes
+                                                  wake pipe)                    (transfer.py)
 
 The node agent owns the arena and runs this service inside its own event loop: it registers the
 service's fds in its poller, calls :meth:`StoreService.handle` with what is ready and
@@ -21,12 +25,25 @@ A failed restore loses the object: its readers get an error and its spill file i
 of an object being spilled or restored stays allocated to it until that report, so the thread
 and the loop never touch the same bytes.
 
+Transfers (docs/object-store.md, "Transfer"; the stream is ``transfer.py``'s). The service
+listens on TCP (``transfer_address``) and serves each connection in a thread; ``StoreFetch``
+starts a thread that pulls an object from other nodes straight into this arena. Only the loop
+thread touches ``StoreState``: a serving thread asks the loop to pin the object (queue + wake
+pipe), waits for the pin (an object on disk is restored by it), streams from a read-only view
+of the arena, and asks the loop to unpin when done or when the peer went away. A fetch creates
+the object in the state (as an internal creator), the thread fills its range, and the loop
+seals it (waiting pins are granted; ``on_fetched`` tells the agent) or, when every source
+failed, aborts it with the reason, which the waiting and later pins then get. Pins and creates
+of transfers belong to internal client ids that no local client can have, so ``client_gone``
+never touches them. One fetch per object however many ``StoreFetch`` arrive: an object the
+state knows, in any state, is not fetched again.
+
 A client is known by the identity it sends first on its connection; it gets ``StoreInfo``
 (the arena's file name and size) at once, maps the arena, and from then on exchanges only
 offsets with the store. A closed connection means the client process is gone: its pins and its
 unsealed objects go with it (``client_gone``). Local clients run as the agent's user (the socket
 checks), and they may write the whole arena anyway, so requests are not checked against who
-created an object.
+created an object (except that an object being fetched cannot be sealed or aborted by them).
 
 Spill files live in a per-agent directory, ``<spill_dir or tmp>/taskmesh-spill-<pid>-<node_id>``
 (mode 0700), one file per object named by its id in hex; the directory is removed at exit, and a
@@ -36,6 +53,7 @@ new agent removes those of agents that died without cleaning up.
 from __future__ import annotations
 
 import collections
+import contextlib
 import logging
 import os
 import queue
@@ -44,7 +62,7 @@ import shutil
 import stat
 import tempfile
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from .. import _protocol as P
@@ -63,6 +81,16 @@ from .._store.state import (
 )
 from .._transport import LocalServerSocket
 from ..config import Config
+from . import transfer
+from .transfer import (
+    Cancellation,
+    FetchFailed,
+    NotHere,
+    TransferCancelled,
+    TransferCounters,
+    TransferError,
+    TransferServer,
+)
 
 log = logging.getLogger("taskmesh.node.store")
 
@@ -76,6 +104,15 @@ _SPILL_NAME = re.compile(rf"^{_SPILL_PREFIX}(\d+)-[0-9A-Za-z_]+$")
 
 # spill-thread jobs
 _SPILL, _RESTORE, _DELETE = "spill", "restore", "delete"
+
+# events from the transfer threads to the loop
+_PIN, _UNPIN, _FETCHED = "pin", "unpin", "fetched"
+
+# StoreState client ids of the service itself: a local client names itself with 1 to 255 bytes
+# (_uds.py), so these never collide with one and client_gone never touches them
+_SERVE_CLIENT = b"\0" * 256 + b"transfer-serve"  # pins held while an object streams to a node
+_FETCH_CLIENT = b"\0" * 256 + b"transfer-fetch"  # creator of the objects being fetched
+_INTERNAL = frozenset((_SERVE_CLIENT, _FETCH_CLIENT))
 
 
 def store_socket_name(node_id: str) -> str:
@@ -228,15 +265,100 @@ class _SpillThread:
         os.close(self._wake_w)
 
 
+class _Inbox:
+    """Events from the transfer threads for the loop: a queue, announced by a byte on a pipe."""
+
+    def __init__(self) -> None:
+        self._items: collections.deque = collections.deque()
+        self._lock = threading.Lock()
+        self._closed = False
+        self.wake_fd, self._wake_w = os.pipe()
+        os.set_blocking(self.wake_fd, False)
+        os.set_blocking(self._wake_w, False)
+
+    def put(self, item: tuple) -> None:
+        with self._lock:  # never write to the pipe's fd number once closed (it may be reused)
+            if self._closed:
+                return
+            self._items.append(item)
+            try:
+                os.write(self._wake_w, b"x")
+            except BlockingIOError:
+                pass  # the pipe is full: the loop is already due to wake
+
+    def drain(self) -> list[tuple]:
+        try:
+            while os.read(self.wake_fd, 4096):
+                pass
+        except BlockingIOError:
+            pass
+        out = []
+        while self._items:
+            out.append(self._items.popleft())
+        return out
+
+    def close(self) -> list[tuple]:
+        """Stop taking events; return those not drained yet."""
+        with self._lock:
+            self._closed = True
+            os.close(self.wake_fd)
+            os.close(self._wake_w)
+            left = list(self._items)
+            self._items.clear()
+        return left
+
+
+class _ServeRequest:
+    """A serving thread's request for a pin, answered by the loop (under the service's lock)."""
+
+    __slots__ = ("object_id", "done", "offset", "size", "error", "abandoned")
+
+    def __init__(self, object_id: bytes) -> None:
+        self.object_id = object_id
+        self.done = threading.Event()
+        self.offset = 0
+        self.size = 0
+        self.error: str | None = None  # the pin failed: why
+        self.abandoned = False  # the thread stopped waiting: a pin granted later is released
+
+
+class _Fetch:
+    __slots__ = ("object_id", "size", "sources", "thread")
+
+    def __init__(self, object_id: bytes, size: int, sources: list[tuple[str, str]]) -> None:
+        self.object_id = object_id
+        self.size = size
+        self.sources = sources  # (node_id, "host:port"), in the order to try
+        self.thread: threading.Thread | None = None  # once the object has its space
+
+
 class StoreService:
     """The object store of one node: a local socket, :class:`StoreState` over the node's arena,
-    and the spill thread (see the module docstring)."""
+    the spill thread, and the transfer server and fetches (see the module docstring).
+
+    ``transfer_host``: the address the transfer server listens on (port chosen by the system;
+    ``transfer_address`` is ``"host:port"``). ``on_fetched(object_id, size)``: called in the loop
+    thread once a fetched object is sealed here (the agent tells the head this node holds a
+    copy). ``on_freed(object_id)``: called in the loop thread for every object the store
+    forgets (the copy is gone). ``transfer_timeout_s``, ``transfer_connect_timeout_s``: the
+    inactivity and connect time-outs of transfers, both ways.
+    """
 
     def __init__(self, node_id: str, arena: Arena, config: Config,
-                 pid_alive: Callable[[int], bool]) -> None:
+                 pid_alive: Callable[[int], bool], *, transfer_host: str = "127.0.0.1",
+                 on_fetched: Callable[[bytes, int], None] | None = None,
+                 on_freed: Callable[[bytes], None] | None = None,
+                 transfer_timeout_s: float = transfer.DEFAULT_TIMEOUT_S,
+                 transfer_connect_timeout_s: float = transfer.DEFAULT_CONNECT_TIMEOUT_S) -> None:
+        self.node_id = node_id
         self.name = store_socket_name(node_id)
         self.arena = arena
         self.state = StoreState(arena.capacity, create_timeout_s=config.store_create_timeout_s)
+        self.on_fetched = on_fetched
+        self.on_freed = on_freed
+        self.transfer_timeout_s = transfer_timeout_s
+        self.transfer_connect_timeout_s = transfer_connect_timeout_s
+        self.transfer_counters = TransferCounters()
         self.spill_dir = make_spill_dir(config.spill_dir, node_id, pid_alive)
         try:
             self.sock = LocalServerSocket(self.name, config.frame_threshold_bytes, report_joins=True)
@@ -244,16 +366,35 @@ class StoreService:
             shutil.rmtree(self.spill_dir, ignore_errors=True)
             raise OSError(f"the object store socket @{self.name} is taken ({exc}): is another "
                           f"node agent running with node id {node_id}?") from None
+        try:
+            self._server = TransferServer(transfer_host, self._open_for_transfer,
+                                          self.transfer_counters, timeout_s=transfer_timeout_s)
+        except OSError as exc:
+            self.sock.close()
+            shutil.rmtree(self.spill_dir, ignore_errors=True)
+            raise OSError(f"the object store of node {node_id} cannot listen for transfers on "
+                          f"{transfer_host}: {exc}") from None
+        self.transfer_address = self._server.address
         self._io = _SpillThread(arena, self.spill_dir)
         self.io_errors = 0
+        self._inbox = _Inbox()
+        self._lock = threading.Lock()  # the serve requests' fields, _closing
+        self._closing = False
+        self._serve_requests: set[_ServeRequest] = set()  # of waiting serving threads
+        self._serve_waiting: dict[bytes, collections.deque[_ServeRequest]] = {}  # pins asked of the state
+        self._fetches: dict[bytes, _Fetch] = {}
+        self._cancel = Cancellation()
 
     # ------------------------------------------------------------------ the agent's loop
 
     def attach(self, poller: Any) -> None:
-        """Register the service's fds in the agent's poller and start the spill thread."""
+        """Register the service's fds in the agent's poller; start the spill thread and the
+        transfer server."""
         self.sock.attach(poller)
         poller.register(self._io.wake_fd)
+        poller.register(self._inbox.wake_fd)
         self._io.start()
+        self._server.start()
 
     def wake_at(self, now: float) -> float | None:
         """When the loop must call :meth:`tick` next, or None if only events matter."""
@@ -274,13 +415,48 @@ class StoreService:
         if self._io.wake_fd in ready:
             for kind, object_id, error in self._io.completed():
                 self._guarded(self._io_done, kind, object_id, error)
+        if self._inbox.wake_fd in ready:
+            for event in self._inbox.drain():
+                self._guarded(self._transfer_event, *event)
 
     def tick(self, now: float) -> None:
         """Time out the creates and restores that waited too long for room."""
         self._guarded(self._tick, now)
 
-    def close(self) -> None:
-        """Stop the spill thread, close the socket, remove the spill directory."""
+    def delete(self, object_ids: list[bytes]) -> None:
+        """The cluster no longer references these objects (the head says so): free each once
+        nobody pins it (as ``StoreDelete``)."""
+        for oid in object_ids:
+            self._guarded(lambda oid: self._run(self.state.delete(oid)), oid)
+
+    def stats(self) -> dict[str, int]:
+        """Flat gauges and totals for heartbeats: ``StoreState.stats()``, the transfer counters
+        (``transfer_*``, see ``TransferCounters``), fetches in flight, connections being served."""
+        out = dict(self.state.stats())
+        for name, n in self.transfer_counters.snapshot().items():
+            out[f"transfer_{name}"] = n
+        out["fetches_in_flight"] = len(self._fetches)
+        out["transfer_connections"] = self._server.active
+        out["io_errors"] = self.io_errors
+        return out
+
+    def close(self, timeout_s: float = 5.0) -> None:
+        """Stop the transfers (sockets shut down, threads joined within ``timeout_s``) and the
+        spill thread, close the socket, remove the spill directory."""
+        with self._lock:
+            self._closing = True
+            for req in self._serve_requests:  # serving threads waiting for a pin: give up
+                req.error = "the node's object store is shutting down"
+                req.done.set()
+        self._cancel.cancel()
+        self._server.close(timeout_s)
+        for fetch in list(self._fetches.values()):
+            if fetch.thread is not None:
+                fetch.thread.join(timeout_s)
+                if fetch.thread.is_alive():
+                    log.warning("the fetch of object %s did not stop within %g s",
+                                fetch.object_id.hex(), timeout_s)
+        self._inbox.close()
         self._io.stop(timeout_s=10.0)
         self.sock.close()
         shutil.rmtree(self.spill_dir, ignore_errors=True)
@@ -309,13 +485,17 @@ class StoreService:
         elif kind is P.StoreUnpin:
             for oid in msg.object_ids:
                 self._misuse(peer, state.unpin, oid, peer)
-        elif kind is P.StoreSeal:
-            self._misuse(peer, state.seal, msg.object_id)
-        elif kind is P.StoreAbort:
-            self._misuse(peer, state.abort, msg.object_id)
+        elif kind is P.StoreSeal or kind is P.StoreAbort:
+            if msg.object_id in self._fetches:  # its bytes are still arriving
+                log.warning("ignored %s of object %s from local client %r: the store is fetching "
+                            "it from another node", kind.__name__, msg.object_id.hex(), peer)
+                return
+            self._misuse(peer, state.seal if kind is P.StoreSeal else state.abort, msg.object_id)
         elif kind is P.StoreDelete:
             for oid in msg.object_ids:
                 self._run(state.delete(oid))
+        elif kind is P.StoreFetch:
+            self._on_fetch(peer, msg, now)
         else:
             log.warning("ignored %s from local client %r: not a request to the object store",
                         kind.__name__, peer)
@@ -328,6 +508,37 @@ class StoreService:
             log.warning("ignored a request of local client %r: %s", peer, exc)
             return
         self._run(cmds)
+
+    def _on_fetch(self, peer: bytes, msg: P.StoreFetch, now: float) -> None:
+        oid = msg.object_id
+        if not 0 < len(oid) <= MAX_OBJECT_ID:
+            log.warning("ignored StoreFetch from local client %r: object ids have 1 to %d bytes, "
+                        "not %d", peer, MAX_OBJECT_ID, len(oid))
+            return
+        if self.state.info(oid) is not None:
+            return  # held, or being created or fetched already
+        sources: list[tuple[str, str]] = []
+        for source in msg.sources:
+            if (isinstance(source, list) and len(source) == 2 and all(isinstance(x, str) for x in source)):
+                try:
+                    transfer.split_address(source[1])
+                except ValueError:
+                    pass
+                else:
+                    if source[1] != self.transfer_address:  # ourselves: we do not hold it
+                        sources.append((source[0], source[1]))
+                    continue
+            log.warning("StoreFetch of object %s from local client %r: ignored the source %r "
+                        "(expected [node_id, 'host:port'])", oid.hex(), peer, source)
+        problem = ("it names no other node to fetch it from" if not sources else
+                   f"its size must be a non-negative int, not {msg.size!r}" if msg.size < 0 else None)
+        if problem is not None:
+            reason = f"object {oid.hex()} cannot be fetched: {problem}"
+            log.warning("%s (StoreFetch from local client %r)", reason, peer)
+            self.state.remember_lost(oid, reason)
+            return
+        self._fetches[oid] = _Fetch(oid, msg.size, sources)
+        self._run(self.state.create(oid, msg.size, _FETCH_CLIENT, now))
 
     def _client_gone(self, peer: bytes) -> None:
         self._run(self.state.client_gone(peer))
@@ -351,6 +562,102 @@ class StoreService:
                       "its readers get ObjectLostError", object_id.hex(), self.spill_dir, error)
             self._run(state.restore_failed(object_id, error))
 
+    # ------------------------------------------------------------------ transfers
+
+    @contextlib.contextmanager
+    def _open_for_transfer(self, object_id: bytes) -> Iterator[memoryview]:
+        """(A serving thread.) Pin the object through the loop, yield a read-only view of it,
+        unpin it through the loop afterwards. NotHere if this store does not hold it."""
+        req = _ServeRequest(object_id)
+        with self._lock:
+            if self._closing:
+                raise TransferError("the node's object store is shutting down")
+            self._serve_requests.add(req)
+        self._inbox.put((_PIN, req))
+        req.done.wait(self.transfer_timeout_s)
+        with self._lock:
+            self._serve_requests.discard(req)
+            if not req.done.is_set():
+                req.abandoned = True  # the loop releases the pin if it comes
+                raise TransferError(f"object {object_id.hex()} did not become readable within "
+                                    f"{self.transfer_timeout_s:g} s (being written, or restored "
+                                    f"from disk)")
+        if req.error is not None:
+            raise (TransferError if self._closing else NotHere)(req.error)
+        try:
+            yield self.arena.readonly(req.offset, req.size)
+        finally:
+            self._inbox.put((_UNPIN, object_id))
+
+    def _fetch_thread(self, fetch: _Fetch, dest: memoryview) -> None:
+        """(A fetch thread.) Fill the object's arena range from its sources; report to the loop."""
+        error: str | None = None
+        try:
+            transfer.fetch_into(fetch.object_id, dest, fetch.sources,
+                                counters=self.transfer_counters,
+                                connect_timeout_s=self.transfer_connect_timeout_s,
+                                timeout_s=self.transfer_timeout_s, cancel=self._cancel)
+        except TransferCancelled:
+            return  # closing: the loop is gone
+        except FetchFailed as exc:
+            error = str(exc)
+        except Exception as exc:  # a bug: the readers must still get an answer
+            log.exception("internal error while fetching object %s", fetch.object_id.hex())
+            error = f"internal error while fetching object {fetch.object_id.hex()}: {exc!r}"
+        finally:
+            with contextlib.suppress(BufferError):
+                dest.release()  # the arena's mapping may go once no view is left
+        self._inbox.put((_FETCHED, fetch.object_id, error))
+
+    def _transfer_event(self, kind: str, arg: Any, error: str | None = None) -> None:
+        state = self.state
+        if kind == _PIN:
+            self._serve_waiting.setdefault(arg.object_id, collections.deque()).append(arg)
+            self._run(state.pin(arg.object_id, _SERVE_CLIENT))
+        elif kind == _UNPIN:
+            self._run(state.unpin(arg, _SERVE_CLIENT))
+        elif kind == _FETCHED:
+            fetch = self._fetches.pop(arg)
+            if error is None:
+                cmds = state.seal(arg)
+                if self.on_fetched is not None and state.info(arg) is not None:  # not deleted meanwhile
+                    self._guarded(self.on_fetched, arg, fetch.size)
+                self._run(cmds)
+            else:
+                log.error("fetching object %s failed; its readers on this node get ObjectLostError: %s",
+                          arg.hex(), error)
+                self._run(state.abort(arg, error))
+
+    def _internal(self, c: Command) -> None:
+        """A StoreState answer to the service itself (a transfer's pin, a fetch's create)."""
+        if isinstance(c, (Pinned, PinFailed)):
+            waiting = self._serve_waiting.get(c.object_id)
+            req = waiting.popleft() if waiting else None
+            if waiting is not None and not waiting:
+                del self._serve_waiting[c.object_id]
+            with self._lock:
+                if req is not None and not req.abandoned:
+                    if isinstance(c, Pinned):
+                        req.offset, req.size = c.offset, c.size
+                    else:
+                        req.error = c.reason
+                    req.done.set()
+                    return
+            if isinstance(c, Pinned):  # nobody wants it any more
+                self._run(self.state.unpin(c.object_id, _SERVE_CLIENT))
+        elif isinstance(c, Created):
+            fetch = self._fetches[c.object_id]
+            fetch.thread = threading.Thread(target=self._fetch_thread, daemon=True,
+                                            args=(fetch, self.arena.writable(c.offset, c.size)),
+                                            name=f"taskmesh-fetch-{c.object_id.hex()[:16]}")
+            fetch.thread.start()
+        elif isinstance(c, CreateFailed):
+            self._fetches.pop(c.object_id, None)
+            reason = f"object {c.object_id.hex()} could not be fetched to this node: {c.reason}"
+            log.error("%s", reason)
+            self.state.remember_lost(c.object_id, reason)
+        # Waiting: nothing to do, the answer follows
+
     # ------------------------------------------------------------------ commands
 
     def _run(self, cmds: list[Command], refused: bytes | None = None, pin_full: bool = False) -> None:
@@ -358,7 +665,9 @@ class StoreService:
         not failed for room; ``pin_full``: pin failures are time-outs waiting for room."""
         send = self.sock.send
         for c in cmds:  # isinstance, not a dict of handlers: lets the type checker follow
-            if isinstance(c, Created):
+            if isinstance(c, (Created, CreateFailed, Pinned, PinFailed, Waiting)) and c.client in _INTERNAL:
+                self._internal(c)
+            elif isinstance(c, Created):
                 send(c.client, P.StoreCreated(c.object_id, c.offset, c.size))
             elif isinstance(c, Pinned):
                 send(c.client, P.StorePinned(c.object_id, c.offset, c.size))
@@ -375,6 +684,8 @@ class StoreService:
             elif isinstance(c, Freed):
                 if c.on_disk:
                     self._io.submit(_DELETE, c.object_id)
+                if self.on_freed is not None:
+                    self._guarded(self.on_freed, c.object_id)
             else:
                 raise AssertionError(f"unknown store command {c!r}")
 

@@ -46,7 +46,9 @@ succeeds (the disk works again: every such mark is cleared) or ``spill_retry_s``
 store's clock (the ``create``/``tick`` times), whichever comes first. A restore that fails loses
 the object: its waiting pins get ``PinFailed`` naming the object and the error, it is freed
 (``Freed`` with ``on_disk``, so the shell removes the file), and later pins of its id get
-``PinFailed`` saying it was lost (until the id is deleted or created again).
+``PinFailed`` saying it was lost (until the id is deleted or created again). An ``abort`` with a
+reason (the shell's fetch of the object from other nodes failed) and ``remember_lost`` (a fetch
+that could not even start) are remembered the same way, so a reader learns why.
 
 Methods raise ValueError, changing nothing, for requests that cannot make sense (sealing an
 object that is not being created, unpinning without a pin, an I/O report nobody asked for): the
@@ -330,17 +332,33 @@ class StoreState:
         self._serve(out)
         return out
 
-    def abort(self, object_id: bytes) -> list[Command]:
-        """The creator gave up (or died) before sealing: forget the object and its space."""
+    def abort(self, object_id: bytes, reason: str | None = None) -> list[Command]:
+        """The creator gave up (or died) before sealing: forget the object and its space.
+
+        With ``reason`` (e.g. a fetch from other nodes failed), the pins waiting for it fail
+        with that reason, and later pins of its id too, as for a lost object (see
+        :meth:`remember_lost`), unless it was deleted.
+        """
         obj = self._objects.get(object_id)
         if obj is None or obj.sealed:
             state = "unknown" if obj is None else obj.state
             raise ValueError(f"abort({object_id.hex()}): only an unsealed object can be aborted; "
                              f"this one is {state}")
         out: list[Command] = []
-        self._forget(obj, out, f"object {object_id.hex()} was aborted by its creator before it was sealed")
+        self._forget(obj, out, reason if reason is not None else
+                     f"object {object_id.hex()} was aborted by its creator before it was sealed")
+        if reason is not None and not obj.deleted:
+            self._remember_lost(object_id, reason)
         self._serve(out)
         return out
+
+    def remember_lost(self, object_id: bytes, reason: str) -> None:
+        """Pins of ``object_id``, which this store does not hold, fail with ``reason`` from now
+        on, until the id is deleted or created again (e.g. a fetch that could not even start).
+        ValueError if the store holds the object."""
+        if object_id in self._objects:
+            raise ValueError(f"remember_lost({object_id.hex()}): the store holds this object")
+        self._remember_lost(object_id, reason)
 
     def pin(self, object_id: bytes, client: ClientId) -> list[Command]:
         """``client`` wants a zero-copy view of the object: ``Pinned`` now or later, or ``PinFailed``.
@@ -488,9 +506,7 @@ class StoreState:
         out: list[Command] = []
         self._forget(obj, out, message)
         if not obj.deleted:
-            self._lost[object_id] = message
-            if len(self._lost) > MAX_LOST:
-                self._lost.popitem(last=False)
+            self._remember_lost(object_id, message)
         self._serve(out)
         return out
 
@@ -711,6 +727,12 @@ class StoreState:
         if freed:
             self._totals["freed"] += 1
             out.append(Freed(object_id, offset, obj.on_disk))
+
+    def _remember_lost(self, object_id: bytes, reason: str) -> None:
+        self._lost[object_id] = reason
+        self._lost.move_to_end(object_id)
+        if len(self._lost) > MAX_LOST:
+            self._lost.popitem(last=False)
 
     def _grant_pending(self, obj: _Object, out: list[Command]) -> None:
         for client, n in obj.pending.items():

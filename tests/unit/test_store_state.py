@@ -191,6 +191,44 @@ def test_abort_frees_the_space_and_fails_waiting_readers():
     s.check()
 
 
+def test_abort_with_a_reason_tells_waiting_and_later_readers_why():
+    s = store()
+    s.create(oid(1), 10, W, 0.0)  # e.g. the shell fetching it from another node
+    s.pin(oid(1), R)
+    cmds = s.abort(oid(1), "could not fetch object 00000001 from any of its 2 source(s): ...")
+    assert cmds == [PinFailed(oid(1), R, "could not fetch object 00000001 from any of its 2 source(s): ..."),
+                    Freed(oid(1), 0, False)]
+    [later] = s.pin(oid(1), R2)
+    assert type(later) is PinFailed and "could not fetch" in later.reason
+    assert s.stats()["num_lost"] == 1
+    s.check()
+    assert s.create(oid(1), 10, W, 0.0)[0] == Created(oid(1), W, 0, 10)  # a new try forgets it
+    assert s.stats()["num_lost"] == 0
+    s.check()
+
+
+def test_abort_with_a_reason_of_a_deleted_object_is_not_remembered():
+    s = store()
+    s.create(oid(1), 10, W, 0.0)
+    s.delete(oid(1))
+    assert s.abort(oid(1), "fetch failed") == [Freed(oid(1), 0, False)]
+    assert "not in this node's object store" in s.pin(oid(1), R)[0].reason
+    s.check()
+
+
+def test_remember_lost_explains_later_pins_of_an_object_not_held():
+    s = store()
+    s.remember_lost(oid(2), "object 00000002 could not be fetched to this node: too large")
+    [failed] = s.pin(oid(2), R)
+    assert type(failed) is PinFailed and "too large" in failed.reason
+    s.delete(oid(2))  # the cluster forgot it: so does the store
+    assert "not in this node's object store" in s.pin(oid(2), R)[0].reason
+    put(s, 3)
+    with pytest.raises(ValueError, match="holds this object"):
+        s.remember_lost(oid(3), "no")
+    s.check()
+
+
 def test_client_gone_drops_its_pins_and_aborts_its_creates():
     s = store()
     put(s, 1)
