@@ -236,13 +236,15 @@ def cmd_status(args: argparse.Namespace) -> int:
     finally:
         core.close()
     print(f"taskmesh cluster at {host}:{port}")
-    rows = [("NODE", "ADDRESS", "STATE", "CPUS USED/TOTAL", "WORKERS", "RUNNING", "FINISHED")]
+    rows = [("NODE", "ADDRESS", "STATE", "CPUS USED/TOTAL", "WORKERS", "RUNNING", "FINISHED",
+             "STORE USED/TOTAL", "OBJECTS", "SPILLED", "NET SENT/RECEIVED")]
     for n in st["nodes"]:
         total = from_units(n["Resources"].get("CPU", 0))
         used = from_units(n["CPUsInUse"])
+        store = n.get("ObjectStore") or {}
         rows.append((n["NodeID"], n["NodeManagerAddress"], "alive" if n["Alive"] else "dead",
                      f"{used:g}/{total:g}", str(n["Workers"]), str(n["TasksRunning"]),
-                     str(n["TasksFinished"])))
+                     str(n["TasksFinished"]), *_store_columns(store)))
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     for r in rows:
         print("  " + "  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip())
@@ -251,6 +253,26 @@ def cmd_status(args: argparse.Namespace) -> int:
           f"{t['running']} running, {t['finished']} finished ({t['failed']} failed)")
     print(f"objects: {st['objects']}   drivers connected: {st['drivers']}")
     return 0
+
+
+def _size(n: int) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if n < 1024 or unit == "GiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} GiB"
+
+
+def _store_columns(store: dict) -> tuple[str, str, str, str]:
+    """Store use of one node, from its latest heartbeat: used/capacity, objects, bytes on
+    disk, and bytes its transfers sent to / received from other nodes."""
+    if "store_capacity" not in store:
+        return ("-", "-", "-", "-")
+    return (f"{_size(store['store_used_bytes'])}/{_size(store['store_capacity'])}",
+            str(store.get("store_num_objects", 0)),
+            _size(store.get("store_disk_bytes", 0)),
+            f"{_size(store.get('store_transfer_bytes_sent', 0))}/"
+            f"{_size(store.get('store_transfer_bytes_received', 0))}")
 
 
 def build_parser() -> argparse.ArgumentParser:

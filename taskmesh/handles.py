@@ -111,6 +111,8 @@ class RemoteFunction:
         core.register_function(self._fid, self._qualname, self._blob)
         name = opts.name or self._qualname
         args_obj, deps = S.pack_args(args, kwargs, _is_ref, name)
+        if args_obj is not None and args_obj.nbytes > core.config.store_threshold_bytes:
+            args_obj = core.store_args(args_obj)
         task_id = core.next_task_id()
         n = opts.num_returns
         oids = return_ids(task_id, n)

@@ -493,6 +493,18 @@ class CoreClient:
             self.send_pending()
         return store.put(object_id, obj)
 
+    def store_args(self, args: P.SerializedObject) -> P.SerializedObject:
+        """Large task arguments go to the node store as an object of their own, which the
+        task holds until it ends (as Ray does); return what the TaskSpec carries instead."""
+        oid = self.new_object_id()
+        marker = self.store_large(oid, args)
+        if marker is None:
+            return args
+        self.send(P.Put([(oid, marker)]))
+        ref_args = P.SerializedObject(P.SerializedObject.STORED, marker.data, (), [oid])
+        self._dead.append(oid)  # we keep no ref: released after the Submit that holds it
+        return ref_args
+
     def resolve(self, obj: P.SerializedObject, timeout: float | None = None) -> P.SerializedObject:
         """A readable object for ``obj``: itself, or for a STORED marker the value read from the
         node store (zero-copy views; pulled from another node first if needed)."""

@@ -22,9 +22,11 @@ thread at a time talks to the store (a lock); the store connection is opened on 
 from __future__ import annotations
 
 import collections
+import os
 import threading
 import weakref
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 
 from .._protocol import SerializedObject
@@ -32,6 +34,35 @@ from .._store import layout
 from .._store.client import StoreClient
 
 __all__ = ["LocalStore"]
+
+#: buffers at least this large are copied into the store by several threads at once: one core's
+#: memcpy does not saturate memory bandwidth (measured here: 6.7 GB/s on one thread, 13.7 on two)
+PARALLEL_COPY_BYTES = 8 << 20
+_COPY_THREADS = max(1, min(4, os.cpu_count() or 1))
+_copy_pool: ThreadPoolExecutor | None = None
+_copy_pool_lock = threading.Lock()
+
+
+def _parallel_copy(dest: memoryview, src: memoryview) -> None:
+    """``dest[:] = src``, by up to four threads for large buffers (numpy releases the GIL)."""
+    global _copy_pool
+    n = len(dest)
+    if n < PARALLEL_COPY_BYTES or _COPY_THREADS == 1:
+        dest[:] = src
+        return
+    if _copy_pool is None:
+        with _copy_pool_lock:
+            if _copy_pool is None:
+                _copy_pool = ThreadPoolExecutor(_COPY_THREADS, thread_name_prefix="taskmesh-copy")
+    d = np.frombuffer(dest, dtype=np.uint8)
+    s = np.frombuffer(src, dtype=np.uint8)
+    step = -(-n // _COPY_THREADS)
+    step += -step % 4096  # page-aligned pieces
+    pieces = [(i, min(n, i + step)) for i in range(0, n, step)]
+    futures = [_copy_pool.submit(np.copyto, d[a:b], s[a:b]) for a, b in pieces[1:]]
+    np.copyto(d[pieces[0][0]:pieces[0][1]], s[pieces[0][0]:pieces[0][1]])
+    for f in futures:
+        f.result()
 
 
 class LocalStore:
@@ -66,7 +97,7 @@ class LocalStore:
             client = self._client
             dest = client.create(object_id, size)
             try:
-                layout.write(dest, obj.data, obj.buffers)
+                layout.write(dest, obj.data, obj.buffers, _parallel_copy)
             except BaseException:
                 client.abort(object_id)
                 raise

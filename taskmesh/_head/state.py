@@ -818,7 +818,11 @@ class HeadState:
         """Node id -> bytes of the task's stored arguments held there (None if none)."""
         held: dict[str, int] | None = None
         objects = self.objects
-        for dep in t.spec.deps:
+        deps = t.spec.deps
+        args = t.spec.args
+        if args is not None and args.is_stored and args.contained:
+            deps = [*deps, args.contained[0]]
+        for dep in deps:
             obj = objects.get(dep)
             if obj is not None and obj.locations:
                 if held is None:
@@ -838,7 +842,9 @@ class HeadState:
         by_id = {n.node_id: n for n in nodes}
         # 1. idle workers, on the node holding most argument bytes, then most free CPU
         while queue:
-            held = self._held_bytes(queue[0]) if queue[0].spec.deps else None
+            spec = queue[0].spec
+            held = (self._held_bytes(queue[0]) if spec.deps or (spec.args is not None
+                                                                 and spec.args.is_stored) else None)
             node_id = pick_node(((n.node_id, n.avail) for n in nodes if n.idle), demand, held)
             if node_id is None:
                 break
@@ -901,7 +907,12 @@ class HeadState:
             w.functions.add(spec.function_id)
             blob = self.functions[spec.function_id]
         dep_values = [self.objects[d].value for d in spec.deps] if spec.deps else []
-        return P.Assignment(spec.task_id, spec.name, spec.function_id, blob, spec.args,
+        args = spec.args
+        if args is not None and args.is_stored:  # large arguments: say where they are now
+            rec = self.objects.get(args.contained[0]) if args.contained else None
+            if rec is not None and rec.value is not None:
+                args = rec.value
+        return P.Assignment(spec.task_id, spec.name, spec.function_id, blob, args,
                             dep_values, spec.num_returns)
 
     def _release_lease(self, w: WorkerRec) -> None:

@@ -16,7 +16,7 @@ the arena's alignment), so numpy arrays read in place are aligned for vectorised
 from __future__ import annotations
 
 import struct
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 __all__ = ["encoded_size", "read", "write"]
 
@@ -42,8 +42,14 @@ def encoded_size(data: Any, buffers: Sequence[Any]) -> int:
     return n
 
 
-def write(dest: memoryview, data: Any, buffers: Sequence[Any]) -> None:
-    """Write the object into ``dest`` (exactly :func:`encoded_size` bytes): one copy per buffer."""
+def _copy(dest: memoryview, src: memoryview) -> None:
+    dest[:] = src
+
+
+def write(dest: memoryview, data: Any, buffers: Sequence[Any],
+          copy: Callable[[memoryview, memoryview], None] = _copy) -> None:
+    """Write the object into ``dest`` (exactly :func:`encoded_size` bytes): one copy per buffer,
+    made by ``copy(dest_slice, src)`` (e.g. a copy spread over threads, for large buffers)."""
     _HEAD.pack_into(dest, 0, _MAGIC, len(buffers), _nbytes(data))
     pos = _HEAD.size
     for b in buffers:
@@ -58,7 +64,7 @@ def write(dest: memoryview, data: Any, buffers: Sequence[Any]) -> None:
         src = b if isinstance(b, memoryview) else memoryview(b)
         if src.format != "B" or src.ndim != 1:
             src = src.cast("B")
-        dest[pos:pos + n] = src
+        copy(dest[pos:pos + n], src)
         pos += n
     if pos != len(dest):
         raise ValueError(f"store object layout: wrote {pos} bytes into {len(dest)}")

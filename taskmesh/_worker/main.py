@@ -161,7 +161,10 @@ class Worker:
             fn = self._function(a)
             resolve = self.core.resolve
             deps = [S.value_or_raise(resolve(v)) for v in a.dep_values] if a.dep_values else ()
-            args, kwargs = S.unpack_args(a.args, deps)
+            args_obj = a.args
+            if args_obj is not None and args_obj.is_stored:  # large arguments: from the store
+                args_obj = resolve(args_obj)
+            args, kwargs = S.unpack_args(args_obj, deps)
             result = fn(*args, **kwargs)
         except BaseException as exc:  # noqa: BLE001 - every task failure becomes an error object
             if isinstance(exc, KeyboardInterrupt):

@@ -54,10 +54,19 @@ def test_head_status_join_stop(run_env):
         "    return taskmesh.get_runtime_context().get_node_id()\n"
         "ids = set(taskmesh.get([where.remote() for _ in range(200)]))\n"
         "print(len(taskmesh.nodes()), taskmesh.cluster_resources()['CPU'], len(ids))\n"
+        # a large put goes to the store of this machine's node; status shows it there
+        "import numpy, subprocess, sys\n"
+        "ref = taskmesh.put(numpy.ones(20 * 2**20, dtype=numpy.uint8))\n"
+        "while max(n['ObjectStore'].get('store_used_bytes', 0) for n in taskmesh.nodes()) < 20 * 2**20:\n"
+        "    time.sleep(0.05)  # until a heartbeat reports it\n"
+        "r = subprocess.run([sys.executable, '-m', 'taskmesh._cli', 'status'], capture_output=True,\n"
+        "                   text=True, timeout=30)\n"
+        "print(r.stdout, r.stderr, file=sys.stderr)\n"
     )
     r = run_python(code, env=run_env)
     assert r.returncode == 0, r.stderr
     assert r.stdout.split() == ["2", "3.0", "2"]
+    assert "STORE USED/TOTAL" in r.stderr and "20.0 MiB/" in r.stderr, r.stderr
 
     r = tm("status", env=run_env)
     assert r.returncode == 0, r.stderr

@@ -160,3 +160,10 @@ def test_put_del_loop_keeps_the_store_flat(store_cluster):
 def test_an_object_larger_than_the_store_fails_clearly(store_cluster):
     with pytest.raises(taskmesh.ObjectStoreFullError, match="larger than this node's object store"):
         taskmesh.put(np.zeros(STORE // 8 + MB))
+
+
+def test_large_arguments_passed_by_value_go_through_the_store_and_are_freed(store_cluster):
+    x = np.arange(20 * MB // 8, dtype=np.float64)
+    assert taskmesh.get(array_sum.remote(x)) == (float(x.sum()), False)  # read in place: read-only
+    gc.collect()
+    wait_for(lambda: store_stats("num_objects") == 0, what="the arguments' object to be freed")
