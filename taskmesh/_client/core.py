@@ -32,8 +32,8 @@ from typing import Any, Callable, Iterable, Sequence
 from .. import _protocol as P
 from .._transport import POLLIN, POLLOUT, Poller, new_context, open_client
 from ..config import Config
-from ..errors import GetTimeoutError, HeadConnectionError, ProtocolVersionError
-from .local_store import LocalStore
+from ..errors import GetTimeoutError, HeadConnectionError, ObjectLostError, ProtocolVersionError
+from .local_store import LocalStore, fetch_remote
 
 log = logging.getLogger("taskmesh.client")
 
@@ -510,11 +510,31 @@ class CoreClient:
         node store (zero-copy views; pulled from another node first if needed)."""
         if obj.flags != P.SerializedObject.STORED:
             return obj
+        try:
+            return self._read_stored(obj, timeout)
+        except ObjectLostError:
+            # the holders we knew of may be gone while others got copies since: ask again
+            oid = obj.read_stored()[0]
+            fresh = self._fresh_value(oid, timeout)
+            if fresh is None or not fresh.is_stored or fresh.data == obj.data:
+                raise
+            return self._read_stored(fresh, timeout)
+
+    def _read_stored(self, obj: P.SerializedObject, timeout: float | None) -> P.SerializedObject:
         store = self.local_store()
-        if store is None:
-            from .._node.transfer import fetch_value  # no store here: pull the bytes ourselves
-            return fetch_value(obj, timeout)
+        if store is None:  # no node on this machine: pull the bytes into our own memory
+            return fetch_remote(obj, timeout)
         return store.read(obj, timeout)
+
+    def _fresh_value(self, oid: bytes, timeout: float | None) -> P.SerializedObject | None:
+        """What the head says about ``oid`` now (a STORED marker lists the current holders)."""
+        self._values.pop(oid, None)
+        self._subscribed.discard(oid)
+        self._ready_remote.discard(oid)
+        try:
+            return self.get_values([oid], timeout)[0]
+        except GetTimeoutError:
+            return None
 
     def get_values(self, oids: Sequence[bytes], timeout: float | None) -> list[P.SerializedObject]:
         """The serialized values of ``oids``, waiting up to ``timeout`` seconds (STORED markers
