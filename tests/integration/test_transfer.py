@@ -351,3 +351,52 @@ def test_closing_a_node_stops_a_fetch_stuck_on_a_silent_source_at_once(nodes, fa
     b.stop()
     assert time.monotonic() - started < 3.0
     silent_done.set()
+
+
+def test_local_clients_cannot_seal_or_abort_an_object_being_fetched(nodes, fake_source):
+    data = random_bytes(2 * MiB, seed=7)
+    go_on = threading.Event()
+
+    def slow(conn: socket.socket, oid: bytes) -> None:  # half the object, a pause, the rest
+        def chunk(part: bytes) -> bytes:
+            return transfer._CHUNK.pack(transfer.RAW, len(part), len(part),
+                                        xxhash.xxh3_64_intdigest(part)) + part
+        conn.sendall(transfer._response(transfer.OK, len(data)) + chunk(data[:MiB]))
+        go_on.wait(10)
+        conn.sendall(chunk(data[MiB:]))
+
+    source = fake_source(slow)
+    b = nodes()
+    with StoreClient(b.store) as cb:
+        fetch(cb, b"slow", len(data), [["slow", source.address]])
+        deadline = time.monotonic() + 5
+        while not source.requests and time.monotonic() < deadline:
+            time.sleep(0.01)
+        cb.seal(b"slow")  # both ignored (logged): the bytes are still arriving
+        cb.abort(b"slow")
+        assert b.stats()["fetches_in_flight"] == 1
+        go_on.set()
+        assert pinned_bytes(cb, b"slow") == data
+    assert b.stats()["fetched"] == [b"slow".hex()]
+
+
+def test_a_source_answers_an_error_when_the_object_stays_unreadable_and_releases_the_late_pin(nodes):
+    a = nodes(transfer_timeout_s=0.5)  # A's serving thread waits this long for its pin
+    b = nodes()
+    data = random_bytes(MiB, seed=8)
+    with StoreClient(a.store) as ca, StoreClient(b.store) as cb:
+        view = ca.create(b"unsealed", len(data))  # being written on A: not readable yet
+        fetch(cb, b"unsealed", len(data), [a.source()])
+        with pytest.raises(taskmesh.ObjectLostError, match="did not become readable within 0.5 s"):
+            cb.pin([b"unsealed"], timeout_s=10)
+        view[:] = data
+        ca.seal(b"unsealed")  # the pin A's loop asked for is granted now, to nobody: released
+        del view
+        deadline = time.monotonic() + 5
+        while a.stats()["num_pinned"] and time.monotonic() < deadline:
+            time.sleep(0.01)
+        sa = a.stats()
+        assert sa["num_pinned"] == 0 and sa["transfer_serve_failures"] == 1
+        # a new fetch now succeeds
+        fetch(cb, b"unsealed", len(data), [a.source()])
+        assert pinned_bytes(cb, b"unsealed") == data
