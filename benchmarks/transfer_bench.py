@@ -31,7 +31,6 @@ import socket
 import statistics
 import subprocess
 import sys
-import threading
 import time
 import uuid
 from pathlib import Path
@@ -243,9 +242,10 @@ def run_transfer_100MB(size: int = SIZE, repeat: int = 5,
 
 
 def _report(result: dict[str, Any]) -> str:
-    lines = [f"transfer of {result['size'] / 1e6:.0f} MB, node A's arena -> node B's arena over "
+    title = (f"transfer of {result['size'] / 1e6:.0f} MB, node A's arena -> node B's arena over "
              f"127.0.0.1 (chunks of {result['chunk_size'] >> 10} KiB), {result['repeat']} runs, beside "
-             f"a raw TCP copy between two processes; GB/s = 1e9 bytes/s, best (median) of warm runs"]
+             f"a raw TCP copy between two processes; GB/s = 1e9 bytes/s, best (median) of warm runs")
+    lines = [title]
     for kind in ("random", "zeros"):
         r = result.get(kind)
         if r is None:

@@ -311,7 +311,7 @@ class _Inbox:
 class _ServeRequest:
     """A serving thread's request for a pin, answered by the loop (under the service's lock)."""
 
-    __slots__ = ("object_id", "done", "offset", "size", "error", "abandoned")
+    __slots__ = ("abandoned", "done", "error", "object_id", "offset", "size")
 
     def __init__(self, object_id: bytes) -> None:
         self.object_id = object_id

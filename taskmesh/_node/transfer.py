@@ -44,7 +44,7 @@ import socket
 import struct
 import threading
 from collections.abc import Callable, Sequence
-from typing import ContextManager, Union
+from contextlib import AbstractContextManager
 
 import lz4.block
 import xxhash
@@ -294,7 +294,7 @@ def send_object(sock: socket.socket, view: memoryview, counters: TransferCounter
 #: ``open_object(object_id)`` -> a context manager holding a view of the object's bytes for the
 #: duration of the stream; it raises :class:`NotHere` if the object is not held, any other
 #: exception to answer an error (its text is sent to the peer).
-OpenObject = Callable[[bytes], ContextManager[memoryview]]
+OpenObject = Callable[[bytes], AbstractContextManager[memoryview]]
 
 
 def serve_connection(sock: socket.socket, open_object: OpenObject, counters: TransferCounters, *,
@@ -455,7 +455,7 @@ class TransferServer:
 # --------------------------------------------------------------------------- receiving
 
 #: a source: ``"host:port"``, or ``(name, "host:port")`` (e.g. ``[node_id, address]``)
-Source = Union[str, Sequence[str]]
+Source = str | Sequence[str]
 
 
 def _label(source: Source) -> tuple[str, str]:
