@@ -177,7 +177,7 @@ def run_transfer_100MB(size: int = SIZE, repeat: int = 5,
     B's, ``repeat`` times, and copy as many bytes over a raw TCP socket as often; return GB/s
     (1e9 bytes/s): best and median of the warm runs, the cold first run, wire bytes."""
     from taskmesh import _protocol as P
-    from taskmesh._node import transfer
+    from taskmesh import _transfer as transfer
     from taskmesh._store.client import StoreClient
 
     data = {kind: _make(kind, size) for kind in kinds}

@@ -184,7 +184,7 @@ def fetch_remote(marker: SerializedObject, timeout_s: float | None = None) -> Se
     store): its bytes pulled straight from a holder into this process's memory (read-only,
     like a get from a store). Raises ObjectLostError naming the object and each holder's
     failure."""
-    from .._node import transfer  # the transfer stream's client side
+    from .. import _transfer as transfer  # the transfer stream's client side
 
     object_id, size, locations = marker.read_stored()
     sources = [(node_id, address) for node_id, address in locations if address]

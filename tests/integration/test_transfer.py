@@ -23,7 +23,7 @@ import xxhash
 
 import taskmesh
 from taskmesh import _protocol as P
-from taskmesh._node import transfer
+from taskmesh import _transfer as transfer
 from taskmesh._store.client import StoreClient
 from taskmesh._store.shm import SHM_DIR, unlink
 

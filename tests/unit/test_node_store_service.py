@@ -10,12 +10,8 @@ import uuid
 
 import pytest
 
-from taskmesh._node.store_service import (
-    _SpillThread,
-    make_spill_dir,
-    store_socket_name,
-    sweep_dead_spill_dirs,
-)
+from taskmesh._node.spill import SpillThread, make_spill_dir, sweep_dead_spill_dirs
+from taskmesh._node.store_service import store_socket_name
 from taskmesh._store.shm import Arena, unlink
 
 
@@ -42,7 +38,7 @@ def test_dead_agents_spill_dirs_are_swept_and_nothing_else(tmp_path):
 def spill_thread(tmp_path):
     name = f"taskmesh-test-{uuid.uuid4().hex[:12]}"
     arena = Arena.create(name, 1 << 16)
-    thread = _SpillThread(arena, str(tmp_path))
+    thread = SpillThread(arena, str(tmp_path))
     thread.start()
     try:
         yield thread
@@ -52,7 +48,7 @@ def spill_thread(tmp_path):
         unlink(name)
 
 
-def reports(thread: _SpillThread, n: int) -> list:
+def reports(thread: SpillThread, n: int) -> list:
     out: list = []
     while len(out) < n:
         assert select.select([thread.wake_fd], [], [], 5.0)[0], "no report from the spill thread"

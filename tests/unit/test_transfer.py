@@ -1,4 +1,4 @@
-"""The transfer stream (taskmesh/_node/transfer.py) over real sockets in this process: round trips
+"""The transfer stream (taskmesh/_transfer.py) over real sockets in this process: round trips
 of incompressible, zero and mixed data with the counters showing what crossed the wire; lz4 only
 where it pays; truncated and tampered streams detected, never returned; "not here", wrong peers,
 time-outs, cancellation, and the order in which sources are tried."""
@@ -13,7 +13,7 @@ import time
 import numpy as np
 import pytest
 
-from taskmesh._node import transfer as T
+from taskmesh import _transfer as T
 
 pytestmark = pytest.mark.timeout(30)
 

@@ -1,4 +1,4 @@
-"""Node-to-node object transfer: the TCP stream that carries one object's bytes, and its blocking I/O.
+"""Object transfer between machines: the TCP stream that carries one object's bytes, and its blocking I/O.
 
     fetching side (fetch_into / fetch)                    serving side (TransferServer, a thread per connection)
       connect ──── request: magic, version, object id ────▶ open_object(id): pin it (wait for a restore)
