@@ -150,3 +150,18 @@ def test_a_saturated_holder_is_passed_over(c):
     first, _ = run_on(c, "b", fid, deps=[big])  # b's only CPU is busy now
     second, _ = run_on(c, "a", fid, deps=[big])  # so the next one goes to a
     assert first != second
+
+
+def test_large_arguments_stored_by_value_are_sent_with_their_holders_and_count_for_locality(c):
+    fid = c.register()
+    args_id = c.put(b"a" * 20, stored(b"a" * 20, 30 * MB, "b"))
+    spec = c.spec(fid)._replace(args=SO(SO.STORED, stored(args_id, 30 * MB).data, [], [args_id]))
+    c.send(c.driver, P.Submit([spec]))
+    c.send(c.driver, P.Release([args_id]))  # the driver keeps no ref: the task holds them
+    sent = c.drain()
+    [a] = sent.assignments()
+    worker = sent.assigned_to()[spec.task_id]
+    assert c.worker_info[worker][0] == "b"  # where the arguments are
+    assert locations(a.args) == [["b", c.state.nodes["b"].transfer]]
+    c.finish(worker, spec.task_id)
+    assert c.drain().to(c.node_peer["b"], P.FreeObjects) == [P.FreeObjects([args_id])]
