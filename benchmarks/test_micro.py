@@ -115,3 +115,15 @@ def test_big_arg_fanout_1MB(benchmark: Any, api: RayLikeApi) -> None:
         warmup_rounds=1,
     )
     assert sample.info["tasks"] == FANOUT_TASKS_SMALL
+
+
+def test_get_100MB_is_zero_copy(benchmark: Any, tm: Any) -> None:
+    """``get`` of a 100 MB array held by this machine's node: a read-only view of the store,
+    so its time does not grow with the size (the issue's bar: well under 5 ms)."""
+    import numpy as np
+
+    data = np.ones(100 * 2**20 // 8)
+    ref = tm.put(data)
+    got = benchmark(tm.get, ref)
+    assert np.shares_memory(got, tm.get(ref)) and not got.flags.writeable
+    assert got.shape == data.shape and got[0] == 1.0 and got[-1] == 1.0

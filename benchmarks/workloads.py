@@ -404,9 +404,7 @@ def note_put_get(collected: dict[str, Any]) -> str | None:
             "object kept in a worker's memory (client.scatter), result() fetches it"
         )
     if first["framework"] == "taskmesh":
-        parts.append(
-            "no shared-memory store yet: the value is served from the driver's put snapshot"
-        )
+        parts.append("put writes into the node's shared-memory store, get reads it in place")
     if cold:
         kind = (
             "first large put of the session"
