@@ -20,6 +20,11 @@ Usage::
         [--workloads noop_async,noop_sync,tree_reduce,nested,put_get_100MB,big_arg_fanout,cold_start]
         [--repeat N] [--json out.json]
 
+``--workloads transfer_100MB`` (named explicitly; it is not in the default list) runs
+:mod:`benchmarks.transfer_netcluster` instead: a cluster of its own across netcluster
+hosts (network namespaces, so it needs root), reported in a table of its own, or as
+skipped with the reason.
+
 Speed-up columns are ``other_time / taskmesh_time``: above 1.00x taskmesh is
 faster, below 1.00x it is slower.
 """
@@ -55,6 +60,23 @@ EVENT_GAP_TIMEOUT_S = 60.0
 SHUTDOWN_GRACE_S = 60.0
 #: Frameworks we compare taskmesh against, in table order.
 BASELINES = ("ray", "dask")
+
+
+#: Workloads that bring up their own multi-host cluster (netcluster network namespaces,
+#: so root) instead of running in a framework's child; name -> (description, frameworks
+#: it has drivers for). They run only when named in --workloads: the default run must
+#: not need root.
+MULTIHOST: dict[str, tuple[str, tuple[str, ...]]] = {
+    "transfer_100MB": (
+        (
+            "100 MB from one netcluster host's store to a task on another, beside raw TCP "
+            "copies in the same run (needs root; benchmarks/transfer_netcluster.py)"
+        ),
+        ("taskmesh", "ray"),
+    ),
+}
+#: Budget for a whole multi-host workload (hosts up, every framework, teardown).
+MULTIHOST_TIMEOUT_S = 900.0
 
 
 # =========================================================================== results
@@ -464,6 +486,91 @@ def run_framework(
     return report
 
 
+# =========================================================================== multi-host
+
+
+@dataclass
+class MultihostReport:
+    """Outcome of one multi-host workload (all its frameworks in one run)."""
+
+    status: str  # ok | failed | skipped
+    reason: str | None = None
+    #: The figures from :func:`benchmarks.transfer_netcluster.run`.
+    result: dict[str, Any] | None = None
+
+
+def run_transfer_netcluster(
+    frameworks: list[str], repeat: int, timeout_s: float = MULTIHOST_TIMEOUT_S
+) -> MultihostReport:
+    """``transfer_100MB`` in a child process (its progress goes to our stderr); skipped,
+    with the reason, when this machine cannot run netcluster or no framework has a driver."""
+    from benchmarks import transfer_netcluster as tn
+
+    fws = [f for f in frameworks if f in MULTIHOST["transfer_100MB"][1]]
+    if not fws:
+        return MultihostReport("skipped", "no driver for " + ", ".join(frameworks))
+    try:
+        tn.check_available()
+    except tn.Unavailable as exc:
+        return MultihostReport("skipped", str(exc))
+    fd, json_path = tempfile.mkstemp(prefix="taskmesh-xfer-", suffix=".json")
+    os.close(fd)
+    cmd = [
+        sys.executable,
+        "-m",
+        "benchmarks.transfer_netcluster",
+        "--repeat",
+        str(repeat),
+        "--frameworks",
+        ",".join(fws),
+        "--json",
+        json_path,
+    ]
+    proc = subprocess.Popen(cmd, cwd=REPO_ROOT, stdout=subprocess.DEVNULL)
+    try:
+        try:
+            code = proc.wait(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            proc.terminate()  # it tears its hosts down on SIGTERM
+            try:
+                proc.wait(timeout=120)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+            return MultihostReport("failed", f"timeout ({timeout_s:g} s); stopped")
+        except BaseException:
+            proc.terminate()
+            proc.wait(timeout=120)
+            raise
+        if code == 2:
+            return MultihostReport("skipped", "cannot run here (see the message above)")
+        try:
+            result = json.loads(Path(json_path).read_text())
+        except (OSError, ValueError):
+            return MultihostReport("failed", f"exited with code {code} and no figures")
+    finally:
+        Path(json_path).unlink(missing_ok=True)
+    failed = [f for f, r in result["frameworks"].items() if r.get("status") != "ok"]
+    if failed:
+        return MultihostReport("failed", "failed on " + ", ".join(failed), result)
+    return MultihostReport("ok", None, result)
+
+
+def print_multihost(reports: dict[str, MultihostReport], frameworks: list[str]) -> None:
+    """Each multi-host workload's own table, or why it did not run."""
+    from benchmarks import transfer_netcluster as tn
+
+    print("\nMulti-host workloads (netcluster hosts):")
+    for name, rep in reports.items():
+        if rep.result is not None:
+            print(tn.render(rep.result))
+        if rep.status != "ok":
+            print(f"  {name}: {rep.status}: {rep.reason}")
+        missing = [f for f in frameworks if f not in MULTIHOST[name][1]]
+        if missing and rep.status != "skipped":
+            print(f"  {name}: not run on {', '.join(missing)} (no driver)")
+
+
 # =========================================================================== reporting
 
 
@@ -818,7 +925,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument(
         "--workloads",
         default=",".join(WORKLOADS),
-        help="comma-separated (default: %(default)s)",
+        help="comma-separated (default: %(default)s); also "
+        + ", ".join(MULTIHOST)
+        + " (multi-host, needs root)",
     )
     p.add_argument(
         "--repeat",
@@ -850,25 +959,35 @@ def main(argv: list[str] | None = None) -> int:
     if args.list:
         for w in WORKLOADS.values():
             print(f"{w.name:<14} {w.unit:<14} {w.better:<6} {w.description}")
+        for name, (desc, _) in MULTIHOST.items():
+            print(f"{name:<14} {'GB/s':<14} {'higher':<6} {desc}; only when named")
         return 0
     if args.repeat < 1:
         p.error("--repeat must be >= 1")
     frameworks = _split(args.frameworks, FRAMEWORKS, "framework")
-    names = _split(args.workloads, WORKLOADS, "workload")
+    requested = _split(args.workloads, [*WORKLOADS, *MULTIHOST], "workload")
+    names = [n for n in requested if n in WORKLOADS]
+    multihost = [n for n in requested if n in MULTIHOST]
 
     info = machine_info()
-    print_header(info, frameworks, names, args.repeat, args.workers)
+    print_header(info, frameworks, requested, args.repeat, args.workers)
     log_dir = Path(tempfile.mkdtemp(prefix="taskmesh-bench-"))
     reports: dict[str, FrameworkReport] = {}
+    mh_reports: dict[str, MultihostReport] = {}
     t0 = time.monotonic()
     try:
-        for f in frameworks:
+        for f in frameworks if names else []:
             _progress(f"== {f}")
             reports[f] = run_framework(
                 f, names, args.repeat, args.workers, log_dir, args.timeout
             )
             if reports[f].status == "not installed":
                 _progress(f"[{f}] not installed; skipped")
+        for n in multihost:
+            _progress(f"== {n} (multi-host)")
+            mh_reports[n] = run_transfer_netcluster(frameworks, args.repeat)
+            if mh_reports[n].status != "ok":
+                _progress(f"[{n}] {mh_reports[n].status}: {mh_reports[n].reason}")
     finally:
         failed = any(r.status == "failed" for r in reports.values())
         if failed or args.keep_logs:
@@ -876,14 +995,20 @@ def main(argv: list[str] | None = None) -> int:
         else:
             shutil.rmtree(log_dir, ignore_errors=True)
 
-    print_summary(reports, names, args.repeat)
+    if names:
+        print_summary(reports, names, args.repeat)
+    if mh_reports:
+        print_multihost(mh_reports, frameworks)
     print(f"\ntotal wall time {time.monotonic() - t0:.0f} s")
     if args.json:
-        Path(args.json).write_text(
-            json.dumps(to_json(info, reports, names, args), indent=2) + "\n"
-        )
+        out = to_json(info, reports, names, args)
+        out["multihost"] = {n: asdict(r) for n, r in mh_reports.items()}
+        Path(args.json).write_text(json.dumps(out, indent=2) + "\n")
         print(f"JSON written to {args.json}")
-    return 1 if any(r.status == "failed" for r in reports.values()) else 0
+    failed = any(
+        r.status == "failed" for r in [*reports.values(), *mh_reports.values()]
+    )
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":
