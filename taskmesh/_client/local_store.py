@@ -27,8 +27,7 @@ import threading
 import weakref
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-import numpy as np
-
+from typing import Any
 from .._protocol import SerializedObject
 from .._store import layout
 from .._store.client import StoreClient
@@ -55,6 +54,8 @@ def _parallel_copy(dest: memoryview, src: memoryview) -> None:
         with _copy_pool_lock:
             if _copy_pool is None:
                 _copy_pool = ThreadPoolExecutor(_COPY_THREADS, thread_name_prefix="taskmesh-copy")
+    import numpy as np  # only processes that store large values need it
+
     d = np.frombuffer(dest, dtype=np.uint8)
     s = np.frombuffer(src, dtype=np.uint8)
     step = -(-n // _COPY_THREADS)
@@ -76,7 +77,7 @@ class LocalStore:
         self._on_unpin = on_unpin
         self._lock = threading.Lock()
         self._unpins: collections.deque[bytes] = collections.deque()
-        self._holders: weakref.WeakValueDictionary[bytes, np.ndarray] = weakref.WeakValueDictionary()
+        self._holders: weakref.WeakValueDictionary[bytes, Any] = weakref.WeakValueDictionary()
         self.closed = False
 
     @classmethod
@@ -122,7 +123,9 @@ class LocalStore:
         data, buffers = layout.read(memoryview(holder))
         return SerializedObject(SerializedObject.VALUE, data, buffers)
 
-    def _pin(self, object_id: bytes, size: int, locations: list, timeout_s: float | None) -> np.ndarray:
+    def _pin(self, object_id: bytes, size: int, locations: list, timeout_s: float | None) -> Any:
+        import numpy as np  # the holder of a pin is a read-only uint8 array over the view
+
         with self._lock:
             holder = self._holders.get(object_id)  # another thread may have pinned it meanwhile
             if holder is not None:
