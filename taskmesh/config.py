@@ -41,9 +41,10 @@ class Config:
     """Tunables shared by all taskmesh processes. Defaults suit a laptop or a lab cluster."""
 
     #: seconds between node-agent heartbeats to the head
-    heartbeat_interval_s: float = 0.5
-    #: a node silent for this long is declared dead by the head
-    heartbeat_timeout_s: float = 10.0
+    heartbeat_interval_s: float = 0.25
+    #: a node silent for this long is declared dead by the head (its tasks run elsewhere, its
+    #: lost objects are rebuilt); it joins again as a new incarnation if it comes back
+    heartbeat_timeout_s: float = 1.5
     #: how long a driver or node waits for the head to answer the handshake
     connect_timeout_s: float = 5.0
     #: a driver waiting in get()/wait() gives up on a head silent this long

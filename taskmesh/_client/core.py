@@ -505,20 +505,40 @@ class CoreClient:
         self._dead.append(oid)  # we keep no ref: released after the Submit that holds it
         return ref_args
 
-    def resolve(self, obj: P.SerializedObject, timeout: float | None = None) -> P.SerializedObject:
+    def resolve(self, obj: P.SerializedObject, timeout: float | None = None,
+                wait_for_holders: bool = True) -> P.SerializedObject:
         """A readable object for ``obj``: itself, or for a STORED marker the value read from the
-        node store (zero-copy views; pulled from another node first if needed)."""
+        node store (zero-copy views; pulled from another node first if needed).
+
+        If no holder it names can deliver, the head is asked again: it may know of new copies,
+        be rebuilding the object (the answer then waits for the re-run), or say it is lost (an
+        error object, returned as such). If the head still names the same holders, they may be
+        dead but not yet declared so: with ``wait_for_holders`` it asks again, for up to twice
+        the heartbeat time-out, before ObjectLostError."""
         if obj.flags != P.SerializedObject.STORED:
             return obj
-        try:
-            return self._read_stored(obj, timeout)
-        except ObjectLostError:
-            # the holders we knew of may be gone while others got copies since: ask again
-            oid = obj.read_stored()[0]
-            fresh = self._fresh_value(oid, timeout)
-            if fresh is None or not fresh.is_stored or fresh.data == obj.data:
-                raise
-            return self._read_stored(fresh, timeout)
+        start = time.monotonic()
+        patience = 2 * self.config.heartbeat_timeout_s + 1.0
+        delay = 0.05
+        while True:
+            remaining = None if timeout is None else max(0.0, timeout - (time.monotonic() - start))
+            try:
+                return self._read_stored(obj, remaining)
+            except ObjectLostError:
+                oid = obj.read_stored()[0]
+                fresh = self._fresh_value(oid, remaining)
+                if fresh is None:
+                    raise
+                if not fresh.is_stored:
+                    return fresh  # the head's verdict (e.g. lost for good, naming the node)
+                if fresh.data == obj.data:
+                    waited = time.monotonic() - start
+                    if (not wait_for_holders or waited > patience
+                            or (timeout is not None and waited + delay > timeout)):
+                        raise
+                    time.sleep(delay)
+                    delay = min(delay * 2, 0.5)
+                obj = fresh
 
     def _read_stored(self, obj: P.SerializedObject, timeout: float | None) -> P.SerializedObject:
         store = self.local_store()

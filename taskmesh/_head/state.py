@@ -45,6 +45,13 @@ WAITING, READY, ASSIGNED, DONE = range(4)
 #: (a parent waiting for children it runs itself as Help), and a process start costs far more
 START_GRACE_S = 0.05
 
+#: a task whose inputs could not be read is tried again after this pause (doubling up to the
+#: maximum: enough for the head to declare their holder dead and rebuild them), at most
+#: MAX_DEPENDENCY_RETRIES times
+DEPENDENCY_RETRY_S = 0.1
+DEPENDENCY_RETRY_MAX_S = 1.0
+MAX_DEPENDENCY_RETRIES = 12
+
 
 class NodeRec:
     __slots__ = ("node_id", "peer", "address", "hostname", "pid", "total", "avail", "workers",
@@ -94,7 +101,8 @@ class WorkerRec:
 
 
 class TaskRec:
-    __slots__ = ("spec", "owner", "state", "waiting", "worker", "retries_left", "shape", "queued")
+    __slots__ = ("spec", "owner", "state", "waiting", "worker", "retries_left", "shape", "queued",
+                 "dep_failures")
 
     def __init__(self, spec: P.TaskSpec, owner: bytes) -> None:
         self.spec = spec
@@ -105,11 +113,12 @@ class TaskRec:
         self.retries_left = spec.max_retries
         self.shape = tuple(sorted(spec.resources.items()))
         self.queued = False  # an entry for it sits in a ready queue (maybe stale)
+        self.dep_failures = 0  # times a worker could not read its inputs
 
 
 class ObjectRec:
     __slots__ = ("value", "owner", "released", "waiters", "subscribers", "dependents", "nbytes",
-                 "locations", "holds", "borrowers", "contained")
+                 "locations", "holds", "borrowers", "contained", "lineage", "rebuilds_left")
 
     def __init__(self, owner: bytes) -> None:
         self.value: P.SerializedObject | None = None
@@ -127,6 +136,9 @@ class ObjectRec:
         self.borrowers: set[bytes] | None = None
         #: ids of the refs inside its value (each holds one of ``holds`` there)
         self.contained: list[bytes] | None = None
+        #: for a stored task result: the task that made it, re-run if every copy is lost
+        self.lineage: TaskRec | None = None
+        self.rebuilds_left = 0
 
     def needed(self) -> bool:
         """Something still refers to it (the value may not have arrived yet)."""
@@ -153,6 +165,9 @@ class HeadState:
         self.queues: dict[tuple, deque[TaskRec]] = {}
         self.finished = 0
         self.failed = 0
+        self.rebuilt = 0  # tasks run again to rebuild lost objects
+        #: tasks whose inputs could not be read, to queue again at a time: (when, task)
+        self.deferred: list[tuple[float, TaskRec]] = []
         self.warned_shapes: set[tuple] = set()
         self.now = now
 
@@ -168,7 +183,8 @@ class HeadState:
         if kind is None:
             if type(msg) is P.Heartbeat:  # a node we declared dead is still talking
                 self.out.send(peer, P.Refused("this head declared the node dead (it was silent "
-                                              "too long); restart it to rejoin"))
+                                              "longer than the heartbeat time-out); join again "
+                                              "as a new incarnation"))
             log.warning("dropped %s from a peer that never said Hello", type(msg).__name__)
             return
         handler = _HANDLERS.get(type(msg))
@@ -184,6 +200,12 @@ class HeadState:
         for node in list(self.nodes.values()):
             if node.alive and node.last_seen < deadline:
                 self._node_lost(node, f"no heartbeat for {self.config.heartbeat_timeout_s:g} s")
+        if self.deferred:
+            due = [t for when, t in self.deferred if when <= now]
+            self.deferred = [(when, t) for when, t in self.deferred if when > now]
+            for t in due:
+                if self.tasks.get(t.spec.task_id) is t and t.state == WAITING:
+                    self._wait_inputs(t)
         idle_deadline = now - self.config.idle_worker_timeout_s
         for node in self.nodes.values():
             surplus = len(node.workers) - max(node.num_cpus, 1)
@@ -298,25 +320,31 @@ class HeadState:
                                       "freed or never existed")] * spec.num_returns,
                              deps_counted=False)
                 continue
-            failed: P.SerializedObject | None = None
-            for dep in spec.deps:
-                obj = objects[dep]
-                obj.dependents += 1
-                if obj.value is None:
-                    t.waiting += 1
-                    if obj.waiters is None:
-                        obj.waiters = [t]
-                    else:
-                        obj.waiters.append(t)
-                elif obj.value.is_error and failed is None:
-                    failed = obj.value
-            if spec.args is not None and spec.args.contained:
-                self._hold(spec.args.contained)
-            self.tasks[spec.task_id] = t
-            if failed is not None:
-                self._fail_task(t, failed)
-            elif t.waiting == 0:
-                self._make_ready(t)
+            self._admit(t)
+
+    def _admit(self, t: TaskRec) -> None:
+        """Count a new (or re-run) task's uses of its inputs and queue it once they exist."""
+        objects = self.objects
+        spec = t.spec
+        failed: P.SerializedObject | None = None
+        for dep in spec.deps:
+            obj = objects[dep]
+            obj.dependents += 1
+            if obj.value is None:
+                t.waiting += 1
+                if obj.waiters is None:
+                    obj.waiters = [t]
+                else:
+                    obj.waiters.append(t)
+            elif obj.value.is_error and failed is None:
+                failed = obj.value
+        if spec.args is not None and spec.args.contained:
+            self._hold(spec.args.contained)
+        self.tasks[spec.task_id] = t
+        if failed is not None:
+            self._fail_task(t, failed)
+        elif t.waiting == 0:
+            self._make_ready(t)
 
     def _on_put(self, peer: bytes, msg: P.Put) -> None:
         for oid, value in msg.objects:
@@ -423,6 +451,9 @@ class HeadState:
                 t.worker = None
                 self._enqueue(t)
                 continue
+            if (r.returns and r.returns[0].flags == P.SerializedObject.SYSTEM_ERROR
+                    and self._dependency_lost(t, r.returns[0])):
+                continue
             if len(r.returns) != t.spec.num_returns:
                 err = _ERR("TaskmeshError", f"worker {w.pid} returned {len(r.returns)} values for "
                            f"task {t.spec.name}, expected {t.spec.num_returns}")
@@ -433,6 +464,25 @@ class HeadState:
                 w.node.finished += 1
         if not w.assigned and w.lease is not None:
             self._release_lease(w)
+
+    def _dependency_lost(self, t: TaskRec, err: P.SerializedObject) -> bool:
+        """A worker could not read one of the task's inputs from any holder the head named.
+        Run the task again once the input is back: at once if it is being rebuilt (its holder
+        was declared dead), else after a pause (the holder may be dead but not yet declared
+        so). True if handled; False for other system errors."""
+        kind, message = err.read_system_error()
+        if kind != "DependencyLost":
+            return False
+        t.worker = None
+        t.dep_failures += 1
+        if t.dep_failures > MAX_DEPENDENCY_RETRIES:
+            self._fail_task(t, _ERR("ObjectLostError", f"task {t.spec.name} could not read its "
+                                    f"inputs {t.dep_failures} times: {message.split(' ', 1)[-1]}"))
+            return True
+        delay = min(DEPENDENCY_RETRY_MAX_S, DEPENDENCY_RETRY_S * 2 ** (t.dep_failures - 1))
+        t.state = WAITING
+        self.deferred.append((self.now + delay, t))
+        return True
 
     def _on_blocked(self, peer: bytes, msg: P.Blocked) -> None:
         w = self.workers.get(peer)
@@ -465,7 +515,8 @@ class HeadState:
                 continue
             seen.add(tid)
             t = self.tasks.get(tid)
-            if t is not None and t.state == READY and t.spec.resources == w.lease:
+            if (t is not None and t.state == READY and t.spec.resources == w.lease
+                    and self._inputs_ready(t)):
                 help_tasks.append(t)  # left in its queue; the scheduler skips non-READY ones
         if not help_tasks:
             return
@@ -646,6 +697,9 @@ class HeadState:
             obj = objects.get(oid)
             if obj is not None:
                 self._set_value(oid, obj, value, push_owner=True, node=node)
+                if obj.locations and obj.lineage is None:  # stored: rebuildable from its task
+                    obj.lineage = t
+                    obj.rebuilds_left = t.spec.max_retries
             elif value.is_stored and node is not None:  # nobody wants it: free the copy
                 self._free_copies(oid, [node.node_id])
         if not deps_counted:
@@ -667,6 +721,10 @@ class HeadState:
         contained = value.contained
         if value.is_stored:
             value, nbytes, holders = self._accept_stored(oid, value, node)
+        if obj.value is not None:  # a re-run made again what still exists: keep the first
+            if holders:
+                self._free_copies(oid, holders)
+            return
         if not obj.needed() and not obj.subscribers:
             del self.objects[oid]
             if holders:
@@ -809,10 +867,48 @@ class HeadState:
     def _copies_changed(self, oid: bytes, obj: ObjectRec, why: str) -> None:
         if obj.locations:
             obj.value = self._marker(oid, obj.nbytes, obj.locations)
-        else:  # rebuilding it from lineage comes with fault tolerance
-            obj.locations = None
-            obj.value = _ERR("ObjectLostError", f"object {oid.hex()} ({obj.nbytes} bytes) is "
-                             f"lost: {why}, and no other node held a copy")
+            return
+        obj.locations = None
+        if obj.lineage is not None and obj.rebuilds_left != 0:
+            self._rebuild(oid, obj, why)
+            return
+        if obj.lineage is not None:
+            why += (f"; it was already rebuilt {obj.lineage.spec.max_retries} time(s) "
+                    f"(max_retries of task {obj.lineage.spec.name})")
+        else:
+            why += "; a put() object cannot be rebuilt"
+        obj.lineage = None
+        obj.value = _ERR("ObjectLostError", f"object {oid.hex()} ({obj.nbytes} bytes) is "
+                         f"lost: {why}, and no other node held a copy")
+
+    def _rebuild(self, oid: bytes, obj: ObjectRec, why: str) -> None:
+        """Every copy of a task's stored result is gone: run the task again (lineage). Its
+        inputs must still be known to the head; lost stored inputs are rebuilt the same way
+        (recursively, as their own copies are found missing). Readers wait meanwhile."""
+        done = obj.lineage
+        assert done is not None
+        spec = done.spec
+        if obj.rebuilds_left > 0:
+            obj.rebuilds_left -= 1
+        obj.value = None  # pending again: new readers and tasks wait for the re-run
+        if spec.task_id in self.tasks:  # another lost return of it already started the re-run
+            return
+        inputs = list(spec.deps)
+        if spec.args is not None and spec.args.is_stored:
+            inputs += spec.args.contained  # large arguments passed by value
+        missing = next((d for d in inputs if d not in self.objects), None)
+        if missing is not None:
+            obj.lineage = None
+            obj.value = _ERR("ObjectLostError", (
+                f"object {oid.hex()} is lost ({why}) and cannot be rebuilt: task {spec.name}, "
+                f"which made it, needs object {missing.hex()}, which was freed"))
+            return
+        log.warning("object %s lost (%s): running task %s again to rebuild it", oid.hex(), why,
+                    spec.name)
+        t = TaskRec(spec, done.owner)
+        t.retries_left = spec.max_retries
+        self.rebuilt += 1
+        self._admit(t)
 
     def _held_bytes(self, t: TaskRec) -> dict[str, int] | None:
         """Node id -> bytes of the task's stored arguments held there (None if none)."""
@@ -833,8 +929,53 @@ class HeadState:
 
     # ------------------------------------------------------------------ placement
 
+    def _inputs_ready(self, t: TaskRec) -> bool:
+        """All of a ready task's inputs still have values (one may be being rebuilt)."""
+        objects = self.objects
+        for d in t.spec.deps:
+            obj = objects.get(d)
+            if obj is not None and obj.value is None:
+                return False
+        return True
+
+    def _wait_inputs(self, t: TaskRec) -> None:
+        """(Re)queue a task, or make it wait for those of its inputs that have no value now."""
+        t.state = WAITING
+        t.waiting = 0
+        objects = self.objects
+        for d in t.spec.deps:
+            obj = objects.get(d)
+            if obj is not None and obj.value is not None and obj.value.is_error:
+                for other in t.spec.deps:  # stop waiting for the others: it fails now
+                    rec = objects.get(other)
+                    if rec is not None and rec.waiters and t in rec.waiters:
+                        rec.waiters.remove(t)
+                self._fail_task(t, obj.value)
+                return
+            if obj is not None and obj.value is None:
+                t.waiting += 1
+                if obj.waiters is None:
+                    obj.waiters = [t]
+                else:
+                    obj.waiters.append(t)
+        if t.waiting == 0:
+            self._make_ready(t)
+
+    def _skip_unready(self, queue: deque[TaskRec]) -> None:
+        """Drop queue heads taken out of turn (handed to a blocked worker as Help), and send
+        back to waiting the ones whose inputs are being rebuilt."""
+        while queue:
+            t = queue[0]
+            if t.state != READY:
+                queue.popleft().queued = False
+            elif t.spec.deps and not self._inputs_ready(t):
+                _pop(queue)
+                self._wait_inputs(t)
+            else:
+                return
+
     def _schedule_shape(self, queue: deque[TaskRec]) -> None:
-        _skip_taken(queue)
+        self._skip_unready(queue)
         if not queue:
             return
         demand = queue[0].spec.resources
@@ -853,7 +994,7 @@ class HeadState:
             w.lease = dict(demand)
             _sub(best.avail, demand)
             self._assign(_pop(queue), w)
-            _skip_taken(queue)
+            self._skip_unready(queue)
         if not queue:
             return
         # 2. nodes with room but no idle worker start more workers
@@ -884,7 +1025,7 @@ class HeadState:
         while queue and progress:
             progress = False
             for w in busy:
-                _skip_taken(queue)
+                self._skip_unready(queue)
                 if not queue:
                     break
                 t = queue[0]
@@ -970,12 +1111,6 @@ class HeadState:
             "pid": n.pid,
             "ObjectStore": {k: v for k, v in n.stats.items() if k.startswith("store_")},
         }
-
-
-def _skip_taken(queue: deque[TaskRec]) -> None:
-    """Drop queue heads that were taken out of turn (handed to a blocked worker as Help)."""
-    while queue and queue[0].state != READY:
-        queue.popleft().queued = False
 
 
 def _pop(queue: deque[TaskRec]) -> TaskRec:

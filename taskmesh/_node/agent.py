@@ -39,6 +39,10 @@ from .store_service import StoreService
 log = logging.getLogger("taskmesh.node")
 
 
+#: how the head's Refused to a node it declared dead begins (protocol.md, Refused)
+_DECLARED_DEAD = "this head declared the node dead"
+
+
 class _Worker:
     __slots__ = ("worker_id", "proc", "pidfd")
 
@@ -76,6 +80,9 @@ class NodeAgent:
         os.set_blocking(self._stop_w, False)
         self.registered = False
         self.exit_code = 0
+        self._incarnation = 0  # joins again after the head declared it dead
+        self._rejoining = False
+        self._info: dict = {}
         self._added: list[list] = []  # copies fetched / freed, for the next ObjectLocations
         self._removed: list[bytes] = []
         # the object store: the arena, and the service local clients talk to
@@ -107,6 +114,23 @@ class NodeAgent:
         if self._added or self._removed:
             self.sock.send(P.ObjectLocations(self._added, self._removed))
             self._added, self._removed = [], []
+
+    def _rejoin(self, why: str) -> None:
+        """Fencing after a partition: the head forgot this node and ran its tasks elsewhere.
+        Stop the old workers (their results would be dropped anyway), drop every object of
+        the store (the head no longer counts them), and join again as a new incarnation."""
+        log.warning("the head at %s declared node %s dead (%s): stopping its %d workers, "
+                    "dropping its objects and joining again", self.head_endpoint, self.node_id,
+                    why, len(self.workers))
+        self._stop_workers()
+        self.store.delete(self.store.object_ids())
+        self._added, self._removed = [], []
+        self.registered = False
+        self._rejoining = True
+        self._incarnation += 1
+        self._info["incarnation"] = self._incarnation
+        self.sock.send(P.Hello(P.PROTOCOL_VERSION, "node", self._info))
+        self.spawn_workers(self.num_cpus)
 
     def request_stop(self) -> None:
         try:
@@ -163,6 +187,9 @@ class NodeAgent:
             except subprocess.TimeoutExpired:
                 w.proc.kill()
                 w.proc.wait()
+            poller = getattr(self, "_poller", None)
+            if poller is not None:
+                poller.unregister(w.pidfd)
             os.close(w.pidfd)
         self.workers.clear()
 
@@ -182,6 +209,7 @@ class NodeAgent:
             "arena": self.arena.name, "store_capacity": self.arena.capacity,
             "store": self.store.name, "transfer": self.store.transfer_address,
         }
+        self._info = info
         self.sock.send(P.Hello(P.PROTOCOL_VERSION, "node", info))
         # start the pool at once: workers connect to the head while it welcomes us
         self.spawn_workers(self.num_cpus)
@@ -208,6 +236,7 @@ class NodeAgent:
         reason = "stopped"
         proc = psutil.Process()
         register_by = last_contact + self.config.connect_timeout_s
+        rejoin_after = self.config.connect_timeout_s
         while True:
             wake_at = next_beat if self.registered else min(next_beat, register_by)
             store_at = self.store.wake_at(time.monotonic())
@@ -235,11 +264,19 @@ class NodeAgent:
                         self.spawn_workers(max(0, min(msg.count, 64)))
                     elif kind is P.Welcome:
                         self.registered = True
+                        self._rejoining = False
                         if ready_fd is not None:
                             report_ready(ready_fd, f"READY {self.node_id}")
                             ready_fd = None
                         log.info("node %s registered with the head at %s", self.node_id,
                                  self.head_endpoint)
+                    elif kind is P.Refused and self.registered:
+                        # the head declared us dead (cut off longer than its heartbeat
+                        # time-out): whatever it rescheduled must not be answered twice
+                        self._rejoin(msg.reason)
+                        register_by = time.monotonic() + rejoin_after
+                    elif kind is P.Refused and self._rejoining and _DECLARED_DEAD in msg.reason:
+                        pass  # answers to heartbeats sent before we joined again
                     elif kind is P.Refused:
                         log.error("the head at %s refused this node: %s", self.head_endpoint, msg.reason)
                         reason, self.exit_code, stop = f"refused: {msg.reason}", 1, True

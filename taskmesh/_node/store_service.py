@@ -275,6 +275,10 @@ class StoreService:
         for oid in object_ids:
             self._guarded(lambda oid: self._run(self.state.delete(oid)), oid)
 
+    def object_ids(self) -> list[bytes]:
+        """Ids of every object this store knows, in any state."""
+        return self.state.object_ids()
+
     def stats(self) -> dict[str, int]:
         """Flat gauges and totals for heartbeats: ``StoreState.stats()``, the transfer counters
         (``transfer_*``, see ``TransferCounters``), fetches in flight, connections being served."""

@@ -538,6 +538,10 @@ class StoreState:
 
     # ------------------------------------------------------------------ queries
 
+    def object_ids(self) -> list[bytes]:
+        """Ids of every object the store knows, in any state (e.g. to delete them all)."""
+        return list(self._objects)
+
     def info(self, object_id: bytes) -> ObjectInfo | None:
         """A snapshot of one object, or None if the store does not hold it."""
         obj = self._objects.get(object_id)

@@ -26,7 +26,7 @@ from .._client.core import CoreClient
 from .._context import CTX
 from .._spin import Spinner
 from ..config import Config
-from ..errors import SerializationError, TaskmeshError
+from ..errors import ObjectLostError, SerializationError, TaskmeshError
 
 log = logging.getLogger("taskmesh.worker")
 
@@ -159,11 +159,13 @@ class Worker:
         n = a.num_returns
         try:
             fn = self._function(a)
-            resolve = self.core.resolve
-            deps = [S.value_or_raise(resolve(v)) for v in a.dep_values] if a.dep_values else ()
-            args_obj = a.args
-            if args_obj is not None and args_obj.is_stored:  # large arguments: from the store
-                args_obj = resolve(args_obj)
+            try:
+                deps, args_obj = self._inputs(a)
+            except _InputLost as lost:  # the head reruns it once the input is back
+                self.running -= 1
+                CTX.current_task_id, CTX.current_task_name = outer
+                self.results.append(P.TaskResult(a.task_id, [lost.error()], 0.0))
+                return
             args, kwargs = S.unpack_args(args_obj, deps)
             result = fn(*args, **kwargs)
         except BaseException as exc:  # noqa: BLE001 - every task failure becomes an error object
@@ -179,6 +181,18 @@ class Worker:
         CTX.current_task_id, CTX.current_task_name = outer
         self.running -= 1
         self.results.append(P.TaskResult(a.task_id, returns, time.perf_counter() - start))
+
+    def _inputs(self, a: P.Assignment) -> tuple[Any, Any]:
+        """The task's dependency values and its arguments object, read from the node's store
+        where they are stored; _InputLost if one is on no reachable node."""
+        resolve = self.core.resolve
+        deps: Any = ()
+        if a.dep_values:
+            deps = [S.value_or_raise(_read(resolve, v)) for v in a.dep_values]
+        args_obj = a.args
+        if args_obj is not None and args_obj.is_stored:  # large arguments: from the store
+            args_obj = _read(resolve, args_obj)
+        return deps, args_obj
 
     def _serialize_returns(self, a: P.Assignment, result: Any) -> list:
         n = a.num_returns
@@ -246,6 +260,24 @@ class Worker:
         self._flush()
         core.close()
         return 0
+
+
+class _InputLost(Exception):
+    """A stored input of a task could not be read from any node the head named."""
+
+    def __init__(self, object_id: bytes, cause: BaseException) -> None:
+        super().__init__(f"{object_id.hex()} {cause}")
+        self.object_id = object_id
+
+    def error(self) -> P.SerializedObject:
+        return P.SerializedObject.system_error("DependencyLost", str(self))
+
+
+def _read(resolve: Any, obj: P.SerializedObject) -> P.SerializedObject:
+    try:  # not waiting for holders to be declared dead: the head reruns the task then
+        return resolve(obj, None, False)
+    except ObjectLostError as exc:
+        raise _InputLost(obj.read_stored()[0], exc) from None
 
 
 def watch_lifeline(fd: int) -> None:

@@ -1,0 +1,147 @@
+"""Machines that fail: a host killed while it holds the only copy of a result (rebuilt from
+lineage), and a host cut off from the network (declared dead, its tasks run elsewhere; after
+the network heals it is fenced and joins again). Default time-outs: a dead node is declared
+within 2 s."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from .conftest import NETCLUSTER
+
+pytestmark = pytest.mark.multihost
+
+COMMON = r'''
+import json, sys, time
+import numpy as np
+import taskmesh
+
+MB = 1 << 20
+taskmesh.init(address=sys.argv[1])
+deadline = time.monotonic() + 30
+while sum(n["Workers"] for n in taskmesh.nodes() if n["Alive"]) < 4:
+    assert time.monotonic() < deadline, taskmesh.nodes()
+    time.sleep(0.05)  # worker processes are still starting
+
+def say(tag, value):
+    print(tag, json.dumps(value), flush=True)
+
+def addr_of(node_id):
+    return next(n["NodeManagerAddress"] for n in taskmesh.nodes() if n["NodeID"] == node_id)
+'''
+
+LINEAGE = COMMON + r'''
+@taskmesh.remote(num_returns=2, resources={"r": 1})
+def make(seed):
+    time.sleep(0.5)  # long enough that the two land on both nodes
+    return taskmesh.get_runtime_context().get_node_id(), np.random.default_rng(seed).random(5 * MB // 8)
+
+made = [make.remote(s) for s in range(2)]
+makers = taskmesh.get([m[0] for m in made])
+say("MADE", [addr_of(n) for n in makers])
+victim = sys.stdin.readline().strip()        # the test kills that host now
+t0 = time.monotonic()
+while any(n["Alive"] for n in taskmesh.nodes() if n["NodeManagerAddress"] == victim):
+    time.sleep(0.02)
+detected = time.monotonic() - t0
+values = taskmesh.get([m[1] for m in made], timeout=60)
+exact = all(float(v.sum()) == float(np.random.default_rng(s).random(5 * MB // 8).sum())
+            for s, v in enumerate(values))
+say("RESULT", {"detected_s": detected, "exact": exact})
+'''
+
+PARTITION = COMMON + r'''
+@taskmesh.remote
+def work(i):
+    time.sleep(0.2)
+    return i, taskmesh.get_runtime_context().get_node_id()
+
+refs = [work.remote(i) for i in range(40)]
+say("STARTED", 1)
+out = taskmesh.get(refs, timeout=120)
+ok = [i for i, _ in out] == list(range(40))
+victim = sys.argv[2]
+t0 = time.monotonic()
+while not any(n["Alive"] and n["Workers"] >= 2 and n["NodeManagerAddress"] == victim
+              for n in taskmesh.nodes()):
+    assert time.monotonic() - t0 < 30, taskmesh.nodes()
+    time.sleep(0.05)
+again = taskmesh.get([work.remote(i) for i in range(20)], timeout=60)
+say("RESULT", {"exact": ok, "nodes_after": sorted({addr_of(n) for _, n in again}),
+               "dead_seen": sum(1 for n in taskmesh.nodes() if not n["Alive"])})
+'''
+
+
+def start_cluster(hosts, tmp_path, port: int) -> str:
+    head_ip = hosts.addr(0)
+    r = hosts.run(0, sys.executable, "-m", "taskmesh._cli", "start", "--head", "--port", str(port),
+                  "--num-cpus", "0", "--node-ip", head_ip,
+                  env={"TASKMESH_RUN_DIR": str(tmp_path / "run0")})
+    assert r.returncode == 0, r.stderr
+    for i in (1, 2):
+        r = hosts.run(i, sys.executable, "-m", "taskmesh._cli", "start", "--worker", "--address",
+                      f"{head_ip}:{port}", "--num-cpus", "2", "--resources", '{"r": 1}',
+                      env={"TASKMESH_RUN_DIR": str(tmp_path / f"run{i}")})
+        assert r.returncode == 0, r.stderr
+    return f"{head_ip}:{port}"
+
+
+def driver(hosts, tmp_path, code: str, *args: str) -> subprocess.Popen:
+    script = tmp_path / "driver.py"
+    script.write_text(code)
+    proc = subprocess.Popen([NETCLUSTER, "exec", hosts.names[3], sys.executable, str(script), *args],
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, env=hosts.env)
+    hosts.procs.append(proc)
+    return proc
+
+
+def expect(proc: subprocess.Popen, tag: str):
+    line = proc.stdout.readline()
+    if not line.startswith(tag + " "):
+        proc.kill()
+        raise AssertionError(f"expected {tag}, got {line!r}; stderr: {proc.stderr.read()}")
+    return json.loads(line.split(" ", 1)[1])
+
+
+def test_a_result_lost_with_its_host_is_rebuilt_on_another(hosts, tmp_path):
+    address = start_cluster(hosts, tmp_path, 7320)
+    proc = driver(hosts, tmp_path, LINEAGE, address)
+    try:
+        makers = expect(proc, "MADE")
+        assert sorted(makers) == sorted([hosts.addr(1), hosts.addr(2)])
+        victim = makers[0]
+        hosts.nc("kill", hosts.names[[hosts.addr(i) for i in range(4)].index(victim)])
+        proc.stdin.write(victim + "\n")
+        proc.stdin.flush()
+        result = expect(proc, "RESULT")
+        proc.wait(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert result["exact"]
+    assert result["detected_s"] < 2.0, result
+
+
+def test_a_cut_off_host_is_declared_dead_then_fenced_and_joins_again(hosts, tmp_path):
+    import time
+
+    address = start_cluster(hosts, tmp_path, 7321)
+    proc = driver(hosts, tmp_path, PARTITION, address, hosts.addr(2))
+    try:
+        expect(proc, "STARTED")
+        time.sleep(0.5)  # tasks are running on both hosts
+        hosts.nc("cut", hosts.names[2])
+        time.sleep(3.0)  # well past the heartbeat time-out
+        hosts.nc("heal", hosts.names[2])
+        result = expect(proc, "RESULT")
+        proc.wait(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert result["exact"]  # every task once, in order: nothing lost, nothing doubled
+    assert hosts.addr(2) in result["nodes_after"], result  # it joined again and runs tasks
