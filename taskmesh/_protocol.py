@@ -4,7 +4,7 @@
     head ──ObjectValues, InfoReply, Notice──▶ driver/worker
     head ──Execute, Help, Exit──▶ worker ──TaskResults, Blocked, Unblocked──▶ head
     node agent ──Heartbeat, WorkerExited, ObjectLocations──▶ head
-    head ──StartWorkers, Shutdown, HeartbeatAck, FreeObjects──▶ node agent
+    head ──StartWorkers, Shutdown, HeartbeatAck, FreeObjects, KillWorker──▶ node agent
     anyone ──Hello──▶ head ──Welcome | Refused──▶ anyone
     local client ──StoreCreate, StoreSeal, StoreAbort, StorePin, StoreUnpin, StoreDelete, StoreFetch──▶ node store
     node store ──StoreInfo, StoreCreated | StoreCreateFailed, StorePinned | StorePinFailed, StoreWaiting──▶ local client
@@ -480,6 +480,15 @@ class StartWorkers(NamedTuple):
 class Shutdown(NamedTuple):
     """Node agent: stop your workers and exit."""
 
+    reason: str
+
+
+@_message(37, _STR, _STR)
+class KillWorker(NamedTuple):
+    """Node agent: SIGKILL this worker process now (its running task was cancelled); report
+    its exit with WorkerExited as for any other."""
+
+    worker_id: str
     reason: str
 
 

@@ -30,7 +30,7 @@ import time
 from typing import Any, Callable, Iterable, Sequence
 
 from .. import _protocol as P
-from .._transport import POLLIN, POLLOUT, Poller, new_context, open_client
+from .._transport import POLLIN, POLLOUT, LocalClientSocket, Poller, new_context, open_client
 from ..config import Config
 from ..errors import GetTimeoutError, HeadConnectionError, ObjectLostError, ProtocolVersionError
 from .local_store import LocalStore, fetch_remote
@@ -91,6 +91,8 @@ class CoreClient:
         # dropped a large object must not keep it in the store until its next call)
         self._housekeeping = threading.Event()
         self._housekeeper: threading.Thread | None = None
+        self._beat_s: float | None = None  # a TCP driver pings the head this often
+        self._last_sent = 0.0
         self._registered_fns: set[bytes] = set()
         self._pending: collections.deque = collections.deque()
         self._info: dict[int, Any] = {}
@@ -128,8 +130,16 @@ class CoreClient:
     # ------------------------------------------------------------------ connection
 
     def handshake(self, info: dict | None = None) -> dict:
-        """Say Hello and wait for Welcome; raise HeadConnectionError with a clear reason."""
-        self.send(P.Hello(P.PROTOCOL_VERSION, self.kind, info or {}))
+        """Say Hello and wait for Welcome; raise HeadConnectionError with a clear reason.
+
+        A driver on another machine than the head promises heartbeats (``heartbeat_s`` in its
+        Hello): over TCP the head cannot see a process die, so silence is how it learns that
+        this driver is gone (its tasks are then cancelled and its objects freed)."""
+        info = dict(info or {})
+        if self.kind == "driver" and not isinstance(self.sock, LocalClientSocket):
+            self._beat_s = self.config.heartbeat_interval_s
+            info["heartbeat_s"] = self._beat_s
+        self.send(P.Hello(P.PROTOCOL_VERSION, self.kind, info))
         deadline = time.monotonic() + self.config.connect_timeout_s
         ok = self._wait_for(lambda: self.welcome is not None or self._refused is not None, deadline)
         if self._refused is not None:
@@ -141,6 +151,8 @@ class CoreClient:
                 f"{self.config.connect_timeout_s:g} s. Is `taskmesh start --head` running there, "
                 "and is the port reachable from this machine?")
         assert self.welcome is not None
+        if self._beat_s is not None:
+            self.wake_housekeeper()  # starts the thread that keeps the head informed
         return self.welcome
 
     def close(self) -> None:
@@ -208,6 +220,8 @@ class CoreClient:
             store.flush()
         pending = self._pending
         send = self.sock.send
+        if pending:
+            self._last_sent = time.monotonic()
         # only what is queued now: a thread submitting in a loop must not keep us here
         for _ in range(len(pending)):
             send(pending.popleft())
@@ -333,6 +347,9 @@ class CoreClient:
     def _check_head_alive(self) -> None:
         """While we wait, make sure the head still answers: ping it after a silence, and give
         up with a clear error once it stayed silent for ``head_timeout_s``."""
+        if self._refused is not None and self.welcome is not None:
+            raise HeadConnectionError(f"the taskmesh head at {self.address} refused this "
+                                      f"{self.kind}: {self._refused}")
         if self.sock.peer_closed and self.welcome is None:
             raise HeadConnectionError(f"the taskmesh head at {self.address} closed the "
                                       "connection during the handshake")
@@ -378,14 +395,18 @@ class CoreClient:
 
     def _housekeep(self) -> None:
         ev = self._housekeeping
+        beat = self._beat_s
         while not self.closed:
-            ev.wait()
-            time.sleep(_RELEASE_EVERY_S)
-            ev.clear()
+            if ev.wait(beat):
+                time.sleep(_RELEASE_EVERY_S)
+                ev.clear()
             if self.closed:
                 return
             try:
-                self.send_pending()
+                if beat is not None and time.monotonic() - self._last_sent >= beat:
+                    self.send(P.InfoRequest(0, "ping"))  # we are alive (answered, ignored)
+                else:
+                    self.send_pending()
             except Exception:  # closing under our feet
                 return
 

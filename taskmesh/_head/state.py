@@ -39,7 +39,7 @@ log = logging.getLogger(__name__)
 _ERR = P.SerializedObject.system_error
 
 # task states
-WAITING, READY, ASSIGNED, DONE = range(4)
+WAITING, READY, ASSIGNED, DONE, CANCELLED = range(5)
 
 #: CPU lent by a blocked worker starts new workers only after this long: most blocks are short
 #: (a parent waiting for children it runs itself as Help), and a process start costs far more
@@ -162,10 +162,14 @@ class HeadState:
         self.functions: dict[bytes, bytes] = {}
         self.fn_mean_s: dict[bytes, float] = {}
         self.borrowed: dict[bytes, set[bytes]] = {}  # peer -> objects it said Borrow for
+        #: drivers on other machines, which promised heartbeats: peer -> (last heard, period)
+        self.beating: dict[bytes, list] = {}
+        self.gone_drivers: dict[bytes, None] = {}  # taken as gone for silence (oldest first)
         self.queues: dict[tuple, deque[TaskRec]] = {}
         self.finished = 0
         self.failed = 0
         self.rebuilt = 0  # tasks run again to rebuild lost objects
+        self.cancelled = 0  # tasks stopped because nobody needed their results
         #: tasks whose inputs could not be read, to queue again at a time: (when, task)
         self.deferred: list[tuple[float, TaskRec]] = []
         self.warned_shapes: set[tuple] = set()
@@ -185,8 +189,17 @@ class HeadState:
                 self.out.send(peer, P.Refused("this head declared the node dead (it was silent "
                                               "longer than the heartbeat time-out); join again "
                                               "as a new incarnation"))
+            elif peer in self.gone_drivers:  # a driver we took as gone is still talking
+                self.out.send(peer, P.Refused(
+                    "this head took this driver as gone: it sent nothing for longer than the "
+                    "heartbeat time-out, so its tasks were cancelled and its objects freed. "
+                    "Call taskmesh.shutdown() and taskmesh.init() to connect again"))
+                return
             log.warning("dropped %s from a peer that never said Hello", type(msg).__name__)
             return
+        beat = self.beating.get(peer)
+        if beat is not None:
+            beat[0] = now
         handler = _HANDLERS.get(type(msg))
         if handler is None or kind not in handler[1]:
             log.warning("dropped %s: not expected from a %s", type(msg).__name__, kind)
@@ -200,6 +213,17 @@ class HeadState:
         for node in list(self.nodes.values()):
             if node.alive and node.last_seen < deadline:
                 self._node_lost(node, f"no heartbeat for {self.config.heartbeat_timeout_s:g} s")
+        if self.beating:
+            timeout = self.config.heartbeat_timeout_s
+            for peer, (last, period) in list(self.beating.items()):
+                if now - last > max(timeout, 4 * period):
+                    log.warning("driver %s has been silent for %.1f s: it is taken as gone; "
+                                "its tasks are cancelled and its objects freed", peer.hex(),
+                                now - last)
+                    self._on_goodbye(peer, P.Goodbye())
+                    self.gone_drivers[peer] = None
+                    if len(self.gone_drivers) > 1000:  # remembered only to tell them so
+                        del self.gone_drivers[next(iter(self.gone_drivers))]
         if self.deferred:
             due = [t for when, t in self.deferred if when <= now]
             self.deferred = [(when, t) for when, t in self.deferred if when > now]
@@ -242,6 +266,9 @@ class HeadState:
         info = msg.info
         if msg.kind in ("driver", "status"):
             self.peers[peer] = msg.kind
+            beat_s = info.get("heartbeat_s")
+            if msg.kind == "driver" and isinstance(beat_s, (int, float)) and beat_s > 0:
+                self.beating[peer] = [self.now, float(beat_s)]
         elif msg.kind == "node":
             node_id = info.get("node_id")
             if not isinstance(node_id, str) or not node_id or not valid(info.get("resources")):
@@ -404,7 +431,8 @@ class HeadState:
                 self._drop_if_unneeded(oid, obj)
 
     def _on_goodbye(self, peer: bytes, msg: P.Goodbye) -> None:
-        """A driver left cleanly: drop what it owned (pending tasks' results are discarded)."""
+        """A driver left: drop what it owned and cancel its tasks nobody else needs."""
+        self.beating.pop(peer, None)
         self._release_owned_by(peer)
         self._drop_borrows(peer)
         if self.peers.get(peer) in ("driver", "status"):
@@ -645,10 +673,48 @@ class HeadState:
         self._drop_borrows(w.peer)
 
     def _release_owned_by(self, peer: bytes) -> None:
+        """The owner is gone: so are its refs. Its pending tasks whose results nobody else
+        needs (no borrower, no pending task, no value refers to them) are cancelled; the others
+        run on for those who need them."""
         for oid, obj in list(self.objects.items()):
             if obj.owner == peer:
                 obj.released = True
                 self._drop_if_unneeded(oid, obj)
+        for t in [t for t in self.tasks.values() if t.owner == peer]:
+            rids = return_ids(t.spec.task_id, t.spec.num_returns)
+            if not any(o is not None and o.needed() for o in map(self.objects.get, rids)):
+                self._cancel(t, "its owner left")
+
+    def _cancel(self, t: TaskRec, why: str) -> None:
+        """Stop a task nobody needs: drop it from the queues, or kill the worker running it
+        (via its node agent; the worker's other tasks then run elsewhere, and a replacement
+        starts); free what it held."""
+        state = t.state
+        t.state = CANCELLED
+        self.tasks.pop(t.spec.task_id, None)
+        self.cancelled += 1
+        w = t.worker
+        t.worker = None
+        if state == ASSIGNED and w is not None and t in w.assigned:
+            running = w.assigned[0] is t
+            w.assigned.remove(t)  # a task queued behind on the worker: its result is dropped
+            if running and w.node is not None and w.node.alive:
+                log.info("task %s cancelled (%s): killing worker %s (pid %d) on node %s",
+                         t.spec.name, why, w.worker_id, w.pid, w.node.node_id)
+                self.out.send(w.node.peer, P.KillWorker(w.worker_id, f"task {t.spec.name} "
+                                                        f"was cancelled: {why}"))
+        for oid in return_ids(t.spec.task_id, t.spec.num_returns):
+            obj = self.objects.get(oid)
+            if obj is not None and obj.value is None and not obj.needed():
+                del self.objects[oid]
+        args = t.spec.args
+        if args is not None and args.contained:
+            self._unhold(args.contained)
+        for dep in t.spec.deps:
+            obj = self.objects.get(dep)
+            if obj is not None:
+                obj.dependents -= 1
+                self._drop_if_unneeded(dep, obj)
 
     # ------------------------------------------------------------------ task completion
 

@@ -162,6 +162,17 @@ class NodeAgent:
             self.workers[pidfd] = _Worker(worker_id, proc, pidfd)
             self._poller.register(pidfd)
 
+    def _kill_worker(self, worker_id: str, reason: str) -> None:
+        """SIGKILL one worker (the head cancelled its task); its exit is reaped as usual."""
+        w = next((w for w in self.workers.values() if w.worker_id == worker_id), None)
+        if w is None:
+            return  # already gone
+        log.info("killing worker %s (pid %d): %s", worker_id, w.proc.pid, reason)
+        try:
+            w.proc.kill()
+        except OSError:
+            pass
+
     def _reap(self, pidfd: int) -> None:
         w = self.workers.pop(pidfd, None)
         self._poller.unregister(pidfd)
@@ -285,6 +296,8 @@ class NodeAgent:
                             ready_fd = None
                     elif kind is P.FreeObjects:
                         self.store.delete(msg.object_ids)
+                    elif kind is P.KillWorker:
+                        self._kill_worker(msg.worker_id, msg.reason)
                     elif kind is P.Shutdown:
                         reason, stop = msg.reason, True
                     elif kind is not P.HeartbeatAck:

@@ -119,3 +119,50 @@ def test_errors_are_one_line_and_fast(run_env):
 
     r = tm("start", "--worker", env=other_env)
     assert r.returncode != 0
+
+
+def test_a_driver_that_dies_has_its_tasks_cancelled_and_the_worker_killed(run_env):
+    port = free_port()
+    r = tm("start", "--head", "--port", str(port), "--num-cpus", "2", "--node-ip", "127.0.0.1",
+           env=run_env)
+    assert r.returncode == 0, r.stderr
+    code = (
+        "import os, sys, time, taskmesh\n"
+        "taskmesh.init(address='auto')\n"
+        "@taskmesh.remote\n"
+        "def stuck():\n"
+        "    time.sleep(600)\n"
+        "refs = [stuck.remote() for _ in range(6)]\n"
+        "while taskmesh.nodes()[0]['TasksRunning'] < 2:\n"
+        "    time.sleep(0.05)\n"
+        "print('RUNNING', flush=True)\n"
+        "time.sleep(600)\n"
+    )
+    victim = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True,
+                              env=run_env)
+    try:
+        assert victim.stdout.readline().strip() == "RUNNING"
+        victim.kill()  # the driver dies with 2 tasks running and 4 queued
+        victim.wait(10)
+        probe = (
+            "import time, taskmesh\n"
+            "taskmesh.init(address='auto')\n"
+            "deadline = time.monotonic() + 10\n"
+            "while True:\n"
+            "    st = taskmesh._context.CTX.core.info('status')\n"
+            "    t = st['tasks']\n"
+            "    if t['queued'] == 0 and t['running'] == 0 and st['objects'] == 0:\n"
+            "        break\n"
+            "    assert time.monotonic() < deadline, st\n"
+            "    time.sleep(0.05)\n"
+            "@taskmesh.remote\n"
+            "def one():\n"
+            "    return 1\n"
+            "print('CLEAN', sum(taskmesh.get([one.remote() for _ in range(10)])))\n"
+        )
+        r = run_python(probe, env=run_env)
+        assert r.returncode == 0, r.stderr
+        assert r.stdout.split() == ["CLEAN", "10"]  # and the pool works again
+    finally:
+        if victim.poll() is None:
+            victim.kill()

@@ -148,3 +148,56 @@ def test_a_task_whose_input_stays_unreadable_fails_in_the_end(c):
     assert t not in c.state.tasks
     kind, message = c.state.objects[ret(t)].value.read_system_error()
     assert kind == "ObjectLostError" and "could not read its inputs" in message
+
+
+# ---------------------------------------------------------------- owners that leave
+
+
+def test_a_leaving_driver_s_pending_tasks_are_cancelled_and_a_running_one_killed(c):
+    other = c.hello(b"driver-2", "driver")
+    fid = c.register(owner=other)
+    t_run = c.submit(fid, owner=other)[0]
+    sent = c.drain()
+    worker = sent.assigned_to()[t_run]
+    queued = c.submit(fid, n=3, owner=other)  # more than the two CPUs: some wait in the queue
+    c.drain()
+    c.state.disconnected(other)  # the driver process is gone
+    sent = c.drain()
+    node_id = c.worker_info[worker][0]
+    kills = sent.to(c.node_peer[node_id], P.KillWorker)
+    assert [k.worker_id for k in kills] == [c.worker_info[worker][1]]
+    assert not c.state.tasks and not c.state.objects  # nothing left of it
+    assert c.state.cancelled == 1 + len(queued)
+    c.exited(worker)  # the agent reports the kill: no retry, a replacement starts
+    sent = c.drain()
+    assert not sent.assignments() and sent.to(c.node_peer[node_id], P.StartWorkers)
+
+
+def test_a_task_whose_result_is_borrowed_runs_on_after_its_owner_left(c):
+    other = c.hello(b"driver-2", "driver")
+    fid = c.register(owner=other)
+    [t] = c.submit(fid, owner=other)
+    worker = c.drain().assigned_to()[t]
+    c.send(c.driver, P.Borrow([ret(t)]))  # someone else holds a ref to its result
+    c.state.disconnected(other)
+    assert not c.drain().of(P.KillWorker) and t in c.state.tasks
+    c.finish(worker, t, SO(SO.VALUE, b"still wanted", []))
+    c.send(c.driver, P.Subscribe([ret(t)]))
+    assert c.drain().values(c.driver)[ret(t)].value.data == b"still wanted"
+
+
+def test_a_remote_driver_that_falls_silent_is_taken_as_gone(c):
+    remote = b"driver-remote"
+    c.send(remote, P.Hello(P.PROTOCOL_VERSION, "driver", {"heartbeat_s": 0.25}))
+    fid = c.register(owner=remote)
+    c.submit(fid, n=3, owner=remote)
+    c.drain()
+    for _ in range(3):  # it pings: alive
+        c.send(remote, P.InfoRequest(0, "ping"))
+        c.tick(c.now + 1.0, heartbeats=list(c.state.nodes))
+    assert len(c.state.tasks) == 3
+    c.tick(c.now + c.config.heartbeat_timeout_s + 0.1, heartbeats=list(c.state.nodes))
+    assert not c.state.tasks and remote not in c.state.peers
+    c.send(remote, P.InfoRequest(7, "nodes"))  # it was only slow: it is told, not ignored
+    [refused] = c.drain().to(remote, P.Refused)
+    assert "took this driver as gone" in refused.reason

@@ -86,6 +86,7 @@ EXAMPLES: dict[type, list] = {
     P.HeartbeatAck: [P.HeartbeatAck()],
     P.ObjectLocations: [P.ObjectLocations([[b"o" * 20, 1 << 20]], [b"p" * 20]), P.ObjectLocations([], [])],
     P.FreeObjects: [P.FreeObjects([b"o" * 20, b"p" * 20])],
+    P.KillWorker: [P.KillWorker("n1-3", "task f was cancelled: its owner left")],
     P.StoreCreate: [P.StoreCreate(b"o" * 20, 3 << 20), P.StoreCreate(b"empty", 0)],
     P.StoreSeal: [P.StoreSeal(b"o" * 20)],
     P.StoreAbort: [P.StoreAbort(b"o" * 20)],
