@@ -9,6 +9,7 @@ import atexit
 import inspect
 import json
 import os
+import time
 from typing import Any, Callable, Sequence, TypeVar, overload
 
 from . import _serialize as S
@@ -168,10 +169,15 @@ def get(refs: Any, *, timeout: float | None = None) -> Any:
     if timeout is not None and timeout < 0:
         raise ValueError("timeout must be >= 0 or None")
     core = current_core()
+    deadline = None if timeout is None else time.monotonic() + timeout
     values = core.get_values(ids, timeout)
     if single:
-        return S.value_or_raise(core.resolve(values[0], timeout))
-    return [S.value_or_raise(core.resolve(v, timeout)) for v in values]
+        return S.value_or_raise(core.resolve(values[0], _left(deadline)))
+    return [S.value_or_raise(core.resolve(v, _left(deadline))) for v in values]
+
+
+def _left(deadline: float | None) -> float | None:
+    return None if deadline is None else max(0.0, deadline - time.monotonic())
 
 
 def put(value: Any) -> ObjectRef:

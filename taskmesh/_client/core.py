@@ -120,6 +120,9 @@ class CoreClient:
         self.on_unblock: Callable[[], None] | None = None
         #: called on every step of a blocking wait (a worker runs Help tasks there)
         self.on_wait_step: Callable[[], bool] | None = None
+        #: true while values not sent yet may hold refs (a worker's held-back results): no
+        #: Release may overtake them, or an object they keep alive could be freed first
+        self.holding_values: Callable[[], bool] | None = None
         #: the node this process runs on, if known ("" for a driver that joined a cluster: the
         #: node whose store answers on this machine is looked up on first need)
         self.node_id = ""
@@ -212,7 +215,8 @@ class CoreClient:
     def _drain_sends(self) -> None:
         if self.closed:
             return
-        if self._dead and (len(self._dead) >= _RELEASE_BATCH or time.monotonic() >= self._next_release):
+        if (self._dead and (len(self._dead) >= _RELEASE_BATCH or time.monotonic() >= self._next_release)
+                and not (self.holding_values is not None and self.holding_values())):
             self._collect_dead()
             self._next_release = time.monotonic() + _RELEASE_EVERY_S
         store = self._store
@@ -403,22 +407,26 @@ class CoreClient:
             if self.closed:
                 return
             try:
+                self._next_release = 0.0  # we waited the batching delay already
                 if beat is not None and time.monotonic() - self._last_sent >= beat:
                     self.send(P.InfoRequest(0, "ping"))  # we are alive (answered, ignored)
                 else:
                     self.send_pending()
             except Exception:  # closing under our feet
                 return
+            if self._dead or (self._store is not None and self._store.has_unpins):
+                ev.set()  # the I/O lock was busy, or more died meanwhile: again soon
 
     def borrow_ref(self, oid: bytes) -> None:
         """A ref was unpickled here. The first ref of another owner's object makes us a
         borrower: the head hears it (in order with everything we send: before the result of
-        the task whose arguments held the ref, before we release the value it came in)."""
+        the task whose arguments held the ref, before we release the value it came in). So
+        does a ref to an object we own but already released (it came back inside a value)."""
         with self._ref_lock:
             rc = self._refcounts
             n = rc.get(oid, 0)
             rc[oid] = n + 1
-            if n == 0 and not self.owns(oid) and oid not in self._borrowed:
+            if n == 0 and oid not in self._borrowed and oid not in self._escaped:
                 self._borrowed.add(oid)
                 self._pending.append(P.Borrow([oid]))
 
@@ -443,10 +451,10 @@ class CoreClient:
                 self._subscribed.discard(oid)
                 if oid in self._escaped:
                     continue
-                if self.owns(oid):
-                    release.append(oid)
-                elif oid in self._borrowed:
+                if oid in self._borrowed:
                     self._borrowed.discard(oid)
+                    release.append(oid)
+                elif self.owns(oid):
                     release.append(oid)
         if release:  # after what is already queued: a queued Submit may still use them
             self._pending.append(P.Release(release))
@@ -467,6 +475,9 @@ class CoreClient:
     def submit(self, spec: P.TaskSpec, return_ids: list[bytes]) -> None:
         self._pending_owned.update(return_ids)
         self.send(P.Submit([spec]))
+        args = spec.args
+        if args is not None and args.is_stored and args.contained:
+            self.ref_died(args.contained[0])  # large arguments: the task holds them now
 
     def new_object_id(self) -> bytes:
         return self.next_task_id() + b"\0\0\0\0"
@@ -522,9 +533,7 @@ class CoreClient:
         if marker is None:
             return args
         self.send(P.Put([(oid, marker)]))
-        ref_args = P.SerializedObject(P.SerializedObject.STORED, marker.data, (), [oid])
-        self._dead.append(oid)  # we keep no ref: released after the Submit that holds it
-        return ref_args
+        return P.SerializedObject(P.SerializedObject.STORED, marker.data, (), [oid])
 
     def resolve(self, obj: P.SerializedObject, timeout: float | None = None,
                 wait_for_holders: bool = True) -> P.SerializedObject:
@@ -545,6 +554,11 @@ class CoreClient:
             remaining = None if timeout is None else max(0.0, timeout - (time.monotonic() - start))
             try:
                 return self._read_stored(obj, remaining)
+            except TimeoutError:  # a pin waiting for room to restore the object from disk
+                raise GetTimeoutError(
+                    f"get() timed out after {timeout:g} s: object {obj.read_stored()[0].hex()} "
+                    "is in the store but could not be read in time (it waits for room to come "
+                    "back from disk)") from None
             except ObjectLostError:
                 oid = obj.read_stored()[0]
                 fresh = self._fresh_value(oid, remaining)

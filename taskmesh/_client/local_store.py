@@ -22,6 +22,7 @@ thread at a time talks to the store (a lock); the store connection is opened on 
 from __future__ import annotations
 
 import collections
+import logging
 import os
 import threading
 import weakref
@@ -34,6 +35,8 @@ from .._store.client import StoreClient
 from ..errors import ObjectLostError
 
 __all__ = ["LocalStore", "fetch_remote"]
+
+log = logging.getLogger("taskmesh.client")
 
 #: buffers at least this large are copied into the store by several threads at once: one core's
 #: memcpy does not saturate memory bandwidth (measured here: 6.7 GB/s on one thread, 13.7 on two)
@@ -79,6 +82,7 @@ class LocalStore:
         self._unpins: collections.deque[bytes] = collections.deque()
         self._holders: weakref.WeakValueDictionary[bytes, Any] = weakref.WeakValueDictionary()
         self.closed = False
+        self._client_closed = False
 
     @classmethod
     def connect(cls, node_id: str, store_name: str, timeout_s: float,
@@ -97,7 +101,11 @@ class LocalStore:
         with self._lock:
             self._flush_locked()
             client = self._client
-            dest = client.create(object_id, size)
+            try:
+                dest = client.create(object_id, size)
+            except ValueError:  # the id exists: left by an attempt whose worker died
+                client.delete([object_id])  # (never announced, so nobody reads it)
+                dest = client.create(object_id, size)
             try:
                 layout.write(dest, obj.data, obj.buffers, _parallel_copy)
             except BaseException:
@@ -144,6 +152,13 @@ class LocalStore:
 
     def _view_died(self, object_id: bytes) -> None:
         self._unpins.append(object_id)
+        if self.closed:
+            if not len(self._holders) and self._lock.acquire(blocking=False):
+                try:  # the last value read before close() is gone: now the connection goes
+                    self._close_client()
+                finally:
+                    self._lock.release()
+            return
         if self._on_unpin is not None:
             self._on_unpin()
 
@@ -166,12 +181,29 @@ class LocalStore:
                 batch.append(self._unpins.popleft())
             self._client.unpin(batch)
 
-    def close(self) -> None:
-        """Close the connection: the store drops this process's pins (views stay mapped)."""
+    def _close_client(self) -> None:
+        if not self._client_closed:
+            self._client_closed = True
+            self._client.close()
+
+    def delete(self, object_ids: list[bytes]) -> None:
+        """Free objects this process stored but never announced (e.g. a failed task's)."""
         with self._lock:
             if not self.closed:
-                self.closed = True
-                self._client.close()
+                self._client.delete(object_ids)
+
+    def close(self) -> None:
+        """Stop using the store. While values read from it are alive, the connection (and so
+        their pins) stays open, so the store cannot reuse their memory; it closes with the
+        process, or when the last such value goes."""
+        with self._lock:
+            if self.closed:
+                return
+            self.closed = True
+            if not len(self._holders):
+                self._close_client()
+                return
+        log.debug("keeping the store connection open for %d live values", len(self._holders))
 
     @property
     def pinned(self) -> int:

@@ -378,7 +378,11 @@ class HeadState:
             obj = self.objects.get(oid)
             if obj is None:
                 obj = self.objects[oid] = ObjectRec(peer)
-            elif obj.value is not None:
+            elif obj.value is not None or obj.owner != peer:
+                log.warning("dropped a Put of object %s: it exists already (owned by %s)",
+                            oid.hex(), "the sender" if obj.owner == peer else "another peer")
+                if value.is_stored:
+                    self._free_put_copy(peer, oid, value)
                 continue
             self._set_value(oid, obj, value, push_owner=False)
 
@@ -401,11 +405,11 @@ class HeadState:
             obj = self.objects.get(oid)
             if obj is None:
                 continue
-            if obj.owner == peer:
-                obj.released = True
-            elif obj.borrowers and peer in obj.borrowers:
+            if obj.borrowers and peer in obj.borrowers:  # (an owner may borrow back its own)
                 obj.borrowers.discard(peer)
                 self.borrowed[peer].discard(oid)
+            elif obj.owner == peer:
+                obj.released = True
             else:
                 continue
             self._drop_if_unneeded(oid, obj)
@@ -414,7 +418,7 @@ class HeadState:
         mine = self.borrowed.setdefault(peer, set())
         for oid in msg.object_ids:
             obj = self.objects.get(oid)
-            if obj is None or obj.owner == peer:
+            if obj is None:
                 continue
             if obj.borrowers is None:
                 obj.borrowers = {peer}
@@ -703,6 +707,12 @@ class HeadState:
                          t.spec.name, why, w.worker_id, w.pid, w.node.node_id)
                 self.out.send(w.node.peer, P.KillWorker(w.worker_id, f"task {t.spec.name} "
                                                         f"was cancelled: {why}"))
+                # the tasks queued behind it never started: they run elsewhere, uncharged,
+                # and the worker takes nothing more (it is in no idle list, holds no tasks)
+                for rest in reversed(w.assigned):
+                    rest.worker = None
+                    self._enqueue(rest, front=True)
+                w.assigned.clear()
         for oid in return_ids(t.spec.task_id, t.spec.num_returns):
             obj = self.objects.get(oid)
             if obj is not None and obj.value is None and not obj.needed():
@@ -897,6 +907,17 @@ class HeadState:
                         "which is no longer part of the cluster"), size, None
         return self._marker(oid, size, holders), size, holders
 
+    def _free_put_copy(self, peer: bytes, oid: bytes, marker: P.SerializedObject) -> None:
+        """A refused Put left a copy in a node store: free it, unless it is the real object's."""
+        obj = self.objects.get(oid)
+        try:
+            _, _, locs = marker.read_stored()
+        except P.ProtocolError:
+            return
+        for nid, _ in locs:
+            if obj is None or not obj.locations or nid not in obj.locations:
+                self._free_copies(oid, [nid])
+
     def _marker(self, oid: bytes, size: int, holders: list[str]) -> P.SerializedObject:
         nodes = self.nodes
         return P.SerializedObject.stored(oid, size, [[nid, nodes[nid].transfer] for nid in holders])
@@ -914,8 +935,15 @@ class HeadState:
         if node is None:
             return
         nid = node.node_id
-        for oid, _size in msg.added:
+        for oid, size in msg.added:
             obj = self.objects.get(oid)
+            if (obj is not None and obj.locations is None and obj.nbytes == size
+                    and ((obj.value is None and obj.lineage is not None) or _is_lost(obj.value))):
+                # a copy made before the last known one was lost: the object is back
+                obj.value = None
+                self._set_value(oid, obj, P.SerializedObject.stored(oid, size, [[nid, ""]]),
+                                push_owner=True, node=node)
+                continue
             if obj is None or obj.locations is None:  # freed meanwhile: the copy is not needed
                 self.out.add(peer, P.FreeObjects, oid)
                 continue
@@ -1177,6 +1205,11 @@ class HeadState:
             "pid": n.pid,
             "ObjectStore": {k: v for k, v in n.stats.items() if k.startswith("store_")},
         }
+
+
+def _is_lost(value: P.SerializedObject | None) -> bool:
+    return (value is not None and value.flags == P.SerializedObject.SYSTEM_ERROR
+            and value.read_system_error()[0] == "ObjectLostError")
 
 
 def _pop(queue: deque[TaskRec]) -> TaskRec:

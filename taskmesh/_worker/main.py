@@ -43,6 +43,8 @@ class Worker:
                                identity=b"W" + worker_id.encode())
         self.core.node_id = node_id
         self.core.on_foreign = self._on_message
+        # results held back for batching may hold refs: no Release may overtake them
+        self.core.holding_values = lambda: bool(self.results)
         self.core.on_block = self._block
         self.core.on_unblock = self._unblock
         self.core.on_wait_step = self._help
@@ -192,6 +194,8 @@ class Worker:
         args_obj = a.args
         if args_obj is not None and args_obj.is_stored:  # large arguments: from the store
             args_obj = _read(resolve, args_obj)
+            if args_obj.is_error:  # the head's verdict: lost for good
+                raise S.to_exception(args_obj)
         return deps, args_obj
 
     def _serialize_returns(self, a: P.Assignment, result: Any) -> list:
@@ -209,7 +213,20 @@ class Worker:
             if len(values) != n:
                 raise ValueError(f"task {a.name} has num_returns={n} but returned "
                                  f"{len(values)} values")
-        out = []
+        out: list = []
+        try:
+            self._serialize_each(a, values, out)
+        except BaseException:
+            stored = [o.read_stored()[0] for o in out if o.is_stored]
+            if stored:  # the task fails as a whole: free what it already stored
+                store = self.core.local_store()
+                if store is not None:
+                    store.delete(stored)
+            raise
+        return out
+
+    def _serialize_each(self, a: P.Assignment, values: list, out: list) -> None:
+        n = a.num_returns
         threshold = self.config.store_threshold_bytes
         for i, v in enumerate(values):
             try:
@@ -223,12 +240,13 @@ class Worker:
             if obj.nbytes > threshold:  # into the node store: one copy, the head sees a marker
                 oid = a.task_id + i.to_bytes(4, "big")
                 try:
-                    obj = self.core.store_large(oid, obj) or obj
+                    obj = self.core.store_large(oid, obj) or S.snapshot(obj)
                 except TaskmeshError as exc:
                     raise type(exc)(f"task {a.name} on node {self.node_id}: its result could not "
                                     f"be stored: {exc}") from None
+            elif obj.buffers:  # held back for batching: the task's arrays may change meanwhile
+                obj = S.snapshot(obj)
             out.append(obj)
-        return out
 
     def run(self) -> int:
         info = {"node_id": self.node_id, "worker_id": self.worker_id, "pid": self.pid}

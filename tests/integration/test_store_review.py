@@ -1,8 +1,8 @@
 """A reviewer's probes of the object store on real embedded clusters: reference counting across
 processes, zero-copy views, spilling, large arguments and results, joined drivers, bad input.
 
-Tests marked ``xfail(strict=True, reason="BUG: ...")`` reproduce a bug (they fail today; flip them
-once it is fixed). The others check behaviour that is right today and that nothing else covers.
+Many of these reproduced bugs that review found (now fixed: these tests keep them fixed); the
+others check behaviour that nothing else covers.
 
 Leak checks look at this module's own clusters only (the node agent's arena by its pid and the
 processes started here), not at /dev/shm as a whole: other test runs may share the machine.
@@ -243,8 +243,6 @@ def array_sum(a):
 # =========================================================================== reference counting: bugs
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: an owner that gets its own released ref back "
-                   "inside a value is not counted; the object is freed under it")
 def test_owner_getting_its_own_released_ref_back_in_a_task_result_keeps_the_object(cl):
     """driver puts x, passes [x] to a task that returns it, drops x; gets the result back and
     drops the result: the driver now holds a ref to x again (unpickled from the result), so x
@@ -266,8 +264,6 @@ def test_owner_getting_its_own_released_ref_back_in_a_task_result_keeps_the_obje
     assert a[0] == 1.0 and a.size == MB // 8
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: an owner that gets its own released ref back "
-                   "inside a put value is not counted; the object is freed under it")
 def test_owner_getting_its_own_released_ref_back_from_a_put_container_keeps_the_object(cl):
     """x = put(big); outer = put([x]); del x (x lives on inside outer). get(outer) gives the
     owner a new ref to x; then del outer. x must stay readable through that ref, but the head
@@ -305,8 +301,6 @@ def _parent_of_nested_and_put():
     return inner
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: a worker's Release of an object it owns overtakes "
-                   "the held-back TaskResults whose value contains a ref to it")
 def test_a_worker_owned_ref_in_a_result_held_back_survives_the_workers_release(cl1):
     """A task returns [put(big)]: the result's value holds the only counted ref to the worker's
     object once the worker's own ref dies. Results are held back (Help tasks, pipelined short
@@ -335,8 +329,6 @@ def _return_ref_of_finished_child():
     return [b]
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: a worker's Release of a ref that died with its task "
-                   "is sent before the TaskResults holding it (pump before _flush in Worker.run)")
 def test_a_task_returning_the_ref_of_a_finished_child_keeps_it(cl):
     """The everyday form of the bug above, with no Help and no pipelining: a task submits a
     child and returns its ref in a list (``return [f.remote(i) for i in ...]``). When the task
@@ -351,8 +343,6 @@ def test_a_task_returning_the_ref_of_a_finished_child_keeps_it(cl):
         assert taskmesh.get(b, timeout=10) == "payload"
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: the stored-arguments object of f.remote(big) is "
-                   "queued for release before its Submit is sent; a flush in between frees it")
 def test_large_arguments_survive_a_release_flush_between_store_and_submit(cl, monkeypatch):
     """f.remote(big_array) stores the arguments as an object of their own, and
     ``CoreClient.store_args`` puts its id in the dead-refs queue at once, relying on the
@@ -375,8 +365,6 @@ def test_large_arguments_survive_a_release_flush_between_store_and_submit(cl, mo
     assert total == 3.0 * x.size
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: a task whose stored arguments are lost unpickles "
-                   "the head's error object as its arguments (UnpicklingError)")
 def test_a_task_whose_stored_arguments_are_lost_fails_with_object_lost_error(cl, monkeypatch):
     """When the object holding a task's large by-value arguments is gone (its only node was
     lost, or the race above), the worker gets an error object where the arguments should be:
@@ -418,8 +406,6 @@ def _stores_then_dies(path):
     return big(3.0), _KillWorkerOnce(path)
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: a retried task cannot store a result its crashed "
-                   "attempt already stored (same object id): 'already exists'")
 def test_a_task_retried_after_its_worker_died_after_storing_a_result_succeeds(fresh, tmp_path):
     """The first attempt stores return 0 in the node's store (id = task id + index), then the
     worker is SIGKILLed before its TaskResults went out. The head retries the task (max_retries
@@ -442,8 +428,6 @@ def _big_then_unpicklable():
     return big(4.0), threading.Lock()
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: a stored return is leaked in the node store when a "
-                   "later return of the same task fails to serialize")
 def test_a_stored_return_is_freed_when_a_later_return_cannot_be_serialized(fresh):
     """With num_returns=2, return 0 (large) is written into the node's store before return 1
     is serialized; return 1 fails (a lock), so the task's returns become error objects and
@@ -458,8 +442,6 @@ def test_a_stored_return_is_freed_when_a_later_return_cannot_be_serialized(fresh
     back_to(base, timeout=10)
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: get(timeout=...) raises a plain TimeoutError (not "
-                   "GetTimeoutError) when the time-out expires while pinning a stored object")
 def test_get_with_a_timeout_on_an_object_that_cannot_be_restored_yet_raises_get_timeout_error(no_cluster):
     """get() documents GetTimeoutError after ``timeout``. When the value is known but its pin
     waits (here: the object was spilled and cannot be restored while another view pins the
@@ -481,8 +463,6 @@ def test_get_with_a_timeout_on_an_object_that_cannot_be_restored_yet_raises_get_
         _stop()
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: a ref that dies while the housekeeper's flush is "
-                   "pending, after a send flushed the queue, is never released by an idle process")
 def test_an_idle_driver_releases_a_ref_that_died_while_a_flush_was_pending(cl):
     """object-store.md: dead refs are flushed by the next message, "or, if it goes idle, by a
     small housekeeping thread _RELEASE_EVERY_S (0.2 s) later". The housekeeper is woken only
@@ -539,8 +519,6 @@ def _parent_of_return_and_overwrite():
     return value
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: small results are serialized as views of the "
-                   "task's arrays and sent later; a later task on the worker changes them")
 def test_a_small_array_result_is_the_value_at_return_time(cl1):
     """A task returns a numpy array it keeps (a cache, a global buffer). Inline results keep
     pickle-5 buffers that are views of the array (``_serialize.dumps`` does not copy, and
@@ -783,7 +761,9 @@ def test_get_with_timeout_threads_and_wait_on_stored_objects(cl):
     assert all(a[0] == 9.0 and in_arena(a) for a in arrays)
     assert all(np.shares_memory(arrays[0], a) for a in arrays)  # one pin, shared
     assert all(b[0] == float(i % 4) for i, (_, b) in results.items())
-    del ref, puts, ready, not_ready, results, arrays, threads
+    del ready, not_ready, arrays, threads
+    ref = puts = None  # the reader closure holds these names: rebind, do not del
+    results.clear()
     back_to(base)
 
 
@@ -946,8 +926,6 @@ def test_a_joined_driver_uses_its_machines_store_and_frees_what_it_owned(cli_clu
     assert taskmesh.get(taskmesh.put(big(1.0)))[0] == 1.0
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: shutdown() drops the pins of live zero-copy views; "
-                   "a joined driver's arrays are then overwritten by later puts")
 def test_a_view_kept_across_shutdown_of_a_joined_driver_keeps_its_data(cli_cluster):
     """A joined driver gets a zero-copy array, then shutdown(): CoreClient.close closes the store
     connection (its pins go, LocalStore.close) and Goodbye frees the object, but the array

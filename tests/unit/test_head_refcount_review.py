@@ -1,8 +1,5 @@
 """A reviewer's probes of the head's object directory and reference counts (sans-IO): bad input
-from clients and nodes, and two bugs.
-
-Tests marked ``xfail(strict=True, reason="BUG: ...")`` reproduce a bug (they fail today; flip them
-once it is fixed). The others pin down behaviour that is right today.
+from clients and nodes, and the bugs that review found (fixed; these tests keep them fixed).
 """
 
 from __future__ import annotations
@@ -39,8 +36,6 @@ def subscribed_value(c: Cluster, oid: bytes, peer: bytes | None = None) -> SO:
 # =========================================================================== bugs
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: a fetched copy reported after the object's other "
-                   "copies were lost is freed, and the object stays lost")
 def test_a_copy_reported_after_the_last_known_copy_was_lost_is_kept(c):
     """Node b fetched x from node a (the only holder the head knew) and reports the copy with
     ObjectLocations; but the head processed a's loss first (a's agent died right after serving:
@@ -59,8 +54,6 @@ def test_a_copy_reported_after_the_last_known_copy_was_lost_is_kept(c):
     assert value.is_stored and [n for n, _ in locations(value)] == ["b"]
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: the head accepts a Put for an object id that is "
-                   "another owner's pending task result, and that value wins")
 def test_a_put_cannot_set_the_result_of_another_owners_pending_task(c):
     """A Put names its object id, and the head takes it whenever the object has no value yet
     (``_on_put``): it does not check that the id is the sender's (ids start with their owner's
@@ -220,9 +213,6 @@ def test_refs_in_a_stored_result_of_a_retried_task_are_held_by_its_arguments(c):
     assert alive(c, b"i" * 20) == [False]
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: cancelling a leaving owner's running task kills its "
-                   "worker, and the task queued behind it (another owner's) is failed as if it "
-                   "had been running")
 def test_a_task_queued_behind_a_cancelled_one_is_not_charged_with_its_workers_kill():
     """When a driver leaves, ``_cancel`` removes its running task from the worker's list and
     asks the node to SIGKILL the worker. A short task of another driver pipelined behind it is

@@ -223,7 +223,13 @@ def test_fetch_into_round_trips_and_the_counters_show_what_crossed(serve, kind):
     dest = bytearray(size)
     assert T.fetch_into(b"obj", memoryview(dest), [server.address], counters=counters) == server.address
     assert dest == data
-    got, sent = counters.snapshot(), server.counters.snapshot()
+    got = counters.snapshot()
+    # the serving thread counts once its last send returned, which may be just after the
+    # receiver has every byte: wait for its count, with a deadline
+    deadline = time.monotonic() + 5
+    while server.counters.snapshot()["objects_sent"] < 1 and time.monotonic() < deadline:
+        time.sleep(0.001)
+    sent = server.counters.snapshot()
     assert got["raw_bytes_received"] == size == sent["raw_bytes_sent"]
     assert got["objects_received"] == 1 == sent["objects_sent"]
     assert got["bytes_received"] == sent["bytes_sent"]
