@@ -457,7 +457,11 @@ class Poller:
 
 
 def port_is_free(host: str, port: int) -> bool:
+    """True if nothing listens on the port. Connections of a process that died linger in
+    TIME_WAIT for a minute; they do not stop ZeroMQ (which binds with SO_REUSEADDR) from
+    listening again, so they must not make the port look taken either."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             s.bind((host, port))
         except OSError:

@@ -145,3 +145,89 @@ def test_a_cut_off_host_is_declared_dead_then_fenced_and_joins_again(hosts, tmp_
             proc.kill()
     assert result["exact"]  # every task once, in order: nothing lost, nothing doubled
     assert hosts.addr(2) in result["nodes_after"], result  # it joined again and runs tasks
+
+
+STUCK = COMMON + r'''
+@taskmesh.remote
+def stuck(i):
+    time.sleep(600)
+
+refs = [stuck.remote(i) for i in range(10)]
+while sum(n["TasksRunning"] for n in taskmesh.nodes()) < 4:
+    time.sleep(0.05)
+say("RUNNING", 1)
+time.sleep(600)
+'''
+
+WATCH = r'''
+import json, sys, time
+import taskmesh
+taskmesh.init(address=sys.argv[1])
+t0 = time.monotonic()
+while True:
+    st = taskmesh._context.CTX.core.info("status")
+    if st["tasks"]["running"] == 0 and st["tasks"]["queued"] == 0 and st["objects"] == 0:
+        break
+    assert time.monotonic() - t0 < 20, st
+    time.sleep(0.05)
+gone = time.monotonic() - t0
+
+@taskmesh.remote
+def one():
+    return 1
+
+print("RESULT", json.dumps({"cleared_s": gone, "ran": sum(taskmesh.get([one.remote() for _ in range(8)], timeout=30))}))
+'''
+
+
+def test_a_remote_driver_that_dies_has_its_tasks_cancelled(hosts, tmp_path):
+    import time
+
+    address = start_cluster(hosts, tmp_path, 7322)
+    proc = driver(hosts, tmp_path, STUCK, address)
+    try:
+        expect(proc, "RUNNING")
+        hosts.nc("kill", hosts.names[3])  # the driver's machine: no FIN, no Goodbye
+        t0 = time.monotonic()
+        watch = tmp_path / "watch.py"
+        watch.write_text(WATCH)
+        r = hosts.run(0, sys.executable, str(watch), address, timeout=60)
+        assert r.returncode == 0, r.stderr
+        result = json.loads(r.stdout.split("RESULT ", 1)[1])
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    # the head heard nothing from it for the heartbeat time-out, then cancelled its 4 running
+    # and 6 queued tasks and freed the workers (killed and replaced)
+    assert time.monotonic() - t0 < 15
+    assert result["ran"] == 8
+
+
+def test_node_agents_join_a_head_that_was_restarted(hosts, tmp_path):
+    address = start_cluster(hosts, tmp_path, 7323)
+    head_ip = hosts.addr(0)
+    hosts.nc("kill", hosts.names[0])  # the head's machine: every process there dies
+    import time
+
+    deadline = time.monotonic() + 15
+    while True:  # SIGKILL is not instant: the port is free once the old head is reaped
+        r = hosts.run(0, sys.executable, "-m", "taskmesh._cli", "start", "--head", "--port",
+                      "7323", "--num-cpus", "0", "--node-ip", head_ip,
+                      env={"TASKMESH_RUN_DIR": str(tmp_path / "run0-again")})
+        if r.returncode == 0 or "already in use" not in r.stderr or time.monotonic() > deadline:
+            break
+        time.sleep(0.2)
+    assert r.returncode == 0, r.stderr
+    code = COMMON + r'''
+@taskmesh.remote
+def where():
+    time.sleep(0.05)
+    return taskmesh.get_runtime_context().get_node_id()
+print("RESULT", json.dumps(sorted({addr_of(n) for n in taskmesh.get([where.remote() for _ in range(40)])})))
+'''
+    script = tmp_path / "again.py"
+    script.write_text(code)
+    r = hosts.run(3, sys.executable, str(script), address, timeout=90)
+    assert r.returncode == 0, r.stderr
+    # both nodes found the new head by themselves and run its tasks
+    assert json.loads(r.stdout.split("RESULT ", 1)[1]) == sorted([hosts.addr(1), hosts.addr(2)])
