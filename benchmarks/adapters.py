@@ -39,6 +39,8 @@ class Api(Protocol):
     #: Framework name ("taskmesh", "ray", "dask"); tasks that submit tasks
     #: receive it as an argument and call :func:`in_task` with it.
     name: str
+    #: Worker processes the framework was started with (0 if unknown, e.g. inside a task).
+    num_workers: int
 
     def remote(self, fn: Callable[..., Any], *, num_returns: int = 1) -> Submit:
         """Return a function that submits ``fn(*args)`` as a task and returns its ref(s)."""
@@ -65,9 +67,10 @@ class Api(Protocol):
 class RayLikeApi:
     """:class:`Api` for Ray and for taskmesh (which copies Ray's names and semantics)."""
 
-    def __init__(self, module: Any, name: str) -> None:
+    def __init__(self, module: Any, name: str, num_workers: int = 0) -> None:
         self._mod = module
         self.name = name
+        self.num_workers = num_workers
         # One remote-function object per (function, num_returns): creating it
         # again for every call would re-export the function each time.
         self._remote_fns: dict[tuple[Callable[..., Any], int], Any] = {}
@@ -105,8 +108,9 @@ class DaskApi:
 
     name = "dask"
 
-    def __init__(self, client: Any) -> None:
+    def __init__(self, client: Any, num_workers: int = 0) -> None:
         self._client = client
+        self.num_workers = num_workers
 
     def remote(self, fn: Callable[..., Any], *, num_returns: int = 1) -> Submit:
         client = self._client
@@ -227,7 +231,7 @@ class RayLikeFramework(Framework):
     def init(self, num_workers: int) -> Api:
         mod = self._mod()
         mod.init(num_cpus=num_workers, **self.init_kwargs)
-        return RayLikeApi(mod, self.name)
+        return RayLikeApi(mod, self.name, num_workers)
 
     def shutdown(self) -> None:
         self._mod().shutdown()
@@ -263,7 +267,7 @@ class DaskFramework(Framework):
             silence_logs=logging.ERROR,
         )
         self._client = distributed.Client(self._cluster)
-        return DaskApi(self._client)
+        return DaskApi(self._client, num_workers)
 
     def shutdown(self) -> None:
         try:

@@ -17,7 +17,7 @@ missing or failing framework in the table instead of aborting.
 Usage::
 
     python -m benchmarks.sidebyside [--frameworks taskmesh,ray,dask]
-        [--workloads noop_async,noop_sync,tree_reduce,nested,put_get_100MB,big_arg_fanout,cold_start]
+        [--workloads noop_async,noop_sync,tree_reduce,nested,put_get_100MB,big_arg_fanout,failure,cold_start]
         [--repeat N] [--json out.json]
 
 ``--workloads transfer_100MB`` (named explicitly; it is not in the default list) runs
@@ -26,7 +26,10 @@ hosts (network namespaces, so it needs root), reported in a table of its own, or
 skipped with the reason.
 
 Speed-up columns are ``other_time / taskmesh_time``: above 1.00x taskmesh is
-faster, below 1.00x it is slower.
+faster, below 1.00x it is slower.  A workload may add rows of its own: facts of
+each iteration shown like times (``failure``: the runs without and with the kill),
+and each framework's time as a multiple of Ray's, with taskmesh's target printed
+under the table (``failure``: overhead / Ray's overhead, target <= 0.5).
 """
 
 from __future__ import annotations
@@ -659,6 +662,54 @@ def _speedup(tm: WorkloadResult | None, other: WorkloadResult | None) -> str:
     return "n/a" if v is None else f"{v:.2f}x"
 
 
+def _seconds(s: float) -> float:
+    return s
+
+
+def _info_result(r: WorkloadResult | None, key: str) -> WorkloadResult | None:
+    """``info[key]`` of each timed iteration of ``r`` as a result of its own (a table row)."""
+    if r is None or r.status != "ok":
+        return r
+    timed = (r.info or {}).get("timed") or []
+    values = [i[key] for i in timed if i and i.get(key) is not None]
+    if not values:
+        return WorkloadResult(status="failed", error=f"no {key} reported")
+    return WorkloadResult(status="ok", seconds=values)
+
+
+def ratios_to_ray(
+    reports: dict[str, FrameworkReport], name: str
+) -> dict[str, dict[str, float | None]]:
+    """Each framework's best time of ``name`` over Ray's best, and median over median.
+
+    A ratio is ``None`` where either side is missing or Ray's time is not positive (an
+    overhead can come out at zero or below in a noisy run).
+    """
+    ray = reports.get("ray")
+    base = ray.workloads.get(name) if ray is not None else None
+    out: dict[str, dict[str, float | None]] = {}
+    for f, rep in reports.items():
+        r = rep.workloads.get(name)
+        pair: dict[str, float | None] = {}
+        for kind in ("best", "median"):
+            mine = getattr(r, f"{kind}_s") if r is not None else None
+            theirs = getattr(base, f"{kind}_s") if base is not None else None
+            pair[kind] = (
+                mine / theirs
+                if mine is not None and theirs is not None and theirs > 0
+                else None
+            )
+        out[f] = pair
+    return out
+
+
+def _ratio_text(pair: dict[str, float | None] | None) -> str:
+    if not pair or pair["best"] is None:
+        return "n/a"
+    med = pair["median"]
+    return f"{pair['best']:.2f}x" + (f" (med {med:.2f}x)" if med is not None else "")
+
+
 def build_rows(
     reports: dict[str, FrameworkReport], names: list[str]
 ) -> list[dict[str, Any]]:
@@ -691,6 +742,31 @@ def build_rows(
                     "better": w.better,
                     "metric": w.metric,
                     "results": warm,
+                }
+            )
+        for label, key in w.info_rows:
+            rows.append(
+                {
+                    "label": label,
+                    "unit": "s",
+                    "better": "lower",
+                    "metric": _seconds,
+                    "results": {
+                        f: _info_result(rep.workloads.get(n), key)
+                        for f, rep in reports.items()
+                    },
+                }
+            )
+        if w.ratio_label:
+            ratios = ratios_to_ray(reports, n)
+            rows.append(
+                {
+                    "label": w.ratio_label,
+                    "unit": f"x Ray (target <= {w.ratio_target:g})"
+                    if w.ratio_target is not None
+                    else "x Ray",
+                    "better": "lower",
+                    "texts": {f: _ratio_text(ratios.get(f)) for f in reports},
                 }
             )
         if n == "cold_start":
@@ -726,11 +802,15 @@ def render_table(reports: dict[str, FrameworkReport], names: list[str]) -> str:
     body: list[list[str]] = []
     for row in build_rows(reports, names):
         unit = f"{row['unit']} ({row['better']} better)"
-        cells = [_cell(row["results"].get(f), row["metric"]) for f in frameworks]
-        ups = [
-            _speedup(row["results"].get("taskmesh"), row["results"].get(b))
-            for b in baselines
-        ]
+        if "texts" in row:  # already a comparison: no speed-up of its own
+            cells = [row["texts"].get(f, "-") for f in frameworks]
+            ups = ["" for _ in baselines]
+        else:
+            cells = [_cell(row["results"].get(f), row["metric"]) for f in frameworks]
+            ups = [
+                _speedup(row["results"].get("taskmesh"), row["results"].get(b))
+                for b in baselines
+            ]
         body.append([row["label"], unit] + cells + ups)
     widths = [max(len(r[i]) for r in [header] + body) for i in range(len(header))]
     line = "  ".join("-" * w for w in widths)
@@ -795,6 +875,34 @@ def print_summary(
         print(
             "speed-up vs X = X time / taskmesh time (best runs): >1.00x means taskmesh is faster,"
             " <1.00x means taskmesh is slower."
+        )
+    for n in names:
+        w = WORKLOADS[n]
+        if w.ratio_target is None or "taskmesh" not in reports or "ray" not in reports:
+            continue
+        pair = ratios_to_ray(reports, n)["taskmesh"]
+        best, median = pair["best"], pair["median"]
+        if best is None or median is None:
+            print(f"{n}: taskmesh / Ray = n/a (target <= {w.ratio_target:g})")
+            continue
+        # A time at or below zero (an overhead, in a noisy run) says nothing: judge
+        # by the median alone then.
+        judged = {"median": median}
+        if (reports["taskmesh"].workloads[n].best_s or 0) > 0:
+            judged = {"best": best, **judged}
+        met = [k for k, v in judged.items() if v <= w.ratio_target]
+        verdict = (
+            "not met"
+            if not met
+            else f"met by the {met[0]} only"
+            if len(met) < len(judged)
+            else "met (" + " and ".join(judged) + ")"
+        )
+        if "best" not in judged:
+            verdict += "; taskmesh's best is <= 0 (noise), so it is not judged"
+        print(
+            f"{n}: taskmesh / Ray ({w.unit}) = {best:.2f} best, "
+            f"{median:.2f} median; target <= {w.ratio_target:g}: {verdict}"
         )
     for f, rep in reports.items():
         if rep.cold_start_breakdown:
@@ -866,6 +974,16 @@ def to_json(
                     warmup_label=w.warmup_label.strip(),
                     metric_warmup=w.metric(r.warmup_s) if r.warmup_s else None,
                 )
+            for label, key in w.info_rows:
+                ir = _info_result(r, key)
+                d["workloads"][n].setdefault("rows", {})[key] = {
+                    "label": label.strip(),
+                    "best_s": ir.best_s if ir is not None else None,
+                    "median_s": ir.median_s if ir is not None else None,
+                }
+            if w.ratio_label:
+                d["workloads"][n]["ratio_to_ray"] = ratios_to_ray(reports, n)[f]
+                d["workloads"][n]["ratio_target"] = w.ratio_target
         fw_out[f] = d
     speedups: dict[str, dict[str, float | None]] = {}
     if "taskmesh" in reports:

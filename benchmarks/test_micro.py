@@ -5,7 +5,9 @@ Run with ``pytest benchmarks/ --benchmark-only`` for timings, or
 quick correctness check.  One taskmesh runtime (``init(num_cpus=2)``) is shared
 by the whole module; if taskmesh cannot import or init, every test is skipped.
 The larger workloads reuse the definitions of :mod:`benchmarks.workloads` (at a
-smaller size), so they also verify their results.
+smaller size), so they also verify their results.  ``test_failure_small`` is not a
+benchmark (it does not use the fixture, so ``--benchmark-only`` skips it): it kills a
+worker and checks that every result still comes back exactly.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ TREE_LEAVES = 64
 TREE_LEAF_SIZE = 1000
 BIG_FLOATS_SMALL = 125_000  # 1 MB instead of the side-by-side's 100 MB
 FANOUT_TASKS_SMALL = 4
+NUM_WORKERS = 2
 SMALL_OBJECT = {
     "ints": list(range(16)),
     "text": "taskmesh" * 8,
@@ -39,7 +42,7 @@ def tm() -> Iterator[Any]:
     try:
         import taskmesh
 
-        taskmesh.init(num_cpus=2)
+        taskmesh.init(num_cpus=NUM_WORKERS)
     except Exception as exc:  # noqa: BLE001 - any failure to start means "skip", not "error"
         with contextlib.suppress(Exception):  # undo a half-done init, if any
             taskmesh.shutdown()
@@ -53,7 +56,7 @@ def tm() -> Iterator[Any]:
 @pytest.fixture(scope="module")
 def api(tm: Any) -> RayLikeApi:
     """The benchmark adapter over the running taskmesh (same code path as sidebyside)."""
-    return RayLikeApi(tm, "taskmesh")
+    return RayLikeApi(tm, "taskmesh", NUM_WORKERS)
 
 
 def test_noop_async_1000(benchmark: Any, api: RayLikeApi) -> None:
@@ -127,3 +130,15 @@ def test_get_100MB_is_zero_copy(benchmark: Any, tm: Any) -> None:
     got = benchmark(tm.get, ref)
     assert np.shares_memory(got, tm.get(ref)) and not got.flags.writeable
     assert got.shape == data.shape and got[0] == 1.0 and got[-1] == 1.0
+
+
+def test_failure_small(api: RayLikeApi) -> None:
+    """``failure`` at 40 tasks of 20 ms, one worker SIGKILLed 0.15 s in: untimed, every
+    result exact, the killed worker had returned results, and the pool is back to two
+    workers afterwards (all checked by the runner itself)."""
+    sample = wl.run_failure(api, tasks=40, task_s=0.02, kill_at_s=0.15, settle_s=0.0)
+    info = sample.info
+    assert info["results_from_killed"] > 0
+    assert len(info["pool_after"]) == NUM_WORKERS
+    assert info["killed_pid"] not in info["pool_after"]
+    assert wl.note_failure({"warmup": None, "timed": [info]})

@@ -7,7 +7,7 @@ seconds of the timed region.  A :class:`Workload` record adds the unit the resul
 is reported in, whether lower or higher is better, and optional per-framework
 overrides for work that cannot be expressed through the common API.
 
-Adding a workload (e.g. ``actor_calls_async``, ``failure``) means: write a
+Adding a workload (e.g. ``actor_calls_async``) means: write a
 ``run_<name>(api) -> float`` function (plus any module-level task functions it
 submits) and call :func:`register`.  Task functions must live at module level in
 this module so worker processes can import them by reference.  A runner that has
@@ -19,6 +19,10 @@ table footer.
 
 from __future__ import annotations
 
+import os
+import signal
+import statistics
+import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
@@ -92,6 +96,14 @@ class Workload:
     warmup_label: str | None = None
     #: Builds a one-line note from the iterations' :attr:`Sample.info`.
     note: NoteFn | None = None
+    #: Extra table rows, ``(label, key)``: the best (median) over the timed iterations of
+    #: ``info[key]``, a duration shown in seconds (e.g. the two runs whose difference is
+    #: the workload's time).
+    info_rows: tuple[tuple[str, str], ...] = ()
+    #: If set, a table row under this label with each framework's best time divided by
+    #: Ray's best (and median by median); :attr:`ratio_target` is the goal for taskmesh.
+    ratio_label: str | None = None
+    ratio_target: float | None = None
 
     def runner(self, framework: str) -> Runner:
         """The implementation to use for ``framework``."""
@@ -160,6 +172,18 @@ def nested_parent(i: int, children: int, framework: str) -> int:
 def array_sum(a: np.ndarray) -> float:
     """Sum of an array passed as a top-level ref argument (``big_arg_fanout``)."""
     return float(a.sum())
+
+
+def sleep_square(i: int, seconds: float) -> tuple[int, int, int, float, float]:
+    """Sleep ``seconds``; return ``(i, i * i, pid, start, end)`` (``failure``).
+
+    The pid tells which worker process ran the task; the wall-clock start and
+    end (``time.time()``, comparable between processes of one machine) show
+    when the replacement of a killed worker began to work.
+    """
+    start = time.time()
+    time.sleep(seconds)
+    return i, i * i, os.getpid(), start, time.time()
 
 
 # =========================================================================== expected values
@@ -370,6 +394,252 @@ def run_big_arg_fanout(
     )
 
 
+# --------------------------------------------------------------------------- failure
+
+FAILURE_TASKS = 200
+FAILURE_TASK_S = 0.05
+FAILURE_KILL_AT_S = 0.5
+#: Probe tasks hold their worker this long, so that probes submitted together
+#: run on distinct workers when the pool is complete.
+PROBE_HOLD_S = 0.1
+#: The pool must be back to full size within this long after a kill (untimed).
+POOL_TIMEOUT_S = 60.0
+#: Quiet time once the pool is back, before the next timed run: the start-up of a
+#: replacement worker (imports, registration, logging) must not overlap a timed run.
+FAILURE_SETTLE_S = 1.0
+
+
+class _Killer:
+    """SIGKILLs one process ``delay_s`` after :meth:`arm`, from a thread of its own.
+
+    The thread is started before the timed region, so arming it costs nothing there.
+    """
+
+    def __init__(self, pid: int, delay_s: float) -> None:
+        self.pid = pid
+        self.delay_s = delay_s
+        #: seconds from :meth:`arm` to the kill; the kill on the wall clock and on
+        #: CLOCK_BOOTTIME (the clock of a process's start time in /proc/<pid>/stat)
+        self.after_s: float | None = None
+        self.wall: float | None = None
+        self.boot: float | None = None
+        self.error: str | None = None
+        self._t0 = 0.0
+        self._armed = threading.Event()
+        self._cancelled = threading.Event()
+        self._thread = threading.Thread(
+            target=self._run, name="failure-killer", daemon=True
+        )
+        self._thread.start()
+
+    def arm(self, t0: float) -> None:
+        """Kill ``delay_s`` after ``t0`` (a ``time.perf_counter()`` value)."""
+        self._t0 = t0
+        self._armed.set()
+
+    def stop(self) -> None:
+        """Cancel the kill if it has not happened yet; wait for the thread."""
+        self._cancelled.set()
+        self._armed.set()
+        self._thread.join()
+
+    def _run(self) -> None:
+        self._armed.wait()
+        if self._cancelled.wait(
+            max(0.0, self._t0 + self.delay_s - time.perf_counter())
+        ):
+            return
+        wall, boot = time.time(), _boottime()
+        after = time.perf_counter() - self._t0
+        try:
+            os.kill(self.pid, signal.SIGKILL)
+        except OSError as exc:
+            self.error = f"{type(exc).__name__}: {exc}"
+            return
+        self.after_s, self.wall, self.boot = after, wall, boot
+
+
+def _boottime() -> float | None:
+    try:
+        return time.clock_gettime(time.CLOCK_BOOTTIME)
+    except (AttributeError, OSError):  # not Linux
+        return None
+
+
+def _proc_cmdline(pid: int, limit: int = 100) -> str | None:
+    """A process's command line (argv[0] without its directory), from /proc; None if gone."""
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            argv = f.read().decode(errors="replace").split("\0")
+    except OSError:
+        return None
+    argv[0] = os.path.basename(argv[0])
+    text = " ".join(a for a in argv if a)
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def _proc_stat(pid: int) -> tuple[int, float] | None:
+    """``(parent pid, start time in seconds since boot)`` from /proc/<pid>/stat; None if gone."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        return int(fields[1]), int(fields[19]) / os.sysconf("SC_CLK_TCK")
+    except (OSError, IndexError, ValueError):
+        return None
+
+
+def pool_pids(api: Api, n: int, timeout: float = POOL_TIMEOUT_S) -> list[int]:
+    """The pids of the ``n`` processes that run tasks, once the pool has ``n`` of them.
+
+    Submits ``n`` probe tasks at once, each holding its worker for :data:`PROBE_HOLD_S`,
+    until one round of probes ran in ``n`` distinct processes: while a worker is missing
+    (a replacement still starting), the probes share the workers that are there.
+    """
+    verify(n > 0, "failure: the number of workers is unknown (Api.num_workers is 0)")
+    probe = api.remote(sleep_square)
+    deadline = time.monotonic() + timeout
+    while True:
+        pids = sorted(
+            {r[2] for r in api.get([probe(-1, PROBE_HOLD_S) for _ in range(n)])}
+        )
+        if len(pids) == n:
+            return pids
+        if time.monotonic() > deadline:
+            raise VerificationError(
+                f"failure: the pool did not get back to {n} workers within {timeout:g} s "
+                f"(the last probes ran in pids {pids})"
+            )
+        time.sleep(0.05)
+
+
+def _sleep_squares(
+    api: Api, tasks: int, task_s: float, killer: _Killer | None, what: str
+) -> tuple[float, list[Any]]:
+    """Timed: submit ``tasks`` tasks of ``task_s`` and get all; the killer armed at submission.
+
+    Returns the elapsed seconds and the results, verified: result ``k`` is
+    ``(k, k * k, pid, start, end)``, so every index came back exactly once with its value.
+    """
+    try:
+        submit = api.remote(sleep_square)
+        t0 = time.perf_counter()
+        if killer is not None:
+            killer.arm(t0)
+        results = api.get([submit(i, task_s) for i in range(tasks)])
+        elapsed = time.perf_counter() - t0
+    finally:
+        if killer is not None:
+            killer.stop()
+    results = list(results)
+    verify(
+        len(results) == tasks, f"{what}: got {len(results)} results, expected {tasks}"
+    )
+    bad = [
+        (k, r)
+        for k, r in enumerate(results)
+        if not (
+            isinstance(r, (tuple, list))
+            and len(r) == 5
+            and r[0] == k
+            and r[1] == k * k
+            and isinstance(r[2], int)
+        )
+    ]
+    if bad:
+        k, r = bad[0]
+        raise VerificationError(
+            f"{what}: {len(bad)} of {tasks} results wrong, e.g. #{k}: {r!r}, "
+            f"expected ({k}, {k * k}, pid, start, end)"
+        )
+    return elapsed, results
+
+
+def run_failure(
+    api: Api,
+    tasks: int = FAILURE_TASKS,
+    task_s: float = FAILURE_TASK_S,
+    kill_at_s: float = FAILURE_KILL_AT_S,
+    settle_s: float = FAILURE_SETTLE_S,
+) -> Sample:
+    """The cost of losing a worker: ``tasks`` tasks of ``task_s`` without, then with, a kill.
+
+    Untimed, probe tasks find the pids of the pool's worker processes. Then the same
+    batch runs twice: (a) undisturbed, (b) with one of those workers SIGKILLed
+    ``kill_at_s`` after the first submission. The reported time is (b) - (a). Every
+    result of both runs is checked, and the killed worker must have been one of the
+    workers running the batch. Afterwards (untimed) the runner waits until the
+    replacement worker has joined (probes run in ``num_workers`` distinct processes)
+    and then ``settle_s`` more, so the next iteration again starts with a full,
+    warm and quiet pool.
+    """
+    n = api.num_workers
+    before = pool_pids(api, n)
+    no_failure_s, _ = _sleep_squares(api, tasks, task_s, None, "failure (no kill)")
+    victim = before[0]
+    stat = _proc_stat(victim)
+    killed = {
+        "killed_pid": victim,
+        "killed_process": _proc_cmdline(victim),
+        "killed_parent": _proc_cmdline(stat[0]) if stat else None,
+    }
+    killer = _Killer(victim, kill_at_s)
+    with_failure_s, results = _sleep_squares(
+        api, tasks, task_s, killer, "failure (kill)"
+    )
+    if killer.error is not None:
+        raise VerificationError(
+            f"failure: could not kill worker pid {victim}: {killer.error}"
+        )
+    if killer.after_s is None or killer.wall is None:
+        raise VerificationError(
+            f"failure: the run ended ({with_failure_s:.2f} s) before the kill at {kill_at_s:g} s"
+        )
+    on_victim = sum(1 for r in results if r[2] == victim)
+    # Ray and taskmesh send each small result to the driver as soon as it is ready, so the
+    # killed worker's finished tasks show its pid. Dask keeps results in the worker's memory
+    # until they are gathered: those died with it and ran again elsewhere.
+    if api.name != "dask":
+        verify(
+            on_victim > 0,
+            f"failure: the killed worker (pid {victim}) returned none of the results: it "
+            "was not running the batch, so nothing was lost",
+        )
+    t_end = time.perf_counter()
+    after = pool_pids(api, n)
+    pool_back_s = time.perf_counter() - t_end
+    verify(
+        victim not in after,
+        f"failure: the killed worker (pid {victim}) still runs tasks",
+    )
+    time.sleep(settle_s)
+    new = [r for r in results if r[2] not in before]
+    # When the replacement process was started (10 ms resolution): splits the time to its
+    # first task into noticing the death and spawning, then the new process's start-up.
+    starts = [st[1] for pid in {r[2] for r in new} if (st := _proc_stat(pid))]
+    info = {
+        "framework": api.name,
+        "no_failure_s": no_failure_s,
+        "with_failure_s": with_failure_s,
+        "kill_after_s": killer.after_s,
+        **killed,
+        "pool_before": before,
+        "pool_after": after,
+        "results_from_killed": on_victim,
+        # Both workers finish about kill_at_s / task_s tasks each before the kill; fewer
+        # here means results finished before the kill were lost and computed again.
+        "results_started_before_kill": sum(1 for r in results if r[3] < killer.wall),
+        "results_from_replacement": len(new),
+        "replacement_spawned_after_kill_s": (
+            min(starts) - killer.boot if starts and killer.boot is not None else None
+        ),
+        "replacement_first_start_after_kill_s": (
+            min(r[3] for r in new) - killer.wall if new else None
+        ),
+        "pool_back_after_s": pool_back_s,
+    }
+    return Sample(with_failure_s - no_failure_s, info)
+
+
 def _fmt_s(s: float) -> str:
     return f"{s * 1000:.0f} ms" if s < 10 else f"{s:.1f} s"
 
@@ -404,7 +674,9 @@ def note_put_get(collected: dict[str, Any]) -> str | None:
             "object kept in a worker's memory (client.scatter), result() fetches it"
         )
     if first["framework"] == "taskmesh":
-        parts.append("put writes into the node's shared-memory store, get reads it in place")
+        parts.append(
+            "put writes into the node's shared-memory store, get reads it in place"
+        )
     if cold:
         kind = (
             "first large put of the session"
@@ -445,6 +717,79 @@ def note_fanout(collected: dict[str, Any]) -> str | None:
         f"best = put {_fmt_s(best['put_s'])} + {best['tasks']} tasks and their gets "
         f"{_fmt_s(best['tasks_s'])}"
     )
+
+
+def _span_s(values: Iterable[float]) -> str:
+    """``"0.52 s"`` or ``"0.52-0.61 s"``: the range of some durations, in seconds."""
+    lo_hi = sorted(values)
+    lo, hi = f"{lo_hi[0]:.2f}", f"{lo_hi[-1]:.2f}"
+    return f"{lo} s" if lo == hi else f"{lo}-{hi} s"
+
+
+def note_failure(collected: dict[str, Any]) -> str | None:
+    """The two runs, the kill, and how soon the replacement worker took over."""
+    timed = [i for i in collected.get("timed") or [] if i]
+    if not timed:
+        return None
+    with_median = statistics.median(i["with_failure_s"] for i in timed)
+    parts = [
+        (
+            f"no failure {_span_s(i['no_failure_s'] for i in timed)}, "
+            f"with failure {_span_s(i['with_failure_s'] for i in timed)} "
+            f"(median {with_median:.2f} s)"
+        ),
+        (
+            f"SIGKILL {_span_s(i['kill_after_s'] for i in timed)} after the first "
+            f"submission to {_killed_what(timed[0])}"
+        ),
+    ]
+    before = _span_n(i["results_started_before_kill"] for i in timed)
+    parts.append(
+        f"{_span_n(i['results_from_killed'] for i in timed)} results came from the "
+        f"killed worker, {before} from tasks started before the kill"
+    )
+    first = [i["replacement_first_start_after_kill_s"] for i in timed]
+    spawned = [i.get("replacement_spawned_after_kill_s") for i in timed]
+    if all(f is not None for f in first):
+        parts.append(
+            "its replacement "
+            + (
+                # /proc start times have a 10 ms resolution: clamp the rounding below 0
+                f"process started {_span(max(0.0, s) for s in spawned)} after the kill, "
+                if all(s is not None for s in spawned)
+                else ""
+            )
+            + f"began its first task {_span_s(first)} after the kill "
+            f"and ran {_span_n(i['results_from_replacement'] for i in timed)} tasks"
+        )
+    else:
+        parts.append("in some iterations no replacement ran any task of the batch")
+    parts.append(
+        f"pool back to full size {_span_s(i['pool_back_after_s'] for i in timed)} "
+        "after the run ended"
+    )
+    negative = sum(1 for i in timed if i["with_failure_s"] <= i["no_failure_s"])
+    if negative:
+        parts.append(
+            f"overhead <= 0 in {negative} iteration(s): noise made the run without "
+            "a kill the slower one"
+        )
+    return "; ".join(parts)
+
+
+def _killed_what(info: dict[str, Any]) -> str:
+    """``'"ray::IDLE" (child of "raylet ...")'``: which kind of process was killed."""
+    what = (
+        f'"{info["killed_process"][:50]}"' if info.get("killed_process") else "a worker"
+    )
+    parent = info.get("killed_parent")
+    return f'{what} (child of "{parent[:40]}")' if parent else what
+
+
+def _span_n(values: Iterable[int]) -> str:
+    """``"9"`` or ``"9-11"``: the range of some counts."""
+    lo_hi = sorted(values)
+    return str(lo_hi[0]) if lo_hi[0] == lo_hi[-1] else f"{lo_hi[0]}-{lo_hi[-1]}"
 
 
 register(
@@ -516,6 +861,27 @@ register(
         run=run_big_arg_fanout,
         timeout_s=120.0,
         note=note_fanout,
+    )
+)
+register(
+    Workload(
+        name="failure",
+        description=(
+            f"{FAILURE_TASKS} tasks of {FAILURE_TASK_S * 1000:.0f} ms with one worker SIGKILLed "
+            f"{FAILURE_KILL_AT_S:g} s in; its wall time minus that of the same run without a kill"
+        ),
+        unit="s overhead",
+        better="lower",
+        metric=_seconds,
+        run=run_failure,
+        timeout_s=120.0,
+        note=note_failure,
+        info_rows=(
+            ("  (no failure)", "no_failure_s"),
+            ("  (with failure)", "with_failure_s"),
+        ),
+        ratio_label="  (overhead / Ray's)",
+        ratio_target=0.5,
     )
 )
 register(
