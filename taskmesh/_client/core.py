@@ -508,7 +508,7 @@ class CoreClient:
         for node_id in candidates:
             try:
                 return LocalStore.connect(node_id, f"taskmesh-node-{node_id}", timeout,
-                                          self.wake_housekeeper)
+                                          self.wake_housekeeper, probe=not self.node_id)
             except (ConnectionError, OSError) as exc:
                 if self.node_id:
                     log.warning("could not reach the object store of node %s: %s", node_id, exc)

@@ -25,6 +25,7 @@ import collections
 import logging
 import os
 import threading
+import time
 import weakref
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -41,6 +42,10 @@ log = logging.getLogger("taskmesh.client")
 #: buffers at least this large are copied into the store by several threads at once: one core's
 #: memcpy does not saturate memory bandwidth (measured here: 6.7 GB/s on one thread, 13.7 on two)
 PARALLEL_COPY_BYTES = 8 << 20
+#: a create whose id is still taken (a fetch of the same object under way) waits this long
+_COLLISION_WAIT_S = 30.0
+#: a holder silent this long in the middle of a transfer is taken as gone
+_SILENT_HOLDER_S = 3.0
 _COPY_THREADS = max(1, min(4, os.cpu_count() or 1))
 _copy_pool: ThreadPoolExecutor | None = None
 _copy_pool_lock = threading.Lock()
@@ -86,11 +91,13 @@ class LocalStore:
 
     @classmethod
     def connect(cls, node_id: str, store_name: str, timeout_s: float,
-                on_unpin: Callable[[], None] | None = None) -> "LocalStore":
+                on_unpin: Callable[[], None] | None = None, probe: bool = False) -> "LocalStore":
         """Connect to the store at the abstract socket ``store_name``; ConnectionError if none
-        answers (the socket only exists on the node's own machine). ``on_unpin`` is called
-        (in any thread, maybe inside GC) when a view died and an unpin waits to be sent."""
-        return cls(node_id, StoreClient(store_name, connect_timeout_s=timeout_s), on_unpin)
+        answers (the socket only exists on the node's own machine; ``probe``: try once, do not
+        wait for it to appear). ``on_unpin`` is called (in any thread, maybe inside GC) when a
+        view died and an unpin waits to be sent."""
+        return cls(node_id, StoreClient(store_name, connect_timeout_s=timeout_s, probe=probe),
+                   on_unpin)
 
     # ------------------------------------------------------------------ writing
 
@@ -103,9 +110,12 @@ class LocalStore:
             client = self._client
             try:
                 dest = client.create(object_id, size)
-            except ValueError:  # the id exists: left by an attempt whose worker died
-                client.delete([object_id])  # (never announced, so nobody reads it)
-                dest = client.create(object_id, size)
+            except ValueError:
+                # the id exists: left by an attempt whose worker died (never announced, so
+                # nobody reads it), or a copy of a lost result still being fetched here when
+                # the head had the task run again; deleted, it goes once sealed or failed
+                client.delete([object_id])
+                dest = self._create_when_free(object_id, size)
             try:
                 layout.write(dest, obj.data, obj.buffers, _parallel_copy)
             except BaseException:
@@ -117,6 +127,18 @@ class LocalStore:
         marker = SerializedObject.stored(object_id, size, [[self.node_id, ""]])
         marker.contained = obj.contained
         return marker
+
+    def _create_when_free(self, object_id: bytes, size: int) -> memoryview:
+        deadline = time.monotonic() + _COLLISION_WAIT_S
+        delay = 0.01
+        while True:
+            try:
+                return self._client.create(object_id, size)
+            except ValueError:
+                if time.monotonic() + delay > deadline:
+                    raise
+                time.sleep(delay)
+                delay = min(delay * 2, 0.2)
 
     # ------------------------------------------------------------------ reading
 
@@ -223,7 +245,10 @@ def fetch_remote(marker: SerializedObject, timeout_s: float | None = None) -> Se
 
     object_id, size, locations = marker.read_stored()
     sources = [(node_id, address) for node_id, address in locations if address]
-    kwargs = {} if timeout_s is None else {"timeout_s": max(timeout_s, 1.0)}
+    # a holder that accepts but never answers (a frozen machine) is given up after a few
+    # seconds of silence: the caller then asks the head, which may have rebuilt the object
+    wait = _SILENT_HOLDER_S if timeout_s is None else max(1.0, min(timeout_s, _SILENT_HOLDER_S))
+    kwargs = {"timeout_s": wait, "connect_timeout_s": wait}
     try:
         buf = transfer.fetch(object_id, sources, size=size, **kwargs)
     except transfer.TransferError as exc:

@@ -39,12 +39,14 @@ class StoreClient:
     """A blocking client of the object store listening on the abstract socket ``name``
     (``taskmesh-node-<node_id>``; a node advertises it as ``"store"`` in its Hello info)."""
 
-    def __init__(self, name: str, connect_timeout_s: float = 5.0) -> None:
+    def __init__(self, name: str, connect_timeout_s: float = 5.0, probe: bool = False) -> None:
+        """``probe``: one connection attempt, no retries while the store starts: for a process
+        looking for the store of its own machine among all the cluster's nodes."""
         self.name = name
         identity = b"S" + os.getpid().to_bytes(4, "little") + os.urandom(8)
         try:
             self._sock = LocalClientSocket(f"local:{name}", identity, _FRAME_THRESHOLD,
-                                           connect_timeout_s)
+                                           0.0 if probe else connect_timeout_s)
         except ConnectionError as exc:
             raise ConnectionError(f"no object store answered at @{name}: {exc}") from None
         self._late: dict[bytes, int] = {}  # answers still owed to requests we gave up on
