@@ -14,7 +14,6 @@ complete, so a spill file only exists whole; a failed spill removes its partial 
 
 from __future__ import annotations
 
-import collections
 import logging
 import os
 import queue
@@ -26,6 +25,7 @@ import threading
 from collections.abc import Callable
 
 from .._store.shm import Arena
+from .inbox import Inbox
 
 log = logging.getLogger("taskmesh.node.store")
 
@@ -82,10 +82,8 @@ class SpillThread:
         self.arena = arena
         self.directory = directory
         self._jobs: queue.SimpleQueue = queue.SimpleQueue()
-        self._done: collections.deque = collections.deque()  # (kind, object_id, error or None)
-        self.wake_fd, self._wake_w = os.pipe()
-        os.set_blocking(self.wake_fd, False)
-        os.set_blocking(self._wake_w, False)
+        self._done = Inbox()  # (kind, object_id, error or None)
+        self.wake_fd = self._done.wake_fd
         self._stopping = False
         self._thread = threading.Thread(target=self._run, name="taskmesh-spill", daemon=True)
 
@@ -97,15 +95,7 @@ class SpillThread:
 
     def completed(self) -> list[tuple[str, bytes, str | None]]:
         """Spills and restores finished since the last call (drains the wake pipe)."""
-        try:
-            while os.read(self.wake_fd, 4096):
-                pass
-        except BlockingIOError:
-            pass
-        out = []
-        while self._done:
-            out.append(self._done.popleft())
-        return out
+        return self._done.drain()
 
     def path(self, object_id: bytes) -> str:
         return os.path.join(self.directory, object_id.hex())
@@ -133,11 +123,7 @@ class SpillThread:
                 if error is not None:
                     log.warning("could not delete the spill file of object %s: %s", object_id.hex(), error)
                 continue
-            self._done.append((kind, object_id, error))
-            try:
-                os.write(self._wake_w, b"x")
-            except BlockingIOError:
-                pass  # the pipe is full: the loop is already due to wake
+            self._done.put((kind, object_id, error))
 
     def _spill(self, object_id: bytes, offset: int, size: int) -> None:
         path = self.path(object_id)
@@ -178,5 +164,4 @@ class SpillThread:
             self._thread.join(timeout_s)
         if self._thread.is_alive():
             log.warning("the spill thread did not finish within %g s", timeout_s)
-        os.close(self.wake_fd)
-        os.close(self._wake_w)
+        self._done.close()

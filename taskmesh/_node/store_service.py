@@ -55,13 +55,13 @@ from __future__ import annotations
 import collections
 import contextlib
 import logging
-import os
 import shutil
 import threading
 from collections.abc import Callable, Iterator
 from typing import Any
 
 from .. import _protocol as P
+from .inbox import Inbox
 from .spill import DELETE as _DELETE, RESTORE as _RESTORE, SPILL as _SPILL, SpillThread, make_spill_dir
 from .._store.shm import Arena
 from .._store.state import (
@@ -109,49 +109,6 @@ _INTERNAL = frozenset((_SERVE_CLIENT, _FETCH_CLIENT))
 def store_socket_name(node_id: str) -> str:
     """The abstract unix socket a node's store listens on (advertised in the node's Hello)."""
     return f"taskmesh-node-{node_id}"
-
-
-class _Inbox:
-    """Events from the transfer threads for the loop: a queue, announced by a byte on a pipe."""
-
-    def __init__(self) -> None:
-        self._items: collections.deque = collections.deque()
-        self._lock = threading.Lock()
-        self._closed = False
-        self.wake_fd, self._wake_w = os.pipe()
-        os.set_blocking(self.wake_fd, False)
-        os.set_blocking(self._wake_w, False)
-
-    def put(self, item: tuple) -> None:
-        with self._lock:  # never write to the pipe's fd number once closed (it may be reused)
-            if self._closed:
-                return
-            self._items.append(item)
-            try:
-                os.write(self._wake_w, b"x")
-            except BlockingIOError:
-                pass  # the pipe is full: the loop is already due to wake
-
-    def drain(self) -> list[tuple]:
-        try:
-            while os.read(self.wake_fd, 4096):
-                pass
-        except BlockingIOError:
-            pass
-        out = []
-        while self._items:
-            out.append(self._items.popleft())
-        return out
-
-    def close(self) -> list[tuple]:
-        """Stop taking events; return those not drained yet."""
-        with self._lock:
-            self._closed = True
-            os.close(self.wake_fd)
-            os.close(self._wake_w)
-            left = list(self._items)
-            self._items.clear()
-        return left
 
 
 class _ServeRequest:
@@ -223,7 +180,7 @@ class StoreService:
         self.transfer_address = self._server.address
         self._io = SpillThread(arena, self.spill_dir)
         self.io_errors = 0
-        self._inbox = _Inbox()
+        self._inbox = Inbox()
         self._lock = threading.Lock()  # the serve requests' fields, _closing
         self._closing = False
         self._serve_requests: set[_ServeRequest] = set()  # of waiting serving threads
