@@ -123,6 +123,8 @@ class CoreClient:
         #: true while values not sent yet may hold refs (a worker's held-back results): no
         #: Release may overtake them, or an object they keep alive could be freed first
         self.holding_values: Callable[[], bool] | None = None
+        #: called when the local object store is found gone (a worker exits: its node died)
+        self.on_store_closed: Callable[[], None] | None = None
         #: the node this process runs on, if known ("" for a driver that joined a cluster: the
         #: node whose store answers on this machine is looked up on first need)
         self.node_id = ""
@@ -508,7 +510,8 @@ class CoreClient:
         for node_id in candidates:
             try:
                 return LocalStore.connect(node_id, f"taskmesh-node-{node_id}", timeout,
-                                          self.wake_housekeeper, probe=not self.node_id)
+                                          self.wake_housekeeper, probe=not self.node_id,
+                                          on_closed=self.on_store_closed)
             except (ConnectionError, OSError) as exc:
                 if self.node_id:
                     log.warning("could not reach the object store of node %s: %s", node_id, exc)
@@ -544,12 +547,15 @@ class CoreClient:
         be rebuilding the object (the answer then waits for the re-run), or say it is lost (an
         error object, returned as such). If the head still names the same holders, they may be
         dead but not yet declared so: with ``wait_for_holders`` it asks again, for up to twice
-        the heartbeat time-out, before ObjectLostError."""
+        the heartbeat time-out, before ObjectLostError. An unchanged answer after that is read
+        once more before giving up: a holder that was declared dead and joined again under the
+        same id and address makes a marker equal to the lost one for a copy rebuilt there."""
         if obj.flags != P.SerializedObject.STORED:
             return obj
         start = time.monotonic()
         patience = 2 * self.config.heartbeat_timeout_s + 1.0
         delay = 0.05
+        last_chance = False
         while True:
             remaining = None if timeout is None else max(0.0, timeout - (time.monotonic() - start))
             try:
@@ -568,11 +574,15 @@ class CoreClient:
                     return fresh  # the head's verdict (e.g. lost for good, naming the node)
                 if fresh.data == obj.data:
                     waited = time.monotonic() - start
-                    if (not wait_for_holders or waited > patience
-                            or (timeout is not None and waited + delay > timeout)):
+                    if not wait_for_holders or (timeout is not None and waited + delay > timeout):
                         raise
-                    time.sleep(delay)
-                    delay = min(delay * 2, 0.5)
+                    if waited > patience:
+                        if last_chance:
+                            raise
+                        last_chance = True
+                    else:
+                        time.sleep(delay)
+                        delay = min(delay * 2, 0.5)
                 obj = fresh
 
     def _read_stored(self, obj: P.SerializedObject, timeout: float | None) -> P.SerializedObject:

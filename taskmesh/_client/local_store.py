@@ -91,13 +91,15 @@ class LocalStore:
 
     @classmethod
     def connect(cls, node_id: str, store_name: str, timeout_s: float,
-                on_unpin: Callable[[], None] | None = None, probe: bool = False) -> "LocalStore":
+                on_unpin: Callable[[], None] | None = None, probe: bool = False,
+                on_closed: Callable[[], None] | None = None) -> "LocalStore":
         """Connect to the store at the abstract socket ``store_name``; ConnectionError if none
         answers (the socket only exists on the node's own machine; ``probe``: try once, do not
         wait for it to appear). ``on_unpin`` is called (in any thread, maybe inside GC) when a
-        view died and an unpin waits to be sent."""
-        return cls(node_id, StoreClient(store_name, connect_timeout_s=timeout_s, probe=probe),
-                   on_unpin)
+        view died and an unpin waits to be sent; ``on_closed`` when the store is found gone."""
+        client = StoreClient(store_name, connect_timeout_s=timeout_s, probe=probe)
+        client.on_closed = on_closed
+        return cls(node_id, client, on_unpin)
 
     # ------------------------------------------------------------------ writing
 

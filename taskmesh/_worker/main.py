@@ -48,6 +48,7 @@ class Worker:
         self.core.on_block = self._block
         self.core.on_unblock = self._unblock
         self.core.on_wait_step = self._help
+        self.core.on_store_closed = _store_gone
         self.queue: collections.deque[P.Assignment] = collections.deque()
         self.help_queue: collections.deque[P.Assignment] = collections.deque()
         self.wait_stack: list[list] = []  # objects each active wait of the main thread needs
@@ -296,6 +297,15 @@ def _read(resolve: Any, obj: P.SerializedObject) -> P.SerializedObject:
         return resolve(obj, None, False)
     except ObjectLostError as exc:
         raise _InputLost(obj.read_stored()[0], exc) from None
+
+
+def _store_gone() -> None:
+    """The node's object store closed its connection: the node agent is gone (the lifeline
+    pipe is about to say so too). Exit now, before the store's ConnectionError could become the
+    running task's error: a result sent now would keep the head from retrying the task."""
+    log.warning("the object store of this node closed its connection: the node agent is gone; "
+                "exiting")
+    os._exit(0)
 
 
 def watch_lifeline(fd: int) -> None:

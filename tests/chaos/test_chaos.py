@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import itertools
 import json
-import re
 
 import pytest
 
@@ -113,25 +112,7 @@ def test_no_result_is_lost(chaos):
     problems = [(f"a result was lost: {json.dumps(e)}", e["time"]) for e in s["errors"][:5]]
     if len(s["errors"]) > 5:
         problems.append((f"... {len(s['errors'])} lost results in all", None))
-    known = {_open_bug(e["error"]) for e in s["errors"]}
-    if problems and None not in known:  # only the open bugs below: do not turn CI red
-        pytest.xfail("lost results, all from open bugs (docs/chaos.md): " + ", ".join(
-            sorted(known)) + f"; {len(s['errors'])} lost; report: {chaos.workdir}")
     _fail(chaos, problems)
-
-
-#: open bugs the suite still meets (docs/chaos.md, "Bugs found"): name, what the error says
-OPEN_BUGS = [
-    ("bug 4 (a worker reports its dead agent's store ConnectionError as the task's error)",
-     re.compile(r"closed the connection while this client waited for the answer to a")),
-    ("bug 5 (a read gives up while the object is rebuilt on the node its holder re-joined as)",
-     re.compile(r"^ObjectLostError: object \S+ \(\d+ bytes\) could not be read from any node "
-                r"holding it: .*could not connect within")),
-]
-
-
-def _open_bug(error: str) -> str | None:
-    return next((name for name, pattern in OPEN_BUGS if pattern.search(error)), None)
 
 
 @_chaos

@@ -1,6 +1,6 @@
 """The bugs the chaos suite found, each reduced to seconds on netcluster hosts (docs/chaos.md,
-"Bugs found"). Bugs 1-3 failed every time until commit d78a92e fixed them: their tests guard
-the fixes. Bugs 4 and 5 are open: their tests are expected to fail (``xfail(strict=False)``).
+"Bugs found"). Bugs 1-3 failed every time until commit d78a92e fixed them, bug 5 every time
+and bug 4 (a race) in 2 of 4 runs until they were fixed too: the tests guard the fixes.
 
 The head runs on h0 with no node, and so does the driver (it has no store and reads stored
 objects over TCP). In most tests node A on h1 made the 2 MiB result ``x`` before node B on h2
@@ -167,9 +167,6 @@ say("RESULT", out)
 '''
 
 
-@pytest.mark.xfail(strict=False, reason="bug 5: the read gives up with ObjectLostError while "
-                   "the head rebuilds x (the fresh answer names the same node and address as the "
-                   "silent holder, and resolve's patience is already spent)")
 def test_a_result_rebuilt_on_its_holder_after_it_rejoined_is_read(cluster, chaos_hosts, tmp_path):
     """Node A, x's only holder, is cut off for 4 s: declared dead, x is rebuilt, but no other
     node can run the task; A heals, is fenced, joins again under the same node id and address,
@@ -213,9 +210,6 @@ for line in sys.stdin:                                  # one attempt per line
 '''
 
 
-@pytest.mark.xfail(strict=False, reason="bug 4: a worker whose node agent dies while it waits "
-                   "on the store reports the store's ConnectionError as the task's error (a race "
-                   "with the lifeline: this test failed in 2 of 4 runs)")
 def test_a_task_whose_node_agent_dies_while_it_reads_an_input_is_retried(cluster, chaos_hosts,
                                                                          tmp_path):
     """A's worker waits in a pin for x, which A's store is fetching from a frozen B; then A's
