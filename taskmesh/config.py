@@ -47,8 +47,9 @@ class Config:
     heartbeat_timeout_s: float = 1.5
     #: how long a driver or node waits for the head to answer the handshake
     connect_timeout_s: float = 5.0
-    #: a driver waiting in get()/wait() gives up on a head silent this long
-    head_timeout_s: float = 10.0
+    #: a head silent this long is taken for dead: a driver waiting in get()/wait() raises
+    #: HeadConnectionError; a node agent says so in its log and keeps trying (see below)
+    head_timeout_s: float = 3.0
     #: a node agent whose head stays silent this long shuts itself down
     head_lost_exit_s: float = 60.0
     #: results up to this size are pushed to their owner eagerly; larger ones on request

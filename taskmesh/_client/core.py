@@ -364,7 +364,8 @@ class CoreClient:
                 f"the taskmesh head at {self.address} closed the connection: it stopped. "
                 "Objects and tasks it held are lost; start it again and call taskmesh.init() again.")
         silent = time.monotonic() - self._last_heard
-        if silent < _PING_AFTER_S:
+        ping_after = min(_PING_AFTER_S, self.config.head_timeout_s / 4)
+        if silent < ping_after:
             return
         if silent > self.config.head_timeout_s and self.welcome is not None:
             raise HeadConnectionError(
@@ -372,7 +373,7 @@ class CoreClient:
                 "stopped, or the network to it is down. Objects and tasks it held are lost; "
                 "start it again and call taskmesh.init() again.")
         now = time.monotonic()
-        if now - self._last_ping >= _PING_AFTER_S:
+        if now - self._last_ping >= ping_after:
             self._last_ping = now
             self.send(P.InfoRequest(0, "ping"))
 

@@ -252,6 +252,7 @@ class NodeAgent:
         proc = psutil.Process()
         register_by = last_contact + self.config.connect_timeout_s
         rejoin_after = self.config.connect_timeout_s
+        head_lost = False  # silent for head_timeout_s: said so in the log, still trying
         while True:
             wake_at = next_beat if self.registered else min(next_beat, register_by)
             store_at = self.store.wake_at(time.monotonic())
@@ -274,6 +275,9 @@ class NodeAgent:
                 stop = False
                 while (msg := self.sock.recv_nowait()) is not None:
                     last_contact = time.monotonic()
+                    if head_lost:
+                        head_lost = False
+                        log.warning("the head at %s answers again", self.head_endpoint)
                     kind = type(msg)
                     if kind is P.StartWorkers:
                         self.spawn_workers(max(0, min(msg.count, 64)))
@@ -325,10 +329,17 @@ class NodeAgent:
                     ready_fd = None
                 break
             if now >= next_beat:
-                if now - last_contact > self.config.head_lost_exit_s:
+                silent = now - last_contact
+                if silent > self.config.head_lost_exit_s:
                     reason, self.exit_code = (f"the head at {self.head_endpoint} has not answered "
                                               f"for {self.config.head_lost_exit_s:g} s"), 1
                     break
+                if silent > self.config.head_timeout_s and self.registered and not head_lost:
+                    head_lost = True
+                    log.warning("the head at %s has not answered for %.1f s: it stopped, or the "
+                                "network to it is down; still trying to reach it for up to "
+                                "%g s (head_lost_exit_s), then this node exits",
+                                self.head_endpoint, silent, self.config.head_lost_exit_s)
                 stats = {"workers": len(self.workers), "rss": proc.memory_info().rss,
                          "load": os.getloadavg()[0]}
                 stats.update(("store_" + k, v) for k, v in self.store.stats().items())

@@ -234,3 +234,81 @@ print("RESULT", json.dumps(sorted({addr_of(n) for n in taskmesh.get([where.remot
     assert r.returncode == 0, r.stderr
     # both nodes found the new head by themselves and run its tasks
     assert json.loads(r.stdout.split("RESULT ", 1)[1]) == sorted([hosts.addr(1), hosts.addr(2)])
+
+
+HEAD_LOST = COMMON + r'''
+@taskmesh.remote
+def slow():
+    time.sleep(60)
+
+ref = slow.remote()
+while sum(n["TasksRunning"] for n in taskmesh.nodes()) < 1:
+    time.sleep(0.02)
+say("RUNNING", 1)
+sys.stdin.readline()                       # the test crashes the head's machine now
+t0 = time.monotonic()
+try:
+    taskmesh.get(ref)                       # no time-out: it must not hang
+    out = {"error": None}
+except Exception as exc:
+    out = {"error": type(exc).__name__, "message": str(exc)}
+out["took_s"] = time.monotonic() - t0
+say("RESULT", out)
+'''
+
+
+def _agent_pids(hosts, i: int) -> list[int]:
+    """Node agent processes in host i's network namespace."""
+    r = subprocess.run(["ip", "netns", "pids", hosts.names[i]], capture_output=True, text=True)
+    pids = []
+    for pid in r.stdout.split():
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                if b"taskmesh._node" in f.read():
+                    pids.append(int(pid))
+        except OSError:
+            pass
+    return pids
+
+
+def test_a_dead_head_is_detected_by_drivers_and_node_agents(hosts, tmp_path):
+    """The head's machine crashes silently (no FIN, no RST): a driver blocked in get() with no
+    time-out raises HeadConnectionError naming the head within head_timeout_s (3 s); the node
+    agents keep trying for head_lost_exit_s (4 s on h1 here, 60 s by default on h2), then exit."""
+    import time
+
+    head_ip, port = hosts.addr(0), 7324
+    r = hosts.run(0, sys.executable, "-m", "taskmesh._cli", "start", "--head", "--port", str(port),
+                  "--num-cpus", "0", "--node-ip", head_ip,
+                  env={"TASKMESH_RUN_DIR": str(tmp_path / "run0")})
+    assert r.returncode == 0, r.stderr
+    for i, exit_s in ((1, "4"), (2, "60")):
+        r = hosts.run(i, sys.executable, "-m", "taskmesh._cli", "start", "--worker", "--address",
+                      f"{head_ip}:{port}", "--num-cpus", "2",
+                      env={"TASKMESH_RUN_DIR": str(tmp_path / f"run{i}"),
+                           "TASKMESH_HEAD_LOST_EXIT_S": exit_s})
+        assert r.returncode == 0, r.stderr
+    proc = driver(hosts, tmp_path, HEAD_LOST, f"{head_ip}:{port}")
+    try:
+        expect(proc, "RUNNING")
+        assert _agent_pids(hosts, 1) and _agent_pids(hosts, 2)
+        hosts.nc("crash", hosts.names[0])
+        t0 = time.monotonic()
+        proc.stdin.write("go\n")
+        proc.stdin.flush()
+        result = expect(proc, "RESULT")
+        while _agent_pids(hosts, 1) and time.monotonic() - t0 < 20:
+            time.sleep(0.1)
+        h1_exited_s = time.monotonic() - t0
+        h2_alive = bool(_agent_pids(hosts, 2))
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert result["error"] == "HeadConnectionError", result
+    assert f"{head_ip}:{port}" in result["message"], result
+    assert result["took_s"] < 3.0 + 1.5, result  # head_timeout_s, and a ping interval of slack
+    assert 3.5 <= h1_exited_s < 10.0, h1_exited_s  # counted from its last answer
+    assert h2_alive  # still trying to reach the head
+    log = (tmp_path / "run1").rglob("*.log")
+    text = "".join(p.read_text(errors="replace") for p in log)
+    assert f"the head at tcp://{head_ip}:{port} has not answered" in text, text[-2000:]
