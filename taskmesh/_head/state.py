@@ -56,7 +56,7 @@ MAX_DEPENDENCY_RETRIES = 12
 class NodeRec:
     __slots__ = ("node_id", "peer", "address", "hostname", "pid", "total", "avail", "workers",
                  "idle", "starting", "last_seen", "alive", "finished", "stats", "retiring",
-                 "gone_workers", "transfer", "objects")
+                 "gone_workers", "transfer", "objects", "incarnation")
 
     def __init__(self, node_id: str, peer: bytes, info: dict, now: float) -> None:
         self.node_id = node_id
@@ -77,6 +77,7 @@ class NodeRec:
         self.gone_workers: set[str] = set()  # exited before their Hello reached us
         self.transfer = str(info.get("transfer", ""))  # host:port other nodes pull objects from
         self.objects: set[bytes] = set()  # ids of stored objects it holds a copy of
+        self.incarnation = _int(info.get("incarnation"))  # +1 each time the agent joins again
 
     @property
     def num_cpus(self) -> int:
@@ -85,10 +86,12 @@ class NodeRec:
 
 class WorkerRec:
     __slots__ = ("peer", "worker_id", "node", "pid", "assigned", "lease", "blocked",
-                 "functions", "idle_since", "blocked_since")
+                 "functions", "idle_since", "blocked_since", "incarnation")
 
-    def __init__(self, peer: bytes, worker_id: str, node: NodeRec | None, pid: int, now: float) -> None:
+    def __init__(self, peer: bytes, worker_id: str, node: NodeRec | None, pid: int, now: float,
+                 incarnation: int = 0) -> None:
         self.peer = peer
+        self.incarnation = incarnation  # of the node agent that started it
         self.worker_id = worker_id
         self.node = node
         self.pid = pid
@@ -286,16 +289,23 @@ class HeadState:
             self.node_by_peer[peer] = node
             self.peers[peer] = "node"
             for w in self.orphan_workers.pop(node_id, []):
-                self._attach_worker(w, node)
+                if w.incarnation == node.incarnation:
+                    self._attach_worker(w, node)
+                else:  # started by an earlier incarnation, which stopped it when it rejoined
+                    self._stale_worker(w, node_id)
             log.info("node %s joined from %s with %s", node_id, node.address,
                      describe(node.total))
         elif msg.kind == "worker":
             node_id = str(info.get("node_id", ""))
-            w = WorkerRec(peer, str(info.get("worker_id", "")), None, int(info.get("pid", 0)), self.now)
+            w = WorkerRec(peer, str(info.get("worker_id", "")), None, _int(info.get("pid")),
+                          self.now, _int(info.get("incarnation")))
             self.peers[peer] = "worker"
             self.workers[peer] = w
             node = self.nodes.get(node_id)
-            if node is None:
+            if node is not None and w.incarnation < node.incarnation:
+                self._stale_worker(w, node_id)
+                return
+            if node is None or w.incarnation > node.incarnation:  # its node's Hello comes next
                 self.orphan_workers.setdefault(node_id, []).append(w)
             elif w.worker_id in node.gone_workers:  # its exit overtook its Hello
                 node.gone_workers.discard(w.worker_id)
@@ -311,6 +321,13 @@ class HeadState:
             self.out.send(peer, P.Refused(f"unknown peer kind {msg.kind!r}"))
             return
         self.out.send(peer, P.Welcome(P.PROTOCOL_VERSION, {"peer": peer}))
+
+    def _stale_worker(self, w: WorkerRec, node_id: str) -> None:
+        """A worker of an earlier incarnation of its node (its Hello was delayed, e.g. queued
+        while the head was down): its agent stopped it on joining again; never use it."""
+        log.info("ignored worker %s of an earlier incarnation of node %s", w.worker_id, node_id)
+        self.out.send(w.peer, P.Exit(f"node {node_id} joined again as a new incarnation"))
+        self._forget_worker(w)
 
     def _attach_worker(self, w: WorkerRec, node: NodeRec) -> None:
         w.node = node
@@ -1257,3 +1274,8 @@ _HANDLERS: dict[type, tuple[Any, tuple[str, ...]]] = {
     P.WorkerExited: (HeadState._on_worker_exited, ("node",)),
     P.ObjectLocations: (HeadState._on_object_locations, ("node",)),
 }
+
+
+def _int(value: Any) -> int:
+    """An integer field of a peer's Hello info (0 if missing or of another type)."""
+    return value if type(value) is int else 0

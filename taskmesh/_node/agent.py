@@ -154,7 +154,7 @@ class NodeAgent:
             worker_id = f"{self.node_id}-{self._seq}"
             cmd = [sys.executable, "-m", "taskmesh._worker", "--head", self.head_endpoint,
                    "--node-id", self.node_id, "--worker-id", worker_id,
-                   "--lifeline-fd", str(self._life_r)]
+                   "--incarnation", str(self._incarnation), "--lifeline-fd", str(self._life_r)]
             try:
                 proc = subprocess.Popen(cmd, pass_fds=(self._life_r,), env=env,
                                         stdin=subprocess.DEVNULL, start_new_session=False)
@@ -223,6 +223,7 @@ class NodeAgent:
             "pid": os.getpid(), "resources": self.resources, "prestart": self.num_cpus,
             "arena": self.arena.name, "store_capacity": self.arena.capacity,
             "store": self.store.name, "transfer": self.store.transfer_address,
+            "incarnation": self._incarnation,
         }
         self._info = info
         self.sock.send(P.Hello(P.PROTOCOL_VERSION, "node", info))

@@ -17,6 +17,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--head", required=True)
     ap.add_argument("--node-id", required=True)
     ap.add_argument("--worker-id", required=True)
+    ap.add_argument("--incarnation", type=int, default=0)
     ap.add_argument("--lifeline-fd", type=int)
     args = ap.parse_args(argv)
     setup_logging("worker", None, "WARNING")
@@ -24,7 +25,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.lifeline_fd is not None:
         watch_lifeline(args.lifeline_fd)
     try:
-        worker = Worker(Config.from_env(), args.head, args.node_id, args.worker_id)
+        worker = Worker(Config.from_env(), args.head, args.node_id, args.worker_id,
+                        args.incarnation)
     except Exception as exc:  # no head to talk to: say so in one line, exit non-zero
         logging.getLogger("taskmesh.worker").error("worker %s could not start: %s",
                                                    args.worker_id, exc)

@@ -34,8 +34,10 @@ _MAX_BATCH = 64
 
 
 class Worker:
-    def __init__(self, config: Config, endpoint: str, node_id: str, worker_id: str) -> None:
+    def __init__(self, config: Config, endpoint: str, node_id: str, worker_id: str,
+                 incarnation: int = 0) -> None:
         self.config = config
+        self.incarnation = incarnation  # of its node agent (a fenced node joins again: +1)
         self.node_id = node_id
         self.worker_id = worker_id
         self.pid = os.getpid()
@@ -250,7 +252,8 @@ class Worker:
             out.append(obj)
 
     def run(self) -> int:
-        info = {"node_id": self.node_id, "worker_id": self.worker_id, "pid": self.pid}
+        info = {"node_id": self.node_id, "worker_id": self.worker_id, "pid": self.pid,
+                "incarnation": self.incarnation}
         self.core.send(P.Hello(P.PROTOCOL_VERSION, "worker", info))
         queue = self.queue
         core = self.core

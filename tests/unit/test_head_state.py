@@ -320,6 +320,29 @@ def test_worker_of_a_dead_node_is_told_to_exit(c):
     assert w not in c.state.workers
 
 
+def test_a_delayed_hello_of_a_worker_of_an_earlier_incarnation_is_never_used(c):
+    """A restarted head: a worker of the node's old incarnation says Hello (queued while the
+    head was down) before its agent joins again as incarnation 1, having stopped it."""
+    c.send(b"old-w", P.Hello(PV, "worker", {"node_id": "n1", "worker_id": "n1-1", "pid": 7,
+                                            "incarnation": 0}))
+    c.send(b"node-n1", P.Hello(PV, "node", {"node_id": "n1", "resources": {"CPU": UNIT},
+                                            "prestart": 1, "incarnation": 1}))
+    assert any(type(m) is P.Exit and "new incarnation" in m.reason for m in c.drain().to(b"old-w"))
+    assert b"old-w" not in c.state.workers and c.node("n1").idle == []
+    # a late Hello of another old worker, after the join, is refused too
+    c.send(b"old-w2", P.Hello(PV, "worker", {"node_id": "n1", "worker_id": "n1-2", "pid": 8}))
+    assert any(type(m) is P.Exit for m in c.drain().to(b"old-w2"))
+    # while a worker of the new incarnation that overtook its node's Hello waits for it
+    c.send(b"new-w", P.Hello(PV, "worker", {"node_id": "n2", "worker_id": "n2-3", "pid": 9,
+                                            "incarnation": 2}))
+    c.send(b"node-n2", P.Hello(PV, "node", {"node_id": "n2", "resources": {"CPU": UNIT},
+                                            "prestart": 1, "incarnation": 2}))
+    assert [w.peer for w in c.node("n2").idle] == [b"new-w"]
+    fid = c.register()
+    [t] = c.submit(fid)
+    assert c.drain().assigned_to() == {t: b"new-w"}
+
+
 # =========================================================================== placement
 
 
