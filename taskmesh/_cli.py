@@ -238,16 +238,22 @@ def cmd_status(args: argparse.Namespace) -> int:
     print(f"taskmesh cluster at {host}:{port}")
     rows = [("NODE", "ADDRESS", "STATE", "CPUS USED/TOTAL", "WORKERS", "RUNNING", "FINISHED",
              "STORE USED/TOTAL", "OBJECTS", "SPILLED", "NET SENT/RECEIVED")]
+    dead = 0
     for n in st["nodes"]:
+        if not n["Alive"] and not args.all:
+            dead += 1
+            continue
         total = from_units(n["Resources"].get("CPU", 0))
         used = from_units(n["CPUsInUse"])
-        store = n.get("ObjectStore") or {}
+        store = (n.get("ObjectStore") or {}) if n["Alive"] else {}  # a dead one's is stale
         rows.append((n["NodeID"], n["NodeManagerAddress"], "alive" if n["Alive"] else "dead",
                      f"{used:g}/{total:g}", str(n["Workers"]), str(n["TasksRunning"]),
                      str(n["TasksFinished"]), *_store_columns(store)))
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     for r in rows:
         print("  " + "  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip())
+    if dead:
+        print(f"  (and {dead} dead node{'s' if dead != 1 else ''}: --all lists them)")
     t = st["tasks"]
     print(f"tasks: {t['queued']} queued, {t['waiting_for_deps']} waiting for dependencies, "
           f"{t['running']} running, {t['finished']} finished ({t['failed']} failed)")
@@ -293,6 +299,7 @@ def build_parser() -> argparse.ArgumentParser:
     st.set_defaults(fn=cmd_start)
     s = sub.add_parser("status", help="show nodes, CPUs and task counts")
     s.add_argument("--address", help="HOST:PORT of the head (default: the one on this machine)")
+    s.add_argument("--all", action="store_true", help="also list nodes that died or left")
     s.set_defaults(fn=cmd_status)
     sp = sub.add_parser("stop", help="stop the taskmesh processes started on this machine")
     sp.set_defaults(fn=cmd_stop)

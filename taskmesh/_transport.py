@@ -487,10 +487,16 @@ def local_ip_towards(host: str) -> str:
 
 
 def pid_alive(pid: int) -> bool:
+    """Whether process ``pid`` runs (a zombie, dead but not yet reaped, does not)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
     except PermissionError:
         return True
-    return True
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            stat = f.read()
+    except OSError:
+        return True  # no /proc: trust kill(0)
+    return stat[stat.rfind(b")") + 2:][:1] != b"Z"  # the state follows "(comm) "

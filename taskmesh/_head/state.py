@@ -452,7 +452,13 @@ class HeadState:
                 self._drop_if_unneeded(oid, obj)
 
     def _on_goodbye(self, peer: bytes, msg: P.Goodbye) -> None:
-        """A driver left: drop what it owned and cancel its tasks nobody else needs."""
+        """A driver left: drop what it owned and cancel its tasks nobody else needs. A node
+        that says Goodbye is stopping (``taskmesh stop``): lost now, not a time-out later."""
+        node = self.node_by_peer.get(peer)
+        if node is not None:
+            if node.alive:
+                self._node_lost(node, "its node agent was stopped", logging.INFO)
+            return
         self.beating.pop(peer, None)
         self._release_owned_by(peer)
         self._drop_borrows(peer)
@@ -669,8 +675,8 @@ class HeadState:
             node.starting += 1  # keep the pool at its size: a replacement starts now
             self.out.send(node.peer, P.StartWorkers(1))
 
-    def _node_lost(self, node: NodeRec, why: str) -> None:
-        log.warning("node %s (%s) declared dead: %s", node.node_id, node.address, why)
+    def _node_lost(self, node: NodeRec, why: str, level: int = logging.WARNING) -> None:
+        log.log(level, "node %s (%s) declared dead: %s", node.node_id, node.address, why)
         node.alive = False
         for w in list(node.workers.values()):
             self._worker_lost(w, "NodeLostError", f"node {node.node_id} ({node.address}) was lost ({why})")
@@ -1266,7 +1272,7 @@ _HANDLERS: dict[type, tuple[Any, tuple[str, ...]]] = {
     P.Release: (HeadState._on_release, _CLIENT),
     P.Borrow: (HeadState._on_borrow, _CLIENT),
     P.InfoRequest: (HeadState._on_info, ("driver", "worker", "status")),
-    P.Goodbye: (HeadState._on_goodbye, ("driver", "status")),
+    P.Goodbye: (HeadState._on_goodbye, ("driver", "status", "node")),
     P.TaskResults: (HeadState._on_results, ("worker",)),
     P.Blocked: (HeadState._on_blocked, ("worker",)),
     P.Unblocked: (HeadState._on_unblocked, ("worker",)),

@@ -81,6 +81,7 @@ class NodeAgent:
         self.registered = False
         self.exit_code = 0
         self._incarnation = 0  # joins again after the head declared it dead
+        self._goodbye_sent = False
         self._rejoining = False
         self._info: dict = {}
         self._added: list[list] = []  # copies fetched / freed, for the next ObjectLocations
@@ -235,13 +236,25 @@ class NodeAgent:
         finally:  # whatever happens, leave no workers, arena or spill files behind
             log.log(logging.ERROR if self.exit_code else logging.INFO,
                     "node %s shutting down: %s", self.node_id, reason)
+            self._say_goodbye()
             self._stop_workers()
             self.store.close()
             self.arena.close()
             os.close(self._life_w)
-            self.sock.close()
+            self.sock.close(linger_ms=500 if self._goodbye_sent else 0)
             self.ctx.term()
         return self.exit_code
+
+    def _say_goodbye(self) -> None:
+        """Tell the head we are leaving, so it runs our tasks elsewhere now rather than after
+        the heartbeat time-out (best effort: the head may be gone)."""
+        if not self.registered or self.sock.peer_closed:
+            return
+        try:
+            self.sock.send(P.Goodbye())  # delivered by the close's linger
+            self._goodbye_sent = True
+        except Exception as exc:  # noqa: BLE001 - leaving anyway
+            log.debug("could not say goodbye to the head: %s", exc)
 
     def _loop(self, lifeline_fd: int | None, ready_fd: int | None) -> str:
         """Serve until told to stop; return why it stopped."""

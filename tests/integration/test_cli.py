@@ -82,6 +82,33 @@ def test_head_status_join_stop(run_env):
     assert "no taskmesh processes" in r.stdout
 
 
+def test_a_stopped_node_leaves_at_once_and_status_hides_it(run_env, tmp_path):
+    """`taskmesh stop` on a worker machine tells the head (Goodbye): with a heartbeat time-out
+    of 60 s, only that can make the head see the node gone within the wait below."""
+    env = {**run_env, "TASKMESH_HEARTBEAT_TIMEOUT_S": "60"}
+    port = free_port()
+    r = tm("start", "--head", "--port", str(port), "--num-cpus", "1", "--node-ip", "127.0.0.1",
+           env=env)
+    assert r.returncode == 0, r.stderr
+    other = {**env, "TASKMESH_RUN_DIR": str(tmp_path / "other")}  # "another machine"
+    r = tm("start", "--worker", "--address", f"127.0.0.1:{port}", "--num-cpus", "1",
+           "--node-ip", "127.0.0.2", env=other)
+    assert r.returncode == 0, r.stderr
+    try:
+        assert "127.0.0.2" in tm("status", env=env).stdout
+        r = tm("stop", env=other)
+        assert r.returncode == 0 and "stopped 1" in r.stdout
+        deadline = time.monotonic() + 20
+        while "(and 1 dead node: --all lists them)" not in (out := tm("status", env=env).stdout):
+            assert time.monotonic() < deadline, out
+            time.sleep(0.1)
+        assert "127.0.0.2" not in out
+        full = tm("status", "--all", env=env).stdout
+        assert any("127.0.0.2" in line and " dead " in line for line in full.splitlines()), full
+    finally:
+        tm("stop", env=other)
+
+
 def _one_line_error(r: subprocess.CompletedProcess, elapsed: float, *needles: str) -> None:
     assert r.returncode != 0
     assert elapsed < 10

@@ -894,6 +894,18 @@ def test_node_heartbeat_timeout_declares_it_dead_and_requeues_or_fails_its_tasks
     assert c.node("n1").alive
 
 
+def test_a_node_that_says_goodbye_is_lost_at_once_and_its_tasks_run_elsewhere(c):
+    c.add_node("n1", cpus=1)
+    fid = c.register("mod.g")
+    [t] = c.submit(fid)
+    assert c.drain().assigned_to()[t] in c.node_workers["n1"]
+    c.send(c.node_peer["n1"], P.Goodbye())  # `taskmesh stop` on its machine
+    assert not c.node("n1").alive
+    assert c.state.tasks[t].retries_left == 2  # lost with its node: one retry spent
+    c.add_node("n2", cpus=1)
+    assert c.drain().assigned_to()[t] in c.node_workers["n2"]
+
+
 def test_node_reregistering_on_the_same_connection_replaces_the_old_record(c):
     c.add_node("n1", cpus=1)
     fid = c.register()

@@ -57,3 +57,24 @@ def test_sweep_removes_arenas_of_dead_agents():
         assert not os.path.exists(os.path.join(SHM_DIR, name))
     finally:
         mine.close()
+
+
+def test_a_zombie_counts_as_dead():
+    """A killed agent that nobody reaped yet must not block a new one or keep its arena."""
+    import subprocess
+    import time
+
+    p = subprocess.Popen(["sleep", "30"])
+    try:
+        assert pid_alive(p.pid)
+        p.kill()
+        deadline = time.monotonic() + 10
+        while pid_alive(p.pid) and time.monotonic() < deadline:  # dead, not reaped: a zombie
+            time.sleep(0.01)
+        assert not pid_alive(p.pid)
+        with open(f"/proc/{p.pid}/stat") as f:
+            assert f.read().split(") ", 1)[1].startswith("Z")  # still there, as a zombie
+    finally:
+        p.kill()
+        p.wait(timeout=10)
+    assert pid_alive(os.getpid())
