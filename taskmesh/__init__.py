@@ -10,6 +10,7 @@
     print(taskmesh.get([square.remote(i) for i in range(10)]))
 """
 
+from .actor import ActorClass, ActorHandle, get_actor, kill, method
 from .api import (
     available_resources,
     cluster_resources,
@@ -24,6 +25,7 @@ from .api import (
     wait,
 )
 from .errors import (
+    ActorDiedError,
     GetTimeoutError,
     HeadConnectionError,
     NodeLostError,
@@ -42,7 +44,8 @@ __version__ = "0.1.0"
 __all__ = [
     "init", "shutdown", "is_initialized", "remote", "get", "put", "wait",
     "nodes", "cluster_resources", "available_resources", "get_runtime_context",
-    "ObjectRef", "RemoteFunction",
+    "ObjectRef", "RemoteFunction", "ActorClass", "ActorHandle", "get_actor", "kill", "method",
+    "ActorDiedError",
     "TaskmeshError", "TaskError", "GetTimeoutError", "WorkerCrashedError", "NodeLostError",
     "ObjectLostError", "ObjectStoreFullError", "SerializationError", "HeadConnectionError", "ProtocolVersionError",
 ]

@@ -258,6 +258,9 @@ def cmd_status(args: argparse.Namespace) -> int:
     print(f"tasks: {t['queued']} queued, {t['waiting_for_deps']} waiting for dependencies, "
           f"{t['running']} running, {t['finished']} finished ({t['failed']} failed)")
     print(f"objects: {st['objects']}   drivers connected: {st['drivers']}")
+    actors = st.get("actors") or {}
+    if any(actors.values()):
+        print("actors: " + ", ".join(f"{n} {state}" for state, n in actors.items() if n))
     return 0
 
 

@@ -128,6 +128,8 @@ class TaskSpec(NamedTuple):
     resources: dict  # resource name -> amount in units of 1/10000
     max_retries: int
     retry_exceptions: bool  # also retry when the task raises
+    actor_id: bytes = b""  # a call to (or, with method "__init__", the creation of) an actor
+    method: str = ""  # the actor method called
 
 
 class Assignment(NamedTuple):
@@ -140,6 +142,8 @@ class Assignment(NamedTuple):
     args: SerializedObject | None
     dep_values: list  # SerializedObject per TaskSpec.deps entry
     num_returns: int
+    method: str = ""  # an actor method to call on this worker's actor ("__init__": create it)
+    actor: dict | None = None  # with "__init__": the actor's id, name and concurrency options
 
 
 class TaskResult(NamedTuple):
@@ -249,11 +253,13 @@ def _resources(v: Any) -> dict:
 
 _TASK_SPEC = _record(
     TaskSpec,
-    [_BYTES, _STR, _BYTES, _optional(_serialized), _list_of(_BYTES), _INT, _resources, _INT, _BOOL],
+    [_BYTES, _STR, _BYTES, _optional(_serialized), _list_of(_BYTES), _INT, _resources, _INT, _BOOL,
+     _BYTES, _STR],
 )
 _ASSIGNMENT = _record(
     Assignment,
-    [_BYTES, _STR, _BYTES, _optional(_BYTES), _optional(_serialized), _list_of(_serialized), _INT],
+    [_BYTES, _STR, _BYTES, _optional(_BYTES), _optional(_serialized), _list_of(_serialized), _INT,
+     _STR, _optional(_DICT)],
 )
 _TASK_RESULT = _record(TaskResult, [_BYTES, _list_of(_serialized), _FLOAT])
 _OBJECT_VALUE = _record(ObjectValue, [_BYTES, _optional(_serialized), _INT])
@@ -490,6 +496,49 @@ class KillWorker(NamedTuple):
 
     worker_id: str
     reason: str
+
+
+# -- actors -----------------------------------------------------------------
+
+
+@_message(60, _TASK_SPEC, _DICT, _INT)
+class CreateActor(NamedTuple):
+    """Create an actor: ``spec`` is its constructor (``actor_id`` = ``task_id``, method
+    ``"__init__"``); ``options``: class_name, methods, name, namespace, get_if_exists,
+    detached, max_restarts, max_task_retries, max_concurrency, is_async. A non-zero
+    ``request_id`` asks for an ActorReply (needed with a name: it may exist already)."""
+
+    spec: TaskSpec
+    options: dict
+    request_id: int
+
+
+@_message(61, _INT, _DICT)
+class ActorReply(NamedTuple):
+    """Answer to CreateActor (with a request id) or GetActor: the actor's handle fields
+    (actor_id, function_id, class_name, methods, is_async, max_task_retries), or {"error":
+    message}."""
+
+    request_id: int
+    info: dict
+
+
+@_message(62, _INT, _STR, _STR)
+class GetActor(NamedTuple):
+    """Look up a live named actor (``taskmesh.get_actor(name, namespace)``)."""
+
+    request_id: int
+    name: str
+    namespace: str
+
+
+@_message(63, _BYTES, _BOOL)
+class KillActor(NamedTuple):
+    """``taskmesh.kill(actor)``: stop the actor's process now; its pending calls fail with
+    ActorDiedError. With ``no_restart`` False it restarts if it has restarts left."""
+
+    actor_id: bytes
+    no_restart: bool
 
 
 @_message(34)

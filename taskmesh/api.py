@@ -20,6 +20,7 @@ from ._rundir import find_head
 from ._transport import connect_endpoint, split_address
 from .config import DEFAULT_PORT, Config
 from .errors import HeadConnectionError
+from .actor import ActorClass
 from .handles import ObjectRef, RemoteFunction
 
 T = TypeVar("T")
@@ -141,10 +142,9 @@ def remote(*args: Any, **options: Any) -> Any:
     return lambda fn: _make_remote(fn, options)
 
 
-def _make_remote(fn: Any, options: dict[str, Any]) -> RemoteFunction:
+def _make_remote(fn: Any, options: dict[str, Any]) -> Any:
     if inspect.isclass(fn):
-        raise TypeError(f"@taskmesh.remote on a class ({fn.__name__}) makes an actor; actors "
-                        "are not available in this version of taskmesh yet")
+        return ActorClass(fn, options)
     return RemoteFunction(fn, options)
 
 

@@ -150,6 +150,12 @@ class NodeLostError(TaskmeshError):
     """The node holding a task or object stopped answering the head."""
 
 
+class ActorDiedError(TaskmeshError):
+    """An actor is dead (its constructor raised, ``kill()``, its owner exited, or its process
+    or node died with no restarts left): a call to it fails with this, naming the actor and
+    the cause."""
+
+
 class ObjectLostError(TaskmeshError):
     """An object is no longer stored anywhere and cannot be rebuilt."""
 
@@ -180,6 +186,7 @@ class ProtocolVersionError(HeadConnectionError):
 _SYSTEM_ERRORS: dict[str, type[TaskmeshError]] = {
     cls.__name__: cls
     for cls in (WorkerCrashedError, NodeLostError, ObjectLostError, ObjectStoreFullError,
+                ActorDiedError,
                 SerializationError, HeadConnectionError, TaskmeshError)
 }
 

@@ -314,6 +314,8 @@ class CoreClient:
         elif t is P.InfoReply:
             if msg.request_id:  # 0 answers a liveness ping
                 self._info[msg.request_id] = msg.data
+        elif t is P.ActorReply:
+            self._info[msg.request_id] = msg.info
         elif t is P.Notice:
             log.warning("%s", msg.message)
         elif t is P.Welcome:
@@ -481,6 +483,28 @@ class CoreClient:
         args = spec.args
         if args is not None and args.is_stored and args.contained:
             self.ref_died(args.contained[0])  # large arguments: the task holds them now
+
+    def create_actor(self, spec: P.TaskSpec, options: dict, wait: bool) -> dict | None:
+        """Send CreateActor; with ``wait`` (a named actor: it may exist already) return the
+        head's ActorReply info."""
+        args = spec.args
+        if not wait:
+            self.send(P.CreateActor(spec, options, 0))
+            info = None
+        else:
+            info = self.request(lambda rid: P.CreateActor(spec, options, rid))
+        if args is not None and args.is_stored and args.contained:
+            self.ref_died(args.contained[0])  # large arguments: the constructor holds them now
+        return info
+
+    def request(self, make: Callable[[int], Any], timeout: float = 30.0) -> Any:
+        """Send ``make(request_id)`` and wait for the head's answer to it (an InfoReply or
+        ActorReply carrying that id)."""
+        rid = next(self._info_ids)
+        self.send(make(rid))
+        if not self._wait_for(lambda: rid in self._info, time.monotonic() + timeout):
+            raise HeadConnectionError(f"the head at {self.address} did not answer within {timeout:g} s")
+        return self._info.pop(rid)
 
     def new_object_id(self) -> bytes:
         return self.next_task_id() + b"\0\0\0\0"
@@ -684,11 +708,7 @@ class CoreClient:
                 self._io_lock.release()
 
     def info(self, what: str, timeout: float = 10.0) -> Any:
-        rid = next(self._info_ids)
-        self.send(P.InfoRequest(rid, what))
-        if not self._wait_for(lambda: rid in self._info, time.monotonic() + timeout):
-            raise HeadConnectionError(f"the head at {self.address} did not answer within {timeout:g} s")
-        return self._info.pop(rid)
+        return self.request(lambda rid: P.InfoRequest(rid, what), timeout)
 
 
 def function_id_for(blob: bytes) -> bytes:

@@ -26,6 +26,8 @@ from ..config import Config
 from ._outbox import Outbox
 from .._protocol import return_ids
 from .._resources import CPU, UNIT, describe, valid
+from . import actors as A
+from .actors import ActorRec
 from .policy import (
     fits,
     is_short,
@@ -37,6 +39,9 @@ from .policy import (
 log = logging.getLogger(__name__)
 
 _ERR = P.SerializedObject.system_error
+
+#: dead actors remembered (calls to older ones fail with "no actor with id ... is known")
+MAX_DEAD_ACTORS = 1000
 
 # task states
 WAITING, READY, ASSIGNED, DONE, CANCELLED = range(5)
@@ -56,7 +61,8 @@ MAX_DEPENDENCY_RETRIES = 12
 class NodeRec:
     __slots__ = ("node_id", "peer", "address", "hostname", "pid", "total", "avail", "workers",
                  "idle", "starting", "last_seen", "alive", "finished", "stats", "retiring",
-                 "gone_workers", "transfer", "objects", "incarnation")
+                 "gone_workers", "transfer", "objects", "incarnation", "actor_workers",
+                 "actor_queue")
 
     def __init__(self, node_id: str, peer: bytes, info: dict, now: float) -> None:
         self.node_id = node_id
@@ -78,6 +84,8 @@ class NodeRec:
         self.transfer = str(info.get("transfer", ""))  # host:port other nodes pull objects from
         self.objects: set[bytes] = set()  # ids of stored objects it holds a copy of
         self.incarnation = _int(info.get("incarnation"))  # +1 each time the agent joins again
+        self.actor_workers: dict[bytes, WorkerRec] = {}  # out of the pool: one actor each
+        self.actor_queue: deque[ActorRec] = deque()  # placed here, waiting for a new worker
 
     @property
     def num_cpus(self) -> int:
@@ -86,12 +94,13 @@ class NodeRec:
 
 class WorkerRec:
     __slots__ = ("peer", "worker_id", "node", "pid", "assigned", "lease", "blocked",
-                 "functions", "idle_since", "blocked_since", "incarnation")
+                 "functions", "idle_since", "blocked_since", "incarnation", "actor")
 
     def __init__(self, peer: bytes, worker_id: str, node: NodeRec | None, pid: int, now: float,
                  incarnation: int = 0) -> None:
         self.peer = peer
         self.incarnation = incarnation  # of the node agent that started it
+        self.actor: ActorRec | None = None  # the actor it runs (it left the pool for it)
         self.worker_id = worker_id
         self.node = node
         self.pid = pid
@@ -176,6 +185,10 @@ class HeadState:
         #: tasks whose inputs could not be read, to queue again at a time: (when, task)
         self.deferred: list[tuple[float, TaskRec]] = []
         self.warned_shapes: set[tuple] = set()
+        self.actors: dict[bytes, ActorRec] = {}
+        self.actor_names: dict[tuple[str, str], bytes] = {}  # (namespace, name) -> live actor
+        self.unplaced: list[ActorRec] = []  # constructors ready, but no node has room yet
+        self.dead_actors: deque[bytes] = deque()  # oldest first
         self.now = now
 
     # ------------------------------------------------------------------ entry points
@@ -251,6 +264,10 @@ class HeadState:
 
     def schedule(self) -> None:
         """Assign ready tasks to workers (called after every input batch)."""
+        if self.unplaced:
+            waiting, self.unplaced = self.unplaced, []
+            for actor in waiting:
+                self._place_actor(actor)
         for shape, queue in list(self.queues.items()):
             if queue:
                 self._schedule_shape(queue)
@@ -331,8 +348,11 @@ class HeadState:
 
     def _attach_worker(self, w: WorkerRec, node: NodeRec) -> None:
         w.node = node
-        node.workers[w.peer] = w
         node.starting = max(0, node.starting - 1)
+        if node.actor_queue:  # it was started for an actor placed here
+            self._start_actor(node.actor_queue.popleft(), w)
+            return
+        node.workers[w.peer] = w
         w.idle_since = self.now
         node.idle.append(w)
 
@@ -346,10 +366,21 @@ class HeadState:
         for spec in msg.tasks:
             rids = return_ids(spec.task_id, spec.num_returns)
             if (spec.task_id in self.tasks or spec.num_returns < 0 or len(spec.task_id) != 16
-                    or (rids and rids[0] in objects)):
+                    or (rids and rids[0] in objects) or spec.method == "__init__"):
                 log.warning("dropped a duplicate or invalid task %s", spec.task_id.hex())
                 continue
             t = TaskRec(spec, peer)
+            if spec.actor_id:
+                actor = self.actors.get(spec.actor_id)
+                if actor is None or actor.state == A.DEAD:
+                    for oid in rids:
+                        objects[oid] = ObjectRec(peer)
+                    why = (A.died_message(actor, spec.name) if actor is not None else
+                           f"call {spec.name} failed: no actor with id {spec.actor_id.hex()} "
+                           "is known to the head")
+                    self._finish(t, [_ERR("ActorDiedError", why)] * spec.num_returns,
+                                 deps_counted=False)
+                    continue
             for oid in rids:
                 objects[oid] = ObjectRec(peer)
             if spec.function_id not in self.functions:
@@ -364,6 +395,10 @@ class HeadState:
                                       "freed or never existed")] * spec.num_returns,
                              deps_counted=False)
                 continue
+            if spec.actor_id:  # in submission order: it leaves the queue only in its turn
+                t.state = WAITING
+                t.queued = True
+                self.actors[spec.actor_id].calls.append(t)
             self._admit(t)
 
     def _admit(self, t: TaskRec) -> None:
@@ -480,6 +515,264 @@ class HeadState:
     def _on_info(self, peer: bytes, msg: P.InfoRequest) -> None:
         self.out.send(peer, P.InfoReply(msg.request_id, self.info(msg.what)))
 
+    # ------------------------------------------------------------------ actors
+
+    def _on_create_actor(self, peer: bytes, msg: P.CreateActor) -> None:
+        spec, opts = msg.spec, msg.options
+        reply = msg.request_id
+        if (len(spec.task_id) != 16 or spec.actor_id != spec.task_id or spec.method != "__init__"
+                or spec.task_id in self.actors or spec.task_id in self.tasks):
+            log.warning("dropped an invalid CreateActor %s", spec.task_id.hex())
+            if reply:
+                self.out.send(peer, P.ActorReply(reply, {"error": "invalid actor creation"}))
+            return
+        actor = ActorRec(spec._replace(num_returns=1), peer, opts)
+        if actor.name_key is not None:
+            existing = self.actors.get(self.actor_names.get(actor.name_key, b""))
+            if existing is not None:
+                if reply:
+                    info = existing.handle_info() if opts.get("get_if_exists") else {
+                        "error": f"an actor named {actor.name_key[1]!r} already exists "
+                                 f"({existing.label()}); pass get_if_exists=True to get it"}
+                    self.out.send(peer, P.ActorReply(reply, info))
+                return
+            self.actor_names[actor.name_key] = actor.actor_id
+        self.actors[actor.actor_id] = actor
+        if reply:
+            self.out.send(peer, P.ActorReply(reply, actor.handle_info()))
+        self._start_constructor(actor)
+
+    def _start_constructor(self, actor: ActorRec) -> None:
+        """Run the actor's constructor (again): its inputs first, then a worker."""
+        spec = actor.spec
+        t = TaskRec(spec, actor.owner)
+        t.retries_left = 0  # a lost constructor is a restart, counted by max_restarts
+        actor.ctor = t
+        oid = return_ids(spec.task_id, 1)[0]
+        obj = self.objects.get(oid)
+        if obj is None:  # "created" (None, or why not): nobody holds a ref, dropped once set
+            obj = self.objects[oid] = ObjectRec(actor.owner)
+            obj.released = True
+        else:  # a restart: pending again
+            obj.value = None
+        if spec.function_id not in self.functions:
+            self._actor_dead(actor, "its class was never registered with the head")
+            return
+        missing = next((d for d in spec.deps if d not in self.objects), None)
+        if missing is not None:
+            self._actor_dead(actor, f"its constructor's argument {missing.hex()} was freed")
+            return
+        self._admit(t)
+
+    def _actor_task_ready(self, t: TaskRec) -> None:
+        actor = self.actors.get(t.spec.actor_id)
+        if actor is None:
+            return
+        if t.spec.method == "__init__":
+            if actor.ctor is t and actor.state in (A.PENDING, A.RESTARTING):
+                t.state = READY
+                self._place_actor(actor)
+            return
+        t.state = READY
+        if not t.queued:  # a call sent before and coming back (its inputs were lost)
+            t.queued = True
+            actor.calls.appendleft(t)
+        self._dispatch_actor(actor)
+
+    def _place_actor(self, actor: ActorRec) -> None:
+        """Pick a node for a ready constructor: where its resources fit, an idle worker (fast),
+        then the fewest actors. No node fits: it waits in ``unplaced`` (the owner is told)."""
+        if actor.state == A.DEAD:
+            return
+        demand = actor.resources
+        best = None
+        for n in self.nodes.values():
+            if n.alive and fits(n.avail, demand):
+                key = (not n.idle, len(n.actor_workers) + len(n.actor_queue))
+                if best is None or key < best[0]:
+                    best = (key, n)
+        if best is None:
+            if actor not in self.unplaced:
+                self.unplaced.append(actor)
+                if not actor.warned and not any(fits(n.total, demand)
+                                                for n in self.nodes.values() if n.alive):
+                    actor.warned = True
+                    self.out.send(actor.owner, P.Notice("warning", (
+                        f"no node can start {actor.label()} now: it needs {describe(demand)}. "
+                        "It waits until such a node joins.")))
+            return
+        node = best[1]
+        _sub(node.avail, demand)
+        actor.node = node
+        if node.idle:
+            w = node.idle.pop()
+            node.workers.pop(w.peer, None)
+            node.starting += 1  # a replacement keeps the pool at its size
+            self.out.send(node.peer, P.StartWorkers(1))
+            self._start_actor(actor, w)
+        else:  # the next worker that joins this node is the actor's
+            node.actor_queue.append(actor)
+            node.starting += 1
+            self.out.send(node.peer, P.StartWorkers(1))
+
+    def _start_actor(self, actor: ActorRec, w: WorkerRec) -> None:
+        node = w.node
+        node.actor_workers[w.peer] = w
+        w.actor = actor
+        w.lease = None
+        actor.worker = w
+        actor.state = A.CREATING
+        t = actor.ctor
+        if t is None or t.state != READY:  # (cannot happen: placed only when ready)
+            return
+        t.state = ASSIGNED
+        t.worker = w
+        w.assigned.append(t)
+        self.out.add(w.peer, P.Execute, self._assignment(t, w))
+
+    def _actor_created(self, actor: ActorRec, t: TaskRec, value: P.SerializedObject | None) -> None:
+        if actor.ctor is not t:
+            return
+        actor.ctor = None
+        if value is None or value.is_error:  # the worker says why, as a system error
+            why = (value.read_system_error()[1] if value is not None
+                   and value.flags == P.SerializedObject.SYSTEM_ERROR else "its constructor failed")
+            self._kill_actor(actor, why)
+            return
+        actor.state = A.ALIVE
+        self._dispatch_actor(actor)
+
+    def _dispatch_actor(self, actor: ActorRec) -> None:
+        """Send an alive actor's calls whose turn came (all before them sent) to its worker."""
+        if actor.state != A.ALIVE:
+            return
+        calls = actor.calls
+        w = actor.worker
+        while calls:
+            t = calls[0]
+            if t.state == DONE or self.tasks.get(t.spec.task_id) is not t:
+                calls.popleft().queued = False  # failed while waiting (e.g. an input failed)
+                continue
+            if t.state != READY:
+                return
+            calls.popleft().queued = False
+            self._assign(t, w)
+
+    def _actor_worker_lost(self, w: WorkerRec, why: str) -> None:
+        """The actor's process (or node) died: retry or fail the calls it had, then restart
+        the actor or declare it dead."""
+        actor = w.actor
+        node = w.node
+        if node is not None:
+            node.actor_workers.pop(w.peer, None)
+            _add(node.avail, actor.resources)
+        sent = list(w.assigned)
+        w.assigned.clear()
+        self._forget_worker(w)
+        if actor.worker is not w:
+            return
+        actor.worker = None
+        actor.node = None
+        if actor.state != A.DEAD:
+            actor.cause = why
+        ctor = actor.ctor if actor.ctor in sent else None
+        sent = [t for t in sent if t is not ctor]
+        retry, fail = A.split_in_flight(sent, _int(actor.options.get("max_task_retries")))
+        if actor.state == A.DEAD or not A.will_restart(actor):
+            retry, fail = [], sent
+        for t in reversed(retry):
+            t.worker = None
+            t.state = READY
+            t.queued = True
+            actor.calls.appendleft(t)
+        for t in fail:
+            t.worker = None
+            self._fail_task(t, _ERR("ActorDiedError", A.died_message(actor, t.spec.name)))
+        if ctor is not None and not A.will_restart(actor):  # lost while creating, for good
+            actor.ctor = None
+            self._fail_task(ctor, _ERR("ActorDiedError", A.died_message(actor)))
+        if actor.state == A.DEAD:
+            return
+        if A.will_restart(actor):
+            if actor.restarts_left > 0:
+                actor.restarts_left -= 1
+            actor.restarts += 1
+            actor.state = A.RESTARTING
+            log.warning("%s died (%s): restarting it (restart %d)", actor.label(), why,
+                        actor.restarts)
+            self._start_constructor(actor)
+        else:
+            self._actor_dead(actor, why)
+
+    def _kill_actor(self, actor: ActorRec, why: str) -> None:
+        """Stop an actor for good: its queued calls fail now, its process is killed (the
+        calls it had fail when its exit is reported)."""
+        actor.no_restart = True
+        w = actor.worker
+        self._actor_dead(actor, why)
+        if w is not None and w.node is not None and w.node.alive:
+            self.out.send(w.node.peer, P.KillWorker(w.worker_id, f"{actor.label()}: {why}"))
+
+    def _actor_dead(self, actor: ActorRec, why: str) -> None:
+        if actor.state == A.DEAD:
+            return
+        actor.state = A.DEAD
+        actor.cause = why
+        log.info("%s is dead: %s", actor.label(), why)
+        self.dead_actors.append(actor.actor_id)  # kept a while, to say why calls to it fail
+        if len(self.dead_actors) > MAX_DEAD_ACTORS:
+            self.actors.pop(self.dead_actors.popleft(), None)
+        if actor.name_key is not None and self.actor_names.get(actor.name_key) == actor.actor_id:
+            del self.actor_names[actor.name_key]
+        if actor in self.unplaced:
+            self.unplaced.remove(actor)
+        node = actor.node
+        if node is not None and actor in node.actor_queue:
+            node.actor_queue.remove(actor)
+            _add(node.avail, actor.resources)
+            actor.node = None
+        ctor = actor.ctor
+        if ctor is not None and self.tasks.get(ctor.spec.task_id) is ctor and ctor.state != ASSIGNED:
+            actor.ctor = None
+            self._cancel_waiting(ctor)
+            self._fail_task(ctor, _ERR("ActorDiedError", A.died_message(actor)))
+        while actor.calls:
+            t = actor.calls.popleft()
+            t.queued = False
+            if self.tasks.get(t.spec.task_id) is t and t.state != DONE:
+                self._cancel_waiting(t)
+                self._fail_task(t, _ERR("ActorDiedError", A.died_message(actor, t.spec.name)))
+
+    def _cancel_waiting(self, t: TaskRec) -> None:
+        """A waiting task is failed from outside: stop waiting for its inputs."""
+        if t.state != WAITING or not t.waiting:
+            return
+        for d in t.spec.deps:
+            obj = self.objects.get(d)
+            if obj is not None and obj.waiters and t in obj.waiters:
+                obj.waiters.remove(t)
+        t.waiting = 0
+
+    def _on_get_actor(self, peer: bytes, msg: P.GetActor) -> None:
+        actor = self.actors.get(self.actor_names.get((msg.namespace, msg.name), b""))
+        if actor is None or actor.state == A.DEAD:
+            where = f" in namespace {msg.namespace!r}" if msg.namespace else ""
+            info = {"error": f"no live actor named {msg.name!r}{where}"}
+        else:
+            info = actor.handle_info()
+        self.out.send(peer, P.ActorReply(msg.request_id, info))
+
+    def _on_kill_actor(self, peer: bytes, msg: P.KillActor) -> None:
+        actor = self.actors.get(msg.actor_id)
+        if actor is None or actor.state == A.DEAD:
+            return
+        if msg.no_restart or actor.worker is None:
+            self._kill_actor(actor, "it was killed by taskmesh.kill()")
+        else:  # its exit restarts it (if it has restarts left)
+            w = actor.worker
+            self.out.send(w.node.peer, P.KillWorker(w.worker_id, f"{actor.label()}: "
+                                                    "killed by taskmesh.kill(no_restart=False)"))
+
     # ------------------------------------------------------------------ workers
 
     def _on_results(self, peer: bytes, msg: P.TaskResults) -> None:
@@ -515,6 +808,8 @@ class HeadState:
                 self._finish(t, [err] * t.spec.num_returns)
             else:
                 self._finish(t, r.returns, node=w.node)
+                if t.spec.method == "__init__" and w.actor is not None:
+                    self._actor_created(w.actor, t, r.returns[0] if r.returns else None)
             if w.node is not None:
                 w.node.finished += 1
         if not w.assigned and w.lease is not None:
@@ -627,6 +922,9 @@ class HeadState:
             return
         w = next((w for w in node.workers.values() if w.worker_id == msg.worker_id), None)
         if w is None:
+            w = next((w for w in node.actor_workers.values() if w.worker_id == msg.worker_id),
+                     None)
+        if w is None:
             orphans = self.orphan_workers.get(node.node_id, [])
             w = next((o for o in orphans if o.worker_id == msg.worker_id), None)
             if w is not None:
@@ -644,6 +942,9 @@ class HeadState:
 
     def _worker_lost(self, w: WorkerRec, kind: str, why: str) -> None:
         """A worker is gone: its running task retries or fails, its queued ones run elsewhere."""
+        if w.actor is not None:
+            self._actor_worker_lost(w, why)
+            return
         node = w.node
         if node is not None:
             node.workers.pop(w.peer, None)
@@ -678,8 +979,13 @@ class HeadState:
     def _node_lost(self, node: NodeRec, why: str, level: int = logging.WARNING) -> None:
         log.log(level, "node %s (%s) declared dead: %s", node.node_id, node.address, why)
         node.alive = False
-        for w in list(node.workers.values()):
+        for w in [*node.workers.values(), *node.actor_workers.values()]:
             self._worker_lost(w, "NodeLostError", f"node {node.node_id} ({node.address}) was lost ({why})")
+        while node.actor_queue:  # placed there, but no worker had started yet
+            actor = node.actor_queue.popleft()
+            _add(node.avail, actor.resources)
+            actor.node = None
+            self._place_actor(actor)
         node.idle.clear()
         node.starting = 0
         held, node.objects = node.objects, set()
@@ -702,7 +1008,11 @@ class HeadState:
     def _release_owned_by(self, peer: bytes) -> None:
         """The owner is gone: so are its refs. Its pending tasks whose results nobody else
         needs (no borrower, no pending task, no value refers to them) are cancelled; the others
-        run on for those who need them."""
+        run on for those who need them. Its actors die with it, unless detached."""
+        if self.actors:
+            for actor in list(self.actors.values()):
+                if actor.owner == peer and not actor.detached and actor.state != A.DEAD:
+                    self._kill_actor(actor, "its owner (the process that created it) exited")
         for oid, obj in list(self.objects.items()):
             if obj.owner == peer:
                 obj.released = True
@@ -752,6 +1062,9 @@ class HeadState:
     # ------------------------------------------------------------------ task completion
 
     def _enqueue(self, t: TaskRec, front: bool = False) -> None:
+        if t.spec.actor_id:
+            self._actor_task_ready(t)
+            return
         t.state = READY
         if t.queued:  # its old entry is still in the queue: it will be found there
             return
@@ -765,6 +1078,9 @@ class HeadState:
             q.append(t)
 
     def _make_ready(self, t: TaskRec) -> None:
+        if t.spec.actor_id:
+            self._actor_task_ready(t)
+            return
         q = self.queues.get(t.shape)
         if q is None:
             q = self.queues[t.shape] = deque()
@@ -796,7 +1112,8 @@ class HeadState:
             obj = objects.get(oid)
             if obj is not None:
                 self._set_value(oid, obj, value, push_owner=True, node=node)
-                if obj.locations and obj.lineage is None:  # stored: rebuildable from its task
+                if obj.locations and obj.lineage is None and not t.spec.actor_id:
+                    # stored: rebuildable from its task (not an actor call: its state is gone)
                     obj.lineage = t
                     obj.rebuilds_left = t.spec.max_retries
             elif value.is_stored and node is not None:  # nobody wants it: free the copy
@@ -1170,8 +1487,17 @@ class HeadState:
             rec = self.objects.get(args.contained[0]) if args.contained else None
             if rec is not None and rec.value is not None:
                 args = rec.value
+        if not spec.actor_id:
+            return P.Assignment(spec.task_id, spec.name, spec.function_id, blob, args,
+                                dep_values, spec.num_returns)
+        actor_opts = None
+        if spec.method == "__init__":
+            o = w.actor.options if w.actor is not None else {}
+            actor_opts = {"actor_id": spec.actor_id, "class_name": str(o.get("class_name", "")),
+                          "max_concurrency": _int(o.get("max_concurrency")) or 1,
+                          "is_async": bool(o.get("is_async"))}
         return P.Assignment(spec.task_id, spec.name, spec.function_id, blob, args,
-                            dep_values, spec.num_returns)
+                            dep_values, spec.num_returns, spec.method, actor_opts)
 
     def _release_lease(self, w: WorkerRec) -> None:
         node = w.node
@@ -1209,6 +1535,8 @@ class HeadState:
                           "finished": self.finished, "failed": self.failed},
                 "objects": len(self.objects),
                 "drivers": sum(1 for k in self.peers.values() if k == "driver"),
+                "actors": {state: sum(1 for a in self.actors.values() if a.state == state)
+                           for state in (A.PENDING, A.CREATING, A.ALIVE, A.RESTARTING, A.DEAD)},
             }
         return {"error": f"unknown info request {what!r}"}
 
@@ -1223,6 +1551,7 @@ class HeadState:
             "Available": {k: max(0, v) for k, v in n.avail.items()},
             "CPUsInUse": busy_units,
             "Workers": len(n.workers),
+            "Actors": len(n.actor_workers),
             "TasksRunning": sum(len(w.assigned) for w in n.workers.values()),
             "TasksFinished": n.finished,
             "pid": n.pid,
@@ -1273,6 +1602,9 @@ _HANDLERS: dict[type, tuple[Any, tuple[str, ...]]] = {
     P.Borrow: (HeadState._on_borrow, _CLIENT),
     P.InfoRequest: (HeadState._on_info, ("driver", "worker", "status")),
     P.Goodbye: (HeadState._on_goodbye, ("driver", "status", "node")),
+    P.CreateActor: (HeadState._on_create_actor, ("driver", "worker")),
+    P.GetActor: (HeadState._on_get_actor, ("driver", "worker")),
+    P.KillActor: (HeadState._on_kill_actor, ("driver", "worker")),
     P.TaskResults: (HeadState._on_results, ("worker",)),
     P.Blocked: (HeadState._on_blocked, ("worker",)),
     P.Unblocked: (HeadState._on_unblocked, ("worker",)),

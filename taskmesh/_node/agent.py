@@ -44,12 +44,13 @@ _DECLARED_DEAD = "this head declared the node dead"
 
 
 class _Worker:
-    __slots__ = ("worker_id", "proc", "pidfd")
+    __slots__ = ("worker_id", "proc", "pidfd", "killed")
 
     def __init__(self, worker_id: str, proc: subprocess.Popen, pidfd: int) -> None:
         self.worker_id = worker_id
         self.proc = proc
         self.pidfd = pidfd
+        self.killed = False  # by the head's KillWorker: its SIGKILL is no surprise
 
 
 class NodeAgent:
@@ -173,6 +174,7 @@ class NodeAgent:
         if w is None:
             return  # already gone
         log.info("killing worker %s (pid %d): %s", worker_id, w.proc.pid, reason)
+        w.killed = True
         try:
             w.proc.kill()
         except OSError:
@@ -185,7 +187,8 @@ class NodeAgent:
         if w is None:
             return
         code = w.proc.wait()
-        level = logging.INFO if code in (0, -signal.SIGTERM) else logging.WARNING
+        level = (logging.INFO if code in (0, -signal.SIGTERM) or (w.killed and code == -signal.SIGKILL)
+                 else logging.WARNING)
         log.log(level, "worker %s (pid %d) exited with %s", w.worker_id, w.proc.pid, code)
         self.sock.send(P.WorkerExited(w.worker_id, w.proc.pid, code))
 

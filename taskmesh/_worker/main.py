@@ -13,11 +13,14 @@ soon as the node agent's lifeline pipe closes, even in the middle of a long task
 from __future__ import annotations
 
 import collections
+import inspect
 import logging
 import os
 import pickle
 import threading
 import time
+import traceback
+from concurrent.futures import ThreadPoolExecutor as _ThreadPool
 from typing import Any
 
 from .. import _protocol as P
@@ -31,6 +34,7 @@ from ..errors import ObjectLostError, SerializationError, TaskmeshError
 log = logging.getLogger("taskmesh.worker")
 
 _MAX_BATCH = 64
+_PACKAGE_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 class Worker:
@@ -64,6 +68,12 @@ class Worker:
         self.running = 0  # tasks executing (more than one while Help tasks run)
         self._uncounted = threading.local()  # this thread's block did not lend a CPU
         self.exit_reason: str | None = None
+        #: the actor instance, once this worker ran an actor's constructor (it then runs only
+        #: that actor's calls: in order, or in a thread pool / an event loop for concurrency)
+        self.actor: Any = None
+        self.actor_label = ""
+        self._concurrent: Any = None  # ThreadPoolExecutor, or the asyncio loop of an async actor
+        self._async_slots: Any = None  # asyncio.Semaphore: max_concurrency of an async actor
         CTX.core = self.core
         CTX.node_id = node_id
         CTX.worker_id = worker_id
@@ -154,6 +164,9 @@ class Worker:
         return fn
 
     def _run(self, a: P.Assignment) -> None:
+        if self._concurrent is not None and a.method:
+            self._run_concurrently(a)
+            return
         start = time.perf_counter()
         if not self.results:
             self.batch_started = start
@@ -172,11 +185,19 @@ class Worker:
                 self.results.append(P.TaskResult(a.task_id, [lost.error()], 0.0))
                 return
             args, kwargs = S.unpack_args(args_obj, deps)
-            result = fn(*args, **kwargs)
+            if not a.method:
+                result = fn(*args, **kwargs)
+            elif a.method == "__init__":
+                result = self._become_actor(a, fn, args, kwargs)
+            else:
+                result = self._call_method(a, args, kwargs)
         except BaseException as exc:  # noqa: BLE001 - every task failure becomes an error object
             if isinstance(exc, KeyboardInterrupt):
                 exc = RuntimeError("the task was interrupted (KeyboardInterrupt)")
-            returns = [S.dump_task_error(exc, a.name, self.node_id, self.pid)] * n
+            if a.method == "__init__":
+                returns = [_constructor_failed(exc, a, self.node_id, self.pid)]
+            else:
+                returns = [S.dump_task_error(exc, a.name, self.node_id, self.pid)] * n
         else:
             try:
                 returns = self._serialize_returns(a, result)
@@ -186,6 +207,80 @@ class Worker:
         CTX.current_task_id, CTX.current_task_name = outer
         self.running -= 1
         self.results.append(P.TaskResult(a.task_id, returns, time.perf_counter() - start))
+
+    # ------------------------------------------------------------------ actors
+
+    def _become_actor(self, a: P.Assignment, cls: Any, args: tuple, kwargs: dict) -> None:
+        """Run an actor's constructor: from now on this process serves only that actor."""
+        opts = a.actor or {}
+        self.actor = cls(*args, **kwargs)
+        self.actor_label = f"actor {opts.get('class_name') or a.name}"
+        # a blocked call keeps its process: there is no CPU to lend nor tasks to hand back
+        self.core.on_block = self.core.on_unblock = self.core.on_wait_step = None
+        concurrency = int(opts.get("max_concurrency") or 1)
+        if opts.get("is_async"):
+            import asyncio
+
+            loop = asyncio.new_event_loop()
+            threading.Thread(target=loop.run_forever, name="taskmesh-actor-loop",
+                             daemon=True).start()
+            self._async_slots = asyncio.run_coroutine_threadsafe(
+                _semaphore(concurrency), loop).result()
+            self._concurrent = loop
+        elif concurrency > 1:
+            from concurrent.futures import ThreadPoolExecutor
+
+            self._concurrent = ThreadPoolExecutor(concurrency, "taskmesh-actor")
+        return None
+
+    def _call_method(self, a: P.Assignment, args: tuple, kwargs: dict) -> Any:
+        if self.actor is None:
+            raise RuntimeError(f"{a.name}: this worker runs no actor (its constructor did not run)")
+        return getattr(self.actor, a.method)(*args, **kwargs)
+
+    def _run_concurrently(self, a: P.Assignment) -> None:
+        """A call of a threaded or async actor: run it beside the others; its result goes
+        out on its own as soon as it is done."""
+        if not isinstance(self._concurrent, _ThreadPool):  # an event loop
+            import asyncio
+
+            asyncio.run_coroutine_threadsafe(self._call_async(a), self._concurrent)
+        else:
+            self._concurrent.submit(self._call_in_thread, a)
+
+    def _call_in_thread(self, a: P.Assignment) -> None:
+        start = time.perf_counter()
+        returns = self._call_returns(a, lambda args, kwargs: self._call_method(a, args, kwargs))
+        self.core.send(P.TaskResults([P.TaskResult(a.task_id, returns,
+                                                   time.perf_counter() - start)]))
+
+    async def _call_async(self, a: P.Assignment) -> None:
+        async with self._async_slots:
+            start = time.perf_counter()
+            try:
+                deps, args_obj = self._inputs(a)
+                args, kwargs = S.unpack_args(args_obj, deps)
+                result = self._call_method(a, args, kwargs)
+                if inspect.isawaitable(result):
+                    result = await result
+                returns = self._serialize_returns(a, result)
+            except _InputLost as lost:
+                returns = [lost.error()]
+            except BaseException as exc:  # noqa: BLE001 - every failure becomes an error object
+                returns = [S.dump_task_error(exc, a.name, self.node_id, self.pid)] * a.num_returns
+            self.core.send(P.TaskResults([P.TaskResult(a.task_id, returns,
+                                                       time.perf_counter() - start)]))
+
+    def _call_returns(self, a: P.Assignment, call: Any) -> list:
+        try:
+            deps, args_obj = self._inputs(a)
+            args, kwargs = S.unpack_args(args_obj, deps)
+            result = call(args, kwargs)
+            return self._serialize_returns(a, result)
+        except _InputLost as lost:
+            return [lost.error()]
+        except BaseException as exc:  # noqa: BLE001 - every failure becomes an error object
+            return [S.dump_task_error(exc, a.name, self.node_id, self.pid)] * a.num_returns
 
     def _inputs(self, a: P.Assignment) -> tuple[Any, Any]:
         """The task's dependency values and its arguments object, read from the node's store
@@ -300,6 +395,24 @@ def _read(resolve: Any, obj: P.SerializedObject) -> P.SerializedObject:
         return resolve(obj, None, False)
     except ObjectLostError as exc:
         raise _InputLost(obj.read_stored()[0], exc) from None
+
+
+async def _semaphore(n: int) -> Any:
+    import asyncio
+
+    return asyncio.Semaphore(n)
+
+
+def _constructor_failed(exc: BaseException, a: P.Assignment, node_id: str,
+                        pid: int) -> P.SerializedObject:
+    """Why an actor could not start, as text the head can read (it never unpickles)."""
+    tb = exc.__traceback__
+    while tb is not None and tb.tb_frame.f_code.co_filename.startswith(_PACKAGE_DIR):
+        tb = tb.tb_next  # from the user's constructor on
+    tb = "".join(traceback.format_exception(type(exc), exc, tb)[1:])
+    return P.SerializedObject.system_error(
+        "ActorDiedError", f"its constructor {a.name} raised {type(exc).__name__}: {exc} "
+                          f"(node {node_id}, pid {pid})\n{tb.rstrip()}")
 
 
 def _store_gone() -> None:

@@ -37,7 +37,7 @@ def task_error(data: bytes = b"pickled ValueError('boom')") -> SO:
 
 def build(cls, **fields):
     """A message or record from named fields (ones this protocol version lacks are ignored)."""
-    return cls(**{name: fields[name] for name in cls._fields})
+    return cls(**{name: fields[name] for name in cls._fields if name in fields})
 
 
 def blocked(returned=(), waiting=()) -> P.Blocked:

@@ -30,8 +30,9 @@ SYS = SerializedObject.system_error("WorkerCrashedError", "boom")
 
 
 def build(cls, **fields):
-    """A record from named fields; fields the class does not (or no longer) have are ignored."""
-    return cls(**{name: fields[name] for name in cls._fields})
+    """A record from named fields; fields the class does not (or no longer) have are ignored,
+    fields it has defaults for may be left out."""
+    return cls(**{name: fields[name] for name in cls._fields if name in fields})
 
 
 def make_spec(**changes) -> TaskSpec:
@@ -71,6 +72,9 @@ EXAMPLES: dict[type, list] = {
     P.Execute: [P.Execute([
         Assignment(b"t1", "mod.f", b"fid", b"blob", SO, [SO, ERR], 1),
         Assignment(b"t2", "mod.f", b"fid", None, None, [], 0),
+        Assignment(b"t3", "mod.C.__init__", b"cid", b"blob", None, [], 1, "__init__",
+                   {"actor_id": b"t3", "max_concurrency": 1, "is_async": False}),
+        Assignment(b"t4", "mod.C.get", b"cid", None, SO, [], 1, "get"),
     ])],
     P.TaskResults: [P.TaskResults([TaskResult(b"t1", [SO, ERR], 0.25),
                                    TaskResult(b"t2", [], 3)])],
@@ -103,6 +107,13 @@ EXAMPLES: dict[type, list] = {
     P.StorePinFailed: [P.StorePinFailed(b"o" * 20, "not in this node's object store", False),
                        P.StorePinFailed(b"o" * 20, "cannot restore object: no room", True)],
     P.StoreWaiting: [P.StoreWaiting(b"o" * 20)],
+    P.CreateActor: [P.CreateActor(make_spec(actor_id=b"t" * 16, method="__init__"),
+                                  {"class_name": "mod.C", "methods": {"f": {"num_returns": 1}},
+                                   "name": "counter", "detached": True}, 3)],
+    P.ActorReply: [P.ActorReply(3, {"actor_id": b"a" * 16, "class_name": "mod.C"}),
+                   P.ActorReply(4, {"error": "no actor named 'x'"})],
+    P.GetActor: [P.GetActor(5, "counter", "")],
+    P.KillActor: [P.KillActor(b"a" * 16, True)],
 }
 if hasattr(P, "Goodbye"):
     EXAMPLES[P.Goodbye] = [P.Goodbye()]

@@ -1,0 +1,97 @@
+"""Actors at the head: one record per actor, and the decisions about its life.
+
+    CreateActor ──▶ PENDING: the constructor waits for its inputs, then for a node
+                      │ placed: an idle pool worker (or a fresh one) is dedicated to it
+                      ▼
+                  CREATING ──constructor returned──▶ ALIVE ──calls, in submission order──▶ its worker
+                      │ raised                          │ its process or node died
+                      ▼                                 ▼
+                    DEAD ◀────no restarts left──── RESTARTING: constructor again on a new worker
+
+An actor's worker leaves its node's pool (``NodeRec.actor_workers``), and the node starts a
+replacement, so actors never eat the task pool. Calls are queued per actor in the order the
+head received them (each caller's messages arrive in order, so each caller's calls run in
+its order); a call leaves the queue only when every call before it was sent. The worker runs
+them in that order (or up to ``max_concurrency`` at once). The head owns all of this in
+``HeadState``; what lives here is the record and the pure decisions.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from typing import Any
+
+PENDING, CREATING, ALIVE, RESTARTING, DEAD = "pending", "creating", "alive", "restarting", "dead"
+
+#: the fields of ``CreateActor.options`` a handle needs, sent back in ``ActorReply``
+HANDLE_FIELDS = ("class_name", "methods", "is_async", "max_task_retries")
+
+
+class ActorRec:
+    __slots__ = ("actor_id", "spec", "owner", "options", "state", "worker", "node", "calls",
+                 "restarts_left", "restarts", "cause", "no_restart", "resources", "ctor",
+                 "name_key", "warned")
+
+    def __init__(self, spec: Any, owner: bytes, options: dict) -> None:
+        self.actor_id: bytes = spec.task_id
+        self.spec = spec  # the constructor's TaskSpec, run again on each restart
+        self.owner = owner
+        self.options = options
+        self.state = PENDING
+        self.worker: Any = None  # WorkerRec while placed
+        self.node: Any = None  # NodeRec while placed
+        self.calls: deque = deque()  # TaskRecs of calls not sent yet, in submission order
+        self.restarts_left = int(options.get("max_restarts", 0))
+        self.restarts = 0
+        self.cause = ""  # why it died (or last died)
+        self.no_restart = False  # killed by taskmesh.kill(no_restart=True)
+        self.resources: dict = dict(spec.resources)  # held on its node while placed
+        self.ctor: Any = None  # the TaskRec of the running constructor
+        self.warned = False  # its owner was told that no node can hold it
+        name = options.get("name") or ""
+        self.name_key = (str(options.get("namespace") or ""), name) if name else None
+
+    @property
+    def class_name(self) -> str:
+        return str(self.options.get("class_name", "actor"))
+
+    @property
+    def detached(self) -> bool:
+        return bool(self.options.get("detached"))
+
+    def label(self) -> str:
+        """How errors and logs name the actor."""
+        name = f" {self.name_key[1]!r}" if self.name_key else ""
+        return f"actor {self.class_name}{name} ({self.actor_id.hex()})"
+
+    def handle_info(self) -> dict:
+        info = {k: self.options[k] for k in HANDLE_FIELDS if k in self.options}
+        info["actor_id"] = self.actor_id
+        info["function_id"] = self.spec.function_id
+        return info
+
+
+def will_restart(actor: ActorRec) -> bool:
+    """After its worker died: run the constructor again (True) or die (False)."""
+    return not actor.no_restart and actor.state != DEAD and actor.restarts_left != 0
+
+
+def split_in_flight(calls: list, max_task_retries: int) -> tuple[list, list]:
+    """Calls that were sent to a worker that died: (retry, fail). A call is retried while its
+    retries last (``max_task_retries``: -1 forever, 0 never, as in Ray); those retried go back
+    to the front of the actor's queue, in their order."""
+    retry, fail = [], []
+    for t in calls:
+        if t.retries_left != 0 and max_task_retries != 0:
+            if t.retries_left > 0:
+                t.retries_left -= 1
+            retry.append(t)
+        else:
+            fail.append(t)
+    return retry, fail
+
+
+def died_message(actor: ActorRec, call_name: str | None = None) -> str:
+    """The ActorDiedError text for a call (or for the actor itself)."""
+    what = f"call {call_name} failed: " if call_name else ""
+    return f"{what}{actor.label()} died: {actor.cause}"
