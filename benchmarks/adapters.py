@@ -60,6 +60,22 @@ class Api(Protocol):
         """Return ``(ready, not_ready)`` once ``num_returns`` refs are ready or ``timeout`` passes."""
         ...
 
+    def actor(self, cls: type, *args: Any) -> Any:
+        """Start an actor of ``cls``; return its handle once it can take calls."""
+        ...
+
+    def method(self, handle: Any, name: str) -> Submit:
+        """A function that calls ``handle.name(*args)`` and returns a ref to the result."""
+        ...
+
+    def get_calls(self, refs: list) -> list:
+        """The results of actor calls (a framework may have special futures for them)."""
+        ...
+
+    def kill(self, handle: Any) -> None:
+        """Stop an actor."""
+        ...
+
 
 # --------------------------------------------------------------------------- Ray-like
 
@@ -98,6 +114,18 @@ class RayLikeApi:
             list(refs), num_returns=num_returns, timeout=timeout
         )
         return list(ready), list(not_ready)
+
+    def actor(self, cls: type, *args: Any) -> Any:
+        return self._mod.remote(cls).remote(*args)
+
+    def method(self, handle: Any, name: str) -> Submit:
+        return getattr(handle, name).remote
+
+    def get_calls(self, refs: list) -> list:
+        return self._mod.get(refs)
+
+    def kill(self, handle: Any) -> None:
+        self._mod.kill(handle)
 
 
 # --------------------------------------------------------------------------- Dask
@@ -158,6 +186,18 @@ class DaskApi:
         ready = [f for f in refs if f.key in done_keys][:num_returns]
         ready_keys = {f.key for f in ready}
         return ready, [f for f in refs if f.key not in ready_keys]
+
+    def actor(self, cls: type, *args: Any) -> Any:
+        return self._client.submit(cls, *args, actor=True, pure=False).result()
+
+    def method(self, handle: Any, name: str) -> Submit:
+        return getattr(handle, name)  # returns an ActorFuture
+
+    def get_calls(self, refs: list) -> list:
+        return [f.result() for f in refs]
+
+    def kill(self, handle: Any) -> None:
+        pass  # a Dask actor goes when its last proxy does
 
 
 # --------------------------------------------------------------------------- lifecycle

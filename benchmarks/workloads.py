@@ -203,6 +203,9 @@ def expected_nested(i: int, children: int) -> int:
 
 NOOP_ASYNC_TASKS = 5000
 NOOP_SYNC_ROUND_TRIPS = 500
+ACTOR_ASYNC_CALLS = 2000
+ACTOR_SYNC_CALLS = 500
+ACTOR_CREATIONS = 3
 TREE_LEAVES = 1024
 TREE_LEAF_SIZE = 10_000
 NESTED_PARENTS = 50
@@ -254,6 +257,75 @@ def _same_array(result: Any, expected: np.ndarray, what: str) -> None:
         raise VerificationError(
             f"{what}: result[{k}]={result[k]!r}, expected {expected[k]!r}"
         )
+
+
+class BenchCounter:
+    """The actor of the actor workloads: a counter, so results show the order calls ran in."""
+
+    def __init__(self) -> None:
+        self.n = 0
+
+    def add(self, k: int) -> int:
+        self.n += k
+        return self.n
+
+    def ping(self) -> int:
+        return NOOP_RESULT
+
+
+def run_actor_calls_async(api: Api, n: int = ACTOR_ASYNC_CALLS) -> Sample:
+    """``n`` calls to one actor, then get all (the actor is started and warm, untimed)."""
+    actor = api.actor(BenchCounter)
+    verify(api.get_calls([api.method(actor, "ping")()]) == [NOOP_RESULT], "actor_calls: ping")
+    add = api.method(actor, "add")
+    t0 = time.perf_counter()
+    refs = [add(1) for _ in range(n)]
+    results = api.get_calls(refs)
+    elapsed = time.perf_counter() - t0
+    api.kill(actor)
+    verify(sorted(results) == list(range(1, n + 1)),
+           f"actor_calls_async: the counter's values are not 1..{n}")
+    return Sample(elapsed, {"in_order": results == list(range(1, n + 1))})
+
+
+def run_actor_calls_sync(api: Api, n: int = ACTOR_SYNC_CALLS) -> float:
+    """``n`` sequential call-then-get round trips to one warm actor."""
+    actor = api.actor(BenchCounter)
+    add = api.method(actor, "add")
+    verify(api.get_calls([add(0)]) == [0], "actor_calls_sync: first call")
+    results = []
+    t0 = time.perf_counter()
+    for _ in range(n):
+        results.extend(api.get_calls([add(1)]))
+    elapsed = time.perf_counter() - t0
+    api.kill(actor)
+    verify(results == list(range(1, n + 1)), "actor_calls_sync: wrong counter values")
+    return elapsed
+
+
+def run_actor_create(api: Api, n: int = ACTOR_CREATIONS) -> float:
+    """Start ``n`` actors one after another, each until its first call returned."""
+    actors = []
+    t0 = time.perf_counter()
+    for _ in range(n):
+        a = api.actor(BenchCounter)
+        verify(api.get_calls([api.method(a, "ping")()]) == [NOOP_RESULT], "actor_create: ping")
+        actors.append(a)
+    elapsed = time.perf_counter() - t0
+    for a in actors:
+        api.kill(a)
+    return elapsed
+
+
+def note_actor_order(collected: dict[str, Any]) -> str | None:
+    """Whether the calls ran in the order they were made (Dask's actors do not promise it)."""
+    infos = [i for i in [collected.get("warmup"), *(collected.get("timed") or [])] if i]
+    out_of_order = sum(1 for i in infos if not i.get("in_order", True))
+    if not infos:
+        return None
+    if not out_of_order:
+        return "calls ran in submission order in every iteration"
+    return f"calls ran out of submission order in {out_of_order} of {len(infos)} iterations"
 
 
 def run_noop_async(api: Api, n: int = NOOP_ASYNC_TASKS) -> float:
@@ -882,6 +954,37 @@ register(
         ),
         ratio_label="  (overhead / Ray's)",
         ratio_target=0.5,
+    )
+)
+register(
+    Workload(
+        name="actor_calls_async",
+        description=f"{ACTOR_ASYNC_CALLS} calls to one actor, then get all",
+        unit="calls/s",
+        better="higher",
+        metric=lambda s: ACTOR_ASYNC_CALLS / s,
+        run=run_actor_calls_async,
+        note=note_actor_order,
+    )
+)
+register(
+    Workload(
+        name="actor_calls_sync",
+        description=f"{ACTOR_SYNC_CALLS} sequential call-then-get round trips to one actor",
+        unit="ms/call",
+        better="lower",
+        metric=lambda s: s * 1000.0 / ACTOR_SYNC_CALLS,
+        run=run_actor_calls_sync,
+    )
+)
+register(
+    Workload(
+        name="actor_create",
+        description=f"start {ACTOR_CREATIONS} actors one by one, each until its first call returned",
+        unit="s/actor",
+        better="lower",
+        metric=lambda s: s / ACTOR_CREATIONS,
+        run=run_actor_create,
     )
 )
 register(

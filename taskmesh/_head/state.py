@@ -607,17 +607,19 @@ class HeadState:
         if node.idle:
             w = node.idle.pop()
             node.workers.pop(w.peer, None)
-            node.starting += 1  # a replacement keeps the pool at its size
-            self.out.send(node.peer, P.StartWorkers(1))
             self._start_actor(actor, w)
         else:  # the next worker that joins this node is the actor's
             node.actor_queue.append(actor)
-            node.starting += 1
-            self.out.send(node.peer, P.StartWorkers(1))
+            if node.starting < len(node.actor_queue):  # none on its way for it yet
+                node.starting += 1
+                self.out.send(node.peer, P.StartWorkers(1))
 
     def _start_actor(self, actor: ActorRec, w: WorkerRec) -> None:
         node = w.node
         node.actor_workers[w.peer] = w
+        if node.alive and len(node.workers) + node.starting - len(node.actor_queue) < node.num_cpus:
+            node.starting += 1  # a replacement keeps the pool at its size
+            self.out.send(node.peer, P.StartWorkers(1))
         w.actor = actor
         w.lease = None
         actor.worker = w
