@@ -13,6 +13,7 @@
 from .actor import ActorClass, ActorHandle, get_actor, kill, method
 from .api import (
     available_resources,
+    cancel,
     cluster_resources,
     get,
     get_runtime_context,
@@ -26,6 +27,8 @@ from .api import (
 )
 from .errors import (
     ActorDiedError,
+    TaskCancelledError,
+    TaskTimeoutError,
     GetTimeoutError,
     HeadConnectionError,
     NodeLostError,
@@ -45,7 +48,7 @@ __all__ = [
     "init", "shutdown", "is_initialized", "remote", "get", "put", "wait",
     "nodes", "cluster_resources", "available_resources", "get_runtime_context",
     "ObjectRef", "RemoteFunction", "ActorClass", "ActorHandle", "get_actor", "kill", "method",
-    "ActorDiedError",
+    "ActorDiedError", "TaskCancelledError", "TaskTimeoutError", "cancel",
     "TaskmeshError", "TaskError", "GetTimeoutError", "WorkerCrashedError", "NodeLostError",
     "ObjectLostError", "ObjectStoreFullError", "SerializationError", "HeadConnectionError", "ProtocolVersionError",
 ]

@@ -130,6 +130,7 @@ class TaskSpec(NamedTuple):
     retry_exceptions: bool  # also retry when the task raises
     actor_id: bytes = b""  # a call to (or, with method "__init__", the creation of) an actor
     method: str = ""  # the actor method called
+    timeout_s: float = 0.0  # stop it once it ran this long (0: no limit)
 
 
 class Assignment(NamedTuple):
@@ -144,6 +145,7 @@ class Assignment(NamedTuple):
     num_returns: int
     method: str = ""  # an actor method to call on this worker's actor ("__init__": create it)
     actor: dict | None = None  # with "__init__": the actor's id, name and concurrency options
+    timeout_s: float = 0.0  # as in the spec
 
 
 class TaskResult(NamedTuple):
@@ -254,12 +256,12 @@ def _resources(v: Any) -> dict:
 _TASK_SPEC = _record(
     TaskSpec,
     [_BYTES, _STR, _BYTES, _optional(_serialized), _list_of(_BYTES), _INT, _resources, _INT, _BOOL,
-     _BYTES, _STR],
+     _BYTES, _STR, _FLOAT],
 )
 _ASSIGNMENT = _record(
     Assignment,
     [_BYTES, _STR, _BYTES, _optional(_BYTES), _optional(_serialized), _list_of(_serialized), _INT,
-     _STR, _optional(_DICT)],
+     _STR, _optional(_DICT), _FLOAT],
 )
 _TASK_RESULT = _record(TaskResult, [_BYTES, _list_of(_serialized), _FLOAT])
 _OBJECT_VALUE = _record(ObjectValue, [_BYTES, _optional(_serialized), _INT])
@@ -369,6 +371,15 @@ class Borrow(NamedTuple):
     arguments): keep them until I Release them."""
 
     object_ids: list
+
+
+@_message(27, _list_of(_BYTES), _BOOL)
+class Cancel(NamedTuple):
+    """``taskmesh.cancel(ref)``: stop the tasks that make these objects. Queued ones are
+    dropped; a running one is interrupted (``force``: its worker is killed)."""
+
+    object_ids: list
+    force: bool
 
 
 @_message(15, _INT, _STR)
@@ -539,6 +550,15 @@ class KillActor(NamedTuple):
 
     actor_id: bytes
     no_restart: bool
+
+
+@_message(38, _STR, _BYTES)
+class InterruptTask(NamedTuple):
+    """Node agent: tell this worker (through its control pipe) to stop task ``task_id``: it
+    raises TaskCancelledError in it if it is running, or skips it if it has not started."""
+
+    worker_id: str
+    task_id: bytes
 
 
 @_message(34)

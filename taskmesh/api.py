@@ -12,6 +12,7 @@ import os
 import time
 from typing import Any, Callable, Sequence, TypeVar, overload
 
+from . import _protocol as P
 from . import _serialize as S
 from ._client.core import CoreClient
 from ._context import CTX, current_core
@@ -221,6 +222,21 @@ def wait(
         else:
             not_ready.append(r)
     return ready, not_ready
+
+
+def cancel(ref: ObjectRef, *, force: bool = False) -> None:
+    """Cancel the task that makes ``ref``: ``get(ref)`` then raises TaskCancelledError.
+
+    A task still queued or waiting for its inputs never runs. A running one gets
+    TaskCancelledError raised inside it (a blocking sleep or read is cut short; code that does
+    not return to the interpreter is not); with ``force=True`` its worker process is killed
+    instead (a replacement starts). Tasks that depend on it fail the same way. A finished task
+    is left as it is. An actor call can be cancelled like a task (``force`` is ignored there:
+    killing the process would kill the actor; use ``taskmesh.kill``).
+    """
+    if type(ref) is not ObjectRef:
+        raise TypeError(f"cancel() takes an ObjectRef, got {type(ref).__name__}")
+    current_core().send(P.Cancel([ref._id], bool(force)))
 
 
 def _resources_from_units(units: dict[str, int]) -> dict[str, float]:

@@ -150,6 +150,14 @@ class NodeLostError(TaskmeshError):
     """The node holding a task or object stopped answering the head."""
 
 
+class TaskCancelledError(TaskmeshError):
+    """The task was cancelled with ``taskmesh.cancel()`` before it finished."""
+
+
+class TaskTimeoutError(TaskmeshError, TimeoutError):
+    """The task ran longer than its ``timeout_s`` option and was stopped."""
+
+
 class ActorDiedError(TaskmeshError):
     """An actor is dead (its constructor raised, ``kill()``, its owner exited, or its process
     or node died with no restarts left): a call to it fails with this, naming the actor and
@@ -186,7 +194,7 @@ class ProtocolVersionError(HeadConnectionError):
 _SYSTEM_ERRORS: dict[str, type[TaskmeshError]] = {
     cls.__name__: cls
     for cls in (WorkerCrashedError, NodeLostError, ObjectLostError, ObjectStoreFullError,
-                ActorDiedError,
+                ActorDiedError, TaskCancelledError, TaskTimeoutError,
                 SerializationError, HeadConnectionError, TaskmeshError)
 }
 

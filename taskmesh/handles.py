@@ -119,7 +119,8 @@ class RemoteFunction:
         core.new_ref_ids(oids)  # before sending: the result may come back at once
         refs = [ObjectRef(oid, core) for oid in oids]
         spec = P.TaskSpec(task_id, name, self._fid, args_obj, [d._id for d in deps], n,
-                          opts.resources, opts.max_retries, opts.retry_exceptions)
+                          opts.resources, opts.max_retries, opts.retry_exceptions, b"", "",
+                          opts.timeout_s)
         core.submit(spec, oids)
         if n == 1:
             return refs[0]

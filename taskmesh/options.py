@@ -48,6 +48,12 @@ def _name(v: Any) -> Any:
     return v
 
 
+def _timeout(v: Any) -> Any:
+    if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float)) or v <= 0):
+        raise ValueError(f"timeout_s must be a number of seconds > 0 (or None), got {v!r}")
+    return v
+
+
 def _bool(name: str) -> Callable[[Any], Any]:
     def check(v: Any) -> Any:
         if not isinstance(v, bool):
@@ -67,6 +73,7 @@ TASK_OPTIONS: dict[str, tuple[Any, Callable[[Any], Any], str]] = {
                     "re-runs after a worker or node dies (-1: forever)"),
     "retry_exceptions": (False, _bool("retry_exceptions"), "also retry when the task raises"),
     "name": (None, _name, "task name shown in errors and status"),
+    "timeout_s": (None, _timeout, "stop the task once it ran this many seconds (TaskTimeoutError)"),
 }
 
 
@@ -91,6 +98,7 @@ class TaskOptions:
     max_retries: int
     retry_exceptions: bool
     name: str | None
+    timeout_s: float = 0.0
 
 
 def compile_options(options: dict[str, Any]) -> TaskOptions:
@@ -103,4 +111,4 @@ def compile_options(options: dict[str, Any]) -> TaskOptions:
         resources[k] = to_units(v)
     resources = {k: v for k, v in resources.items() if v}
     return TaskOptions(resources, merged["num_returns"], merged["max_retries"],
-                       merged["retry_exceptions"], merged["name"])
+                       merged["retry_exceptions"], merged["name"], float(merged["timeout_s"] or 0.0))

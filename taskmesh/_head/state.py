@@ -42,6 +42,8 @@ _ERR = P.SerializedObject.system_error
 
 #: dead actors remembered (calls to older ones fail with "no actor with id ... is known")
 MAX_DEAD_ACTORS = 1000
+#: a task past its timeout_s that its worker could not interrupt is killed this much later
+TIMEOUT_GRACE_S = 2.0
 
 # task states
 WAITING, READY, ASSIGNED, DONE, CANCELLED = range(5)
@@ -114,7 +116,7 @@ class WorkerRec:
 
 class TaskRec:
     __slots__ = ("spec", "owner", "state", "waiting", "worker", "retries_left", "shape", "queued",
-                 "dep_failures")
+                 "dep_failures", "started")
 
     def __init__(self, spec: P.TaskSpec, owner: bytes) -> None:
         self.spec = spec
@@ -126,6 +128,7 @@ class TaskRec:
         self.shape = tuple(sorted(spec.resources.items()))
         self.queued = False  # an entry for it sits in a ready queue (maybe stale)
         self.dep_failures = 0  # times a worker could not read its inputs
+        self.started: float | None = None  # with timeout_s: when it became its worker's running task
 
 
 class ObjectRec:
@@ -189,6 +192,8 @@ class HeadState:
         self.actor_names: dict[tuple[str, str], bytes] = {}  # (namespace, name) -> live actor
         self.unplaced: list[ActorRec] = []  # constructors ready, but no node has room yet
         self.dead_actors: deque[bytes] = deque()  # oldest first
+        self.timed: set[TaskRec] = set()  # assigned tasks with a timeout_s (head's backstop)
+        self.cancel_killed: set[bytes] = set()  # workers killed by cancel(force=True)
         self.now = now
 
     # ------------------------------------------------------------------ entry points
@@ -240,6 +245,8 @@ class HeadState:
                     self.gone_drivers[peer] = None
                     if len(self.gone_drivers) > 1000:  # remembered only to tell them so
                         del self.gone_drivers[next(iter(self.gone_drivers))]
+        if self.timed:
+            self._enforce_timeouts(now)
         if self.deferred:
             due = [t for when, t in self.deferred if when <= now]
             self.deferred = [(when, t) for when, t in self.deferred if when > now]
@@ -515,6 +522,54 @@ class HeadState:
     def _on_info(self, peer: bytes, msg: P.InfoRequest) -> None:
         self.out.send(peer, P.InfoReply(msg.request_id, self.info(msg.what)))
 
+    # ------------------------------------------------------------------ cancel and time-outs
+
+    def _on_cancel(self, peer: bytes, msg: P.Cancel) -> None:
+        """``taskmesh.cancel()``: the task fails now with TaskCancelledError (its dependents
+        too); a queued one never runs, one on a worker is interrupted (or, with ``force``,
+        its worker killed). Finished tasks and actor constructors are left alone."""
+        for oid in msg.object_ids:
+            t = self.tasks.get(oid[:16])
+            if t is None or t.state == DONE or t.spec.method == "__init__":
+                continue
+            self._stop_task(t, "TaskCancelledError",
+                            f"task {t.spec.name} was cancelled by taskmesh.cancel()", msg.force)
+
+    def _stop_task(self, t: TaskRec, kind: str, why: str, force: bool) -> None:
+        w = t.worker
+        if t.state == ASSIGNED and w is not None:
+            running = bool(w.assigned) and w.assigned[0] is t
+            if t in w.assigned:
+                w.assigned.remove(t)
+            if w.assigned and w.assigned[0].spec.timeout_s and w.assigned[0].started is None:
+                w.assigned[0].started = self.now
+            node = w.node
+            if node is not None and node.alive:
+                if force and running and w.actor is None:
+                    self.cancel_killed.add(w.peer)
+                    self.out.send(node.peer, P.KillWorker(w.worker_id, why))
+                else:  # running: interrupted; queued on the worker: skipped when reached
+                    self.out.send(node.peer, P.InterruptTask(w.worker_id, t.spec.task_id))
+            if not w.assigned and w.lease is not None:
+                self._release_lease(w)
+        else:
+            self._cancel_waiting(t)
+        self.timed.discard(t)
+        t.worker = None
+        self._fail_task(t, _ERR(kind, why))
+
+    def _enforce_timeouts(self, now: float) -> None:
+        """The worker stops a task whose timeout_s ran out; if it could not (stuck in code
+        that does not return to the interpreter), its process is killed a grace period later."""
+        for t in list(self.timed):
+            if t.state != ASSIGNED or t.worker is None:
+                self.timed.discard(t)
+            elif t.started is not None and now - t.started > t.spec.timeout_s + TIMEOUT_GRACE_S:
+                self._stop_task(t, "TaskTimeoutError", (
+                    f"task {t.spec.name} ran longer than its timeout_s={t.spec.timeout_s:g} s "
+                    f"and did not stop when interrupted: its worker (pid {t.worker.pid}) was "
+                    "killed"), force=True)
+
     # ------------------------------------------------------------------ actors
 
     def _on_create_actor(self, peer: bytes, msg: P.CreateActor) -> None:
@@ -789,8 +844,12 @@ class HeadState:
                 continue
             if w.assigned and w.assigned[0] is t:
                 w.assigned.popleft()
+                if w.assigned and w.assigned[0].spec.timeout_s and w.assigned[0].started is None:
+                    w.assigned[0].started = self.now
             else:
                 w.assigned.remove(t)
+            if self.timed:
+                self.timed.discard(t)
             fid = t.spec.function_id
             old = fn_mean.get(fid)
             fn_mean[fid] = r.duration_s if old is None else 0.8 * old + 0.2 * r.duration_s
@@ -959,9 +1018,12 @@ class HeadState:
         w.assigned.clear()
         self._forget_worker(w)
         requeue = []
+        charged = w.peer not in self.cancel_killed
+        self.cancel_killed.discard(w.peer)
         for i, t in enumerate(assigned):
             t.worker = None
-            if i == 0:  # the one it was running
+            self.timed.discard(t)
+            if i == 0 and charged:  # the one it was running
                 if t.retries_left != 0:
                     if t.retries_left > 0:
                         t.retries_left -= 1
@@ -1475,6 +1537,9 @@ class HeadState:
         t.state = ASSIGNED
         t.worker = w
         w.assigned.append(t)
+        if t.spec.timeout_s:
+            t.started = self.now if len(w.assigned) == 1 else None
+            self.timed.add(t)
         self.out.add(w.peer, P.Execute, self._assignment(t, w))
 
     def _assignment(self, t: TaskRec, w: WorkerRec) -> P.Assignment:
@@ -1491,7 +1556,7 @@ class HeadState:
                 args = rec.value
         if not spec.actor_id:
             return P.Assignment(spec.task_id, spec.name, spec.function_id, blob, args,
-                                dep_values, spec.num_returns)
+                                dep_values, spec.num_returns, "", None, spec.timeout_s)
         actor_opts = None
         if spec.method == "__init__":
             o = w.actor.options if w.actor is not None else {}
@@ -1499,7 +1564,7 @@ class HeadState:
                           "max_concurrency": _int(o.get("max_concurrency")) or 1,
                           "is_async": bool(o.get("is_async"))}
         return P.Assignment(spec.task_id, spec.name, spec.function_id, blob, args,
-                            dep_values, spec.num_returns, spec.method, actor_opts)
+                            dep_values, spec.num_returns, spec.method, actor_opts, spec.timeout_s)
 
     def _release_lease(self, w: WorkerRec) -> None:
         node = w.node
@@ -1607,6 +1672,7 @@ _HANDLERS: dict[type, tuple[Any, tuple[str, ...]]] = {
     P.CreateActor: (HeadState._on_create_actor, ("driver", "worker")),
     P.GetActor: (HeadState._on_get_actor, ("driver", "worker")),
     P.KillActor: (HeadState._on_kill_actor, ("driver", "worker")),
+    P.Cancel: (HeadState._on_cancel, ("driver", "worker")),
     P.TaskResults: (HeadState._on_results, ("worker",)),
     P.Blocked: (HeadState._on_blocked, ("worker",)),
     P.Unblocked: (HeadState._on_unblocked, ("worker",)),

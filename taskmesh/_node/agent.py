@@ -44,12 +44,13 @@ _DECLARED_DEAD = "this head declared the node dead"
 
 
 class _Worker:
-    __slots__ = ("worker_id", "proc", "pidfd", "killed")
+    __slots__ = ("worker_id", "proc", "pidfd", "killed", "control")
 
-    def __init__(self, worker_id: str, proc: subprocess.Popen, pidfd: int) -> None:
+    def __init__(self, worker_id: str, proc: subprocess.Popen, pidfd: int, control: int) -> None:
         self.worker_id = worker_id
         self.proc = proc
         self.pidfd = pidfd
+        self.control = control  # write end of its control pipe (task ids to interrupt)
         self.killed = False  # by the head's KillWorker: its SIGKILL is no surprise
 
 
@@ -154,19 +155,36 @@ class NodeAgent:
         for _ in range(count):
             self._seq += 1
             worker_id = f"{self.node_id}-{self._seq}"
+            control_r, control_w = os.pipe()
+            os.set_blocking(control_w, False)
             cmd = [sys.executable, "-m", "taskmesh._worker", "--head", self.head_endpoint,
                    "--node-id", self.node_id, "--worker-id", worker_id,
-                   "--incarnation", str(self._incarnation), "--lifeline-fd", str(self._life_r)]
+                   "--incarnation", str(self._incarnation), "--lifeline-fd", str(self._life_r),
+                   "--control-fd", str(control_r)]
             try:
-                proc = subprocess.Popen(cmd, pass_fds=(self._life_r,), env=env,
+                proc = subprocess.Popen(cmd, pass_fds=(self._life_r, control_r), env=env,
                                         stdin=subprocess.DEVNULL, start_new_session=False)
             except OSError as exc:
                 log.error("could not start a worker process: %s", exc)
+                os.close(control_r)
+                os.close(control_w)
                 self.sock.send(P.WorkerExited(worker_id, 0, 127))
                 continue
+            os.close(control_r)
             pidfd = os.pidfd_open(proc.pid)
-            self.workers[pidfd] = _Worker(worker_id, proc, pidfd)
+            self.workers[pidfd] = _Worker(worker_id, proc, pidfd, control_w)
             self._poller.register(pidfd)
+
+    def _interrupt(self, worker_id: str, task_id: bytes) -> None:
+        """Pass a cancelled task's id to its worker (its control thread interrupts it)."""
+        w = next((w for w in self.workers.values() if w.worker_id == worker_id), None)
+        if w is None or len(task_id) != 16:
+            return
+        try:
+            os.write(w.control, task_id)
+        except OSError as exc:  # full (it stopped reading) or gone: nothing more to do
+            log.warning("could not interrupt task %s on worker %s: %s", task_id.hex(),
+                        worker_id, exc)
 
     def _kill_worker(self, worker_id: str, reason: str) -> None:
         """SIGKILL one worker (the head cancelled its task); its exit is reaped as usual."""
@@ -186,6 +204,7 @@ class NodeAgent:
         os.close(pidfd)
         if w is None:
             return
+        os.close(w.control)
         code = w.proc.wait()
         level = (logging.INFO if code in (0, -signal.SIGTERM) or (w.killed and code == -signal.SIGKILL)
                  else logging.WARNING)
@@ -210,6 +229,7 @@ class NodeAgent:
             if poller is not None:
                 poller.unregister(w.pidfd)
             os.close(w.pidfd)
+            os.close(w.control)
         self.workers.clear()
 
     # ------------------------------------------------------------------ main loop
@@ -323,6 +343,8 @@ class NodeAgent:
                         self.store.delete(msg.object_ids)
                     elif kind is P.KillWorker:
                         self._kill_worker(msg.worker_id, msg.reason)
+                    elif kind is P.InterruptTask:
+                        self._interrupt(msg.worker_id, msg.task_id)
                     elif kind is P.Shutdown:
                         reason, stop = msg.reason, True
                     elif kind is not P.HeartbeatAck:

@@ -19,6 +19,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--worker-id", required=True)
     ap.add_argument("--incarnation", type=int, default=0)
     ap.add_argument("--lifeline-fd", type=int)
+    ap.add_argument("--control-fd", type=int)
     args = ap.parse_args(argv)
     setup_logging("worker", None, "WARNING")
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is for the driver, not for its workers
@@ -31,6 +32,7 @@ def main(argv: list[str] | None = None) -> int:
         logging.getLogger("taskmesh.worker").error("worker %s could not start: %s",
                                                    args.worker_id, exc)
         return 1
+    worker.install_interrupts(args.control_fd)
     return worker.run()
 
 

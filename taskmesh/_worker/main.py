@@ -17,6 +17,7 @@ import inspect
 import logging
 import os
 import pickle
+import signal
 import threading
 import time
 import traceback
@@ -74,6 +75,9 @@ class Worker:
         self.actor_label = ""
         self._concurrent: Any = None  # ThreadPoolExecutor, or the asyncio loop of an async actor
         self._async_slots: Any = None  # asyncio.Semaphore: max_concurrency of an async actor
+        #: tasks the head cancelled (ids from the control pipe): skipped, or interrupted
+        self.cancelled: set[bytes] = set()
+        self.timed_out: bytes | None = None  # the task whose timeout_s ran out
         CTX.core = self.core
         CTX.node_id = node_id
         CTX.worker_id = worker_id
@@ -164,6 +168,9 @@ class Worker:
         return fn
 
     def _run(self, a: P.Assignment) -> None:
+        if a.task_id in self.cancelled:  # cancelled before it started: the head failed it
+            self.cancelled.discard(a.task_id)
+            return
         if self._concurrent is not None and a.method:
             self._run_concurrently(a)
             return
@@ -185,12 +192,26 @@ class Worker:
                 self.results.append(P.TaskResult(a.task_id, [lost.error()], 0.0))
                 return
             args, kwargs = S.unpack_args(args_obj, deps)
-            if not a.method:
-                result = fn(*args, **kwargs)
-            elif a.method == "__init__":
-                result = self._become_actor(a, fn, args, kwargs)
-            else:
-                result = self._call_method(a, args, kwargs)
+            if a.timeout_s > 0:
+                self.timed_out = a.task_id
+                signal.setitimer(signal.ITIMER_REAL, a.timeout_s)
+            try:
+                if not a.method:
+                    result = fn(*args, **kwargs)
+                elif a.method == "__init__":
+                    result = self._become_actor(a, fn, args, kwargs)
+                else:
+                    result = self._call_method(a, args, kwargs)
+            finally:
+                if a.timeout_s > 0:
+                    signal.setitimer(signal.ITIMER_REAL, 0)
+                    self.timed_out = None
+        except _Interrupted as stop:
+            what = (f"ran longer than its timeout_s={a.timeout_s:g} s and was stopped"
+                    if stop.kind == "TaskTimeoutError" else stop.what)
+            returns = [P.SerializedObject.system_error(
+                stop.kind, f"task {a.name} {what} (node {self.node_id}, worker pid {self.pid})")
+            ] * n
         except BaseException as exc:  # noqa: BLE001 - every task failure becomes an error object
             if isinstance(exc, KeyboardInterrupt):
                 exc = RuntimeError("the task was interrupted (KeyboardInterrupt)")
@@ -207,6 +228,46 @@ class Worker:
         CTX.current_task_id, CTX.current_task_name = outer
         self.running -= 1
         self.results.append(P.TaskResult(a.task_id, returns, time.perf_counter() - start))
+
+    # ------------------------------------------------------------------ interrupts
+
+    def install_interrupts(self, control_fd: int | None) -> None:
+        """Cancellation and time-outs interrupt the running task with an exception raised
+        from a signal handler in the main thread (a blocking sleep or read is cut short
+        too). The ids of cancelled tasks come from the node agent over ``control_fd``."""
+        signal.signal(signal.SIGUSR1, self._on_cancel_signal)
+        signal.signal(signal.SIGALRM, self._on_timeout_signal)
+        if control_fd is None:
+            return
+        main = threading.main_thread().ident
+
+        def read_control() -> None:
+            buf = b""
+            while True:
+                try:
+                    chunk = os.read(control_fd, 4096)
+                except OSError:
+                    return
+                if not chunk:
+                    return  # the agent is gone (the lifeline ends us)
+                buf += chunk
+                while len(buf) >= 16:
+                    tid, buf = buf[:16], buf[16:]
+                    self.cancelled.add(tid)
+                    if CTX.current_task_id == tid and main is not None:
+                        signal.pthread_kill(main, signal.SIGUSR1)
+
+        threading.Thread(target=read_control, name="taskmesh-control", daemon=True).start()
+
+    def _on_cancel_signal(self, signum: int, frame: Any) -> None:
+        tid = CTX.current_task_id
+        if tid is not None and tid in self.cancelled and self._concurrent is None:
+            raise _Interrupted("TaskCancelledError", "was cancelled by taskmesh.cancel()")
+
+    def _on_timeout_signal(self, signum: int, frame: Any) -> None:
+        tid = CTX.current_task_id
+        if tid is not None and tid == self.timed_out:
+            raise _Interrupted("TaskTimeoutError", "ran longer than its timeout_s")
 
     # ------------------------------------------------------------------ actors
 
@@ -377,6 +438,16 @@ class Worker:
         self._flush()
         core.close()
         return 0
+
+
+class _Interrupted(BaseException):
+    """Raised into a running task by a cancel or time-out signal (a BaseException, so that
+    ``except Exception`` in user code does not swallow it)."""
+
+    def __init__(self, kind: str, what: str) -> None:
+        super().__init__(what)
+        self.kind = kind
+        self.what = what
 
 
 class _InputLost(Exception):

@@ -114,6 +114,8 @@ EXAMPLES: dict[type, list] = {
                    P.ActorReply(4, {"error": "no actor named 'x'"})],
     P.GetActor: [P.GetActor(5, "counter", "")],
     P.KillActor: [P.KillActor(b"a" * 16, True)],
+    P.Cancel: [P.Cancel([b"o" * 20], False), P.Cancel([], True)],
+    P.InterruptTask: [P.InterruptTask("n1-3", b"t" * 16)],
 }
 if hasattr(P, "Goodbye"):
     EXAMPLES[P.Goodbye] = [P.Goodbye()]

@@ -1,0 +1,103 @@
+"""The head's side of cancel() and timeout_s: which tasks fail, what the node agent is told,
+and that the workers' other tasks are not charged a retry."""
+
+from __future__ import annotations
+
+from taskmesh import _protocol as P
+from taskmesh._head.state import TIMEOUT_GRACE_S
+
+from .test_head_state import Cluster, build, ret
+
+
+def _error(sent, peer, t):
+    return sent.values(peer)[ret(t)].value.read_system_error()
+
+
+def test_a_queued_task_is_dropped_and_never_runs():
+    c = Cluster()
+    c.add_node("n1", cpus=1)
+    fid = c.register()
+    running, queued = c.submit(fid, 2)
+    c.drain()
+    c.send(c.driver, P.Cancel([ret(queued)], False))
+    sent = c.drain()
+    assert _error(sent, c.driver, queued) == (
+        "TaskCancelledError", "task mod.f was cancelled by taskmesh.cancel()")
+    worker = c.state.tasks[running].worker.peer
+    c.finish(worker, running)
+    assert queued not in c.drain().assigned_to()
+
+
+def test_a_running_task_is_interrupted_through_its_node_agent():
+    c = Cluster()
+    c.add_node("n1", cpus=1)
+    fid = c.register()
+    [t] = c.submit(fid)
+    worker = c.drain().assigned_to()[t]
+    c.send(c.driver, P.Cancel([ret(t)], False))
+    sent = c.drain()
+    [interrupt] = sent.to(c.node_peer["n1"], P.InterruptTask)
+    assert interrupt.task_id == t and interrupt.worker_id == c.worker_info[worker][1]
+    assert _error(sent, c.driver, t)[0] == "TaskCancelledError"
+    # the worker's late error result is ignored; it is idle again and takes the next task
+    c.finish(worker, t, P.SerializedObject.system_error("TaskCancelledError", "late"))
+    [u] = c.submit(fid)
+    assert c.drain().assigned_to() == {u: worker}
+
+
+def test_force_kills_the_worker_and_its_other_tasks_run_again_without_losing_a_retry():
+    c = Cluster()
+    c.add_node("n1", cpus=1)
+    fid = c.register()
+    c.warm(fid, 1e-4)  # short: the second task is pipelined behind the first
+    first, second = c.submit(fid, 2)
+    sent = c.drain()
+    worker = sent.assigned_to()[first]
+    assert sent.assigned_to()[second] == worker
+    c.send(c.driver, P.Cancel([ret(first)], True))
+    [kill] = c.drain().to(c.node_peer["n1"], P.KillWorker)
+    assert kill.worker_id == c.worker_info[worker][1]
+    c.exited(worker, -9)
+    assert c.state.tasks[second].retries_left == 3  # not charged for the cancel's kill
+
+
+def test_dependents_of_a_cancelled_task_fail_too():
+    c = Cluster()
+    c.add_node("n1", cpus=1)
+    fid = c.register()
+    [parent] = c.submit(fid)
+    [child] = c.submit(fid, deps=[ret(parent)])
+    c.drain()
+    c.send(c.driver, P.Cancel([ret(parent)], False))
+    assert _error(c.drain(), c.driver, child)[0] == "TaskCancelledError"
+
+
+def test_cancel_of_a_finished_or_unknown_task_does_nothing():
+    c = Cluster()
+    c.add_node("n1", cpus=1)
+    fid = c.register()
+    [t] = c.submit(fid)
+    worker = c.drain().assigned_to()[t]
+    c.finish(worker, t)
+    c.drain()
+    c.send(c.driver, P.Cancel([ret(t), b"x" * 20], True))
+    assert len(c.drain()) == 0
+
+
+def test_a_task_past_its_timeout_that_its_worker_did_not_stop_is_killed():
+    c = Cluster(heartbeat_timeout_s=1000.0)
+    c.add_node("n1", cpus=1)
+    fid = c.register()
+    spec = build(P.TaskSpec, task_id=b"timed-task-00001", name="f", function_id=fid, args=None,
+                 deps=[], num_returns=1, resources={"CPU": 10_000}, max_retries=3,
+                 retry_exceptions=False, timeout_s=1.0)
+    c.send(c.driver, P.Submit([spec]))
+    worker = c.drain().assigned_to()[spec.task_id]
+    assert [a.timeout_s for a in c.drain().assignments()] == []
+    c.tick(1.0 + TIMEOUT_GRACE_S - 0.1)
+    assert spec.task_id in c.state.tasks  # the worker's own timer gets the first chance
+    sent = c.tick(1.0 + TIMEOUT_GRACE_S + 0.1)
+    kind, message = _error(sent, c.driver, spec.task_id)
+    assert kind == "TaskTimeoutError" and "timeout_s=1 s" in message and "killed" in message
+    assert [m.worker_id for m in sent.to(c.node_peer["n1"], P.KillWorker)] == [
+        c.worker_info[worker][1]]
