@@ -28,6 +28,9 @@ import msgpack
 
 PROTOCOL_VERSION = 1
 
+#: WorkerExited.exitcode of a worker whose exit status could not be learned
+EXIT_UNKNOWN = 1000
+
 _EXT_FRAME = 1
 
 

@@ -1648,6 +1648,8 @@ def _sub(into: dict[str, int], amounts: dict[str, int]) -> None:
 
 
 def _exit_cause(exitcode: int) -> str:
+    if exitcode == P.EXIT_UNKNOWN:
+        return "exited (its exit status is unknown: the fork server that started it was gone)"
     if exitcode < 0:
         import signal
 

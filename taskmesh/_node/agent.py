@@ -34,6 +34,7 @@ from .._daemon import report_ready
 from .._store.shm import Arena, arena_name, capacity_for, sweep_dead
 from .._transport import Poller, new_context, open_client, pid_alive
 from ..config import Config
+from .spawner import Spawner, ZygoteChild
 from .store_service import StoreService
 
 log = logging.getLogger("taskmesh.node")
@@ -84,6 +85,8 @@ class NodeAgent:
         self.exit_code = 0
         self._incarnation = 0  # joins again after the head declared it dead
         self._goodbye_sent = False
+        self.spawner: Spawner | None = None  # started with the first workers
+        self._spawner_fd: int | None = None  # its socket, in the poller
         self._rejoining = False
         self._info: dict = {}
         self._added: list[list] = []  # copies fetched / freed, for the next ObjectLocations
@@ -147,23 +150,37 @@ class NodeAgent:
 
     # ------------------------------------------------------------------ workers
 
+    def _spawner(self) -> Spawner:
+        if self.spawner is None:
+            env = dict(os.environ)
+            env.update(self.config.to_env())
+            env["TASKMESH_NODE_ID"] = self.node_id
+            env["TASKMESH_NODE_IP"] = self.node_ip
+            self.spawner = Spawner(env, self._life_r, self.config.worker_fork_server)
+        return self.spawner
+
+    def _watch_spawner(self) -> None:
+        """Poll the fork server's socket (it changes when a new fork server starts)."""
+        fd = self.spawner.fileno() if self.spawner is not None else None
+        if fd != self._spawner_fd:
+            if self._spawner_fd is not None:
+                self._poller.unregister(self._spawner_fd)
+            if fd is not None:
+                self._poller.register(fd)
+            self._spawner_fd = fd
+
     def spawn_workers(self, count: int) -> None:
-        env = dict(os.environ)
-        env.update(self.config.to_env())
-        env["TASKMESH_NODE_ID"] = self.node_id
-        env["TASKMESH_NODE_IP"] = self.node_ip
+        spawner = self._spawner()
         for _ in range(count):
             self._seq += 1
             worker_id = f"{self.node_id}-{self._seq}"
             control_r, control_w = os.pipe()
             os.set_blocking(control_w, False)
-            cmd = [sys.executable, "-m", "taskmesh._worker", "--head", self.head_endpoint,
-                   "--node-id", self.node_id, "--worker-id", worker_id,
-                   "--incarnation", str(self._incarnation), "--lifeline-fd", str(self._life_r),
-                   "--control-fd", str(control_r)]
+            argv = ["--head", self.head_endpoint, "--node-id", self.node_id,
+                    "--worker-id", worker_id, "--incarnation", str(self._incarnation),
+                    "--lifeline-fd", str(self._life_r), "--control-fd", "{control_fd}"]
             try:
-                proc = subprocess.Popen(cmd, pass_fds=(self._life_r, control_r), env=env,
-                                        stdin=subprocess.DEVNULL, start_new_session=False)
+                proc = spawner.spawn(argv, control_r)
             except OSError as exc:
                 log.error("could not start a worker process: %s", exc)
                 os.close(control_r)
@@ -171,7 +188,16 @@ class NodeAgent:
                 self.sock.send(P.WorkerExited(worker_id, 0, 127))
                 continue
             os.close(control_r)
-            pidfd = os.pidfd_open(proc.pid)
+            try:
+                pidfd = os.pidfd_open(proc.pid)
+            except ProcessLookupError:  # it already ended (and its fork server reaped it)
+                os.close(control_w)
+                code = proc.wait()
+                log.warning("worker %s (pid %d) exited at once with %s", worker_id, proc.pid, code)
+                self.sock.send(P.WorkerExited(worker_id, proc.pid, code))
+                continue
+            if isinstance(proc, ZygoteChild):
+                proc.pidfd = pidfd  # signals go through the pidfd: no pid-reuse race
             self.workers[pidfd] = _Worker(worker_id, proc, pidfd, control_w)
             self._poller.register(pidfd)
 
@@ -261,6 +287,8 @@ class NodeAgent:
                     "node %s shutting down: %s", self.node_id, reason)
             self._say_goodbye()
             self._stop_workers()
+            if self.spawner is not None:
+                self.spawner.close()
             self.store.close()
             self.arena.close()
             os.close(self._life_w)
@@ -303,6 +331,10 @@ class NodeAgent:
             if self._stop_r in ready:
                 break
             self.store.handle(ready, time.monotonic())
+            if self.spawner is not None:
+                if self._spawner_fd in ready:
+                    self.spawner.drain()  # exit reports; a dead fork server is replaced
+                self._watch_spawner()
             if lifeline_fd is not None and lifeline_fd in ready and not os.read(lifeline_fd, 64):
                 reason = "the driver that started this embedded cluster exited"
                 break

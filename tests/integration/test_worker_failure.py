@@ -51,3 +51,37 @@ def test_signal_is_named(cluster):
 
     with pytest.raises(taskmesh.WorkerCrashedError, match="SIGKILL"):
         taskmesh.get(killed.remote(), timeout=30)
+
+
+@pytest.mark.parametrize("fresh_cluster", [1], indirect=True)  # one worker: which one is known
+def test_workers_keep_coming_when_the_fork_server_is_killed(fresh_cluster):
+    """The node agent forks workers from a fork server; if that dies, it starts another (and
+    until then starts interpreters): a crashed worker is still replaced and reported."""
+    import signal
+    import time
+
+    import psutil
+
+    def fork_servers() -> list[psutil.Process]:
+        me = psutil.Process()
+        return [p for p in me.children(recursive=True)
+                if "taskmesh-fork-server" in " ".join(p.cmdline())]
+
+    [zygote] = fork_servers()
+    zygote.send_signal(signal.SIGKILL)
+    zygote.wait(10)
+    with pytest.raises(taskmesh.WorkerCrashedError, match="exit status is unknown"):
+        taskmesh.get(die.remote(7), timeout=30)  # forked by the dead one: nobody can tell
+    deadline = time.monotonic() + 30
+    while len(fork_servers()) != 1:
+        assert time.monotonic() < deadline, "no new fork server"
+        time.sleep(0.05)
+    assert fork_servers()[0].pid != zygote.pid
+    with pytest.raises(taskmesh.WorkerCrashedError, match="exited with code 3"):
+        taskmesh.get(die.remote(3), timeout=30)  # forked by the new one
+
+    @taskmesh.remote
+    def ok():
+        return os.getpid()
+
+    assert len(set(taskmesh.get([ok.remote() for _ in range(10)], timeout=30))) >= 1
