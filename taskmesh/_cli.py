@@ -236,8 +236,8 @@ def cmd_status(args: argparse.Namespace) -> int:
     finally:
         core.close()
     print(f"taskmesh cluster at {host}:{port}")
-    rows = [("NODE", "ADDRESS", "STATE", "CPUS USED/TOTAL", "WORKERS", "RUNNING", "FINISHED",
-             "STORE USED/TOTAL", "OBJECTS", "SPILLED", "NET SENT/RECEIVED")]
+    rows = [("NODE", "ADDRESS", "STATE", "CPUS USED/TOTAL", "WORKERS", "ACTORS", "RUNNING",
+             "QUEUED", "FINISHED", "STORE USED/TOTAL", "OBJECTS", "SPILLED", "NET SENT/RECEIVED")]
     dead = 0
     for n in st["nodes"]:
         if not n["Alive"] and not args.all:
@@ -247,7 +247,8 @@ def cmd_status(args: argparse.Namespace) -> int:
         used = from_units(n["CPUsInUse"])
         store = (n.get("ObjectStore") or {}) if n["Alive"] else {}  # a dead one's is stale
         rows.append((n["NodeID"], n["NodeManagerAddress"], "alive" if n["Alive"] else "dead",
-                     f"{used:g}/{total:g}", str(n["Workers"]), str(n["TasksRunning"]),
+                     f"{used:g}/{total:g}", str(n["Workers"]), str(n.get("Actors", 0)),
+                     str(n["TasksRunning"]), str(n.get("TasksQueued", 0)),
                      str(n["TasksFinished"]), *_store_columns(store)))
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     for r in rows:

@@ -1619,7 +1619,10 @@ class HeadState:
             "CPUsInUse": busy_units,
             "Workers": len(n.workers),
             "Actors": len(n.actor_workers),
-            "TasksRunning": sum(len(w.assigned) for w in n.workers.values()),
+            "TasksRunning": sum(1 for w in n.workers.values() if w.assigned)
+                            + sum(1 for w in n.actor_workers.values() if w.assigned),
+            "TasksQueued": sum(max(0, len(w.assigned) - 1) for w in n.workers.values())
+                           + sum(max(0, len(w.assigned) - 1) for w in n.actor_workers.values()),
             "TasksFinished": n.finished,
             "pid": n.pid,
             "ObjectStore": {k: v for k, v in n.stats.items() if k.startswith("store_")},
