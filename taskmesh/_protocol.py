@@ -455,6 +455,21 @@ class Unblocked(NamedTuple):
     """The running task resumed; I hold my CPU again."""
 
 
+@_message(28, _list_of(_BYTES))
+class Revoke(NamedTuple):
+    """Work stealing: give back those of these tasks you have not started (another node has
+    idle workers); answer Returned."""
+
+    task_ids: list
+
+
+@_message(29, _list_of(_BYTES))
+class Returned(NamedTuple):
+    """Answer to Revoke: the tasks I dropped from my queue unstarted (maybe none)."""
+
+    task_ids: list
+
+
 @_message(25, _list_of(_ASSIGNMENT))
 class Help(NamedTuple):
     """Run these now, inside the blocked task: they make objects it waits for. I take the

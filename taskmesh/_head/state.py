@@ -44,6 +44,9 @@ _ERR = P.SerializedObject.system_error
 MAX_DEAD_ACTORS = 1000
 #: a task past its timeout_s that its worker could not interrupt is killed this much later
 TIMEOUT_GRACE_S = 2.0
+#: work is stolen only from a worker that has reported no result for this long while tasks
+#: wait behind its running one (one that reports keeps up: its queue holds milliseconds)
+STEAL_AFTER_S = 0.05
 
 # task states
 WAITING, READY, ASSIGNED, DONE, CANCELLED = range(5)
@@ -96,13 +99,18 @@ class NodeRec:
 
 class WorkerRec:
     __slots__ = ("peer", "worker_id", "node", "pid", "assigned", "lease", "blocked",
-                 "functions", "idle_since", "blocked_since", "incarnation", "actor")
+                 "functions", "idle_since", "blocked_since", "incarnation", "actor", "revoking",
+                 "slow", "last_result")
 
     def __init__(self, peer: bytes, worker_id: str, node: NodeRec | None, pid: int, now: float,
                  incarnation: int = 0) -> None:
         self.peer = peer
         self.incarnation = incarnation  # of the node agent that started it
         self.actor: ActorRec | None = None  # the actor it runs (it left the pool for it)
+        self.revoking = False  # asked to give back queued tasks (Revoke), no answer yet
+        self.slow = False  # work was stolen from it: nothing is pipelined to it until it
+        #                    reports a result again
+        self.last_result = now  # when it last reported results
         self.worker_id = worker_id
         self.node = node
         self.pid = pid
@@ -193,6 +201,8 @@ class HeadState:
         self.unplaced: list[ActorRec] = []  # constructors ready, but no node has room yet
         self.dead_actors: deque[bytes] = deque()  # oldest first
         self.timed: set[TaskRec] = set()  # assigned tasks with a timeout_s (head's backstop)
+        self.stolen_asked = 0  # tasks asked back from busy workers for idle ones (Revoke)
+        self.stolen = 0  # tasks given back (Returned)
         self.cancel_killed: set[bytes] = set()  # workers killed by cancel(force=True)
         self.now = now
 
@@ -247,6 +257,8 @@ class HeadState:
                         del self.gone_drivers[next(iter(self.gone_drivers))]
         if self.timed:
             self._enforce_timeouts(now)
+        if not self.queues:
+            self._steal()
         if self.deferred:
             due = [t for when, t in self.deferred if when <= now]
             self.deferred = [(when, t) for when, t in self.deferred if when > now]
@@ -280,6 +292,8 @@ class HeadState:
                 self._schedule_shape(queue)
             if not queue:
                 del self.queues[shape]
+        if not self.queues:
+            self._steal()
 
     # ------------------------------------------------------------------ handshake
 
@@ -836,6 +850,8 @@ class HeadState:
         w = self.workers.get(peer)
         if w is None:
             return
+        w.slow = False
+        w.last_result = self.now
         fn_mean = self.fn_mean_s
         for r in msg.results:
             t = self.tasks.get(r.task_id)
@@ -949,6 +965,42 @@ class HeadState:
         w.blocked = False
         if w.lease is not None and w.node is not None:
             _sub(w.node.avail, w.lease)
+
+    def _steal(self) -> None:
+        """Nothing is queued at the head, yet some workers are idle while others have tasks
+        waiting behind their running one (pipelined): ask those back (Revoke), half of each
+        such queue, so the idle workers get them (a node that joined or finished early)."""
+        idle = [n for n in self.nodes.values() if n.alive and n.idle]
+        if not idle:
+            return
+        quiet = self.now - STEAL_AFTER_S
+        for n in self.nodes.values():
+            if not n.alive:
+                continue
+            for w in n.workers.values():
+                if len(w.assigned) < 2 or w.revoking or w.blocked or w.last_result > quiet:
+                    continue  # (a worker that reports keeps up: its queue is milliseconds)
+                lease = w.lease or {}
+                if not any(fits(m.avail, lease) for m in idle):
+                    continue
+                k = max(1, (len(w.assigned) - 1) // 2)
+                take = [t.spec.task_id for t in list(w.assigned)[-k:]]
+                w.revoking = True
+                w.slow = True
+                self.out.send(w.peer, P.Revoke(take))
+                # ring its doorbell: it may be in a long task, not reading its socket
+                self.out.send(n.peer, P.InterruptTask(w.worker_id, bytes(16)))
+                self.stolen_asked += len(take)
+
+    def _on_returned(self, peer: bytes, msg: P.Returned) -> None:
+        w = self.workers.get(peer)
+        if w is None:
+            return
+        w.revoking = False
+        self.stolen += len(msg.task_ids)
+        self._take_back(w, msg.task_ids)
+        if not w.assigned and w.lease is not None:
+            self._release_lease(w)
 
     def _take_back(self, w: WorkerRec, task_ids: Iterable[bytes]) -> None:
         """Tasks a worker hands back unstarted go to the front of their queues, in order."""
@@ -1513,7 +1565,7 @@ class HeadState:
         # 3. pipeline short tasks behind busy workers of the same shape
         fn_mean = self.fn_mean_s
         busy = [w for n in nodes for w in n.workers.values()
-                if w.lease == demand and not w.blocked and w.assigned
+                if w.lease == demand and not w.blocked and w.assigned and not w.slow
                 and is_short(fn_mean.get(w.assigned[-1].spec.function_id))]
         if not busy:
             return
@@ -1681,6 +1733,7 @@ _HANDLERS: dict[type, tuple[Any, tuple[str, ...]]] = {
     P.TaskResults: (HeadState._on_results, ("worker",)),
     P.Blocked: (HeadState._on_blocked, ("worker",)),
     P.Unblocked: (HeadState._on_unblocked, ("worker",)),
+    P.Returned: (HeadState._on_returned, ("worker",)),
     P.Heartbeat: (HeadState._on_heartbeat, ("node",)),
     P.WorkerExited: (HeadState._on_worker_exited, ("node",)),
     P.ObjectLocations: (HeadState._on_object_locations, ("node",)),

@@ -35,6 +35,8 @@ from ..errors import ObjectLostError, SerializationError, TaskmeshError
 log = logging.getLogger("taskmesh.worker")
 
 _MAX_BATCH = 64
+#: an InterruptTask with this task id asks the worker to read its socket (protocol.md)
+DOORBELL = bytes(16)
 _PACKAGE_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
@@ -57,6 +59,10 @@ class Worker:
         self.core.on_wait_step = self._help
         self.core.on_store_closed = _store_gone
         self.queue: collections.deque[P.Assignment] = collections.deque()
+        #: guards changes to ``queue`` that are more than one append or pop: a Revoke may be
+        #: handled by the control thread while the main thread runs a task
+        self.queue_lock = threading.Lock()
+        self.revokes_seen = 0
         self.help_queue: collections.deque[P.Assignment] = collections.deque()
         self.wait_stack: list[list] = []  # objects each active wait of the main thread needs
         self.main_thread = threading.get_ident()
@@ -98,6 +104,15 @@ class Worker:
                 self.core.send(P.Blocked([a.task_id for a in msg.assignments], waiting))
             else:
                 self.queue.extend(msg.assignments)
+        elif t is P.Revoke:
+            self.revokes_seen += 1
+            wanted = set(msg.task_ids)
+            with self.queue_lock:
+                kept = [a for a in self.queue if a.task_id not in wanted]
+                returned = [a.task_id for a in self.queue if a.task_id in wanted]
+                self.queue.clear()  # in place: the run loop holds this deque
+                self.queue.extend(kept)
+            self.core.send(P.Returned(returned))
         elif t is P.Exit:
             self.exit_reason = msg.reason
         else:
@@ -117,8 +132,9 @@ class Worker:
             self.wait_stack.append(waiting)
         self._flush()
         self.core.pump(0)  # take in whatever was already sent to us
-        returned = [a.task_id for a in self.queue]
-        self.queue.clear()
+        with self.queue_lock:
+            returned = [a.task_id for a in self.queue]
+            self.queue.clear()
         self.core.send(P.Blocked(returned, waiting))
 
     def _unblock(self) -> None:
@@ -145,8 +161,9 @@ class Worker:
             self.block_depth = saved
         self._flush()
         self.core.pump(0)
-        returned = [a.task_id for a in self.queue]
-        self.queue.clear()
+        with self.queue_lock:
+            returned = [a.task_id for a in self.queue]
+            self.queue.clear()
         waiting = self.wait_stack[-1] if self.wait_stack else []
         self.core.send(P.Blocked(returned, waiting))  # back to waiting: lend the CPU again
         return True
@@ -253,11 +270,25 @@ class Worker:
                 buf += chunk
                 while len(buf) >= 16:
                     tid, buf = buf[:16], buf[16:]
+                    if tid == DOORBELL:  # the head sent something that cannot wait for the
+                        self._answer_doorbell()  # running task to end (a Revoke): read it now
+                        continue
                     self.cancelled.add(tid)
                     if CTX.current_task_id == tid and main is not None:
                         signal.pthread_kill(main, signal.SIGUSR1)
 
         threading.Thread(target=read_control, name="taskmesh-control", daemon=True).start()
+
+    def _answer_doorbell(self) -> None:
+        """Read the socket from the control thread until the Revoke that rang arrived (it
+        and the doorbell take different paths), or 0.2 s passed (then the main loop will)."""
+        seen = self.revokes_seen
+        deadline = time.monotonic() + 0.2
+        try:
+            while self.revokes_seen == seen and time.monotonic() < deadline:
+                self.core.pump(0.02)
+        except Exception as exc:  # noqa: BLE001 - the main loop will meet it too
+            log.debug("doorbell: %s", exc)
 
     def _on_cancel_signal(self, signum: int, frame: Any) -> None:
         tid = CTX.current_task_id
@@ -429,8 +460,12 @@ class Worker:
                 core.pump(0 if spinner.spin(core.sock.has_input) else 1.0)
                 spinner.woke()  # a timeout counts too: a long gap stops the spinning
                 continue
-            self._run(queue.popleft())
-            if not queue and core.sock.has_input():
+            with self.queue_lock:
+                a = queue.popleft() if queue else None
+            if a is None:
+                continue
+            self._run(a)
+            if not queue and core.sock.has_input():  # (a Revoke rings the doorbell instead)
                 core.pump(0)
             if (not queue or len(self.results) >= _MAX_BATCH
                     or time.perf_counter() - self.batch_started >= batch_s):

@@ -14,7 +14,7 @@ import pytest
 
 from taskmesh import _protocol as P
 from taskmesh._resources import UNIT
-from taskmesh._head.state import HeadState
+from taskmesh._head.state import READY, HeadState
 from taskmesh._protocol import return_ids
 from taskmesh.config import Config
 
@@ -1290,3 +1290,55 @@ def test_duplicate_task_ids_are_dropped(c):
     spec = c.spec(fid)
     c.send(c.driver, P.Submit([spec, spec]))
     assert len(c.drain().assignments()) == 1
+
+
+# =========================================================================== work stealing
+
+
+def test_an_idle_node_gets_work_back_from_a_worker_stuck_on_a_long_task():
+    """Mixed durations: a usually short function is pipelined (20 behind the running one),
+    then the running call takes long. Once another node has run everything else, it takes
+    back half of what waits behind the stuck one."""
+    c = Cluster(idle_worker_timeout_s=1000.0)
+    c.add_node("n1", cpus=1)
+    fid = c.register()
+    c.warm(fid, 1e-4)  # short: pipelined
+    c.submit(fid, 30)
+    [w1] = c.node_workers["n1"]
+    worker = c.state.workers[w1]
+    c.drain()
+    waiting = [t.spec.task_id for t in list(worker.assigned)[1:]]
+    assert len(waiting) >= 4 and c.state.queues  # the rest waits at the head
+    c.add_node("n2", cpus=1)
+    [w2] = c.node_workers["n2"]
+    while c.state.workers[w2].assigned:  # n2 runs what the head had, and falls idle
+        assert not c.drain().of(P.Revoke)  # (no stealing while it has work)
+        c.finish(w2, c.state.workers[w2].assigned[0].spec.task_id, duration=1e-4)
+    assert not c.drain().of(P.Revoke)  # w1 reported a moment ago: it may just be busy
+    sent = c.tick(1.0, heartbeats=["n1", "n2"])  # a second without a result from w1
+    [revoke] = sent.to(w1, P.Revoke)
+    [bell] = sent.to(c.node_peer["n1"], P.InterruptTask)
+    assert bell.task_id == bytes(16) and bell.worker_id == c.worker_info[w1][1]
+    k = len(waiting) // 2
+    assert revoke.task_ids == waiting[-k:]  # the back half of those behind the running one
+    c.send(w1, P.Returned(revoke.task_ids[:-1]))  # it had started the last one meanwhile
+    sent = c.drain()
+    assert sent.assigned_to() and set(sent.assigned_to().values()) == {w2}
+    for tid in revoke.task_ids[:-1]:  # on n2, or queued at the head for it: never back on w1
+        t = c.state.tasks[tid]
+        assert (t.worker is not None and t.worker.peer == w2) or t.state == READY, tid
+    assert len(worker.assigned) == 1 + len(waiting) - (k - 1)
+    assert not worker.revoking and c.state.stolen == k - 1
+
+
+def test_no_stealing_while_tasks_wait_at_the_head_or_for_short_queues():
+    c = Cluster(idle_worker_timeout_s=1000.0, max_pipeline=2)
+    c.add_node("n1", cpus=1)
+    fid = c.register()
+    c.warm(fid, 1e-4)
+    c.submit(fid, 10)  # 2 on the worker, 8 queued at the head
+    c.drain()
+    g = c.register("mod.big")
+    c.submit(g, 1, cpus=4)  # a shape no node fits: stays queued
+    c.add_node("n2", cpus=1)
+    assert not c.drain().of(P.Revoke)

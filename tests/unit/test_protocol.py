@@ -116,6 +116,8 @@ EXAMPLES: dict[type, list] = {
     P.KillActor: [P.KillActor(b"a" * 16, True)],
     P.Cancel: [P.Cancel([b"o" * 20], False), P.Cancel([], True)],
     P.InterruptTask: [P.InterruptTask("n1-3", b"t" * 16)],
+    P.Revoke: [P.Revoke([b"t" * 16, b"u" * 16])],
+    P.Returned: [P.Returned([b"t" * 16]), P.Returned([])],
 }
 if hasattr(P, "Goodbye"):
     EXAMPLES[P.Goodbye] = [P.Goodbye()]
