@@ -29,6 +29,7 @@ from .errors import (
     ActorDiedError,
     TaskCancelledError,
     TaskTimeoutError,
+    TaskUnschedulableError,
     GetTimeoutError,
     HeadConnectionError,
     NodeLostError,
@@ -41,6 +42,7 @@ from .errors import (
     WorkerCrashedError,
 )
 from .handles import ObjectRef, RemoteFunction
+from .options import NodeAffinitySchedulingStrategy
 
 __version__ = "0.1.0"
 
@@ -48,7 +50,8 @@ __all__ = [
     "init", "shutdown", "is_initialized", "remote", "get", "put", "wait",
     "nodes", "cluster_resources", "available_resources", "get_runtime_context",
     "ObjectRef", "RemoteFunction", "ActorClass", "ActorHandle", "get_actor", "kill", "method",
-    "ActorDiedError", "TaskCancelledError", "TaskTimeoutError", "cancel",
+    "ActorDiedError", "TaskCancelledError", "TaskTimeoutError", "TaskUnschedulableError", "cancel",
+    "NodeAffinitySchedulingStrategy",
     "TaskmeshError", "TaskError", "GetTimeoutError", "WorkerCrashedError", "NodeLostError",
     "ObjectLostError", "ObjectStoreFullError", "SerializationError", "HeadConnectionError", "ProtocolVersionError",
 ]

@@ -55,11 +55,26 @@ def _log_path(cfg: Config, role: str) -> str:
     return os.path.join(cfg.run_dir, "logs", f"{role}-{time.strftime('%Y%m%d-%H%M%S')}.log")
 
 
+def _node_extra(args: argparse.Namespace) -> list[str]:
+    """Node agent flags passed through from `taskmesh start`."""
+    extra = []
+    if args.num_gpus is not None:
+        if args.num_gpus < 0:
+            _fail("--num-gpus must be >= 0")
+        extra += ["--num-gpus", str(args.num_gpus)]
+    if args.memory is not None:
+        if args.memory < 0:
+            _fail("--memory must be >= 0")
+        extra += ["--memory", str(args.memory)]
+    return extra
+
+
 def _start_node(cfg: Config, head_addr: str, node_ip: str, num_cpus: int, resources: str,
-                detach: bool) -> tuple[Any, str, str]:
+                detach: bool, extra: list[str] | None = None) -> tuple[Any, str, str]:
     log_file = _log_path(cfg, "node")
     proc, ready = spawn("taskmesh._node", ["--head", head_addr, "--node-ip", node_ip,
-                                           "--num-cpus", str(num_cpus), "--resources", resources],
+                                           "--num-cpus", str(num_cpus), "--resources", resources,
+                                           *(extra or [])],
                         cfg, log_file=log_file, detach=detach)
     try:
         node_id = wait_ready(proc, ready, "the node agent", cfg.connect_timeout_s + 4)
@@ -113,7 +128,7 @@ def cmd_start(args: argparse.Namespace) -> int:
         if num_cpus > 0:
             try:
                 node, node_id, _ = _start_node(cfg, f"127.0.0.1:{port}", node_ip, num_cpus,
-                                               resources, detach)
+                                               resources, detach, _node_extra(args))
             except CliError:
                 stop_process(head, 5)
                 raise
@@ -140,7 +155,7 @@ def cmd_start(args: argparse.Namespace) -> int:
                 _fail(f"a taskmesh node is already running on this machine ({node_ip}, pid "
                       f"{n['pid']}, joined {n['head_address']}); stop it first with `taskmesh stop`")
         node, node_id, log_file = _start_node(cfg, f"{ip}:{port}", node_ip, num_cpus, resources,
-                                              detach)
+                                              detach, _node_extra(args))
         procs.append(node)
         print(f"taskmesh node {node_id} ({node_ip}, {num_cpus} CPUs, pid {node.pid}) joined the "
               f"head at {ip}:{port}.")
@@ -296,6 +311,10 @@ def build_parser() -> argparse.ArgumentParser:
     st.add_argument("--port", type=int, default=DEFAULT_PORT, help="head port (default %(default)s)")
     st.add_argument("--num-cpus", type=int, help="worker processes on this machine (default: CPU count)")
     st.add_argument("--resources", help="custom resources as JSON, e.g. '{\"highmem\": 2}'")
+    st.add_argument("--num-gpus", type=int,
+                    help="GPUs tasks may use (default: CUDA_VISIBLE_DEVICES, else nvidia-smi)")
+    st.add_argument("--memory", type=int, metavar="BYTES",
+                    help="memory tasks may reserve with memory= (default: 70%% of RAM)")
     st.add_argument("--node-ip", help="this machine's address as other machines reach it")
     st.add_argument("--object-store-memory", type=int, metavar="BYTES",
                     help="shared memory for this node's object store (default: 30%% of RAM)")

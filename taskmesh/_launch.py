@@ -118,7 +118,8 @@ class EmbeddedCluster:
                 stop_process(proc, 2.0)
 
 
-def start_embedded(config: Config, num_cpus: int, resources_json: str = "{}") -> EmbeddedCluster:
+def start_embedded(config: Config, num_cpus: int, resources_json: str = "{}",
+                   num_gpus: int | None = None) -> EmbeddedCluster:
     """Start a head and a node agent with ``num_cpus`` workers on 127.0.0.1."""
     last_error: Exception | None = None
     for _attempt in range(3):  # the free port may be taken between our probe and the bind
@@ -130,6 +131,8 @@ def start_embedded(config: Config, num_cpus: int, resources_json: str = "{}") ->
         node, node_ready = spawn("taskmesh._node", ["--head", f"127.0.0.1:{port}", "--node-ip",
                                                     "127.0.0.1", "--num-cpus", str(num_cpus),
                                                     "--resources", resources_json,
+                                                    *(["--num-gpus", str(num_gpus)]
+                                                      if num_gpus is not None else []),
                                                     "--log-level", "WARNING"],
                                  config, lifeline_fd=life_r)
         os.close(life_r)

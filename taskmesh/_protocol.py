@@ -134,6 +134,7 @@ class TaskSpec(NamedTuple):
     actor_id: bytes = b""  # a call to (or, with method "__init__", the creation of) an actor
     method: str = ""  # the actor method called
     timeout_s: float = 0.0  # stop it once it ran this long (0: no limit)
+    strategy: str = ""  # "": default; "SPREAD"; "node:ID" (must run there), "node?:ID" (prefer)
 
 
 class Assignment(NamedTuple):
@@ -149,6 +150,7 @@ class Assignment(NamedTuple):
     method: str = ""  # an actor method to call on this worker's actor ("__init__": create it)
     actor: dict | None = None  # with "__init__": the actor's id, name and concurrency options
     timeout_s: float = 0.0  # as in the spec
+    env: dict | None = None  # environment variables set before it runs (CUDA_VISIBLE_DEVICES)
 
 
 class TaskResult(NamedTuple):
@@ -259,12 +261,12 @@ def _resources(v: Any) -> dict:
 _TASK_SPEC = _record(
     TaskSpec,
     [_BYTES, _STR, _BYTES, _optional(_serialized), _list_of(_BYTES), _INT, _resources, _INT, _BOOL,
-     _BYTES, _STR, _FLOAT],
+     _BYTES, _STR, _FLOAT, _STR],
 )
 _ASSIGNMENT = _record(
     Assignment,
     [_BYTES, _STR, _BYTES, _optional(_BYTES), _optional(_serialized), _list_of(_serialized), _INT,
-     _STR, _optional(_DICT), _FLOAT],
+     _STR, _optional(_DICT), _FLOAT, _optional(_DICT)],
 )
 _TASK_RESULT = _record(TaskResult, [_BYTES, _list_of(_serialized), _FLOAT])
 _OBJECT_VALUE = _record(ObjectValue, [_BYTES, _optional(_serialized), _INT])

@@ -18,7 +18,7 @@ from ._context import current_core
 from ._protocol import return_ids
 from ._resources import CPU, to_units
 from .handles import ObjectRef, _is_ref
-from .options import _bool, _int_at_least, _name, _non_negative_number, _resources
+from .options import _bool, _gpus, _int_at_least, _name, _non_negative_number, _resources
 
 _ATTR_NUM_RETURNS = "__taskmesh_num_returns__"
 
@@ -33,6 +33,7 @@ def _lifetime(v: Any) -> Any:
 ACTOR_OPTIONS: dict[str, tuple[Any, Callable[[Any], Any], str]] = {
     "num_cpus": (0, _non_negative_number("num_cpus"), "CPUs the actor holds while it lives"),
     "num_gpus": (0, _non_negative_number("num_gpus"), "GPUs the actor holds while it lives"),
+    "memory": (0, _non_negative_number("memory"), "bytes of the node's memory it reserves"),
     "resources": (None, _resources, "custom resources the actor holds, e.g. {'highmem': 1}"),
     "name": (None, _name, "a name to find the actor by with taskmesh.get_actor()"),
     "namespace": (None, _name, "the namespace of the name"),
@@ -116,7 +117,9 @@ class ActorClass:
         o.update(options)
         resources = {CPU: to_units(o["num_cpus"])}
         if o["num_gpus"]:
-            resources["GPU"] = to_units(o["num_gpus"])
+            resources["GPU"] = to_units(_gpus(o["num_gpus"]))
+        if o["memory"]:
+            resources["memory"] = to_units(o["memory"])
         for k, v in (o["resources"] or {}).items():
             resources[k] = to_units(v)
         resources = {k: v for k, v in resources.items() if v}

@@ -33,6 +33,7 @@ def init(
     address: str | None = None,
     *,
     num_cpus: int | None = None,
+    num_gpus: int | None = None,
     resources: dict[str, float] | None = None,
     ignore_reinit_error: bool = False,
     **config: Any,
@@ -45,6 +46,7 @@ def init(
             ``"auto"`` joins the cluster started on this machine and fails if there is none;
             ``"HOST:PORT"`` joins the head at that address.
         num_cpus: worker processes of the embedded cluster (default: this machine's CPU count).
+        num_gpus: GPUs of the embedded cluster (default: CUDA_VISIBLE_DEVICES, else nvidia-smi).
         resources: custom resources of the embedded cluster's node, e.g. ``{"highmem": 1}``.
         ignore_reinit_error: return quietly if taskmesh is already initialized.
         **config: overrides of :class:`taskmesh.config.Config` fields (e.g. connect_timeout_s).
@@ -78,9 +80,9 @@ def init(
             n = (os.cpu_count() or 1) if num_cpus is None else num_cpus
             if not isinstance(n, int) or n < 0:
                 raise ValueError(f"num_cpus must be a non-negative integer, got {num_cpus!r}")
-            cluster = start_embedded(cfg, n, json.dumps(resources or {}))
+            cluster = start_embedded(cfg, n, json.dumps(resources or {}), num_gpus)
             address = cluster.address
-        elif num_cpus is not None or resources is not None:
+        elif num_cpus is not None or resources is not None or num_gpus is not None:
             raise ValueError("num_cpus and resources describe a local cluster; when joining an "
                              "existing cluster, give them to `taskmesh start` instead")
         try:

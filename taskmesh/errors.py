@@ -158,6 +158,10 @@ class TaskTimeoutError(TaskmeshError, TimeoutError):
     """The task ran longer than its ``timeout_s`` option and was stopped."""
 
 
+class TaskUnschedulableError(TaskmeshError):
+    """No node can ever run the task as asked (e.g. node affinity to a dead node)."""
+
+
 class ActorDiedError(TaskmeshError):
     """An actor is dead (its constructor raised, ``kill()``, its owner exited, or its process
     or node died with no restarts left): a call to it fails with this, naming the actor and
@@ -194,7 +198,7 @@ class ProtocolVersionError(HeadConnectionError):
 _SYSTEM_ERRORS: dict[str, type[TaskmeshError]] = {
     cls.__name__: cls
     for cls in (WorkerCrashedError, NodeLostError, ObjectLostError, ObjectStoreFullError,
-                ActorDiedError, TaskCancelledError, TaskTimeoutError,
+                ActorDiedError, TaskCancelledError, TaskTimeoutError, TaskUnschedulableError,
                 SerializationError, HeadConnectionError, TaskmeshError)
 }
 

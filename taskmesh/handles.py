@@ -120,7 +120,7 @@ class RemoteFunction:
         refs = [ObjectRef(oid, core) for oid in oids]
         spec = P.TaskSpec(task_id, name, self._fid, args_obj, [d._id for d in deps], n,
                           opts.resources, opts.max_retries, opts.retry_exceptions, b"", "",
-                          opts.timeout_s)
+                          opts.timeout_s, opts.strategy)
         core.submit(spec, oids)
         if n == 1:
             return refs[0]

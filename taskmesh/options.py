@@ -36,10 +36,17 @@ def _resources(v: Any) -> Any:
     for k, amount in v.items():
         if not isinstance(k, str):
             raise ValueError(f"resource names must be strings, got {k!r}")
-        if k in ("CPU", "GPU"):
-            raise ValueError(f"use num_cpus/num_gpus instead of resources={{{k!r}: ...}}")
+        if k in ("CPU", "GPU", "memory"):
+            raise ValueError(f"use num_cpus/num_gpus/memory instead of resources={{{k!r}: ...}}")
         _non_negative_number(f"resources[{k!r}]")(amount)
     return v
+
+
+def _gpus(n: float) -> float:
+    if n > 1 and n != int(n):
+        raise ValueError(f"num_gpus above 1 must be a whole number (GPUs are not split across "
+                         f"devices), got {n!r}")
+    return n
 
 
 def _name(v: Any) -> Any:
@@ -52,6 +59,31 @@ def _timeout(v: Any) -> Any:
     if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float)) or v <= 0):
         raise ValueError(f"timeout_s must be a number of seconds > 0 (or None), got {v!r}")
     return v
+
+
+@dataclass(frozen=True)
+class NodeAffinitySchedulingStrategy:
+    """Run on the node ``node_id`` (``taskmesh.get_runtime_context().get_node_id()`` or
+    ``nodes()[i]["NodeID"]``). ``soft=False``: only there (the task fails with
+    TaskUnschedulableError if that node is dead); ``soft=True``: there when it has room, else
+    anywhere."""
+
+    node_id: str
+    soft: bool = False
+
+
+def strategy_code(v: Any) -> str:
+    """The wire form of a scheduling strategy ("" = default); ValueError if it is none."""
+    if v is None or v == "DEFAULT":
+        return ""
+    if v == "SPREAD":
+        return "SPREAD"
+    if isinstance(v, NodeAffinitySchedulingStrategy):
+        if not isinstance(v.node_id, str) or not v.node_id:
+            raise ValueError(f"NodeAffinitySchedulingStrategy needs a node id, got {v.node_id!r}")
+        return ("node?:" if v.soft else "node:") + v.node_id
+    raise ValueError("scheduling_strategy must be 'DEFAULT', 'SPREAD' or a "
+                     f"NodeAffinitySchedulingStrategy, got {v!r}")
 
 
 def _bool(name: str) -> Callable[[Any], Any]:
@@ -67,6 +99,7 @@ def _bool(name: str) -> Callable[[Any], Any]:
 TASK_OPTIONS: dict[str, tuple[Any, Callable[[Any], Any], str]] = {
     "num_cpus": (1, _non_negative_number("num_cpus"), "CPUs the task holds while it runs"),
     "num_gpus": (0, _non_negative_number("num_gpus"), "GPUs the task holds while it runs"),
+    "memory": (0, _non_negative_number("memory"), "bytes of the node's memory the task reserves"),
     "resources": (None, _resources, "custom resources the task holds, e.g. {'highmem': 1}"),
     "num_returns": (1, _int_at_least("num_returns", 0), "how many ObjectRefs .remote() returns"),
     "max_retries": (3, _int_at_least("max_retries", -1),
@@ -74,6 +107,8 @@ TASK_OPTIONS: dict[str, tuple[Any, Callable[[Any], Any], str]] = {
     "retry_exceptions": (False, _bool("retry_exceptions"), "also retry when the task raises"),
     "name": (None, _name, "task name shown in errors and status"),
     "timeout_s": (None, _timeout, "stop the task once it ran this many seconds (TaskTimeoutError)"),
+    "scheduling_strategy": (None, lambda v: (strategy_code(v), v)[1],
+                            "'DEFAULT', 'SPREAD' or NodeAffinitySchedulingStrategy(node_id, soft)"),
 }
 
 
@@ -99,6 +134,7 @@ class TaskOptions:
     retry_exceptions: bool
     name: str | None
     timeout_s: float = 0.0
+    strategy: str = ""
 
 
 def compile_options(options: dict[str, Any]) -> TaskOptions:
@@ -106,9 +142,12 @@ def compile_options(options: dict[str, Any]) -> TaskOptions:
     merged.update(options)
     resources = {CPU: to_units(merged["num_cpus"])}
     if merged["num_gpus"]:
-        resources["GPU"] = to_units(merged["num_gpus"])
+        resources["GPU"] = to_units(_gpus(merged["num_gpus"]))
+    if merged["memory"]:
+        resources["memory"] = to_units(merged["memory"])
     for k, v in (merged["resources"] or {}).items():
         resources[k] = to_units(v)
     resources = {k: v for k, v in resources.items() if v}
     return TaskOptions(resources, merged["num_returns"], merged["max_retries"],
-                       merged["retry_exceptions"], merged["name"], float(merged["timeout_s"] or 0.0))
+                       merged["retry_exceptions"], merged["name"], float(merged["timeout_s"] or 0.0),
+                       strategy_code(merged["scheduling_strategy"]))

@@ -30,7 +30,7 @@ HANDLE_FIELDS = ("class_name", "methods", "is_async", "max_task_retries")
 class ActorRec:
     __slots__ = ("actor_id", "spec", "owner", "options", "state", "worker", "node", "calls",
                  "restarts_left", "restarts", "cause", "no_restart", "resources", "ctor",
-                 "name_key", "warned")
+                 "name_key", "warned", "gpu_alloc")
 
     def __init__(self, spec: Any, owner: bytes, options: dict) -> None:
         self.actor_id: bytes = spec.task_id
@@ -48,6 +48,7 @@ class ActorRec:
         self.resources: dict = dict(spec.resources)  # held on its node while placed
         self.ctor: Any = None  # the TaskRec of the running constructor
         self.warned = False  # its owner was told that no node can hold it
+        self.gpu_alloc: dict | None = None  # GPU device -> units, while placed
         name = options.get("name") or ""
         self.name_key = (str(options.get("namespace") or ""), name) if name else None
 

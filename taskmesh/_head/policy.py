@@ -32,19 +32,39 @@ def pick_node(
     candidates: Iterable[tuple[str, Mapping[str, int]]],
     demand: Mapping[str, int],
     held_bytes: Mapping[str, int] | None = None,
+    prefer: str | None = None,
 ) -> str | None:
-    """The candidate (node id, available resources) that fits ``demand`` and holds the most of
-    the task's argument bytes (``held_bytes``: node id -> bytes of its stored arguments there),
-    then has the most free CPU. Candidates are the nodes that can start the task now, so a
+    """The candidate (node id, available resources) that fits ``demand``: ``prefer`` (soft node
+    affinity) if it is among them, else the one that holds the most of the task's argument
+    bytes (``held_bytes``: node id -> bytes of its stored arguments there), then has the most
+    free CPU. Candidates are the nodes that can start the task now, so a
     saturated holder is simply not among them and the task goes elsewhere (its arguments are
     then pulled over the network)."""
     best: str | None = None
-    best_key = (-1, -1)
+    best_key = (-1, -1, -1)
     for node_id, available in candidates:
         if not fits(available, demand):
             continue
-        key = (held_bytes.get(node_id, 0) if held_bytes else 0, available.get(CPU, 0))
+        key = (int(node_id == prefer), held_bytes.get(node_id, 0) if held_bytes else 0,
+               available.get(CPU, 0))
         if key > best_key:
+            best, best_key = node_id, key
+    return best
+
+
+def pick_spread(
+    candidates: Iterable[tuple[str, Mapping[str, int], int]],
+    demand: Mapping[str, int],
+) -> str | None:
+    """SPREAD: among the candidates (node id, available, tasks on it) that fit ``demand``,
+    the one with the fewest tasks (then the most free CPU)."""
+    best: str | None = None
+    best_key: tuple | None = None
+    for node_id, available, load in candidates:
+        if not fits(available, demand):
+            continue
+        key = (load, -available.get(CPU, 0), node_id)
+        if best_key is None or key < best_key:
             best, best_key = node_id, key
     return best
 

@@ -25,13 +25,14 @@ from .. import _protocol as P
 from ..config import Config
 from ._outbox import Outbox
 from .._protocol import return_ids
-from .._resources import CPU, UNIT, describe, valid
+from .._resources import CPU, GPU, UNIT, assign_gpus, describe, valid
 from . import actors as A
 from .actors import ActorRec
 from .policy import (
     fits,
     is_short,
     pick_node,
+    pick_spread,
     pipeline_window,
     workers_to_start,
 )
@@ -67,7 +68,7 @@ class NodeRec:
     __slots__ = ("node_id", "peer", "address", "hostname", "pid", "total", "avail", "workers",
                  "idle", "starting", "last_seen", "alive", "finished", "stats", "retiring",
                  "gone_workers", "transfer", "objects", "incarnation", "actor_workers",
-                 "actor_queue")
+                 "actor_queue", "gpus")
 
     def __init__(self, node_id: str, peer: bytes, info: dict, now: float) -> None:
         self.node_id = node_id
@@ -91,6 +92,11 @@ class NodeRec:
         self.incarnation = _int(info.get("incarnation"))  # +1 each time the agent joins again
         self.actor_workers: dict[bytes, WorkerRec] = {}  # out of the pool: one actor each
         self.actor_queue: deque[ActorRec] = deque()  # placed here, waiting for a new worker
+        gpus = info.get("gpus")
+        if not isinstance(gpus, list) or not gpus:  # no ids given: 0..n-1 for its GPU total
+            gpus = [str(i) for i in range(self.total.get(GPU, 0) // UNIT)]
+        #: GPU device id -> free units (UNIT: unused); tasks get CUDA_VISIBLE_DEVICES from it
+        self.gpus: dict[str, int] = {str(g): UNIT for g in gpus if isinstance(g, str)}
 
     @property
     def num_cpus(self) -> int:
@@ -100,7 +106,7 @@ class NodeRec:
 class WorkerRec:
     __slots__ = ("peer", "worker_id", "node", "pid", "assigned", "lease", "blocked",
                  "functions", "idle_since", "blocked_since", "incarnation", "actor", "revoking",
-                 "slow", "last_result")
+                 "slow", "last_result", "gpu_alloc")
 
     def __init__(self, peer: bytes, worker_id: str, node: NodeRec | None, pid: int, now: float,
                  incarnation: int = 0) -> None:
@@ -111,6 +117,7 @@ class WorkerRec:
         self.slow = False  # work was stolen from it: nothing is pipelined to it until it
         #                    reports a result again
         self.last_result = now  # when it last reported results
+        self.gpu_alloc: dict[str, int] | None = None  # GPU devices its lease holds
         self.worker_id = worker_id
         self.node = node
         self.pid = pid
@@ -134,6 +141,8 @@ class TaskRec:
         self.worker: WorkerRec | None = None
         self.retries_left = spec.max_retries
         self.shape = tuple(sorted(spec.resources.items()))
+        if spec.strategy:  # one queue per strategy too: a queue's tasks are placed alike
+            self.shape += (("strategy", spec.strategy),)
         self.queued = False  # an entry for it sits in a ready queue (maybe stale)
         self.dep_failures = 0  # times a worker could not read its inputs
         self.started: float | None = None  # with timeout_s: when it became its worker's running task
@@ -671,6 +680,13 @@ class HeadState:
                         "It waits until such a node joins.")))
             return
         node = best[1]
+        if demand.get(GPU):
+            alloc = assign_gpus(node.gpus, demand[GPU])
+            if alloc is None:  # GPU units enough in total, not on whole devices: wait
+                if actor not in self.unplaced:
+                    self.unplaced.append(actor)
+                return
+            actor.gpu_alloc = alloc
         _sub(node.avail, demand)
         actor.node = node
         if node.idle:
@@ -737,6 +753,8 @@ class HeadState:
         if node is not None:
             node.actor_workers.pop(w.peer, None)
             _add(node.avail, actor.resources)
+            self._free_gpus(actor.gpu_alloc, node)
+        actor.gpu_alloc = None
         sent = list(w.assigned)
         w.assigned.clear()
         self._forget_worker(w)
@@ -801,6 +819,8 @@ class HeadState:
         if node is not None and actor in node.actor_queue:
             node.actor_queue.remove(actor)
             _add(node.avail, actor.resources)
+            self._free_gpus(actor.gpu_alloc, node)
+            actor.gpu_alloc = None
             actor.node = None
         ctor = actor.ctor
         if ctor is not None and self.tasks.get(ctor.spec.task_id) is ctor and ctor.state != ASSIGNED:
@@ -1065,7 +1085,9 @@ class HeadState:
                 node.idle.remove(w)
             if w.lease is not None and not w.blocked:
                 _add(node.avail, w.lease)
+            self._free_gpus(w.gpu_alloc, node)
         w.lease = None
+        w.gpu_alloc = None
         assigned = list(w.assigned)
         w.assigned.clear()
         self._forget_worker(w)
@@ -1100,6 +1122,7 @@ class HeadState:
         while node.actor_queue:  # placed there, but no worker had started yet
             actor = node.actor_queue.popleft()
             _add(node.avail, actor.resources)
+            actor.gpu_alloc = None
             actor.node = None
             self._place_actor(actor)
         node.idle.clear()
@@ -1529,19 +1552,43 @@ class HeadState:
         if not queue:
             return
         demand = queue[0].spec.resources
+        strategy = queue[0].spec.strategy
         nodes = [n for n in self.nodes.values() if n.alive]
+        prefer = None
+        if strategy.startswith(("node:", "node?:")):
+            soft = strategy.startswith("node?:")
+            target = strategy.split(":", 1)[1]
+            there = [n for n in nodes if n.node_id == target]
+            if soft:
+                prefer = target
+            elif not there:
+                self._fail_unplaceable(queue, target)
+                return
+            else:
+                nodes = there
         by_id = {n.node_id: n for n in nodes}
         # 1. idle workers, on the node holding most argument bytes, then most free CPU
         while queue:
             spec = queue[0].spec
             held = (self._held_bytes(queue[0]) if spec.deps or (spec.args is not None
                                                                  and spec.args.is_stored) else None)
-            node_id = pick_node(((n.node_id, n.avail) for n in nodes if n.idle), demand, held)
+            if strategy == "SPREAD":
+                node_id = pick_spread(((n.node_id, n.avail, _load(n)) for n in nodes if n.idle),
+                                      demand)
+            else:
+                node_id = pick_node(((n.node_id, n.avail) for n in nodes if n.idle), demand,
+                                    held, prefer)
             if node_id is None:
                 break
             best = by_id[node_id]
+            alloc = None
+            if demand.get(GPU):
+                alloc = assign_gpus(best.gpus, demand[GPU])
+                if alloc is None:  # enough GPU in total, but not on the devices it needs
+                    break
             w = best.idle.pop()
             w.lease = dict(demand)
+            w.gpu_alloc = alloc
             _sub(best.avail, demand)
             self._assign(_pop(queue), w)
             self._skip_unready(queue)
@@ -1563,6 +1610,8 @@ class HeadState:
                     n.starting += count
                     self.out.send(n.peer, P.StartWorkers(count))
         # 3. pipeline short tasks behind busy workers of the same shape
+        if strategy == "SPREAD":
+            return  # (one at a time, so that they spread)
         fn_mean = self.fn_mean_s
         busy = [w for n in nodes for w in n.workers.values()
                 if w.lease == demand and not w.blocked and w.assigned and not w.slow
@@ -1585,6 +1634,18 @@ class HeadState:
                     self._assign(_pop(queue), w)
                     progress = True
 
+    def _fail_unplaceable(self, queue: deque[TaskRec], node_id: str) -> None:
+        """Tasks that must run on a node that is not alive (hard node affinity) fail now."""
+        known = node_id in self.nodes
+        while queue:
+            t = _pop(queue)
+            if t.state != READY:
+                continue
+            self._fail_task(t, _ERR("TaskUnschedulableError", (
+                f"task {t.spec.name} must run on node {node_id} (NodeAffinitySchedulingStrategy "
+                f"with soft=False), which {'is dead' if known else 'is not part of the cluster'}"
+                "; use soft=True to let it run elsewhere")))
+
     def _assign(self, t: TaskRec, w: WorkerRec) -> None:
         t.state = ASSIGNED
         t.worker = w
@@ -1606,9 +1667,14 @@ class HeadState:
             rec = self.objects.get(args.contained[0]) if args.contained else None
             if rec is not None and rec.value is not None:
                 args = rec.value
+        env = None
+        node = w.node
+        if node is not None and node.gpus and spec.method in ("", "__init__"):
+            alloc = w.actor.gpu_alloc if w.actor is not None else w.gpu_alloc
+            env = {"CUDA_VISIBLE_DEVICES": ",".join(sorted(alloc or (), key=_device_key))}
         if not spec.actor_id:
             return P.Assignment(spec.task_id, spec.name, spec.function_id, blob, args,
-                                dep_values, spec.num_returns, "", None, spec.timeout_s)
+                                dep_values, spec.num_returns, "", None, spec.timeout_s, env)
         actor_opts = None
         if spec.method == "__init__":
             o = w.actor.options if w.actor is not None else {}
@@ -1616,10 +1682,19 @@ class HeadState:
                           "max_concurrency": _int(o.get("max_concurrency")) or 1,
                           "is_async": bool(o.get("is_async"))}
         return P.Assignment(spec.task_id, spec.name, spec.function_id, blob, args,
-                            dep_values, spec.num_returns, spec.method, actor_opts, spec.timeout_s)
+                            dep_values, spec.num_returns, spec.method, actor_opts, spec.timeout_s,
+                            env)
+
+    def _free_gpus(self, gpu_alloc: dict[str, int] | None, node: NodeRec | None) -> None:
+        if gpu_alloc and node is not None:
+            for device, units in gpu_alloc.items():
+                if device in node.gpus:
+                    node.gpus[device] += units
 
     def _release_lease(self, w: WorkerRec) -> None:
         node = w.node
+        self._free_gpus(w.gpu_alloc, node)
+        w.gpu_alloc = None
         if w.lease is not None and node is not None and not w.blocked:
             _add(node.avail, w.lease)
         w.lease = None
@@ -1743,3 +1818,12 @@ _HANDLERS: dict[type, tuple[Any, tuple[str, ...]]] = {
 def _int(value: Any) -> int:
     """An integer field of a peer's Hello info (0 if missing or of another type)."""
     return value if type(value) is int else 0
+
+
+def _device_key(device: str) -> tuple:
+    return (0, int(device), "") if device.isdigit() else (1, 0, device)
+
+
+def _load(n: NodeRec) -> int:
+    """Tasks on a node's workers (running or queued there), for SPREAD."""
+    return sum(len(w.assigned) for w in n.workers.values())

@@ -10,7 +10,9 @@ import signal
 import sys
 
 from .._daemon import report_ready, setup_logging
-from .._resources import CPU, to_units
+import psutil
+
+from .._resources import CPU, GPU, MEMORY, detect_gpus, to_units
 from .._transport import connect_endpoint, local_ip_towards, split_address
 from ..config import DEFAULT_PORT, Config
 from .agent import NodeAgent
@@ -22,6 +24,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--node-ip")
     ap.add_argument("--num-cpus", type=int, default=os.cpu_count() or 1)
     ap.add_argument("--resources", default="{}")
+    ap.add_argument("--num-gpus", type=int, help="GPUs (default: CUDA_VISIBLE_DEVICES or nvidia-smi)")
+    ap.add_argument("--memory", type=int, help="bytes tasks may reserve (default: 70%% of RAM)")
     ap.add_argument("--node-id")
     ap.add_argument("--ready-fd", type=int)
     ap.add_argument("--lifeline-fd", type=int)
@@ -33,10 +37,18 @@ def main(argv: list[str] | None = None) -> int:
     node_ip = args.node_ip or local_ip_towards(host)
     resources = {k: to_units(float(v)) for k, v in json.loads(args.resources).items()}
     resources[CPU] = to_units(args.num_cpus)
+    gpus = detect_gpus(os.environ)
+    if args.num_gpus is not None:  # given: the first N of the detected ids, or 0..N-1
+        gpus = (gpus + [str(i) for i in range(len(gpus), args.num_gpus)])[: args.num_gpus] \
+            if gpus else [str(i) for i in range(args.num_gpus)]
+    if gpus:
+        resources[GPU] = to_units(len(gpus))
+    memory = args.memory if args.memory is not None else int(psutil.virtual_memory().total * 0.7)
+    resources[MEMORY] = to_units(memory)
     endpoint = connect_endpoint(host, port)
     try:
         agent = NodeAgent(Config.from_env(), endpoint, node_ip, args.num_cpus, resources,
-                          args.node_id)
+                          args.node_id, gpus)
     except ConnectionError:
         msg = f"no taskmesh head answered at {host}:{port}"
         report_ready(args.ready_fd, f"ERROR {msg}")

@@ -66,12 +66,14 @@ class NodeAgent:
         num_cpus: int,
         resources: dict[str, int],
         node_id: str | None = None,
+        gpus: list[str] | None = None,
     ) -> None:
         self.config = config
         self.head_endpoint = head_endpoint
         self.node_ip = node_ip
         self.num_cpus = num_cpus
         self.resources = resources
+        self.gpus = list(gpus or [])  # device ids, as CUDA_VISIBLE_DEVICES names them
         self.node_id = node_id or uuid.uuid4().hex[:12]
         self.ctx = new_context()
         self.sock = open_client(self.ctx, head_endpoint, b"N" + self.node_id.encode(),
@@ -273,7 +275,7 @@ class NodeAgent:
             "pid": os.getpid(), "resources": self.resources, "prestart": self.num_cpus,
             "arena": self.arena.name, "store_capacity": self.arena.capacity,
             "store": self.store.name, "transfer": self.store.transfer_address,
-            "incarnation": self._incarnation,
+            "incarnation": self._incarnation, "gpus": self.gpus,
         }
         self._info = info
         self.sock.send(P.Hello(P.PROTOCOL_VERSION, "node", info))

@@ -194,6 +194,8 @@ class Worker:
         start = time.perf_counter()
         if not self.results:
             self.batch_started = start
+        if a.env:  # e.g. CUDA_VISIBLE_DEVICES: the GPUs the head gave this task
+            os.environ.update({str(k): str(v) for k, v in a.env.items()})
         outer = CTX.current_task_id, CTX.current_task_name  # set again after Help tasks
         self.running += 1
         CTX.current_task_id = a.task_id

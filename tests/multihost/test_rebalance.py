@@ -110,3 +110,34 @@ def test_an_idle_node_takes_back_work_queued_behind_a_long_task(hosts, tmp_path)
         if proc.poll() is None:
             proc.kill()
     assert result["short_after_slow_on_its_node"] == 0, result
+
+
+PLACEMENT = COMMON + r'''
+from taskmesh.util.scheduling_strategies import NodeAffinitySchedulingStrategy as Affinity
+
+@taskmesh.remote
+def where(i):
+    time.sleep(0.3)
+    return taskmesh.get_runtime_context().get_node_id()
+
+wait_workers(4)
+spread = collections.Counter(addr(n) for n in taskmesh.get(
+    [where.options(scheduling_strategy="SPREAD").remote(i) for i in range(4)], timeout=60))
+target = next(x["NodeID"] for x in taskmesh.nodes() if x["NodeManagerAddress"] == sys.argv[2])
+pinned = collections.Counter(addr(n) for n in taskmesh.get(
+    [where.options(scheduling_strategy=Affinity(target)).remote(i) for i in range(6)], timeout=60))
+say("RESULT", {"spread": spread, "pinned": pinned})
+'''
+
+
+def test_spread_and_node_affinity_across_hosts(hosts, tmp_path):
+    address = _start(hosts, tmp_path, 7332, (1, 2), cpus=2)
+    proc = driver(hosts, tmp_path, PLACEMENT, address, hosts.addr(2))
+    try:
+        result = expect(proc, "RESULT")
+        proc.wait(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert result["spread"] == {hosts.addr(1): 2, hosts.addr(2): 2}, result
+    assert result["pinned"] == {hosts.addr(2): 6}, result

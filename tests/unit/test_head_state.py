@@ -1342,3 +1342,57 @@ def test_no_stealing_while_tasks_wait_at_the_head_or_for_short_queues():
     c.submit(g, 1, cpus=4)  # a shape no node fits: stays queued
     c.add_node("n2", cpus=1)
     assert not c.drain().of(P.Revoke)
+
+
+# =========================================================================== placement options
+
+
+def test_hard_node_affinity_runs_only_there_and_fails_for_a_dead_node():
+    c = Cluster(idle_worker_timeout_s=1000.0)
+    c.add_node("n1", cpus=2)
+    c.add_node("n2", cpus=2)
+    fid = c.register()
+    spec = build(P.TaskSpec, task_id=b"pinned-task-0001", name="f", function_id=fid, args=None,
+                 deps=[], num_returns=1, resources={"CPU": UNIT}, max_retries=3,
+                 retry_exceptions=False, strategy="node:n2")
+    c.send(c.driver, P.Submit([spec]))
+    assert c.drain().assigned_to()[spec.task_id] in c.node_workers["n2"]
+    gone = spec._replace(task_id=b"pinned-task-0002", strategy="node:n9")
+    c.send(c.driver, P.Submit([gone]))
+    kind, message = c.drain().values(c.driver)[ret(gone.task_id)].value.read_system_error()
+    assert kind == "TaskUnschedulableError" and "n9" in message and "soft=True" in message
+    soft = spec._replace(task_id=b"pinned-task-0003", strategy="node?:n9")
+    c.send(c.driver, P.Submit([soft]))
+    assert soft.task_id in c.drain().assigned_to()
+
+
+def test_spread_puts_each_task_on_the_least_loaded_node():
+    c = Cluster(idle_worker_timeout_s=1000.0)
+    c.add_node("n1", cpus=4)
+    c.add_node("n2", cpus=4)
+    fid = c.register()
+    specs = [build(P.TaskSpec, task_id=f"spread-task-{i:04d}".encode(), name="f",
+                   function_id=fid, args=None, deps=[], num_returns=1,
+                   resources={"CPU": UNIT}, max_retries=3, retry_exceptions=False,
+                   strategy="SPREAD") for i in range(4)]
+    c.send(c.driver, P.Submit(specs))
+    where = c.drain().assigned_to()
+    on_n1 = sum(1 for w in where.values() if w in c.node_workers["n1"])
+    assert len(where) == 4 and on_n1 == 2
+
+
+def test_gpu_tasks_get_their_devices_in_cuda_visible_devices():
+    c = Cluster(idle_worker_timeout_s=1000.0)
+    c.add_node("g", cpus=3, resources={"GPU": 2})
+    fid = c.register()
+    one = c.submit(fid, 2, resources={"GPU": 1})
+    none = c.submit(fid, 1)
+    sent = c.drain()
+    env = {a.task_id: a.env for a in sent.assignments()}
+    assert sorted(env[t]["CUDA_VISIBLE_DEVICES"] for t in one) == ["0", "1"]
+    assert env[none[0]] == {"CUDA_VISIBLE_DEVICES": ""}
+    assert c.node("g").gpus == {"0": 0, "1": 0}
+    worker = sent.assigned_to()[one[0]]
+    c.finish(worker, one[0])
+    c.drain()
+    assert sorted(c.node("g").gpus.values()) == [0, UNIT]  # its device is free again

@@ -6,6 +6,7 @@ import pytest
 
 from taskmesh._head import policy
 from taskmesh._head.policy import (
+    pick_spread,
     PIPELINE_TARGET_S,
     fits,
     pick_node,
@@ -123,3 +124,37 @@ def test_workers_to_start(free, demand, queued, starting, live, cap, expected):
 ])
 def test_describe_resources(resources, text):
     assert describe_resources(resources) == text
+
+
+def test_pick_node_takes_the_preferred_node_when_it_fits():
+    cands = [("a", {"CPU": 40_000}), ("b", {"CPU": 10_000})]
+    assert pick_node(cands, {"CPU": 10_000}, None, "b") == "b"
+    assert pick_node(cands, {"CPU": 20_000}, None, "b") == "a"  # b cannot take it: anywhere
+    assert pick_node(cands, {"CPU": 10_000}, None, "gone") == "a"
+
+
+def test_pick_spread_takes_the_least_loaded_node():
+    cands = [("a", {"CPU": 40_000}, 3), ("b", {"CPU": 10_000}, 1), ("c", {"CPU": 0}, 0)]
+    assert pick_spread(cands, {"CPU": 10_000}) == "b"  # c has no room
+    assert pick_spread([("a", {"CPU": 1}, 0), ("b", {"CPU": 2}, 0)], {}) == "b"
+
+
+def test_gpu_devices_are_whole_for_one_or_more_and_shared_below_one():
+    from taskmesh._resources import UNIT, assign_gpus
+
+    free = {"0": UNIT, "1": UNIT, "2": UNIT}
+    assert assign_gpus(free, UNIT // 2) == {"0": UNIT // 2}
+    assert assign_gpus(free, UNIT // 4) == {"0": UNIT // 4}  # packs onto the fullest that fits
+    assert assign_gpus(free, 2 * UNIT) == {"1": UNIT, "2": UNIT}
+    assert assign_gpus(free, UNIT) is None  # none whole is left
+    assert assign_gpus(free, UNIT // 4) == {"0": UNIT // 4}
+    assert free == {"0": 0, "1": 0, "2": 0}
+    assert assign_gpus({"0": UNIT, "1": UNIT}, 3 * UNIT // 2) is None  # 1.5: not on devices
+
+
+def test_detect_gpus_reads_cuda_visible_devices():
+    from taskmesh._resources import detect_gpus
+
+    assert detect_gpus({"CUDA_VISIBLE_DEVICES": "2,3"}) == ["2", "3"]
+    assert detect_gpus({"CUDA_VISIBLE_DEVICES": ""}) == []
+    assert detect_gpus({"CUDA_VISIBLE_DEVICES": "-1"}) == []

@@ -1,0 +1,1 @@
+"""Helpers under the names Ray users know (``ray.util.scheduling_strategies``)."""
