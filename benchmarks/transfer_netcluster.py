@@ -72,6 +72,10 @@ RAW_SLICE = 512 << 10
 FRAMEWORKS = ("taskmesh", "ray")
 #: runs of the tiny-argument task per iteration (scheduling overhead)
 OVERHEAD_RUNS = 5
+#: the worker nodes of this benchmark: (host index, CPUs, custom resources as JSON)
+NODES: tuple[tuple[int, int, str], ...] = ((1, 1, "{}"), (2, 1, '{"side": 1}'))
+#: environment of its taskmesh processes: heartbeats faster than the 0.25 s default
+TASKMESH_ENV = {"TASKMESH_HEARTBEAT_INTERVAL_S": "0.1"}
 
 
 class Unavailable(Exception):
@@ -386,11 +390,14 @@ def render(result: dict[str, Any]) -> str:
 
 
 class _Hosts:
-    """A netcluster of our own (unique prefix) and every process started on it; ``close``
-    stops them all and deletes the namespaces, whatever happened."""
+    """A netcluster of our own (unique prefix: ``tag`` and our pid) and every process started
+    on it; ``close`` stops them all and deletes the namespaces, whatever happened. ``label``
+    names the benchmark in messages."""
 
-    def __init__(self, n: int, log_dir: Path) -> None:
-        self.prefix = f"bx{os.getpid() % 100000}"
+    def __init__(self, n: int, log_dir: Path, tag: str = "bx",
+                 label: str = "transfer_netcluster") -> None:
+        self.label = label
+        self.prefix = f"{tag}{os.getpid() % 100000}"
         self.env = {**os.environ, "NETCLUSTER_PREFIX": self.prefix,
                     "PYTHONPATH": os.pathsep.join(
                         p for p in (str(REPO_ROOT), os.environ.get("PYTHONPATH", "")) if p),
@@ -425,16 +432,35 @@ class _Hosts:
         return r
 
     def spawn(self, i: int, name: str, *cmd: str, env: dict[str, str] | None = None,
-              stdout: int | None = None) -> subprocess.Popen[bytes]:
+              stdout: int | None = None, stdin: int | None = None) -> subprocess.Popen[bytes]:
         """Start ``cmd`` on host ``i`` in the background; stderr (and stdout, unless piped)
-        go to ``<log_dir>/<name>.log``."""
+        go to ``<log_dir>/<name>.log``; stdin is empty unless piped."""
         log = open(self.log_dir / f"{name}.log", "wb")  # noqa: SIM115 - lives with the process
         p = subprocess.Popen([NETCLUSTER, "exec", self.names[i], *cmd], cwd=REPO_ROOT,
-                             env={**self.env, **(env or {})}, stdin=subprocess.DEVNULL,
+                             env={**self.env, **(env or {})},
+                             stdin=subprocess.DEVNULL if stdin is None else stdin,
                              stdout=log if stdout is None else stdout, stderr=log)
         log.close()
         self.procs.append(p)
         return p
+
+    def kill_daemons(self, i: int, timeout_s: float = 10) -> None:
+        """SIGKILL every process on host ``i`` (in its network namespace) that :meth:`spawn`
+        did not start: daemons a framework's CLI left there. Waits until they are gone."""
+        ours = {p.pid for p in self.procs if p.poll() is None}
+        r = subprocess.run(["ip", "netns", "pids", self.names[i]], capture_output=True,
+                           text=True, timeout=30, check=False)
+        if r.returncode != 0:
+            raise RuntimeError(f"ip netns pids {self.names[i]} failed: {r.stderr.strip()}")
+        victims = [pid for pid in map(int, r.stdout.split()) if pid not in ours]
+        for pid in victims:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        deadline = time.monotonic() + timeout_s
+        while victims and time.monotonic() < deadline:
+            victims = [pid for pid in victims if os.path.exists(f"/proc/{pid}")
+                       and not _is_zombie(pid)]
+            time.sleep(0.05)
 
     def close(self) -> None:
         for p in self.procs:
@@ -453,28 +479,45 @@ class _Hosts:
             self.up = False
 
 
-def _start_taskmesh(hosts: _Hosts, run_dir: Path) -> str:
-    py = sys.executable
+def _start_taskmesh(hosts: _Hosts, run_dir: Path,
+                    nodes: tuple[tuple[int, int, str], ...] = NODES,
+                    env: dict[str, str] | None = None,
+                    object_store_memory: int = OBJECT_STORE_MEMORY) -> str:
+    """The head on h0 (no CPUs), then a node on each host of ``nodes``; the head's address.
+    ``env``: for every process (default :data:`TASKMESH_ENV`; ``{}`` keeps taskmesh's
+    defaults)."""
+    env = TASKMESH_ENV if env is None else env
     head = hosts.addrs[0]
-    env = {"TASKMESH_HEARTBEAT_INTERVAL_S": "0.1"}
-    hosts.run(0, py, "-m", "taskmesh._cli", "start", "--head", "--port", str(TASKMESH_PORT),
-              "--num-cpus", "0", "--node-ip", head,
+    hosts.run(0, sys.executable, "-m", "taskmesh._cli", "start", "--head", "--port",
+              str(TASKMESH_PORT), "--num-cpus", "0", "--node-ip", head,
               env={**env, "TASKMESH_RUN_DIR": f"{run_dir}/h0"})
-    for i, res in ((1, "{}"), (2, '{"side": 1}')):
-        hosts.run(i, py, "-m", "taskmesh._cli", "start", "--worker", "--address",
-                  f"{head}:{TASKMESH_PORT}", "--num-cpus", "1", "--node-ip", hosts.addrs[i],
-                  "--object-store-memory", str(OBJECT_STORE_MEMORY), "--resources", res,
-                  env={**env, "TASKMESH_RUN_DIR": f"{run_dir}/h{i}"})
-    return f"{head}:{TASKMESH_PORT}"
+    address = f"{head}:{TASKMESH_PORT}"
+    for i, cpus, res in nodes:
+        _start_taskmesh_node(hosts, run_dir, i, address, cpus, res, env, object_store_memory)
+    return address
 
 
-def _stop_taskmesh(hosts: _Hosts, run_dir: Path) -> None:
-    for i in (2, 1, 0):  # nodes first, then the head
+def _start_taskmesh_node(hosts: _Hosts, run_dir: Path, i: int, address: str, cpus: int,
+                         resources: str, env: dict[str, str], object_store_memory: int) -> None:
+    """A node agent on host ``i`` that joins the head at ``address`` (also to start one again
+    on a host that lost its own)."""
+    hosts.run(i, sys.executable, "-m", "taskmesh._cli", "start", "--worker", "--address",
+              address, "--num-cpus", str(cpus), "--node-ip", hosts.addrs[i],
+              "--object-store-memory", str(object_store_memory), "--resources", resources,
+              env={**env, "TASKMESH_RUN_DIR": f"{run_dir}/h{i}"})
+
+
+def _stop_taskmesh(hosts: _Hosts, run_dir: Path, order: tuple[int, ...] = (2, 1, 0)) -> None:
+    """``taskmesh stop`` on each host of ``order``: the nodes first, then the head (h0)."""
+    for i in order:
         try:
             hosts.run(i, sys.executable, "-m", "taskmesh._cli", "stop",
                       env={"TASKMESH_RUN_DIR": f"{run_dir}/h{i}"}, timeout=30)
         except Exception as exc:  # noqa: BLE001 - `netcluster down` kills what is left
-            print(f"transfer_netcluster: taskmesh stop on h{i}: {exc}", file=sys.stderr)
+            print(f"{hosts.label}: taskmesh stop on h{i}: {exc}", file=sys.stderr)
+
+
+_RAY = str(Path(sys.executable).with_name("ray"))
 
 
 def _ray_env(run_dir: Path, i: int) -> dict[str, str]:
@@ -484,30 +527,48 @@ def _ray_env(run_dir: Path, i: int) -> dict[str, str]:
             "RAY_AUTH_MODE": "disabled"}
 
 
-def _start_ray(hosts: _Hosts, run_dir: Path) -> str:
+def _start_ray(hosts: _Hosts, run_dir: Path, nodes: tuple[tuple[int, int, str], ...] = NODES,
+               object_store_memory: int = OBJECT_STORE_MEMORY) -> str:
     """``ray start`` on each host: every host its own --temp-dir (the hosts share the
     filesystem, and Ray's unix sockets live there) and an explicit --node-ip-address (Ray's
     autodetection needs a default route, which netcluster hosts lack)."""
-    ray = str(Path(sys.executable).with_name("ray"))
     head = hosts.addrs[0]
-    common = ["--object-store-memory", str(OBJECT_STORE_MEMORY), "--disable-usage-stats"]
-    hosts.run(0, ray, "start", "--head", "--port", str(RAY_PORT), "--num-cpus", "0",
+    hosts.run(0, _RAY, "start", "--head", "--port", str(RAY_PORT), "--num-cpus", "0",
               "--node-ip-address", head, "--temp-dir", f"{run_dir}/ray0", "--include-dashboard",
-              "false", *common, env=_ray_env(run_dir, 0), timeout=180)
-    for i, res in ((1, "{}"), (2, '{"side": 1}')):
-        hosts.run(i, ray, "start", "--address", f"{head}:{RAY_PORT}", "--num-cpus", "1",
-                  "--node-ip-address", hosts.addrs[i], "--temp-dir", f"{run_dir}/ray{i}",
-                  "--resources", res, *common, env=_ray_env(run_dir, i), timeout=180)
-    return f"{head}:{RAY_PORT}"
+              "false", "--object-store-memory", str(object_store_memory),
+              "--disable-usage-stats", env=_ray_env(run_dir, 0), timeout=180)
+    address = f"{head}:{RAY_PORT}"
+    for i, cpus, res in nodes:
+        _start_ray_node(hosts, run_dir, i, address, cpus, res, object_store_memory)
+    return address
 
 
-def _stop_ray(hosts: _Hosts, run_dir: Path) -> None:
-    ray = str(Path(sys.executable).with_name("ray"))
-    for i in (2, 1, 0):
+def _start_ray_node(hosts: _Hosts, run_dir: Path, i: int, address: str, cpus: int,
+                    resources: str, object_store_memory: int) -> None:
+    """A Ray node (raylet and its store) on host ``i`` that joins the head at ``address``."""
+    hosts.run(i, _RAY, "start", "--address", address, "--num-cpus", str(cpus),
+              "--node-ip-address", hosts.addrs[i], "--temp-dir", f"{run_dir}/ray{i}",
+              "--resources", resources, "--object-store-memory", str(object_store_memory),
+              "--disable-usage-stats", env=_ray_env(run_dir, i), timeout=180)
+
+
+def _stop_ray(hosts: _Hosts, run_dir: Path, order: tuple[int, ...] = (2, 1, 0)) -> None:
+    """SIGKILL Ray's daemons on each host of ``order``, as ``ray stop --force`` would, but only
+    on our hosts: ``ray stop`` picks its victims by name from the machine's one process table
+    (the hosts share it), so it would also kill every other Ray cluster on the machine."""
+    for i in order:
         try:
-            hosts.run(i, ray, "stop", "--force", env=_ray_env(run_dir, i), timeout=60)
+            hosts.kill_daemons(i)
         except Exception as exc:  # noqa: BLE001 - `netcluster down` kills what is left
-            print(f"transfer_netcluster: ray stop on h{i}: {exc}", file=sys.stderr)
+            print(f"{hosts.label}: ray stop on h{i}: {exc}", file=sys.stderr)
+
+
+def _is_zombie(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] == "Z"
+    except (OSError, IndexError):
+        return False
 
 
 def _run_driver(hosts: _Hosts, cfg: dict[str, Any], timeout_s: float,
