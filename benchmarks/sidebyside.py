@@ -1042,10 +1042,11 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument(
         "--workloads",
-        default=",".join(WORKLOADS),
+        default=",".join(n for n, w in WORKLOADS.items() if not w.opt_in),
         help="comma-separated (default: %(default)s); also "
         + ", ".join(MULTIHOST)
-        + " (multi-host, needs root)",
+        + " (multi-host, needs root), "
+        + ", ".join(n for n, w in WORKLOADS.items() if w.opt_in) + " (long: opt-in)",
     )
     p.add_argument(
         "--repeat",

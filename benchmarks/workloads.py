@@ -104,6 +104,8 @@ class Workload:
     #: Ray's best (and median by median); :attr:`ratio_target` is the goal for taskmesh.
     ratio_label: str | None = None
     ratio_target: float | None = None
+    #: Runs only when named in ``--workloads`` (too long for the default run).
+    opt_in: bool = False
 
     def runner(self, framework: str) -> Runner:
         """The implementation to use for ``framework``."""
@@ -326,6 +328,68 @@ def note_actor_order(collected: dict[str, Any]) -> str | None:
     if not out_of_order:
         return "calls ran in submission order in every iteration"
     return f"calls ran out of submission order in {out_of_order} of {len(infos)} iterations"
+
+
+MILLION_TASKS = int(os.environ.get("TASKMESH_BENCH_MILLION_TASKS", "1000000"))
+
+
+def _head_process(framework: str) -> Any:
+    """The process holding the framework's scheduler state: taskmesh's head, Ray's GCS
+    server; Dask's scheduler runs inside this process (LocalCluster)."""
+    import psutil
+
+    me = psutil.Process()
+    needle = {"taskmesh": "taskmesh._head", "ray": "gcs_server"}.get(framework)
+    if needle is None:
+        return me
+    for p in me.children(recursive=True):
+        try:
+            if needle in " ".join(p.cmdline()):
+                return p
+        except psutil.Error:
+            continue
+    return None
+
+
+def run_million_tasks(api: Api, n: int = MILLION_TASKS) -> Sample:
+    """Submit ``n`` no-op tasks in a loop (keeping the refs), then get them all; sample the
+    peak RSS of the head (taskmesh) / GCS (Ray) / scheduler (Dask: this process)."""
+    import threading
+
+    head = _head_process(api.name)
+    base = head.memory_info().rss if head is not None else 0
+    peak = [base]
+    done = threading.Event()
+
+    def sample() -> None:
+        while not done.wait(0.2):
+            try:
+                peak[0] = max(peak[0], head.memory_info().rss)
+            except Exception:  # noqa: BLE001 - the sample is best effort
+                return
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    if head is not None:
+        sampler.start()
+    submit = api.remote(noop)
+    t0 = time.perf_counter()
+    refs = [submit() for _ in range(n)]
+    results = api.get(refs)
+    elapsed = time.perf_counter() - t0
+    done.set()
+    bad = sum(1 for r in results if r != NOOP_RESULT)
+    verify(len(results) == n and bad == 0, f"million_tasks: {bad} of {n} results wrong")
+    return Sample(elapsed, {"head_rss_peak_mb": round(peak[0] / 2**20),
+                            "head_rss_growth_mb": round((peak[0] - base) / 2**20),
+                            "head": None if head is None else " ".join(head.cmdline())[:40]})
+
+
+def note_million(collected: dict[str, Any]) -> str | None:
+    infos = [i for i in (collected.get("timed") or []) if i]
+    if not infos:
+        return None
+    return ("head peak RSS " + ", ".join(f"{i['head_rss_peak_mb']} MB (+{i['head_rss_growth_mb']})"
+                                         for i in infos) + f" [{infos[0]['head']}]")
 
 
 def run_noop_async(api: Api, n: int = NOOP_ASYNC_TASKS) -> float:
@@ -985,6 +1049,20 @@ register(
         better="lower",
         metric=lambda s: s / ACTOR_CREATIONS,
         run=run_actor_create,
+    )
+)
+register(
+    Workload(
+        name="million_tasks",
+        description=f"submit {MILLION_TASKS:,} no-op tasks in a loop, then get all (opt-in)",
+        unit="s",
+        better="lower",
+        metric=_seconds,
+        run=run_million_tasks,
+        warmup=False,
+        timeout_s=3600.0,
+        note=note_million,
+        opt_in=True,
     )
 )
 register(

@@ -529,6 +529,17 @@ class KillWorker(NamedTuple):
     reason: str
 
 
+# -- flow control -----------------------------------------------------------
+
+
+@_message(70, _INT)
+class Credit(NamedTuple):
+    """Backpressure: ``count`` more of your tasks finished (a driver may have at most
+    ``max_pending_tasks`` submitted and not finished; it waits for credit beyond that)."""
+
+    count: int
+
+
 # -- actors -----------------------------------------------------------------
 
 

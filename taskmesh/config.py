@@ -50,6 +50,9 @@ class Config:
     #: a head silent this long is taken for dead: a driver waiting in get()/wait() raises
     #: HeadConnectionError; a node agent says so in its log and keeps trying (see below)
     head_timeout_s: float = 3.0
+    #: a driver waits in .remote() while this many of its tasks are submitted and not yet
+    #: finished (backpressure: the head's memory for pending tasks stays bounded)
+    max_pending_tasks: int = 100_000
     #: node agents fork workers from a pre-imported fork server (about 1 ms each) instead of
     #: starting a new interpreter (0.1-0.2 s of CPU each)
     worker_fork_server: bool = True

@@ -79,6 +79,9 @@ class CoreClient:
         self._values: dict[bytes, P.SerializedObject] = {}
         self._ready_remote: set[bytes] = set()  # ready at the head, value not pushed
         self._pending_owned: set[bytes] = set()  # our tasks' results not yet announced
+        #: backpressure (drivers only): tasks we may still submit before waiting for Credit
+        self._credits: int | None = config.max_pending_tasks if kind == "driver" else None
+        self._credit_lock = threading.Lock()
         self._wanted: collections.Counter[bytes] = collections.Counter()  # waiters per object
         self._subscribed: set[bytes] = set()
         self._refcounts: dict[bytes, int] = {}
@@ -316,6 +319,10 @@ class CoreClient:
                 self._info[msg.request_id] = msg.data
         elif t is P.ActorReply:
             self._info[msg.request_id] = msg.info
+        elif t is P.Credit:
+            if self._credits is not None:
+                with self._credit_lock:
+                    self._credits += msg.count
         elif t is P.Notice:
             log.warning("%s", msg.message)
         elif t is P.Welcome:
@@ -478,6 +485,12 @@ class CoreClient:
             self.send(P.RegisterFunction(function_id, name, blob))
 
     def submit(self, spec: P.TaskSpec, return_ids: list[bytes]) -> None:
+        if self._credits is not None:  # a driver: at most max_pending_tasks in flight
+            with self._credit_lock:
+                self._credits -= 1
+                short = self._credits < 0
+            if short:
+                self._wait_for(lambda: self._credits >= 0, None)
         self._pending_owned.update(return_ids)
         self.send(P.Submit([spec]))
         args = spec.args

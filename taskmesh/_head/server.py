@@ -75,10 +75,11 @@ class HeadServer:
             while True:
                 batch = sock.receive(ready, _DRAIN_LIMIT)
                 ready = {}
-                now = time.monotonic()
+                clock = time.monotonic
                 for peer, msg in batch:
-                    try:
-                        state.handle(peer, msg, now)
+                    try:  # the time of each message: one may take long (a Release of a
+                        # million refs), and a heartbeat after it must not look late
+                        state.handle(peer, msg, clock())
                     except Exception:  # a bug must not take the head down; say so loudly
                         log.exception("error while handling %s from %r", type(msg).__name__, peer)
                 closed = sock.closed_peers()

@@ -131,7 +131,7 @@ class WorkerRec:
 
 class TaskRec:
     __slots__ = ("spec", "owner", "state", "waiting", "worker", "retries_left", "shape", "queued",
-                 "dep_failures", "started")
+                 "dep_failures", "started", "credit")
 
     def __init__(self, spec: P.TaskSpec, owner: bytes) -> None:
         self.spec = spec
@@ -146,6 +146,7 @@ class TaskRec:
         self.queued = False  # an entry for it sits in a ready queue (maybe stale)
         self.dep_failures = 0  # times a worker could not read its inputs
         self.started: float | None = None  # with timeout_s: when it became its worker's running task
+        self.credit = False  # a driver's Submit: its end returns the driver one Credit
 
 
 class ObjectRec:
@@ -212,6 +213,8 @@ class HeadState:
         self.timed: set[TaskRec] = set()  # assigned tasks with a timeout_s (head's backstop)
         self.stolen_asked = 0  # tasks asked back from busy workers for idle ones (Revoke)
         self.stolen = 0  # tasks given back (Returned)
+        self.credits_due: dict[bytes, int] = {}  # driver -> tasks of its that ended this round
+        self.interned: dict[tuple, Any] = {}
         self.cancel_killed: set[bytes] = set()  # workers killed by cancel(force=True)
         self.now = now
 
@@ -303,6 +306,11 @@ class HeadState:
                 del self.queues[shape]
         if not self.queues:
             self._steal()
+        if self.credits_due:  # backpressure: drivers may submit as many more
+            due, self.credits_due = self.credits_due, {}
+            for peer, n in due.items():
+                if self.peers.get(peer) == "driver":
+                    self.out.send(peer, P.Credit(n))
 
     # ------------------------------------------------------------------ handshake
 
@@ -393,13 +401,22 @@ class HeadState:
 
     def _on_submit(self, peer: bytes, msg: P.Submit) -> None:
         objects = self.objects
+        credit = self.peers.get(peer) == "driver"
+        intern = self._intern
         for spec in msg.tasks:
             rids = return_ids(spec.task_id, spec.num_returns)
             if (spec.task_id in self.tasks or spec.num_returns < 0 or len(spec.task_id) != 16
                     or (rids and rids[0] in objects) or spec.method == "__init__"):
                 log.warning("dropped a duplicate or invalid task %s", spec.task_id.hex())
+                if credit:
+                    self.credits_due[peer] = self.credits_due.get(peer, 0) + 1
                 continue
+            # tasks of one function share their name, function id and resources: keep one
+            # copy of each (a million pending tasks must stay small)
+            spec = spec._replace(name=intern(spec.name), function_id=intern(spec.function_id),
+                                 resources=intern(spec.resources))
             t = TaskRec(spec, peer)
+            t.credit = credit
             if spec.actor_id:
                 actor = self.actors.get(spec.actor_id)
                 if actor is None or actor.state == A.DEAD:
@@ -1239,9 +1256,23 @@ class HeadState:
         self.failed += 1
         self._finish(t, [err] * t.spec.num_returns)
 
+    def _intern(self, value: Any) -> Any:
+        """One shared object per distinct name, function id or resources dict (their
+        ``repr``: a dict is keyed by its items)."""
+        key = (type(value), tuple(sorted(value.items())) if type(value) is dict else value)
+        found = self.interned.get(key)
+        if found is None:
+            if len(self.interned) > 100_000:  # many distinct ones: stop sharing
+                return value
+            found = self.interned[key] = value
+        return found
+
     def _finish(self, t: TaskRec, returns: list, deps_counted: bool = True,
                 node: NodeRec | None = None) -> None:
         """Store a finished task's return values and wake whatever waited for them."""
+        if t.credit:
+            t.credit = False
+            self.credits_due[t.owner] = self.credits_due.get(t.owner, 0) + 1
         t.state = DONE
         t.worker = None
         self.tasks.pop(t.spec.task_id, None)

@@ -117,6 +117,7 @@ EXAMPLES: dict[type, list] = {
     P.Cancel: [P.Cancel([b"o" * 20], False), P.Cancel([], True)],
     P.InterruptTask: [P.InterruptTask("n1-3", b"t" * 16)],
     P.Revoke: [P.Revoke([b"t" * 16, b"u" * 16])],
+    P.Credit: [P.Credit(1), P.Credit(100_000)],
     P.Returned: [P.Returned([b"t" * 16]), P.Returned([])],
 }
 if hasattr(P, "Goodbye"):
