@@ -241,3 +241,4 @@ def test_tasks_from_threads(cluster):
     for t in threads:
         t.join(60)
     assert results == {i: [i + j for j in range(50)] for i in range(4)}
+

@@ -1396,3 +1396,19 @@ def test_gpu_tasks_get_their_devices_in_cuda_visible_devices():
     c.finish(worker, one[0])
     c.drain()
     assert sorted(c.node("g").gpus.values()) == [0, UNIT]  # its device is free again
+
+
+def test_drivers_get_credit_back_for_every_task_that_ends():
+    c = Cluster()
+    c.add_node("n1", cpus=1)
+    fid = c.register()
+    a, b = c.submit(fid, 2)
+    worker = c.drain().assigned_to()[a]
+    c.send(c.driver, P.Cancel([ret(b)], False))  # ends too: cancelled
+    assert [m.count for m in c.drain().to(c.driver, P.Credit)] == [1]
+    c.finish(worker, a)
+    assert [m.count for m in c.drain().to(c.driver, P.Credit)] == [1]
+    nested = c.hello(b"worker-x", "worker")  # workers are exempt: no Credit for their tasks
+    c.send(nested, P.RegisterFunction(fid, "mod.f", b"blob"))
+    c.submit(fid, 1, owner=nested)
+    assert not c.drain().of(P.Credit)
