@@ -94,3 +94,13 @@ def workers_to_start(
     want = min(could_run, queued) - starting
     room = cap - live - starting
     return max(0, min(want, room))
+
+
+def steal_count(waiting: int, silent_s: float, quiet_s: float) -> int:
+    """Work stealing: how many of the ``waiting`` tasks queued behind a worker's running one to
+    take back for an idle node, given that the worker reported nothing for ``silent_s``. None
+    while it reports within ``quiet_s`` (it keeps up: its queue holds milliseconds of work);
+    else the back half, at least one."""
+    if waiting <= 0 or silent_s <= quiet_s:
+        return 0
+    return max(1, waiting // 2)

@@ -33,6 +33,7 @@ from .policy import (
     is_short,
     pick_node,
     pick_spread,
+    steal_count,
     pipeline_window,
     workers_to_start,
 )
@@ -1010,17 +1011,15 @@ class HeadState:
         idle = [n for n in self.nodes.values() if n.alive and n.idle]
         if not idle:
             return
-        quiet = self.now - STEAL_AFTER_S
         for n in self.nodes.values():
             if not n.alive:
                 continue
             for w in n.workers.values():
-                if len(w.assigned) < 2 or w.revoking or w.blocked or w.last_result > quiet:
-                    continue  # (a worker that reports keeps up: its queue is milliseconds)
-                lease = w.lease or {}
-                if not any(fits(m.avail, lease) for m in idle):
+                if len(w.assigned) < 2 or w.revoking or w.blocked:
                     continue
-                k = max(1, (len(w.assigned) - 1) // 2)
+                k = steal_count(len(w.assigned) - 1, self.now - w.last_result, STEAL_AFTER_S)
+                if not k or not any(fits(m.avail, w.lease or {}) for m in idle):
+                    continue
                 take = [t.spec.task_id for t in list(w.assigned)[-k:]]
                 w.revoking = True
                 w.slow = True

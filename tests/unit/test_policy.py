@@ -158,3 +158,10 @@ def test_detect_gpus_reads_cuda_visible_devices():
     assert detect_gpus({"CUDA_VISIBLE_DEVICES": "2,3"}) == ["2", "3"]
     assert detect_gpus({"CUDA_VISIBLE_DEVICES": ""}) == []
     assert detect_gpus({"CUDA_VISIBLE_DEVICES": "-1"}) == []
+
+
+def test_steal_count_takes_half_from_a_silent_worker_only():
+    assert policy.steal_count(10, 1.0, 0.05) == 5
+    assert policy.steal_count(1, 1.0, 0.05) == 1
+    assert policy.steal_count(10, 0.01, 0.05) == 0  # it reports: it keeps up
+    assert policy.steal_count(0, 9.0, 0.05) == 0
