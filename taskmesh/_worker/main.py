@@ -84,6 +84,9 @@ class Worker:
         #: tasks the head cancelled (ids from the control pipe): skipped, or interrupted
         self.cancelled: set[bytes] = set()
         self.timed_out: bytes | None = None  # the task whose timeout_s ran out
+        #: True while the task's own code runs (and taskmesh calls it makes): only then may a
+        #: cancel or time-out signal raise, never while a result is being stored or sent
+        self.in_user_code = False
         CTX.core = self.core
         CTX.node_id = node_id
         CTX.worker_id = worker_id
@@ -214,7 +217,9 @@ class Worker:
             if a.timeout_s > 0:
                 self.timed_out = a.task_id
                 signal.setitimer(signal.ITIMER_REAL, a.timeout_s)
+            outer_in_user_code = self.in_user_code  # (a Help task runs inside a blocked one)
             try:
+                self.in_user_code = True
                 if not a.method:
                     result = fn(*args, **kwargs)
                 elif a.method == "__init__":
@@ -222,6 +227,7 @@ class Worker:
                 else:
                     result = self._call_method(a, args, kwargs)
             finally:
+                self.in_user_code = outer_in_user_code
                 if a.timeout_s > 0:
                     signal.setitimer(signal.ITIMER_REAL, 0)
                     self.timed_out = None
@@ -294,12 +300,13 @@ class Worker:
 
     def _on_cancel_signal(self, signum: int, frame: Any) -> None:
         tid = CTX.current_task_id
-        if tid is not None and tid in self.cancelled and self._concurrent is None:
+        if (tid is not None and tid in self.cancelled and self._concurrent is None
+                and self.in_user_code):
             raise _Interrupted("TaskCancelledError", "was cancelled by taskmesh.cancel()")
 
     def _on_timeout_signal(self, signum: int, frame: Any) -> None:
         tid = CTX.current_task_id
-        if tid is not None and tid == self.timed_out:
+        if tid is not None and tid == self.timed_out and self.in_user_code:
             raise _Interrupted("TaskTimeoutError", "ran longer than its timeout_s")
 
     # ------------------------------------------------------------------ actors
