@@ -147,6 +147,8 @@ class CoreClient:
         if self.kind == "driver" and not isinstance(self.sock, LocalClientSocket):
             self._beat_s = self.config.heartbeat_interval_s
             info["heartbeat_s"] = self._beat_s
+        if self._credits is not None:  # the head batches Credit by a tenth of it
+            info["max_pending_tasks"] = self.config.max_pending_tasks
         self.send(P.Hello(P.PROTOCOL_VERSION, self.kind, info))
         deadline = time.monotonic() + self.config.connect_timeout_s
         ok = self._wait_for(lambda: self.welcome is not None or self._refused is not None, deadline)

@@ -42,6 +42,9 @@ log = logging.getLogger(__name__)
 
 _ERR = P.SerializedObject.system_error
 
+#: with more pending tasks than this, the head shares the name, function id and resources
+#: of tasks of one function (memory over speed)
+INTERN_ABOVE = 10_000
 #: dead actors remembered (calls to older ones fail with "no actor with id ... is known")
 MAX_DEAD_ACTORS = 1000
 #: a task past its timeout_s that its worker could not interrupt is killed this much later
@@ -216,6 +219,9 @@ class HeadState:
         self.stolen = 0  # tasks given back (Returned)
         self.credits_due: dict[bytes, int] = {}  # driver -> tasks of its that ended this round
         self.interned: dict[tuple, Any] = {}
+        #: driver -> Credit is sent once this many of its tasks ended (a tenth of its window;
+        #: every tick sends the rest), so a stream of tasks does not cost a message per round
+        self.credit_batch: dict[bytes, int] = {}
         self.cancel_killed: set[bytes] = set()  # workers killed by cancel(force=True)
         self.now = now
 
@@ -272,6 +278,8 @@ class HeadState:
             self._enforce_timeouts(now)
         if not self.queues:
             self._steal()
+        if self.credits_due:
+            self._send_credits(all_due=True)
         if self.deferred:
             due = [t for when, t in self.deferred if when <= now]
             self.deferred = [(when, t) for when, t in self.deferred if when > now]
@@ -308,10 +316,7 @@ class HeadState:
         if not self.queues:
             self._steal()
         if self.credits_due:  # backpressure: drivers may submit as many more
-            due, self.credits_due = self.credits_due, {}
-            for peer, n in due.items():
-                if self.peers.get(peer) == "driver":
-                    self.out.send(peer, P.Credit(n))
+            self._send_credits(all_due=False)
 
     # ------------------------------------------------------------------ handshake
 
@@ -328,6 +333,9 @@ class HeadState:
             beat_s = info.get("heartbeat_s")
             if msg.kind == "driver" and isinstance(beat_s, (int, float)) and beat_s > 0:
                 self.beating[peer] = [self.now, float(beat_s)]
+            window = info.get("max_pending_tasks")
+            if msg.kind == "driver" and type(window) is int and window > 0:
+                self.credit_batch[peer] = max(1, window // 10)
         elif msg.kind == "node":
             node_id = info.get("node_id")
             if not isinstance(node_id, str) or not node_id or not valid(info.get("resources")):
@@ -412,10 +420,11 @@ class HeadState:
                 if credit:
                     self.credits_due[peer] = self.credits_due.get(peer, 0) + 1
                 continue
-            # tasks of one function share their name, function id and resources: keep one
-            # copy of each (a million pending tasks must stay small)
-            spec = spec._replace(name=intern(spec.name), function_id=intern(spec.function_id),
-                                 resources=intern(spec.resources))
+            if len(self.tasks) > INTERN_ABOVE:  # many pending: tasks of one function share
+                # their name, function id and resources (one copy each; costs ~1 us a task)
+                spec = spec._replace(name=intern(spec.name),
+                                     function_id=intern(spec.function_id),
+                                     resources=intern(spec.resources))
             t = TaskRec(spec, peer)
             t.credit = credit
             if spec.actor_id:
@@ -1003,6 +1012,15 @@ class HeadState:
         w.blocked = False
         if w.lease is not None and w.node is not None:
             _sub(w.node.avail, w.lease)
+
+    def _send_credits(self, all_due: bool) -> None:
+        due = self.credits_due
+        batch = self.credit_batch
+        for peer, n in list(due.items()):
+            if all_due or n >= batch.get(peer, 1):
+                del due[peer]
+                if self.peers.get(peer) == "driver":
+                    self.out.send(peer, P.Credit(n))
 
     def _steal(self) -> None:
         """Nothing is queued at the head, yet some workers are idle while others have tasks
