@@ -58,7 +58,6 @@ import math
 import os
 import queue
 import shutil
-import signal
 import statistics
 import subprocess
 import sys
@@ -70,9 +69,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.transfer_netcluster import (
-    Unavailable,
     _Hosts,
-    _on_sigterm,
     _ray_env,
     _signals_held,
     _start_ray,
@@ -82,6 +79,7 @@ from benchmarks.transfer_netcluster import (
     _stop_ray,
     _stop_taskmesh,
     check_available,
+    run_main,
 )
 
 FRAMEWORKS = ("taskmesh", "ray")
@@ -744,22 +742,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.repeat < 1 or args.tasks < 1 or args.task_seconds <= 0 or (
             args.budget is not None and args.budget <= 0):
         p.error("--repeat and --tasks must be >= 1, --task-seconds and --budget positive")
-    signal.signal(signal.SIGTERM, _on_sigterm)
-    try:
-        result = run(args.repeat, frameworks, faults, args.tasks, args.task_seconds, args.budget,
-                     progress=lambda m: print(m, file=sys.stderr, flush=True),
-                     keep_logs=args.keep_logs)
-    except Unavailable as exc:
-        print(f"node_loss_netcluster: skipped: {exc}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("node_loss_netcluster: interrupted; the hosts were torn down", file=sys.stderr)
-        return 130
-    print(render(result))
-    if args.json:
-        Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
-        print(f"JSON written to {args.json}")
-    return 0 if all(r.get("status") == "ok" for r in result["frameworks"].values()) else 1
+    return run_main("node_loss_netcluster", lambda progress: run(
+        args.repeat, frameworks, faults, args.tasks, args.task_seconds, args.budget,
+        progress=progress, keep_logs=args.keep_logs), render, args.json)
 
 
 if __name__ == "__main__":

@@ -703,21 +703,28 @@ def main(argv: list[str] | None = None) -> int:
         p.error(f"unknown framework(s): {', '.join(bad)}")
     if args.repeat < 1 or args.size % 8 or args.size <= 0:
         p.error("--repeat must be >= 1 and --size a positive multiple of 8")
+    return run_main("transfer_netcluster", lambda progress: run(
+        args.repeat, frameworks, args.size, progress=progress, keep_logs=args.keep_logs),
+        render, args.json)
+
+
+def run_main(name: str, run_it: Callable[[Callable[[str], None]], dict[str, Any]],
+             render_it: Callable[[dict[str, Any]], str], json_path: str | None) -> int:
+    """The end of a netcluster benchmark's ``main``: run it (progress to stderr), print the
+    table, write the JSON; exit status 0 ok, 1 failed, 2 cannot run here, 130 interrupted."""
     signal.signal(signal.SIGTERM, _on_sigterm)
     try:
-        result = run(args.repeat, frameworks, args.size,
-                     progress=lambda m: print(m, file=sys.stderr, flush=True),
-                     keep_logs=args.keep_logs)
+        result = run_it(lambda m: print(m, file=sys.stderr, flush=True))
     except Unavailable as exc:
-        print(f"transfer_netcluster: skipped: {exc}", file=sys.stderr)
+        print(f"{name}: skipped: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("transfer_netcluster: interrupted; the hosts were torn down", file=sys.stderr)
+        print(f"{name}: interrupted; the hosts were torn down", file=sys.stderr)
         return 130
-    print(render(result))
-    if args.json:
-        Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
-        print(f"JSON written to {args.json}")
+    print(render_it(result))
+    if json_path:
+        Path(json_path).write_text(json.dumps(result, indent=2) + "\n")
+        print(f"JSON written to {json_path}")
     return 0 if all(r.get("status") == "ok" for r in result["frameworks"].values()) else 1
 
 

@@ -61,7 +61,7 @@ def assign_gpus(free: dict[str, int], units: int) -> dict[str, int] | None:
     if units >= UNIT:
         if units % UNIT:
             return None  # more than one GPU must be whole GPUs
-        whole = sorted((d for d, f in free.items() if f == UNIT), key=_device_order)
+        whole = sorted((d for d, f in free.items() if f == UNIT), key=device_order)
         if len(whole) < units // UNIT:
             return None
         take = {d: UNIT for d in whole[: units // UNIT]}
@@ -69,12 +69,13 @@ def assign_gpus(free: dict[str, int], units: int) -> dict[str, int] | None:
         fits = [d for d, f in free.items() if f >= units]
         if not fits:
             return None
-        best = min(fits, key=lambda d: (free[d], _device_order(d)))
+        best = min(fits, key=lambda d: (free[d], device_order(d)))
         take = {best: units}
     for d, u in take.items():
         free[d] -= u
     return take
 
 
-def _device_order(device: str) -> tuple:
+def device_order(device: str) -> tuple:
+    """Sort key of GPU device ids: numbers in numeric order, then names."""
     return (0, int(device), "") if device.isdigit() else (1, 0, device)

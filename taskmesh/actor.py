@@ -16,9 +16,16 @@ from . import _serialize as S
 from ._client.core import function_id_for
 from ._context import current_core
 from ._protocol import return_ids
-from ._resources import CPU, to_units
 from .handles import ObjectRef, _is_ref
-from .options import _bool, _gpus, _int_at_least, _name, _non_negative_number, _resources
+from .options import (
+    _bool,
+    _int_at_least,
+    _name,
+    _non_negative_number,
+    _resources,
+    check_options,
+    resource_units,
+)
 
 _ATTR_NUM_RETURNS = "__taskmesh_num_returns__"
 
@@ -50,14 +57,7 @@ ACTOR_OPTIONS: dict[str, tuple[Any, Callable[[Any], Any], str]] = {
 
 
 def _validate(options: dict[str, Any]) -> dict[str, Any]:
-    out = {}
-    for key, value in options.items():
-        spec = ACTOR_OPTIONS.get(key)
-        if spec is None:
-            known = ", ".join(sorted(ACTOR_OPTIONS))
-            raise ValueError(f"unknown actor option {key!r}; valid options are: {known}")
-        out[key] = spec[1](value)
-    return out
+    return check_options(options, ACTOR_OPTIONS, "actor")
 
 
 def method(*, num_returns: int) -> Callable[[Any], Any]:
@@ -115,14 +115,7 @@ class ActorClass:
         core.register_function(self._fid, self._qualname, self._blob)
         o = {k: spec[0] for k, spec in ACTOR_OPTIONS.items()}
         o.update(options)
-        resources = {CPU: to_units(o["num_cpus"])}
-        if o["num_gpus"]:
-            resources["GPU"] = to_units(_gpus(o["num_gpus"]))
-        if o["memory"]:
-            resources["memory"] = to_units(o["memory"])
-        for k, v in (o["resources"] or {}).items():
-            resources[k] = to_units(v)
-        resources = {k: v for k, v in resources.items() if v}
+        resources = resource_units(o)
         name = f"{self._qualname}.__init__"
         args_obj, deps = S.pack_args(args, kwargs, _is_ref, name)
         if args_obj is not None and args_obj.nbytes > core.config.store_threshold_bytes:

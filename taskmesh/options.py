@@ -113,15 +113,33 @@ TASK_OPTIONS: dict[str, tuple[Any, Callable[[Any], Any], str]] = {
 
 
 def validate(options: dict[str, Any]) -> dict[str, Any]:
-    """Check option names and values; raise ValueError naming the problem."""
+    """Check task option names and values; raise ValueError naming the problem."""
+    return check_options(options, TASK_OPTIONS, "task")
+
+
+def check_options(options: dict[str, Any], table: dict[str, tuple], what: str) -> dict[str, Any]:
+    """Check ``options`` against an option ``table`` (tasks' or actors')."""
     out = {}
     for key, value in options.items():
-        spec = TASK_OPTIONS.get(key)
+        spec = table.get(key)
         if spec is None:
-            known = ", ".join(sorted(TASK_OPTIONS))
-            raise ValueError(f"unknown task option {key!r}; valid options are: {known}")
+            known = ", ".join(sorted(table))
+            raise ValueError(f"unknown {what} option {key!r}; valid options are: {known}")
         out[key] = spec[1](value)
     return out
+
+
+def resource_units(merged: dict[str, Any]) -> dict[str, int]:
+    """The resource demand on the wire (1/10000 units, zeros left out) from merged options
+    (``num_cpus``, ``num_gpus``, ``memory``, ``resources``)."""
+    resources = {CPU: to_units(merged["num_cpus"])}
+    if merged["num_gpus"]:
+        resources["GPU"] = to_units(_gpus(merged["num_gpus"]))
+    if merged["memory"]:
+        resources["memory"] = to_units(merged["memory"])
+    for k, v in (merged["resources"] or {}).items():
+        resources[k] = to_units(v)
+    return {k: v for k, v in resources.items() if v}
 
 
 @dataclass(frozen=True)
@@ -140,14 +158,6 @@ class TaskOptions:
 def compile_options(options: dict[str, Any]) -> TaskOptions:
     merged = {k: spec[0] for k, spec in TASK_OPTIONS.items()}
     merged.update(options)
-    resources = {CPU: to_units(merged["num_cpus"])}
-    if merged["num_gpus"]:
-        resources["GPU"] = to_units(_gpus(merged["num_gpus"]))
-    if merged["memory"]:
-        resources["memory"] = to_units(merged["memory"])
-    for k, v in (merged["resources"] or {}).items():
-        resources[k] = to_units(v)
-    resources = {k: v for k, v in resources.items() if v}
-    return TaskOptions(resources, merged["num_returns"], merged["max_retries"],
+    return TaskOptions(resource_units(merged), merged["num_returns"], merged["max_retries"],
                        merged["retry_exceptions"], merged["name"], float(merged["timeout_s"] or 0.0),
                        strategy_code(merged["scheduling_strategy"]))

@@ -29,7 +29,7 @@ HANDLE_FIELDS = ("class_name", "methods", "is_async", "max_task_retries")
 
 class ActorRec:
     __slots__ = ("actor_id", "spec", "owner", "options", "state", "worker", "node", "calls",
-                 "restarts_left", "restarts", "cause", "no_restart", "resources", "ctor",
+                 "restarts_left", "restarts", "cause", "no_restart", "ctor",
                  "name_key", "warned", "gpu_alloc")
 
     def __init__(self, spec: Any, owner: bytes, options: dict) -> None:
@@ -45,12 +45,16 @@ class ActorRec:
         self.restarts = 0
         self.cause = ""  # why it died (or last died)
         self.no_restart = False  # killed by taskmesh.kill(no_restart=True)
-        self.resources: dict = dict(spec.resources)  # held on its node while placed
         self.ctor: Any = None  # the TaskRec of the running constructor
         self.warned = False  # its owner was told that no node can hold it
         self.gpu_alloc: dict | None = None  # GPU device -> units, while placed
         name = options.get("name") or ""
         self.name_key = (str(options.get("namespace") or ""), name) if name else None
+
+    @property
+    def resources(self) -> dict:
+        """What it holds on its node while placed."""
+        return self.spec.resources
 
     @property
     def class_name(self) -> str:

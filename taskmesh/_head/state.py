@@ -25,7 +25,7 @@ from .. import _protocol as P
 from ..config import Config
 from ._outbox import Outbox
 from .._protocol import return_ids
-from .._resources import CPU, GPU, UNIT, assign_gpus, describe, valid
+from .._resources import CPU, GPU, UNIT, assign_gpus, describe, device_order, valid
 from . import actors as A
 from .actors import ActorRec
 from .policy import (
@@ -313,8 +313,6 @@ class HeadState:
                 self._schedule_shape(queue)
             if not queue:
                 del self.queues[shape]
-        if not self.queues:
-            self._steal()
         if self.credits_due:  # backpressure: drivers may submit as many more
             self._send_credits(all_due=False)
 
@@ -591,8 +589,7 @@ class HeadState:
             running = bool(w.assigned) and w.assigned[0] is t
             if t in w.assigned:
                 w.assigned.remove(t)
-            if w.assigned and w.assigned[0].spec.timeout_s and w.assigned[0].started is None:
-                w.assigned[0].started = self.now
+            self._next_started(w)
             node = w.node
             if node is not None and node.alive:
                 if force and running and w.actor is None:
@@ -607,6 +604,13 @@ class HeadState:
         self.timed.discard(t)
         t.worker = None
         self._fail_task(t, _ERR(kind, why))
+
+    def _next_started(self, w: WorkerRec) -> None:
+        """The task now at the front of a worker's list starts: its time-out counts from now."""
+        if w.assigned:
+            t = w.assigned[0]
+            if t.spec.timeout_s and t.started is None:
+                t.started = self.now
 
     def _enforce_timeouts(self, now: float) -> None:
         """The worker stops a task whose timeout_s ran out; if it could not (stuck in code
@@ -907,8 +911,7 @@ class HeadState:
                 continue
             if w.assigned and w.assigned[0] is t:
                 w.assigned.popleft()
-                if w.assigned and w.assigned[0].spec.timeout_s and w.assigned[0].started is None:
-                    w.assigned[0].started = self.now
+                self._next_started(w)
             else:
                 w.assigned.remove(t)
             if self.timed:
@@ -1719,7 +1722,7 @@ class HeadState:
         node = w.node
         if node is not None and node.gpus and spec.method in ("", "__init__"):
             alloc = w.actor.gpu_alloc if w.actor is not None else w.gpu_alloc
-            env = {"CUDA_VISIBLE_DEVICES": ",".join(sorted(alloc or (), key=_device_key))}
+            env = {"CUDA_VISIBLE_DEVICES": ",".join(sorted(alloc or (), key=device_order))}
         if not spec.actor_id:
             return P.Assignment(spec.task_id, spec.name, spec.function_id, blob, args,
                                 dep_values, spec.num_returns, "", None, spec.timeout_s, env)
@@ -1867,9 +1870,6 @@ def _int(value: Any) -> int:
     """An integer field of a peer's Hello info (0 if missing or of another type)."""
     return value if type(value) is int else 0
 
-
-def _device_key(device: str) -> tuple:
-    return (0, int(device), "") if device.isdigit() else (1, 0, device)
 
 
 def _load(n: NodeRec) -> int:

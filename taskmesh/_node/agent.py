@@ -23,7 +23,6 @@ import os
 import signal
 import socket
 import subprocess
-import sys
 import time
 import uuid
 
@@ -203,9 +202,12 @@ class NodeAgent:
             self.workers[pidfd] = _Worker(worker_id, proc, pidfd, control_w)
             self._poller.register(pidfd)
 
+    def _worker_by_id(self, worker_id: str) -> "_Worker | None":
+        return next((w for w in self.workers.values() if w.worker_id == worker_id), None)
+
     def _interrupt(self, worker_id: str, task_id: bytes) -> None:
         """Pass a cancelled task's id to its worker (its control thread interrupts it)."""
-        w = next((w for w in self.workers.values() if w.worker_id == worker_id), None)
+        w = self._worker_by_id(worker_id)
         if w is None or len(task_id) != 16:
             return
         try:
@@ -216,7 +218,7 @@ class NodeAgent:
 
     def _kill_worker(self, worker_id: str, reason: str) -> None:
         """SIGKILL one worker (the head cancelled its task); its exit is reaped as usual."""
-        w = next((w for w in self.workers.values() if w.worker_id == worker_id), None)
+        w = self._worker_by_id(worker_id)
         if w is None:
             return  # already gone
         log.info("killing worker %s (pid %d): %s", worker_id, w.proc.pid, reason)

@@ -56,16 +56,7 @@ class Spawner:
 
     def _zygote_gone(self) -> None:
         log.warning("the worker fork server exited: starting another")
-        if self._sock is not None:
-            self._sock.close()
-            self._sock = None
-        if self._zygote is not None:
-            try:
-                self._zygote.wait(1.0)
-            except subprocess.TimeoutExpired:
-                self._zygote.kill()
-                self._zygote.wait()
-            self._zygote = None
+        self._stop_zygote(1.0)
         for pid in list(self._children):  # their exits can no longer be told
             self._exits.setdefault(pid, UNKNOWN_EXIT)
         self._start_zygote()
@@ -148,12 +139,16 @@ class Spawner:
         return self._exits.pop(pid)
 
     def close(self) -> None:
+        self._stop_zygote(2.0)
+
+    def _stop_zygote(self, timeout_s: float) -> None:
+        """Close our end (the zygote exits on EOF) and reap it, killing it after ``timeout_s``."""
         if self._sock is not None:
-            self._sock.close()  # the zygote exits on EOF
+            self._sock.close()
             self._sock = None
         if self._zygote is not None:
             try:
-                self._zygote.wait(2.0)
+                self._zygote.wait(timeout_s)
             except subprocess.TimeoutExpired:
                 self._zygote.kill()
                 self._zygote.wait()

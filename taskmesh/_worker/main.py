@@ -351,37 +351,38 @@ class Worker:
 
     def _call_in_thread(self, a: P.Assignment) -> None:
         start = time.perf_counter()
-        returns = self._call_returns(a, lambda args, kwargs: self._call_method(a, args, kwargs))
-        self.core.send(P.TaskResults([P.TaskResult(a.task_id, returns,
-                                                   time.perf_counter() - start)]))
+        try:
+            returns = self._serialize_returns(a, self._call_with_inputs(a))
+        except BaseException as exc:  # noqa: BLE001 - every failure becomes an error object
+            returns = self._failed_returns(a, exc)
+        self._send_result(a, returns, start)
 
     async def _call_async(self, a: P.Assignment) -> None:
         async with self._async_slots:
             start = time.perf_counter()
             try:
-                deps, args_obj = self._inputs(a)
-                args, kwargs = S.unpack_args(args_obj, deps)
-                result = self._call_method(a, args, kwargs)
+                result = self._call_with_inputs(a)
                 if inspect.isawaitable(result):
                     result = await result
                 returns = self._serialize_returns(a, result)
-            except _InputLost as lost:
-                returns = [lost.error()]
             except BaseException as exc:  # noqa: BLE001 - every failure becomes an error object
-                returns = [S.dump_task_error(exc, a.name, self.node_id, self.pid)] * a.num_returns
-            self.core.send(P.TaskResults([P.TaskResult(a.task_id, returns,
-                                                       time.perf_counter() - start)]))
+                returns = self._failed_returns(a, exc)
+            self._send_result(a, returns, start)
 
-    def _call_returns(self, a: P.Assignment, call: Any) -> list:
-        try:
-            deps, args_obj = self._inputs(a)
-            args, kwargs = S.unpack_args(args_obj, deps)
-            result = call(args, kwargs)
-            return self._serialize_returns(a, result)
-        except _InputLost as lost:
-            return [lost.error()]
-        except BaseException as exc:  # noqa: BLE001 - every failure becomes an error object
-            return [S.dump_task_error(exc, a.name, self.node_id, self.pid)] * a.num_returns
+    def _call_with_inputs(self, a: P.Assignment) -> Any:
+        deps, args_obj = self._inputs(a)
+        args, kwargs = S.unpack_args(args_obj, deps)
+        return self._call_method(a, args, kwargs)
+
+    def _failed_returns(self, a: P.Assignment, exc: BaseException) -> list:
+        if isinstance(exc, _InputLost):  # the head runs it again once the input is back
+            return [exc.error()]
+        return [S.dump_task_error(exc, a.name, self.node_id, self.pid)] * a.num_returns
+
+    def _send_result(self, a: P.Assignment, returns: list, start: float) -> None:
+        """A concurrent call's result goes out on its own, at once."""
+        self.core.send(P.TaskResults([P.TaskResult(a.task_id, returns,
+                                                   time.perf_counter() - start)]))
 
     def _inputs(self, a: P.Assignment) -> tuple[Any, Any]:
         """The task's dependency values and its arguments object, read from the node's store

@@ -76,18 +76,30 @@ say("RESULT", {"exact": ok, "nodes_after": sorted({addr_of(n) for _, n in again}
 '''
 
 
-def start_cluster(hosts, tmp_path, port: int) -> str:
+def start_head(hosts, tmp_path, port: int) -> str:
+    """A head with no workers on h0; its address."""
     head_ip = hosts.addr(0)
     r = hosts.run(0, sys.executable, "-m", "taskmesh._cli", "start", "--head", "--port", str(port),
                   "--num-cpus", "0", "--node-ip", head_ip,
                   env={"TASKMESH_RUN_DIR": str(tmp_path / "run0")})
     assert r.returncode == 0, r.stderr
-    for i in (1, 2):
-        r = hosts.run(i, sys.executable, "-m", "taskmesh._cli", "start", "--worker", "--address",
-                      f"{head_ip}:{port}", "--num-cpus", "2", "--resources", '{"r": 1}',
-                      env={"TASKMESH_RUN_DIR": str(tmp_path / f"run{i}")})
-        assert r.returncode == 0, r.stderr
     return f"{head_ip}:{port}"
+
+
+def join_node(hosts, tmp_path, i: int, address: str, cpus: int = 2, *flags: str,
+              env: dict | None = None) -> None:
+    """A node agent on host i joins the head at ``address``."""
+    r = hosts.run(i, sys.executable, "-m", "taskmesh._cli", "start", "--worker", "--address",
+                  address, "--num-cpus", str(cpus), *flags,
+                  env={"TASKMESH_RUN_DIR": str(tmp_path / f"run{i}"), **(env or {})})
+    assert r.returncode == 0, r.stderr
+
+
+def start_cluster(hosts, tmp_path, port: int) -> str:
+    address = start_head(hosts, tmp_path, port)
+    for i in (1, 2):
+        join_node(hosts, tmp_path, i, address, 2, "--resources", '{"r": 1}')
+    return address
 
 
 def driver(hosts, tmp_path, code: str, *args: str) -> subprocess.Popen:
@@ -287,17 +299,10 @@ def test_a_dead_head_is_detected_by_drivers_and_node_agents(hosts, tmp_path):
     import time
 
     head_ip, port = hosts.addr(0), 7324
-    r = hosts.run(0, sys.executable, "-m", "taskmesh._cli", "start", "--head", "--port", str(port),
-                  "--num-cpus", "0", "--node-ip", head_ip,
-                  env={"TASKMESH_RUN_DIR": str(tmp_path / "run0")})
-    assert r.returncode == 0, r.stderr
+    address = start_head(hosts, tmp_path, port)
     for i, exit_s in ((1, "4"), (2, "60")):
-        r = hosts.run(i, sys.executable, "-m", "taskmesh._cli", "start", "--worker", "--address",
-                      f"{head_ip}:{port}", "--num-cpus", "2",
-                      env={"TASKMESH_RUN_DIR": str(tmp_path / f"run{i}"),
-                           "TASKMESH_HEAD_LOST_EXIT_S": exit_s})
-        assert r.returncode == 0, r.stderr
-    proc = driver(hosts, tmp_path, HEAD_LOST, f"{head_ip}:{port}")
+        join_node(hosts, tmp_path, i, address, env={"TASKMESH_HEAD_LOST_EXIT_S": exit_s})
+    proc = driver(hosts, tmp_path, HEAD_LOST, address)
     try:
         expect(proc, "RUNNING")
         assert _agent_pids(hosts, 1) and _agent_pids(hosts, 2)

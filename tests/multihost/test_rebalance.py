@@ -3,13 +3,11 @@ that is idle takes back work queued behind a long task on another (work stealing
 
 from __future__ import annotations
 
-import json
-import sys
 import time
 
 import pytest
 
-from .test_failures import driver, expect
+from .test_failures import driver, expect, join_node, start_head
 
 pytestmark = [pytest.mark.multihost, pytest.mark.timeout(180)]
 
@@ -64,21 +62,10 @@ say("RESULT", {"short_after_slow_on_its_node": len(behind),
 
 
 def _start(hosts, tmp_path, port: int, nodes: tuple[int, ...], cpus: int = 2) -> str:
-    head_ip = hosts.addr(0)
-    r = hosts.run(0, sys.executable, "-m", "taskmesh._cli", "start", "--head", "--port", str(port),
-                  "--num-cpus", "0", "--node-ip", head_ip,
-                  env={"TASKMESH_RUN_DIR": str(tmp_path / "run0")})
-    assert r.returncode == 0, r.stderr
+    address = start_head(hosts, tmp_path, port)
     for i in nodes:
-        _join(hosts, tmp_path, i, f"{head_ip}:{port}", cpus)
-    return f"{head_ip}:{port}"
-
-
-def _join(hosts, tmp_path, i: int, address: str, cpus: int) -> None:
-    r = hosts.run(i, sys.executable, "-m", "taskmesh._cli", "start", "--worker", "--address",
-                  address, "--num-cpus", str(cpus),
-                  env={"TASKMESH_RUN_DIR": str(tmp_path / f"run{i}")})
-    assert r.returncode == 0, r.stderr
+        join_node(hosts, tmp_path, i, address, cpus)
+    return address
 
 
 def test_a_node_that_joins_mid_run_takes_its_share(hosts, tmp_path):
@@ -88,7 +75,7 @@ def test_a_node_that_joins_mid_run_takes_its_share(hosts, tmp_path):
     try:
         expect(proc, "SUBMITTED")
         time.sleep(1.0)  # the scenario: the second node joins a second into the run
-        _join(hosts, tmp_path, 2, address, 2)
+        join_node(hosts, tmp_path, 2, address, 2)
         where = expect(proc, "RESULT")
         proc.wait(timeout=30)
     finally:

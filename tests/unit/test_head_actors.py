@@ -9,7 +9,7 @@ import pytest
 from taskmesh import _protocol as P
 from taskmesh._head import actors as A
 
-from .test_head_state import Cluster, ret, task_error, value
+from .test_head_state import Cluster, ret, value
 
 SO = P.SerializedObject
 
@@ -69,7 +69,7 @@ def test_an_actor_takes_an_idle_pool_worker_which_is_replaced(c):
     assert c.actor(aid).state == A.ALIVE
     # the pool still runs tasks on the other worker, never on the actor's
     f = c.register("mod.g")
-    ts = c.submit(f, 2)
+    c.submit(f, 2)
     assert set(c.drain().assigned_to().values()) <= set(node.workers)
 
 
@@ -236,7 +236,7 @@ def test_a_call_to_an_unknown_actor_fails_at_once(c):
 def test_node_loss_restarts_the_actor_on_another_node(c):
     fid = c.register("mod.C")
     aid = c.create(fid, max_restarts=1)
-    worker = _started(c, aid)
+    _started(c, aid)
     c.add_node("n2", cpus=1)
     c.drain()
     c.tick(c.config.heartbeat_timeout_s + 1, heartbeats=["n2"])
