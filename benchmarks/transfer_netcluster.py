@@ -32,9 +32,15 @@ Interleaving exposes the transfer and the raw copies to the same noise. The rati
 transfer with the faster raw copy of the run (by median). ``--frameworks taskmesh,ray`` also
 runs the same driver on a Ray cluster of the same shape on the same hosts.
 
+The taskmesh processes share a cluster secret made for the run (a file in the run's temporary
+directory, named by ``$TASKMESH_SECRET_FILE``: root's own ``~/.taskmesh`` is left alone). Its
+transfers are encrypted (AES-256-GCM, a cluster's default); ``--encrypt off`` sets
+``TASKMESH_ENCRYPT=0`` for every taskmesh process (authenticated, chunks in the clear).
+
 Usage (as root, from the repository root)::
 
     python -m benchmarks.transfer_netcluster [--repeat N] [--json PATH] [--frameworks taskmesh,ray]
+                                             [--encrypt on|off]
 
 Exit status: 0 ok, 1 failed, 2 cannot run here (not root, no netcluster). :func:`run` returns
 the figures as a dict.
@@ -336,7 +342,8 @@ def render(result: dict[str, Any]) -> str:
     size, repeat = result["size"], result["repeat"]
     lines = [
         (f"transfer_100MB: {size / 1e6:.0f} MB of random float64 from h1's store to a task on h2, "
-         f"beside raw TCP copies h1 -> h2 in the same run"),
+         f"beside raw TCP copies h1 -> h2 in the same run; taskmesh's transfers "
+         f"{'encrypted' if result.get('encrypt', True) else 'in the clear (authenticated only)'}"),
         (f"GB/s = 1e9 bytes/s; best (median) of {repeat} warm runs; net = minus the median time "
          f"of the same task on a 16-byte argument; ratio = transfer / the faster raw copy (by "
          f"median)"),
@@ -603,17 +610,25 @@ def check_available() -> None:
 
 
 def run(repeat: int = 5, frameworks: tuple[str, ...] = ("taskmesh",), size: int = SIZE,
-        progress: Callable[[str], None] | None = None, keep_logs: bool = False) -> dict[str, Any]:
+        progress: Callable[[str], None] | None = None, keep_logs: bool = False,
+        encrypt: bool = True) -> dict[str, Any]:
     """Bring up the hosts, run each framework's driver, tear everything down; the figures.
-    Raises :class:`Unavailable` when the machine cannot run it."""
+    ``encrypt``: taskmesh's transfers encrypted (its default) or only authenticated. Raises
+    :class:`Unavailable` when the machine cannot run it."""
+    from taskmesh._secret import ENV_SECRET_FILE, write_secret_file
+
     check_available()
     say = progress or (lambda msg: None)
     t_start = time.monotonic()
-    tmp = Path(tempfile.mkdtemp(prefix="taskmesh-xfer-"))
+    tmp = Path(tempfile.mkdtemp(prefix="taskmesh-xfer-"))  # mode 0700, as a secret's directory
     log_dir = tmp / "logs"
     log_dir.mkdir()
-    result: dict[str, Any] = {"size": size, "repeat": repeat, "frameworks": {}}
+    result: dict[str, Any] = {"size": size, "repeat": repeat, "encrypt": encrypt, "frameworks": {}}
     hosts = _Hosts(3, log_dir)
+    # every process started on the hosts (they share this filesystem) finds the run's secret
+    hosts.env[ENV_SECRET_FILE] = str(write_secret_file(str(tmp / "cluster-secret")).source)
+    if not encrypt:
+        hosts.env["TASKMESH_ENCRYPT"] = "0"
     failed = False
     try:
         hosts.start()
@@ -697,6 +712,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--size", type=int, default=SIZE, help="bytes (a multiple of 8)")
     p.add_argument("--json", metavar="PATH", help="also write the figures as JSON")
     p.add_argument("--keep-logs", action="store_true", help="keep the process logs")
+    p.add_argument("--encrypt", choices=("on", "off"), default="on",
+                   help="taskmesh's transfers encrypted (default) or only authenticated")
     args = p.parse_args(argv)
     frameworks = tuple(f.strip() for f in args.frameworks.split(",") if f.strip())
     if bad := [f for f in frameworks if f not in FRAMEWORKS]:
@@ -704,7 +721,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.repeat < 1 or args.size % 8 or args.size <= 0:
         p.error("--repeat must be >= 1 and --size a positive multiple of 8")
     return run_main("transfer_netcluster", lambda progress: run(
-        args.repeat, frameworks, args.size, progress=progress, keep_logs=args.keep_logs),
+        args.repeat, frameworks, args.size, progress=progress, keep_logs=args.keep_logs,
+        encrypt=args.encrypt == "on"),
         render, args.json)
 
 

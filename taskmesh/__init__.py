@@ -27,6 +27,7 @@ from .api import (
 )
 from .errors import (
     ActorDiedError,
+    AuthenticationError,
     TaskCancelledError,
     TaskTimeoutError,
     TaskUnschedulableError,
@@ -36,6 +37,7 @@ from .errors import (
     ObjectLostError,
     ObjectStoreFullError,
     ProtocolVersionError,
+    SecretError,
     SerializationError,
     TaskError,
     TaskmeshError,
@@ -54,4 +56,5 @@ __all__ = [
     "NodeAffinitySchedulingStrategy",
     "TaskmeshError", "TaskError", "GetTimeoutError", "WorkerCrashedError", "NodeLostError",
     "ObjectLostError", "ObjectStoreFullError", "SerializationError", "HeadConnectionError", "ProtocolVersionError",
+    "AuthenticationError", "SecretError",
 ]

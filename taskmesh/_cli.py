@@ -1,9 +1,13 @@
 """The ``taskmesh`` command: start a head or a worker node, show status, stop.
 
-    taskmesh start --head [--port 7300] [--num-cpus N] [--node-ip IP] [--block]
-    taskmesh start --worker --address HOST:PORT [--num-cpus N] [--node-ip IP] [--block]
-    taskmesh status [--address HOST:PORT]
+    taskmesh start --head [--port 7300] [--num-cpus N] [--node-ip IP] [--secret-file F] [--block]
+    taskmesh start --worker --address HOST:PORT [--num-cpus N] [--node-ip IP] [--secret-file F] [--block]
+    taskmesh status [--address HOST:PORT] [--secret-file F]
+    taskmesh secret [--new] [--secret-file F]
     taskmesh stop
+
+``start --head`` creates the cluster secret (``~/.taskmesh/cluster-secret``, mode 600) if there
+is none; every other process finds it there, or in ``--secret-file`` / $TASKMESH_SECRET_FILE.
 
 Every failure prints one line, ``taskmesh: error: ...``, and exits non-zero within seconds.
 """
@@ -21,8 +25,11 @@ from typing import Any, NoReturn
 
 from . import _rundir
 from ._launch import StartError, spawn, stop_process, wait_ready
+from ._secret import (ClusterKey, Security, default_secret_file, ensure_secret_file, find_secret,
+                      write_secret_file)
 from ._transport import connect_endpoint, port_is_free, split_address
 from .config import DEFAULT_PORT, Config
+from .errors import SecretError
 
 
 class CliError(Exception):
@@ -86,10 +93,31 @@ def _start_node(cfg: Config, head_addr: str, node_ip: str, num_cpus: int, resour
     return proc, node_id, log_file
 
 
+def _cluster_key(secret_file: str, create: bool) -> tuple[ClusterKey, bool]:
+    """The secret to start with (created at ``secret_file`` or the default with ``create``)."""
+    try:
+        if create and not (os.environ.get("TASKMESH_SECRET") and not secret_file):
+            path = secret_file or os.environ.get("TASKMESH_SECRET_FILE") or default_secret_file()
+            return ensure_secret_file(os.path.abspath(os.path.expanduser(path)))
+        return find_secret(secret_file), False
+    except SecretError as exc:
+        _fail(str(exc))
+    except OSError as exc:
+        _fail(f"cannot create the cluster secret: {exc}")
+
+
 def cmd_start(args: argparse.Namespace) -> int:
     if args.object_store_memory is not None and args.object_store_memory < (1 << 20):
         _fail("--object-store-memory must be at least 1048576 bytes (1 MiB)")
-    cfg = Config.from_env(object_store_memory=args.object_store_memory)
+    overrides: dict[str, Any] = {"object_store_memory": args.object_store_memory}
+    if args.secret_file:
+        overrides["secret_file"] = os.path.abspath(os.path.expanduser(args.secret_file))
+    if args.no_encryption:
+        overrides["encrypt"] = False
+    cfg = Config.from_env(**overrides)
+    key, created = _cluster_key(cfg.secret_file, create=args.head)
+    if key.source.startswith("/") and not cfg.secret_file:  # found at the default place
+        cfg = Config.from_env(**{**overrides, "secret_file": key.source})
     if args.resources:
         try:
             res = json.loads(args.resources)
@@ -122,7 +150,7 @@ def cmd_start(args: argparse.Namespace) -> int:
             _fail(f"could not start the head: {exc}")
         address = f"{node_ip}:{port}"
         _rundir.record(cfg.run_dir, "head", head.pid, connect_address=address, port=port,
-                       log_file=head_log)
+                       log_file=head_log, secret_file=cfg.secret_file)
         procs.append(head)
         node_msg = "no worker processes (--num-cpus 0)"
         if num_cpus > 0:
@@ -134,8 +162,18 @@ def cmd_start(args: argparse.Namespace) -> int:
                 raise
             procs.append(node)
             node_msg = f"a node of {num_cpus} CPU{'s' if num_cpus != 1 else ''} ({node_id})"
+        join = f"taskmesh start --worker --address {address}"
+        if cfg.secret_file and cfg.secret_file != default_secret_file():
+            join += f" --secret-file {cfg.secret_file}"
+        if not cfg.encrypt:
+            join += " --no-encryption"
         print(f"taskmesh head started at {address} (pid {head.pid}) with {node_msg}.")
-        print(f"  add a machine:    taskmesh start --worker --address {address}")
+        print(f"  cluster secret:   {key.source} ({'new, ' if created else ''}fingerprint "
+              f"{key.fingerprint}); machines that do not share this home directory need a "
+              "copy of it (mode 600)")
+        if not cfg.encrypt:
+            print("  WARNING: encryption is off: anyone on the network can read the traffic")
+        print(f"  add a machine:    {join}")
         print(f"  connect Python:   taskmesh.init(address=\"{address}\")  "
               "(or address=\"auto\" on this machine)")
         print("  see the cluster:  taskmesh status")
@@ -239,8 +277,13 @@ def cmd_status(args: argparse.Namespace) -> int:
         host, port = split_address(address, DEFAULT_PORT)
     except ValueError as exc:
         _fail(f"bad address: {exc}")
+    secret_file = (args.secret_file or cfg.secret_file
+                   or (_rundir.head_secret_file(cfg.run_dir) if not args.address else ""))
+    key, _ = _cluster_key(secret_file, create=False)
+    security = Security(key, cfg.encrypt and not args.no_encryption)
     try:
-        core = CoreClient(cfg, connect_endpoint(_resolve(host), port), "status", f"{host}:{port}")
+        core = CoreClient(cfg, connect_endpoint(_resolve(host), port), "status", f"{host}:{port}",
+                          security)
     except HeadConnectionError as exc:
         _fail(str(exc))
     try:
@@ -277,6 +320,17 @@ def cmd_status(args: argparse.Namespace) -> int:
     actors = st.get("actors") or {}
     if any(actors.values()):
         print("actors: " + ", ".join(f"{n} {state}" for state, n in actors.items() if n))
+    tr = st.get("transport") or {}
+    if tr:
+        dropped = st.get("dropped") or {}
+        line = (f"security: encryption {'on' if tr.get('encrypted') else 'OFF'}, secret "
+                f"{tr.get('secret')}; refused connections: {tr.get('refused_connections', 0)}; "
+                f"malformed messages: {tr.get('malformed_messages', 0)}; "
+                f"dropped messages: {sum(dropped.values())}")
+        top = sorted(dropped.items(), key=lambda kv: -kv[1])[:3]
+        if top:
+            line += " (" + ", ".join(f"{n} {why}" for why, n in top) + ")"
+        print(line)
     return 0
 
 
@@ -300,6 +354,24 @@ def _store_columns(store: dict) -> tuple[str, str, str, str]:
             f"{_size(store.get('store_transfer_bytes_received', 0))}")
 
 
+def cmd_secret(args: argparse.Namespace) -> int:
+    path = os.path.abspath(os.path.expanduser(args.secret_file or default_secret_file()))
+    try:
+        if args.new:
+            key = write_secret_file(path, replace=True)
+            print(f"wrote a new cluster secret to {path} (fingerprint {key.fingerprint}).")
+            print("  Copy it to machines that do not share this home directory, then restart "
+                  "the cluster: `taskmesh stop` and `taskmesh start` on every machine.")
+            return 0
+        key = find_secret(path)
+    except SecretError as exc:
+        _fail(str(exc))
+    except OSError as exc:
+        _fail(f"cannot write {path}: {exc}")
+    print(f"cluster secret: {path} (fingerprint {key.fingerprint})")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="taskmesh", description="Run and inspect a taskmesh cluster.")
     sub = ap.add_subparsers(dest="command", required=True)
@@ -319,14 +391,30 @@ def build_parser() -> argparse.ArgumentParser:
     st.add_argument("--object-store-memory", type=int, metavar="BYTES",
                     help="shared memory for this node's object store (default: 30%% of RAM)")
     st.add_argument("--block", action="store_true", help="stay in the foreground until Ctrl-C")
+    _secret_options(st)
     st.set_defaults(fn=cmd_start)
     s = sub.add_parser("status", help="show nodes, CPUs and task counts")
     s.add_argument("--address", help="HOST:PORT of the head (default: the one on this machine)")
     s.add_argument("--all", action="store_true", help="also list nodes that died or left")
+    _secret_options(s)
     s.set_defaults(fn=cmd_status)
+    sc = sub.add_parser("secret", help="show the cluster secret's file and fingerprint, or make a new one")
+    sc.add_argument("--new", action="store_true",
+                    help="replace it with a new random secret (to rotate it; restart the cluster)")
+    sc.add_argument("--secret-file", metavar="PATH", help="default: ~/.taskmesh/cluster-secret")
+    sc.set_defaults(fn=cmd_secret)
     sp = sub.add_parser("stop", help="stop the taskmesh processes started on this machine")
     sp.set_defaults(fn=cmd_stop)
     return ap
+
+
+def _secret_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--secret-file", metavar="PATH",
+                   help="the cluster secret (default: $TASKMESH_SECRET_FILE, else "
+                        "~/.taskmesh/cluster-secret; start --head creates it if missing)")
+    p.add_argument("--no-encryption", action="store_true",
+                   help="do not encrypt traffic between machines (still authenticated); only for "
+                        "a network nobody else can reach")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -13,9 +13,11 @@ import os
 import select
 import subprocess
 import sys
+import dataclasses
 import time
 from dataclasses import dataclass
 
+from ._secret import ClusterKey, Security
 from ._transport import free_port
 from .config import Config
 from .errors import HeadConnectionError
@@ -33,6 +35,7 @@ def spawn(
     lifeline_fd: int | None = None,
     log_file: str | None = None,
     detach: bool = False,
+    secret_env: dict[str, str] | None = None,
 ) -> tuple[subprocess.Popen, int]:
     """Start ``python -m module args``; return (process, read end of its ready pipe)."""
     ready_r, ready_w = os.pipe()
@@ -45,6 +48,7 @@ def spawn(
         cmd += ["--log-file", log_file]
     env = dict(os.environ)
     env.update(config.to_env())
+    env.update(secret_env or {})
     if not detach:
         # an embedded cluster's workers import what the driver can import (its modules, the
         # script's directory, test modules...), as a notebook user expects of a local cluster
@@ -104,6 +108,8 @@ class EmbeddedCluster:
     address: str
     lifeline_w: int
     node_id: str
+    #: the cluster's one-off secret (made for it; its processes got it in their environment)
+    security: Security
 
     def stop(self, timeout: float = 5.0) -> None:
         try:
@@ -120,21 +126,25 @@ class EmbeddedCluster:
 
 def start_embedded(config: Config, num_cpus: int, resources_json: str = "{}",
                    num_gpus: int | None = None) -> EmbeddedCluster:
-    """Start a head and a node agent with ``num_cpus`` workers on 127.0.0.1."""
+    """Start a head and a node agent with ``num_cpus`` workers on 127.0.0.1, under a secret
+    made for this cluster alone (nobody else on the machine can connect to its port)."""
+    security = Security(ClusterKey.generate(), config.encrypt)
+    secret_env = security.key.env()
+    config = dataclasses.replace(config, secret_file="")  # its processes use this one secret
     last_error: Exception | None = None
     for _attempt in range(3):  # the free port may be taken between our probe and the bind
         port = free_port()
         life_r, life_w = os.pipe()
         head, head_ready = spawn("taskmesh._head", ["--host", "127.0.0.1", "--port", str(port),
                                                     "--log-level", "WARNING"],
-                                 config, lifeline_fd=life_r)
+                                 config, lifeline_fd=life_r, secret_env=secret_env)
         node, node_ready = spawn("taskmesh._node", ["--head", f"127.0.0.1:{port}", "--node-ip",
                                                     "127.0.0.1", "--num-cpus", str(num_cpus),
                                                     "--resources", resources_json,
                                                     *(["--num-gpus", str(num_gpus)]
                                                       if num_gpus is not None else []),
                                                     "--log-level", "WARNING"],
-                                 config, lifeline_fd=life_r)
+                                 config, lifeline_fd=life_r, secret_env=secret_env)
         os.close(life_r)
         try:
             try:
@@ -143,7 +153,7 @@ def start_embedded(config: Config, num_cpus: int, resources_json: str = "{}",
                 os.close(node_ready)
                 raise
             node_id = wait_ready(node, node_ready, "the local taskmesh node", 30)
-            return EmbeddedCluster(head, node, f"127.0.0.1:{port}", life_w, node_id)
+            return EmbeddedCluster(head, node, f"127.0.0.1:{port}", life_w, node_id, security)
         except StartError as exc:
             last_error = exc
             os.close(life_w)

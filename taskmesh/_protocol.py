@@ -26,7 +26,12 @@ from typing import Any, Callable, ClassVar, NamedTuple, Sequence
 
 import msgpack
 
-PROTOCOL_VERSION = 1
+#: 2: connections are authenticated (CurveZMQ or PLAIN with a token from the cluster secret) and
+#: the transfer stream starts with a handshake; the messages themselves are as in version 1
+PROTOCOL_VERSION = 2
+
+#: the most return values a task may have (the head drops a Submit asking for more)
+MAX_RETURNS = 100_000
 
 #: WorkerExited.exitcode of a worker whose exit status could not be learned
 EXIT_UNKNOWN = 1000
@@ -232,7 +237,18 @@ def _serialized(v: Any) -> SerializedObject:
         raise _fail("list of buffers", buffers)
     for b in buffers:
         _blob(b)
+    if flags == 2:  # SYSTEM_ERROR: receivers (the head too) read it
+        _system_error_payload(data)
     return SerializedObject(flags, _blob(data), buffers, contained)
+
+
+def _system_error_payload(data: Any) -> None:
+    try:
+        value = msgpack.unpackb(data)
+    except Exception:  # msgpack raises several types on garbage
+        raise ProtocolError("malformed system error: not msgpack") from None
+    if type(value) is not list or len(value) != 2 or not all(type(x) is str for x in value):
+        raise ProtocolError("malformed system error: not [kind, message]")
 
 
 def _record(cls: type, field_checks: Sequence[_Check]) -> _Check:
@@ -795,6 +811,11 @@ def decode(frames: Sequence[Any]) -> Any:
     cls = _BY_OP.get(raw[0])
     if cls is None:
         raise ProtocolError(f"unknown op {raw[0]}")
+    if cls is Hello and len(raw) >= 2 and type(raw[1]) is int and raw[1] != PROTOCOL_VERSION:
+        # another version's Hello may have other fields; keep what is needed to refuse it
+        # with a message naming both versions (its first field is the version in all of them)
+        kind = raw[2] if len(raw) > 2 and type(raw[2]) is str else "peer"
+        return Hello(raw[1], kind[:32], {})
     checks = cls.CHECKS  # type: ignore[attr-defined]
     if len(raw) - 1 != len(checks):
         raise ProtocolError(f"{cls.__name__} needs {len(checks)} fields, got {len(raw) - 1}")

@@ -1,10 +1,12 @@
-"""Sockets for taskmesh: the only module that imports zmq (and, via _uds, the only socket code).
+"""Sockets for taskmesh: with _gatekeeper.py, the only module that imports zmq (and, via _uds, the only socket code).
 
 The head listens on a ZeroMQ ROUTER (TCP, for other machines) and on a local unix socket (for
 peers on its own machine, see _uds.py); drivers, node agents and workers each hold one
 connection to it, picked by connect_endpoint. Messages are encoded and decoded here (via
-_protocol), so every received message passes one place where it is checked (and, with the
-security issue, authenticated) before anyone acts on it.
+_protocol), so every received message passes one place where it is checked before anyone acts
+on it. TCP connections are authenticated (and by default encrypted) by ZeroMQ itself before any
+message of theirs is delivered (_gatekeeper.py); local ones are admitted only from processes
+of the same user, who can read the cluster secret anyway (_uds.py).
 High-water marks are off: taskmesh never silently drops a message; backpressure is the
 scheduler's job.
 """
@@ -20,7 +22,10 @@ from typing import Any, Iterator
 
 import zmq
 
+from ._gatekeeper import Gatekeeper, HandshakeWatch, secure_client, secure_server
 from ._protocol import ProtocolError, decode, encode
+from ._ratelimit import RateLimitedLog
+from ._secret import Security
 from ._uds import LocalClient, LocalServer
 
 log = logging.getLogger(__name__)
@@ -111,11 +116,13 @@ class LocalServerSocket:
     reports peers that joined (``report_joins``) or left. The head's local side and each node's
     object store (``taskmesh-node-<node_id>``) use it."""
 
-    def __init__(self, name: str, frame_threshold: int, report_joins: bool = False) -> None:
+    def __init__(self, name: str, frame_threshold: int, report_joins: bool = False,
+                 max_message: int = 1 << 40) -> None:
         self.name = name
-        self.server = LocalServer(name, report_joins)  # OSError if the name is taken
+        self.server = LocalServer(name, report_joins, max_message)  # OSError if the name is taken
         self.frame_threshold = frame_threshold
         self.bad_messages = 0
+        self._dropped = RateLimitedLog(log)
         self._poller: Poller | None = None
         self._writing: set[int] = set()
 
@@ -149,8 +156,8 @@ class LocalServerSocket:
                         out.append((peer, decode(frames)))
                     except ProtocolError as exc:
                         self.bad_messages += 1
-                        log.warning("dropped a malformed message from local peer %r on @%s: %s",
-                                    peer[:16], self.name, exc)
+                        self._dropped.event("malformed", "dropped a malformed message from "
+                                            "local peer %r on @%s: %s", peer[:16], self.name, exc)
         self._unpoll_dropped()
         return out
 
@@ -223,17 +230,29 @@ class ServerSocket:
     """The head's sockets: a ZeroMQ ROUTER on TCP for other machines, and a local unix socket
     for peers on this one. Receive (peer, message); send a message to a peer by id."""
 
-    def __init__(self, ctx: zmq.Context, host: str, port: int, frame_threshold: int) -> None:
+    def __init__(self, ctx: zmq.Context, host: str, port: int, frame_threshold: int,
+                 security: Security, max_message_bytes: int = 1 << 30) -> None:
         self.sock = ctx.socket(zmq.ROUTER)
         _tune(self.sock)
         self.sock.setsockopt(zmq.ROUTER_MANDATORY, 1)
         self.sock.setsockopt(zmq.ROUTER_HANDOVER, 1)
+        # a larger frame makes ZeroMQ drop the connection that sent it, before allocating it
+        self.sock.setsockopt(zmq.MAXMSGSIZE, max_message_bytes)
+        secure_server(self.sock, security)
+        self.gatekeeper = Gatekeeper(ctx, self.sock, security)
         self.frame_threshold = frame_threshold
-        if port == 0:
-            self.port = self.sock.bind_to_random_port(f"tcp://{host}")
-        else:
-            self.sock.bind(tcp_endpoint(host, port))
-            self.port = port
+        self.dropped = RateLimitedLog(log)  # malformed messages, by reason
+        try:
+            if port == 0:
+                self.port = self.sock.bind_to_random_port(f"tcp://{host}")
+            else:
+                self.sock.bind(tcp_endpoint(host, port))
+                self.port = port
+        except zmq.ZMQError:
+            self.gatekeeper.close()
+            self.sock.close(linger=0)
+            raise
+        self.gatekeeper.port = self.port
         self.local: LocalServerSocket | None = None
         if sys.platform.startswith("linux"):
             # local peers (connect_endpoint) always dial this name, so it must be ours: a
@@ -241,17 +260,17 @@ class ServerSocket:
             # local peers to that other cluster
             name = local_endpoint(self.port).split(":", 1)[1]
             try:
-                self.local = LocalServerSocket(name, frame_threshold)
+                self.local = LocalServerSocket(name, frame_threshold, max_message=max_message_bytes)
             except OSError as exc:
+                self.gatekeeper.close()
                 self.sock.close(linger=0)
                 raise OSError(f"the local socket @{name} is taken ({exc}): is another taskmesh "
                               f"head using port {self.port}?") from None
-        self._zmq_bad_messages = 0
 
     @property
     def bad_messages(self) -> int:
         """Malformed messages dropped, on both sides."""
-        return self._zmq_bad_messages + (self.local.bad_messages if self.local is not None else 0)
+        return self.dropped.total + (self.local.bad_messages if self.local is not None else 0)
 
     def attach(self, poller: "Poller") -> None:
         """Register everything this server needs to be woken for."""
@@ -285,14 +304,14 @@ class ServerSocket:
             except zmq.Again:
                 return
             if len(frames) < 2:
-                self._zmq_bad_messages += 1
+                self.dropped.event("empty", "dropped an empty message")
                 continue
             peer = frames[0]
             try:
                 msg = decode(frames[1:])
             except ProtocolError as exc:
-                self._zmq_bad_messages += 1
-                log.warning("dropped a malformed message from peer %r: %s", peer[:16], exc)
+                self.dropped.event("malformed", "dropped a malformed message from peer %r: %s",
+                                   peer[:16], exc)
                 continue
             yield peer, msg
 
@@ -320,6 +339,7 @@ class ServerSocket:
         if self.local is not None:
             self.local.flush_all(linger_ms / 1000)
             self.local.close()
+        self.gatekeeper.close()
         self.sock.close(linger=linger_ms)
 
 
@@ -336,12 +356,15 @@ def _decode_from_head(sock: Any, frames: list) -> Any | None:
 class ClientSocket:
     """A DEALER connected to the head over TCP (the head is on another machine)."""
 
-    def __init__(self, ctx: zmq.Context, endpoint: str, identity: bytes, frame_threshold: int) -> None:
+    def __init__(self, ctx: zmq.Context, endpoint: str, identity: bytes, frame_threshold: int,
+                 security: Security) -> None:
         self.sock = ctx.socket(zmq.DEALER)
         _tune(self.sock)
         self.sock.setsockopt(zmq.IDENTITY, identity)
         self.sock.setsockopt(zmq.RECONNECT_IVL, 100)
         self.sock.setsockopt(zmq.RECONNECT_IVL_MAX, 1000)
+        secure_client(self.sock, security)
+        self._watch = HandshakeWatch(self.sock, security)
         self.frame_threshold = frame_threshold
         self.endpoint = endpoint
         self.sock.connect(endpoint)
@@ -373,7 +396,12 @@ class ClientSocket:
             if msg is not None:
                 return msg
 
+    def refusal(self) -> str | None:
+        """Why the head refused this connection's handshake (wrong secret, ...), or None."""
+        return self._watch.check()
+
     def close(self, linger_ms: int = 0) -> None:
+        self._watch.close()
         self.sock.close(linger=linger_ms)
 
 
@@ -416,6 +444,9 @@ class LocalClientSocket:
     def wants_write(self) -> bool:
         return self.client.wants_write
 
+    def refusal(self) -> str | None:
+        return None  # the local socket admits processes of our user: no secret involved
+
     def flush(self) -> None:
         self.client.flush()
 
@@ -426,11 +457,11 @@ class LocalClientSocket:
 
 
 def open_client(ctx: zmq.Context, endpoint: str, identity: bytes, frame_threshold: int,
-                timeout_s: float) -> ClientSocket | LocalClientSocket:
+                timeout_s: float, security: Security) -> ClientSocket | LocalClientSocket:
     """Connect to the head at ``endpoint`` (from connect_endpoint); raise ConnectionError."""
     if endpoint.startswith("local:"):
         return LocalClientSocket(endpoint, identity, frame_threshold, timeout_s)
-    return ClientSocket(ctx, endpoint, identity, frame_threshold)
+    return ClientSocket(ctx, endpoint, identity, frame_threshold, security)
 
 
 class Poller:

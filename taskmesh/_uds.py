@@ -27,6 +27,8 @@ import struct
 import time
 from typing import Any, Iterator
 
+from ._ratelimit import RateLimitedLog
+
 log = logging.getLogger(__name__)
 
 _U32 = struct.Struct("<I")
@@ -44,9 +46,11 @@ def _nbytes(frame: Any) -> int:
 class FramedConnection:
     """One non-blocking stream socket carrying multipart messages both ways."""
 
-    def __init__(self, sock: socket.socket) -> None:
+    def __init__(self, sock: socket.socket, max_message: int = _MAX_MESSAGE) -> None:
         sock.setblocking(False)
         self.sock = sock
+        #: a larger message makes read() raise ValueError (the server then drops the peer)
+        self.max_message = max_message
         self.fd = sock.fileno()
         self._out: collections.deque = collections.deque()
         self._rbuf = bytearray()
@@ -134,8 +138,9 @@ class FramedConnection:
                 break
             lens = struct.unpack_from(f"<{n}Q", buf, pos + 4)
             total = hlen + sum(lens)
-            if total > _MAX_MESSAGE:
-                raise ValueError(f"message of {total} bytes is too large")
+            if total > self.max_message:
+                raise ValueError(f"a message of {total} bytes is larger than the maximum "
+                                 f"({self.max_message} bytes, max_message_bytes)")
             if size - pos < total:
                 if total - hlen > _CHUNK:  # large: read the rest straight into its own buffers
                     self._start_big(lens, buf, pos + hlen, size)
@@ -214,8 +219,10 @@ class LocalServer:
     """A listener for peers on this machine (the head's, a node's object store); peers are
     named by their first message."""
 
-    def __init__(self, name: str, report_joins: bool = False) -> None:
+    def __init__(self, name: str, report_joins: bool = False,
+                 max_message: int = _MAX_MESSAGE) -> None:
         self.name = name
+        self.max_message = max_message
         self.listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         self.listener.bind(_address(name))
         self.listener.listen(512)
@@ -225,6 +232,7 @@ class LocalServer:
         self.by_peer: dict[bytes, FramedConnection] = {}
         self.bad_messages = 0
         self.refused = 0
+        self._refusals = RateLimitedLog(log)
         self.closed_peers: list[bytes] = []  # peers whose connection ended since last asked
         # peers whose identity message arrived since last asked (None: not recorded)
         self.joined_peers: list[bytes] | None = [] if report_joins else None
@@ -245,11 +253,14 @@ class LocalServer:
             uid = _peer_uid(sock)
             if uid not in (os.geteuid(), 0):
                 self.refused += 1
-                log.warning("refused a local connection from uid %d (only uid %d may connect)",
-                            uid, os.geteuid())
+                pid = struct.unpack("3i", sock.getsockopt(
+                    socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i")))[0]
+                self._refusals.event("uid", "refused a local connection to @%s from uid %d "
+                                     "(pid %d): only uid %d may connect", self.name, uid, pid,
+                                     os.geteuid())
                 sock.close()
                 continue
-            conn = FramedConnection(sock)
+            conn = FramedConnection(sock, self.max_message)
             self.conns[conn.fd] = conn
             fds.append(conn.fd)
 
@@ -262,7 +273,8 @@ class LocalServer:
             msgs = conn.read()
         except ValueError as exc:
             self.bad_messages += 1
-            log.warning("closed a local connection that sent garbage: %s", exc)
+            self._refusals.event("garbage", "closed a local connection to @%s that sent "
+                                 "garbage: %s", self.name, exc)
             msgs = None
         if msgs is None:
             self.drop(fd)

@@ -17,7 +17,8 @@ from . import _serialize as S
 from ._client.core import CoreClient
 from ._context import CTX, current_core
 from ._resources import from_units
-from ._rundir import find_head
+from ._rundir import find_head, head_secret_file
+from ._secret import Security, find_secret
 from ._transport import connect_endpoint, split_address
 from .config import DEFAULT_PORT, Config
 from .errors import HeadConnectionError
@@ -49,7 +50,8 @@ def init(
         num_gpus: GPUs of the embedded cluster (default: CUDA_VISIBLE_DEVICES, else nvidia-smi).
         resources: custom resources of the embedded cluster's node, e.g. ``{"highmem": 1}``.
         ignore_reinit_error: return quietly if taskmesh is already initialized.
-        **config: overrides of :class:`taskmesh.config.Config` fields (e.g. connect_timeout_s).
+        **config: overrides of :class:`taskmesh.config.Config` fields (e.g. connect_timeout_s,
+            or ``secret_file`` when the cluster secret is not at ~/.taskmesh/cluster-secret).
 
     Returns:
         A dict with the head ``address`` and this process's ``node_id`` when embedded.
@@ -89,7 +91,12 @@ def init(
             host, port = split_address(address, DEFAULT_PORT)
         except ValueError as exc:
             raise ValueError(f"bad taskmesh address {address!r}: {exc}") from None
-        core = CoreClient(cfg, connect_endpoint(host, port), "driver", f"{host}:{port}")
+        if cluster is not None:
+            security = cluster.security
+        else:  # a head started here with --secret-file recorded where its secret is
+            security = Security(find_secret(cfg.secret_file or head_secret_file(cfg.run_dir)),
+                                cfg.encrypt)
+        core = CoreClient(cfg, connect_endpoint(host, port), "driver", f"{host}:{port}", security)
         try:
             core.handshake({"pid": os.getpid()})
         except BaseException:

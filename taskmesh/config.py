@@ -82,6 +82,17 @@ class Config:
     #: where node agents spill objects: each makes its own directory in it
     #: (``taskmesh-spill-<pid>-<node_id>``, mode 0700, removed at exit); "": the system temp dir
     spill_dir: str = ""
+    #: the cluster secret file ("": $TASKMESH_SECRET, $TASKMESH_SECRET_FILE or
+    #: ~/.taskmesh/cluster-secret, in that order; see _secret.py). Not read from the
+    #: environment here: _secret.find_secret reads $TASKMESH_SECRET_FILE in its turn
+    secret_file: str = ""
+    #: encrypt traffic between machines (CurveZMQ; AES-GCM for object transfers). Off still
+    #: authenticates every connection, but anyone on the network can read and, on the head's
+    #: port, replay what is sent: only for a network nobody else can reach (docs/security.md)
+    encrypt: bool = True
+    #: the largest message frame a daemon accepts; a larger one is dropped (and, over TCP,
+    #: the connection that sent it is closed by ZeroMQ)
+    max_message_bytes: int = 1 << 30
     #: directory of state files for CLI-started processes
     run_dir: str = field(default_factory=default_run_dir)
 
@@ -91,7 +102,9 @@ class Config:
         values: dict[str, object] = {}
         for f in dataclasses.fields(cls):
             env_name = "TASKMESH_" + f.name.upper()
-            if env_name in os.environ and f.name != "run_dir":
+            # run_dir reads its variable in its default; the secret's variables are read by
+            # _secret.find_secret, which ranks $TASKMESH_SECRET above $TASKMESH_SECRET_FILE
+            if env_name in os.environ and f.name not in ("run_dir", "secret_file"):
                 if f.type in ("str", str):
                     values[f.name] = os.environ[env_name]
                 elif f.type in ("bool", bool):
@@ -107,5 +120,7 @@ class Config:
         """Environment variables that make a child process build the same Config."""
         env = {}
         for f in dataclasses.fields(self):
+            if f.name == "secret_file" and not self.secret_file:
+                continue  # the child finds the secret as this process did
             env["TASKMESH_" + f.name.upper()] = str(getattr(self, f.name))
         return env

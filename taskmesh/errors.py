@@ -195,6 +195,15 @@ class ProtocolVersionError(HeadConnectionError):
     """The other side speaks another taskmesh protocol version."""
 
 
+class AuthenticationError(HeadConnectionError):
+    """The head (or a node) refused this process's handshake: it holds another cluster
+    secret, or one side has encryption on and the other off."""
+
+
+class SecretError(TaskmeshError):
+    """No usable cluster secret: the file is missing, malformed or readable by others."""
+
+
 _SYSTEM_ERRORS: dict[str, type[TaskmeshError]] = {
     cls.__name__: cls
     for cls in (WorkerCrashedError, NodeLostError, ObjectLostError, ObjectStoreFullError,

@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Callable
 
+from ._protocol import MAX_RETURNS
 from ._resources import CPU, to_units
 
 
@@ -21,10 +22,12 @@ def _non_negative_number(name: str) -> Callable[[Any], Any]:
     return check
 
 
-def _int_at_least(name: str, low: int) -> Callable[[Any], Any]:
+def _int_at_least(name: str, low: int, high: int | None = None) -> Callable[[Any], Any]:
     def check(v: Any) -> Any:
         if isinstance(v, bool) or not isinstance(v, int) or v < low:
             raise ValueError(f"{name} must be an integer >= {low}, got {v!r}")
+        if high is not None and v > high:
+            raise ValueError(f"{name} must be at most {high:,}, got {v!r}")
         return v
 
     return check
@@ -101,7 +104,8 @@ TASK_OPTIONS: dict[str, tuple[Any, Callable[[Any], Any], str]] = {
     "num_gpus": (0, _non_negative_number("num_gpus"), "GPUs the task holds while it runs"),
     "memory": (0, _non_negative_number("memory"), "bytes of the node's memory the task reserves"),
     "resources": (None, _resources, "custom resources the task holds, e.g. {'highmem': 1}"),
-    "num_returns": (1, _int_at_least("num_returns", 0), "how many ObjectRefs .remote() returns"),
+    "num_returns": (1, _int_at_least("num_returns", 0, MAX_RETURNS),
+                    "how many ObjectRefs .remote() returns"),
     "max_retries": (3, _int_at_least("max_retries", -1),
                     "re-runs after a worker or node dies (-1: forever)"),
     "retry_exceptions": (False, _bool("retry_exceptions"), "also retry when the task raises"),

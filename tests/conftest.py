@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 import time
 
 import psutil
 import pytest
 
 import taskmesh
+from taskmesh._context import CTX
+from taskmesh._secret import Security, find_secret, write_secret_file
 
 
 def descendants() -> set[int]:
@@ -85,6 +89,31 @@ def fresh_cluster(request):
 
 
 def run_python(code: str, timeout: float = 60, env: dict | None = None) -> subprocess.CompletedProcess:
-    """Run a Python snippet in a fresh interpreter (a separate driver process)."""
+    """Run a Python snippet in a fresh interpreter (a separate driver process). It holds the
+    secret of this process's embedded cluster, if there is one, as a user's second script on
+    the same machine could (by $TASKMESH_SECRET)."""
+    secret = CTX.cluster.security.key.env() if CTX.cluster is not None else {}
     return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                          timeout=timeout, env={**os.environ, **(env or {})})
+                          timeout=timeout, env={**os.environ, **secret, **(env or {})})
+
+
+def pytest_configure(config):
+    """Every test process finds a cluster secret without touching the real home directory:
+    one made for this test session ($TASKMESH_SECRET_FILE; children inherit it)."""
+    if "TASKMESH_SECRET_FILE" in os.environ or "TASKMESH_SECRET" in os.environ:
+        return
+    path = os.path.join(tempfile.mkdtemp(prefix="taskmesh-test-secret-"), "cluster-secret")
+    write_secret_file(path)
+    os.environ["TASKMESH_SECRET_FILE"] = path
+    config._taskmesh_secret_dir = os.path.dirname(path)
+
+
+def pytest_unconfigure(config):
+    directory = getattr(config, "_taskmesh_secret_dir", None)
+    if directory:
+        shutil.rmtree(directory, ignore_errors=True)
+
+
+def session_security() -> Security:
+    """The test session's cluster key (what CLI-started test clusters use)."""
+    return Security(find_secret())

@@ -30,9 +30,11 @@ import time
 from typing import Any, Callable, Iterable, Sequence
 
 from .. import _protocol as P
+from .._secret import Security
 from .._transport import POLLIN, POLLOUT, LocalClientSocket, Poller, new_context, open_client
 from ..config import Config
-from ..errors import GetTimeoutError, HeadConnectionError, ObjectLostError, ProtocolVersionError
+from ..errors import (AuthenticationError, GetTimeoutError, HeadConnectionError, ObjectLostError,
+                      ProtocolVersionError)
 from .local_store import LocalStore, fetch_remote
 
 log = logging.getLogger("taskmesh.client")
@@ -58,10 +60,13 @@ class CoreClient:
         endpoint: str,
         kind: str,
         address: str,
+        security: Security,
         identity: bytes | None = None,
         ctx: Any = None,
     ) -> None:
         self.config = config
+        #: the cluster key (for the head and for object transfers) and whether to encrypt
+        self.security = security
         self.kind = kind
         self.address = address  # "host:port" for messages
         self.peer_id = identity or (b"D" + os.urandom(8))
@@ -69,7 +74,7 @@ class CoreClient:
         self.ctx = ctx or new_context()
         try:
             self.sock = open_client(self.ctx, endpoint, self.peer_id, config.frame_threshold_bytes,
-                                    config.connect_timeout_s)
+                                    config.connect_timeout_s, security)
         except ConnectionError as exc:
             if self._own_ctx:
                 self.ctx.term()
@@ -151,7 +156,16 @@ class CoreClient:
             info["max_pending_tasks"] = self.config.max_pending_tasks
         self.send(P.Hello(P.PROTOCOL_VERSION, self.kind, info))
         deadline = time.monotonic() + self.config.connect_timeout_s
-        ok = self._wait_for(lambda: self.welcome is not None or self._refused is not None, deadline)
+        refusal: str | None = None
+        while True:  # in short steps: a refused handshake shows only on the socket's monitor
+            ok = self._wait_for(lambda: self.welcome is not None or self._refused is not None,
+                                min(deadline, time.monotonic() + 0.05))
+            refusal = None if ok else self.sock.refusal()
+            if ok or refusal is not None or time.monotonic() >= deadline:
+                break
+        if refusal is not None:
+            raise AuthenticationError(f"the taskmesh head at {self.address} refused this "
+                                      f"{self.kind}: {refusal}")
         if self._refused is not None:
             cls = ProtocolVersionError if "protocol version" in self._refused else HeadConnectionError
             raise cls(f"the taskmesh head at {self.address} refused this {self.kind}: {self._refused}")
@@ -628,7 +642,7 @@ class CoreClient:
     def _read_stored(self, obj: P.SerializedObject, timeout: float | None) -> P.SerializedObject:
         store = self.local_store()
         if store is None:  # no node on this machine: pull the bytes into our own memory
-            return fetch_remote(obj, timeout)
+            return fetch_remote(obj, timeout, security=self.security)
         return store.read(obj, timeout)
 
     def _fresh_value(self, oid: bytes, timeout: float | None) -> P.SerializedObject | None:

@@ -29,11 +29,14 @@ import time
 import weakref
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from .._protocol import SerializedObject
 from .._store import layout
 from .._store.client import StoreClient
 from ..errors import ObjectLostError
+
+if TYPE_CHECKING:
+    from .._secret import Security
 
 __all__ = ["LocalStore", "fetch_remote"]
 
@@ -238,11 +241,12 @@ class LocalStore:
         return f"LocalStore(node={self.node_id}, pinned={self.pinned})"
 
 
-def fetch_remote(marker: SerializedObject, timeout_s: float | None = None) -> SerializedObject:
+def fetch_remote(marker: SerializedObject, timeout_s: float | None = None, *,
+                 security: Security) -> SerializedObject:
     """The value behind a STORED marker for a process whose machine runs no node (so no
     store): its bytes pulled straight from a holder into this process's memory (read-only,
-    like a get from a store). Raises ObjectLostError naming the object and each holder's
-    failure."""
+    like a get from a store), from a holder that proves it holds ``security``'s cluster key.
+    Raises ObjectLostError naming the object and each holder's failure."""
     from .. import _transfer as transfer  # the transfer stream's client side
 
     object_id, size, locations = marker.read_stored()
@@ -252,7 +256,7 @@ def fetch_remote(marker: SerializedObject, timeout_s: float | None = None) -> Se
     wait = _SILENT_HOLDER_S if timeout_s is None else max(1.0, min(timeout_s, _SILENT_HOLDER_S))
     kwargs = {"timeout_s": wait, "connect_timeout_s": wait}
     try:
-        buf = transfer.fetch(object_id, sources, size=size, **kwargs)
+        buf = transfer.fetch(object_id, sources, security=security, size=size, **kwargs)
     except transfer.TransferError as exc:
         raise ObjectLostError(f"object {object_id.hex()} ({size} bytes) could not be read from "
                               f"any node holding it: {exc}") from None

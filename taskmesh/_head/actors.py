@@ -41,7 +41,7 @@ class ActorRec:
         self.worker: Any = None  # WorkerRec while placed
         self.node: Any = None  # NodeRec while placed
         self.calls: deque = deque()  # TaskRecs of calls not sent yet, in submission order
-        self.restarts_left = int(options.get("max_restarts", 0))
+        self.restarts_left: int = options.get("max_restarts") or 0  # (checked: an int)
         self.restarts = 0
         self.cause = ""  # why it died (or last died)
         self.no_restart = False  # killed by taskmesh.kill(no_restart=True)
@@ -74,6 +74,20 @@ class ActorRec:
         info["actor_id"] = self.actor_id
         info["function_id"] = self.spec.function_id
         return info
+
+
+#: CreateActor options the head reads, and the type each must have when present
+_OPTION_TYPES = {"class_name": str, "name": str, "namespace": str, "max_restarts": int,
+                 "max_task_retries": int, "max_concurrency": int}
+
+
+def options_problem(options: dict) -> str | None:
+    """Why ``CreateActor.options`` cannot be used (an option of the wrong type), or None."""
+    for key, kind in _OPTION_TYPES.items():
+        value = options.get(key)
+        if value is not None and type(value) is not kind:
+            return f"option {key} must be {kind.__name__}, not {type(value).__name__}"
+    return None
 
 
 def will_restart(actor: ActorRec) -> bool:

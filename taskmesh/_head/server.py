@@ -18,7 +18,9 @@ from .. import _protocol as P
 from .._daemon import report_ready
 from .._spin import Spinner
 from .._transport import Poller, ServerSocket, new_context
+from .._secret import Security, load_security
 from ..config import Config
+from ..errors import SecretError
 from .state import HeadState
 
 log = logging.getLogger("taskmesh.head")
@@ -30,10 +32,16 @@ _TICK_S = 0.1
 class HeadServer:
     """The head's I/O shell."""
 
-    def __init__(self, config: Config, host: str, port: int) -> None:
+    def __init__(self, config: Config, host: str, port: int, security: Security) -> None:
         self.config = config
+        self.security = security
         self.ctx = new_context()
-        self.sock = ServerSocket(self.ctx, host, port, config.frame_threshold_bytes)
+        try:
+            self.sock = ServerSocket(self.ctx, host, port, config.frame_threshold_bytes, security,
+                                     config.max_message_bytes)
+        except BaseException:
+            self.ctx.term()
+            raise
         self.host = host
         self.port = self.sock.port
         self.state = HeadState(config, time.monotonic())
@@ -81,6 +89,9 @@ class HeadServer:
                         # million refs), and a heartbeat after it must not look late
                         state.handle(peer, msg, clock())
                     except Exception:  # a bug must not take the head down; say so loudly
+                        # (and count it with the dropped messages: `taskmesh status` shows them)
+                        counts = state.dropped.counts
+                        counts["internal error"] = counts.get("internal error", 0) + 1
                         log.exception("error while handling %s from %r", type(msg).__name__, peer)
                 closed = sock.closed_peers()
                 for peer in closed:
@@ -93,11 +104,20 @@ class HeadServer:
                     break
             now = time.monotonic()
             if now >= next_tick:
+                state.transport = self._transport_counts()
                 self._guarded(state.tick, now)
                 self._guarded(state.schedule)
                 self._flush()
                 next_tick = now + _TICK_S
         self._shutdown(reason)
+
+    def _transport_counts(self) -> dict:
+        sock = self.sock
+        return {"encrypted": self.security.encrypt,
+                "secret": self.security.key.fingerprint,
+                "refused_connections": sock.gatekeeper.refused.total
+                + (sock.local.server.refused if sock.local is not None else 0),
+                "malformed_messages": sock.bad_messages}
 
     def _guarded(self, fn, *args) -> None:  # type: ignore[no-untyped-def]
         try:
@@ -123,7 +143,13 @@ class HeadServer:
 def run_head(config: Config, host: str, port: int, ready_fd: int | None, lifeline_fd: int | None) -> int:
     """Bind, report readiness on ``ready_fd``, serve until stopped. Return an exit code."""
     try:
-        server = HeadServer(config, host, port)
+        security = load_security(config)
+    except SecretError as exc:
+        report_ready(ready_fd, f"ERROR {exc}")
+        log.error("%s", exc)
+        return 1
+    try:
+        server = HeadServer(config, host, port, security)
     except Exception as exc:
         msg = _bind_error(host, port, exc)
         report_ready(ready_fd, f"ERROR {msg}")
@@ -132,7 +158,13 @@ def run_head(config: Config, host: str, port: int, ready_fd: int | None, lifelin
     signal.signal(signal.SIGTERM, lambda *_: server.request_stop())
     signal.signal(signal.SIGINT, lambda *_: server.request_stop())
     report_ready(ready_fd, f"READY {server.port}")
-    log.info("taskmesh head listening on %s:%d (pid %d)", host, server.port, os.getpid())
+    log.info("taskmesh head listening on %s:%d (pid %d), cluster secret %s from %s, encryption %s",
+             host, server.port, os.getpid(), security.key.fingerprint, security.key.source,
+             "on" if security.encrypt else "OFF")
+    if not security.encrypt:
+        log.warning("encryption is off (encrypt=False): connections are still authenticated, but "
+                    "anyone on the network can read the tasks, results and objects sent between "
+                    "machines, and learn the token that admits a peer")
     server.serve(lifeline_fd)
     return 0
 

@@ -25,6 +25,7 @@ from .. import _protocol as P
 from ..config import Config
 from ._outbox import Outbox
 from .._protocol import return_ids
+from .._ratelimit import RateLimitedLog
 from .._resources import CPU, GPU, UNIT, assign_gpus, describe, device_order, valid
 from . import actors as A
 from .actors import ActorRec
@@ -45,6 +46,8 @@ _ERR = P.SerializedObject.system_error
 #: with more pending tasks than this, the head shares the name, function id and resources
 #: of tasks of one function (memory over speed)
 INTERN_ABOVE = 10_000
+#: a task may have at most this many return values (a Submit with more is dropped)
+MAX_RETURNS = P.MAX_RETURNS
 #: dead actors remembered (calls to older ones fail with "no actor with id ... is known")
 MAX_DEAD_ACTORS = 1000
 #: a task past its timeout_s that its worker could not interrupt is killed this much later
@@ -79,12 +82,12 @@ class NodeRec:
         self.peer = peer
         self.address = str(info.get("address", ""))
         self.hostname = str(info.get("hostname", ""))
-        self.pid = int(info.get("pid", 0))
+        self.pid = _int(info.get("pid"))
         self.total: dict[str, int] = dict(info.get("resources", {}))
         self.avail: dict[str, int] = dict(self.total)
         self.workers: dict[bytes, WorkerRec] = {}
         self.idle: list[WorkerRec] = []
-        self.starting = int(info.get("prestart", 0))
+        self.starting = max(0, _int(info.get("prestart")))
         self.last_seen = now
         self.alive = True
         self.finished = 0
@@ -135,7 +138,7 @@ class WorkerRec:
 
 class TaskRec:
     __slots__ = ("spec", "owner", "state", "waiting", "worker", "retries_left", "shape", "queued",
-                 "dep_failures", "started", "credit")
+                 "dep_failures", "started", "credit", "held")
 
     def __init__(self, spec: P.TaskSpec, owner: bytes) -> None:
         self.spec = spec
@@ -151,6 +154,9 @@ class TaskRec:
         self.dep_failures = 0  # times a worker could not read its inputs
         self.started: float | None = None  # with timeout_s: when it became its worker's running task
         self.credit = False  # a driver's Submit: its end returns the driver one Credit
+        #: ids of the refs in its arguments that it holds (those the head knew when it was
+        #: admitted), released when it ends
+        self.held: list[bytes] | None = None
 
 
 class ObjectRec:
@@ -222,8 +228,18 @@ class HeadState:
         #: driver -> Credit is sent once this many of its tasks ended (a tenth of its window;
         #: every tick sends the rest), so a stream of tasks does not cost a message per round
         self.credit_batch: dict[bytes, int] = {}
+        #: driver -> tasks of its not finished yet (Credit owed), and its window (from its
+        #: Hello): a driver with twice its window unfinished gets the surplus failed
+        self.in_flight: dict[bytes, int] = {}
+        self.windows: dict[bytes, int] = {}
         self.cancel_killed: set[bytes] = set()  # workers killed by cancel(force=True)
         self.now = now
+        #: messages (or parts of them) dropped because they make no sense here: from a peer
+        #: that never said Hello, of the wrong kind, about unknown tasks or workers, ...
+        #: Counted by reason; logged rate-limited (a peer can send them at will)
+        self.dropped = RateLimitedLog(log.getChild("dropped"), clock=lambda: self.now)
+        #: the sockets' own counts, kept up to date by the head's I/O shell (for status)
+        self.transport: dict[str, Any] = {}
 
     # ------------------------------------------------------------------ entry points
 
@@ -245,14 +261,16 @@ class HeadState:
                     "heartbeat time-out, so its tasks were cancelled and its objects freed. "
                     "Call taskmesh.shutdown() and taskmesh.init() to connect again"))
                 return
-            log.warning("dropped %s from a peer that never said Hello", type(msg).__name__)
+            self.dropped.event("from a peer that never said Hello", "dropped %s from %r, a peer "
+                               "that never said Hello (or left)", type(msg).__name__, peer)
             return
         beat = self.beating.get(peer)
         if beat is not None:
             beat[0] = now
         handler = _HANDLERS.get(type(msg))
         if handler is None or kind not in handler[1]:
-            log.warning("dropped %s: not expected from a %s", type(msg).__name__, kind)
+            self.dropped.event("not expected from its kind of peer", "dropped %s from %r: not "
+                               "expected from a %s", type(msg).__name__, peer, kind)
             return
         handler[0](self, peer, msg)
 
@@ -319,11 +337,21 @@ class HeadState:
     # ------------------------------------------------------------------ handshake
 
     def _on_hello(self, peer: bytes, msg: P.Hello) -> None:
+        known = self.peers.get(peer)
+        if known is not None and not (known == "node" and msg.kind == "node"):
+            # one Hello per connection; a replayed or confused one must not change who the
+            # peer is (only a node agent that restarted says Hello again: it re-registers)
+            self.dropped.event("second Hello", "dropped a Hello as a %s from %r, which said "
+                               "Hello as a %s already", msg.kind, peer, known)
+            return
+        if peer in self.gone_drivers:
+            self._refuse(peer, "this head took this driver as gone; call taskmesh.shutdown() "
+                               "and taskmesh.init() to connect again")
+            return
         if msg.version != P.PROTOCOL_VERSION:
-            self.out.send(peer, P.Refused(
-                f"protocol version mismatch: this head speaks taskmesh protocol "
-                f"{P.PROTOCOL_VERSION}, the {msg.kind} speaks {msg.version}; install the same "
-                f"taskmesh version everywhere"))
+            self._refuse(peer, f"protocol version mismatch: this head speaks taskmesh protocol "
+                               f"{P.PROTOCOL_VERSION}, the {msg.kind} speaks {msg.version}; "
+                               "install the same taskmesh version everywhere")
             return
         info = msg.info
         if msg.kind in ("driver", "status"):
@@ -334,17 +362,23 @@ class HeadState:
             window = info.get("max_pending_tasks")
             if msg.kind == "driver" and type(window) is int and window > 0:
                 self.credit_batch[peer] = max(1, window // 10)
+                self.windows[peer] = window
         elif msg.kind == "node":
             node_id = info.get("node_id")
+            current = self.node_by_peer.get(peer)
+            if current is not None and node_id != current.node_id:
+                self.dropped.event("second Hello", "dropped a Hello as node %r from %r, which "
+                                   "is node %s", node_id, peer, current.node_id)
+                return
             if not isinstance(node_id, str) or not node_id or not valid(info.get("resources")):
-                self.out.send(peer, P.Refused("a node Hello needs a node_id and resources "
-                                              "(name -> non-negative integer units)"))
+                self._refuse(peer, "a node Hello needs a node_id and resources (name -> "
+                                   "non-negative integer units)")
                 return
             old = self.nodes.get(node_id)
             if old is not None and old.alive and old.peer != peer:
-                self.out.send(peer, P.Refused(f"a node with id {node_id!r} is already registered"))
+                self._refuse(peer, f"a node with id {node_id!r} is already registered")
                 return
-            if old is not None:
+            if old is not None and old.alive:  # its agent restarted
                 self._node_lost(old, "re-registered")
             node = NodeRec(node_id, peer, info, self.now)
             self.nodes[node_id] = node
@@ -380,14 +414,21 @@ class HeadState:
             else:
                 self._attach_worker(w, node)
         else:
-            self.out.send(peer, P.Refused(f"unknown peer kind {msg.kind!r}"))
+            self._refuse(peer, f"unknown peer kind {msg.kind!r}")
             return
         self.out.send(peer, P.Welcome(P.PROTOCOL_VERSION, {"peer": peer}))
+
+    def _refuse(self, peer: bytes, reason: str) -> None:
+        """Answer a Hello with Refused (counted and logged, rate-limited, with the drops)."""
+        self.dropped.event("refused Hello", "refused a Hello from %r: %s", peer, reason,
+                           level=logging.INFO)
+        self.out.send(peer, P.Refused(reason))
 
     def _stale_worker(self, w: WorkerRec, node_id: str) -> None:
         """A worker of an earlier incarnation of its node (its Hello was delayed, e.g. queued
         while the head was down): its agent stopped it on joining again; never use it."""
-        log.info("ignored worker %s of an earlier incarnation of node %s", w.worker_id, node_id)
+        self.dropped.event("worker of an earlier node incarnation", "ignored worker %s of an "
+                           "earlier incarnation of node %s", w.worker_id, node_id, level=logging.INFO)
         self.out.send(w.peer, P.Exit(f"node {node_id} joined again as a new incarnation"))
         self._forget_worker(w)
 
@@ -411,10 +452,17 @@ class HeadState:
         credit = self.peers.get(peer) == "driver"
         intern = self._intern
         for spec in msg.tasks:
-            rids = return_ids(spec.task_id, spec.num_returns)
-            if (spec.task_id in self.tasks or spec.num_returns < 0 or len(spec.task_id) != 16
-                    or (rids and rids[0] in objects) or spec.method == "__init__"):
-                log.warning("dropped a duplicate or invalid task %s", spec.task_id.hex())
+            rids = None
+            if (0 <= spec.num_returns <= MAX_RETURNS and len(spec.task_id) == 16
+                    and spec.task_id not in self.tasks and spec.task_id not in self.actors
+                    and spec.method != "__init__"):
+                rids = return_ids(spec.task_id, spec.num_returns)
+                if not objects.keys().isdisjoint(rids):  # its results exist: a duplicate
+                    rids = None
+            if rids is None:
+                self.dropped.event("duplicate or invalid task", "dropped task %s (%s) from %r: "
+                                   "its id is taken or malformed, or it has %d returns",
+                                   spec.task_id.hex(), spec.name, peer, spec.num_returns)
                 if credit:
                     self.credits_due[peer] = self.credits_due.get(peer, 0) + 1
                 continue
@@ -424,7 +472,14 @@ class HeadState:
                                      function_id=intern(spec.function_id),
                                      resources=intern(spec.resources))
             t = TaskRec(spec, peer)
-            t.credit = credit
+            if credit:
+                flying = self.in_flight.get(peer, 0)
+                window = self.windows.get(peer, self.config.max_pending_tasks)
+                if flying >= 2 * window:  # it ignores Credit: bound what it costs the head
+                    self._over_window(t, rids, flying, window)
+                    continue
+                t.credit = True
+                self.in_flight[peer] = flying + 1
             if spec.actor_id:
                 actor = self.actors.get(spec.actor_id)
                 if actor is None or actor.state == A.DEAD:
@@ -443,11 +498,12 @@ class HeadState:
                                       "never registered with the head")] * spec.num_returns,
                              deps_counted=False)
                 continue
-            unknown = next((d for d in spec.deps if d not in objects), None)
+            unknown = next((d for d in spec.deps if d not in objects or d in rids), None)
             if unknown is not None:
+                why = ("is its own result" if unknown in rids else
+                       "the head does not know: it was freed or never existed")
                 self._finish(t, [_ERR("ObjectLostError", f"task {spec.name} depends on object "
-                                      f"{unknown.hex()}, which the head does not know: it was "
-                                      "freed or never existed")] * spec.num_returns,
+                                      f"{unknown.hex()}, which {why}")] * spec.num_returns,
                              deps_counted=False)
                 continue
             if spec.actor_id:  # in submission order: it leaves the queue only in its turn
@@ -455,6 +511,22 @@ class HeadState:
                 t.queued = True
                 self.actors[spec.actor_id].calls.append(t)
             self._admit(t)
+
+    def _over_window(self, t: TaskRec, rids: list[bytes], flying: int, window: int) -> None:
+        """Fail a task of a driver that has twice its window of tasks unfinished: a taskmesh
+        driver waits for Credit long before that, so this one ignores backpressure, and
+        queueing its tasks could take all of the head's memory."""
+        peer = t.owner
+        self.credits_due[peer] = self.credits_due.get(peer, 0) + 1
+        for oid in rids:
+            self.objects[oid] = ObjectRec(peer)
+        self.dropped.event("over its window", "failed task %s of driver %r: it has %d tasks "
+                           "unfinished, twice its max_pending_tasks of %d", t.spec.name, peer,
+                           flying, window)
+        why = (f"the head refused task {t.spec.name}: this driver already has {flying:,} "
+               f"unfinished tasks, twice its max_pending_tasks ({window:,}); a taskmesh driver "
+               "waits for the head's Credit instead of sending more")
+        self._finish(t, [_ERR("TaskmeshError", why)] * t.spec.num_returns, deps_counted=False)
 
     def _admit(self, t: TaskRec) -> None:
         """Count a new (or re-run) task's uses of its inputs and queue it once they exist."""
@@ -473,7 +545,7 @@ class HeadState:
             elif obj.value.is_error and failed is None:
                 failed = obj.value
         if spec.args is not None and spec.args.contained:
-            self._hold(spec.args.contained)
+            t.held = self._hold(spec.args.contained)
         self.tasks[spec.task_id] = t
         if failed is not None:
             self._fail_task(t, failed)
@@ -485,9 +557,11 @@ class HeadState:
             obj = self.objects.get(oid)
             if obj is None:
                 obj = self.objects[oid] = ObjectRec(peer)
-            elif obj.value is not None or obj.owner != peer:
-                log.warning("dropped a Put of object %s: it exists already (owned by %s)",
-                            oid.hex(), "the sender" if obj.owner == peer else "another peer")
+            elif (obj.value is not None or obj.owner != peer or oid[:16] in self.tasks
+                  or oid[:16] in self.actors):  # (exists, or a pending task's result)
+                self.dropped.event("Put of an object that exists", "dropped a Put of object %s "
+                                   "from %r: it exists already (owned by %s)", oid.hex(), peer,
+                                   "the sender" if obj.owner == peer else "another peer")
                 if value.is_stored:
                     self._free_put_copy(peer, oid, value)
                 continue
@@ -550,10 +624,14 @@ class HeadState:
                 self._node_lost(node, "its node agent was stopped", logging.INFO)
             return
         self.beating.pop(peer, None)
+        self.credit_batch.pop(peer, None)
+        self.windows.pop(peer, None)
         self._release_owned_by(peer)
         self._drop_borrows(peer)
         if self.peers.get(peer) in ("driver", "status"):
             del self.peers[peer]
+        if not self.in_flight.get(peer):  # else its last running task's end removes it
+            self.in_flight.pop(peer, None)
 
     def disconnected(self, peer: bytes) -> None:
         """A peer's connection ended, so its process is gone (local peers only: TCP peers are
@@ -629,11 +707,16 @@ class HeadState:
     def _on_create_actor(self, peer: bytes, msg: P.CreateActor) -> None:
         spec, opts = msg.spec, msg.options
         reply = msg.request_id
-        if (len(spec.task_id) != 16 or spec.actor_id != spec.task_id or spec.method != "__init__"
-                or spec.task_id in self.actors or spec.task_id in self.tasks):
-            log.warning("dropped an invalid CreateActor %s", spec.task_id.hex())
+        problem = A.options_problem(opts)
+        if (problem is not None or len(spec.task_id) != 16 or spec.actor_id != spec.task_id
+                or spec.method != "__init__" or spec.task_id in self.actors
+                or spec.task_id in self.tasks or return_ids(spec.task_id, 1)[0] in self.objects):
+            problem = problem or "its id is taken or malformed"
+            self.dropped.event("invalid actor creation", "dropped CreateActor %s from %r: %s",
+                               spec.task_id.hex(), peer, problem)
             if reply:
-                self.out.send(peer, P.ActorReply(reply, {"error": "invalid actor creation"}))
+                self.out.send(peer, P.ActorReply(reply, {"error": f"invalid actor creation: "
+                                                                  f"{problem}"}))
             return
         actor = ActorRec(spec._replace(num_returns=1), peer, opts)
         if actor.name_key is not None:
@@ -653,6 +736,16 @@ class HeadState:
 
     def _start_constructor(self, actor: ActorRec) -> None:
         """Run the actor's constructor (again): its inputs first, then a worker."""
+        old = actor.ctor
+        if old is not None and self.tasks.get(old.spec.task_id) is old:
+            # a restart while the last run was pending (sent, or waiting for its inputs):
+            # that run lets go of its inputs, and the new one counts them again
+            del self.tasks[old.spec.task_id]
+            self._cancel_waiting(old)
+            self.timed.discard(old)
+            old.state = CANCELLED
+            old.worker = None
+            self._release_inputs(old)
         spec = actor.spec
         t = TaskRec(spec, actor.owner)
         t.retries_left = 0  # a lost constructor is a restart, counted by max_restarts
@@ -664,6 +757,9 @@ class HeadState:
             obj.released = True
         else:  # a restart: pending again
             obj.value = None
+            if obj.locations:  # (a constructor's result is None: never stored, but be sure)
+                self._free_copies(oid, obj.locations)
+                obj.locations = None
         if spec.function_id not in self.functions:
             self._actor_dead(actor, "its class was never registered with the head")
             return
@@ -681,6 +777,9 @@ class HeadState:
             if actor.ctor is t and actor.state in (A.PENDING, A.RESTARTING):
                 t.state = READY
                 self._place_actor(actor)
+            elif actor.ctor is t and actor.state == A.CREATING and actor.worker is not None:
+                t.state = READY  # its worker could not read its inputs: again, once they exist
+                self._send_constructor(actor)
             return
         t.state = READY
         if not t.queued:  # a call sent before and coming back (its inputs were lost)
@@ -691,7 +790,7 @@ class HeadState:
     def _place_actor(self, actor: ActorRec) -> None:
         """Pick a node for a ready constructor: where its resources fit, an idle worker (fast),
         then the fewest actors. No node fits: it waits in ``unplaced`` (the owner is told)."""
-        if actor.state == A.DEAD:
+        if actor.state == A.DEAD or actor.node is not None:  # (dead, or placed already)
             return
         demand = actor.resources
         best = None
@@ -740,8 +839,16 @@ class HeadState:
         w.lease = None
         actor.worker = w
         actor.state = A.CREATING
+        self._send_constructor(actor)
+
+    def _send_constructor(self, actor: ActorRec) -> None:
+        """Hand the ready constructor to the actor's worker."""
         t = actor.ctor
+        w = actor.worker
         if t is None or t.state != READY:  # (cannot happen: placed only when ready)
+            return
+        if t.spec.deps and not self._inputs_ready(t):  # one is being made again: wait
+            self._wait_inputs(t)
             return
         t.state = ASSIGNED
         t.worker = w
@@ -773,6 +880,9 @@ class HeadState:
                 continue
             if t.state != READY:
                 return
+            if t.spec.deps and not self._inputs_ready(t):  # one is being made again
+                self._wait_inputs(t)  # (it keeps its turn: it leaves the queue once ready)
+                continue
             calls.popleft().queued = False
             self._assign(t, w)
 
@@ -789,6 +899,8 @@ class HeadState:
         sent = list(w.assigned)
         w.assigned.clear()
         self._forget_worker(w)
+        # (calls it made to itself were cancelled as it left)
+        sent = [t for t in sent if t.state == ASSIGNED]
         if actor.worker is not w:
             return
         actor.worker = None
@@ -907,7 +1019,10 @@ class HeadState:
         for r in msg.results:
             t = self.tasks.get(r.task_id)
             if t is None or t.worker is not w or t.state != ASSIGNED:
-                log.debug("ignored a result for task %s not assigned to that worker", r.task_id.hex())
+                # (normal after a cancel, a steal or a worker declared lost: debug level)
+                self.dropped.event("result of a task the worker does not hold", "dropped the "
+                                   "result of task %s from worker %s: not assigned to it",
+                                   r.task_id.hex(), w.worker_id, level=logging.DEBUG)
                 continue
             if w.assigned and w.assigned[0] is t:
                 w.assigned.popleft()
@@ -916,9 +1031,11 @@ class HeadState:
                 w.assigned.remove(t)
             if self.timed:
                 self.timed.discard(t)
-            fid = t.spec.function_id
-            old = fn_mean.get(fid)
-            fn_mean[fid] = r.duration_s if old is None else 0.8 * old + 0.2 * r.duration_s
+            d = r.duration_s
+            if 0.0 <= d < 1e9:  # (not NaN, negative or infinite: placement computes with it)
+                fid = t.spec.function_id
+                old = fn_mean.get(fid)
+                fn_mean[fid] = d if old is None else 0.8 * old + 0.2 * d
             if (t.spec.retry_exceptions and t.retries_left != 0 and r.returns
                     and r.returns[0].flags == P.SerializedObject.TASK_ERROR):
                 if t.retries_left > 0:
@@ -953,8 +1070,12 @@ class HeadState:
         t.worker = None
         t.dep_failures += 1
         if t.dep_failures > MAX_DEPENDENCY_RETRIES:
-            self._fail_task(t, _ERR("ObjectLostError", f"task {t.spec.name} could not read its "
-                                    f"inputs {t.dep_failures} times: {message.split(' ', 1)[-1]}"))
+            failed = _ERR("ObjectLostError", f"task {t.spec.name} could not read its inputs "
+                          f"{t.dep_failures} times: {message.split(' ', 1)[-1]}")
+            self._fail_task(t, failed)
+            actor = self.actors.get(t.spec.actor_id) if t.spec.method == "__init__" else None
+            if actor is not None:  # its constructor cannot run: it is dead
+                self._actor_created(actor, t, failed)
             return True
         delay = min(DEPENDENCY_RETRY_MAX_S, DEPENDENCY_RETRY_S * 2 ** (t.dep_failures - 1))
         t.state = WAITING
@@ -993,7 +1114,7 @@ class HeadState:
             seen.add(tid)
             t = self.tasks.get(tid)
             if (t is not None and t.state == READY and t.spec.resources == w.lease
-                    and self._inputs_ready(t)):
+                    and not t.spec.actor_id and self._inputs_ready(t)):  # (actors run their own)
                 help_tasks.append(t)  # left in its queue; the scheduler skips non-READY ones
         if not help_tasks:
             return
@@ -1060,11 +1181,16 @@ class HeadState:
             self._release_lease(w)
 
     def _take_back(self, w: WorkerRec, task_ids: Iterable[bytes]) -> None:
-        """Tasks a worker hands back unstarted go to the front of their queues, in order."""
+        """Tasks a worker hands back unstarted go to the front of their queues, in order.
+        (Not an actor's constructor: the actor's worker is its own, and it runs it.)"""
         back = []
         for tid in task_ids:
             t = self.tasks.get(tid)
-            if t is None or t.worker is not w or t.state != ASSIGNED:
+            if (t is None or t.worker is not w or t.state != ASSIGNED or t in back
+                    or (t.spec.method == "__init__" and w.actor is not None)):
+                self.dropped.event("hand-back of a task the worker does not hold", "dropped "
+                                   "the hand-back of task %s by worker %s: not assigned to it",
+                                   tid.hex(), w.worker_id, level=logging.DEBUG)
                 continue
             w.assigned.remove(t)
             back.append(t)
@@ -1079,7 +1205,10 @@ class HeadState:
         if node is None:
             return
         node.last_seen = self.now
-        node.stats = msg.stats
+        stats = msg.stats
+        if not all(type(k) is str for k in stats):  # (shown by `taskmesh status`)
+            stats = {k: v for k, v in stats.items() if type(k) is str}
+        node.stats = stats
         self.out.send(peer, P.HeartbeatAck())
 
     def _on_worker_exited(self, peer: bytes, msg: P.WorkerExited) -> None:
@@ -1132,8 +1261,10 @@ class HeadState:
         charged = w.peer not in self.cancel_killed
         self.cancel_killed.discard(w.peer)
         for i, t in enumerate(assigned):
-            t.worker = None
             self.timed.discard(t)
+            if t.state != ASSIGNED:  # one of its own nested tasks, cancelled as it left
+                continue
+            t.worker = None
             if i == 0 and charged:  # the one it was running
                 if t.retries_left != 0:
                     if t.retries_left > 0:
@@ -1170,8 +1301,9 @@ class HeadState:
             if obj is not None and obj.locations and node.node_id in obj.locations:
                 obj.locations.remove(node.node_id)
                 self._copies_changed(oid, obj, f"node {node.node_id} ({node.address}) was lost")
-        self.node_by_peer.pop(node.peer, None)
-        self.peers.pop(node.peer, None)
+        if self.node_by_peer.get(node.peer) is node:
+            del self.node_by_peer[node.peer]
+            self.peers.pop(node.peer, None)
 
     def _forget_worker(self, w: WorkerRec) -> None:
         # its own refs died with it; refs it handed out (in results, arguments, puts) are
@@ -1198,12 +1330,24 @@ class HeadState:
             if not any(o is not None and o.needed() for o in map(self.objects.get, rids)):
                 self._cancel(t, "its owner left")
 
+    def _return_credit(self, t: TaskRec) -> None:
+        """A driver's task ended (or was dropped): it may submit one more (backpressure)."""
+        t.credit = False
+        self.credits_due[t.owner] = self.credits_due.get(t.owner, 0) + 1
+        left = self.in_flight.get(t.owner, 1) - 1
+        if left > 0 or t.owner in self.peers:
+            self.in_flight[t.owner] = left
+        else:  # the last task of a driver that is gone
+            self.in_flight.pop(t.owner, None)
+
     def _cancel(self, t: TaskRec, why: str) -> None:
         """Stop a task nobody needs: drop it from the queues, or kill the worker running it
         (via its node agent; the worker's other tasks then run elsewhere, and a replacement
         starts); free what it held."""
         state = t.state
         t.state = CANCELLED
+        if t.credit:  # its driver left: the task leaves its window all the same
+            self._return_credit(t)
         self.tasks.pop(t.spec.task_id, None)
         self.cancelled += 1
         w = t.worker
@@ -1226,9 +1370,14 @@ class HeadState:
             obj = self.objects.get(oid)
             if obj is not None and obj.value is None and not obj.needed():
                 del self.objects[oid]
-        args = t.spec.args
-        if args is not None and args.contained:
-            self._unhold(args.contained)
+        self._release_inputs(t)
+
+    def _release_inputs(self, t: TaskRec) -> None:
+        """A task that was admitted will not end normally (cancelled, or replaced by a new
+        run): it no longer uses its inputs nor holds the refs in its arguments."""
+        if t.held:
+            held, t.held = t.held, None
+            self._unhold(held)
         for dep in t.spec.deps:
             obj = self.objects.get(dep)
             if obj is not None:
@@ -1291,8 +1440,7 @@ class HeadState:
                 node: NodeRec | None = None) -> None:
         """Store a finished task's return values and wake whatever waited for them."""
         if t.credit:
-            t.credit = False
-            self.credits_due[t.owner] = self.credits_due.get(t.owner, 0) + 1
+            self._return_credit(t)
         t.state = DONE
         t.worker = None
         self.tasks.pop(t.spec.task_id, None)
@@ -1310,9 +1458,9 @@ class HeadState:
                 self._free_copies(oid, [node.node_id])
         if not deps_counted:
             return
-        args = t.spec.args
-        if args is not None and args.contained:
-            self._unhold(args.contained)
+        if t.held:
+            held, t.held = t.held, None
+            self._unhold(held)
         for dep in t.spec.deps:
             obj = objects.get(dep)
             if obj is not None:
@@ -1328,18 +1476,27 @@ class HeadState:
         if value.is_stored:
             value, nbytes, holders = self._accept_stored(oid, value, node)
         if obj.value is not None:  # a re-run made again what still exists: keep the first
-            if holders:
-                self._free_copies(oid, holders)
+            if holders:  # (not a copy the first value counts: it is the same object there)
+                self._free_copies(oid, [n for n in holders if n not in (obj.locations or ())])
             return
         if not obj.needed() and not obj.subscribers:
             del self.objects[oid]
             if holders:
                 self._free_copies(oid, holders)
+            if obj.locations:  # copies of the value it had before it was made again
+                self._free_copies(oid, obj.locations)
+                obj.locations = None
+            if obj.contained:  # the refs in the value it had before it was made again
+                old, obj.contained = obj.contained, None
+                self._unhold(old)
             return
         obj.value = value
         obj.nbytes = nbytes
-        if contained:
-            obj.contained = self._hold(contained)
+        if contained or obj.contained:  # (made again: the new value's refs replace the old)
+            old = obj.contained
+            obj.contained = self._hold(contained) if contained else None
+            if old:
+                self._unhold(old)
         if holders:
             obj.locations = holders
             for nid in holders:
@@ -1429,8 +1586,9 @@ class HeadState:
                         f"another object ({moid.hex()})"), 0, None
         if node is not None:
             holders = [node.node_id] if node.alive else []
-        else:
-            holders = [nid for nid, _ in locs if nid in self.nodes and self.nodes[nid].alive]
+        else:  # (each once: a peer may name one twice)
+            holders = list({nid: None for nid, _ in locs if nid in self.nodes
+                            and self.nodes[nid].alive})
         if not holders:
             where = node.node_id if node is not None else ", ".join(n for n, _ in locs) or "none"
             return _ERR("ObjectLostError", f"object {oid.hex()} was stored on node {where}, "
@@ -1782,6 +1940,9 @@ class HeadState:
                 "drivers": sum(1 for k in self.peers.values() if k == "driver"),
                 "actors": {state: sum(1 for a in self.actors.values() if a.state == state)
                            for state in (A.PENDING, A.CREATING, A.ALIVE, A.RESTARTING, A.DEAD)},
+                "dropped": dict(self.dropped.counts),  # messages dropped, by reason
+                # set by the I/O shell: connections refused, malformed messages, encryption
+                "transport": dict(self.transport),
             }
         return {"error": f"unknown info request {what!r}"}
 
@@ -1806,6 +1967,186 @@ class HeadState:
             "ObjectStore": {k: v for k, v in n.stats.items() if k.startswith("store_")},
         }
 
+    def check_invariants(self) -> None:
+        """Raise AssertionError unless the records agree with each other: membership, leases
+        and free resources, task placement and queues, reference counts, actors. O(state):
+        for tests and the fuzz harness (tests/fuzz), which run it after every few messages."""
+        peers = self.peers
+        for peer, kind in peers.items():
+            _require(kind in ("driver", "status", "worker", "node"), f"peer {peer!r}: kind {kind!r}")
+            _require((kind == "worker") == (peer in self.workers), f"peer {peer!r} ({kind}): "
+                     "worker table out of step")
+            _require((kind == "node") == (peer in self.node_by_peer), f"peer {peer!r} ({kind}): "
+                     "node table out of step")
+            _require(peer not in self.gone_drivers, f"peer {peer!r} is both live and gone")
+        for peer in (*self.workers, *self.node_by_peer, *self.beating, *self.borrowed):
+            _require(peer in peers, f"peer {peer!r} is in a table but never said Hello or left")
+        for peer in self.beating:
+            _require(peers[peer] == "driver", f"peer {peer!r} heartbeats but is no driver")
+        owed: dict[bytes, int] = {}  # backpressure: each driver's unfinished tasks
+        for t in self.tasks.values():
+            if t.credit:
+                owed[t.owner] = owed.get(t.owner, 0) + 1
+        for peer, n in self.in_flight.items():
+            _require(n == owed.get(peer, 0), f"driver {peer!r}: {n} tasks counted in flight, "
+                     f"{owed.get(peer, 0)} unfinished")
+        _require(owed.keys() <= self.in_flight.keys(), "unfinished tasks of an uncounted driver")
+        for peer, node in self.node_by_peer.items():
+            _require(node.alive and node.peer == peer and self.nodes.get(node.node_id) is node,
+                     f"peer {peer!r} maps to node {node.node_id}, which is not its live record")
+        # workers, leases and free resources, per node
+        placed_on: dict[int, NodeRec] = {}  # id(WorkerRec) -> its node
+        for node_id, node in self.nodes.items():
+            name = f"node {node_id}"
+            _require(node.node_id == node_id, f"{name} is filed under the wrong id")
+            _require(node.starting >= 0, f"{name}: {node.starting} workers starting")
+            if not node.alive:
+                _require(not node.workers and not node.actor_workers and not node.idle
+                         and not node.actor_queue and not node.objects,
+                         f"{name} is dead but still has workers, actors or objects")
+                continue
+            _require(self.node_by_peer.get(node.peer) is node, f"{name} is alive but its peer "
+                     "maps elsewhere")
+            expected = dict(node.total)
+            gpus_taken: dict[str, int] = {}
+            for w in node.workers.values():
+                _require(self.workers.get(w.peer) is w and w.node is node and w.actor is None,
+                         f"{name}: pool worker {w.worker_id} is not its live record")
+                placed_on[id(w)] = node
+                if w.lease is not None and not w.blocked:
+                    _sub(expected, w.lease)
+                _require(w.lease is not None or not w.assigned,
+                         f"{name}: worker {w.worker_id} runs tasks without a lease")
+                _add(gpus_taken, w.gpu_alloc or {})
+            for w in node.actor_workers.values():
+                _require(self.workers.get(w.peer) is w and w.node is node and w.actor is not None
+                         and w.actor.worker is w, f"{name}: actor worker {w.worker_id} is not "
+                         "its actor's live worker")
+                placed_on[id(w)] = node
+                _sub(expected, w.actor.resources)
+                _add(gpus_taken, w.actor.gpu_alloc or {})
+            for actor in node.actor_queue:
+                _require(actor.node is node and actor.worker is None and actor.state != A.DEAD,
+                         f"{name}: {actor.label()} waits for a worker there but is not placed there")
+                _sub(expected, actor.resources)
+                _add(gpus_taken, actor.gpu_alloc or {})
+            for k in expected.keys() | node.avail.keys():
+                _require(node.avail.get(k, 0) == expected.get(k, 0), f"{name}: {k} free is "
+                         f"{node.avail.get(k, 0)}, but its leases leave {expected.get(k, 0)}")
+            for device, free in node.gpus.items():
+                _require(0 <= free <= UNIT and free + gpus_taken.get(device, 0) == UNIT,
+                         f"{name}: GPU {device} has {free} units free, {gpus_taken.get(device, 0)} taken")
+            _require(len(node.idle) == len({id(w) for w in node.idle}), f"{name}: a worker is "
+                     "idle twice")
+            for w in node.idle:
+                _require(node.workers.get(w.peer) is w and not w.assigned and w.lease is None,
+                         f"{name}: idle worker {w.worker_id} is busy or not in the pool")
+        for node_id, orphans in self.orphan_workers.items():
+            for w in orphans:
+                _require(self.workers.get(w.peer) is w and w.node is None,
+                         f"orphan worker {w.worker_id} of node {node_id} is not a live record")
+                placed_on[id(w)] = None  # type: ignore[assignment]
+        for w in self.workers.values():
+            _require(id(w) in placed_on, f"worker {w.worker_id} is in no pool, actor or orphan table")
+            for t in w.assigned:
+                _require(t.worker is w and t.state == ASSIGNED
+                         and self.tasks.get(t.spec.task_id) is t,
+                         f"worker {w.worker_id} lists task {t.spec.task_id.hex()}, which is not "
+                         "assigned to it")
+        # tasks and queues
+        entries: dict[int, int] = {}
+        for shape, queue in self.queues.items():
+            for t in queue:
+                _require(t.shape == shape, f"task {t.spec.task_id.hex()} queued under another shape")
+                _require(t.queued, f"task {t.spec.task_id.hex()} sits in a queue unmarked")
+                _require(t.state != READY or self.tasks.get(t.spec.task_id) is t,
+                         f"task {t.spec.task_id.hex()} is queued ready but is not pending")
+                entries[id(t)] = entries.get(id(t), 0) + 1
+        waits: dict[int, int] = {}
+        for oid, obj in self.objects.items():
+            for t in obj.waiters or ():
+                waits[id(t)] = waits.get(id(t), 0) + 1
+        dependents: dict[bytes, int] = {}
+        holds: dict[bytes, int] = {}
+        deferred = {id(t) for _, t in self.deferred}
+        for tid, t in self.tasks.items():
+            name = f"task {tid.hex()} ({t.spec.name})"
+            _require(t.spec.task_id == tid, f"{name} is filed under the wrong id")
+            _require(t.state in (WAITING, READY, ASSIGNED), f"{name} is pending in state {t.state}")
+            if t.state == ASSIGNED:
+                w = t.worker
+                _require(w is not None and self.workers.get(w.peer) is w
+                         and sum(1 for x in w.assigned if x is t) == 1,
+                         f"{name} is assigned to a worker that does not list it once")
+            else:
+                _require(t.worker is None, f"{name} has a worker but is not assigned")
+            if not t.spec.actor_id:
+                _require(entries.get(id(t), 0) == (1 if t.queued else 0),
+                         f"{name}: {entries.get(id(t), 0)} queue entries, queued={t.queued}")
+                _require(t.state != READY or t.queued, f"{name} is ready but in no queue")
+            if t.state == WAITING:
+                _require(t.waiting == waits.get(id(t), 0), f"{name} waits for {t.waiting} inputs, "
+                         f"but {waits.get(id(t), 0)} objects list it")
+                _require(t.waiting > 0 or id(t) in deferred or t.spec.method == "__init__",
+                         f"{name} waits for nothing")
+            for d in t.spec.deps:
+                dependents[d] = dependents.get(d, 0) + 1
+            for oid in t.held or ():
+                holds[oid] = holds.get(oid, 0) + 1
+        for oid, obj in self.objects.items():
+            for inner in obj.contained or ():
+                holds[inner] = holds.get(inner, 0) + 1
+        for oid, obj in self.objects.items():
+            name = f"object {oid.hex()}"
+            _require(obj.dependents == dependents.get(oid, 0), f"{name}: {obj.dependents} "
+                     f"dependents counted, {dependents.get(oid, 0)} pending tasks use it")
+            _require(obj.holds == holds.get(oid, 0), f"{name}: {obj.holds} holds counted, "
+                     f"{holds.get(oid, 0)} values and tasks refer to it")
+            _require(obj.needed() or obj.value is None or bool(obj.subscribers),
+                     f"{name} has a value but nothing refers to it")
+            for peer in obj.borrowers or ():
+                _require(oid in self.borrowed.get(peer, ()), f"{name}: borrower {peer!r} does "
+                         "not list it")
+            if obj.locations is not None:
+                _require(bool(obj.locations) and len(set(obj.locations)) == len(obj.locations),
+                         f"{name}: holders {obj.locations}")
+                for nid in obj.locations:
+                    n = self.nodes.get(nid)
+                    _require(n is not None and n.alive and oid in n.objects,
+                             f"{name}: holder {nid} is not a live node that lists it")
+        for dep in dependents:
+            _require(dep in self.objects, f"object {dep.hex()} was dropped while tasks use it")
+        for node in self.nodes.values():
+            for oid in node.objects:
+                obj = self.objects.get(oid)
+                _require(obj is not None and node.node_id in (obj.locations or ()),
+                         f"node {node.node_id} lists object {oid.hex()}, which does not list it")
+        # actors
+        for key, aid in self.actor_names.items():
+            actor = self.actors.get(aid)
+            _require(actor is not None and actor.name_key == key and actor.state != A.DEAD,
+                     f"actor name {key} maps to {aid.hex()}, which is not a live actor of that name")
+        for aid, actor in self.actors.items():
+            name = actor.label()
+            _require(actor.actor_id == aid, f"{name} is filed under the wrong id")
+            if actor.worker is not None:
+                w = actor.worker
+                _require(w.actor is actor and w.node is not None
+                         and w.node.actor_workers.get(w.peer) is w, f"{name}: its worker is not "
+                         "an actor worker of its node")
+                _require(actor.node is w.node, f"{name}: placed on another node than its worker")
+            else:
+                _require(actor.state not in (A.CREATING, A.ALIVE), f"{name} is {actor.state} "
+                         "without a worker")
+                _require(actor.node is None or actor in actor.node.actor_queue,
+                         f"{name} is placed on a node but neither runs nor waits there")
+            if actor in self.unplaced:
+                _require(actor.node is None and actor.state != A.DEAD, f"{name} is unplaced "
+                         "but placed or dead")
+            if actor.state == A.DEAD:
+                _require(actor.name_key is None or self.actor_names.get(actor.name_key) != aid,
+                         f"{name} is dead but still owns its name")
+
 
 def _is_lost(value: P.SerializedObject | None) -> bool:
     return (value is not None and value.flags == P.SerializedObject.SYSTEM_ERROR
@@ -1816,6 +2157,12 @@ def _pop(queue: deque[TaskRec]) -> TaskRec:
     t = queue.popleft()
     t.queued = False
     return t
+
+
+def _require(ok: bool, message: str) -> None:
+    # not `assert`: check_invariants() must keep checking under `python -O`
+    if not ok:
+        raise AssertionError(message)
 
 
 def _add(into: dict[str, int], amounts: dict[str, int]) -> None:

@@ -14,7 +14,9 @@ import psutil
 
 from .._resources import CPU, GPU, MEMORY, detect_gpus, to_units
 from .._transport import connect_endpoint, local_ip_towards, split_address
+from .._secret import load_security
 from ..config import DEFAULT_PORT, Config
+from ..errors import SecretError
 from .agent import NodeAgent
 
 
@@ -46,9 +48,20 @@ def main(argv: list[str] | None = None) -> int:
     memory = args.memory if args.memory is not None else int(psutil.virtual_memory().total * 0.7)
     resources[MEMORY] = to_units(memory)
     endpoint = connect_endpoint(host, port)
+    config = Config.from_env()
     try:
-        agent = NodeAgent(Config.from_env(), endpoint, node_ip, args.num_cpus, resources,
-                          args.node_id, gpus)
+        security = load_security(config)
+    except SecretError as exc:
+        report_ready(args.ready_fd, f"ERROR {exc}")
+        logging.getLogger("taskmesh.node").error("%s", exc)
+        return 1
+    if not security.encrypt:
+        logging.getLogger("taskmesh.node").warning(
+            "encryption is off (encrypt=False): connections are still authenticated, but "
+            "anyone on the network can read what this node sends and receives")
+    try:
+        agent = NodeAgent(config, endpoint, node_ip, args.num_cpus, resources,
+                          args.node_id, gpus, security=security)
     except ConnectionError:
         msg = f"no taskmesh head answered at {host}:{port}"
         report_ready(args.ready_fd, f"ERROR {msg}")

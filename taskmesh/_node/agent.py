@@ -25,6 +25,7 @@ import socket
 import subprocess
 import time
 import uuid
+from typing import Any
 
 import psutil
 
@@ -32,6 +33,8 @@ from .. import _protocol as P
 from .._daemon import report_ready
 from .._store.shm import Arena, arena_name, capacity_for, sweep_dead
 from .._transport import Poller, new_context, open_client, pid_alive
+from .._ratelimit import RateLimitedLog
+from .._secret import Security
 from ..config import Config
 from .spawner import Spawner, ZygoteChild
 from .store_service import StoreService
@@ -66,8 +69,12 @@ class NodeAgent:
         resources: dict[str, int],
         node_id: str | None = None,
         gpus: list[str] | None = None,
+        *,
+        security: Security,
     ) -> None:
         self.config = config
+        #: the cluster key and whether traffic between machines is encrypted
+        self.security = security
         self.head_endpoint = head_endpoint
         self.node_ip = node_ip
         self.num_cpus = num_cpus
@@ -76,7 +83,7 @@ class NodeAgent:
         self.node_id = node_id or uuid.uuid4().hex[:12]
         self.ctx = new_context()
         self.sock = open_client(self.ctx, head_endpoint, b"N" + self.node_id.encode(),
-                                config.frame_threshold_bytes, config.connect_timeout_s)
+                                config.frame_threshold_bytes, config.connect_timeout_s, security)
         self.workers: dict[int, _Worker] = {}  # pidfd -> worker
         self._seq = 0
         self._life_r, self._life_w = os.pipe()
@@ -104,6 +111,7 @@ class NodeAgent:
             # head has declared it dead if it is, and the task reading it runs again later
             silent = max(3.0, 2 * config.heartbeat_timeout_s)
             self.store = StoreService(self.node_id, self.arena, config, pid_alive,
+                                      security=self.security,
                                       transfer_host=node_ip, on_fetched=self._fetched,
                                       on_freed=self._freed, transfer_timeout_s=silent,
                                       transfer_connect_timeout_s=silent)
@@ -155,6 +163,7 @@ class NodeAgent:
         if self.spawner is None:
             env = dict(os.environ)
             env.update(self.config.to_env())
+            env.update(self.security.key.env())  # each worker takes it out of its environment
             env["TASKMESH_NODE_ID"] = self.node_id
             env["TASKMESH_NODE_IP"] = self.node_ip
             self.spawner = Spawner(env, self._life_r, self.config.worker_fork_server)
@@ -300,6 +309,46 @@ class NodeAgent:
             self.ctx.term()
         return self.exit_code
 
+    def _on_head_message(self, msg: Any) -> str | None:
+        """Act on one message from the head; return why to stop, or None to go on."""
+        kind = type(msg)
+        if kind is P.StartWorkers:
+            self.spawn_workers(max(0, min(msg.count, 64)))
+        elif kind is P.Welcome:
+            self.registered = True
+            self._rejoining = False
+            log.info("node %s registered with the head at %s", self.node_id, self.head_endpoint)
+        elif kind is P.Refused and self.registered:
+            # the head declared us dead (cut off longer than its heartbeat time-out):
+            # whatever it rescheduled must not be answered twice
+            self._rejoin(msg.reason)
+        elif kind is P.Refused and self._rejoining and _DECLARED_DEAD in msg.reason:
+            pass  # answers to heartbeats sent before we joined again
+        elif kind is P.Refused:
+            log.error("the head at %s refused this node: %s", self.head_endpoint, msg.reason)
+            self.exit_code = 1
+            return f"the head refused this node: {msg.reason}"
+        elif kind is P.FreeObjects:
+            self.store.delete(msg.object_ids)
+        elif kind is P.KillWorker:
+            self._kill_worker(msg.worker_id, msg.reason)
+        elif kind is P.InterruptTask:
+            self._interrupt(msg.worker_id, msg.task_id)
+        elif kind is P.Shutdown:
+            return msg.reason
+        elif kind is not P.HeartbeatAck:
+            self.dropped.event("not a message for a node agent", "ignored unexpected %s from "
+                               "the head", kind.__name__)
+        return None
+
+    @property
+    def dropped(self) -> RateLimitedLog:
+        """Messages from the head that this agent ignored, counted by kind (logged rate-limited)."""
+        dropped = self.__dict__.get("_dropped")
+        if dropped is None:
+            dropped = self.__dict__["_dropped"] = RateLimitedLog(log)
+        return dropped
+
     def _say_goodbye(self) -> None:
         """Tell the head we are leaving, so it runs our tasks elsewhere now rather than after
         the heartbeat time-out (best effort: the head may be gone)."""
@@ -351,40 +400,16 @@ class NodeAgent:
                     if head_lost:
                         head_lost = False
                         log.warning("the head at %s answers again", self.head_endpoint)
-                    kind = type(msg)
-                    if kind is P.StartWorkers:
-                        self.spawn_workers(max(0, min(msg.count, 64)))
-                    elif kind is P.Welcome:
-                        self.registered = True
-                        self._rejoining = False
-                        if ready_fd is not None:
-                            report_ready(ready_fd, f"READY {self.node_id}")
-                            ready_fd = None
-                        log.info("node %s registered with the head at %s", self.node_id,
-                                 self.head_endpoint)
-                    elif kind is P.Refused and self.registered:
-                        # the head declared us dead (cut off longer than its heartbeat
-                        # time-out): whatever it rescheduled must not be answered twice
-                        self._rejoin(msg.reason)
+                    incarnation = self._incarnation
+                    why = self._on_head_message(msg)
+                    if self._incarnation != incarnation:  # joining again: as long to be welcomed
                         register_by = time.monotonic() + rejoin_after
-                    elif kind is P.Refused and self._rejoining and _DECLARED_DEAD in msg.reason:
-                        pass  # answers to heartbeats sent before we joined again
-                    elif kind is P.Refused:
-                        log.error("the head at %s refused this node: %s", self.head_endpoint, msg.reason)
-                        reason, self.exit_code, stop = f"refused: {msg.reason}", 1, True
-                        if ready_fd is not None:
-                            report_ready(ready_fd, f"ERROR the head refused this node: {msg.reason}")
-                            ready_fd = None
-                    elif kind is P.FreeObjects:
-                        self.store.delete(msg.object_ids)
-                    elif kind is P.KillWorker:
-                        self._kill_worker(msg.worker_id, msg.reason)
-                    elif kind is P.InterruptTask:
-                        self._interrupt(msg.worker_id, msg.task_id)
-                    elif kind is P.Shutdown:
-                        reason, stop = msg.reason, True
-                    elif kind is not P.HeartbeatAck:
-                        log.warning("ignored unexpected %s from the head", kind.__name__)
+                    if why is not None:
+                        reason, stop = why, True
+                    if ready_fd is not None and (self.registered or self.exit_code):
+                        report_ready(ready_fd, f"READY {self.node_id}" if self.registered
+                                     else f"ERROR {why}")
+                        ready_fd = None
                 if stop:
                     break
                 if self.sock.peer_closed:
@@ -395,6 +420,15 @@ class NodeAgent:
                     break
             now = time.monotonic()
             self.store.tick(now)
+            refusal = None if self.registered else self.sock.refusal()
+            if refusal is not None:
+                reason = f"the head at {self.head_endpoint} refused this node: {refusal}"
+                self.exit_code = 1
+                log.error("%s", reason)
+                if ready_fd is not None:
+                    report_ready(ready_fd, f"ERROR {reason}")
+                    ready_fd = None
+                break
             if not self.registered and now > register_by:
                 reason = (f"no taskmesh head answered at {self.head_endpoint} within "
                           f"{self.config.connect_timeout_s:g} s")

@@ -27,7 +27,9 @@ and the loop never touch the same bytes.
 
 Transfers (docs/object-store.md, "Transfer"; the stream is ``_transfer.py``'s). The service
 listens on TCP (``transfer_address``) and serves each connection in a thread; ``StoreFetch``
-starts a thread that pulls an object from other nodes straight into this arena. Only the loop
+starts a thread that pulls an object from other nodes straight into this arena. Both ends of
+every transfer connection prove they hold the cluster secret first (``security``; encrypted
+unless ``security.encrypt`` is off on both). Only the loop
 thread touches ``StoreState``: a serving thread asks the loop to pin the object (queue + wake
 pipe), waits for the pin (an object on disk is restored by it), streams from a read-only view
 of the arena, and asks the loop to unpin when done or when the peer went away. A fetch creates
@@ -63,6 +65,7 @@ from typing import Any
 from .. import _protocol as P
 from .inbox import Inbox
 from .spill import DELETE as _DELETE, RESTORE as _RESTORE, SPILL as _SPILL, SpillThread, make_spill_dir
+from .._ratelimit import RateLimitedLog
 from .._store.shm import Arena
 from .._store.state import (
     Command,
@@ -76,6 +79,7 @@ from .._store.state import (
     StoreState,
     Waiting,
 )
+from .._secret import Security
 from .._transport import LocalServerSocket
 from ..config import Config
 from .. import _transfer as transfer
@@ -144,11 +148,13 @@ class StoreService:
     thread once a fetched object is sealed here (the agent tells the head this node holds a
     copy). ``on_freed(object_id)``: called in the loop thread for every object the store
     forgets (the copy is gone). ``transfer_timeout_s``, ``transfer_connect_timeout_s``: the
-    inactivity and connect time-outs of transfers, both ways.
+    inactivity and connect time-outs of transfers, both ways. ``security``: the cluster key
+    that peers must prove they hold, and whether transfers are encrypted.
     """
 
     def __init__(self, node_id: str, arena: Arena, config: Config,
-                 pid_alive: Callable[[int], bool], *, transfer_host: str = "127.0.0.1",
+                 pid_alive: Callable[[int], bool], *, security: Security,
+                 transfer_host: str = "127.0.0.1",
                  on_fetched: Callable[[bytes, int], None] | None = None,
                  on_freed: Callable[[bytes], None] | None = None,
                  transfer_timeout_s: float = transfer.DEFAULT_TIMEOUT_S,
@@ -162,6 +168,7 @@ class StoreService:
         self.transfer_timeout_s = transfer_timeout_s
         self.transfer_connect_timeout_s = transfer_connect_timeout_s
         self.transfer_counters = TransferCounters()
+        self.security = security
         self.spill_dir = make_spill_dir(config.spill_dir, node_id, pid_alive)
         try:
             self.sock = LocalServerSocket(self.name, config.frame_threshold_bytes, report_joins=True)
@@ -171,7 +178,8 @@ class StoreService:
                           f"node agent running with node id {node_id}?") from None
         try:
             self._server = TransferServer(transfer_host, self._open_for_transfer,
-                                          self.transfer_counters, timeout_s=transfer_timeout_s)
+                                          self.transfer_counters, security=security,
+                                          timeout_s=transfer_timeout_s)
         except OSError as exc:
             self.sock.close()
             shutil.rmtree(self.spill_dir, ignore_errors=True)
@@ -294,8 +302,9 @@ class StoreService:
                 self._misuse(peer, state.unpin, oid, peer)
         elif kind is P.StoreSeal or kind is P.StoreAbort:
             if msg.object_id in self._fetches:  # its bytes are still arriving
-                log.warning("ignored %s of object %s from local client %r: the store is fetching "
-                            "it from another node", kind.__name__, msg.object_id.hex(), peer)
+                self.dropped.event("seal or abort of an object being fetched", "ignored %s of "
+                                   "object %s from local client %r: the store is fetching it "
+                                   "from another node", kind.__name__, msg.object_id.hex(), peer)
                 return
             self._misuse(peer, state.seal if kind is P.StoreSeal else state.abort, msg.object_id)
         elif kind is P.StoreDelete:
@@ -304,23 +313,34 @@ class StoreService:
         elif kind is P.StoreFetch:
             self._on_fetch(peer, msg, now)
         else:
-            log.warning("ignored %s from local client %r: not a request to the object store",
-                        kind.__name__, peer)
+            self.dropped.event("not a request to the object store", "ignored %s from local "
+                               "client %r: not a request to the object store", kind.__name__, peer)
+
+    @property
+    def dropped(self) -> RateLimitedLog:
+        """Requests of local clients that were ignored, counted by reason (logged rate-limited:
+        a client in a loop must not fill the log)."""
+        dropped = self.__dict__.get("_dropped")
+        if dropped is None:
+            dropped = self.__dict__["_dropped"] = RateLimitedLog(log)
+        return dropped
 
     def _misuse(self, peer: bytes, method: Callable[..., list[Command]], *args: Any) -> None:
         """A request without an answer: one that makes no sense is logged (the client gets nothing)."""
         try:
             cmds = method(*args)
         except ValueError as exc:
-            log.warning("ignored a request of local client %r: %s", peer, exc)
+            self.dropped.event(f"{method.__name__} that makes no sense", "ignored a request of "
+                               "local client %r: %s", peer, exc)
             return
         self._run(cmds)
 
     def _on_fetch(self, peer: bytes, msg: P.StoreFetch, now: float) -> None:
         oid = msg.object_id
         if not 0 < len(oid) <= MAX_OBJECT_ID:
-            log.warning("ignored StoreFetch from local client %r: object ids have 1 to %d bytes, "
-                        "not %d", peer, MAX_OBJECT_ID, len(oid))
+            self.dropped.event("fetch of a malformed object id", "ignored StoreFetch from local "
+                               "client %r: object ids have 1 to %d bytes, not %d", peer,
+                               MAX_OBJECT_ID, len(oid))
             return
         if self.state.info(oid) is not None:
             return  # held, or being created or fetched already
@@ -335,13 +355,15 @@ class StoreService:
                     if source[1] != self.transfer_address:  # ourselves: we do not hold it
                         sources.append((source[0], source[1]))
                     continue
-            log.warning("StoreFetch of object %s from local client %r: ignored the source %r "
-                        "(expected [node_id, 'host:port'])", oid.hex(), peer, source)
+            self.dropped.event("malformed fetch source", "StoreFetch of object %s from local "
+                               "client %r: ignored the source %r (expected [node_id, "
+                               "'host:port'])", oid.hex(), peer, source)
         problem = ("it names no other node to fetch it from" if not sources else
                    f"its size must be a non-negative int, not {msg.size!r}" if msg.size < 0 else None)
         if problem is not None:
             reason = f"object {oid.hex()} cannot be fetched: {problem}"
-            log.warning("%s (StoreFetch from local client %r)", reason, peer)
+            self.dropped.event("fetch that cannot start", "%s (StoreFetch from local client %r)",
+                               reason, peer)
             self.state.remember_lost(oid, reason)
             return
         self._fetches[oid] = _Fetch(oid, msg.size, sources)
@@ -400,7 +422,7 @@ class StoreService:
         """(A fetch thread.) Fill the object's arena range from its sources; report to the loop."""
         error: str | None = None
         try:
-            transfer.fetch_into(fetch.object_id, dest, fetch.sources,
+            transfer.fetch_into(fetch.object_id, dest, fetch.sources, security=self.security,
                                 counters=self.transfer_counters,
                                 connect_timeout_s=self.transfer_connect_timeout_s,
                                 timeout_s=self.transfer_timeout_s, cancel=self._cancel)

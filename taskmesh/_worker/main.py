@@ -29,6 +29,7 @@ from .. import _serialize as S
 from .._client.core import CoreClient
 from .._context import CTX
 from .._spin import Spinner
+from .._secret import Security, find_secret, take_secret_from_env
 from ..config import Config
 from ..errors import ObjectLostError, SerializationError, TaskmeshError
 
@@ -42,14 +43,19 @@ _PACKAGE_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 class Worker:
     def __init__(self, config: Config, endpoint: str, node_id: str, worker_id: str,
-                 incarnation: int = 0) -> None:
+                 incarnation: int = 0, security: Security | None = None) -> None:
         self.config = config
         self.incarnation = incarnation  # of its node agent (a fenced node joins again: +1)
         self.node_id = node_id
         self.worker_id = worker_id
         self.pid = os.getpid()
+        # the node agent hands the secret over in the environment; it is taken out at once so
+        # that programs the user's tasks start do not inherit it
+        if security is None:
+            key = take_secret_from_env() or find_secret(config.secret_file)
+            security = Security(key, config.encrypt)
         self.core = CoreClient(config, endpoint, "worker", endpoint.replace("tcp://", ""),
-                               identity=b"W" + worker_id.encode())
+                               security, identity=b"W" + worker_id.encode())
         self.core.node_id = node_id
         self.core.on_foreign = self._on_message
         # results held back for batching may hold refs: no Release may overtake them

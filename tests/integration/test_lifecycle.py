@@ -15,6 +15,9 @@ import zmq
 
 import taskmesh
 from taskmesh import _protocol as P
+from taskmesh._context import CTX
+from taskmesh._gatekeeper import secure_client
+from taskmesh._secret import Security
 
 from ..conftest import kill_all, run_python, shm_entries, wait_gone
 
@@ -113,11 +116,14 @@ def test_auto_without_cluster(tmp_path, monkeypatch):
 
 
 @contextlib.contextmanager
-def raw_dealer(address: str):
-    """A bare ZeroMQ DEALER to the head's TCP port, as any program could open one."""
+def raw_dealer(address: str, security: Security | None = None):
+    """A bare ZeroMQ DEALER to the head's TCP port, as any program could open one; with
+    ``security``, holding the cluster's credentials."""
     with zmq.Context() as ctx:
         s = ctx.socket(zmq.DEALER)
         s.setsockopt(zmq.LINGER, 0)
+        if security is not None:
+            secure_client(s, security)
         s.connect(f"tcp://{address}")
         try:
             yield s
@@ -127,7 +133,7 @@ def raw_dealer(address: str):
 
 def test_other_protocol_version_is_refused(cluster):
     address = taskmesh.get_runtime_context().gcs_address
-    with raw_dealer(address) as s:
+    with raw_dealer(address, CTX.cluster.security) as s:
         s.send(msgpack.packb([P.Hello.OP, 999, "driver", {}]))
         assert s.poll(5000)
         reply = P.decode(s.recv_multipart())
@@ -146,7 +152,7 @@ def test_other_protocol_version_is_refused(cluster):
 
 def test_garbage_does_not_hurt_the_head(cluster):
     address = taskmesh.get_runtime_context().gcs_address
-    with raw_dealer(address) as s:
+    with raw_dealer(address, CTX.cluster.security) as s:  # garbage from inside the cluster
         for junk in (b"", b"\x00\xff garbage", msgpack.packb([12345]), msgpack.packb([P.Submit.OP, "x"])):
             s.send(junk)
     port = int(address.rsplit(":", 1)[1])

@@ -842,7 +842,8 @@ def test_a_raw_client_with_corrupt_stored_markers_gets_errors_and_the_cluster_ca
     """A client sending corrupt or lying STORED markers, and Borrow/Release of unknown ids:
     readers get clear errors (no hang), the head and the store keep working."""
     host, port = split_address(core().address, DEFAULT_PORT)
-    raw = CoreClient(core().config, connect_endpoint(host, port), "driver", core().address)
+    raw = CoreClient(core().config, connect_endpoint(host, port), "driver", core().address,
+                     core().security)
     try:
         raw.handshake({"pid": os.getpid()})
         node_id = taskmesh.nodes()[0]["NodeID"]

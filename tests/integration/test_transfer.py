@@ -2,7 +2,8 @@
 StoreFetch on B pulls an object from A's arena into B's over TCP on 127.0.0.1; pins on B wait
 for it. Byte counters prove the bytes crossed the socket (both arenas are in the same /dev/shm).
 Also: one transfer however many ask, fallback to the next source (dead, not holding it, dying
-mid-stream), every source failing, an object spilled to disk on the source."""
+mid-stream), every source failing, an object spilled to disk on the source, a node holding
+another cluster secret refused, encryption on and off."""
 
 from __future__ import annotations
 
@@ -19,11 +20,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import xxhash
 
 import taskmesh
 from taskmesh import _protocol as P
 from taskmesh import _transfer as transfer
+from taskmesh._secret import ClusterKey, Security
 from taskmesh._store.client import StoreClient
 from taskmesh._store.shm import SHM_DIR, unlink
 
@@ -31,20 +32,22 @@ pytestmark = pytest.mark.timeout(60)
 
 REPO = Path(__file__).resolve().parents[2]
 MiB = 1 << 20
+KEY = ClusterKey.generate()  # the cluster's secret (every node's unless a test says otherwise)
 
 
 class StoreNode:
     """One _store_node process: its store socket name, transfer address, and commands."""
 
     def __init__(self, tmp_path: Path, capacity: int, create_timeout_s: float = 1.0,
-                 transfer_timeout_s: float = 3.0) -> None:
+                 transfer_timeout_s: float = 3.0, key: ClusterKey = KEY, encrypt: bool = True) -> None:
         self.node_id = uuid.uuid4().hex[:12]
         spill = tmp_path / f"spill-{self.node_id}"
         self.spill = spill
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "tests.integration._store_node", self.node_id, str(capacity),
-             str(spill), str(create_timeout_s), str(transfer_timeout_s)],
-            cwd=REPO, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+             str(spill), str(create_timeout_s), str(transfer_timeout_s), str(int(encrypt))],
+            cwd=REPO, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+            env={**os.environ, **key.env()})
         line = self.proc.stdout.readline()
         if not line:
             self.proc.wait(10)
@@ -128,7 +131,8 @@ def dead_address() -> str:
 
 
 class FakeSource:
-    """A transfer endpoint in this process: ``handler(conn, object_id)`` answers each request."""
+    """A transfer endpoint of the cluster in this process: after the handshake,
+    ``handler(session, object_id)`` answers each request."""
 
     def __init__(self, handler) -> None:
         self.handler = handler
@@ -146,13 +150,11 @@ class FakeSource:
                 conn, _ = self.listener.accept()
             except OSError:
                 return
-            with conn:
-                head = conn.recv(transfer.REQUEST_HEADER_SIZE, socket.MSG_WAITALL)
-                _, _, n = transfer._REQUEST.unpack(head)
-                oid = conn.recv(n, socket.MSG_WAITALL)
+            with conn, contextlib.suppress(OSError, transfer.TransferError, transfer._Refused):
+                session = transfer._server_handshake(conn, Security(KEY), transfer.TransferCounters(), 5)
+                oid = session.recv_message(transfer.MAX_OBJECT_ID)
                 self.requests += 1
-                with contextlib.suppress(OSError):
-                    self.handler(conn, oid)
+                self.handler(session, oid)
 
     def close(self) -> None:
         with contextlib.suppress(OSError):
@@ -176,16 +178,14 @@ def fake_source():
 
 def half_then_close(data: bytes):
     """A source that promises ``data`` and dies after sending half of it."""
-    def handler(conn: socket.socket, oid: bytes) -> None:
-        half = data[:len(data) // 2]
-        conn.sendall(transfer._response(transfer.OK, len(data))
-                     + transfer._CHUNK.pack(transfer.RAW, len(half), len(half), xxhash.xxh3_64_intdigest(half))
-                     + half)
+    def handler(session, oid: bytes) -> None:
+        session.send_message(transfer._response(transfer.OK, len(data)))
+        session.send_chunk(memoryview(data)[:len(data) // 2], False)
     return handler
 
 
-def not_here(conn: socket.socket, oid: bytes) -> None:
-    conn.sendall(transfer._response(transfer.NOT_HERE, 0, "no such object here"))
+def not_here(session, oid: bytes) -> None:
+    session.send_message(transfer._response(transfer.NOT_HERE, 0, "no such object here"))
 
 
 # ------------------------------------------------------------------ tests
@@ -339,7 +339,7 @@ def test_a_fetch_larger_than_the_store_fails_its_readers_clearly(nodes):
 
 def test_closing_a_node_stops_a_fetch_stuck_on_a_silent_source_at_once(nodes, fake_source):
     silent_done = threading.Event()
-    silent = fake_source(lambda conn, oid: silent_done.wait(30))  # accepts, never answers
+    silent = fake_source(lambda session, oid: silent_done.wait(30))  # accepts, never answers
     b = nodes(transfer_timeout_s=30.0)
     with StoreClient(b.store) as cb:
         fetch(cb, b"stuck", MiB, [["silent", silent.address]])
@@ -357,13 +357,11 @@ def test_local_clients_cannot_seal_or_abort_an_object_being_fetched(nodes, fake_
     data = random_bytes(2 * MiB, seed=7)
     go_on = threading.Event()
 
-    def slow(conn: socket.socket, oid: bytes) -> None:  # half the object, a pause, the rest
-        def chunk(part: bytes) -> bytes:
-            return transfer._CHUNK.pack(transfer.RAW, len(part), len(part),
-                                        xxhash.xxh3_64_intdigest(part)) + part
-        conn.sendall(transfer._response(transfer.OK, len(data)) + chunk(data[:MiB]))
+    def slow(session, oid: bytes) -> None:  # half the object, a pause, the rest
+        session.send_message(transfer._response(transfer.OK, len(data)))
+        session.send_chunk(memoryview(data)[:MiB], False)
         go_on.wait(10)
-        conn.sendall(chunk(data[MiB:]))
+        session.send_chunk(memoryview(data)[MiB:], False)
 
     source = fake_source(slow)
     b = nodes()
@@ -400,3 +398,39 @@ def test_a_source_answers_an_error_when_the_object_stays_unreadable_and_releases
         # a new fetch now succeeds
         fetch(cb, b"unsealed", len(data), [a.source()])
         assert pinned_bytes(cb, b"unsealed") == data
+
+
+def test_a_node_holding_another_secret_gets_nothing_and_its_readers_learn_why(nodes):
+    a, b = nodes(), nodes(key=ClusterKey.generate())
+    data = random_bytes(2 * MiB, seed=9)
+    with StoreClient(a.store) as ca, StoreClient(b.store) as cb:
+        put(ca, b"guarded", data)
+        fetch(cb, b"guarded", len(data), [a.source()])
+        with pytest.raises(taskmesh.ObjectLostError) as info:
+            cb.pin([b"guarded"], timeout_s=20)
+        assert b"guarded".hex() in str(info.value) and "another cluster secret" in str(info.value)
+    deadline = time.monotonic() + 5  # A counts once it checked the proof B sent last
+    while not a.stats()["transfer_refused"] and time.monotonic() < deadline:
+        time.sleep(0.01)
+    sa, sb = a.stats(), b.stats()
+    assert sa["transfer_refused"] == 1, "A refused B's connection, and counted it"
+    assert sa["transfer_objects_sent"] == sa["transfer_raw_bytes_sent"] == sa["num_pinned"] == 0
+    assert sb["transfer_raw_bytes_received"] == 0 and sb["transfer_fetches_failed"] == 1
+    assert sb["used_bytes"] == 0
+
+
+@pytest.mark.parametrize("encrypt_a, encrypt_b", [(False, False), (True, False), (False, True)])
+def test_encryption_is_off_only_when_both_nodes_turn_it_off(nodes, encrypt_a, encrypt_b):
+    a, b = nodes(encrypt=encrypt_a), nodes(encrypt=encrypt_b)
+    data = random_bytes(4 * MiB + 8, seed=10)  # 9 chunks of at most 512 KiB, all raw
+    with StoreClient(a.store) as ca, StoreClient(b.store) as cb:
+        put(ca, b"either", data)
+        fetch(cb, b"either", len(data), [a.source()])
+        assert pinned_bytes(cb, b"either") == data
+    sb = b.stats()
+    chunks = -(-len(data) // transfer.DEFAULT_CHUNK_SIZE)
+    beyond = sb["transfer_bytes_received"] - len(data)
+    tags = chunks * transfer.TAG_SIZE
+    plain = (transfer.SERVER_HELLO_SIZE + transfer.FRAME_HEADER_SIZE + transfer.RESPONSE_HEADER_SIZE
+             + transfer.TAG_SIZE + chunks * transfer.CHUNK_HEADER_SIZE)
+    assert beyond == (plain + tags if encrypt_a or encrypt_b else plain)

@@ -1412,3 +1412,32 @@ def test_drivers_get_credit_back_for_every_task_that_ends():
     c.send(nested, P.RegisterFunction(fid, "mod.f", b"blob"))
     c.submit(fid, 1, owner=nested)
     assert not c.drain().of(P.Credit)
+
+
+def test_the_window_count_of_a_driver_that_leaves_goes_with_its_tasks():
+    c = Cluster()
+    other = c.hello(b"driver-2", "driver")
+    fid = c.register(owner=other)
+    tasks = c.submit(fid, 3, owner=other)  # no node: they stay queued
+    assert c.state.in_flight[other] == 3
+    c.send(other, P.Goodbye())
+    assert not any(t in c.state.tasks for t in tasks)  # nobody needs them: dropped
+    assert other not in c.state.in_flight
+    c.state.check_invariants()
+
+
+def test_a_driver_ignoring_credit_gets_its_surplus_failed_not_queued():
+    c = Cluster()
+    greedy = c.hello(b"greedy", "driver", {"max_pending_tasks": 4})
+    fid = c.register(owner=greedy)
+    tasks = c.submit(fid, 8, owner=greedy)  # twice its window: still queued
+    c.drain()
+    assert all(t in c.state.tasks for t in tasks)
+    extra = c.submit(fid, 2, owner=greedy)
+    sent = c.drain()
+    assert not any(t in c.state.tasks for t in extra)  # not queued: nothing kept for them
+    kind, message = c.state.objects[ret(extra[0])].value.read_system_error()
+    assert kind == "TaskmeshError" and "twice its max_pending_tasks (4)" in message
+    assert sum(m.count for m in sent.to(greedy, P.Credit)) == 2  # its count stays right
+    assert c.state.dropped.counts["over its window"] == 2
+    c.state.check_invariants()

@@ -34,6 +34,7 @@ def test_unknown_option_lists_the_valid_ones():
     ("num_gpus", [1]),
     ("num_returns", -1),
     ("num_returns", 1.0),
+    ("num_returns", 100_001),
     ("num_returns", False),
     ("max_retries", -2),
     ("max_retries", 2.5),

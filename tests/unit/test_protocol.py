@@ -299,14 +299,14 @@ BAD_FRAMES = {
     "op is float": pack(34.0),
     "unknown op": pack(999),
     "negative op": pack(-1),
-    "too few fields": pack(P.Hello.OP, 1, "driver"),
-    "too many fields": pack(P.Hello.OP, 1, "driver", {}, 5),
+    "too few fields": pack(P.Hello.OP, P.PROTOCOL_VERSION, "driver"),
+    "too many fields": pack(P.Hello.OP, P.PROTOCOL_VERSION, "driver", {}, 5),
     "fields on fieldless msg": pack(P.HeartbeatAck.OP, 1),
     "version is str": pack(P.Hello.OP, "1", "driver", {}),
     "version is float": pack(P.Hello.OP, 1.0, "driver", {}),
     "version is bool": pack(P.Hello.OP, True, "driver", {}),
-    "info is list": pack(P.Hello.OP, 1, "driver", []),
-    "kind is bytes": pack(P.Hello.OP, 1, b"driver", {}),
+    "info is list": pack(P.Hello.OP, P.PROTOCOL_VERSION, "driver", []),
+    "kind is bytes": pack(P.Hello.OP, P.PROTOCOL_VERSION, b"driver", {}),
     "invalid utf-8 str": [b"\x94\x01\x01\xa1\xff\x80"],
     "str where bytes expected": pack(P.RegisterFunction.OP, "fid", "f", b"blob"),
     "bytes where str expected": pack(P.RegisterFunction.OP, b"fid", b"f", b"blob"),
@@ -356,7 +356,7 @@ BAD_FRAMES = {
     "frame index 0": pack(P.Put.OP, [[b"o", [0, b"d", [ext_frame(0)]]]]),
     "frame ref short data": pack(P.Put.OP, [[b"o", [0, b"d", [ext_frame(1, 3)]]]]) + [b"x"],
     "unknown extension": pack(P.Put.OP, [[b"o", [0, b"d", [msgpack.ExtType(9, b"\0\0\0\1")]]]]) + [b"x"],
-    "frame ref where str expected": pack(P.Hello.OP, 1, ext_frame(1), {}) + [b"driver"],
+    "frame ref where str expected": pack(P.Hello.OP, P.PROTOCOL_VERSION, ext_frame(1), {}) + [b"driver"],
     "frame ref to unbufferable frame": pack(P.Put.OP, [[b"o", [0, b"d", [ext_frame(1)]]]]) + ["str"],
     "deep nesting": [b"\x91" * 100_000 + b"\xc0"],
     "huge declared array": [b"\xdd\xff\xff\xff\xff"],
@@ -378,7 +378,7 @@ def test_protocol_error_messages_say_what_is_wrong():
     with pytest.raises(ProtocolError, match="unknown op 999"):
         decode(pack(999))
     with pytest.raises(ProtocolError, match="Hello needs 3 fields, got 2"):
-        decode(pack(P.Hello.OP, 1, "driver"))
+        decode(pack(P.Hello.OP, P.PROTOCOL_VERSION, "driver"))
     with pytest.raises(ProtocolError, match="missing frame 1"):
         decode(pack(P.RegisterFunction.OP, b"fid", "f", ext_frame(1)))
     with pytest.raises(ProtocolError, match="RegisterFunction.*expected bytes, got str"):
@@ -496,3 +496,12 @@ def test_contained_refs_and_stored_markers_round_trip():
             SerializedObject(3, bad).read_stored()
     with pytest.raises(ProtocolError):
         decode(pack(P.Put.OP, [[b"o", [0, b"p", [], [1, 2]]]]))  # contained ids must be bytes
+
+
+def test_a_hello_of_another_version_decodes_enough_to_be_refused():
+    # another version's Hello may carry other fields; the version and kind survive so the
+    # head can say which versions are involved
+    msg = decode(pack(P.Hello.OP, P.PROTOCOL_VERSION + 1, "node", {"x": 1}, "a new field"))
+    assert msg == P.Hello(P.PROTOCOL_VERSION + 1, "node", {})
+    msg = decode(pack(P.Hello.OP, 0, ["not a kind"]))
+    assert msg == P.Hello(0, "peer", {})

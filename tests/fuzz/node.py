@@ -1,0 +1,375 @@
+"""Fuzzing a node: the object store service's request handlers and the agent's head-message
+dispatch, with the I/O replaced by recorders, fed generated messages and events.
+
+    local clients ──Store* (encode/decode)──▶ StoreService._on_message ──▶ StoreState
+    spill thread, transfers ──(the harness plays them)──▶ _io_done, _transfer_event
+    the head ──Welcome, Refused, StartWorkers, FreeObjects, KillWorker, ...──▶ NodeAgent._on_head_message
+
+``StoreService`` and ``NodeAgent`` are built without their constructors (no socket, arena,
+spill thread, transfer server or worker processes): the harness sets the attributes their
+handlers use, records what they send, and plays the spill thread (finishing or failing the
+spills and restores it was given, in order), other nodes (pulling objects: pins through the
+loop), fetches (finished or failed) and the head. A crash is an exception escaping a handler,
+a reply that does not encode, or ``StoreState.check()`` / the service's own consistency
+failing.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import threading
+import traceback
+from collections import Counter, deque
+from typing import Any
+
+from taskmesh import _protocol as P
+from taskmesh._node import agent as agent_mod
+from taskmesh._node import store_service as ss
+from taskmesh._store.state import StoreState
+from taskmesh.config import Config
+
+from .head import Crash, _damage, _line
+from .values import AnyMessage, Values
+
+CAPACITY = 4096
+
+
+class _Sock:
+    """The store's local socket: replies are encoded (they must be), decoded and kept."""
+
+    def __init__(self) -> None:
+        self.sent: deque[tuple[bytes, Any]] = deque(maxlen=64)
+
+    def send(self, peer: bytes, msg: Any) -> bool:
+        self.sent.append((peer, P.decode(P.encode(msg))))
+        return True
+
+
+class _HeadSock:
+    """The agent's connection to the head."""
+
+    peer_closed = False
+
+    def __init__(self) -> None:
+        self.sent: deque[Any] = deque(maxlen=64)
+
+    def send(self, msg: Any) -> None:
+        self.sent.append(P.decode(P.encode(msg)))
+
+
+class _SpillThread:
+    def __init__(self) -> None:
+        self.jobs: deque[tuple[str, bytes]] = deque()
+
+    def submit(self, kind: str, object_id: bytes, offset: int = 0, size: int = 0) -> None:
+        self.jobs.append((kind, object_id))
+
+
+class _Arena:
+    name = "taskmesh-fuzz-arena"
+
+    def __init__(self, capacity: int) -> None:
+        self.capacity = capacity
+        self.buf = bytearray(capacity)
+
+    def writable(self, offset: int, size: int) -> memoryview:
+        return memoryview(self.buf)[offset:offset + size]
+
+
+class FuzzStore(ss.StoreService):
+    """A StoreService whose I/O parts are recorders (see the module docstring)."""
+
+    def __init__(self, rng: random.Random) -> None:  # (not the real one: no I/O at all)
+        self.node_id = "fuzz"
+        self.name = ss.store_socket_name(self.node_id)
+        self.arena = _Arena(CAPACITY)
+        self.state = StoreState(CAPACITY, alignment=64, create_timeout_s=rng.choice((0.5, 5.0)),
+                                spill_retry_s=1.0)
+        self.fetched: list[bytes] = []
+        self.freed = 0
+        self.on_fetched = lambda oid, size: self.fetched.append(oid)
+        self.on_freed = self._count_freed
+        self.transfer_timeout_s = 1.0
+        self.transfer_connect_timeout_s = 1.0
+        self.transfer_address = "127.0.0.1:7000"
+        self.sock = _Sock()
+        self._io = _SpillThread()
+        self.io_errors = 0
+        self._lock = threading.Lock()
+        self._closing = False
+        self._serve_requests: set = set()
+        self._serve_waiting: dict = {}
+        self._fetches: dict = {}
+        self.spill_dir = "(none)"
+
+    def _count_freed(self, object_id: bytes) -> None:
+        self.freed += 1
+
+    def _fetch_thread(self, fetch: Any, dest: memoryview) -> None:
+        pass  # the harness finishes fetches itself (_transfer_event), in its own order
+
+    def check(self) -> None:
+        """StoreState.check(), and the service's own tables against the state."""
+        st = self.state
+        st.check()
+        objects = st._objects  # white box: the harness checks the service against it
+        for oid in self._fetches:
+            obj = objects.get(oid)
+            _require(obj is not None and not obj.sealed and obj.creator == ss._FETCH_CLIENT,
+                       f"fetch of {oid.hex()} without its unsealed object")
+        for oid, obj in objects.items():
+            if not obj.sealed and obj.creator == ss._FETCH_CLIENT:
+                _require(oid in self._fetches, f"object {oid.hex()} is being fetched untracked")
+        for oid, waiting in self._serve_waiting.items():
+            obj = objects.get(oid)
+            pending = obj.pending.get(ss._SERVE_CLIENT, 0) if obj is not None else 0
+            _require(len(waiting) == pending and pending > 0,
+                       f"object {oid.hex()}: {len(waiting)} serving threads wait, {pending} pins pending")
+
+
+def _require(ok: bool, message: str) -> None:
+    if not ok:
+        raise AssertionError(message)
+
+
+class _Proc:
+    pid = 4242
+
+    def kill(self) -> None:
+        pass
+
+
+class FuzzAgent(agent_mod.NodeAgent):
+    """A NodeAgent without sockets or processes, around a FuzzStore."""
+
+    def __init__(self, store: FuzzStore) -> None:  # (not the real one: no I/O at all)
+        self.config = Config()
+        self.node_id = "fuzz"
+        self.head_endpoint = "head.invalid:1"
+        self.num_cpus = 2
+        self.sock = _HeadSock()
+        self.store = store
+        self.workers: dict[int, Any] = {}
+        self.registered = False
+        self.exit_code = 0
+        self._incarnation = 0
+        self._rejoining = False
+        self._info = {"node_id": self.node_id, "incarnation": 0}
+        self._added: list = []
+        self._removed: list = []
+        self.spawned = 0
+        self.fds: list[int] = []
+        for i in range(3):
+            r, w = os.pipe()
+            os.set_blocking(w, False)
+            self.fds += [r, w]
+            self.workers[1000 + i] = agent_mod._Worker(f"fuzz-{i}", _Proc(), 1000 + i, w)  # type: ignore[arg-type]
+
+    def spawn_workers(self, count: int) -> None:
+        self.spawned += count
+
+    def _stop_workers(self) -> None:
+        self.workers.clear()
+
+    def close(self) -> None:
+        for fd in self.fds:
+            os.close(fd)
+        self.fds = []
+
+    def check(self) -> None:
+        _require(self.exit_code in (0, 1), f"exit code {self.exit_code}")
+        _require(self._info.get("incarnation") == self._incarnation, "incarnation out of step")
+        _require(not (self.registered and self._rejoining), "registered while rejoining")
+
+
+class NodeWorld:
+    """One store service and agent, and the clients, threads, nodes and head around them."""
+
+    def __init__(self, seed: int, world: int, counts: Counter) -> None:
+        self.rng = rng = random.Random(f"node-{seed}-{world}")
+        self.seed, self.world = seed, world
+        self.v = Values(rng)
+        self.counts = counts
+        self.store = FuzzStore(rng)
+        self.agent = FuzzAgent(self.store)
+        self.now = 0.0
+        self.step = 0
+        self.last: Any = None
+        self.trace: deque[tuple] = deque(maxlen=16)  # the latest inputs (for crash reports)
+        self.clients = [b"c1", b"c2", b"\x00", b"x" * 255]
+        self.ids: deque[bytes] = deque([rng.randbytes(20) for _ in range(6)], maxlen=40)
+        self.serving: list[ss._ServeRequest] = []
+        self.any = AnyMessage(self.v, lambda: {
+            "objects": self.ids, "tasks": [i[:16] for i in self.ids], "actors": [],
+            "functions": [], "node_ids": ["n1"], "worker_ids": ["fuzz-0", "fuzz-1", "fuzz-2"]})
+
+    def crash(self, what: str) -> Crash:
+        recent = "\n  ".join(_line(*entry) for entry in self.trace)
+        return Crash(f"{what} (node world: seed {self.seed}, world {self.world}, step {self.step}, "
+                     f"input {self.last!r:.600})\nlatest inputs:\n  {recent}\n{traceback.format_exc()}")
+
+    def call(self, what: Any, fn: Any, *args: Any, who: Any = None) -> Any:
+        self.last = what
+        self.trace.append((self.step, who, what))
+        try:
+            return fn(*args)
+        except Exception:
+            raise self.crash(f"{what} raised") from None
+
+    def run(self, messages: int, check_every: int = 8) -> int:
+        sent = 0
+        try:
+            while sent < messages:
+                self.step += 1
+                sent += self.one()
+                if self.step % check_every == 0:
+                    self.check()
+            self.check()
+        finally:
+            self.agent.close()
+        return sent
+
+    def check(self) -> None:
+        self.last = "check()"
+        try:
+            self.store.check()
+            self.agent.check()
+        except AssertionError:
+            raise self.crash("invariant broken") from None
+
+    # -- one step: returns the messages handed to a handler
+
+    def one(self) -> int:
+        r = self.rng.random()
+        if r < 0.55:
+            return self.client_says()
+        if r < 0.70:
+            return self.head_says()
+        if r < 0.80:
+            self.spill_thread_reports()
+        elif r < 0.86:
+            self.fetch_ends()
+        elif r < 0.93:
+            self.node_pulls()
+        elif r < 0.96:
+            self.call("client_gone", self.store._client_gone, self.rng.choice(self.clients))
+        else:
+            self.now += self.rng.choice((0.01, 0.3, 1.0, 6.0))
+            self.call(f"tick({self.now})", self.store._tick, self.now)
+        return 0
+
+    def deliver(self, handler: Any, who: str, msg: Any, *args: Any) -> int:
+        frames = P.encode(msg, frame_threshold=48)
+        if self.rng.random() < 0.05:
+            frames = _damage(self.rng, frames)
+        try:
+            msg = P.decode(frames)
+        except P.ProtocolError:
+            self.counts["(rejected by decode)"] += 1
+            return 1
+        self.counts[type(msg).__name__] += 1
+        self.call(msg, handler, *args[:1], msg, *args[1:], who=who)
+        return 1
+
+    def oid(self) -> bytes:
+        v = self.v
+        oid = v.pick(self.ids, v.bytes_)
+        if self.rng.random() < 0.2:
+            oid = self.rng.randbytes(20)
+            self.ids.append(oid)
+        return oid
+
+    def client_says(self) -> int:
+        r, v = self.rng, self.v
+        peer = r.choice(self.clients)
+        x = r.random()
+        size = r.choice((0, 1, 64, 1000, 2000, CAPACITY, CAPACITY + 1)) if r.random() < 0.9 else v.int_()
+        if x < 0.25:
+            msg: Any = P.StoreCreate(self.oid(), size)
+        elif x < 0.4:  # seal or abort what this client created (or anything)
+            mine = [m.object_id for p, m in self.store.sock.sent if p == peer and type(m) is P.StoreCreated]
+            oid = r.choice(mine) if mine and r.random() < 0.8 else self.oid()
+            msg = P.StoreSeal(oid) if r.random() < 0.75 else P.StoreAbort(oid)
+        elif x < 0.6:
+            msg = P.StorePin([self.oid() for _ in range(r.randint(1, 3))])
+        elif x < 0.75:
+            pinned = [m.object_id for p, m in self.store.sock.sent if p == peer and type(m) is P.StorePinned]
+            msg = P.StoreUnpin([r.choice(pinned) if pinned and r.random() < 0.8 else self.oid()
+                                for _ in range(r.randint(1, 2))])
+        elif x < 0.85:
+            msg = P.StoreDelete([self.oid() for _ in range(r.randint(1, 3))])
+        elif x < 0.95:
+            sources = [r.choice((["n2", "127.0.0.1:7001"], ["n3", "[::1]:7002"], ["me", "127.0.0.1:7000"],
+                                 ["n4", "host"], ["n5", "h:0"], ["n6", "h:99999"], ["n7", "h:" + "9" * 5000],
+                                 [v.str_(), v.str_()])) for _ in range(r.randint(0, 2))]
+            msg = P.StoreFetch(self.oid(), size, sources)
+        else:
+            msg = self.any()
+        return self.deliver(self.store._on_message, peer, msg, peer, self.now)
+
+    def head_says(self) -> int:
+        r, v = self.rng, self.v
+        x = r.random()
+        if x < 0.15:
+            msg: Any = P.Welcome(P.PROTOCOL_VERSION, {})
+        elif x < 0.25:
+            msg = P.Refused(r.choice((agent_mod._DECLARED_DEAD + " (...)", "no", v.str_())))
+        elif x < 0.35:
+            msg = P.StartWorkers(v.int_())
+        elif x < 0.6:
+            msg = P.FreeObjects([self.oid() for _ in range(r.randint(1, 3))])
+        elif x < 0.7:
+            msg = P.KillWorker(r.choice(("fuzz-0", "fuzz-1", "nobody", v.str_())), v.str_())
+        elif x < 0.85:
+            msg = P.InterruptTask(r.choice(("fuzz-0", "fuzz-1", "nobody")),
+                                  r.choice((r.randbytes(16), r.randbytes(3), b"")))
+        elif x < 0.88:
+            msg = P.Shutdown(v.str_())
+        elif x < 0.92:
+            msg = P.HeartbeatAck()
+        else:
+            msg = self.any()
+        return self.deliver(self.agent._on_head_message, b"head", msg)
+
+    def spill_thread_reports(self) -> None:
+        jobs = self.store._io.jobs
+        while jobs and jobs[0][0] == ss._DELETE:
+            jobs.popleft()
+        if not jobs:
+            return
+        kind, oid = jobs.popleft()
+        error = None if self.rng.random() < 0.8 else "OSError: [Errno 28] No space left on device"
+        self.call(f"io_done({kind}, {oid.hex()}, {error})", self.store._io_done, kind, oid, error)
+
+    def fetch_ends(self) -> None:
+        started = [oid for oid, f in self.store._fetches.items() if f.thread is not None]
+        if not started:
+            return
+        oid = self.rng.choice(started)
+        error = None if self.rng.random() < 0.7 else "every source failed"
+        self.store._fetches[oid].thread.join()  # (the no-op thread)
+        self.call(f"fetched({oid.hex()}, {error})", self.store._transfer_event, ss._FETCHED, oid, error)
+
+    def node_pulls(self) -> None:
+        """Another node streams an object: a serving thread asks for a pin, later unpins it
+        (or gives up waiting first)."""
+        r = self.rng
+        done = [req for req in self.serving if req.done.is_set()]
+        if done and r.random() < 0.5:
+            req = r.choice(done)
+            self.serving.remove(req)
+            if req.error is None:
+                self.call(f"unpin({req.object_id.hex()})", self.store._transfer_event, ss._UNPIN,
+                          req.object_id)
+            return
+        waiting = [req for req in self.serving if not req.done.is_set()]
+        if waiting and r.random() < 0.2:  # its peer went away: it stops waiting
+            req = r.choice(waiting)
+            self.serving.remove(req)
+            with self.store._lock:
+                req.abandoned = True
+            return
+        req = ss._ServeRequest(self.oid())
+        self.serving.append(req)
+        self.call(f"pin({req.object_id.hex()})", self.store._transfer_event, ss._PIN, req)
