@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import subprocess
@@ -9,11 +10,15 @@ import sys
 import tempfile
 import time
 
+from typing import Iterator
+
 import psutil
 import pytest
+import zmq
 
 import taskmesh
 from taskmesh._context import CTX
+from taskmesh._gatekeeper import secure_client
 from taskmesh._secret import Security, find_secret, write_secret_file
 
 
@@ -95,6 +100,22 @@ def run_python(code: str, timeout: float = 60, env: dict | None = None) -> subpr
     secret = CTX.cluster.security.key.env() if CTX.cluster is not None else {}
     return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                           timeout=timeout, env={**os.environ, **secret, **(env or {})})
+
+
+@contextlib.contextmanager
+def raw_dealer(address: str, security: Security | None = None) -> Iterator[zmq.Socket]:
+    """A bare ZeroMQ DEALER to a head's TCP port ("host:port"), as any program could open
+    one; with ``security``, holding those credentials (secret, encryption on or off)."""
+    with zmq.Context() as ctx:
+        s = ctx.socket(zmq.DEALER)
+        s.setsockopt(zmq.LINGER, 0)
+        if security is not None:
+            secure_client(s, security)
+        s.connect(f"tcp://{address}")
+        try:
+            yield s
+        finally:
+            s.close()
 
 
 def pytest_configure(config):

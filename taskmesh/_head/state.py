@@ -294,7 +294,7 @@ class HeadState:
                         del self.gone_drivers[next(iter(self.gone_drivers))]
         if self.timed:
             self._enforce_timeouts(now)
-        if not self.queues:
+        if not self.queues or self._only_unplaceable_queued():
             self._steal()
         if self.credits_due:
             self._send_credits(all_due=True)
@@ -1145,6 +1145,13 @@ class HeadState:
                 del due[peer]
                 if self.peers.get(peer) == "driver":
                     self.out.send(peer, P.Credit(n))
+
+    def _only_unplaceable_queued(self) -> bool:
+        """True if no task queued at the head fits any idle node now (e.g. one asking for more
+        GPUs than any node has): such a task must not stop stealing for the others."""
+        idle = [n.avail for n in self.nodes.values() if n.alive and n.idle]
+        return not any(q and fits(avail, q[0].spec.resources)
+                       for q in self.queues.values() for avail in idle)
 
     def _steal(self) -> None:
         """Nothing is queued at the head, yet some workers are idle while others have tasks

@@ -73,6 +73,8 @@ class NodeAgent:
         security: Security,
     ) -> None:
         self.config = config
+        #: messages from the head this agent ignored, counted by kind (logged rate-limited)
+        self.dropped = RateLimitedLog(log)
         #: the cluster key and whether traffic between machines is encrypted
         self.security = security
         self.head_endpoint = head_endpoint
@@ -340,14 +342,6 @@ class NodeAgent:
             self.dropped.event("not a message for a node agent", "ignored unexpected %s from "
                                "the head", kind.__name__)
         return None
-
-    @property
-    def dropped(self) -> RateLimitedLog:
-        """Messages from the head that this agent ignored, counted by kind (logged rate-limited)."""
-        dropped = self.__dict__.get("_dropped")
-        if dropped is None:
-            dropped = self.__dict__["_dropped"] = RateLimitedLog(log)
-        return dropped
 
     def _say_goodbye(self) -> None:
         """Tell the head we are leaving, so it runs our tasks elsewhere now rather than after

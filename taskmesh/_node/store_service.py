@@ -160,6 +160,9 @@ class StoreService:
                  transfer_timeout_s: float = transfer.DEFAULT_TIMEOUT_S,
                  transfer_connect_timeout_s: float = transfer.DEFAULT_CONNECT_TIMEOUT_S) -> None:
         self.node_id = node_id
+        #: requests of local clients that were ignored, counted by reason (logged
+        #: rate-limited: a client in a loop must not fill the log)
+        self.dropped = RateLimitedLog(log)
         self.name = store_socket_name(node_id)
         self.arena = arena
         self.state = StoreState(arena.capacity, create_timeout_s=config.store_create_timeout_s)
@@ -315,15 +318,6 @@ class StoreService:
         else:
             self.dropped.event("not a request to the object store", "ignored %s from local "
                                "client %r: not a request to the object store", kind.__name__, peer)
-
-    @property
-    def dropped(self) -> RateLimitedLog:
-        """Requests of local clients that were ignored, counted by reason (logged rate-limited:
-        a client in a loop must not fill the log)."""
-        dropped = self.__dict__.get("_dropped")
-        if dropped is None:
-            dropped = self.__dict__["_dropped"] = RateLimitedLog(log)
-        return dropped
 
     def _misuse(self, peer: bytes, method: Callable[..., list[Command]], *args: Any) -> None:
         """A request without an answer: one that makes no sense is logged (the client gets nothing)."""

@@ -26,6 +26,7 @@ from typing import Any
 from taskmesh import _protocol as P
 from taskmesh._node import agent as agent_mod
 from taskmesh._node import store_service as ss
+from taskmesh._ratelimit import RateLimitedLog
 from taskmesh._store.state import StoreState
 from taskmesh.config import Config
 
@@ -102,6 +103,7 @@ class FuzzStore(ss.StoreService):
         self._serve_waiting: dict = {}
         self._fetches: dict = {}
         self.spill_dir = "(none)"
+        self.dropped = RateLimitedLog(ss.log)
 
     def _count_freed(self, object_id: bytes) -> None:
         self.freed += 1
@@ -145,6 +147,7 @@ class FuzzAgent(agent_mod.NodeAgent):
 
     def __init__(self, store: FuzzStore) -> None:  # (not the real one: no I/O at all)
         self.config = Config()
+        self.dropped = RateLimitedLog(agent_mod.log)
         self.node_id = "fuzz"
         self.head_endpoint = "head.invalid:1"
         self.num_cpus = 2

@@ -15,7 +15,7 @@ import logging
 import time
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import Callable, Iterator
+from typing import Any, Callable, Iterator
 
 from .frames import FrameFuzzer
 from .head import Crash, HeadWorld
@@ -122,16 +122,23 @@ def _guard(report: Report, fn: Callable[[], object]) -> None:
         report.crashes.append(str(crash))
 
 
-def _head_world(report: Report, recorder: _Recorder, seed: int, index: int, n: int) -> int:
+def _run_world(report: Report, make: Any, side: str, seed: int, index: int,
+               n: int) -> tuple[Any, Counter]:
+    """Build a world and feed it ``n`` inputs; a crash is reported, not raised."""
     counts: Counter = Counter()
     report.worlds += 1
     world = None
     try:
-        world = HeadWorld(seed, index, counts)
+        world = make(seed, index, counts)
         world.run(n)
     except Crash as crash:
         report.crashes.append(str(crash))
-    report.by_op.update({f"head: {op}": k for op, k in counts.items()})
+    report.by_op.update({f"{side}: {op}": k for op, k in counts.items()})
+    return world, counts
+
+
+def _head_world(report: Report, recorder: _Recorder, seed: int, index: int, n: int) -> int:
+    world, counts = _run_world(report, HeadWorld, "head", seed, index, n)
     if world is not None:
         dropped = world.state.dropped
         report.dropped.update({f"head: {why}": k for why, k in dropped.counts.items()})
@@ -147,15 +154,7 @@ def _head_world(report: Report, recorder: _Recorder, seed: int, index: int, n: i
 
 
 def _node_world(report: Report, seed: int, index: int, n: int) -> int:
-    counts: Counter = Counter()
-    report.worlds += 1
-    world = None
-    try:
-        world = NodeWorld(seed, index, counts)
-        world.run(n)
-    except Crash as crash:
-        report.crashes.append(str(crash))
-    report.by_op.update({f"node: {op}": k for op, k in counts.items()})
+    world, counts = _run_world(report, NodeWorld, "node", seed, index, n)
     if world is not None:
         report.dropped.update({f"store: {why}": k for why, k in world.store.dropped.counts.items()})
         report.dropped.update({f"agent: {why}": k for why, k in world.agent.dropped.counts.items()})

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import json
 import socket
 import signal
@@ -16,10 +15,8 @@ import zmq
 import taskmesh
 from taskmesh import _protocol as P
 from taskmesh._context import CTX
-from taskmesh._gatekeeper import secure_client
-from taskmesh._secret import Security
 
-from ..conftest import kill_all, run_python, shm_entries, wait_gone
+from ..conftest import kill_all, raw_dealer, run_python, shm_entries, wait_gone
 
 CHILD_PIDS = """
 import json, psutil, taskmesh
@@ -113,22 +110,6 @@ def test_auto_without_cluster(tmp_path, monkeypatch):
     monkeypatch.setenv("TASKMESH_RUN_DIR", str(tmp_path))
     with pytest.raises(taskmesh.HeadConnectionError, match="taskmesh start --head"):
         taskmesh.init(address="auto")
-
-
-@contextlib.contextmanager
-def raw_dealer(address: str, security: Security | None = None):
-    """A bare ZeroMQ DEALER to the head's TCP port, as any program could open one; with
-    ``security``, holding the cluster's credentials."""
-    with zmq.Context() as ctx:
-        s = ctx.socket(zmq.DEALER)
-        s.setsockopt(zmq.LINGER, 0)
-        if security is not None:
-            secure_client(s, security)
-        s.connect(f"tcp://{address}")
-        try:
-            yield s
-        finally:
-            s.close()
 
 
 def test_other_protocol_version_is_refused(cluster):

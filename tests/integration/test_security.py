@@ -7,7 +7,6 @@ does it from real other hosts).
 
 from __future__ import annotations
 
-import contextlib
 import os
 import pickle
 import socket
@@ -19,18 +18,16 @@ import time
 
 import msgpack
 import pytest
-import zmq
 
 import taskmesh
 from taskmesh import _protocol as P
 from taskmesh import _rundir
 from taskmesh._client.core import CoreClient
-from taskmesh._gatekeeper import secure_client
 from taskmesh._secret import ClusterKey, Security, read_secret_file, write_secret_file
 from taskmesh._transport import free_port, tcp_endpoint
 from taskmesh.config import Config
 
-from ..conftest import kill_all, wait_gone
+from ..conftest import kill_all, raw_dealer, wait_gone
 
 
 class _CreatesFile:
@@ -83,21 +80,6 @@ def wait_for_log(path: str, text: str, timeout: float = 10.0) -> str:
         if text in log or time.monotonic() > deadline:
             return log
         time.sleep(0.05)
-
-
-@contextlib.contextmanager
-def raw_dealer(port: int, security: Security | None = None):
-    """A bare ZeroMQ DEALER to the head's TCP port (with ``security``'s credentials, if any)."""
-    with zmq.Context() as ctx:
-        s = ctx.socket(zmq.DEALER)
-        s.setsockopt(zmq.LINGER, 0)
-        if security is not None:
-            secure_client(s, security)
-        s.connect(f"tcp://127.0.0.1:{port}")
-        try:
-            yield s
-        finally:
-            s.close()
 
 
 def connect(port: int, security: Security, **config) -> dict:
@@ -189,7 +171,7 @@ def test_a_peer_without_the_secret_is_refused_and_nothing_it_sends_is_unpickled(
         if hasattr(P, "RegisterFunction") else payload
     attempts = [None, Security(ClusterKey.generate()), Security(key, encrypt=False)]
     for security in attempts:
-        with raw_dealer(port, security) as s:
+        with raw_dealer(f"127.0.0.1:{port}", security) as s:
             for frame in (payload, submit_like, msgpack.packb([P.Hello.OP, P.PROTOCOL_VERSION,
                                                               "driver", {}])):
                 s.send(frame)
@@ -292,7 +274,7 @@ def test_oversized_messages_are_dropped_and_the_head_keeps_serving(home_env):
     port, log_file = start_head(env, "--num-cpus", "0")
     key = read_secret_file(os.path.join(home_env["HOME"], ".taskmesh", "cluster-secret"))
     # over TCP, from a holder of the secret: ZeroMQ drops the connection before allocating
-    with raw_dealer(port, Security(key)) as s:
+    with raw_dealer(f"127.0.0.1:{port}", Security(key)) as s:
         s.send_multipart([msgpack.packb([P.Hello.OP, P.PROTOCOL_VERSION, "driver", {}]),
                           b"x" * (2 << 20)])
         assert not s.poll(500)

@@ -164,11 +164,11 @@ def test_architecture_mentions_every_module_file():
 # --------------------------------------------------------------------------- links
 
 
-@pytest.mark.parametrize("doc", ["architecture.md", "protocol.md"])
+@pytest.mark.parametrize("doc", ["architecture.md", "protocol.md", "security.md"])
 def test_links_point_to_existing_headings(doc):
     anchors = {
         name: {_anchor(t) for _, t, _ in _sections(_read(name))}
-        for name in ("architecture.md", "protocol.md")
+        for name in ("architecture.md", "protocol.md", "security.md", "performance.md")
     }
     for target, frag in re.findall(r"\]\(([\w.]*)#([\w-]+)\)", _read(doc)):
         where = target or doc

@@ -1295,12 +1295,16 @@ def test_duplicate_task_ids_are_dropped(c):
 # =========================================================================== work stealing
 
 
-def test_an_idle_node_gets_work_back_from_a_worker_stuck_on_a_long_task():
+@pytest.mark.parametrize("unplaceable", [False, True], ids=["alone", "beside-an-unplaceable-task"])
+def test_an_idle_node_gets_work_back_from_a_worker_stuck_on_a_long_task(unplaceable):
     """Mixed durations: a usually short function is pipelined (20 behind the running one),
     then the running call takes long. Once another node has run everything else, it takes
-    back half of what waits behind the stuck one."""
+    back half of what waits behind the stuck one (also while a task no node can run waits
+    at the head: it used to turn stealing off for the whole cluster)."""
     c = Cluster(idle_worker_timeout_s=1000.0)
     c.add_node("n1", cpus=1)
+    if unplaceable:
+        c.submit(c.register("mod.huge"), 1, cpus=64)
     fid = c.register()
     c.warm(fid, 1e-4)  # short: pipelined
     c.submit(fid, 30)
