@@ -411,6 +411,12 @@ class _Hosts:
                     "PYTHONUNBUFFERED": "1"}
         self.names = [f"{self.prefix}-h{i}" for i in range(n)]
         self.log_dir = log_dir
+        # every process started on the hosts (they share this filesystem) finds this run's
+        # cluster secret, next to the logs; root's own ~/.taskmesh is left alone
+        from taskmesh._secret import ENV_SECRET_FILE, write_secret_file
+
+        secret = log_dir.parent / f"cluster-secret-{self.prefix}"
+        self.env[ENV_SECRET_FILE] = str(write_secret_file(str(secret)).source)
         self.procs: list[subprocess.Popen[bytes]] = []
         self.addrs: list[str] = []
         self.up = False
@@ -615,8 +621,6 @@ def run(repeat: int = 5, frameworks: tuple[str, ...] = ("taskmesh",), size: int 
     """Bring up the hosts, run each framework's driver, tear everything down; the figures.
     ``encrypt``: taskmesh's transfers encrypted (its default) or only authenticated. Raises
     :class:`Unavailable` when the machine cannot run it."""
-    from taskmesh._secret import ENV_SECRET_FILE, write_secret_file
-
     check_available()
     say = progress or (lambda msg: None)
     t_start = time.monotonic()
@@ -625,8 +629,6 @@ def run(repeat: int = 5, frameworks: tuple[str, ...] = ("taskmesh",), size: int 
     log_dir.mkdir()
     result: dict[str, Any] = {"size": size, "repeat": repeat, "encrypt": encrypt, "frameworks": {}}
     hosts = _Hosts(3, log_dir)
-    # every process started on the hosts (they share this filesystem) finds the run's secret
-    hosts.env[ENV_SECRET_FILE] = str(write_secret_file(str(tmp / "cluster-secret")).source)
     if not encrypt:
         hosts.env["TASKMESH_ENCRYPT"] = "0"
     failed = False
