@@ -50,6 +50,10 @@ class Config:
     #: a head silent this long is taken for dead: a driver waiting in get()/wait() raises
     #: HeadConnectionError; a node agent says so in its log and keeps trying (see below)
     head_timeout_s: float = 3.0
+    #: the head holds at most this many bytes of one driver's (or worker's) objects inline
+    #: (small puts and results, and any put from a machine without a node); a put beyond
+    #: it is refused: readers of the object get ObjectStoreFullError
+    max_head_bytes_per_client: int = 2 << 30
     #: a driver waits in .remote() while this many of its tasks are submitted and not yet
     #: finished (backpressure: the head's memory for pending tasks stays bounded)
     max_pending_tasks: int = 100_000

@@ -161,7 +161,8 @@ class TaskRec:
 
 class ObjectRec:
     __slots__ = ("value", "owner", "released", "waiters", "subscribers", "dependents", "nbytes",
-                 "locations", "holds", "borrowers", "contained", "lineage", "rebuilds_left")
+                 "locations", "holds", "borrowers", "contained", "lineage", "rebuilds_left",
+                 "charged")
 
     def __init__(self, owner: bytes) -> None:
         self.value: P.SerializedObject | None = None
@@ -182,6 +183,8 @@ class ObjectRec:
         #: for a stored task result: the task that made it, re-run if every copy is lost
         self.lineage: TaskRec | None = None
         self.rebuilds_left = 0
+        #: bytes of its value the head holds inline, counted against its owner's budget
+        self.charged = 0
 
     def needed(self) -> bool:
         """Something still refers to it (the value may not have arrived yet)."""
@@ -232,6 +235,9 @@ class HeadState:
         #: Hello): a driver with twice its window unfinished gets the surplus failed
         self.in_flight: dict[bytes, int] = {}
         self.windows: dict[bytes, int] = {}
+        #: owner -> bytes of its objects' values the head holds inline (small puts and
+        #: results); a put past max_head_bytes_per_client is refused (ObjectStoreFullError)
+        self.inline_bytes: dict[bytes, int] = {}
         self.cancel_killed: set[bytes] = set()  # workers killed by cancel(force=True)
         self.now = now
         #: messages (or parts of them) dropped because they make no sense here: from a peer
@@ -565,6 +571,19 @@ class HeadState:
                 if value.is_stored:
                     self._free_put_copy(peer, oid, value)
                 continue
+            if not value.is_stored:
+                used = self.inline_bytes.get(peer, 0)
+                limit = self.config.max_head_bytes_per_client
+                if used + value.nbytes > limit:
+                    self.dropped.event("put over its budget", "refused a put of %d bytes from "
+                                       "%r: it has %d bytes of objects at the head", value.nbytes,
+                                       peer, used)
+                    value = _ERR("ObjectStoreFullError", (
+                        f"the head refused put() of object {oid.hex()} ({value.nbytes:,} bytes): "
+                        f"it already holds {used:,} bytes of this process's objects, and "
+                        f"max_head_bytes_per_client is {limit:,}. Drop refs you no longer "
+                        "need, or run a node on this machine (large values then go to its "
+                        "object store)"))
             self._set_value(oid, obj, value, push_owner=False)
 
     def _on_subscribe(self, peer: bytes, msg: P.Subscribe) -> None:
@@ -756,6 +775,7 @@ class HeadState:
             obj = self.objects[oid] = ObjectRec(actor.owner)
             obj.released = True
         else:  # a restart: pending again
+            self._uncharge(obj)
             obj.value = None
             if obj.locations:  # (a constructor's result is None: never stored, but be sure)
                 self._free_copies(oid, obj.locations)
@@ -1376,7 +1396,7 @@ class HeadState:
         for oid in return_ids(t.spec.task_id, t.spec.num_returns):
             obj = self.objects.get(oid)
             if obj is not None and obj.value is None and not obj.needed():
-                del self.objects[oid]
+                del self.objects[oid]  # (no value: nothing charged)
         self._release_inputs(t)
 
     def _release_inputs(self, t: TaskRec) -> None:
@@ -1474,6 +1494,16 @@ class HeadState:
                 obj.dependents -= 1
                 self._drop_if_unneeded(dep, obj)
 
+    def _uncharge(self, obj: ObjectRec) -> None:
+        """The head no longer holds ``obj``'s inline value: its owner's budget gets it back."""
+        if obj.charged:
+            left = self.inline_bytes.get(obj.owner, 0) - obj.charged
+            if left > 0:
+                self.inline_bytes[obj.owner] = left
+            else:
+                self.inline_bytes.pop(obj.owner, None)
+            obj.charged = 0
+
     def _set_value(self, oid: bytes, obj: ObjectRec, value: P.SerializedObject, push_owner: bool,
                    node: NodeRec | None = None) -> None:
         """``node``: where a worker's result was made (a stored result lives in its store)."""
@@ -1499,6 +1529,9 @@ class HeadState:
             return
         obj.value = value
         obj.nbytes = nbytes
+        if nbytes and not value.is_stored:  # held here: counted against its owner's budget
+            obj.charged = nbytes
+            self.inline_bytes[obj.owner] = self.inline_bytes.get(obj.owner, 0) + nbytes
         if contained or obj.contained:  # (made again: the new value's refs replace the old)
             old = obj.contained
             obj.contained = self._hold(contained) if contained else None
@@ -1548,6 +1581,8 @@ class HeadState:
             if objects.get(oid) is not obj:
                 continue
             del objects[oid]
+            if obj.charged:
+                self._uncharge(obj)
             if obj.locations:
                 self._free_copies(oid, obj.locations)
                 obj.locations = None
@@ -1635,6 +1670,7 @@ class HeadState:
             if (obj is not None and obj.locations is None and obj.nbytes == size
                     and ((obj.value is None and obj.lineage is not None) or _is_lost(obj.value))):
                 # a copy made before the last known one was lost: the object is back
+                self._uncharge(obj)
                 obj.value = None
                 self._set_value(oid, obj, P.SerializedObject.stored(oid, size, [[nid, ""]]),
                                 push_owner=True, node=node)
@@ -1645,6 +1681,7 @@ class HeadState:
             if nid not in obj.locations:
                 obj.locations.append(nid)
                 node.objects.add(oid)
+                self._uncharge(obj)
                 obj.value = self._marker(oid, obj.nbytes, obj.locations)
         for oid in msg.removed:
             node.objects.discard(oid)
@@ -1655,6 +1692,7 @@ class HeadState:
 
     def _copies_changed(self, oid: bytes, obj: ObjectRec, why: str) -> None:
         if obj.locations:
+            self._uncharge(obj)
             obj.value = self._marker(oid, obj.nbytes, obj.locations)
             return
         obj.locations = None
@@ -1667,6 +1705,7 @@ class HeadState:
         else:
             why += "; a put() object cannot be rebuilt"
         obj.lineage = None
+        self._uncharge(obj)
         obj.value = _ERR("ObjectLostError", f"object {oid.hex()} ({obj.nbytes} bytes) is "
                          f"lost: {why}, and no other node held a copy")
 
@@ -1679,6 +1718,7 @@ class HeadState:
         spec = done.spec
         if obj.rebuilds_left > 0:
             obj.rebuilds_left -= 1
+        self._uncharge(obj)
         obj.value = None  # pending again: new readers and tasks wait for the re-run
         if spec.task_id in self.tasks:  # another lost return of it already started the re-run
             return
@@ -1688,6 +1728,7 @@ class HeadState:
         missing = next((d for d in inputs if d not in self.objects), None)
         if missing is not None:
             obj.lineage = None
+            self._uncharge(obj)
             obj.value = _ERR("ObjectLostError", (
                 f"object {oid.hex()} is lost ({why}) and cannot be rebuilt: task {spec.name}, "
                 f"which made it, needs object {missing.hex()}, which was freed"))
@@ -1998,6 +2039,14 @@ class HeadState:
             _require(n == owed.get(peer, 0), f"driver {peer!r}: {n} tasks counted in flight, "
                      f"{owed.get(peer, 0)} unfinished")
         _require(owed.keys() <= self.in_flight.keys(), "unfinished tasks of an uncounted driver")
+        charged: dict[bytes, int] = {}  # the head's memory for values, by owner
+        for obj in self.objects.values():
+            if obj.charged:
+                _require(obj.value is not None and not obj.value.is_stored,
+                         "a charged object without an inline value")
+                charged[obj.owner] = charged.get(obj.owner, 0) + obj.charged
+        _require(charged == self.inline_bytes, f"inline bytes by owner {self.inline_bytes} "
+                 f"!= what the objects hold {charged}")
         for peer, node in self.node_by_peer.items():
             _require(node.alive and node.peer == peer and self.nodes.get(node.node_id) is node,
                      f"peer {peer!r} maps to node {node.node_id}, which is not its live record")

@@ -176,10 +176,11 @@ def test_a_peer_without_the_secret_is_refused_and_nothing_it_sends_is_unpickled(
                                                               "driver", {}])):
                 s.send(frame)
             assert not s.poll(300)  # no answer, not even a Refused
+    # logged with the address (one line per reason and 10 s: the no-secret and the PLAIN
+    # attempts may share one, as libzmq reports some failures without detail)
     log = wait_for_log(log_file, "it does not hold this cluster's secret")
-    assert "refused a connection from 127.0.0.1:" in log, log
+    assert log.count("refused a connection from 127.0.0.1:") >= 2, log
     assert "it does not hold this cluster's secret" in log, log
-    assert "encryption is on at one end and off at the other" in log, log
     # the head keeps serving, and the pickle never ran anywhere
     connect(port, Security(key))
     r = tm("status", env=home_env)

@@ -1445,3 +1445,18 @@ def test_a_driver_ignoring_credit_gets_its_surplus_failed_not_queued():
     assert sum(m.count for m in sent.to(greedy, P.Credit)) == 2  # its count stays right
     assert c.state.dropped.counts["over its window"] == 2
     c.state.check_invariants()
+
+
+def test_a_put_past_the_clients_budget_at_the_head_is_refused_with_a_clear_error():
+    c = Cluster(max_head_bytes_per_client=1000)
+    first = c.put(b"o" * 20, value(b"x" * 600))
+    assert c.state.inline_bytes[c.driver] == 600
+    second = c.put(b"p" * 20, value(b"y" * 600))  # 1,200 > 1,000: refused
+    kind, message = c.state.objects[second].value.read_system_error()
+    assert kind == "ObjectStoreFullError" and "max_head_bytes_per_client is 1,000" in message
+    assert c.state.inline_bytes[c.driver] < 1000
+    c.send(c.driver, P.Release([first, second]))  # freed: the budget is back
+    assert c.driver not in c.state.inline_bytes
+    third = c.put(b"q" * 20, value(b"z" * 600))
+    assert c.state.objects[third].value.data == b"z" * 600
+    c.state.check_invariants()
