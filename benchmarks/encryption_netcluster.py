@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import shutil
 import statistics
 import sys
 import tempfile
@@ -33,6 +32,7 @@ from benchmarks.transfer_netcluster import (
     _Hosts,
     _start_taskmesh,
     _stop_taskmesh,
+    _tear_down,
     check_available,
     run_main,
 )
@@ -110,8 +110,8 @@ def run(repeat: int = 3, tasks: int = 10_000, batches: int = 3,
     except Exception as exc:  # noqa: BLE001 - reported in the table
         result["frameworks"]["taskmesh"] = {"status": "failed", "error": f"{type(exc).__name__}: {exc}"}
     finally:
-        hosts.close()
-        shutil.rmtree(tmp, ignore_errors=True)
+        _tear_down(hosts, tmp, tmp / "logs", result["frameworks"]["taskmesh"]["status"] != "ok",
+                   say, result)
     return result
 
 

@@ -57,7 +57,6 @@ import json
 import math
 import os
 import queue
-import shutil
 import statistics
 import subprocess
 import sys
@@ -71,13 +70,13 @@ from typing import Any
 from benchmarks.transfer_netcluster import (
     _Hosts,
     _ray_env,
-    _signals_held,
     _start_ray,
     _start_ray_node,
     _start_taskmesh,
     _start_taskmesh_node,
     _stop_ray,
     _stop_taskmesh,
+    _tear_down,
     check_available,
     run_main,
 )
@@ -665,13 +664,7 @@ def run(repeat: int = 5, frameworks: tuple[str, ...] = ("taskmesh",),
                 cluster.stop()
                 entry["wall_s"] = time.monotonic() - t0
     finally:
-        with _signals_held():  # a second Ctrl-C must not cut the teardown short
-            hosts.close()
-        if failed or keep_logs:
-            say(f"logs kept in {log_dir}")
-            result["logs"] = str(log_dir)
-        else:
-            shutil.rmtree(tmp, ignore_errors=True)
+        _tear_down(hosts, tmp, log_dir, failed or keep_logs, say, result)
     result["wall_s"] = time.monotonic() - t_start
     return result
 

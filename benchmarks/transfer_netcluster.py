@@ -669,15 +669,22 @@ def run(repeat: int = 5, frameworks: tuple[str, ...] = ("taskmesh",), size: int 
                 stop(hosts, tmp)
                 entry["wall_s"] = time.monotonic() - t0
     finally:
-        with _signals_held():  # a second Ctrl-C must not cut the teardown short
-            hosts.close()
-        if failed or keep_logs:
-            say(f"logs kept in {log_dir}")
-            result["logs"] = str(log_dir)
-        else:
-            shutil.rmtree(tmp, ignore_errors=True)
+        _tear_down(hosts, tmp, log_dir, failed or keep_logs, say, result)
     result["wall_s"] = time.monotonic() - t_start
     return result
+
+
+def _tear_down(hosts: _Hosts, tmp: Path, log_dir: Path, keep: bool,
+               say: Callable[[str], None], result: dict[str, Any]) -> None:
+    """The end of a netcluster benchmark's run: the hosts go (a second Ctrl-C cannot cut
+    that short), and the run's directory with them unless its logs are to be ``keep``."""
+    with _signals_held():
+        hosts.close()
+    if keep:
+        say(f"logs kept in {log_dir}")
+        result["logs"] = str(log_dir)
+    else:
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 @contextlib.contextmanager

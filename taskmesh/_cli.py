@@ -25,8 +25,8 @@ from typing import Any, NoReturn
 
 from . import _rundir
 from ._launch import StartError, spawn, stop_process, wait_ready
-from ._secret import (ClusterKey, Security, default_secret_file, ensure_secret_file, find_secret,
-                      write_secret_file)
+from ._secret import (ClusterKey, Security, default_secret_file, find_or_create_secret,
+                      find_secret, secret_path, write_secret_file)
 from ._transport import connect_endpoint, port_is_free, split_address
 from .config import DEFAULT_PORT, Config
 from .errors import SecretError
@@ -93,13 +93,12 @@ def _start_node(cfg: Config, head_addr: str, node_ip: str, num_cpus: int, resour
     return proc, node_id, log_file
 
 
-def _cluster_key(secret_file: str, create: bool) -> tuple[ClusterKey, bool]:
-    """The secret to start with (created at ``secret_file`` or the default with ``create``)."""
+def _cluster_key(secret_file: str | None, create: bool) -> tuple[ClusterKey, bool]:
+    """The secret to start with (with ``create``: made if its file does not exist yet)."""
     try:
-        if create and not (os.environ.get("TASKMESH_SECRET") and not secret_file):
-            path = secret_file or os.environ.get("TASKMESH_SECRET_FILE") or default_secret_file()
-            return ensure_secret_file(os.path.abspath(os.path.expanduser(path)))
-        return find_secret(secret_file), False
+        if create:
+            return find_or_create_secret(secret_file or "")
+        return find_secret(secret_file or ""), False
     except SecretError as exc:
         _fail(str(exc))
     except OSError as exc:
@@ -109,15 +108,10 @@ def _cluster_key(secret_file: str, create: bool) -> tuple[ClusterKey, bool]:
 def cmd_start(args: argparse.Namespace) -> int:
     if args.object_store_memory is not None and args.object_store_memory < (1 << 20):
         _fail("--object-store-memory must be at least 1048576 bytes (1 MiB)")
-    overrides: dict[str, Any] = {"object_store_memory": args.object_store_memory}
-    if args.secret_file:
-        overrides["secret_file"] = os.path.abspath(os.path.expanduser(args.secret_file))
-    if args.no_encryption:
-        overrides["encrypt"] = False
-    cfg = Config.from_env(**overrides)
-    key, created = _cluster_key(cfg.secret_file, create=args.head)
-    if key.source.startswith("/") and not cfg.secret_file:  # found at the default place
-        cfg = Config.from_env(**{**overrides, "secret_file": key.source})
+    key, created = _cluster_key(args.secret_file, create=args.head)
+    # the daemons read the file this found (or, with $TASKMESH_SECRET, inherit the variable)
+    cfg = Config.from_env(object_store_memory=args.object_store_memory, secret_file=key.path,
+                          encrypt=False if args.no_encryption else None)
     if args.resources:
         try:
             res = json.loads(args.resources)
@@ -270,16 +264,18 @@ def cmd_status(args: argparse.Namespace) -> int:
     from .errors import HeadConnectionError
 
     cfg = Config.from_env()
-    address = args.address or os.environ.get("TASKMESH_ADDRESS") or _rundir.find_head(cfg.run_dir)
+    address = args.address or os.environ.get("TASKMESH_ADDRESS")
+    head_secret = ""  # the secret file of a head started here, found by its run record
     if not address:
-        _fail("no taskmesh cluster is running on this machine; give --address HOST:PORT")
+        local = _rundir.find_head(cfg.run_dir)
+        if local is None:
+            _fail("no taskmesh cluster is running on this machine; give --address HOST:PORT")
+        address, head_secret = local
     try:
         host, port = split_address(address, DEFAULT_PORT)
     except ValueError as exc:
         _fail(f"bad address: {exc}")
-    secret_file = (args.secret_file or cfg.secret_file
-                   or (_rundir.head_secret_file(cfg.run_dir) if not args.address else ""))
-    key, _ = _cluster_key(secret_file, create=False)
+    key, _ = _cluster_key(args.secret_file or cfg.secret_file or head_secret, create=False)
     security = Security(key, cfg.encrypt and not args.no_encryption)
     try:
         core = CoreClient(cfg, connect_endpoint(_resolve(host), port), "status", f"{host}:{port}",
@@ -355,7 +351,7 @@ def _store_columns(store: dict) -> tuple[str, str, str, str]:
 
 
 def cmd_secret(args: argparse.Namespace) -> int:
-    path = os.path.abspath(os.path.expanduser(args.secret_file or default_secret_file()))
+    path = secret_path(args.secret_file or "")
     try:
         if args.new:
             key = write_secret_file(path, replace=True)

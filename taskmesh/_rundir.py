@@ -61,15 +61,10 @@ def remove(path: str) -> None:
         pass
 
 
-def head_secret_file(run_dir: str) -> str:
-    """The secret file of the head started on this machine with the CLI ("" if none)."""
-    heads = live(run_dir, "head")
-    return str(heads[-1].get("secret_file", "")) if heads else ""
-
-
-def find_head(run_dir: str) -> str | None:
-    """Address of the head started on this machine with the CLI, if one is alive."""
+def find_head(run_dir: str) -> tuple[str, str] | None:
+    """(address, secret file or "") of the head started on this machine with the CLI, if
+    one is alive."""
     heads = live(run_dir, "head")
     if not heads:
         return None
-    return str(heads[-1]["connect_address"])
+    return str(heads[-1]["connect_address"]), str(heads[-1].get("secret_file") or "")

@@ -50,15 +50,17 @@ def default_secret_file() -> str:
 class ClusterKey:
     """A cluster secret and the keys derived from it (each by HKDF-SHA256 with its own label)."""
 
-    __slots__ = ("_secret", "source", "_cache")
+    __slots__ = ("_secret", "source", "path", "_cache")
 
-    def __init__(self, secret: bytes, source: str) -> None:
+    def __init__(self, secret: bytes, source: str, path: str | None = None) -> None:
         if len(secret) < _MIN_BYTES:
             raise SecretError(f"the cluster secret from {source} is too short "
                               f"({len(secret)} bytes; at least {_MIN_BYTES})")
         self._secret = secret
         #: where it came from, for messages ("/home/ada/.taskmesh/cluster-secret", "$TASKMESH_SECRET")
         self.source = source
+        #: the file it was read from or written to (None: from the environment, or made here)
+        self.path = path
         self._cache: dict[bytes, bytes] = {}
 
     @classmethod
@@ -102,14 +104,14 @@ class Security:
     encrypt: bool = True
 
 
-def _parse(text: bytes, source: str) -> ClusterKey:
+def _parse(text: bytes, source: str, path: str | None = None) -> ClusterKey:
     raw = text.strip()
     try:
         secret = bytes.fromhex(raw.decode("ascii"))
     except (UnicodeDecodeError, ValueError):
         raise SecretError(f"the cluster secret in {source} is not hex digits; make a new one "
                           "with `taskmesh secret --new`") from None
-    return ClusterKey(secret, source)
+    return ClusterKey(secret, source, path)
 
 
 def read_secret_file(path: str) -> ClusterKey:
@@ -131,7 +133,7 @@ def read_secret_file(path: str) -> ClusterKey:
         data = os.read(fd, 4096)
     finally:
         os.close(fd)
-    return _parse(data, path)
+    return _parse(data, path, path)
 
 
 def write_secret_file(path: str, key: ClusterKey | None = None, replace: bool = False) -> ClusterKey:
@@ -157,30 +159,37 @@ def write_secret_file(path: str, key: ClusterKey | None = None, replace: bool = 
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
-    return ClusterKey(bytes.fromhex(key.hex()), path)
+    return ClusterKey(key._secret, path, path)
 
 
-def ensure_secret_file(path: str) -> tuple[ClusterKey, bool]:
-    """The secret at ``path``, created if there is none; (key, whether it was created)."""
-    try:
-        return write_secret_file(path), True
-    except SecretError:
-        if not os.path.exists(path):
-            raise
-    return read_secret_file(path), False
+def secret_path(secret_file: str = "", env: dict | None = None) -> str:
+    """The file the secret is in when it is not in $TASKMESH_SECRET (see find_secret)."""
+    env = os.environ if env is None else env
+    return os.path.abspath(os.path.expanduser(
+        secret_file or env.get(ENV_SECRET_FILE) or default_secret_file()))
 
 
 def find_secret(secret_file: str = "", environ: dict | None = None) -> ClusterKey:
     """The cluster key, from (in order) ``secret_file``, $TASKMESH_SECRET,
     $TASKMESH_SECRET_FILE or the default file; SecretError says where it looked."""
     env = os.environ if environ is None else environ
-    if secret_file:
-        return read_secret_file(os.path.expanduser(secret_file))
-    if env.get(ENV_SECRET):
+    if not secret_file and env.get(ENV_SECRET):
         return _parse(env[ENV_SECRET].encode(), f"${ENV_SECRET}")
-    if env.get(ENV_SECRET_FILE):
-        return read_secret_file(os.path.expanduser(env[ENV_SECRET_FILE]))
-    return read_secret_file(default_secret_file())
+    return read_secret_file(secret_path(secret_file, env))
+
+
+def find_or_create_secret(secret_file: str = "") -> tuple[ClusterKey, bool]:
+    """As find_secret, but a secret file that does not exist yet is created (``taskmesh start
+    --head``); (key, whether it was just made)."""
+    if not secret_file and os.environ.get(ENV_SECRET):
+        return find_secret(), False
+    path = secret_path(secret_file, os.environ)
+    try:
+        return write_secret_file(path), True
+    except SecretError:
+        if not os.path.exists(path):
+            raise
+    return read_secret_file(path), False
 
 
 def load_security(config: "Config") -> Security:

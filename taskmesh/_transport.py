@@ -121,7 +121,6 @@ class LocalServerSocket:
         self.name = name
         self.server = LocalServer(name, report_joins, max_message)  # OSError if the name is taken
         self.frame_threshold = frame_threshold
-        self.bad_messages = 0
         self._dropped = RateLimitedLog(log)
         self._poller: Poller | None = None
         self._writing: set[int] = set()
@@ -129,6 +128,12 @@ class LocalServerSocket:
     @property
     def listen_fd(self) -> int:
         return self.server.listen_fd
+
+    @property
+    def bad_messages(self) -> int:
+        """Malformed messages dropped (bad framing is counted by the server: it closes the
+        connection)."""
+        return self._dropped.total
 
     def attach(self, poller: "Poller") -> None:
         """Register the listener; connections are registered as they are accepted."""
@@ -155,7 +160,6 @@ class LocalServerSocket:
                     try:
                         out.append((peer, decode(frames)))
                     except ProtocolError as exc:
-                        self.bad_messages += 1
                         self._dropped.event("malformed", "dropped a malformed message from "
                                             "local peer %r on @%s: %s", peer[:16], self.name, exc)
         self._unpoll_dropped()

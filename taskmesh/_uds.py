@@ -210,9 +210,11 @@ def _address(name: str) -> str:
     return "\0" + name
 
 
-def _peer_uid(sock: socket.socket) -> int:
+def _peer_cred(sock: socket.socket) -> tuple[int, int]:
+    """(pid, uid) of the process at the other end, as the kernel saw it connect."""
     creds = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
-    return struct.unpack("3i", creds)[1]
+    pid, uid, _gid = struct.unpack("3i", creds)
+    return pid, uid
 
 
 class LocalServer:
@@ -231,7 +233,6 @@ class LocalServer:
         self.peer_of: dict[int, bytes] = {}  # fd -> peer id (after the identity message)
         self.by_peer: dict[bytes, FramedConnection] = {}
         self.bad_messages = 0
-        self.refused = 0
         self._refusals = RateLimitedLog(log)
         self.closed_peers: list[bytes] = []  # peers whose connection ended since last asked
         # peers whose identity message arrived since last asked (None: not recorded)
@@ -242,6 +243,11 @@ class LocalServer:
     def listen_fd(self) -> int:
         return self.listener.fileno()
 
+    @property
+    def refused(self) -> int:
+        """Connections closed because the peer runs as another user."""
+        return self._refusals.counts.get("uid", 0)
+
     def accept(self) -> list[int]:
         """Accept waiting connections; return their fds (to poll)."""
         fds = []
@@ -250,11 +256,8 @@ class LocalServer:
                 sock, _ = self.listener.accept()
             except (BlockingIOError, InterruptedError):
                 return fds
-            uid = _peer_uid(sock)
+            pid, uid = _peer_cred(sock)
             if uid not in (os.geteuid(), 0):
-                self.refused += 1
-                pid = struct.unpack("3i", sock.getsockopt(
-                    socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i")))[0]
                 self._refusals.event("uid", "refused a local connection to @%s from uid %d "
                                      "(pid %d): only uid %d may connect", self.name, uid, pid,
                                      os.geteuid())
@@ -348,7 +351,7 @@ class LocalClient:
                     raise ConnectionError(f"cannot connect to the local socket @{name}: {exc}") from None
                 time.sleep(delay)  # the head is still starting
                 delay = min(delay * 2, 0.1)
-        uid = _peer_uid(sock)
+        _pid, uid = _peer_cred(sock)
         if uid not in (os.geteuid(), 0):
             sock.close()
             raise ConnectionError(f"the local socket @{name} belongs to uid {uid}, not to us "

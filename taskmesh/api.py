@@ -17,7 +17,7 @@ from . import _serialize as S
 from ._client.core import CoreClient
 from ._context import CTX, current_core
 from ._resources import from_units
-from ._rundir import find_head, head_secret_file
+from ._rundir import find_head
 from ._secret import Security, find_secret
 from ._transport import connect_endpoint, split_address
 from .config import DEFAULT_PORT, Config
@@ -66,11 +66,12 @@ def init(
         cfg = Config.from_env(**config)
         if address is None:
             address = os.environ.get("TASKMESH_ADDRESS") or None
-        if address is None:
-            address = find_head(cfg.run_dir)
-        elif address == "auto":
-            address = find_head(cfg.run_dir)
-            if address is None:
+        head_secret = ""  # the secret file of a head started here, found by its run record
+        if address is None or address == "auto":
+            local = find_head(cfg.run_dir)
+            if local is not None:
+                address, head_secret = local
+            elif address == "auto":
                 raise HeadConnectionError(
                     f"init(address='auto') found no taskmesh cluster started on this machine "
                     f"(looked in {cfg.run_dir}). Start one with `taskmesh start --head`, or call "
@@ -93,9 +94,8 @@ def init(
             raise ValueError(f"bad taskmesh address {address!r}: {exc}") from None
         if cluster is not None:
             security = cluster.security
-        else:  # a head started here with --secret-file recorded where its secret is
-            security = Security(find_secret(cfg.secret_file or head_secret_file(cfg.run_dir)),
-                                cfg.encrypt)
+        else:
+            security = Security(find_secret(cfg.secret_file or head_secret), cfg.encrypt)
         core = CoreClient(cfg, connect_endpoint(host, port), "driver", f"{host}:{port}", security)
         try:
             core.handshake({"pid": os.getpid()})

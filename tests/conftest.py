@@ -19,7 +19,7 @@ import zmq
 import taskmesh
 from taskmesh._context import CTX
 from taskmesh._gatekeeper import secure_client
-from taskmesh._secret import Security, find_secret, write_secret_file
+from taskmesh._secret import Security, write_secret_file
 
 
 def descendants() -> set[int]:
@@ -134,7 +134,3 @@ def pytest_unconfigure(config):
     if directory:
         shutil.rmtree(directory, ignore_errors=True)
 
-
-def session_security() -> Security:
-    """The test session's cluster key (what CLI-started test clusters use)."""
-    return Security(find_secret())

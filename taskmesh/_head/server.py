@@ -45,6 +45,7 @@ class HeadServer:
         self.host = host
         self.port = self.sock.port
         self.state = HeadState(config, time.monotonic())
+        self.state.transport = self._transport_counts
         self._stop_r, self._stop_w = os.pipe()
         os.set_blocking(self._stop_w, False)
 
@@ -104,7 +105,6 @@ class HeadServer:
                     break
             now = time.monotonic()
             if now >= next_tick:
-                state.transport = self._transport_counts()
                 self._guarded(state.tick, now)
                 self._guarded(state.schedule)
                 self._flush()

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import logging
 from collections import deque
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 
 from .. import _protocol as P
 from ..config import Config
@@ -244,8 +244,9 @@ class HeadState:
         #: that never said Hello, of the wrong kind, about unknown tasks or workers, ...
         #: Counted by reason; logged rate-limited (a peer can send them at will)
         self.dropped = RateLimitedLog(log.getChild("dropped"), clock=lambda: self.now)
-        #: the sockets' own counts, kept up to date by the head's I/O shell (for status)
-        self.transport: dict[str, Any] = {}
+        #: the sockets' own counts, for status: set by the head's I/O shell, called only when
+        #: a status is asked for
+        self.transport: Callable[[], dict] = dict
 
     # ------------------------------------------------------------------ entry points
 
@@ -775,8 +776,7 @@ class HeadState:
             obj = self.objects[oid] = ObjectRec(actor.owner)
             obj.released = True
         else:  # a restart: pending again
-            self._uncharge(obj)
-            obj.value = None
+            self._reset_value(obj, None)
             if obj.locations:  # (a constructor's result is None: never stored, but be sure)
                 self._free_copies(oid, obj.locations)
                 obj.locations = None
@@ -1494,6 +1494,12 @@ class HeadState:
                 obj.dependents -= 1
                 self._drop_if_unneeded(dep, obj)
 
+    def _reset_value(self, obj: ObjectRec, value: P.SerializedObject | None) -> None:
+        """Give ``obj`` a value the head makes itself (a marker, a lost-object error, or none
+        while it is rebuilt), not one a client sent (those go through ``_set_value``)."""
+        self._uncharge(obj)
+        obj.value = value
+
     def _uncharge(self, obj: ObjectRec) -> None:
         """The head no longer holds ``obj``'s inline value: its owner's budget gets it back."""
         if obj.charged:
@@ -1670,8 +1676,7 @@ class HeadState:
             if (obj is not None and obj.locations is None and obj.nbytes == size
                     and ((obj.value is None and obj.lineage is not None) or _is_lost(obj.value))):
                 # a copy made before the last known one was lost: the object is back
-                self._uncharge(obj)
-                obj.value = None
+                self._reset_value(obj, None)
                 self._set_value(oid, obj, P.SerializedObject.stored(oid, size, [[nid, ""]]),
                                 push_owner=True, node=node)
                 continue
@@ -1681,8 +1686,7 @@ class HeadState:
             if nid not in obj.locations:
                 obj.locations.append(nid)
                 node.objects.add(oid)
-                self._uncharge(obj)
-                obj.value = self._marker(oid, obj.nbytes, obj.locations)
+                self._reset_value(obj, self._marker(oid, obj.nbytes, obj.locations))
         for oid in msg.removed:
             node.objects.discard(oid)
             obj = self.objects.get(oid)
@@ -1692,8 +1696,7 @@ class HeadState:
 
     def _copies_changed(self, oid: bytes, obj: ObjectRec, why: str) -> None:
         if obj.locations:
-            self._uncharge(obj)
-            obj.value = self._marker(oid, obj.nbytes, obj.locations)
+            self._reset_value(obj, self._marker(oid, obj.nbytes, obj.locations))
             return
         obj.locations = None
         if obj.lineage is not None and obj.rebuilds_left != 0:
@@ -1705,9 +1708,8 @@ class HeadState:
         else:
             why += "; a put() object cannot be rebuilt"
         obj.lineage = None
-        self._uncharge(obj)
-        obj.value = _ERR("ObjectLostError", f"object {oid.hex()} ({obj.nbytes} bytes) is "
-                         f"lost: {why}, and no other node held a copy")
+        self._reset_value(obj, _ERR("ObjectLostError", f"object {oid.hex()} ({obj.nbytes} bytes) "
+                                    f"is lost: {why}, and no other node held a copy"))
 
     def _rebuild(self, oid: bytes, obj: ObjectRec, why: str) -> None:
         """Every copy of a task's stored result is gone: run the task again (lineage). Its
@@ -1718,8 +1720,7 @@ class HeadState:
         spec = done.spec
         if obj.rebuilds_left > 0:
             obj.rebuilds_left -= 1
-        self._uncharge(obj)
-        obj.value = None  # pending again: new readers and tasks wait for the re-run
+        self._reset_value(obj, None)  # pending again: new readers and tasks wait for the re-run
         if spec.task_id in self.tasks:  # another lost return of it already started the re-run
             return
         inputs = list(spec.deps)
@@ -1728,10 +1729,9 @@ class HeadState:
         missing = next((d for d in inputs if d not in self.objects), None)
         if missing is not None:
             obj.lineage = None
-            self._uncharge(obj)
-            obj.value = _ERR("ObjectLostError", (
+            self._reset_value(obj, _ERR("ObjectLostError", (
                 f"object {oid.hex()} is lost ({why}) and cannot be rebuilt: task {spec.name}, "
-                f"which made it, needs object {missing.hex()}, which was freed"))
+                f"which made it, needs object {missing.hex()}, which was freed")))
             return
         log.warning("object %s lost (%s): running task %s again to rebuild it", oid.hex(), why,
                     spec.name)
@@ -1990,7 +1990,7 @@ class HeadState:
                            for state in (A.PENDING, A.CREATING, A.ALIVE, A.RESTARTING, A.DEAD)},
                 "dropped": dict(self.dropped.counts),  # messages dropped, by reason
                 # set by the I/O shell: connections refused, malformed messages, encryption
-                "transport": dict(self.transport),
+                "transport": self.transport(),
             }
         return {"error": f"unknown info request {what!r}"}
 
