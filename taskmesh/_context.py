@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from ._client.core import CoreClient
+    from ._secret import Security
 
 
 class _ProcessContext:
@@ -18,6 +19,9 @@ class _ProcessContext:
         self.lock = threading.RLock()
         self.core: CoreClient | None = None
         self.cluster: Any = None  # the embedded cluster this driver started, if any
+        #: the one-off secrets of the test clusters this process started
+        #: (``cluster_utils.Cluster``), by head port; ``init(address=...)`` looks them up
+        self.test_clusters: dict[int, Security] = {}
         self.node_id: str = ""
         self.worker_id: str = ""
         self.current_task_id: bytes | None = None

@@ -11,14 +11,19 @@ from __future__ import annotations
 
 import os
 import select
+import shutil
+import signal
 import subprocess
 import sys
 import dataclasses
 import time
 from dataclasses import dataclass
 
+import psutil
+
+from ._context import CTX
 from ._secret import ClusterKey, Security
-from ._transport import free_port
+from ._transport import free_port, is_local_address
 from .config import Config
 from .errors import HeadConnectionError
 
@@ -162,3 +167,93 @@ def start_embedded(config: Config, num_cpus: int, resources_json: str = "{}",
             if "already in use" not in str(exc):
                 break
     raise HeadConnectionError(f"could not start a local taskmesh cluster: {last_error}")
+
+
+# ---------------------------------------------------------------- test clusters (cluster_utils)
+
+
+def node_argv(head_address: str, num_cpus: int, resources_json: str = "{}",
+              num_gpus: int | None = None, *, memory: int | None = None,
+              node_id: str | None = None) -> list[str]:
+    """Arguments of ``python -m taskmesh._node`` for an agent on 127.0.0.1 that joins
+    ``head_address`` and logs at WARNING (to the starter's stderr)."""
+    argv = ["--head", head_address, "--node-ip", "127.0.0.1", "--num-cpus", str(num_cpus),
+            "--resources", resources_json, "--log-level", "WARNING"]
+    if num_gpus is not None:
+        argv += ["--num-gpus", str(num_gpus)]
+    if memory is not None:
+        argv += ["--memory", str(memory)]
+    if node_id is not None:
+        argv += ["--node-id", node_id]
+    return argv
+
+
+def process_tree(proc: subprocess.Popen) -> list[psutil.Process]:
+    """The descendants of a daemon right now (a node agent's fork server and workers)."""
+    try:
+        return psutil.Process(proc.pid).children(recursive=True)
+    except psutil.Error:
+        return []
+
+
+def stop_session(proc: subprocess.Popen, grace: float | None = None,
+                 tree: list[psutil.Process] | None = None, timeout: float = 5.0) -> None:
+    """Stop a daemon that ``spawn`` started, and its descendants; return when they are gone.
+
+    With ``grace``, SIGTERM first and wait that long for a clean exit (a node agent then says
+    goodbye to the head and stops its workers). Whatever is left is SIGKILLed: the daemon's
+    whole session (``spawn`` makes each daemon a session leader, and its workers stay in it)
+    and the descendants in ``tree`` (taken before they could be orphaned; default: now).
+    """
+    if tree is None:
+        tree = process_tree(proc)
+    if grace is not None and proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(grace)
+        except subprocess.TimeoutExpired:
+            pass
+    if proc.poll() is None:  # not reaped, so its pid, the session's id, cannot be reused yet
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            proc.kill()
+    try:
+        proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+        pass
+    for p in tree:
+        try:
+            p.kill()  # psutil checks the process is the one listed, not a reused pid
+        except psutil.Error:
+            pass
+    deadline = time.monotonic() + timeout
+    while tree and time.monotonic() < deadline:
+        tree = [p for p in tree if _running(p)]
+        if tree:
+            time.sleep(0.02)
+
+
+def _running(p: psutil.Process) -> bool:
+    try:
+        return p.is_running() and p.status() != psutil.STATUS_ZOMBIE
+    except psutil.Error:
+        return False
+
+
+def remove_agent_leftovers(pid: int, node_id: str, spill_base: str) -> None:
+    """Remove what a node agent that has exited may have left (after a SIGKILL it cannot clean
+    up): its shared-memory arena and its spill directory. Both names carry its pid and node id."""
+    from ._node.spill import spill_dir_path
+    from ._store.shm import arena_name, unlink
+
+    unlink(arena_name(node_id, pid))
+    shutil.rmtree(spill_dir_path(spill_base, node_id, pid), ignore_errors=True)
+
+
+def started_cluster_security(host: str, port: int) -> Security | None:
+    """The one-off secret of a test cluster (``cluster_utils.Cluster``) that this process
+    started with its head at ``host:port``, or None."""
+    if not CTX.test_clusters or port not in CTX.test_clusters or not is_local_address(host):
+        return None
+    return CTX.test_clusters[port]

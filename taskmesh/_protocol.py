@@ -27,8 +27,10 @@ from typing import Any, Callable, ClassVar, NamedTuple, Sequence
 import msgpack
 
 #: 2: connections are authenticated (CurveZMQ or PLAIN with a token from the cluster secret) and
-#: the transfer stream starts with a handshake; the messages themselves are as in version 1
-PROTOCOL_VERSION = 2
+#: the transfer stream starts with a handshake; the messages themselves are as in version 1.
+#: 3: TaskSpec.parent and .retry_filter, Assignment.retry_filter, TaskResult.no_retry,
+#: Cancel.recursive, Rejected; actor handles are counted through their handle object
+PROTOCOL_VERSION = 3
 
 #: the most return values a task may have (the head drops a Submit asking for more)
 MAX_RETURNS = 100_000
@@ -42,6 +44,16 @@ _EXT_FRAME = 1
 def return_ids(task_id: bytes, num_returns: int) -> list[bytes]:
     """Object ids of a task's returns: the task id plus a 4-byte index."""
     return [task_id + i.to_bytes(4, "big") for i in range(num_returns)]
+
+
+#: the index of an actor's handle object (see actor_handle_id)
+HANDLE_INDEX = b"\xff\xff\xff\xff"
+
+
+def actor_handle_id(actor_id: bytes) -> bytes:
+    """The object every handle of an actor refers to: counted like any object (owner,
+    borrowers, values holding it); a non-detached, unnamed actor ends when it is freed."""
+    return actor_id + HANDLE_INDEX
 
 
 class ProtocolError(ValueError):
@@ -140,6 +152,10 @@ class TaskSpec(NamedTuple):
     method: str = ""  # the actor method called
     timeout_s: float = 0.0  # stop it once it ran this long (0: no limit)
     strategy: str = ""  # "": default; "SPREAD"; "node:ID" (must run there), "node?:ID" (prefer)
+    parent: bytes = b""  # the task that submitted it, if any (cancel(recursive=True) follows it)
+    #: with retry_exceptions: the exception classes that are retried (cloudpickled tuple,
+    #: opaque to the head; b"": any exception)
+    retry_filter: bytes = b""
 
 
 class Assignment(NamedTuple):
@@ -156,6 +172,7 @@ class Assignment(NamedTuple):
     actor: dict | None = None  # with "__init__": the actor's id, name and concurrency options
     timeout_s: float = 0.0  # as in the spec
     env: dict | None = None  # environment variables set before it runs (CUDA_VISIBLE_DEVICES)
+    retry_filter: bytes = b""  # as in the spec: the worker checks a raised exception against it
 
 
 class TaskResult(NamedTuple):
@@ -164,6 +181,7 @@ class TaskResult(NamedTuple):
     task_id: bytes
     returns: list  # SerializedObject per return
     duration_s: float
+    no_retry: bool = False  # it raised an exception its retry_filter does not list
 
 
 class ObjectValue(NamedTuple):
@@ -277,14 +295,14 @@ def _resources(v: Any) -> dict:
 _TASK_SPEC = _record(
     TaskSpec,
     [_BYTES, _STR, _BYTES, _optional(_serialized), _list_of(_BYTES), _INT, _resources, _INT, _BOOL,
-     _BYTES, _STR, _FLOAT, _STR],
+     _BYTES, _STR, _FLOAT, _STR, _BYTES, _BYTES],
 )
 _ASSIGNMENT = _record(
     Assignment,
     [_BYTES, _STR, _BYTES, _optional(_BYTES), _optional(_serialized), _list_of(_serialized), _INT,
-     _STR, _optional(_DICT), _FLOAT, _optional(_DICT)],
+     _STR, _optional(_DICT), _FLOAT, _optional(_DICT), _BYTES],
 )
-_TASK_RESULT = _record(TaskResult, [_BYTES, _list_of(_serialized), _FLOAT])
+_TASK_RESULT = _record(TaskResult, [_BYTES, _list_of(_serialized), _FLOAT, _BOOL])
 _OBJECT_VALUE = _record(ObjectValue, [_BYTES, _optional(_serialized), _INT])
 
 
@@ -394,13 +412,15 @@ class Borrow(NamedTuple):
     object_ids: list
 
 
-@_message(27, _list_of(_BYTES), _BOOL)
+@_message(27, _list_of(_BYTES), _BOOL, _BOOL)
 class Cancel(NamedTuple):
     """``taskmesh.cancel(ref)``: stop the tasks that make these objects. Queued ones are
-    dropped; a running one is interrupted (``force``: its worker is killed)."""
+    dropped; a running one is interrupted (``force``: its worker is killed). ``recursive``:
+    the unfinished tasks they submitted are cancelled too, and theirs, and so on."""
 
     object_ids: list
     force: bool
+    recursive: bool = False
 
 
 @_message(15, _INT, _STR)
@@ -432,6 +452,19 @@ class Notice(NamedTuple):
 
     level: str
     message: str
+
+
+@_message(4, _STR, _INT, _list_of(_BYTES), _STR)
+class Rejected(NamedTuple):
+    """The head refused a message of this peer (malformed, or making no sense here): it names
+    the message, the request it answered (0: none) and objects that will never get a value
+    from it (e.g. the results of a refused task), and says why. An unauthenticated peer never
+    gets one: its messages are never read."""
+
+    message: str
+    request_id: int
+    object_ids: list
+    reason: str
 
 
 @_message(19)
@@ -823,6 +856,34 @@ def decode(frames: Sequence[Any]) -> Any:
         return cls._make([c(v) for c, v in zip(checks, raw[1:])])  # type: ignore[attr-defined]
     except ProtocolError as exc:
         raise ProtocolError(f"{cls.__name__}: {exc}") from None
+
+
+class Malformed(NamedTuple):
+    """Not a wire message: what the head's sockets hand on in place of a message they could
+    not decode, so that the head can answer its (authenticated) sender with Rejected."""
+
+    message: str  # the message's name, if its op could be read ("" otherwise)
+    request_id: int  # its request id, if it is a request and that field could be read
+    reason: str
+
+
+def malformed(frames: Sequence[Any], exc: ProtocolError) -> Malformed:
+    """Describe a message that failed to decode, as far as its header can be read."""
+    name, request_id = "", 0
+    try:
+        raw = msgpack.unpackb(frames[0], use_list=True, raw=False, strict_map_key=False,
+                              ext_hook=lambda code, data: None)
+    except Exception:  # not msgpack at all
+        raw = None
+    if type(raw) is list and raw and type(raw[0]) is int and raw[0] in _BY_OP:
+        cls = _BY_OP[raw[0]]
+        name = cls.__name__
+        fields = cls._fields  # type: ignore[attr-defined]
+        if "request_id" in fields:
+            i = fields.index("request_id") + 1
+            if len(raw) > i and type(raw[i]) is int and 0 < raw[i] < 1 << 63:
+                request_id = raw[i]
+    return Malformed(name, request_id, str(exc))
 
 
 def message_types() -> dict[int, type]:

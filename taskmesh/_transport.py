@@ -23,7 +23,7 @@ from typing import Any, Iterator
 import zmq
 
 from ._gatekeeper import Gatekeeper, HandshakeWatch, secure_client, secure_server
-from ._protocol import ProtocolError, decode, encode
+from ._protocol import ProtocolError, decode, encode, malformed
 from ._ratelimit import RateLimitedLog
 from ._secret import Security
 from ._uds import LocalClient, LocalServer
@@ -117,8 +117,11 @@ class LocalServerSocket:
     object store (``taskmesh-node-<node_id>``) use it."""
 
     def __init__(self, name: str, frame_threshold: int, report_joins: bool = False,
-                 max_message: int = 1 << 40) -> None:
+                 max_message: int = 1 << 40, report_malformed: bool = False) -> None:
         self.name = name
+        #: hand on a message that does not decode as a Malformed record (the head answers
+        #: its sender); else it is only counted and logged
+        self.report_malformed = report_malformed
         self.server = LocalServer(name, report_joins, max_message)  # OSError if the name is taken
         self.frame_threshold = frame_threshold
         self._dropped = RateLimitedLog(log)
@@ -162,6 +165,8 @@ class LocalServerSocket:
                     except ProtocolError as exc:
                         self._dropped.event("malformed", "dropped a malformed message from "
                                             "local peer %r on @%s: %s", peer[:16], self.name, exc)
+                        if self.report_malformed:
+                            out.append((peer, malformed(frames, exc)))
         self._unpoll_dropped()
         return out
 
@@ -264,7 +269,8 @@ class ServerSocket:
             # local peers to that other cluster
             name = local_endpoint(self.port).split(":", 1)[1]
             try:
-                self.local = LocalServerSocket(name, frame_threshold, max_message=max_message_bytes)
+                self.local = LocalServerSocket(name, frame_threshold, max_message=max_message_bytes,
+                                               report_malformed=True)
             except OSError as exc:
                 self.gatekeeper.close()
                 self.sock.close(linger=0)
@@ -316,7 +322,7 @@ class ServerSocket:
             except ProtocolError as exc:
                 self.dropped.event("malformed", "dropped a malformed message from peer %r: %s",
                                    peer[:16], exc)
-                continue
+                msg = malformed(frames[1:], exc)  # the head answers with Rejected
             yield peer, msg
 
     def send(self, peer: bytes, msg: Any) -> bool:

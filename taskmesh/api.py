@@ -95,7 +95,11 @@ def init(
         if cluster is not None:
             security = cluster.security
         else:
-            security = Security(find_secret(cfg.secret_file or head_secret), cfg.encrypt)
+            # a test cluster this process started (cluster_utils.Cluster): its one-off secret
+            from ._launch import started_cluster_security
+
+            security = started_cluster_security(host, port) or Security(
+                find_secret(cfg.secret_file or head_secret), cfg.encrypt)
         core = CoreClient(cfg, connect_endpoint(host, port), "driver", f"{host}:{port}", security)
         try:
             core.handshake({"pid": os.getpid()})
@@ -158,15 +162,26 @@ def _make_remote(fn: Any, options: dict[str, Any]) -> Any:
     return RemoteFunction(fn, options)
 
 
-def _ids(refs: Any, fn: str) -> tuple[list[bytes], bool]:
-    if type(refs) is ObjectRef:
-        return [refs._id], True
-    if isinstance(refs, (list, tuple)):
-        for r in refs:
-            if type(r) is not ObjectRef:
-                raise TypeError(f"{fn}() takes ObjectRefs; the list contains a {type(r).__name__}")
-        return [r._id for r in refs], False
-    raise TypeError(f"{fn}() takes an ObjectRef or a list of ObjectRefs, got {type(refs).__name__}")
+def _ref_ids(refs: list, fn: str) -> list[bytes]:
+    ids = []
+    for r in refs:
+        if type(r) is not ObjectRef:
+            raise TypeError(f"{fn}() expected a list of ObjectRefs, got a list containing "
+                            f"{_kind(r)}")
+        ids.append(r._id)
+    return ids
+
+
+def _kind(value: Any) -> str:
+    t = type(value)
+    return f"a {t.__qualname__}" if t.__module__ == "builtins" else f"a {t.__module__}.{t.__qualname__}"
+
+
+def _check_timeout(timeout: Any) -> None:
+    if timeout is not None and (isinstance(timeout, bool) or not isinstance(timeout, (int, float))):
+        raise TypeError(f"timeout must be a number of seconds or None, got {_kind(timeout)}")
+    if timeout is not None and timeout < 0:
+        raise ValueError(f"timeout must be >= 0 or None, got {timeout!r}")
 
 
 def get(refs: Any, *, timeout: float | None = None) -> Any:
@@ -175,12 +190,20 @@ def get(refs: Any, *, timeout: float | None = None) -> Any:
     Raises the task's error (a :class:`TaskError` that is also an instance of the original
     exception class) if a task failed, and :class:`GetTimeoutError` after ``timeout`` seconds.
     """
-    ids, single = _ids(refs, "get")
-    if timeout is not None and timeout < 0:
-        raise ValueError("timeout must be >= 0 or None")
+    single = type(refs) is ObjectRef
+    if single:
+        ids = [refs._id]
+    elif isinstance(refs, list):
+        ids = _ref_ids(refs, "get")
+    else:
+        raise ValueError(f"get() takes an ObjectRef or a list of ObjectRefs, got {_kind(refs)}")
+    _check_timeout(timeout)
     core = current_core()
     deadline = None if timeout is None else time.monotonic() + timeout
-    values = core.get_values(ids, timeout)
+    values = core.get_values(ids, timeout, fail_fast=True)
+    for v in values:  # the first error in the list, as soon as one arrived (as Ray does)
+        if v is not None and v.is_error:
+            S.value_or_raise(v)
     if single:
         return S.value_or_raise(core.resolve(values[0], _left(deadline)))
     return [S.value_or_raise(core.resolve(v, _left(deadline))) for v in values]
@@ -215,14 +238,22 @@ def wait(
     ``num_returns`` refs.
     """
     if type(refs) is ObjectRef:
-        raise TypeError("wait() takes a list of ObjectRefs; for one ref use wait([ref])")
-    ids, _ = _ids(list(refs), "wait")
+        raise TypeError("wait() expected a list of ObjectRefs, got a single ObjectRef; "
+                        "use wait([ref])")
+    if not isinstance(refs, list):
+        raise TypeError(f"wait() expected a list of ObjectRefs, got {_kind(refs)}")
+    _check_timeout(timeout)
+    ids = _ref_ids(refs, "wait")
+    if not ids:
+        return [], []
     if len(set(ids)) != len(ids):
-        raise ValueError("wait() got the same ObjectRef twice")
-    if not 0 <= num_returns <= len(ids):
-        raise ValueError(f"num_returns must be between 0 and len(refs)={len(ids)}, got {num_returns}")
-    if timeout is not None and timeout < 0:
-        raise ValueError("timeout must be >= 0 or None")
+        raise ValueError("wait() requires a list of unique ObjectRefs; the list holds one "
+                         "ObjectRef twice")
+    if isinstance(num_returns, bool) or not isinstance(num_returns, int):
+        raise TypeError(f"num_returns must be an integer, got {_kind(num_returns)}")
+    if not 1 <= num_returns <= len(ids):
+        raise ValueError(f"num_returns must be between 1 and the number of refs ({len(ids)}), "
+                         f"got {num_returns}")
     ready_ids = current_core().wait_ready(ids, num_returns, timeout)
     ready, not_ready = [], []
     for r in refs:
@@ -233,19 +264,24 @@ def wait(
     return ready, not_ready
 
 
-def cancel(ref: ObjectRef, *, force: bool = False) -> None:
+def cancel(ref: ObjectRef, *, force: bool = False, recursive: bool = True) -> None:
     """Cancel the task that makes ``ref``: ``get(ref)`` then raises TaskCancelledError.
 
     A task still queued or waiting for its inputs never runs. A running one gets
     TaskCancelledError raised inside it (a blocking sleep or read is cut short; code that does
     not return to the interpreter is not); with ``force=True`` its worker process is killed
-    instead (a replacement starts). Tasks that depend on it fail the same way. A finished task
-    is left as it is. An actor call can be cancelled like a task (``force`` is ignored there:
-    killing the process would kill the actor; use ``taskmesh.kill``).
+    instead (a replacement starts). Tasks that depend on it fail the same way. With
+    ``recursive`` (the default, as in Ray) the unfinished tasks it submitted are cancelled too,
+    and theirs. A finished task is left as it is. An actor call can be cancelled like a task
+    (``force`` is ignored there: killing the process would kill the actor; use
+    ``taskmesh.kill``).
     """
     if type(ref) is not ObjectRef:
-        raise TypeError(f"cancel() takes an ObjectRef, got {type(ref).__name__}")
-    current_core().send(P.Cancel([ref._id], bool(force)))
+        raise TypeError(f"cancel() takes an ObjectRef, got {_kind(ref)}")
+    if not isinstance(force, bool) or not isinstance(recursive, bool):
+        raise TypeError(f"cancel(): force and recursive must be True or False, got "
+                        f"force={force!r}, recursive={recursive!r}")
+    current_core().send(P.Cancel([ref._id], force, recursive))
 
 
 def _resources_from_units(units: dict[str, int]) -> dict[str, float]:

@@ -10,6 +10,7 @@ from . import _serialize as S
 from ._client.core import function_id_for
 from ._protocol import return_ids
 from ._context import CTX, current_core
+from ._signature import checker, describe
 from .options import TaskOptions, compile_options, validate
 
 T = TypeVar("T")
@@ -45,6 +46,12 @@ class ObjectRef(Generic[T]):
 
     def __repr__(self) -> str:
         return f"ObjectRef({self._id.hex()})"
+
+    def __copy__(self) -> "ObjectRef":
+        return self  # immutable: a copy would only be counted twice
+
+    def __deepcopy__(self, memo: dict) -> "ObjectRef":
+        return self
 
     def __reduce__(self) -> Any:
         if not S.ref_pickled(self._id):  # pickled outside taskmesh: never freed by us
@@ -86,7 +93,14 @@ class RemoteFunction:
         self._qualname = f"{getattr(fn, '__module__', None) or '__main__'}.{getattr(fn, '__qualname__', repr(fn))}"
         self._blob: bytes | None = None
         self._fid: bytes = b""
+        #: checks .remote()'s arguments against fn's signature (made on the first call)
+        self._check: Any = None
         functools.update_wrapper(self, fn, updated=())
+
+    def __reduce__(self) -> Any:
+        # a task that uses this remote function gets the function and its options, not the
+        # caches of this process
+        return (RemoteFunction, (self._fn, self._options))
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         name = getattr(self._fn, "__name__", "f")
@@ -104,6 +118,11 @@ class RemoteFunction:
         return _BoundOptions(self, compile_options(merged))
 
     def _submit(self, args: tuple, kwargs: dict, opts: TaskOptions) -> Any:
+        check = self._check
+        if check is None:
+            short = getattr(self._fn, "__name__", "f")
+            check = self._check = checker(describe(self._fn), f"{short}.remote()") or _no_check
+        check(args, kwargs)  # a TypeError here, as calling fn would raise, before any work
         core = current_core()
         if self._blob is None:
             self._blob = S.dump_function(self._fn, self._qualname)
@@ -120,13 +139,18 @@ class RemoteFunction:
         refs = [ObjectRef(oid, core) for oid in oids]
         spec = P.TaskSpec(task_id, name, self._fid, args_obj, [d._id for d in deps], n,
                           opts.resources, opts.max_retries, opts.retry_exceptions, b"", "",
-                          opts.timeout_s, opts.strategy)
+                          opts.timeout_s, opts.strategy, CTX.current_task_id or b"",
+                          opts.retry_filter)
         core.submit(spec, oids)
         if n == 1:
             return refs[0]
         if n == 0:
             return None
         return refs
+
+
+def _no_check(args: tuple, kwargs: dict) -> None:
+    """For a callable whose signature Python cannot tell: its worker will say."""
 
 
 class _BoundOptions:

@@ -89,6 +89,30 @@ def strategy_code(v: Any) -> str:
                      f"NodeAffinitySchedulingStrategy, got {v!r}")
 
 
+def _retry_exceptions(v: Any) -> Any:
+    if isinstance(v, bool):
+        return v
+    if (isinstance(v, (list, tuple)) and v
+            and all(isinstance(c, type) and issubclass(c, BaseException) for c in v)):
+        return list(v)
+    raise ValueError(f"retry_exceptions must be True, False or a list of exception classes, "
+                     f"got {v!r}")
+
+
+def retry_filter(v: Any) -> bytes:
+    """The wire form of a retry_exceptions list (b"": True or False): the classes pickled,
+    for the worker to check a raised exception against (the head never unpickles)."""
+    if not isinstance(v, list):
+        return b""
+    import cloudpickle
+
+    try:
+        return cloudpickle.dumps(tuple(v), protocol=5)
+    except Exception as exc:
+        raise ValueError(f"retry_exceptions: the exception classes could not be pickled: "
+                         f"{exc}") from None
+
+
 def _bool(name: str) -> Callable[[Any], Any]:
     def check(v: Any) -> Any:
         if not isinstance(v, bool):
@@ -108,7 +132,8 @@ TASK_OPTIONS: dict[str, tuple[Any, Callable[[Any], Any], str]] = {
                     "how many ObjectRefs .remote() returns"),
     "max_retries": (3, _int_at_least("max_retries", -1),
                     "re-runs after a worker or node dies (-1: forever)"),
-    "retry_exceptions": (False, _bool("retry_exceptions"), "also retry when the task raises"),
+    "retry_exceptions": (False, _retry_exceptions,
+                         "also retry when the task raises (True, or a list of exception classes)"),
     "name": (None, _name, "task name shown in errors and status"),
     "timeout_s": (None, _timeout, "stop the task once it ran this many seconds (TaskTimeoutError)"),
     "scheduling_strategy": (None, lambda v: (strategy_code(v), v)[1],
@@ -121,12 +146,20 @@ def validate(options: dict[str, Any]) -> dict[str, Any]:
     return check_options(options, TASK_OPTIONS, "task")
 
 
+#: options that belong to actors, not to remote functions (a clearer error than "unknown")
+ACTOR_ONLY = ("max_restarts", "max_task_retries", "max_concurrency", "lifetime", "namespace",
+              "get_if_exists")
+
+
 def check_options(options: dict[str, Any], table: dict[str, tuple], what: str) -> dict[str, Any]:
-    """Check ``options`` against an option ``table`` (tasks' or actors')."""
+    """Check ``options`` against an option ``table`` (tasks', actors' or actor methods')."""
     out = {}
     for key, value in options.items():
         spec = table.get(key)
         if spec is None:
+            if what == "task" and key in ACTOR_ONLY:
+                hint = " (a task's is max_retries)" if key == "max_task_retries" else ""
+                raise ValueError(f"{key} is an actor option; remote functions do not take it{hint}")
             known = ", ".join(sorted(table))
             raise ValueError(f"unknown {what} option {key!r}; valid options are: {known}")
         out[key] = spec[1](value)
@@ -157,11 +190,13 @@ class TaskOptions:
     name: str | None
     timeout_s: float = 0.0
     strategy: str = ""
+    retry_filter: bytes = b""  # retry_exceptions as a list of classes, pickled
 
 
 def compile_options(options: dict[str, Any]) -> TaskOptions:
     merged = {k: spec[0] for k, spec in TASK_OPTIONS.items()}
     merged.update(options)
+    retry = merged["retry_exceptions"]
     return TaskOptions(resource_units(merged), merged["num_returns"], merged["max_retries"],
-                       merged["retry_exceptions"], merged["name"], float(merged["timeout_s"] or 0.0),
-                       strategy_code(merged["scheduling_strategy"]))
+                       bool(retry), merged["name"], float(merged["timeout_s"] or 0.0),
+                       strategy_code(merged["scheduling_strategy"]), retry_filter(retry))

@@ -26,3 +26,19 @@ def test_import_starts_nothing():
             "print('ok')\n")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert r.returncode == 0 and r.stdout.strip() == "ok", r.stderr
+
+
+def test_cluster_utils_is_public_documented_and_starts_nothing_at_import():
+    code = ("import threading, sys\n"
+            "from taskmesh import cluster_utils\n"
+            "assert threading.active_count() == 1, threading.enumerate()\n"
+            "assert cluster_utils.__all__ == ['Cluster', 'ClusterNode']\n"
+            "for name in cluster_utils.__all__:\n"
+            "    cls = getattr(cluster_utils, name)\n"
+            "    assert (cls.__doc__ or '').strip(), name\n"
+            "    for attr, member in vars(cls).items():\n"
+            "        if not attr.startswith('_') and callable(getattr(member, 'fget', member)):\n"
+            "            assert (getattr(member, '__doc__', '') or '').strip(), f'{name}.{attr}'\n"
+            "print('ok')\n")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0 and r.stdout.strip() == "ok", r.stderr

@@ -34,7 +34,7 @@ from .._secret import Security
 from .._transport import POLLIN, POLLOUT, LocalClientSocket, Poller, new_context, open_client
 from ..config import Config
 from ..errors import (AuthenticationError, GetTimeoutError, HeadConnectionError, ObjectLostError,
-                      ProtocolVersionError)
+                      ProtocolVersionError, TaskmeshError)
 from .local_store import LocalStore, fetch_remote
 
 log = logging.getLogger("taskmesh.client")
@@ -83,6 +83,7 @@ class CoreClient:
         self._counter = itertools.count(1)
         self._values: dict[bytes, P.SerializedObject] = {}
         self._ready_remote: set[bytes] = set()  # ready at the head, value not pushed
+        self._errors_in = 0  # error values received so far (get() of a list watches it)
         self._pending_owned: set[bytes] = set()  # our tasks' results not yet announced
         #: backpressure (drivers only): tasks we may still submit before waiting for Credit
         self._credits: int | None = config.max_pending_tasks if kind == "driver" else None
@@ -323,6 +324,8 @@ class CoreClient:
                 if item.value is not None:
                     values[oid] = item.value
                     self._ready_remote.discard(oid)
+                    if item.value.is_error:  # a get() of a list fails as soon as one failed
+                        self._errors_in += 1
                 else:
                     self._ready_remote.add(oid)
                     if oid in self._wanted and oid not in self._subscribed:
@@ -341,6 +344,8 @@ class CoreClient:
                     self._credits += msg.count
         elif t is P.Notice:
             log.warning("%s", msg.message)
+        elif t is P.Rejected:
+            self._rejected(msg)
         elif t is P.Welcome:
             self.welcome = msg.info
         elif t is P.Refused:
@@ -349,6 +354,23 @@ class CoreClient:
             self.on_foreign(msg)
         else:
             log.warning("ignored unexpected %s from the head", t.__name__)
+
+    def _rejected(self, msg: P.Rejected) -> None:
+        """The head refused one of our messages: the request waiting for it raises, the refs
+        of a refused task get the reason as their error, and anything else is logged."""
+        what = (f"the taskmesh head at {self.address} refused a message of this process "
+                f"({msg.message}): {msg.reason}")
+        if msg.request_id:
+            self._info[msg.request_id] = _Refusal(what)
+        failed = 0
+        for oid in msg.object_ids:
+            if oid in self._refcounts or oid in self._wanted:
+                self._pending_owned.discard(oid)
+                self._values[oid] = P.SerializedObject.system_error("TaskmeshError", what)
+                failed += 1
+        self._errors_in += failed
+        if not msg.request_id and not failed:
+            log.warning("%s", what)
 
     def _wait_for(self, pred: Callable[[], bool], deadline: float | None) -> bool:
         """Pump until ``pred()`` holds or ``deadline`` passes; return pred()."""
@@ -533,7 +555,10 @@ class CoreClient:
         self.send(make(rid))
         if not self._wait_for(lambda: rid in self._info, time.monotonic() + timeout):
             raise HeadConnectionError(f"the head at {self.address} did not answer within {timeout:g} s")
-        return self._info.pop(rid)
+        answer = self._info.pop(rid)
+        if type(answer) is _Refusal:
+            raise TaskmeshError(answer.reason)
+        return answer
 
     def new_object_id(self) -> bytes:
         return self.next_task_id() + b"\0\0\0\0"
@@ -655,10 +680,17 @@ class CoreClient:
         except GetTimeoutError:
             return None
 
-    def get_values(self, oids: Sequence[bytes], timeout: float | None) -> list[P.SerializedObject]:
+    def get_values(self, oids: Sequence[bytes], timeout: float | None,
+                   fail_fast: bool = False) -> list[P.SerializedObject | None]:
         """The serialized values of ``oids``, waiting up to ``timeout`` seconds (STORED markers
-        are left as they are: see :meth:`resolve`)."""
+        are left as they are: see :meth:`resolve`).
+
+        With ``fail_fast`` the wait ends as soon as any of them holds an error (a failed task,
+        a dead actor, a lost object), as Ray's get does: values that have not arrived are None
+        in the list then, and the caller raises the error."""
         values = self._values
+        if fail_fast and any(v.is_error for v in map(values.get, oids) if v is not None):
+            return [values.get(oid) for oid in oids]
         missing = [oid for oid in oids if oid not in values]
         if missing:
             deadline = None if timeout is None else time.monotonic() + timeout
@@ -668,7 +700,7 @@ class CoreClient:
                 self.on_block(missing)
                 blocked = True
             try:
-                ok = self._wait_for(lambda: all(o in values for o in missing), deadline)
+                ok = self._wait_for(self._arrived(missing, fail_fast), deadline)
             finally:
                 if blocked and self.on_unblock is not None:
                     self.on_unblock()
@@ -679,7 +711,28 @@ class CoreClient:
                 raise GetTimeoutError(
                     f"get() timed out after {timeout:g} s: {n} of {len(oids)} objects not ready "
                     f"(first: {next(o for o in missing if o not in values).hex()})")
-        return [values[oid] for oid in oids]
+        return [values.get(oid) for oid in oids]
+
+    def _arrived(self, missing: list[bytes], fail_fast: bool) -> Callable[[], bool]:
+        """A wait predicate: every one of ``missing`` has a value (or, with ``fail_fast``, one
+        of them is an error). Values stay once they arrived (the caller holds their refs), so
+        it scans each id once, and looks for errors only after one came in."""
+        values = self._values
+        state = [0, self._errors_in]  # ids known to be present, errors seen so far
+
+        def arrived() -> bool:
+            i, n = state[0], len(missing)
+            while i < n and missing[i] in values:
+                i += 1
+            state[0] = i
+            if i == n:
+                return True
+            if fail_fast and self._errors_in != state[1]:
+                state[1] = self._errors_in
+                return any(v.is_error for v in map(values.get, missing[i:]) if v is not None)
+            return False
+
+        return arrived
 
     def wait_ready(self, oids: Sequence[bytes], num_returns: int, timeout: float | None) -> set[bytes]:
         """Return the set of ready ids once ``num_returns`` are ready or ``timeout`` passes."""
@@ -738,6 +791,15 @@ class CoreClient:
 
     def info(self, what: str, timeout: float = 10.0) -> Any:
         return self.request(lambda rid: P.InfoRequest(rid, what), timeout)
+
+
+class _Refusal:
+    """The head's Rejected answer to a request, in place of its reply."""
+
+    __slots__ = ("reason",)
+
+    def __init__(self, reason: str) -> None:
+        self.reason = reason
 
 
 def function_id_for(blob: bytes) -> bytes:

@@ -21,16 +21,22 @@ from __future__ import annotations
 from collections import deque
 from typing import Any
 
+from .. import _protocol as P
+
 PENDING, CREATING, ALIVE, RESTARTING, DEAD = "pending", "creating", "alive", "restarting", "dead"
 
 #: the fields of ``CreateActor.options`` a handle needs, sent back in ``ActorReply``
 HANDLE_FIELDS = ("class_name", "methods", "is_async", "max_task_retries")
 
+#: the value of an actor's handle object (P.actor_handle_id): a pickled None, never read; the
+#: object exists to be counted
+HANDLE_VALUE = P.SerializedObject(P.SerializedObject.VALUE, b"\x80\x05N.", ())
+
 
 class ActorRec:
     __slots__ = ("actor_id", "spec", "owner", "options", "state", "worker", "node", "calls",
                  "restarts_left", "restarts", "cause", "no_restart", "ctor",
-                 "name_key", "warned", "gpu_alloc")
+                 "name_key", "warned", "gpu_alloc", "out_of_scope")
 
     def __init__(self, spec: Any, owner: bytes, options: dict) -> None:
         self.actor_id: bytes = spec.task_id
@@ -48,6 +54,7 @@ class ActorRec:
         self.ctor: Any = None  # the TaskRec of the running constructor
         self.warned = False  # its owner was told that no node can hold it
         self.gpu_alloc: dict | None = None  # GPU device -> units, while placed
+        self.out_of_scope = False  # no handle is left: it ends once its calls are done
         name = options.get("name") or ""
         self.name_key = (str(options.get("namespace") or ""), name) if name else None
 
@@ -95,13 +102,13 @@ def will_restart(actor: ActorRec) -> bool:
     return not actor.no_restart and actor.state != DEAD and actor.restarts_left != 0
 
 
-def split_in_flight(calls: list, max_task_retries: int) -> tuple[list, list]:
+def split_in_flight(calls: list) -> tuple[list, list]:
     """Calls that were sent to a worker that died: (retry, fail). A call is retried while its
-    retries last (``max_task_retries``: -1 forever, 0 never, as in Ray); those retried go back
-    to the front of the actor's queue, in their order."""
+    retries last (its ``max_task_retries``, the method's or else the actor's: -1 forever, 0
+    never, as in Ray); those retried go back to the front of the actor's queue, in order."""
     retry, fail = [], []
     for t in calls:
-        if t.retries_left != 0 and max_task_retries != 0:
+        if t.retries_left != 0:
             if t.retries_left > 0:
                 t.retries_left -= 1
             retry.append(t)

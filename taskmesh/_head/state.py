@@ -24,7 +24,7 @@ from typing import Any, Callable, Iterable
 from .. import _protocol as P
 from ..config import Config
 from ._outbox import Outbox
-from .._protocol import return_ids
+from .._protocol import HANDLE_INDEX, actor_handle_id, return_ids
 from .._ratelimit import RateLimitedLog
 from .._resources import CPU, GPU, UNIT, assign_gpus, describe, device_order, valid
 from . import actors as A
@@ -239,6 +239,8 @@ class HeadState:
         #: results); a put past max_head_bytes_per_client is refused (ObjectStoreFullError)
         self.inline_bytes: dict[bytes, int] = {}
         self.cancel_killed: set[bytes] = set()  # workers killed by cancel(force=True)
+        #: task id -> tasks it submitted while it ran (TaskSpec.parent), for a recursive cancel
+        self.children: dict[bytes, list[TaskRec]] = {}
         self.now = now
         #: messages (or parts of them) dropped because they make no sense here: from a peer
         #: that never said Hello, of the wrong kind, about unknown tasks or workers, ...
@@ -274,10 +276,16 @@ class HeadState:
         beat = self.beating.get(peer)
         if beat is not None:
             beat[0] = now
+        if type(msg) is P.Malformed:  # (counted and logged by the socket)
+            self._reject(peer, msg.message or "message", f"malformed: {msg.reason}",
+                         msg.request_id)
+            return
         handler = _HANDLERS.get(type(msg))
         if handler is None or kind not in handler[1]:
             self.dropped.event("not expected from its kind of peer", "dropped %s from %r: not "
                                "expected from a %s", type(msg).__name__, peer, kind)
+            self._reject(peer, type(msg).__name__, f"a {kind} may not send it",
+                         getattr(msg, "request_id", 0))
             return
         handler[0](self, peer, msg)
 
@@ -425,6 +433,12 @@ class HeadState:
             return
         self.out.send(peer, P.Welcome(P.PROTOCOL_VERSION, {"peer": peer}))
 
+    def _reject(self, peer: bytes, message: str, reason: str, request_id: int = 0,
+                object_ids: Iterable[bytes] = ()) -> None:
+        """Tell a peer that one of its messages was refused, and why (never silence: a caller
+        waiting for an answer, or for the results of a refused task, must not hang)."""
+        self.out.send(peer, P.Rejected(message, request_id, list(object_ids), reason))
+
     def _refuse(self, peer: bytes, reason: str) -> None:
         """Answer a Hello with Refused (counted and logged, rate-limited, with the drops)."""
         self.dropped.event("refused Hello", "refused a Hello from %r: %s", peer, reason,
@@ -472,6 +486,10 @@ class HeadState:
                                    spec.task_id.hex(), spec.name, peer, spec.num_returns)
                 if credit:
                     self.credits_due[peer] = self.credits_due.get(peer, 0) + 1
+                self._reject(peer, "Submit", f"task {spec.name} ({spec.task_id.hex()}): its id "
+                             "is taken or malformed, it has more than "
+                             f"{MAX_RETURNS:,} returns, or it is an actor constructor",
+                             object_ids=self._unclaimed_returns(spec))
                 continue
             if len(self.tasks) > INTERN_ABOVE:  # many pending: tasks of one function share
                 # their name, function id and resources (one copy each; costs ~1 us a task)
@@ -517,7 +535,18 @@ class HeadState:
                 t.state = WAITING
                 t.queued = True
                 self.actors[spec.actor_id].calls.append(t)
+            if spec.parent:
+                self._add_child(spec.parent, t)
             self._admit(t)
+
+    def _unclaimed_returns(self, spec: P.TaskSpec) -> list[bytes]:
+        """The return ids of a refused task that no live task or object uses (its submitter
+        may fail their refs); none if they belong to something else."""
+        if (not 0 <= spec.num_returns <= MAX_RETURNS or len(spec.task_id) != 16
+                or spec.task_id in self.tasks or spec.task_id in self.actors):
+            return []
+        rids = return_ids(spec.task_id, spec.num_returns)
+        return rids if self.objects.keys().isdisjoint(rids) else []
 
     def _over_window(self, t: TaskRec, rids: list[bytes], flying: int, window: int) -> None:
         """Fail a task of a driver that has twice its window of tasks unfinished: a taskmesh
@@ -569,6 +598,8 @@ class HeadState:
                 self.dropped.event("Put of an object that exists", "dropped a Put of object %s "
                                    "from %r: it exists already (owned by %s)", oid.hex(), peer,
                                    "the sender" if obj.owner == peer else "another peer")
+                self._reject(peer, "Put", f"object {oid.hex()} exists already; the put was "
+                             "ignored")
                 if value.is_stored:
                     self._free_put_copy(peer, oid, value)
                 continue
@@ -673,13 +704,50 @@ class HeadState:
     def _on_cancel(self, peer: bytes, msg: P.Cancel) -> None:
         """``taskmesh.cancel()``: the task fails now with TaskCancelledError (its dependents
         too); a queued one never runs, one on a worker is interrupted (or, with ``force``,
-        its worker killed). Finished tasks and actor constructors are left alone."""
+        its worker killed). Finished tasks and actor constructors are left alone. With
+        ``recursive`` the unfinished tasks it submitted go the same way, and theirs."""
         for oid in msg.object_ids:
             t = self.tasks.get(oid[:16])
             if t is None or t.state == DONE or t.spec.method == "__init__":
                 continue
-            self._stop_task(t, "TaskCancelledError",
-                            f"task {t.spec.name} was cancelled by taskmesh.cancel()", msg.force)
+            why = f"task {t.spec.name} was cancelled by taskmesh.cancel()"
+            if msg.recursive and self.children:
+                for child in self._descendants(t):
+                    self._stop_task(child, "TaskCancelledError",
+                                    f"task {child.spec.name} was cancelled: its parent {why}",
+                                    msg.force)
+            self._stop_task(t, "TaskCancelledError", why, msg.force)
+
+    def _add_child(self, parent: bytes, t: TaskRec) -> None:
+        """Remember that a running task submitted ``t`` (for a recursive cancel). Entries of
+        children that ended are pruned as the list doubles, so a task that submits millions
+        keeps only its unfinished ones."""
+        if parent not in self.tasks:
+            return
+        kids = self.children.get(parent)
+        if kids is None:
+            self.children[parent] = [t]
+            return
+        kids.append(t)
+        n = len(kids)
+        if n >= 64 and n & (n - 1) == 0:
+            kids[:] = [k for k in kids if self.tasks.get(k.spec.task_id) is k]
+
+    def _descendants(self, t: TaskRec) -> list[TaskRec]:
+        """The unfinished tasks ``t`` submitted, theirs, and so on (children before their
+        own children; actor constructors are not cancelled: kill the actor)."""
+        out: list[TaskRec] = []
+        seen = {id(t)}
+        stack = [t]
+        while stack:
+            for k in self.children.get(stack.pop().spec.task_id, ()):
+                if (id(k) in seen or self.tasks.get(k.spec.task_id) is not k
+                        or k.spec.method == "__init__"):
+                    continue
+                seen.add(id(k))
+                out.append(k)
+                stack.append(k)
+        return out
 
     def _stop_task(self, t: TaskRec, kind: str, why: str, force: bool) -> None:
         w = t.worker
@@ -730,13 +798,17 @@ class HeadState:
         problem = A.options_problem(opts)
         if (problem is not None or len(spec.task_id) != 16 or spec.actor_id != spec.task_id
                 or spec.method != "__init__" or spec.task_id in self.actors
-                or spec.task_id in self.tasks or return_ids(spec.task_id, 1)[0] in self.objects):
+                or spec.task_id in self.tasks or return_ids(spec.task_id, 1)[0] in self.objects
+                or actor_handle_id(spec.task_id) in self.objects):
             problem = problem or "its id is taken or malformed"
             self.dropped.event("invalid actor creation", "dropped CreateActor %s from %r: %s",
                                spec.task_id.hex(), peer, problem)
             if reply:
                 self.out.send(peer, P.ActorReply(reply, {"error": f"invalid actor creation: "
                                                                   f"{problem}"}))
+            else:
+                self._reject(peer, "CreateActor", f"actor {spec.name}: invalid actor creation: "
+                             f"{problem}")
             return
         actor = ActorRec(spec._replace(num_returns=1), peer, opts)
         if actor.name_key is not None:
@@ -750,6 +822,10 @@ class HeadState:
                 return
             self.actor_names[actor.name_key] = actor.actor_id
         self.actors[actor.actor_id] = actor
+        # the object its handles refer to: owned by the creator, counted like any object;
+        # when it is freed, an actor that is neither detached nor named ends (_handle_freed)
+        handle = self.objects[actor_handle_id(actor.actor_id)] = ObjectRec(peer)
+        handle.value = A.HANDLE_VALUE
         if reply:
             self.out.send(peer, P.ActorReply(reply, actor.handle_info()))
         self._start_constructor(actor)
@@ -929,7 +1005,7 @@ class HeadState:
             actor.cause = why
         ctor = actor.ctor if actor.ctor in sent else None
         sent = [t for t in sent if t is not ctor]
-        retry, fail = A.split_in_flight(sent, _int(actor.options.get("max_task_retries")))
+        retry, fail = A.split_in_flight(sent)
         if actor.state == A.DEAD or not A.will_restart(actor):
             retry, fail = [], sent
         for t in reversed(retry):
@@ -964,6 +1040,35 @@ class HeadState:
         self._actor_dead(actor, why)
         if w is not None and w.node is not None and w.node.alive:
             self.out.send(w.node.peer, P.KillWorker(w.worker_id, f"{actor.label()}: {why}"))
+
+    def _handle_freed(self, actor_id: bytes) -> None:
+        """No handle to the actor is left anywhere (its handle object was freed): one that is
+        neither detached nor named ends once the calls already made are done, as in Ray."""
+        actor = self.actors.get(actor_id)
+        if (actor is None or actor.state == A.DEAD or actor.detached
+                or actor.name_key is not None):
+            return
+        actor.out_of_scope = True
+        self._end_if_idle(actor)
+
+    def _end_if_idle(self, actor: ActorRec) -> None:
+        """An actor whose handles are all gone ends when it has no call left: an idle live
+        one is asked to exit (its process ends normally); one still starting is stopped."""
+        if actor.state == A.DEAD:
+            return
+        tasks = self.tasks
+        if any(tasks.get(t.spec.task_id) is t for t in actor.calls):
+            return
+        w = actor.worker
+        if w is not None and any(t is not actor.ctor for t in w.assigned):
+            return
+        why = "all its handles are gone (an actor that is neither detached nor named ends then)"
+        if actor.state == A.ALIVE and w is not None:
+            actor.no_restart = True
+            self._actor_dead(actor, why)
+            self.out.send(w.peer, P.Exit(f"{actor.label()} ended: {why}"))
+        else:
+            self._kill_actor(actor, why)
 
     def _actor_dead(self, actor: ActorRec, why: str) -> None:
         if actor.state == A.DEAD:
@@ -1057,7 +1162,7 @@ class HeadState:
                 old = fn_mean.get(fid)
                 fn_mean[fid] = d if old is None else 0.8 * old + 0.2 * d
             if (t.spec.retry_exceptions and t.retries_left != 0 and r.returns
-                    and r.returns[0].flags == P.SerializedObject.TASK_ERROR):
+                    and not r.no_retry and r.returns[0].flags == P.SerializedObject.TASK_ERROR):
                 if t.retries_left > 0:
                     t.retries_left -= 1
                 t.worker = None
@@ -1376,6 +1481,8 @@ class HeadState:
         if t.credit:  # its driver left: the task leaves its window all the same
             self._return_credit(t)
         self.tasks.pop(t.spec.task_id, None)
+        if self.children:
+            self.children.pop(t.spec.task_id, None)
         self.cancelled += 1
         w = t.worker
         t.worker = None
@@ -1470,8 +1577,15 @@ class HeadState:
             self._return_credit(t)
         t.state = DONE
         t.worker = None
-        self.tasks.pop(t.spec.task_id, None)
+        tid = t.spec.task_id
+        self.tasks.pop(tid, None)
         self.finished += 1
+        if self.children:
+            self.children.pop(tid, None)
+        if t.spec.actor_id and t.spec.method != "__init__":
+            actor = self.actors.get(t.spec.actor_id)
+            if actor is not None and actor.out_of_scope:
+                self._end_if_idle(actor)
         objects = self.objects
         for oid, value in zip(return_ids(t.spec.task_id, t.spec.num_returns), returns):
             obj = objects.get(oid)
@@ -1582,11 +1696,14 @@ class HeadState:
             return
         objects = self.objects
         stack = [(oid, obj)]
+        handles: list[bytes] = []
         while stack:
             oid, obj = stack.pop()
             if objects.get(oid) is not obj:
                 continue
             del objects[oid]
+            if oid.endswith(HANDLE_INDEX):  # an actor's last handle is gone
+                handles.append(oid[:16])
             if obj.charged:
                 self._uncharge(obj)
             if obj.locations:
@@ -1598,6 +1715,8 @@ class HeadState:
                     inner.holds -= 1
                     if not inner.needed() and inner.value is not None:
                         stack.append((inner_id, inner))
+        for actor_id in handles:
+            self._handle_freed(actor_id)
 
     def _hold(self, oids: Iterable[bytes]) -> list[bytes]:
         """Count one hold on each known object; return the ids held."""
@@ -1931,7 +2050,8 @@ class HeadState:
             env = {"CUDA_VISIBLE_DEVICES": ",".join(sorted(alloc or (), key=device_order))}
         if not spec.actor_id:
             return P.Assignment(spec.task_id, spec.name, spec.function_id, blob, args,
-                                dep_values, spec.num_returns, "", None, spec.timeout_s, env)
+                                dep_values, spec.num_returns, "", None, spec.timeout_s, env,
+                                spec.retry_filter)
         actor_opts = None
         if spec.method == "__init__":
             o = w.actor.options if w.actor is not None else {}
@@ -1940,7 +2060,7 @@ class HeadState:
                           "is_async": bool(o.get("is_async"))}
         return P.Assignment(spec.task_id, spec.name, spec.function_id, blob, args,
                             dep_values, spec.num_returns, spec.method, actor_opts, spec.timeout_s,
-                            env)
+                            env, spec.retry_filter)
 
     def _free_gpus(self, gpu_alloc: dict[str, int] | None, node: NodeRec | None) -> None:
         if gpu_alloc and node is not None:

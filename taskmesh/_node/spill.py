@@ -37,6 +37,11 @@ SPILL, RESTORE, DELETE = "spill", "restore", "delete"
 _SPILL, _RESTORE, _DELETE = SPILL, RESTORE, DELETE
 
 
+def spill_dir_path(base: str, node_id: str, pid: int) -> str:
+    """The spill directory of the agent ``pid`` of node ``node_id`` under ``base`` (or the temp dir)."""
+    return os.path.join(base or tempfile.gettempdir(), f"{_SPILL_PREFIX}{pid}-{node_id}")
+
+
 def make_spill_dir(base: str, node_id: str, pid_alive: Callable[[int], bool]) -> str:
     """Create this agent's spill directory (mode 0700) under ``base`` (or the temp dir), first
     removing the directories of agents that are no longer alive."""
@@ -44,7 +49,7 @@ def make_spill_dir(base: str, node_id: str, pid_alive: Callable[[int], bool]) ->
     os.makedirs(base, mode=0o700, exist_ok=True)
     for name in sweep_dead_spill_dirs(base, pid_alive):
         log.info("removed the spill directory %s of a node agent that died", name)
-    path = os.path.join(base, f"{_SPILL_PREFIX}{os.getpid()}-{node_id}")
+    path = spill_dir_path(base, node_id, os.getpid())
     shutil.rmtree(path, ignore_errors=True)  # left by a dead process that had our pid
     os.mkdir(path, 0o700)
     return path

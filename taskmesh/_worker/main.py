@@ -4,9 +4,10 @@
 
 Results of fast tasks are held back briefly (``result_batch_s``, at most 64) while more
 assigned tasks are already waiting, so a stream of short tasks costs one message per batch;
-a slow task's result goes out the moment it ends. A task that blocks in ``get()``/``wait()``
-first hands back the tasks queued behind it and tells the head (Blocked), which lends the CPU
-to another worker; when it resumes it says Unblocked. A watchdog thread exits the process as
+held results never wait for the task that runs next (results.py: a courier thread sends them
+at their deadline), and a slow task's result goes out the moment it ends. A task that blocks
+in ``get()``/``wait()`` first hands back the tasks queued behind it and tells the head
+(Blocked), which lends the CPU to another worker; when it resumes it says Unblocked. A watchdog thread exits the process as
 soon as the node agent's lifeline pipe closes, even in the middle of a long task.
 """
 
@@ -32,10 +33,10 @@ from .._spin import Spinner
 from .._secret import Security, find_secret, take_secret_from_env
 from ..config import Config
 from ..errors import ObjectLostError, SerializationError, TaskmeshError
+from .results import ResultBatch
 
 log = logging.getLogger("taskmesh.worker")
 
-_MAX_BATCH = 64
 #: an InterruptTask with this task id asks the worker to read its socket (protocol.md)
 DOORBELL = bytes(16)
 _PACKAGE_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -58,8 +59,9 @@ class Worker:
                                security, identity=b"W" + worker_id.encode())
         self.core.node_id = node_id
         self.core.on_foreign = self._on_message
-        # results held back for batching may hold refs: no Release may overtake them
-        self.core.holding_values = lambda: bool(self.results)
+        #: results held back for batching (they may hold refs: no Release may overtake them)
+        self.results = ResultBatch(self.core.send, config.result_batch_s)
+        self.core.holding_values = lambda: self.results.holding
         self.core.on_block = self._block
         self.core.on_unblock = self._unblock
         self.core.on_wait_step = self._help
@@ -73,9 +75,8 @@ class Worker:
         self.wait_stack: list[list] = []  # objects each active wait of the main thread needs
         self.main_thread = threading.get_ident()
         self.functions: dict[bytes, Any] = {}
+        self._retry_classes: dict[bytes, tuple] = {}  # retry_filter -> exception classes
         self.blobs: dict[bytes, bytes] = {}
-        self.results: list[P.TaskResult] = []
-        self.batch_started = 0.0
         self.block_depth = 0
         self.block_lock = threading.Lock()
         self.running = 0  # tasks executing (more than one while Help tasks run)
@@ -108,9 +109,15 @@ class Worker:
             if t is P.Help:
                 self.help_queue.extend(msg.assignments)
             elif self.block_depth:
-                # blocked: we may not start these; hand them straight back
-                waiting = self.wait_stack[-1] if self.wait_stack else []
-                self.core.send(P.Blocked([a.task_id for a in msg.assignments], waiting))
+                # blocked (e.g. in a task the head cancelled, which has not ended yet): we may
+                # not start these; hand them straight back, except an actor's constructor: the
+                # head gave us to that actor, and we run it once the blocked task is over
+                ctors = [a for a in msg.assignments if a.method == "__init__"]
+                self.queue.extend(ctors)
+                back = [a.task_id for a in msg.assignments if a.method != "__init__"]
+                if back or not ctors:
+                    waiting = self.wait_stack[-1] if self.wait_stack else []
+                    self.core.send(P.Blocked(back, waiting))
             else:
                 self.queue.extend(msg.assignments)
         elif t is P.Revoke:
@@ -141,10 +148,18 @@ class Worker:
             self.wait_stack.append(waiting)
         self._flush()
         self.core.pump(0)  # take in whatever was already sent to us
+        self.core.send(P.Blocked(self._hand_back_queue(), waiting))
+
+    def _hand_back_queue(self) -> list[bytes]:
+        """Empty the queue of tasks not started yet, for the head to run elsewhere; return
+        their ids. An actor's constructor stays: the head gave this worker to that actor (it
+        can come while a task the head cancelled has not ended yet), so it runs here later."""
         with self.queue_lock:
-            returned = [a.task_id for a in self.queue]
+            kept = [a for a in self.queue if a.method == "__init__"]
+            returned = [a.task_id for a in self.queue if a.method != "__init__"]
             self.queue.clear()
-        self.core.send(P.Blocked(returned, waiting))
+            self.queue.extend(kept)
+        return returned
 
     def _unblock(self) -> None:
         if getattr(self._uncounted, "flag", False):
@@ -170,19 +185,15 @@ class Worker:
             self.block_depth = saved
         self._flush()
         self.core.pump(0)
-        with self.queue_lock:
-            returned = [a.task_id for a in self.queue]
-            self.queue.clear()
         waiting = self.wait_stack[-1] if self.wait_stack else []
-        self.core.send(P.Blocked(returned, waiting))  # back to waiting: lend the CPU again
+        # back to waiting: lend the CPU again
+        self.core.send(P.Blocked(self._hand_back_queue(), waiting))
         return True
 
     # ------------------------------------------------------------------ running tasks
 
     def _flush(self) -> None:
-        if self.results:
-            results, self.results = self.results, []
-            self.core.send(P.TaskResults(results))
+        self.results.flush()
 
     def _function(self, a: P.Assignment) -> Any:
         fn = self.functions.get(a.function_id)
@@ -200,9 +211,8 @@ class Worker:
         if self._concurrent is not None and a.method:
             self._run_concurrently(a)
             return
+        self.results.arm()  # results still held leave by their deadline, however long this runs
         start = time.perf_counter()
-        if not self.results:
-            self.batch_started = start
         if a.env:  # e.g. CUDA_VISIBLE_DEVICES: the GPUs the head gave this task
             os.environ.update({str(k): str(v) for k, v in a.env.items()})
         outer = CTX.current_task_id, CTX.current_task_name  # set again after Help tasks
@@ -210,6 +220,7 @@ class Worker:
         CTX.current_task_id = a.task_id
         CTX.current_task_name = a.name
         n = a.num_returns
+        no_retry = False
         try:
             fn = self._function(a)
             try:
@@ -217,7 +228,7 @@ class Worker:
             except _InputLost as lost:  # the head reruns it once the input is back
                 self.running -= 1
                 CTX.current_task_id, CTX.current_task_name = outer
-                self.results.append(P.TaskResult(a.task_id, [lost.error()], 0.0))
+                self.results.add(P.TaskResult(a.task_id, [lost.error()], 0.0))
                 return
             args, kwargs = S.unpack_args(args_obj, deps)
             if a.timeout_s > 0:
@@ -250,6 +261,7 @@ class Worker:
                 returns = [_constructor_failed(exc, a, self.node_id, self.pid)]
             else:
                 returns = [S.dump_task_error(exc, a.name, self.node_id, self.pid)] * n
+                no_retry = not self._retryable(a, exc)
         else:
             try:
                 returns = self._serialize_returns(a, result)
@@ -258,7 +270,7 @@ class Worker:
             del result
         CTX.current_task_id, CTX.current_task_name = outer
         self.running -= 1
-        self.results.append(P.TaskResult(a.task_id, returns, time.perf_counter() - start))
+        self.results.add(P.TaskResult(a.task_id, returns, time.perf_counter() - start, no_retry))
 
     # ------------------------------------------------------------------ interrupts
 
@@ -357,15 +369,18 @@ class Worker:
 
     def _call_in_thread(self, a: P.Assignment) -> None:
         start = time.perf_counter()
+        no_retry = False
         try:
             returns = self._serialize_returns(a, self._call_with_inputs(a))
         except BaseException as exc:  # noqa: BLE001 - every failure becomes an error object
             returns = self._failed_returns(a, exc)
-        self._send_result(a, returns, start)
+            no_retry = not self._retryable(a, exc)
+        self._send_result(a, returns, start, no_retry)
 
     async def _call_async(self, a: P.Assignment) -> None:
         async with self._async_slots:
             start = time.perf_counter()
+            no_retry = False
             try:
                 result = self._call_with_inputs(a)
                 if inspect.isawaitable(result):
@@ -373,7 +388,26 @@ class Worker:
                 returns = self._serialize_returns(a, result)
             except BaseException as exc:  # noqa: BLE001 - every failure becomes an error object
                 returns = self._failed_returns(a, exc)
-            self._send_result(a, returns, start)
+                no_retry = not self._retryable(a, exc)
+            self._send_result(a, returns, start, no_retry)
+
+    def _retryable(self, a: P.Assignment, exc: BaseException) -> bool:
+        """May the head retry the task after it raised ``exc``? Only an exception of a class
+        its ``retry_exceptions`` list names, when it has one (the head cannot tell: it never
+        unpickles)."""
+        if not a.retry_filter:
+            return True
+        classes = self._retry_classes.get(a.retry_filter)
+        if classes is None:
+            try:
+                classes = tuple(pickle.loads(a.retry_filter))
+            except Exception as err:  # noqa: BLE001 - a class that does not exist here
+                log.warning("task %s: its retry_exceptions could not be loaded (%s); not "
+                            "retrying", a.name, err)
+                classes = ()
+            if len(self._retry_classes) < 1000:
+                self._retry_classes[a.retry_filter] = classes
+        return isinstance(exc, classes)
 
     def _call_with_inputs(self, a: P.Assignment) -> Any:
         deps, args_obj = self._inputs(a)
@@ -385,10 +419,11 @@ class Worker:
             return [exc.error()]
         return [S.dump_task_error(exc, a.name, self.node_id, self.pid)] * a.num_returns
 
-    def _send_result(self, a: P.Assignment, returns: list, start: float) -> None:
+    def _send_result(self, a: P.Assignment, returns: list, start: float,
+                     no_retry: bool = False) -> None:
         """A concurrent call's result goes out on its own, at once."""
         self.core.send(P.TaskResults([P.TaskResult(a.task_id, returns,
-                                                   time.perf_counter() - start)]))
+                                                   time.perf_counter() - start, no_retry)]))
 
     def _inputs(self, a: P.Assignment) -> tuple[Any, Any]:
         """The task's dependency values and its arguments object, read from the node's store
@@ -460,7 +495,6 @@ class Worker:
         self.core.send(P.Hello(P.PROTOCOL_VERSION, "worker", info))
         queue = self.queue
         core = self.core
-        batch_s = self.config.result_batch_s
         spinner = Spinner(self.config.spin_s)
         while self.exit_reason is None:
             if core._refused is not None:
@@ -483,10 +517,9 @@ class Worker:
             self._run(a)
             if not queue and core.sock.has_input():  # (a Revoke rings the doorbell instead)
                 core.pump(0)
-            if (not queue or len(self.results) >= _MAX_BATCH
-                    or time.perf_counter() - self.batch_started >= batch_s):
+            if not queue or self.results.due():
                 self._flush()
-        self._flush()
+        self.results.close()
         core.close()
         return 0
 

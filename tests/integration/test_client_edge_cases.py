@@ -285,8 +285,8 @@ def test_wait_timeout_zero_is_immediate_and_splits_correctly():
         ready, not_ready = taskmesh.wait([slow, done], num_returns=2, timeout=0)
         assert time.monotonic() - t0 < 0.1
         assert ready == [done] and not_ready == [slow]
-        ready, not_ready = taskmesh.wait([slow, done], num_returns=0, timeout=0)
-        assert ready == [] and not_ready == [slow, done]
+        with pytest.raises(ValueError, match="num_returns"):  # as in Ray: at least 1
+            taskmesh.wait([slow, done], num_returns=0, timeout=0)
 
 
 @taskmesh.remote

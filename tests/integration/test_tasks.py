@@ -200,8 +200,10 @@ def test_bad_options_are_clear(cluster):
         taskmesh.remote(num_cpus=-1)(lambda: 1)
     with pytest.raises(ValueError, match="valid options are"):
         add.options(num_cpu=1)
-    with pytest.raises(TypeError):
+    with pytest.raises(ValueError):  # as in Ray: a ref or a list of refs
         taskmesh.get("not a ref")
+    with pytest.raises(TypeError):
+        taskmesh.get(["not a ref"])
 
 
 def test_cluster_introspection(cluster):

@@ -24,6 +24,7 @@ PAYLOAD_RECORDS: dict[str, tuple[str, ...]] = {
     "Assignment": P.Assignment._fields,
     "TaskResult": P.TaskResult._fields,
     "ObjectValue": P.ObjectValue._fields,
+    "Malformed": P.Malformed._fields,  # (not on the wire: the head's sockets make it)
 }
 
 _HEADING = re.compile(r"^(#{1,6}) +(.+?) *$")

@@ -259,8 +259,97 @@ def test_split_in_flight_retries_while_retries_last():
     class T:
         def __init__(self, n):
             self.retries_left = n
-    a, b, forever = T(1), T(0), T(-1)
-    retry, fail = A.split_in_flight([a, b, forever], 1)
+    a, b, forever = T(1), T(0), T(-1)  # each call's own max_task_retries (method's or actor's)
+    retry, fail = A.split_in_flight([a, b, forever])
     assert retry == [a, forever] and fail == [b] and a.retries_left == 0
-    retry, fail = A.split_in_flight([T(3)], 0)  # max_task_retries=0: never
-    assert retry == [] and len(fail) == 1
+    retry, fail = A.split_in_flight([a])  # its one retry is used up
+    assert retry == [] and fail == [a]
+
+
+# ---------------------------------------------------------------- lifetime by handles (issue 12)
+
+
+def test_an_actor_ends_when_its_handle_object_is_freed_and_its_calls_are_done(c):
+    fid = c.register("mod.C")
+    aid = c.create(fid)
+    hid = P.actor_handle_id(aid)
+    assert c.state.objects[hid].owner == c.driver  # the creator owns its handles' object
+    worker = _started(c, aid)
+    call = c.call(aid)
+    c.drain()
+    c.send(c.driver, P.Release([hid]))  # the last handle went: the call made before still runs
+    assert c.actor(aid).state == A.ALIVE and c.actor(aid).out_of_scope
+    assert c.drain().to(worker, P.Exit) == []
+    c.finish(worker, call)
+    sent = c.drain()
+    assert c.actor(aid).state == A.DEAD and "handles are gone" in c.actor(aid).cause
+    assert sent.to(worker, P.Exit) != []  # it ends normally (atexit handlers run)
+    assert not sent.values(c.driver)[ret(call)].value.is_error
+    c.exited(worker, exitcode=0)
+    assert c.avail_cpu("n1") == 2 * 10_000  # (an actor holds no CPU; its worker left the pool)
+    c.state.check_invariants()
+
+
+def test_a_borrowed_handle_keeps_the_actor_alive_until_the_borrower_releases(c):
+    fid = c.register("mod.C")
+    aid = c.create(fid)
+    hid = P.actor_handle_id(aid)
+    worker = _started(c, aid)
+    c.hello(b"driver-2", "driver")
+    c.send(b"driver-2", P.Borrow([hid]))
+    c.send(c.driver, P.Release([hid]))
+    assert c.actor(aid).state == A.ALIVE
+    c.send(b"driver-2", P.Release([hid]))
+    assert c.actor(aid).state == A.DEAD
+    assert c.drain().to(worker, P.Exit) != []
+    c.state.check_invariants()
+
+
+def test_named_and_detached_actors_outlive_their_handles(c):
+    fid = c.register("mod.C")
+    for options in ({"name": "n"}, {"detached": True}):
+        aid = c.create(fid, **options)
+        _started(c, aid)
+        c.send(c.driver, P.Release([P.actor_handle_id(aid)]))
+        assert c.actor(aid).state == A.ALIVE
+    c.state.check_invariants()
+
+
+def test_an_actor_whose_handles_go_while_it_is_created_is_stopped(c):
+    fid = c.register("mod.C")
+    aid = c.create(fid)
+    sent = c.drain()
+    worker = sent.assigned_to()[aid]
+    c.send(c.driver, P.Release([P.actor_handle_id(aid)]))
+    [kill] = c.drain().to(c.node_peer["n1"], P.KillWorker)
+    assert kill.worker_id == c.worker_info[worker][1]
+    assert c.actor(aid).state == A.DEAD
+    c.state.check_invariants()
+
+
+def test_a_handle_inside_a_stored_value_holds_the_actor(c):
+    fid = c.register("mod.C")
+    aid = c.create(fid)
+    hid = P.actor_handle_id(aid)
+    _started(c, aid)
+    box = b"b" * 20
+    c.put(box, SO(SO.VALUE, b"pickled [handle]", [], [hid]))
+    c.send(c.driver, P.Release([hid]))
+    assert c.actor(aid).state == A.ALIVE
+    c.send(c.driver, P.Release([box]))
+    assert c.actor(aid).state == A.DEAD
+    c.state.check_invariants()
+
+
+def test_per_call_max_task_retries_decide_retries_after_the_actor_restarts(c):
+    fid = c.register("mod.C")
+    aid = c.create(fid, max_restarts=1, max_task_retries=0)  # the actor's default: none
+    worker = _started(c, aid)
+    keep = c.call(aid, retries=1)  # this method's own max_task_retries=1
+    drop = c.call(aid, retries=0)
+    c.drain()
+    c.exited(worker)
+    sent = c.drain()
+    assert sent.values(c.driver)[ret(drop)].value.read_system_error()[0] == "ActorDiedError"
+    assert ret(keep) not in sent.values(c.driver)
+    assert c.state.tasks[keep].state != 3  # (not done: queued again for the restarted actor)

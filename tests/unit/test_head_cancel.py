@@ -101,3 +101,58 @@ def test_a_task_past_its_timeout_that_its_worker_did_not_stop_is_killed():
     assert kind == "TaskTimeoutError" and "timeout_s=1 s" in message and "killed" in message
     assert [m.worker_id for m in sent.to(c.node_peer["n1"], P.KillWorker)] == [
         c.worker_info[worker][1]]
+
+
+def _child_spec(c, fid, parent: bytes, worker: bytes) -> P.TaskSpec:
+    spec = c.spec(fid)._replace(parent=parent)
+    c.send(worker, P.Submit([spec]))
+    return spec
+
+
+def test_a_recursive_cancel_stops_the_tree_of_tasks_the_task_submitted():
+    c = Cluster()
+    c.add_node("n1", cpus=3)
+    fid = c.register()
+    [root] = c.submit(fid)
+    root_worker = c.drain().assigned_to()[root]
+    child = _child_spec(c, fid, root, root_worker).task_id
+    child_worker = c.drain().assigned_to()[child]
+    grandchild = _child_spec(c, fid, child, child_worker).task_id
+    [other] = c.submit(fid)  # not in the tree
+    c.drain()
+    c.send(c.driver, P.Cancel([ret(root)], False, True))
+    sent = c.drain()
+    for t in (root, child, grandchild):
+        assert t not in c.state.tasks
+    assert "its parent task mod.f was cancelled" in _error(sent, child_worker, grandchild)[1]
+    interrupted = {m.task_id for m in sent.to(c.node_peer["n1"], P.InterruptTask)}
+    assert interrupted >= {root, child}
+    assert other in c.state.tasks and c.state.children == {}
+    c.state.check_invariants()
+
+
+def test_a_cancel_that_is_not_recursive_leaves_the_children_running():
+    c = Cluster()
+    c.add_node("n1", cpus=2)
+    fid = c.register()
+    [root] = c.submit(fid)
+    root_worker = c.drain().assigned_to()[root]
+    child = _child_spec(c, fid, root, root_worker).task_id
+    c.drain()
+    c.send(c.driver, P.Cancel([ret(root)], False, False))
+    c.drain()
+    assert root not in c.state.tasks and child in c.state.tasks
+
+
+def test_the_children_of_a_long_running_task_are_pruned_as_they_end():
+    c = Cluster(max_pipeline=1)
+    c.add_node("n1", cpus=2)
+    fid = c.register()
+    [root] = c.submit(fid)
+    root_worker = c.drain().assigned_to()[root]
+    for _ in range(300):
+        t = _child_spec(c, fid, root, root_worker).task_id
+        worker = c.drain().assigned_to()[t]
+        c.finish(worker, t)
+        c.drain()
+    assert len(c.state.children[root]) < 130  # not 300: ended ones are dropped as it grows

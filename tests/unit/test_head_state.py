@@ -285,7 +285,7 @@ def test_messages_from_peers_that_never_said_hello_are_dropped(c):
     assert c.state.functions == {} and c.state.tasks == {} and c.state.objects == {}
 
 
-def test_messages_a_peer_kind_may_not_send_are_dropped(c):
+def test_messages_a_peer_kind_may_not_send_are_refused_with_a_reply(c):
     c.add_node("n1")
     c.hello(b"s", "status")
     c.drain()
@@ -295,8 +295,29 @@ def test_messages_a_peer_kind_may_not_send_are_dropped(c):
     c.send(c.driver, P.TaskResults([P.TaskResult(b"t", [value()], 0.1)]))
     c.send(c.driver, P.Heartbeat({}))
     assert c.state.tasks == {} and c.state.objects == {}
-    assert len(c.drain()) == 0
+    out = c.drain()
+    rejected = [(peer, m.message, m.reason) for peer, m in out.pairs if type(m) is P.Rejected]
+    assert rejected == [(b"s", "Submit", "a status may not send it"),
+                        (b"node-n1", "Submit", "a node may not send it"),
+                        (c.driver, "TaskResults", "a driver may not send it"),
+                        (c.driver, "Heartbeat", "a driver may not send it")]
+    assert len(out) == 4  # and nothing else happened
     assert c.info("status", peer=b"s")["tasks"]["finished"] == 0  # status peers may ask
+
+
+def test_a_peer_that_never_said_hello_gets_no_reply(c):
+    c.send(b"stranger", P.Submit([]))
+    # (not a wire message: the head's socket hands it on for a message it could not decode)
+    c.state.handle(b"stranger", P.Malformed("GetActor", 7, "GetActor: expected str"), c.now)
+    assert len(c.drain()) == 0
+
+
+def test_a_malformed_request_gets_a_rejection_naming_it(c):
+    c.state.handle(c.driver, P.Malformed("GetActor", 7, "GetActor: expected str, got NoneType"),
+                   c.now)
+    [(peer, msg)] = c.drain().pairs
+    assert peer == c.driver and msg == P.Rejected(
+        "GetActor", 7, [], "malformed: GetActor: expected str, got NoneType")
 
 
 def test_worker_that_says_hello_before_its_node_is_attached_when_the_node_joins(c):
