@@ -1458,6 +1458,8 @@ class HeadState:
                 obj.released = True
                 self._drop_if_unneeded(oid, obj)
         for t in [t for t in self.tasks.values() if t.owner == peer]:
+            if t.spec.method == "__init__":  # an actor's fate is decided above, not here: a
+                continue  # detached one's constructor runs on after its creator left
             rids = return_ids(t.spec.task_id, t.spec.num_returns)
             if not any(o is not None and o.needed() for o in map(self.objects.get, rids)):
                 self._cancel(t, "its owner left")

@@ -353,3 +353,19 @@ def test_per_call_max_task_retries_decide_retries_after_the_actor_restarts(c):
     assert sent.values(c.driver)[ret(drop)].value.read_system_error()[0] == "ActorDiedError"
     assert ret(keep) not in sent.values(c.driver)
     assert c.state.tasks[keep].state != 3  # (not done: queued again for the restarted actor)
+
+
+def test_a_detached_actor_still_being_created_when_its_creator_leaves_is_made(c):
+    fid = c.register("mod.C")
+    c.hello(b"creator", "driver")
+    c.register("mod.C", owner=b"creator")
+    detached = c.create(fid, owner=b"creator", detached=True, name="box")
+    mine = c.create(fid, owner=b"creator")
+    sent = c.drain()
+    c.send(b"creator", P.Goodbye())  # it leaves while both constructors run
+    killed = {k.worker_id for k in c.drain().to(c.node_peer["n1"], P.KillWorker)}
+    assigned = sent.assigned_to()
+    assert killed == {c.worker_info[assigned[mine]][1]}  # only the one that dies with it
+    c.finish(assigned[detached], detached, value(b"None"))
+    assert c.actor(detached).state == A.ALIVE and c.actor(mine).state == A.DEAD
+    c.state.check_invariants()
