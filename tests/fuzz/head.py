@@ -388,7 +388,7 @@ class HeadWorld:
             returns = [v.serialized(self.object_ids, oid, here) for oid in rids]
         # (in a tame world, short: short functions are pipelined, which work stealing undoes)
         duration = (0.0001 if v.tame else r.choice((0.0001, 0.001, 0.5))) if r.random() < 0.95 else v.float_()
-        return P.TaskResult(task_id, returns, duration)
+        return P.TaskResult(task_id, returns, duration, r.random() < 0.1)
 
     # -- drivers (and workers, which are clients too)
 
@@ -423,7 +423,10 @@ class HeadWorld:
             self.send(peer, P.Borrow([v.pick(self.object_ids, v.bytes_) for _ in range(r.randint(1, 3))]))
         elif x < 0.77:
             self.send(peer, P.Cancel([v.pick(self.object_ids, v.bytes_) for _ in range(r.randint(1, 2))],
-                                     r.random() < 0.5))
+                                     r.random() < 0.5, r.random() < 0.7))
+        elif x < 0.775 and self.actor_ids:  # the last handle of an actor goes (or a borrow)
+            hid = P.actor_handle_id(r.choice(self.actor_ids))
+            self.send(peer, (P.Release if r.random() < 0.7 else P.Borrow)([hid]))
         elif x < 0.82:
             self.send(peer, P.InfoRequest(v.int_(), r.choice(("status", "nodes", "resources",
                                                               "available", "ping", v.str_()))))
@@ -452,7 +455,7 @@ class HeadWorld:
             if self.actor_ids and r.random() < 0.25:
                 actor, method = r.choice(self.actor_ids), r.choice(("m", "m", "__init__"))
             spec = v.task_spec(tid, self.functions, deps, self.object_ids, list(self.nodes),
-                               actor, method)
+                               actor, method, self.task_ids)
             if actor and r.random() < 0.8:
                 spec = spec._replace(resources={})
             specs.append(spec)

@@ -175,7 +175,7 @@ class Values:
 
     def task_spec(self, task_id: bytes, functions: Sequence[bytes], deps: Sequence[bytes],
                   ids: Sequence[bytes], node_ids: Sequence[str], actor_id: bytes = b"",
-                  method: str = "") -> P.TaskSpec:
+                  method: str = "", parents: Sequence[bytes] = ()) -> P.TaskSpec:
         r = self.rng
         x = r.random()  # (many returns are legal but slow: seldom)
         num_returns = r.choice((1, 1, 1, 0, 2, 3)) if x < 0.97 else -1 if x < 0.99 else self.int_()
@@ -186,7 +186,10 @@ class Values:
             self.serialized(ids) if r.random() < 0.9 else None,
             list(deps), num_returns, self.resources(),
             r.choice((0, 0, 1, 3, -1)) if r.random() < 0.95 else self.int_(),
-            r.random() < 0.3, actor_id, method, timeout, self.strategy(node_ids))
+            r.random() < 0.3, actor_id, method, timeout, self.strategy(node_ids),
+            # submitted by a running task (cancel follows it), or a forged parent
+            (self.pick(parents, self.bytes_) if r.random() < 0.3 else b""),
+            r.randbytes(r.choice((0, 0, 0, 12))))
 
 
 class AnyMessage:
