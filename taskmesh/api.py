@@ -189,6 +189,8 @@ def get(refs: Any, *, timeout: float | None = None) -> Any:
 
     Raises the task's error (a :class:`TaskError` that is also an instance of the original
     exception class) if a task failed, and :class:`GetTimeoutError` after ``timeout`` seconds.
+    For a list, the first failure (a task error, a dead actor, a lost object) is raised as
+    soon as it is known, even while other objects are still being made, as in Ray.
     """
     single = type(refs) is ObjectRef
     if single:
@@ -235,7 +237,8 @@ def wait(
     """Wait until ``num_returns`` of ``refs`` are ready or ``timeout`` passes.
 
     Returns ``(ready, not_ready)``, each in the order of ``refs``; ``ready`` holds at most
-    ``num_returns`` refs.
+    ``num_returns`` refs. A failed object counts as ready. ``refs`` must be a list of unique
+    ObjectRefs and ``num_returns`` between 1 and its length (TypeError, ValueError).
     """
     if type(refs) is ObjectRef:
         raise TypeError("wait() expected a list of ObjectRefs, got a single ObjectRef; "
