@@ -379,17 +379,27 @@ def run_million_tasks(api: Api, n: int = MILLION_TASKS) -> Sample:
     done.set()
     bad = sum(1 for r in results if r != NOOP_RESULT)
     verify(len(results) == n and bad == 0, f"million_tasks: {bad} of {n} results wrong")
-    return Sample(elapsed, {"head_rss_peak_mb": round(peak[0] / 2**20),
-                            "head_rss_growth_mb": round((peak[0] - base) / 2**20),
-                            "head": None if head is None else " ".join(head.cmdline())[:40]})
+    info = {"head_rss_peak_mb": round(peak[0] / 2**20),
+            "head_rss_growth_mb": round((peak[0] - base) / 2**20),
+            "head": None if head is None else " ".join(head.cmdline())[:40]}
+    if api.name == "taskmesh":  # the head loop's lag over the run (its status counts it)
+        from taskmesh._context import CTX
+
+        info["loop_lag"] = CTX.core.info("status")["loop_lag"]
+    return Sample(elapsed, info)
 
 
 def note_million(collected: dict[str, Any]) -> str | None:
     infos = [i for i in (collected.get("timed") or []) if i]
     if not infos:
         return None
-    return ("head peak RSS " + ", ".join(f"{i['head_rss_peak_mb']} MB (+{i['head_rss_growth_mb']})"
+    note = ("head peak RSS " + ", ".join(f"{i['head_rss_peak_mb']} MB (+{i['head_rss_growth_mb']})"
                                          for i in infos) + f" [{infos[0]['head']}]")
+    lags = [i["loop_lag"] for i in infos if i.get("loop_lag")]
+    if lags:
+        note += "; head loop lag p50/p99/max " + ", ".join(
+            f"{x['p50_ms']}/{x['p99_ms']}/{x['max_ms']} ms" for x in lags)
+    return note
 
 
 def run_noop_async(api: Api, n: int = NOOP_ASYNC_TASKS) -> float:

@@ -7,17 +7,21 @@ _protocol), so every received message passes one place where it is checked befor
 on it. TCP connections are authenticated (and by default encrypted) by ZeroMQ itself before any
 message of theirs is delivered (_gatekeeper.py); local ones are admitted only from processes
 of the same user, who can read the cluster secret anyway (_uds.py).
-High-water marks are off: taskmesh never silently drops a message; backpressure is the
-scheduler's job.
+High-water marks are off for sending: taskmesh never silently drops a message. The head's
+ROUTER has a receive high-water mark (HEAD_RCVHWM): when the head has not caught up with a
+TCP peer, ZeroMQ stops reading that peer's connection until it has (backpressure through TCP;
+inbound messages are never dropped), as the kernel does for local peers the head does not read.
 """
 
 from __future__ import annotations
 
+import collections
 import logging
 import os
 import select
 import socket
 import sys
+import time
 from typing import Any, Iterator
 
 import zmq
@@ -32,6 +36,21 @@ log = logging.getLogger(__name__)
 
 POLLIN = zmq.POLLIN
 POLLOUT = zmq.POLLOUT
+
+
+#: a local connection is read at most this many chunks (of 256 KiB) per call of the head's
+#: receive: peers are read in turn, and a flood is taken in a slice at a time
+LOCAL_READ_CHUNKS = 1
+#: a client's DEALER queues at most this many messages for the head; beyond, they wait in
+#: the client (ClientSocket) where it can count them
+CLIENT_SNDHWM = 1000
+#: the head's ROUTER queues at most this many unread messages per TCP peer; beyond, ZeroMQ
+#: stops reading that peer's connection (TCP backpressure; inbound messages are never dropped)
+HEAD_RCVHWM = 1000
+
+
+def _buflen_any(frame: Any) -> int:
+    return frame.nbytes if isinstance(frame, memoryview) else len(frame)
 
 
 def _recv_frames(sock: zmq.Socket, small: int) -> list:
@@ -143,8 +162,13 @@ class LocalServerSocket:
         self._poller = poller
         poller.register(self.server.listen_fd)
 
-    def receive(self, ready: dict) -> list[tuple[bytes, Any]]:
-        """Every message that is ready now: accept, finish pending writes, read and decode."""
+    def receive(self, ready: dict, max_chunks: int | None = None,
+                only: Any = None) -> list[tuple[bytes, Any]]:
+        """Every message that is ready now: accept, finish pending writes, read and decode.
+
+        ``max_chunks``: read at most that many chunks of each connection (the rest waits in
+        the kernel). ``only``: read only connections of these peers (and connections that
+        have not named their peer yet); the others wait for a later call."""
         out: list[tuple[bytes, Any]] = []
         if not ready:
             return out
@@ -153,13 +177,16 @@ class LocalServerSocket:
         if server.listen_fd in ready:
             for fd in server.accept():
                 poller.register(fd)
+        peer_of = server.peer_of
         for fd, events in ready.items():
             if type(fd) is not int or fd not in server.conns:
                 continue
             if events & zmq.POLLOUT and fd in self._writing:
                 self._flush(fd)
+            if only is not None and fd in peer_of and peer_of[fd] not in only:
+                continue
             if events & (zmq.POLLIN | zmq.POLLERR):
-                for peer, frames in server.read(fd):
+                for peer, frames in server.read(fd, max_chunks):
                     try:
                         out.append((peer, decode(frames)))
                     except ProtocolError as exc:
@@ -221,10 +248,8 @@ class LocalServerSocket:
 
     def flush_all(self, timeout_s: float) -> None:
         """Before exiting: try to deliver what is still queued for local peers."""
-        import time as _time
-
-        deadline = _time.monotonic() + timeout_s
-        while self._writing and _time.monotonic() < deadline:
+        deadline = time.monotonic() + timeout_s
+        while self._writing and time.monotonic() < deadline:
             writable = select.select([], list(self._writing), [], 0.05)[1]
             for fd in writable:
                 self._flush(fd)
@@ -243,6 +268,7 @@ class ServerSocket:
                  security: Security, max_message_bytes: int = 1 << 30) -> None:
         self.sock = ctx.socket(zmq.ROUTER)
         _tune(self.sock)
+        self.sock.setsockopt(zmq.RCVHWM, HEAD_RCVHWM)
         self.sock.setsockopt(zmq.ROUTER_MANDATORY, 1)
         self.sock.setsockopt(zmq.ROUTER_HANDOVER, 1)
         # a larger frame makes ZeroMQ drop the connection that sent it, before allocating it
@@ -288,12 +314,20 @@ class ServerSocket:
         if self.local is not None:
             self.local.attach(poller)
 
-    def receive(self, ready: dict, limit: int) -> list[tuple[bytes, Any]]:
-        """Every message that is ready now (local ones, then up to ``limit`` from ZeroMQ)."""
+    def receive(self, ready: dict, limit: int, bulk: bool = True,
+                priority: Any = ()) -> list[tuple[bytes, Any]]:
+        """Messages that are ready now: local ones (at most ``LOCAL_READ_CHUNKS`` chunks per
+        connection), then up to ``limit`` from ZeroMQ.
+
+        With ``bulk`` False the reader is busy: only local peers in ``priority`` (node agents:
+        their heartbeats) are read; everyone else's messages wait in their socket buffers and
+        ZeroMQ queues (whose high-water mark then stops reading their TCP connections)."""
         out: list[tuple[bytes, Any]] = []
         if self.local is not None and ready:
-            out.extend(self.local.receive(ready))
-        if self.sock in ready or self.sock.getsockopt(zmq.EVENTS) & zmq.POLLIN:
+            out.extend(self.local.receive(ready, LOCAL_READ_CHUNKS,
+                                          None if bulk else priority))
+        if bulk and limit > 0 and (self.sock in ready
+                                   or self.sock.getsockopt(zmq.EVENTS) & zmq.POLLIN):
             out.extend(self._recv_zmq(limit))
         return out
 
@@ -364,12 +398,17 @@ def _decode_from_head(sock: Any, frames: list) -> Any | None:
 
 
 class ClientSocket:
-    """A DEALER connected to the head over TCP (the head is on another machine)."""
+    """A DEALER connected to the head over TCP (the head is on another machine).
+
+    ZeroMQ queues at most CLIENT_SNDHWM messages for the head; beyond, messages wait here, in
+    order, until it takes them (``flush``, when the socket polls writable), so a client can
+    see how far the head is behind (``queued_bytes``), as over the local socket."""
 
     def __init__(self, ctx: zmq.Context, endpoint: str, identity: bytes, frame_threshold: int,
                  security: Security) -> None:
         self.sock = ctx.socket(zmq.DEALER)
         _tune(self.sock)
+        self.sock.setsockopt(zmq.SNDHWM, CLIENT_SNDHWM)
         self.sock.setsockopt(zmq.IDENTITY, identity)
         self.sock.setsockopt(zmq.RECONNECT_IVL, 100)
         self.sock.setsockopt(zmq.RECONNECT_IVL_MAX, 1000)
@@ -381,14 +420,31 @@ class ClientSocket:
         self.bad_messages = 0
         self.poll_target: Any = self.sock
         self.peer_closed = False  # TCP peers never tell; heartbeats do
-        self.wants_write = False  # ZeroMQ queues everything itself
+        self._backlog: collections.deque = collections.deque()  # frames ZeroMQ did not take
+        self.queued_bytes = 0
+
+    @property
+    def wants_write(self) -> bool:
+        return bool(self._backlog)
 
     def send(self, msg: Any) -> None:
         frames = encode(msg, self.frame_threshold)
-        self.sock.send_multipart(frames, copy=len(frames) == 1)
+        if self._backlog or not self._send_now(frames):
+            self._backlog.append(frames)
+            self.queued_bytes += sum(map(_buflen_any, frames))
+
+    def _send_now(self, frames: list) -> bool:
+        try:  # (all parts of a message are taken, or none: the high-water mark is atomic)
+            self.sock.send_multipart(frames, flags=zmq.NOBLOCK, copy=len(frames) == 1)
+        except zmq.Again:
+            return False
+        return True
 
     def flush(self) -> None:
-        pass
+        """Hand ZeroMQ what waits here, as far as it takes it now."""
+        backlog = self._backlog
+        while backlog and self._send_now(backlog[0]):
+            self.queued_bytes -= sum(map(_buflen_any, backlog.popleft()))
 
     def has_input(self) -> bool:
         return bool(self.sock.getsockopt(zmq.EVENTS) & zmq.POLLIN)
@@ -411,6 +467,12 @@ class ClientSocket:
         return self._watch.check()
 
     def close(self, linger_ms: int = 0) -> None:
+        if linger_ms and self._backlog:  # what waits here gets the same grace as ZeroMQ's
+            deadline = time.monotonic() + linger_ms / 1000
+            while self._backlog and time.monotonic() < deadline:
+                self.flush()
+                if self._backlog:
+                    self.sock.poll(10, zmq.POLLOUT)
         self._watch.close()
         self.sock.close(linger=linger_ms)
 
@@ -435,6 +497,11 @@ class LocalClientSocket:
             self.client.send_frames(encode(msg, self.frame_threshold))
         except ConnectionError:
             pass  # the head is gone; peer_closed says so to whoever waits
+
+    @property
+    def queued_bytes(self) -> int:
+        """Bytes sent but not yet taken by the kernel."""
+        return self.client.queued_bytes
 
     def has_input(self) -> bool:
         if self.client.has_buffered():

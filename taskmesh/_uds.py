@@ -53,6 +53,7 @@ class FramedConnection:
         self.max_message = max_message
         self.fd = sock.fileno()
         self._out: collections.deque = collections.deque()
+        self.queued_bytes = 0  # bytes in _out, not yet taken by the kernel
         self._rbuf = bytearray()
         self._chunk = bytearray(_CHUNK)
         self._chunk_view = memoryview(self._chunk)
@@ -64,10 +65,15 @@ class FramedConnection:
     def queue(self, frames: list) -> None:
         """Queue one message (does not write; call flush)."""
         n = len(frames)
-        self._out.append(struct.pack(f"<I{n}Q", n, *map(_nbytes, frames)))
+        header = struct.pack(f"<I{n}Q", n, *map(_nbytes, frames))
+        self._out.append(header)
+        size = len(header)
         for f in frames:
-            if _nbytes(f):
+            nb = _nbytes(f)
+            if nb:
                 self._out.append(f if isinstance(f, memoryview) else memoryview(f))
+                size += nb
+        self.queued_bytes += size
 
     def flush(self) -> bool:
         """Write as much as the kernel takes now; True when nothing is left to write."""
@@ -81,8 +87,10 @@ class FramedConnection:
             except OSError as exc:  # the peer is gone: drop what was queued for it
                 self.closed = True
                 out.clear()
+                self.queued_bytes = 0
                 log.debug("local peer gone while sending: %s", exc)
                 return True
+            self.queued_bytes -= sent
             while sent:
                 head = out[0]
                 size = _nbytes(head)
@@ -100,10 +108,19 @@ class FramedConnection:
 
     # ------------------------------------------------------------------ reading
 
-    def read(self) -> list[list] | None:
-        """Every message that can be read now (a list of frame lists); None once the peer closed."""
+    def read(self, max_chunks: int | None = None) -> list[list] | None:
+        """Every message that can be read now (a list of frame lists); None once the peer closed.
+
+        With ``max_chunks``, at most that many reads of ``_CHUNK`` bytes: the rest stays in the
+        kernel's buffer (the socket polls readable again), so a peer that floods is read a
+        slice at a time, and held back while the reader is busy. Every whole message of what
+        was read is returned: none is left parsed but unreturned."""
         msgs: list[list] = []
+        chunks = 0
         while True:
+            if max_chunks is not None and chunks >= max_chunks:
+                return msgs
+            chunks += 1
             if self._big is not None:
                 more = self._fill_big(msgs)
                 if more is None:  # the peer closed
@@ -267,13 +284,14 @@ class LocalServer:
             self.conns[conn.fd] = conn
             fds.append(conn.fd)
 
-    def read(self, fd: int) -> Iterator[tuple[bytes, list]]:
-        """Yield (peer, frames) for every message waiting on connection ``fd``."""
+    def read(self, fd: int, max_chunks: int | None = None) -> Iterator[tuple[bytes, list]]:
+        """Yield (peer, frames) for every message waiting on connection ``fd`` (with
+        ``max_chunks``: of the first that many chunks of its input, see FramedConnection.read)."""
         conn = self.conns.get(fd)
         if conn is None:
             return
         try:
-            msgs = conn.read()
+            msgs = conn.read(max_chunks)
         except ValueError as exc:
             self.bad_messages += 1
             self._refusals.event("garbage", "closed a local connection to @%s that sent "
@@ -382,6 +400,11 @@ class LocalClient:
     @property
     def wants_write(self) -> bool:
         return self.conn.wants_write
+
+    @property
+    def queued_bytes(self) -> int:
+        """Bytes sent but not yet taken by the kernel (the head reads slower than we write)."""
+        return self.conn.queued_bytes
 
     def flush_blocking(self, timeout_s: float) -> None:
         """Before closing: wait (bounded) until everything queued is written."""

@@ -45,10 +45,19 @@ _POLLIN_OUT = POLLIN | POLLOUT
 
 #: a waiting client pings a silent head this often
 _PING_AFTER_S = 2.0
+#: a wait step that overran its time-out by more than this means this process did not run
+_STALL_S = 0.25
 
 #: dead refs are released to the head in batches: when this many piled up, or this often
 _RELEASE_BATCH = 256
 _RELEASE_EVERY_S = 0.2
+
+#: a driver's .remote() waits while more than this many bytes of its messages wait for the
+#: head to take them (until half is taken): the head reads a flood at its own pace, so the
+#: flood waits here, bounded, and a ping sent meanwhile is never far behind
+_SEND_QUEUE_BYTES = 512 * 1024
+#: "why .remote() waits" is logged at most this often
+_BACKPRESSURE_LOG_S = 10.0
 
 
 class CoreClient:
@@ -88,6 +97,7 @@ class CoreClient:
         #: backpressure (drivers only): tasks we may still submit before waiting for Credit
         self._credits: int | None = config.max_pending_tasks if kind == "driver" else None
         self._credit_lock = threading.Lock()
+        self._next_backpressure_log = 0.0
         self._wanted: collections.Counter[bytes] = collections.Counter()  # waiters per object
         self._subscribed: set[bytes] = set()
         self._refcounts: dict[bytes, int] = {}
@@ -289,9 +299,12 @@ class CoreClient:
     def _pump_locked(self, timeout_s: float) -> None:
         sock = self.sock
         if sock.wants_write:  # output the kernel could not take yet: wake when it can
+            queued = sock.queued_bytes
             self._poller.register(sock, _POLLIN_OUT)
             ready = self._poller.poll(timeout_s * 1000)
             sock.flush()
+            if sock.queued_bytes < queued:  # the head took some in: it is alive, just busy
+                self._last_heard = time.monotonic()
             if not sock.wants_write:
                 self._poller.register(sock, _POLLIN)
         else:
@@ -389,7 +402,12 @@ class CoreClient:
                 step = min(step, 0.5)
             if self.on_wait_step is not None and self.on_wait_step():
                 continue  # it ran something; look again before sleeping
-            if self.pump(step):
+            before = time.monotonic()
+            read = self.pump(step)
+            overrun = time.monotonic() - before - step - _STALL_S
+            if overrun > 0:  # this process did not run (stopped, starved): not the head's silence
+                self._last_heard += overrun
+            if read:
                 self._check_head_alive()  # only a thread that read may judge the head
         return True
 
@@ -528,12 +546,28 @@ class CoreClient:
                 self._credits -= 1
                 short = self._credits < 0
             if short:
+                self._backpressure(
+                    f"{self.config.max_pending_tasks:,} of this driver's tasks are unfinished "
+                    "(max_pending_tasks); it waits until some end")
                 self._wait_for(lambda: self._credits >= 0, None)
+            if self.sock.queued_bytes > _SEND_QUEUE_BYTES:
+                self._backpressure(
+                    f"the head is busy: {self.sock.queued_bytes // 1024:,} KiB of this "
+                    "driver's messages wait for it to take them in; it waits until the head "
+                    "catches up")
+                self._wait_for(lambda: self.sock.queued_bytes <= _SEND_QUEUE_BYTES // 2, None)
         self._pending_owned.update(return_ids)
         self.send(P.Submit([spec]))
         args = spec.args
         if args is not None and args.is_stored and args.contained:
             self.ref_died(args.contained[0])  # large arguments: the task holds them now
+
+    def _backpressure(self, why: str) -> None:
+        """.remote() is about to wait for the head: say why, at most every 10 s."""
+        now = time.monotonic()
+        if now >= self._next_backpressure_log:
+            self._next_backpressure_log = now + _BACKPRESSURE_LOG_S
+            log.warning(".remote() waits: %s (said at most every %g s)", why, _BACKPRESSURE_LOG_S)
 
     def create_actor(self, spec: P.TaskSpec, options: dict, wait: bool) -> dict | None:
         """Send CreateActor; with ``wait`` (a named actor: it may exist already) return the

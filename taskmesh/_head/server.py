@@ -1,10 +1,17 @@
-"""The head process: one ROUTER socket and a loop that feeds HeadState and flushes its outbox.
+"""The head process: its sockets and a loop that feeds HeadState in bounded slices.
 
-    peers ──▶ ROUTER ──decode──▶ HeadState.handle() ... schedule() ──outbox──▶ ROUTER ──▶ peers
+    peers ──▶ ROUTER / local socket ──decode──▶ Intake ──liveness first──▶ HeadState.handle()
+                                                       └─bulk, ≤ SLICE_S per turn─┘
+              ... schedule() ──outbox──▶ ROUTER / local socket ──▶ peers;  tick() every 0.1 s
 
-Each wake-up drains every message already waiting (up to a cap), applies them, schedules once
-and sends one batched message per peer and type: under load, batches grow by themselves;
-when idle, a lone message goes out at once. Timers (heartbeat deadlines) run between batches.
+Each turn reads what the sockets hold (a slice of each local connection; nothing more but node
+agents' heartbeats while a backlog of ``MAX_BACKLOG`` messages waits), handles heartbeats and
+pings at once, handles bulk messages for at most ``SLICE_S``, then schedules once and sends
+one batched message per peer and type. Under load, batches grow by themselves; when idle, a
+lone message goes out at once. So a flood of submissions slows down (it waits in its
+sender's queue and socket buffer) but never keeps the head from its timers, its heartbeats
+or its answers. The loop's lag, how long the oldest message of a turn waited between being
+read and being handled, goes into a histogram (``taskmesh status``).
 """
 
 from __future__ import annotations
@@ -21,12 +28,22 @@ from .._transport import Poller, ServerSocket, new_context
 from .._secret import Security, load_security
 from ..config import Config
 from ..errors import SecretError
+from .collector import Collector
+from .intake import DISCONNECTED, Intake, LagHistogram
 from .state import HeadState
 
 log = logging.getLogger("taskmesh.head")
 
+#: most messages read from ZeroMQ in one call
 _DRAIN_LIMIT = 2000
 _TICK_S = 0.1
+#: bulk messages are handled for at most this long per turn, then the loop reads, sends and
+#: runs its timers again
+SLICE_S = 0.02
+#: no more bulk is read while this many messages wait to be handled (about 30-60 ms of work)
+MAX_BACKLOG = 2000
+#: a tick this much later than due counts as a stall of the head itself (see HeadState.tick)
+_STALL_S = 0.25
 
 
 class HeadServer:
@@ -46,6 +63,10 @@ class HeadServer:
         self.port = self.sock.port
         self.state = HeadState(config, time.monotonic())
         self.state.transport = self._transport_counts
+        self.intake = Intake(MAX_BACKLOG)
+        self.lag = LagHistogram()  # the loop's lag per turn (see the module docstring)
+        self.state.loop_lag = self.lag.summary
+        self.collector = Collector(time.monotonic())
         self._stop_r, self._stop_w = os.pipe()
         os.set_blocking(self._stop_w, False)
 
@@ -63,53 +84,117 @@ class HeadServer:
         if lifeline_fd is not None:
             poller.register(lifeline_fd)
         state = self.state
-        sock = self.sock
+        intake = self.intake
         next_tick = time.monotonic() + _TICK_S
         reason = "stopped"
         spinner = Spinner(self.config.spin_s)
+        collector = self.collector
+        collector.start()
+        idle_since: float | None = None  # since when no message came (None: busy)
+        last_tick = time.monotonic()
         while True:
-            timeout = max(0.0, next_tick - time.monotonic()) * 1000
-            box: list = []
-            if spinner.spin(lambda: bool(box.append(poller.poll(0)) or box[-1])):
-                ready = box[-1]
+            if intake or state.chores:  # work is waiting: look at the sockets, do not sleep
+                ready = poller.poll(0)
             else:
-                ready = poller.poll(timeout)
-            spinner.woke()  # a timeout counts too: a long gap stops the spinning
+                timeout = max(0.0, next_tick - time.monotonic()) * 1000
+                box: list = []
+                if spinner.spin(lambda: bool(box.append(poller.poll(0)) or box[-1])):
+                    ready = box[-1]
+                else:
+                    ready = poller.poll(timeout)
+                spinner.woke()  # a timeout counts too: a long gap stops the spinning
             if self._stop_r in ready:
                 break
             if lifeline_fd is not None and lifeline_fd in ready:
                 if not os.read(lifeline_fd, 64):
                     reason = "the driver that started this embedded cluster exited"
                     break
-            while True:
-                batch = sock.receive(ready, _DRAIN_LIMIT)
-                ready = {}
-                clock = time.monotonic
-                for peer, msg in batch:
-                    try:  # the time of each message: one may take long (a Release of a
-                        # million refs), and a heartbeat after it must not look late
-                        state.handle(peer, msg, clock())
-                    except Exception:  # a bug must not take the head down; say so loudly
-                        # (and count it with the dropped messages: `taskmesh status` shows them)
-                        counts = state.dropped.counts
-                        counts["internal error"] = counts.get("internal error", 0) + 1
-                        log.exception("error while handling %s from %r", type(msg).__name__, peer)
-                closed = sock.closed_peers()
-                for peer in closed:
-                    self._guarded(state.disconnected, peer)
-                if not batch and not closed:
-                    break
+            self._read(ready)
+            handled = bool(intake.liveness) and self._handle_liveness()
+            if intake.bulk or state.chores:
+                deadline = time.monotonic() + SLICE_S
+                if intake.bulk:
+                    self._work(deadline)
+                if state.chores and time.monotonic() < deadline:
+                    self._guarded(state.run_chores, deadline, time.monotonic)
+                handled = True
+            if handled:
                 self._guarded(state.schedule)
                 self._flush()
-                if len(batch) < _DRAIN_LIMIT and not sock.more_waiting():
-                    break
+                idle_since = None
+            elif idle_since is None:
+                idle_since = time.monotonic()
             now = time.monotonic()
             if now >= next_tick:
-                self._guarded(state.tick, now)
+                # a tick far later than due means this process did not run (stopped, starved,
+                # a long collection): that time is not the peers' silence
+                stalled = now - last_tick - _TICK_S
+                self._guarded(state.tick, now, stalled if stalled > _STALL_S else 0.0)
+                last_tick = now
                 self._guarded(state.schedule)
                 self._flush()
-                next_tick = now + _TICK_S
+                if collector.due(now, idle_since):
+                    collector.collect()  # (the tick after it forgives the pause: state.tick)
+                next_tick = time.monotonic() + _TICK_S
         self._shutdown(reason)
+
+    def _read(self, ready: dict) -> None:
+        """Take in what the sockets hold: everything while the backlog is short; only node
+        agents (their heartbeats) while it is long."""
+        intake = self.intake
+        bulk = intake.wants_more
+        limit = max(0, min(_DRAIN_LIMIT, intake.max_backlog - len(intake.bulk)))
+        msgs = self.sock.receive(ready, limit, bulk, self.state.node_by_peer)
+        now = time.monotonic()
+        add = intake.add
+        for peer, msg in msgs:
+            add(peer, msg, now)
+        for peer in self.sock.closed_peers():
+            intake.closed(peer, now)  # after what it sent before
+
+    def _handle_liveness(self) -> bool:
+        handled = False
+        handle = self.state.handle
+        for peer, msg, _arrived in self.intake.take_liveness():
+            self._guarded_handle(handle, peer, msg)
+            handled = True
+        return handled
+
+    def _work(self, deadline: float) -> None:
+        """Handle bulk messages in arrival order until the lane is empty or ``deadline``."""
+        state = self.state
+        bulk = self.intake.bulk
+        clock = time.monotonic
+        self.lag.add(clock() - bulk[0][2])  # how long this turn's oldest message waited
+        handle = state.handle
+        n = 0
+        while bulk:
+            peer, msg, _arrived = bulk.popleft()
+            try:  # the time of each message: one may take long (a Release of a million refs,
+                # in slices), and a heartbeat after it must not look late
+                if msg is DISCONNECTED:
+                    state.disconnected(peer)
+                else:
+                    handle(peer, msg, clock())
+            except Exception:  # a bug must not take the head down: see _guarded_handle
+                self._internal_error(msg, peer)
+            n += 1
+            if not n & 31 and clock() >= deadline:
+                return
+
+    def _guarded_handle(self, handle, peer: bytes, msg) -> None:  # type: ignore[no-untyped-def]
+        try:
+            handle(peer, msg, time.monotonic())
+        except Exception:
+            self._internal_error(msg, peer)
+
+    def _internal_error(self, msg, peer: bytes) -> None:  # type: ignore[no-untyped-def]
+        """A bug must not take the head down; say so loudly (and count it with the dropped
+        messages: `taskmesh status` shows them). Called in an ``except`` block."""
+        counts = self.state.dropped.counts
+        counts["internal error"] = counts.get("internal error", 0) + 1
+        what = "a closed connection" if msg is DISCONNECTED else type(msg).__name__
+        log.exception("error while handling %s from %r", what, peer)
 
     def _transport_counts(self) -> dict:
         sock = self.sock

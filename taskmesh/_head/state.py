@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import logging
 from collections import deque
-from typing import Any, Callable, Iterable
+from typing import Any, Callable, Iterable, Iterator
 
 from .. import _protocol as P
 from ..config import Config
@@ -69,6 +69,10 @@ START_GRACE_S = 0.05
 DEPENDENCY_RETRY_S = 0.1
 DEPENDENCY_RETRY_MAX_S = 1.0
 MAX_DEPENDENCY_RETRIES = 12
+
+#: a chore (see HeadState.chores) does this many steps between looks at the clock; smaller
+#: jobs are done at once
+CHORE_SLICE = 2000
 
 
 class NodeRec:
@@ -241,6 +245,9 @@ class HeadState:
         self.cancel_killed: set[bytes] = set()  # workers killed by cancel(force=True)
         #: task id -> tasks it submitted while it ran (TaskSpec.parent), for a recursive cancel
         self.children: dict[bytes, list[TaskRec]] = {}
+        #: long scans (the objects of a driver that left, ...) done a slice at a time between
+        #: messages: generators that yield every CHORE_SLICE steps (run_chores)
+        self.chores: deque[Iterator[None]] = deque()
         self.now = now
         #: messages (or parts of them) dropped because they make no sense here: from a peer
         #: that never said Hello, of the wrong kind, about unknown tasks or workers, ...
@@ -249,6 +256,8 @@ class HeadState:
         #: the sockets' own counts, for status: set by the head's I/O shell, called only when
         #: a status is asked for
         self.transport: Callable[[], dict] = dict
+        #: the head loop's lag (p50, p99, max), for status: set by the I/O shell
+        self.loop_lag: Callable[[], dict] = dict
 
     # ------------------------------------------------------------------ entry points
 
@@ -289,9 +298,16 @@ class HeadState:
             return
         handler[0](self, peer, msg)
 
-    def tick(self, now: float) -> None:
-        """Time passed: check node heartbeats and retire surplus idle workers."""
+    def tick(self, now: float, stalled: float = 0.0) -> None:
+        """Time passed: check node heartbeats and retire surplus idle workers.
+
+        ``stalled``: how long the head itself did not run since the last tick (its process
+        was stopped or starved, or collected garbage), as its I/O shell measured it. A judge
+        that stalled does not convict: that time does not count as silence of the nodes and
+        drivers it watches, nor against the time-outs of running tasks."""
         self.now = now
+        if stalled > 0:
+            self._forgive(stalled)
         deadline = now - self.config.heartbeat_timeout_s
         for node in list(self.nodes.values()):
             if node.alive and node.last_seen < deadline:
@@ -334,6 +350,19 @@ class HeadState:
                     self._forget_worker(w)
                     self.out.send(w.peer, P.Exit("idle surplus worker"))
                     surplus -= 1
+
+    def _forgive(self, stalled: float) -> None:
+        """Move every liveness clock on by the time the head did not run (never past now)."""
+        now = self.now
+        for node in self.nodes.values():
+            node.last_seen = min(now, node.last_seen + stalled)
+        for beat in self.beating.values():
+            beat[0] = min(now, beat[0] + stalled)
+        for t in self.timed:
+            if t.started is not None:
+                t.started = min(now, t.started + stalled)
+        log.info("the head did not run for %.1f s (stopped, starved or collecting garbage): "
+                 "that time is not counted as silence of its nodes and drivers", stalled)
 
     def schedule(self) -> None:
         """Assign ready tasks to workers (called after every input batch)."""
@@ -659,12 +688,23 @@ class HeadState:
             mine.add(oid)
 
     def _drop_borrows(self, peer: bytes) -> None:
-        """A peer is gone: so are the refs it borrowed."""
-        for oid in self.borrowed.pop(peer, ()):
+        """A peer is gone: so are the refs it borrowed (a chore if there are many)."""
+        borrowed = self.borrowed.pop(peer, ())
+        chore = self._unborrow_chore(peer, borrowed)
+        if len(borrowed) <= CHORE_SLICE:
+            for _ in chore:
+                pass
+        else:
+            self.chores.append(chore)
+
+    def _unborrow_chore(self, peer: bytes, borrowed: Iterable[bytes]) -> Iterator[None]:
+        for i, oid in enumerate(borrowed):
             obj = self.objects.get(oid)
-            if obj is not None and obj.borrowers:
+            if obj is not None and obj.borrowers and peer in obj.borrowers:
                 obj.borrowers.discard(peer)
                 self._drop_if_unneeded(oid, obj)
+            if i % CHORE_SLICE == CHORE_SLICE - 1:
+                yield
 
     def _on_goodbye(self, peer: bytes, msg: P.Goodbye) -> None:
         """A driver left: drop what it owned and cancel its tasks nobody else needs. A node
@@ -1448,21 +1488,50 @@ class HeadState:
     def _release_owned_by(self, peer: bytes) -> None:
         """The owner is gone: so are its refs. Its pending tasks whose results nobody else
         needs (no borrower, no pending task, no value refers to them) are cancelled; the others
-        run on for those who need them. Its actors die with it, unless detached."""
+        run on for those who need them. Its actors die with it, unless detached.
+
+        With many objects and tasks this is a chore, done a slice at a time between messages
+        (``run_chores``): a driver that held a million refs must not stall the head."""
         if self.actors:
             for actor in list(self.actors.values()):
                 if actor.owner == peer and not actor.detached and actor.state != A.DEAD:
                     self._kill_actor(actor, "its owner (the process that created it) exited")
-        for oid, obj in list(self.objects.items()):
-            if obj.owner == peer:
+        chore = self._release_chore(peer)
+        if len(self.objects) + len(self.tasks) <= CHORE_SLICE:
+            for _ in chore:  # small: at once
+                pass
+        else:
+            self.chores.append(chore)
+
+    def _release_chore(self, peer: bytes) -> Iterator[None]:
+        """``_release_owned_by``'s scan of objects and tasks, yielding every CHORE_SLICE."""
+        objects = self.objects
+        for i, oid in enumerate(list(objects)):
+            obj = objects.get(oid)
+            if obj is not None and obj.owner == peer and not obj.released:
                 obj.released = True
                 self._drop_if_unneeded(oid, obj)
-        for t in [t for t in self.tasks.values() if t.owner == peer]:
-            if t.spec.method == "__init__":  # an actor's fate is decided above, not here: a
-                continue  # detached one's constructor runs on after its creator left
-            rids = return_ids(t.spec.task_id, t.spec.num_returns)
-            if not any(o is not None and o.needed() for o in map(self.objects.get, rids)):
-                self._cancel(t, "its owner left")
+            if i % CHORE_SLICE == CHORE_SLICE - 1:
+                yield
+        tasks = self.tasks
+        for i, t in enumerate(list(tasks.values())):
+            if (t.owner == peer and tasks.get(t.spec.task_id) is t
+                    and t.spec.method != "__init__"):  # (an actor's fate is decided above: a
+                # detached one's constructor runs on after its creator left)
+                rids = return_ids(t.spec.task_id, t.spec.num_returns)
+                if not any(o is not None and o.needed() for o in map(self.objects.get, rids)):
+                    self._cancel(t, "its owner left")
+            if i % CHORE_SLICE == CHORE_SLICE - 1:
+                yield
+
+    def run_chores(self, deadline: float, clock: Callable[[], float]) -> None:
+        """Work on the chores (long scans cut in slices) until done or ``deadline``."""
+        chores = self.chores
+        while chores:
+            if next(chores[0], StopIteration) is StopIteration:
+                chores.popleft()
+            if clock() >= deadline:
+                return
 
     def _return_credit(self, t: TaskRec) -> None:
         """A driver's task ended (or was dropped): it may submit one more (backpressure)."""
@@ -2113,6 +2182,7 @@ class HeadState:
                 "dropped": dict(self.dropped.counts),  # messages dropped, by reason
                 # set by the I/O shell: connections refused, malformed messages, encryption
                 "transport": self.transport(),
+                "loop_lag": self.loop_lag(),
             }
         return {"error": f"unknown info request {what!r}"}
 

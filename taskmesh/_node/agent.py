@@ -44,6 +44,9 @@ log = logging.getLogger("taskmesh.node")
 
 #: how the head's Refused to a node it declared dead begins (protocol.md, Refused)
 _DECLARED_DEAD = "this head declared the node dead"
+#: a poll that returned this much later than asked means the agent did not run (stopped or
+#: starved): that time does not count as the head's silence
+_STALL_S = 0.25
 
 
 class _Worker:
@@ -374,7 +377,12 @@ class NodeAgent:
             self.sock.flush()  # the agent's messages are small; anything left goes out here
             if self.sock.wants_write:
                 wake_at = min(wake_at, time.monotonic() + 0.01)
-            ready = poller.poll(max(0.0, wake_at - time.monotonic()) * 1000)
+            asked = max(0.0, wake_at - time.monotonic())
+            before = time.monotonic()
+            ready = poller.poll(asked * 1000)
+            overrun = time.monotonic() - before - asked - _STALL_S
+            if overrun > 0:  # this process did not run (stopped, starved): not the head's silence
+                last_contact += overrun
             if self._stop_r in ready:
                 break
             self.store.handle(ready, time.monotonic())

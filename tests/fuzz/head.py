@@ -120,6 +120,9 @@ class HeadWorld:
         self.trace.append((self.step, peer, msg))
         try:
             self.state.handle(peer, msg, self.now)
+            # long scans (a driver that held many objects left) are chores the head's loop
+            # runs between messages: here, to the end before anything else
+            self.state.run_chores(float("inf"), lambda: 0.0)
         except Exception:
             raise self.crash(f"handle raised on {type(msg).__name__} from {peer!r}") from None
         if self.paranoid:
@@ -145,8 +148,10 @@ class HeadWorld:
                     self.send(peer, P.Heartbeat({"workers": 1, "store_used_bytes": 0}))
         self.last = f"tick({self.now})"
         self.trace.append((self.step, None, self.last))
+        # now and then the head itself did not run for a while (stopped, starved)
+        stalled = self.rng.random() * 2 if self.rng.random() < 0.05 else 0.0
         try:
-            self.state.tick(self.now)
+            self.state.tick(self.now, stalled)
         except Exception:
             raise self.crash("tick raised") from None
         if self.paranoid:
