@@ -327,6 +327,11 @@ def cmd_status(args: argparse.Namespace) -> int:
         if top:
             line += " (" + ", ".join(f"{n} {why}" for why, n in top) + ")"
         print(line)
+    lag = st.get("loop_lag") or {}
+    if lag.get("messages"):
+        print(f"head loop lag: p50 {lag['p50_ms']:g} ms, p99 {lag['p99_ms']:g} ms, "
+              f"max {lag['max_ms']:g} ms (how long work waited to be handled, over "
+              f"{lag['messages']:,} turns)")
     return 0
 
 

@@ -72,6 +72,7 @@ def test_head_status_join_stop(run_env):
     assert r.returncode == 0, r.stderr
     assert "127.0.0.1" in r.stdout and "127.0.0.2" in r.stdout
     assert "200 finished" in r.stdout and "0/1" in r.stdout and "0/2" in r.stdout
+    assert "head loop lag: p50 " in r.stdout and " turns)" in r.stdout  # issue 13
 
     pids = {int(rec["pid"]) for rec in _rundir.live(run_env["TASKMESH_RUN_DIR"])}
     assert len(pids) == 3
