@@ -86,6 +86,10 @@ def _show(signature: inspect.Signature) -> str:
     return str(signature).replace("=<default>", "=...")
 
 
+def no_check(args: tuple, kwargs: dict) -> None:
+    """For a callable whose signature Python cannot tell: its worker will say."""
+
+
 def checker(params: list | None, what: str) -> Callable[[tuple, dict], None] | None:
     """An ArgumentCheck for ``params`` (from :func:`describe`), or None if unknown."""
     if params is None:

@@ -16,19 +16,10 @@ from . import _serialize as S
 from ._client.core import function_id_for
 from ._context import CTX, current_core
 from ._protocol import actor_handle_id, return_ids
-from ._signature import checker, describe, method_signature
-from .handles import ObjectRef, _is_ref, _no_check, _rebuild_ref
-from .options import (
-    _bool,
-    _int_at_least,
-    _name,
-    _non_negative_number,
-    _resources,
-    _retry_exceptions,
-    check_options,
-    resource_units,
-    retry_filter,
-)
+from ._refs import ObjectRef, is_ref, rebuild_ref
+from ._signature import checker, describe, method_signature, no_check
+from ._checks import (boolean, check_options, int_at_least, name_or_none, non_negative_number,
+                      resource_units, resources_dict, retry_exceptions, retry_filter)
 
 #: the attribute ``@taskmesh.method(...)`` sets on a method: its options
 _ATTR_METHOD_OPTIONS = "__taskmesh_method_options__"
@@ -42,20 +33,20 @@ def _lifetime(v: Any) -> Any:
 
 #: option -> (default, validator, one-line meaning)
 ACTOR_OPTIONS: dict[str, tuple[Any, Callable[[Any], Any], str]] = {
-    "num_cpus": (0, _non_negative_number("num_cpus"), "CPUs the actor holds while it lives"),
-    "num_gpus": (0, _non_negative_number("num_gpus"), "GPUs the actor holds while it lives"),
-    "memory": (0, _non_negative_number("memory"), "bytes of the node's memory it reserves"),
-    "resources": (None, _resources, "custom resources the actor holds, e.g. {'highmem': 1}"),
-    "name": (None, _name, "a name to find the actor by with taskmesh.get_actor()"),
-    "namespace": (None, _name, "the namespace of the name"),
-    "get_if_exists": (False, _bool("get_if_exists"),
+    "num_cpus": (0, non_negative_number("num_cpus"), "CPUs the actor holds while it lives"),
+    "num_gpus": (0, non_negative_number("num_gpus"), "GPUs the actor holds while it lives"),
+    "memory": (0, non_negative_number("memory"), "bytes of the node's memory it reserves"),
+    "resources": (None, resources_dict, "custom resources the actor holds, e.g. {'highmem': 1}"),
+    "name": (None, name_or_none, "a name to find the actor by with taskmesh.get_actor()"),
+    "namespace": (None, name_or_none, "the namespace of the name"),
+    "get_if_exists": (False, boolean("get_if_exists"),
                       "with a name: return the live actor of that name instead of failing"),
     "lifetime": (None, _lifetime, "'detached': the actor outlives the process that made it"),
-    "max_restarts": (0, _int_at_least("max_restarts", -1),
+    "max_restarts": (0, int_at_least("max_restarts", -1),
                      "restarts after its process or node died (-1: forever)"),
-    "max_task_retries": (0, _int_at_least("max_task_retries", -1),
+    "max_task_retries": (0, int_at_least("max_task_retries", -1),
                          "re-runs of a call lost with the actor's process (-1: forever)"),
-    "max_concurrency": (None, _int_at_least("max_concurrency", 1),
+    "max_concurrency": (None, int_at_least("max_concurrency", 1),
                         "calls run at once (threads; async actors: coroutines, default 1000)"),
 }
 
@@ -77,14 +68,14 @@ def _validate(options: dict[str, Any]) -> dict[str, Any]:
 #: option -> (default, validator, one-line meaning), for ``@taskmesh.method`` and
 #: ``handle.method.options()``
 METHOD_OPTIONS: dict[str, tuple[Any, Callable[[Any], Any], str]] = {
-    "num_returns": (1, _int_at_least("num_returns", 0, P.MAX_RETURNS),
+    "num_returns": (1, int_at_least("num_returns", 0, P.MAX_RETURNS),
                     "how many ObjectRefs the call returns"),
-    "max_task_retries": (None, _int_at_least("max_task_retries", -1),
+    "max_task_retries": (None, int_at_least("max_task_retries", -1),
                          "re-runs of the call if the actor's process dies (default: the actor's)"),
-    "retry_exceptions": (False, _retry_exceptions,
+    "retry_exceptions": (False, retry_exceptions,
                          "also retry when the method raises (True, or a list of exception "
                          "classes); counted by max_task_retries"),
-    "name": (None, _name, "the call's name in errors and status"),
+    "name": (None, name_or_none, "the call's name in errors and status"),
 }
 
 
@@ -204,7 +195,7 @@ class ActorClass:
         check = self._check
         if check is None:
             check = self._check = checker(describe(self._cls),
-                                          f"{self._cls.__name__}.remote()") or _no_check
+                                          f"{self._cls.__name__}.remote()") or no_check
         check(args, kwargs)
         core = current_core()
         if self._blob is None:
@@ -215,7 +206,7 @@ class ActorClass:
         o.update(options)
         resources = resource_units(o)
         name = f"{self._qualname}.__init__"
-        args_obj, deps = S.pack_args(args, kwargs, _is_ref, name)
+        args_obj, deps = S.pack_args(args, kwargs, is_ref, name)
         if args_obj is not None and args_obj.nbytes > core.config.store_threshold_bytes:
             args_obj = core.store_args(args_obj)
         actor_id = core.next_task_id()
@@ -235,7 +226,7 @@ class ActorClass:
         elif "error" in info:
             raise ValueError(info["error"])
         if info["actor_id"] != actor_id:  # get_if_exists found another: we borrow its handle
-            return ActorHandle(info, _rebuild_ref(actor_handle_id(info["actor_id"])))
+            return ActorHandle(info, rebuild_ref(actor_handle_id(info["actor_id"])))
         # this process owns the handle object: the actor lives while it or a copy is held
         hid = actor_handle_id(actor_id)
         core.new_ref_ids((hid,))
@@ -307,14 +298,14 @@ class ActorHandle:
         if check is None:
             sig = self._methods[method_name].get("sig")
             check = self._checks[method_name] = checker(
-                sig, f"{method_name}.remote()") or _no_check
+                sig, f"{method_name}.remote()") or no_check
         check(args, kwargs)
 
     def _call(self, method_name: str, args: tuple, kwargs: dict, opts: dict) -> Any:
         self._check(method_name, args, kwargs)
         core = current_core()
         call = opts.get("name") or f"{self._class_name}.{method_name}"
-        args_obj, deps = S.pack_args(args, kwargs, _is_ref, call)
+        args_obj, deps = S.pack_args(args, kwargs, is_ref, call)
         if args_obj is not None and args_obj.nbytes > core.config.store_threshold_bytes:
             args_obj = core.store_args(args_obj)
         task_id = core.next_task_id()
@@ -337,15 +328,15 @@ class ActorMethod:
     """``handle.method``: call it with ``.remote(*args)``; ``.options(num_returns=...,
     max_task_retries=..., retry_exceptions=..., name=...)`` changes them for one call."""
 
-    __slots__ = ("_handle", "_name", "_opts")
+    __slots__ = ("_handle", "name_or_none", "_opts")
 
     def __init__(self, handle: ActorHandle, name: str, opts: dict) -> None:
         self._handle = handle
-        self._name = name
+        self.name_or_none = name
         self._opts = opts  # the method's options in wire form (see _method_wire)
 
     def remote(self, *args: Any, **kwargs: Any) -> Any:
-        return self._handle._call(self._name, args, kwargs, self._opts)
+        return self._handle._call(self.name_or_none, args, kwargs, self._opts)
 
     def options(self, **options: Any) -> "ActorMethod":
         checked = check_options(options, METHOD_OPTIONS, "actor method")
@@ -357,11 +348,11 @@ class ActorMethod:
                 merged.update(_method_wire({key: value}))
             else:
                 merged[key] = value
-        return ActorMethod(self._handle, self._name, merged)
+        return ActorMethod(self._handle, self.name_or_none, merged)
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        raise TypeError(f"actor method {self._name} cannot be called directly; use "
-                        f".{self._name}.remote(...)")
+        raise TypeError(f"actor method {self.name_or_none} cannot be called directly; use "
+                        f".{self.name_or_none}.remote(...)")
 
 
 def get_actor(name: str, namespace: str | None = None) -> ActorHandle:
@@ -373,7 +364,7 @@ def get_actor(name: str, namespace: str | None = None) -> ActorHandle:
     info = current_core().request(lambda rid: P.GetActor(rid, name, namespace or ""))
     if "error" in info:
         raise ValueError(info["error"])
-    return ActorHandle(info, _rebuild_ref(actor_handle_id(info["actor_id"])))
+    return ActorHandle(info, rebuild_ref(actor_handle_id(info["actor_id"])))
 
 
 def kill(actor: ActorHandle, *, no_restart: bool = True) -> None:

@@ -1,84 +1,21 @@
-"""User-facing handles: ObjectRef (a future value) and RemoteFunction (``@remote`` functions)."""
+"""User-facing handles: RemoteFunction (``@remote`` functions), and ObjectRef (a future value,
+defined in ``_refs.py``)."""
 
 from __future__ import annotations
 
 import functools
-from typing import Any, Callable, Generic, TypeVar
+from typing import Any, Callable
 
 from . import _protocol as P
 from . import _serialize as S
 from ._client.core import function_id_for
 from ._protocol import return_ids
 from ._context import CTX, current_core
-from ._signature import checker, describe
+from ._refs import ObjectRef, is_ref
+from ._signature import checker, describe, no_check
 from .options import TaskOptions, compile_options, validate
 
-T = TypeVar("T")
-
-
-class ObjectRef(Generic[T]):
-    """A reference to an object that a task returns or ``put()`` stored; hashable.
-
-    Pass it to other tasks (as a top-level argument it arrives as the value), keep it in
-    lists or dicts, and fetch the value with ``taskmesh.get(ref)``.
-    """
-
-    __slots__ = ("_id", "_core", "__weakref__")
-
-    def __init__(self, object_id: bytes, core: Any = None) -> None:
-        self._id = object_id
-        self._core = core  # set when this process counts the reference
-
-    def binary(self) -> bytes:
-        return self._id
-
-    def hex(self) -> str:
-        return self._id.hex()
-
-    def task_id(self) -> bytes:
-        return self._id[:16]
-
-    def __hash__(self) -> int:
-        return hash(self._id)
-
-    def __eq__(self, other: object) -> bool:
-        return type(other) is ObjectRef and other._id == self._id
-
-    def __repr__(self) -> str:
-        return f"ObjectRef({self._id.hex()})"
-
-    def __copy__(self) -> "ObjectRef":
-        return self  # immutable: a copy would only be counted twice
-
-    def __deepcopy__(self, memo: dict) -> "ObjectRef":
-        return self
-
-    def __reduce__(self) -> Any:
-        if not S.ref_pickled(self._id):  # pickled outside taskmesh: never freed by us
-            core = self._core or CTX.core
-            if core is not None:
-                core.mark_escaped(self._id)
-        return (_rebuild_ref, (self._id,))
-
-    def __del__(self) -> None:
-        core = self._core
-        if core is not None:
-            try:
-                core.ref_died(self._id)
-            except Exception:
-                pass
-
-
-def _rebuild_ref(object_id: bytes) -> ObjectRef:
-    core = CTX.core
-    if core is None:
-        return ObjectRef(object_id)
-    core.borrow_ref(object_id)
-    return ObjectRef(object_id, core)
-
-
-def _is_ref(value: Any) -> bool:
-    return type(value) is ObjectRef
+__all__ = ["ObjectRef", "RemoteFunction"]
 
 
 class RemoteFunction:
@@ -121,7 +58,7 @@ class RemoteFunction:
         check = self._check
         if check is None:
             short = getattr(self._fn, "__name__", "f")
-            check = self._check = checker(describe(self._fn), f"{short}.remote()") or _no_check
+            check = self._check = checker(describe(self._fn), f"{short}.remote()") or no_check
         check(args, kwargs)  # a TypeError here, as calling fn would raise, before any work
         core = current_core()
         if self._blob is None:
@@ -129,7 +66,7 @@ class RemoteFunction:
             self._fid = function_id_for(self._blob)
         core.register_function(self._fid, self._qualname, self._blob)
         name = opts.name or self._qualname
-        args_obj, deps = S.pack_args(args, kwargs, _is_ref, name)
+        args_obj, deps = S.pack_args(args, kwargs, is_ref, name)
         if args_obj is not None and args_obj.nbytes > core.config.store_threshold_bytes:
             args_obj = core.store_args(args_obj)
         task_id = core.next_task_id()
@@ -147,10 +84,6 @@ class RemoteFunction:
         if n == 0:
             return None
         return refs
-
-
-def _no_check(args: tuple, kwargs: dict) -> None:
-    """For a callable whose signature Python cannot tell: its worker will say."""
 
 
 class _BoundOptions:

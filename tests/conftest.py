@@ -21,6 +21,9 @@ from taskmesh._context import CTX
 from taskmesh._gatekeeper import secure_client
 from taskmesh._secret import Security, write_secret_file
 
+# tests/support asserts too: pytest explains its failures as it does the tests' own
+pytest.register_assert_rewrite("tests.support")
+
 
 def descendants() -> set[int]:
     return {p.pid for p in psutil.Process().children(recursive=True)}

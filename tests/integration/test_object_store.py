@@ -17,6 +17,7 @@ import taskmesh
 from taskmesh._context import CTX
 
 from ..conftest import _stop_and_check, descendants, shm_entries
+from ..support.wait import until
 
 MB = 1 << 20
 STORE = 256 * MB
@@ -54,17 +55,6 @@ def in_arena(a: np.ndarray) -> bool:
 def store_stats(key: str) -> int:
     [node] = taskmesh.nodes()
     return node["ObjectStore"].get("store_" + key, -1)
-
-
-def wait_for(pred, timeout: float = 10.0, what: str = "condition"):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = pred()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.05)
 
 
 @taskmesh.remote
@@ -136,12 +126,12 @@ def test_views_keep_their_object_and_dropping_them_unpins_it(store_cluster):
     assert a.sum() == 20 * MB // 8
     del a
     gc.collect()
-    wait_for(lambda: store.pinned == 0, what="the pin to go with the last view")
+    until(lambda: store.pinned == 0, what="the pin to go with the last view")
 
 
 def test_put_del_loop_keeps_the_store_flat(store_cluster):
     gc.collect()
-    wait_for(lambda: store_stats("used_bytes") == 0, what="an empty store before the loop")
+    until(lambda: store_stats("used_bytes") == 0, what="an empty store before the loop")
     spilled_before = store_stats("total_spills")
     block = np.random.rand(10 * MB // 8)
     for i in range(1000):
@@ -150,8 +140,8 @@ def test_put_del_loop_keeps_the_store_flat(store_cluster):
             assert taskmesh.get(ref)[0] == block[0]
         del ref
     # 10 GB went through a 256 MB store without spilling a byte, and all of it is freed
-    used = wait_for(lambda: store_stats("used_bytes") == 0 or None, timeout=15,
-                    what="the store to be empty after the loop")
+    used = until(lambda: store_stats("used_bytes") == 0 or None, timeout=15,
+                 what="the store to be empty after the loop")
     assert used
     assert store_stats("total_spills") == spilled_before
     assert store_stats("num_objects") == 0
@@ -166,4 +156,4 @@ def test_large_arguments_passed_by_value_go_through_the_store_and_are_freed(stor
     x = np.arange(20 * MB // 8, dtype=np.float64)
     assert taskmesh.get(array_sum.remote(x)) == (float(x.sum()), False)  # read in place: read-only
     gc.collect()
-    wait_for(lambda: store_stats("num_objects") == 0, what="the arguments' object to be freed")
+    until(lambda: store_stats("num_objects") == 0, what="the arguments' object to be freed")

@@ -19,6 +19,7 @@ from taskmesh._context import CTX
 from taskmesh.errors import TaskmeshError
 
 from ..conftest import run_python, wait_gone
+from ..support.wait import until
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -32,16 +33,6 @@ def sleeper(s: float) -> float:
 @taskmesh.remote
 def fails(message: str) -> None:
     raise ValueError(message)
-
-
-def _until(pred, timeout: float = 20.0) -> bool:
-    """Poll ``pred`` until it holds or ``timeout`` passes; return whether it held."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if pred():
-            return True
-        time.sleep(0.05)
-    return pred()
 
 
 def _cpus_free() -> float:
@@ -233,13 +224,13 @@ def call_later(handle, delay):
 
 
 def test_an_actor_ends_once_its_last_handle_is_gone_and_its_resources_return(cluster):
-    assert _until(lambda: _cpus_free() == 2.0)
+    until(lambda: _cpus_free() == 2.0, timeout=20.0, what="both CPUs to be free")
     a = Holder.remote()
     pid = taskmesh.get(a.pid.remote())
     assert _cpus_free() == 1.0
     del a
     assert not wait_gone({pid}, timeout=20), "the actor's process outlived its last handle"
-    assert _until(lambda: _cpus_free() == 2.0)
+    until(lambda: _cpus_free() == 2.0, timeout=20.0, what="the actor's CPU to return")
 
 
 def test_a_handle_held_by_a_task_keeps_the_actor_alive(cluster):
@@ -427,7 +418,8 @@ def parent_of(box, child_s):
 
 
 def _child_of(box):
-    assert _until(lambda: taskmesh.get(box.take.remote()) != [])
+    until(lambda: taskmesh.get(box.take.remote()) != [], timeout=20.0,
+          what="the parent task to post its child's ref")
     [[child]] = taskmesh.get(box.take.remote())
     return child
 

@@ -28,6 +28,7 @@ from taskmesh._transport import free_port, tcp_endpoint
 from taskmesh.config import Config
 
 from ..conftest import kill_all, raw_dealer, wait_gone
+from ..support.wait import until
 
 
 class _CreatesFile:
@@ -73,13 +74,17 @@ def start_head(env: dict, *extra: str) -> tuple[int, str]:
 
 
 def wait_for_log(path: str, text: str, timeout: float = 10.0) -> str:
-    deadline = time.monotonic() + timeout
-    while True:
+    """The log file at ``path``, once ``text`` is in it."""
+    def read() -> str:
         with open(path) as f:
-            log = f.read()
-        if text in log or time.monotonic() > deadline:
-            return log
-        time.sleep(0.05)
+            return f.read()
+
+    def log_with_text() -> str | None:
+        log = read()
+        return log if text in log else None
+
+    return until(log_with_text, timeout=timeout,
+                 what=lambda: f"{text!r} in {path}, which holds:\n{read()}")
 
 
 def connect(port: int, security: Security, **config) -> dict:
@@ -167,8 +172,7 @@ def test_a_peer_without_the_secret_is_refused_and_nothing_it_sends_is_unpickled(
     marker = tmp_path / "pwned"
     payload = evil_pickle(str(marker))
     # what a driver would send, but from no-one: a task whose function pickle creates a file
-    submit_like = msgpack.packb([P.RegisterFunction.OP, b"f" * 16, payload]) \
-        if hasattr(P, "RegisterFunction") else payload
+    submit_like = msgpack.packb([P.RegisterFunction.OP, b"f" * 16, payload])
     attempts = [None, Security(ClusterKey.generate()), Security(key, encrypt=False)]
     for security in attempts:
         with raw_dealer(f"127.0.0.1:{port}", security) as s:

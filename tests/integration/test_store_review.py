@@ -31,6 +31,7 @@ from taskmesh._transport import connect_endpoint, free_port, split_address
 from taskmesh.config import DEFAULT_PORT
 
 from ..conftest import descendants, kill_all, wait_gone
+from ..support.wait import until
 
 MB = 1 << 20
 STORE = 128 * MB
@@ -130,20 +131,6 @@ def core() -> CoreClient:
     return CTX.core
 
 
-def wait_for(pred, timeout: float = 15.0, what="condition"):
-    """Poll ``pred`` until it is true; ``what`` (a string, or a function giving one at the end)
-    names it in the error."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = pred()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:g} s waiting for "
-                                 f"{what() if callable(what) else what}")
-        time.sleep(0.05)
-
-
 def store_stat(key: str) -> int:
     [node] = [n for n in taskmesh.nodes() if n["Alive"]]
     return node["ObjectStore"].get("store_" + key, -1)
@@ -165,7 +152,7 @@ def settle() -> None:
     """Every ref that died here has been released and the head has processed the Release."""
     gc.collect()
     c = core()
-    wait_for(lambda: _flushed(lambda: not c._dead), what="dead refs to be flushed")
+    until(lambda: _flushed(lambda: not c._dead), timeout=15.0, what="dead refs to be flushed")
     c.info("status")  # a round trip on the same connection: the head saw what came before
 
 
@@ -173,8 +160,8 @@ def released(oid: bytes) -> None:
     """This process's last ref to ``oid`` died, its Release was sent and the head got it."""
     gc.collect()
     c = core()
-    wait_for(lambda: _flushed(lambda: oid not in c._refcounts and oid not in c._dead),
-             what=f"the release of {oid.hex()}")
+    until(lambda: _flushed(lambda: oid not in c._refcounts and oid not in c._dead),
+          timeout=15.0, what=f"the release of {oid.hex()}")
     c.info("status")
 
 
@@ -188,12 +175,12 @@ def baseline() -> tuple[int, int]:
 def back_to(base: tuple[int, int], timeout: float = 15.0) -> None:
     """Nothing is left over: the head and the store hold what they held at ``base``."""
     settle()
-    wait_for(lambda: head_objects() == base[0], timeout,
-             what=lambda: f"the head's object count to go back to {base[0]} (now {head_objects()})")
+    until(lambda: head_objects() == base[0], timeout=timeout,
+          what=lambda: f"the head's object count to go back to {base[0]} (now {head_objects()})")
     time.sleep(0.3)  # the store's figures come with heartbeats (0.1 s): let them catch up
-    wait_for(lambda: store_stat("num_objects") == base[1], timeout,
-             what=lambda: f"the store's object count to go back to {base[1]} "
-                          f"(now {store_stat('num_objects')})")
+    until(lambda: store_stat("num_objects") == base[1], timeout=timeout,
+          what=lambda: f"the store's object count to go back to {base[1]} "
+                       f"(now {store_stat('num_objects')})")
 
 
 def arena_ranges() -> list[tuple[int, int]]:
@@ -483,8 +470,8 @@ def test_an_idle_driver_releases_a_ref_that_died_while_a_flush_was_pending(cl):
     del second  # dies while the housekeeper's flush is still pending
     try:
         # idle from here: no call into taskmesh (a call would flush the queue itself)
-        wait_for(lambda: second_id not in c._dead and second_id not in c._refcounts,
-                 timeout=3.0, what="the idle process to release the dead ref")
+        until(lambda: second_id not in c._dead and second_id not in c._refcounts,
+              timeout=3.0, what="the idle process to release the dead ref")
     finally:
         del third
 
@@ -543,7 +530,7 @@ def test_a_view_outlives_its_ref_and_the_free_at_the_head(cl):
     assert in_arena(a)
     del ref
     settle()
-    wait_for(lambda: head_objects() == base[0], what="the head to drop the object")
+    until(lambda: head_objects() == base[0], timeout=15.0, what="the head to drop the object")
     for i in range(20):  # 320 MB through a 128 MB store: freed space is reused
         r = taskmesh.put(np.full(16 * MB // 8, float(i)))
         assert taskmesh.get(r)[0] == float(i)
@@ -797,7 +784,7 @@ def test_more_live_objects_than_the_store_holds_all_come_back_exact(cl):
     rng = np.random.default_rng(1)
     arrays = [rng.random(16 * MB // 8) for _ in range(12)]
     refs = [taskmesh.put(a) for a in arrays]
-    wait_for(lambda: store_stat("total_spills") > spills_before, what="spills")
+    until(lambda: store_stat("total_spills") > spills_before, timeout=15.0, what="spills")
     for a, r in zip(arrays, refs):
         np.testing.assert_array_equal(taskmesh.get(r, timeout=30), a)
     sums = taskmesh.get([first_sum.remote([r]) for r in refs], timeout=60)
@@ -807,7 +794,7 @@ def test_more_live_objects_than_the_store_holds_all_come_back_exact(cl):
     del refs, a, r
     back_to(base, timeout=30)
     if base[1] == 0:  # nothing else in the store that could have been spilled meanwhile
-        wait_for(lambda: store_stat("disk_bytes") == 0, what="spill files to go")
+        until(lambda: store_stat("disk_bytes") == 0, timeout=15.0, what="spill files to go")
 
 
 @taskmesh.remote(num_returns=3)
@@ -898,8 +885,8 @@ def cli_cluster(tmp_path, no_cluster):
 
 
 def _joined_store_objects() -> int:
-    return wait_for(lambda: next(iter(n["ObjectStore"] for n in taskmesh.nodes()), {})
-                    .get("store_num_objects", -1) + 1, what="store figures") - 1
+    return until(lambda: next(iter(n["ObjectStore"] for n in taskmesh.nodes()), {})
+                 .get("store_num_objects", -1) + 1, timeout=15.0, what="store figures") - 1
 
 
 def test_a_joined_driver_uses_its_machines_store_and_frees_what_it_owned(cli_cluster):
@@ -913,17 +900,19 @@ def test_a_joined_driver_uses_its_machines_store_and_frees_what_it_owned(cli_clu
         assert in_arena(a)
         np.testing.assert_array_equal(a, x)
         assert taskmesh.get(array_sum.remote(ref), timeout=60) == (float(x.sum()), False)
-        wait_for(lambda: _joined_store_objects() == 1, what="one object in the store")
+        until(lambda: _joined_store_objects() == 1, timeout=15.0, what="one object in the store")
         del a, ref
         settle()
-        wait_for(lambda: _joined_store_objects() == 0, what="the store to be empty")
+        until(lambda: _joined_store_objects() == 0, timeout=15.0, what="the store to be empty")
         kept = [taskmesh.put(big(float(i))) for i in range(3)]
         assert len(kept) == 3
-        wait_for(lambda: _joined_store_objects() == 3, what="three objects in the store")
+        until(lambda: _joined_store_objects() == 3, timeout=15.0,
+              what="three objects in the store")
     finally:
         taskmesh.shutdown()
     taskmesh.init(address=cli_cluster)  # shut down and joined again, in one process
-    wait_for(lambda: _joined_store_objects() == 0, what="the Goodbye to free what it owned")
+    until(lambda: _joined_store_objects() == 0, timeout=15.0,
+          what="the Goodbye to free what it owned")
     assert taskmesh.get(taskmesh.put(big(1.0)))[0] == 1.0
 
 

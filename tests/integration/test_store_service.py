@@ -20,6 +20,7 @@ from taskmesh._node.store_service import store_socket_name
 from taskmesh._store.client import StoreClient
 
 from ..conftest import descendants, kill_all, shm_entries, wait_gone
+from ..support.wait import until
 
 MiB = 1 << 20
 CAPACITY = 8 * MiB
@@ -69,15 +70,6 @@ def check(view: memoryview, fill: float) -> None:
     assert arr.size == OBJ // 8
     assert arr[0] == fill and arr[-1] == fill + OBJ // 8 - 1
     assert np.array_equal(arr, fill + np.arange(OBJ // 8))
-
-
-def wait_until(cond, timeout: float = 5.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while not cond():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.02)
-    return True
 
 
 def test_pin_from_a_second_client_reads_the_sealed_bytes_zero_copy(store):
@@ -132,7 +124,8 @@ def test_unpinned_objects_are_spilled_for_room_and_restored_on_pin(store, tmp_pa
         del c
 
         client.delete([b"a"])  # freed: its spill file goes
-        assert wait_until(lambda: b"a".hex() not in spill_files(tmp_path))
+        until(lambda: b"a".hex() not in spill_files(tmp_path), timeout=5.0,
+              what="the spill file of the deleted object to go")
         with pytest.raises(taskmesh.ObjectLostError, match="not in this node's object store"):
             client.pin([b"a"])
     # "b" and "c" still have spill files: shutdown removes them (checked by the fixture)
@@ -255,7 +248,8 @@ def test_a_restore_that_fails_loses_the_object_and_removes_its_file(store, tmp_p
         with pytest.raises(taskmesh.ObjectLostError, match="was lost.*EOFError") as info:
             client.pin([b"a"])
         assert b"a".hex() in str(info.value)
-        assert wait_until(lambda: b"a".hex() not in spill_files(tmp_path))
+        until(lambda: b"a".hex() not in spill_files(tmp_path), timeout=5.0,
+              what="the damaged spill file to go")
         with pytest.raises(taskmesh.ObjectLostError, match="was lost"):
             client.pin([b"a"])  # later pins say so too
         views = client.pin([b"b", b"c"])  # the others are unharmed (restored if need be)

@@ -9,18 +9,26 @@ fetches received, and reports it in its heartbeats (``nodes()[i]["ObjectStore"]`
 from __future__ import annotations
 
 import json
+import os
 import sys
 
 import pytest
+
+from .conftest import NETCLUSTER, REPO
 
 pytestmark = pytest.mark.multihost
 
 MB = 1 << 20
 
+# the driver scripts import tests.support from this checkout
+DRIVER_ENV = {"PYTHONPATH": os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH"))
+                                            if p)}
+
 COMMON = r'''
 import json, sys, time
 import numpy as np
 import taskmesh
+from tests.support.wait import until
 
 MB = 1 << 20
 taskmesh.init(address=sys.argv[1])
@@ -29,13 +37,6 @@ def stats():
     """node address -> its store figures, fresh from a heartbeat after now."""
     time.sleep(0.3)
     return {n["NodeManagerAddress"]: n["ObjectStore"] for n in taskmesh.nodes() if n["Alive"]}
-
-def wait_until(pred, what, timeout=20):
-    deadline = time.monotonic() + timeout
-    while not pred():
-        if time.monotonic() > deadline:
-            raise SystemExit(f"timed out waiting for {what}: {stats()}")
-        time.sleep(0.1)
 
 @taskmesh.remote
 def where_sum(a):
@@ -76,8 +77,8 @@ out["h2"] = node_of(a2)
 
 # freeing: once the driver drops its refs, no copy is left on either node
 del ref, made
-wait_until(lambda: all(s["store_num_objects"] == 0 for s in stats().values()),
-           "both stores to be empty")
+until(lambda: all(s["store_num_objects"] == 0 for s in stats().values()), timeout=20,
+      what=lambda: f"both stores to be empty: {stats()}")
 out["freed"] = True
 taskmesh.shutdown()
 print("RESULT " + json.dumps(out))
@@ -88,7 +89,8 @@ a1, a2 = sys.argv[2], sys.argv[3]
 ref = make.options(resources={"first": 1}).remote(20 * MB // 8, 3)   # made on h1
 side = where_sum.options(resources={"side": 1})
 print("COPIED", taskmesh.get(side.remote(ref)), flush=True)  # h2 pulled a copy
-wait_until(lambda: stats()[a2]["store_num_objects"] >= 1, "h2 to report its copy")
+until(lambda: stats()[a2]["store_num_objects"] >= 1, timeout=20,
+      what=lambda: f"h2 to report its copy: {stats()}")
 sys.stdin.readline()                                          # the test kills h1 now
 value = taskmesh.get(ref, timeout=60)      # this driver (h3, no node) reads it from h2
 print("RESULT " + json.dumps({"sum_ok": float(value.sum()) ==
@@ -117,7 +119,7 @@ def test_objects_move_between_nodes_once_and_are_freed_everywhere(hosts, tmp_pat
     script = tmp_path / "driver.py"
     script.write_text(TRANSFER)
     r = hosts.run(1, sys.executable, str(script), address, hosts.addr(1), hosts.addr(2),
-                  timeout=120)
+                  env=DRIVER_ENV, timeout=120)
     assert r.returncode == 0, r.stderr
     out = json.loads(r.stdout.split("RESULT ", 1)[1])
     assert out["sums_exact"] and out["ran_on"] == [out["h2"]]
@@ -137,12 +139,10 @@ def test_a_reader_uses_another_copy_when_the_first_holder_dies(hosts, tmp_path):
     address = start_cluster(hosts, tmp_path, {1: '{"first": 1}', 2: '{"side": 1}'}, 7311)
     script = tmp_path / "failover.py"
     script.write_text(FAILOVER)
-    from .conftest import NETCLUSTER
-
     proc = subprocess.Popen([NETCLUSTER, "exec", hosts.names[3], sys.executable, str(script),
                              address, hosts.addr(1), hosts.addr(2)],
                             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True, env=hosts.env)
+                            text=True, env={**hosts.env, **DRIVER_ENV})
     hosts.procs.append(proc)
     try:
         line = proc.stdout.readline()

@@ -9,33 +9,7 @@ import pytest
 from taskmesh import _protocol as P
 from taskmesh._head import actors as A
 
-from .test_head_state import Cluster, ret, value
-
-SO = P.SerializedObject
-
-
-class Actors(Cluster):
-    """Cluster plus actor helpers."""
-
-    def create(self, fid: bytes, *, owner: bytes | None = None, deps=(), reply: int = 0,
-               **options) -> bytes:
-        aid = f"actor-{next(self._seq):010d}".encode()  # 16 bytes
-        spec = P.TaskSpec(aid, "mod.C.__init__", fid, value(b"ctor args"), list(deps), 1, {}, 0,
-                          False, aid, "__init__")
-        opts = {"class_name": "mod.C", "methods": {"f": {"num_returns": 1}}, **options}
-        self.send(owner or self.driver, P.CreateActor(spec, opts, reply))
-        return aid
-
-    def call(self, aid: bytes, method: str = "f", *, owner: bytes | None = None, deps=(),
-             retries: int = 0) -> bytes:
-        tid = f"call-{next(self._seq):011d}".encode()
-        spec = P.TaskSpec(tid, f"mod.C.{method}", b"fid:mod.C", value(b"args"), list(deps), 1,
-                          {}, retries, False, aid, method)
-        self.send(owner or self.driver, P.Submit([spec]))
-        return tid
-
-    def actor(self, aid: bytes) -> A.ActorRec:
-        return self.state.actors[aid]
+from ..support.head import SO, Actors, ret, started, value
 
 
 @pytest.fixture
@@ -44,16 +18,6 @@ def c() -> Actors:
     c.add_node("n1", cpus=2)
     c.drain()
     return c
-
-
-def _started(c: Actors, aid: bytes) -> bytes:
-    """Finish the actor's constructor on the worker it was sent to; return that worker."""
-    sent = c.drain()
-    [worker] = [p for t, p in sent.assigned_to().items() if t == aid]
-    [a] = [a for a in sent.assignments(worker) if a.task_id == aid]
-    assert a.method == "__init__" and a.actor["actor_id"] == aid
-    c.finish(worker, aid, value(b"None"))
-    return worker
 
 
 def test_an_actor_takes_an_idle_pool_worker_which_is_replaced(c):
@@ -76,7 +40,7 @@ def test_an_actor_takes_an_idle_pool_worker_which_is_replaced(c):
 def test_calls_run_in_submission_order_even_when_a_later_one_is_ready_first(c):
     fid = c.register("mod.C")
     aid = c.create(fid)
-    worker = _started(c, aid)
+    worker = started(c, aid)
     g = c.register("mod.g")
     [slow] = c.submit(g)  # the input of the first call: not ready yet
     first = c.call(aid, deps=[ret(slow)])
@@ -120,7 +84,7 @@ def test_a_constructor_that_raises_kills_the_actor_and_its_calls_say_why(c):
 def test_a_dead_process_restarts_the_actor_and_retries_calls_with_retries_left(c):
     fid = c.register("mod.C")
     aid = c.create(fid, max_restarts=1, max_task_retries=1)
-    worker = _started(c, aid)
+    worker = started(c, aid)
     running = c.call(aid, retries=1)
     queued = c.call(aid, retries=1)
     c.drain()
@@ -143,7 +107,7 @@ def test_a_dead_process_restarts_the_actor_and_retries_calls_with_retries_left(c
 def test_without_task_retries_the_calls_a_dead_process_had_fail_but_later_ones_run(c):
     fid = c.register("mod.C")
     aid = c.create(fid, max_restarts=-1)
-    worker = _started(c, aid)
+    worker = started(c, aid)
     lost = c.call(aid)
     c.drain()
     c.exited(worker, -9)
@@ -159,7 +123,7 @@ def test_without_task_retries_the_calls_a_dead_process_had_fail_but_later_ones_r
 def test_kill_fails_queued_calls_now_and_the_running_one_when_the_process_is_gone(c):
     fid = c.register("mod.C")
     aid = c.create(fid, max_restarts=5)
-    worker = _started(c, aid)
+    worker = started(c, aid)
     running = c.call(aid)
     c.drain()
     c.send(c.driver, P.KillActor(aid, True))
@@ -236,7 +200,7 @@ def test_a_call_to_an_unknown_actor_fails_at_once(c):
 def test_node_loss_restarts_the_actor_on_another_node(c):
     fid = c.register("mod.C")
     aid = c.create(fid, max_restarts=1)
-    _started(c, aid)
+    started(c, aid)
     c.add_node("n2", cpus=1)
     c.drain()
     c.tick(c.config.heartbeat_timeout_s + 1, heartbeats=["n2"])
@@ -247,7 +211,7 @@ def test_node_loss_restarts_the_actor_on_another_node(c):
 def test_results_of_actor_calls_are_never_rebuilt_from_lineage(c):
     fid = c.register("mod.C")
     aid = c.create(fid)
-    worker = _started(c, aid)
+    worker = started(c, aid)
     t = c.call(aid)
     c.drain()
     stored = SO.stored(ret(t), 1 << 20, [["n1", ""]])
@@ -274,7 +238,7 @@ def test_an_actor_ends_when_its_handle_object_is_freed_and_its_calls_are_done(c)
     aid = c.create(fid)
     hid = P.actor_handle_id(aid)
     assert c.state.objects[hid].owner == c.driver  # the creator owns its handles' object
-    worker = _started(c, aid)
+    worker = started(c, aid)
     call = c.call(aid)
     c.drain()
     c.send(c.driver, P.Release([hid]))  # the last handle went: the call made before still runs
@@ -294,7 +258,7 @@ def test_a_borrowed_handle_keeps_the_actor_alive_until_the_borrower_releases(c):
     fid = c.register("mod.C")
     aid = c.create(fid)
     hid = P.actor_handle_id(aid)
-    worker = _started(c, aid)
+    worker = started(c, aid)
     c.hello(b"driver-2", "driver")
     c.send(b"driver-2", P.Borrow([hid]))
     c.send(c.driver, P.Release([hid]))
@@ -309,7 +273,7 @@ def test_named_and_detached_actors_outlive_their_handles(c):
     fid = c.register("mod.C")
     for options in ({"name": "n"}, {"detached": True}):
         aid = c.create(fid, **options)
-        _started(c, aid)
+        started(c, aid)
         c.send(c.driver, P.Release([P.actor_handle_id(aid)]))
         assert c.actor(aid).state == A.ALIVE
     c.state.check_invariants()
@@ -331,7 +295,7 @@ def test_a_handle_inside_a_stored_value_holds_the_actor(c):
     fid = c.register("mod.C")
     aid = c.create(fid)
     hid = P.actor_handle_id(aid)
-    _started(c, aid)
+    started(c, aid)
     box = b"b" * 20
     c.put(box, SO(SO.VALUE, b"pickled [handle]", [], [hid]))
     c.send(c.driver, P.Release([hid]))
@@ -344,7 +308,7 @@ def test_a_handle_inside_a_stored_value_holds_the_actor(c):
 def test_per_call_max_task_retries_decide_retries_after_the_actor_restarts(c):
     fid = c.register("mod.C")
     aid = c.create(fid, max_restarts=1, max_task_retries=0)  # the actor's default: none
-    worker = _started(c, aid)
+    worker = started(c, aid)
     keep = c.call(aid, retries=1)  # this method's own max_task_retries=1
     drop = c.call(aid, retries=0)
     c.drain()

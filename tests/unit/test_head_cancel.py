@@ -6,7 +6,7 @@ from __future__ import annotations
 from taskmesh import _protocol as P
 from taskmesh._head.state import TIMEOUT_GRACE_S
 
-from .test_head_state import Cluster, build, ret
+from ..support.head import Cluster, build, ret
 
 
 def _error(sent, peer, t):

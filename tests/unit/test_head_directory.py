@@ -6,19 +6,7 @@ import pytest
 
 from taskmesh import _protocol as P
 
-from .test_head_state import SO, Cluster, ret
-
-MB = 1 << 20
-
-
-def stored(oid: bytes, size: int, node_id: str = "") -> SO:
-    """A STORED marker as a worker or driver sends it (its own node, no address)."""
-    return SO.stored(oid, size, [[node_id, ""]])
-
-
-def locations(marker: SO) -> list:
-    oid, size, locs = marker.read_stored()
-    return locs
+from ..support.head import MB, SO, Cluster, locations, ret, stored
 
 
 @pytest.fixture

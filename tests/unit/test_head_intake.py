@@ -11,7 +11,7 @@ from taskmesh._head import collector as C
 from taskmesh._head.intake import DISCONNECTED, Intake, LagHistogram, is_liveness, slices
 from taskmesh._head.state import CHORE_SLICE
 
-from .test_head_state import Cluster, value
+from ..support.head import Cluster, value
 
 
 def test_heartbeats_and_pings_take_the_liveness_lane():

@@ -7,8 +7,7 @@ import pytest
 from taskmesh import _protocol as P
 from taskmesh._head import state as H
 
-from .test_head_directory import MB, locations, stored
-from .test_head_state import SO, Cluster, ret
+from ..support.head import MB, SO, Cluster, locations, ret, stored
 
 
 @pytest.fixture

@@ -4,8 +4,7 @@ from __future__ import annotations
 
 from taskmesh import _protocol as P
 
-from .test_head_state import SO, Cluster, ret, value
-from .test_head_directory import MB, stored
+from ..support.head import MB, SO, Cluster, ret, stored, value
 
 import pytest
 

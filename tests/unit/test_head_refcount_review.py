@@ -9,8 +9,7 @@ import pytest
 
 from taskmesh import _protocol as P
 
-from .test_head_directory import MB, locations, stored
-from .test_head_state import SO, Cluster, ret, value
+from ..support.head import MB, SHORT, SO, Cluster, locations, ret, stored, value
 
 
 @pytest.fixture
@@ -220,7 +219,6 @@ def test_a_task_queued_behind_a_cancelled_one_is_not_charged_with_its_workers_ki
     it as "the one it was running": its retries are charged, and with max_retries=0 it fails
     with WorkerCrashedError although it never started (nor did it have anything to do with
     the driver that left)."""
-    from .test_head_state import SHORT
 
     c = Cluster()
     c.add_node("a", cpus=1)

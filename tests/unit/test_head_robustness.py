@@ -13,9 +13,7 @@ from taskmesh import _protocol as P
 from taskmesh._head import actors as A
 from taskmesh._head import state as H
 
-from .test_head_actors import Actors, _started
-from .test_head_directory import MB, stored
-from .test_head_state import PV, SHORT, SO, Cluster, ret, value
+from ..support.head import MB, PV, SHORT, SO, Actors, Cluster, ret, started, stored, value
 
 
 @pytest.fixture
@@ -274,7 +272,7 @@ def test_an_actor_call_waits_while_its_input_is_made_again(a):
     once the actor is back, the call waits for the input instead of being sent without it."""
     fid, g = a.register("mod.C"), a.register("mod.g")
     aid = a.create(fid, max_restarts=1)
-    worker = _started(a, aid)
+    worker = started(a, aid)
     [t] = a.submit(g, max_retries=2)
     other = a.drain().assigned_to()[t]
     a.finish(other, t, stored(ret(t), MB))

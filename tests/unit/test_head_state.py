@@ -1,231 +1,24 @@
 """The head's sans-IO state machine, driven with real protocol messages.
 
-A :class:`Cluster` plays the driver, the node agents and the workers: every message it feeds in
-and every message the head puts in its outbox goes through the real encode/decode, so the
-tests also check that the head only ever says well-formed things.
+The driver, node agents and workers are scripted (tests/support/head.py): every message goes
+through the real encode/decode both ways, so these tests also check that the head only ever
+says well-formed things.
 """
 
 from __future__ import annotations
 
-import itertools
-from typing import Iterable
-
 import pytest
 
 from taskmesh import _protocol as P
+from taskmesh._head.state import READY
 from taskmesh._resources import UNIT
-from taskmesh._head.state import READY, HeadState
-from taskmesh._protocol import return_ids
-from taskmesh.config import Config
 
-PV = P.PROTOCOL_VERSION
-SO = P.SerializedObject
-
-
-def wire(msg):
-    """What the other side of a socket would get."""
-    return P.decode(P.encode(msg))
-
-
-def value(data: bytes = b"value", buffers: Iterable[bytes] = ()) -> SO:
-    return SO(SO.VALUE, data, list(buffers))
-
-
-def task_error(data: bytes = b"pickled ValueError('boom')") -> SO:
-    return SO(SO.TASK_ERROR, data, [])
-
-
-def build(cls, **fields):
-    """A message or record from named fields (ones this protocol version lacks are ignored)."""
-    return cls(**{name: fields[name] for name in cls._fields if name in fields})
-
-
-def blocked(returned=(), waiting=()) -> P.Blocked:
-    """A worker's Blocked message (``waiting``: the objects its task waits for)."""
-    return build(P.Blocked, returned=list(returned), waiting=list(waiting))
-
-
-def ret(task_id: bytes, i: int = 0) -> bytes:
-    return return_ids(task_id, i + 1)[i]
-
-
-class Sent:
-    """One drained outbox: (peer, message) pairs, with lookups."""
-
-    def __init__(self, pairs: list) -> None:
-        self.pairs = pairs
-
-    def to(self, peer: bytes, cls: type | None = None) -> list:
-        return [m for p, m in self.pairs if p == peer and (cls is None or type(m) is cls)]
-
-    def of(self, cls: type) -> list:
-        return [(p, m) for p, m in self.pairs if type(m) is cls]
-
-    def assignments(self, peer: bytes | None = None) -> list:
-        return [a for p, m in self.pairs if type(m) is P.Execute and (peer is None or p == peer)
-                for a in m.assignments]
-
-    def assigned_to(self) -> dict:
-        """task id -> worker peer, for every Execute in this batch."""
-        return {a.task_id: p for p, m in self.of(P.Execute) for a in m.assignments}
-
-    def values(self, peer: bytes) -> dict:
-        return {it.object_id: it for m in self.to(peer, P.ObjectValues) for it in m.items}
-
-    def __len__(self) -> int:
-        return len(self.pairs)
-
-    def __repr__(self) -> str:
-        return f"Sent({self.pairs!r})"
-
-
-class Cluster:
-    """A head plus scripted peers: one driver, node agents, and workers."""
-
-    def __init__(self, **config) -> None:
-        self.config = Config(**config)
-        self.state = HeadState(self.config, now=0.0)
-        self.now = 0.0
-        self._seq = itertools.count(1)
-        self.node_peer: dict[str, bytes] = {}
-        self.node_workers: dict[str, list[bytes]] = {}
-        self.worker_info: dict[bytes, tuple[str, str, int]] = {}  # peer -> node id, worker id, pid
-        self.driver = self.hello(b"driver-1", "driver")
-        self.drain()
-
-    # -- plumbing
-
-    def send(self, peer: bytes, msg, schedule: bool = True) -> None:
-        self.state.handle(peer, wire(msg), self.now)
-        if schedule:
-            self.state.schedule()
-
-    def drain(self) -> Sent:
-        pairs = list(self.state.out.drain())
-        for _, m in pairs:
-            wire(m)  # everything the head says must be encodable and decodable
-        return Sent(pairs)
-
-    def later(self, dt: float = 1.0) -> Sent:
-        """Let ``dt`` seconds pass with every live node heartbeating."""
-        return self.tick(self.now + dt, heartbeats=[n for n, rec in self.state.nodes.items()
-                                                    if rec.alive])
-
-    def tick(self, now: float, heartbeats: Iterable[str] = ()) -> Sent:
-        """Advance the clock to ``now``; the named nodes heartbeat just before."""
-        self.now = now
-        for node_id in heartbeats:
-            self.heartbeat(node_id)
-        self.state.tick(now)
-        self.state.schedule()
-        return self.drain()
-
-    # -- peers
-
-    def hello(self, peer: bytes, kind: str, info: dict | None = None, version: int = PV) -> bytes:
-        self.send(peer, P.Hello(version, kind, info or {}))
-        return peer
-
-    def add_node(self, node_id: str, cpus: float = 1, workers: int | None = None,
-                 resources: dict | None = None, address: str | None = None) -> bytes:
-        peer = f"node-{node_id}".encode()
-        total = {"CPU": int(cpus * UNIT)}
-        total.update({k: int(v * UNIT) for k, v in (resources or {}).items()})
-        n = int(cpus) if workers is None else workers
-        self.send(peer, P.Hello(PV, "node", {
-            "node_id": node_id, "address": address or f"10.0.0.{len(self.node_peer) + 1}",
-            "hostname": f"host-{node_id}", "pid": 100 + len(self.node_peer),
-            "resources": total, "prestart": n}))
-        self.node_peer[node_id] = peer
-        self.node_workers[node_id] = []
-        for _ in range(n):
-            self.add_worker(node_id)
-        return peer
-
-    def add_worker(self, node_id: str) -> bytes:
-        n = next(self._seq)
-        peer, worker_id, pid = f"worker-{n}".encode(), f"w{n}", 5000 + n
-        self.worker_info[peer] = (node_id, worker_id, pid)
-        self.node_workers.setdefault(node_id, []).append(peer)
-        self.send(peer, P.Hello(PV, "worker", {"node_id": node_id, "worker_id": worker_id, "pid": pid}))
-        return peer
-
-    def heartbeat(self, node_id: str) -> None:
-        self.send(self.node_peer[node_id], P.Heartbeat({"cpu_percent": 1.0}))
-
-    def exited(self, worker: bytes, exitcode: int = -9, registered: bool = True) -> None:
-        node_id, worker_id, pid = self.worker_info[worker]
-        self.send(self.node_peer[node_id], build(P.WorkerExited, worker_id=worker_id, pid=pid,
-                                                 exitcode=exitcode, registered=registered))
-
-    # -- driver
-
-    def register(self, name: str = "mod.f", owner: bytes | None = None) -> bytes:
-        fid = f"fid:{name}".encode()
-        self.send(owner or self.driver, P.RegisterFunction(fid, name, f"blob of {name}".encode()),
-                  schedule=False)
-        return fid
-
-    def spec(self, fid: bytes, *, deps: Iterable[bytes] = (), cpus: float = 1,
-             resources: dict | None = None, max_retries: int = 3, num_returns: int = 1,
-             name: str | None = None, retry_exceptions: bool = False) -> P.TaskSpec:
-        res = {"CPU": int(cpus * UNIT)} if cpus else {}
-        res.update({k: int(v * UNIT) for k, v in (resources or {}).items()})
-        return build(P.TaskSpec, task_id=f"task-{next(self._seq):011d}".encode(),  # 16 bytes
-                     name=name or fid.decode().split(":", 1)[1], function_id=fid,
-                     args=value(b"args"), deps=list(deps), num_returns=num_returns,
-                     resources=res, max_retries=max_retries, retry_exceptions=retry_exceptions)
-
-    def submit(self, fid: bytes, n: int = 1, owner: bytes | None = None, **kw) -> list[bytes]:
-        specs = [self.spec(fid, **kw) for _ in range(n)]
-        self.send(owner or self.driver, P.Submit(specs))
-        return [s.task_id for s in specs]
-
-    def put(self, oid: bytes, obj: SO, owner: bytes | None = None) -> bytes:
-        self.send(owner or self.driver, P.Put([(oid, obj)]))
-        return oid
-
-    # -- workers
-
-    def finish(self, worker: bytes, task_id: bytes, *returns: SO, duration: float = 0.5) -> None:
-        if not returns:
-            returns = (value(b"result of " + task_id),)
-        self.send(worker, P.TaskResults([P.TaskResult(task_id, list(returns), duration)]))
-
-    def warm(self, fid: bytes, duration: float) -> None:
-        """Run one task of ``fid`` so the head learns its mean duration."""
-        [t] = self.submit(fid)
-        worker = self.drain().assigned_to()[t]
-        self.finish(worker, t, duration=duration)
-        self.drain()
-
-    # -- inspection
-
-    def node(self, node_id: str):
-        return self.state.nodes[node_id]
-
-    def avail_cpu(self, node_id: str) -> int:
-        return self.node(node_id).avail.get("CPU", 0)
-
-    def status(self) -> dict:
-        return self.state.info("status")
-
-    def info(self, what: str, peer: bytes | None = None):
-        rid = next(self._seq)
-        peer = peer or self.driver
-        self.send(peer, P.InfoRequest(rid, what), schedule=False)
-        [reply] = self.drain().to(peer, P.InfoReply)
-        assert reply.request_id == rid
-        return reply.data
+from ..support.head import LONG, PV, SHORT, SO, Cluster, blocked, build, ret, task_error, value
 
 
 @pytest.fixture
 def c() -> Cluster:
     return Cluster()
-
-
-SHORT = 1e-4  # a function mean this short is pipelined
-LONG = 5.0
 
 
 # =========================================================================== handshake
@@ -674,7 +467,7 @@ def test_blocked_worker_gets_no_pipelined_tasks(c):
 def test_new_workers_start_only_after_a_short_grace_when_cpu_is_lent():
     """Most blocks are short, so CPU lent a moment ago does not start a process at once."""
     from taskmesh._head import state as state_mod
-    grace = getattr(state_mod, "START_GRACE_S", 0.0)
+    grace = state_mod.START_GRACE_S
     c = Cluster()
     c.add_node("n1", cpus=1)
     [w] = c.node_workers["n1"]
@@ -709,8 +502,6 @@ def nested_setup(c, children=2, **child_kw):
 
 
 def test_blocked_worker_is_handed_the_tasks_it_waits_for_as_help(c):
-    if not hasattr(P, "Help"):
-        pytest.skip("no Help message in this protocol version")
     w, parent, kids = nested_setup(c)
     c.send(w, blocked([], [ret(k) for k in kids]))
     sent = c.drain()
@@ -733,8 +524,6 @@ def test_blocked_worker_is_handed_the_tasks_it_waits_for_as_help(c):
 
 
 def test_help_only_offers_ready_tasks_of_the_same_shape(c):
-    if not hasattr(P, "Help"):
-        pytest.skip("no Help message in this protocol version")
     w, parent, [big] = nested_setup(c, children=1, cpus=2)  # needs 2 CPUs: not on this worker
     child_fn = c.register("mod.child", owner=w)
     [waiting] = c.submit(child_fn, owner=w, deps=[ret(big)])  # not ready yet
@@ -747,8 +536,6 @@ def test_help_only_offers_ready_tasks_of_the_same_shape(c):
 
 
 def test_status_counts_only_tasks_still_queued_after_help(c):
-    if not hasattr(P, "Help"):
-        pytest.skip("no Help message in this protocol version")
     w, parent, kids = nested_setup(c, children=3)
     # the worker waits only for the last two; the first stays queued ahead of them
     c.send(w, blocked([], [ret(k) for k in kids[1:]]))
@@ -762,8 +549,6 @@ def test_status_counts_only_tasks_still_queued_after_help(c):
 
 
 def test_retry_exceptions_reruns_a_raising_task_until_retries_run_out(c):
-    if "retry_exceptions" not in P.TaskSpec._fields:
-        pytest.skip("no retry_exceptions in this protocol version")
     c.add_node("n1", cpus=1)
     [w] = c.node_workers["n1"]
     fid = c.register()
@@ -860,7 +645,7 @@ def test_idle_worker_death_and_unregistered_worker_death(c):
     # a worker the node started that died before saying Hello
     c.node("n1").starting = 1
     c.worker_info[b"never-said-hello"] = ("n1", "w-nsh", 4242)
-    c.exited(b"never-said-hello", exitcode=1, registered=False)
+    c.exited(b"never-said-hello", exitcode=1)
     assert c.node("n1").starting == 0
     assert c.drain().values(c.driver) == {}
 
@@ -873,7 +658,7 @@ def test_worker_whose_exit_overtakes_its_hello_gets_no_tasks(c):
     c.drain()
     # the node agent reports the exit of its new worker before that worker's Hello arrived
     c.worker_info[b"worker-late"] = ("n1", "w-late", 4343)
-    c.exited(b"worker-late", exitcode=1, registered=False)
+    c.exited(b"worker-late", exitcode=1)
     c.send(b"worker-late", P.Hello(PV, "worker", {"node_id": "n1", "worker_id": "w-late",
                                                  "pid": 4343}))
     assert all(x.peer != b"worker-late" for x in c.node("n1").idle)
@@ -1059,8 +844,6 @@ def test_objects_owned_by_a_crashed_worker_live_exactly_as_long_as_refs_to_them(
 
 
 def test_goodbye_releases_what_the_driver_owned(c):
-    if not hasattr(P, "Goodbye"):
-        pytest.skip("no Goodbye message in this protocol version")
     c.add_node("n1", cpus=1)
     [w] = c.node_workers["n1"]
     fid = c.register()

@@ -73,7 +73,7 @@ def test_defaults_compile_to_one_cpu_three_retries_one_return():
     assert isinstance(opts, TaskOptions)
     assert opts.resources == {"CPU": 10_000}
     assert (opts.num_returns, opts.max_retries, opts.name) == (1, 3, None)
-    assert getattr(opts, "retry_exceptions", False) is False
+    assert opts.retry_exceptions is False
     assert all(len(v) == 3 and callable(v[1]) for v in TASK_OPTIONS.values())
 
 
@@ -83,7 +83,7 @@ def test_compile_options_converts_amounts_to_units_and_drops_zeroes():
         "num_returns": 3, "max_retries": 0, "name": "t"}))
     assert opts.resources == {"CPU": 2_500, "GPU": 20_000, "highmem": 15_000}
     assert (opts.num_returns, opts.max_retries, opts.name) == (3, 0, "t")
-    assert getattr(compile_options({"retry_exceptions": True}), "retry_exceptions", True) is True
+    assert compile_options({"retry_exceptions": True}).retry_exceptions is True
     assert compile_options({"num_cpus": 0}).resources == {}
 
 

@@ -92,8 +92,6 @@ def test_pipeline_window_is_always_within_bounds(mean, queued, workers, max_pipe
 
 
 def test_is_short():
-    if not hasattr(policy, "is_short"):
-        pytest.skip("policy.is_short does not exist in this version")
     assert not policy.is_short(None)
     assert policy.is_short(0.0) and policy.is_short(PIPELINE_TARGET_S / 10)
     assert not policy.is_short(PIPELINE_TARGET_S) and not policy.is_short(10.0)

@@ -24,15 +24,11 @@ from taskmesh._protocol import (
     message_types,
 )
 
+from ..support.head import build
+
 SO = SerializedObject(SerializedObject.VALUE, b"\x80\x05pickle", [b"buf-1", b"x" * 100])
 ERR = SerializedObject(SerializedObject.TASK_ERROR, b"pickled-error", [])
 SYS = SerializedObject.system_error("WorkerCrashedError", "boom")
-
-
-def build(cls, **fields):
-    """A record from named fields; fields the class does not (or no longer) have are ignored,
-    fields it has defaults for may be left out."""
-    return cls(**{name: fields[name] for name in cls._fields if name in fields})
 
 
 def make_spec(**changes) -> TaskSpec:
@@ -83,8 +79,8 @@ EXAMPLES: dict[type, list] = {
     P.Unblocked: [P.Unblocked()],
     P.Exit: [P.Exit("idle surplus worker")],
     P.Heartbeat: [P.Heartbeat({"cpu_percent": 12.5, "rss": 1 << 30, "workers": 4})],
-    P.WorkerExited: [build(P.WorkerExited, worker_id="w1", pid=1234, exitcode=-9, registered=True),
-                     build(P.WorkerExited, worker_id="w2", pid=5, exitcode=0, registered=False)],
+    P.WorkerExited: [build(P.WorkerExited, worker_id="w1", pid=1234, exitcode=-9),
+                     build(P.WorkerExited, worker_id="w2", pid=5, exitcode=0)],
     P.StartWorkers: [P.StartWorkers(3)],
     P.Shutdown: [P.Shutdown("taskmesh stop")],
     P.HeartbeatAck: [P.HeartbeatAck()],
@@ -121,12 +117,9 @@ EXAMPLES: dict[type, list] = {
     P.Revoke: [P.Revoke([b"t" * 16, b"u" * 16])],
     P.Credit: [P.Credit(1), P.Credit(100_000)],
     P.Returned: [P.Returned([b"t" * 16]), P.Returned([])],
+    P.Goodbye: [P.Goodbye()],
+    P.Help: [P.Help([Assignment(b"t9", "mod.g", b"gid", b"blob", SO, [SYS], 1)]), P.Help([])],
 }
-if hasattr(P, "Goodbye"):
-    EXAMPLES[P.Goodbye] = [P.Goodbye()]
-if hasattr(P, "Help"):
-    EXAMPLES[P.Help] = [P.Help([Assignment(b"t9", "mod.g", b"gid", b"blob", SO, [SYS], 1)]),
-                        P.Help([])]
 
 
 def norm(v):
@@ -363,11 +356,8 @@ BAD_FRAMES = {
     "deep nesting": [b"\x91" * 100_000 + b"\xc0"],
     "huge declared array": [b"\xdd\xff\xff\xff\xff"],
     "bad timestamp ext": [b"\x92\x22\xd4\xff\x00"],
+    "retry_exceptions int": pack(P.Submit.OP, [spec_with(retry_exceptions=1)]),
 }
-
-
-if "retry_exceptions" in TaskSpec._fields:
-    BAD_FRAMES["retry_exceptions int"] = pack(P.Submit.OP, [spec_with(retry_exceptions=1)])
 
 
 @pytest.mark.parametrize("frames", list(BAD_FRAMES.values()), ids=list(BAD_FRAMES))

@@ -23,6 +23,8 @@ import pytest
 from taskmesh import _transfer as T
 from taskmesh._secret import ClusterKey, Security
 
+from ..support.wait import until
+
 pytestmark = pytest.mark.timeout(30)
 
 MiB = 1 << 20
@@ -519,13 +521,6 @@ def refusal_of(sock: socket.socket) -> tuple[int, int, str]:
     return version, status, text
 
 
-def wait_for(pred, what: str, timeout_s: float = 5.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not pred():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.005)
-
-
 def test_a_peer_with_another_secret_is_refused_on_both_sides_and_gets_no_data(serve, caplog):
     objects = Objects(obj=b"the object's bytes" * 1000)
     server = serve(objects)
@@ -533,7 +528,7 @@ def test_a_peer_with_another_secret_is_refused_on_both_sides_and_gets_no_data(se
     with caplog.at_level(logging.WARNING, logger="taskmesh.node.transfer"):
         with pytest.raises(T.FetchFailed) as info:
             T.fetch(b"obj", [server.address], security=OTHER)
-        wait_for(lambda: server.counters.refused == 1, "the refusal to be counted")
+        until(lambda: server.counters.refused == 1, timeout=5.0, what="the refusal to be counted")
     [(_, exc)] = info.value.failures
     assert isinstance(exc, T.HandshakeFailed)
     assert "it holds another cluster secret" in str(exc) and OTHER.key.fingerprint in str(exc)
@@ -553,7 +548,7 @@ def test_a_peer_with_another_secret_is_refused_on_both_sides_and_gets_no_data(se
     impostor = serve(Objects(obj=b"forged bytes" * 1000), security=OTHER)
     with pytest.raises(T.FetchFailed, match="it holds another cluster secret"):
         T.fetch(b"obj", [impostor.address], security=SECURE)
-    wait_for(lambda: impostor.counters.refused == 1, "the impostor's refusal")
+    until(lambda: impostor.counters.refused == 1, timeout=5.0, what="the impostor's refusal")
     for s in (server, impostor):
         snap = s.counters.snapshot()
         assert snap["objects_sent"] == snap["chunks_sent"] == snap["raw_bytes_sent"] == 0
@@ -611,7 +606,8 @@ def test_a_pickle_and_garbage_are_refused_never_interpreted_and_the_server_keeps
                 time.sleep(0.05)
             assert silent.recv(1) == b"" and trickle.recv(1) == b""
         assert time.monotonic() - started < 3
-        wait_for(lambda: server.counters.refused == len(attempts) + 2, "every refusal to be counted")
+        until(lambda: server.counters.refused == len(attempts) + 2, timeout=5.0,
+              what="every refusal to be counted")
     assert not marker.exists(), "nothing was unpickled"
     # they are logged with the peer's address, at most one line per kind of refusal
     lines = [r.getMessage() for r in caplog.records if "refused a transfer connection" in r.getMessage()]
@@ -620,7 +616,7 @@ def test_a_pickle_and_garbage_are_refused_never_interpreted_and_the_server_keeps
     assert server.refusals.counts == {"not taskmesh": 5, "secret": 3, "incomplete": 4}
     # the server still serves the cluster's own, and no thread is left behind
     assert fetch_all(server.address, b"obj", len(data)) == data
-    wait_for(lambda: server.active == 0, "the serving threads to end")
+    until(lambda: server.active == 0, timeout=5.0, what="the serving threads to end")
     assert server.counters.objects_sent == 1 and server.counters.serve_failures == 0
 
 
@@ -637,7 +633,8 @@ def test_after_the_handshake_a_request_that_does_not_authenticate_ends_the_conne
                 assert s.recv(1) == b"", "the server hangs up without a word"
             except ConnectionResetError:
                 pass
-    wait_for(lambda: server.counters.serve_failures == 2, "both failures to be counted")
+    until(lambda: server.counters.serve_failures == 2, timeout=5.0,
+          what="both failures to be counted")
     assert not marker.exists() and objects.opened == 0
     assert server.counters.refused == 0 and server.counters.corrupt_chunks == 2
 
@@ -654,7 +651,7 @@ def test_another_version_is_refused_naming_both(serve, caplog):
                 version, status, text = refusal_of(s)
                 assert (version, status) == (T.VERSION, T.ERROR)
                 assert text == f"transfer protocol version {theirs} requested, this node speaks 2"
-        wait_for(lambda: server.counters.refused == 2, "the refusals to be counted")
+        until(lambda: server.counters.refused == 2, timeout=5.0, what="the refusals to be counted")
     [line] = [r.getMessage() for r in caplog.records if "refused a transfer connection" in r.getMessage()]
     assert "requested, this node speaks 2" in line  # (the second of the kind is not logged)
     assert server.counters.objects_sent == 0
