@@ -97,6 +97,9 @@ class Config:
     #: the largest message frame a daemon accepts; a larger one is dropped (and, over TCP,
     #: the connection that sent it is closed by ZeroMQ)
     max_message_bytes: int = 1 << 30
+    #: the head keeps this many recent events (task, actor, object, node, driver state
+    #: changes: _head/events.py) for metrics, the dashboard and the timeline; 0: no stream
+    event_ring: int = 10_000
     #: directory of state files for CLI-started processes
     run_dir: str = field(default_factory=default_run_dir)
 

@@ -15,7 +15,8 @@ ROOT = Path(__file__).resolve().parents[1] / "taskmesh"
 #: decision logic: sans-IO, no sockets, threads, processes or clock; unit tests drive it
 SANS_IO = {
     "taskmesh._head.state", "taskmesh._head.policy", "taskmesh._head.actors",
-    "taskmesh._head.intake", "taskmesh._head._outbox", "taskmesh._store.state",
+    "taskmesh._head.intake", "taskmesh._head._outbox", "taskmesh._head.events",
+    "taskmesh._store.state",
     "taskmesh._store.allocator", "taskmesh._protocol", "taskmesh._signature",
     "taskmesh._checks",
 }

@@ -28,6 +28,7 @@ from .._protocol import HANDLE_INDEX, actor_handle_id, return_ids
 from .._ratelimit import RateLimitedLog
 from .._resources import CPU, GPU, UNIT, assign_gpus, describe, device_order, valid
 from . import actors as A
+from . import events as E
 from .actors import ActorRec
 from .policy import (
     fits,
@@ -258,6 +259,11 @@ class HeadState:
         self.transport: Callable[[], dict] = dict
         #: the head loop's lag (p50, p99, max), for status: set by the I/O shell
         self.loop_lag: Callable[[], dict] = dict
+        #: every state change a user could ask about (events.py): what metrics, the dashboard
+        #: and the journal read
+        self.events = E.EventLog(config.event_ring)
+        #: peers of nodes declared dead -> their ids (to name a node that speaks again)
+        self.dead_node_peers: dict[bytes, str] = {}
 
     # ------------------------------------------------------------------ entry points
 
@@ -270,6 +276,9 @@ class HeadState:
             return
         if kind is None:
             if type(msg) is P.Heartbeat:  # a node we declared dead is still talking
+                node_id = self.dead_node_peers.pop(peer, None)
+                if node_id is not None:
+                    self.events.emit(E.NodeFenced(now, node_id))
                 self.out.send(peer, P.Refused("this head declared the node dead (it was silent "
                                               "longer than the heartbeat time-out); join again "
                                               "as a new incarnation"))
@@ -319,7 +328,7 @@ class HeadState:
                     log.warning("driver %s has been silent for %.1f s: it is taken as gone; "
                                 "its tasks are cancelled and its objects freed", peer.hex(),
                                 now - last)
-                    self._on_goodbye(peer, P.Goodbye())
+                    self._client_left(peer, f"silent for {now - last:.1f} s")
                     self.gone_drivers[peer] = None
                     if len(self.gone_drivers) > 1000:  # remembered only to tell them so
                         del self.gone_drivers[next(iter(self.gone_drivers))]
@@ -400,6 +409,8 @@ class HeadState:
         info = msg.info
         if msg.kind in ("driver", "status"):
             self.peers[peer] = msg.kind
+            if msg.kind == "driver":
+                self.events.emit(E.DriverJoined(self.now, peer))
             beat_s = info.get("heartbeat_s")
             if msg.kind == "driver" and isinstance(beat_s, (int, float)) and beat_s > 0:
                 self.beating[peer] = [self.now, float(beat_s)]
@@ -435,6 +446,7 @@ class HeadState:
                     self._stale_worker(w, node_id)
             log.info("node %s joined from %s with %s", node_id, node.address,
                      describe(node.total))
+            self.events.emit(E.NodeJoined(self.now, node_id, node.address, node.incarnation))
         elif msg.kind == "worker":
             node_id = str(info.get("node_id", ""))
             w = WorkerRec(peer, str(info.get("worker_id", "")), None, _int(info.get("pid")),
@@ -499,6 +511,7 @@ class HeadState:
 
     def _on_submit(self, peer: bytes, msg: P.Submit) -> None:
         objects = self.objects
+        events = self.events
         credit = self.peers.get(peer) == "driver"
         intern = self._intern
         for spec in msg.tasks:
@@ -526,6 +539,7 @@ class HeadState:
                                      function_id=intern(spec.function_id),
                                      resources=intern(spec.resources))
             t = TaskRec(spec, peer)
+            events.emit(E.TaskSubmitted(self.now, spec.task_id, spec.name, spec.actor_id))
             if credit:
                 flying = self.in_flight.get(peer, 0)
                 window = self.windows.get(peer, self.config.max_pending_tasks)
@@ -714,6 +728,13 @@ class HeadState:
             if node.alive:
                 self._node_lost(node, "its node agent was stopped", logging.INFO)
             return
+        self._client_left(peer, "it said goodbye")
+
+    def _client_left(self, peer: bytes, why: str) -> None:
+        """A driver (or status client) is gone: drop what it owned, cancel its tasks nobody
+        else needs."""
+        if self.peers.get(peer) == "driver":
+            self.events.emit(E.DriverLeft(self.now, peer, why))
         self.beating.pop(peer, None)
         self.credit_batch.pop(peer, None)
         self.windows.pop(peer, None)
@@ -730,7 +751,7 @@ class HeadState:
         A worker's exit is reported by its node agent, with the exit code."""
         kind = self.peers.get(peer)
         if kind in ("driver", "status"):
-            self._on_goodbye(peer, P.Goodbye())
+            self._client_left(peer, "its connection closed")
         elif kind == "node":
             node = self.node_by_peer.get(peer)
             if node is not None and node.alive:
@@ -877,6 +898,7 @@ class HeadState:
             # a restart while the last run was pending (sent, or waiting for its inputs):
             # that run lets go of its inputs, and the new one counts them again
             del self.tasks[old.spec.task_id]
+            self.events.emit(E.TaskCancelled(self.now, old.spec.task_id, "its actor restarts"))
             self._cancel_waiting(old)
             self.timed.discard(old)
             old.state = CANCELLED
@@ -903,6 +925,7 @@ class HeadState:
         if missing is not None:
             self._actor_dead(actor, f"its constructor's argument {missing.hex()} was freed")
             return
+        self.events.emit(E.TaskSubmitted(self.now, spec.task_id, spec.name, spec.actor_id))
         self._admit(t)
 
     def _actor_task_ready(self, t: TaskRec) -> None:
@@ -989,6 +1012,7 @@ class HeadState:
         t.state = ASSIGNED
         t.worker = w
         w.assigned.append(t)
+        self._started(t, w)
         self.out.add(w.peer, P.Execute, self._assignment(t, w))
 
     def _actor_created(self, actor: ActorRec, t: TaskRec, value: P.SerializedObject | None) -> None:
@@ -1001,6 +1025,8 @@ class HeadState:
             self._kill_actor(actor, why)
             return
         actor.state = A.ALIVE
+        self.events.emit(E.ActorCreated(self.now, actor.actor_id, actor.class_name,
+                                        actor.node.node_id if actor.node is not None else ""))
         self._dispatch_actor(actor)
 
     def _dispatch_actor(self, actor: ActorRec) -> None:
@@ -1053,6 +1079,7 @@ class HeadState:
             t.state = READY
             t.queued = True
             actor.calls.appendleft(t)
+            self.events.emit(E.TaskRetried(self.now, t.spec.task_id, why))
         for t in fail:
             t.worker = None
             self._fail_task(t, _ERR("ActorDiedError", A.died_message(actor, t.spec.name)))
@@ -1066,6 +1093,7 @@ class HeadState:
                 actor.restarts_left -= 1
             actor.restarts += 1
             actor.state = A.RESTARTING
+            self.events.emit(E.ActorRestarted(self.now, actor.actor_id, actor.restarts, why))
             log.warning("%s died (%s): restarting it (restart %d)", actor.label(), why,
                         actor.restarts)
             self._start_constructor(actor)
@@ -1116,6 +1144,7 @@ class HeadState:
         actor.state = A.DEAD
         actor.cause = why
         log.info("%s is dead: %s", actor.label(), why)
+        self.events.emit(E.ActorDead(self.now, actor.actor_id, why))
         self.dead_actors.append(actor.actor_id)  # kept a while, to say why calls to it fail
         if len(self.dead_actors) > MAX_DEAD_ACTORS:
             self.actors.pop(self.dead_actors.popleft(), None)
@@ -1206,6 +1235,7 @@ class HeadState:
                 if t.retries_left > 0:
                     t.retries_left -= 1
                 t.worker = None
+                self.events.emit(E.TaskRetried(self.now, t.spec.task_id, "it raised"))
                 self._enqueue(t)
                 continue
             if (r.returns and r.returns[0].flags == P.SerializedObject.SYSTEM_ERROR
@@ -1216,7 +1246,7 @@ class HeadState:
                            f"task {t.spec.name}, expected {t.spec.num_returns}")
                 self._finish(t, [err] * t.spec.num_returns)
             else:
-                self._finish(t, r.returns, node=w.node)
+                self._finish(t, r.returns, node=w.node, duration=max(0.0, min(d, 1e9)))
                 if t.spec.method == "__init__" and w.actor is not None:
                     self._actor_created(w.actor, t, r.returns[0] if r.returns else None)
             if w.node is not None:
@@ -1243,6 +1273,7 @@ class HeadState:
                 self._actor_created(actor, t, failed)
             return True
         delay = min(DEPENDENCY_RETRY_MAX_S, DEPENDENCY_RETRY_S * 2 ** (t.dep_failures - 1))
+        self.events.emit(E.TaskRetried(self.now, t.spec.task_id, "an input could not be read"))
         t.state = WAITING
         self.deferred.append((self.now + delay, t))
         return True
@@ -1291,6 +1322,7 @@ class HeadState:
             t.state = ASSIGNED
             t.worker = w
             w.assigned.append(t)
+            self._started(t, w)
             items.append(self._assignment(t, w))
         self.out.send(w.peer, P.Help(items))
 
@@ -1449,6 +1481,7 @@ class HeadState:
             else:
                 requeue.append(t)
         for t in reversed(requeue):
+            self.events.emit(E.TaskRetried(self.now, t.spec.task_id, why))
             self._enqueue(t, front=True)
         if node is not None and node.alive and len(node.workers) + node.starting < node.num_cpus:
             node.starting += 1  # keep the pool at its size: a replacement starts now
@@ -1457,6 +1490,7 @@ class HeadState:
     def _node_lost(self, node: NodeRec, why: str, level: int = logging.WARNING) -> None:
         log.log(level, "node %s (%s) declared dead: %s", node.node_id, node.address, why)
         node.alive = False
+        self.events.emit(E.NodeDead(self.now, node.node_id, why))
         for w in [*node.workers.values(), *node.actor_workers.values()]:
             self._worker_lost(w, "NodeLostError", f"node {node.node_id} ({node.address}) was lost ({why})")
         while node.actor_queue:  # placed there, but no worker had started yet
@@ -1476,6 +1510,9 @@ class HeadState:
         if self.node_by_peer.get(node.peer) is node:
             del self.node_by_peer[node.peer]
             self.peers.pop(node.peer, None)
+            self.dead_node_peers[node.peer] = node.node_id  # (to name it if it speaks again)
+            if len(self.dead_node_peers) > 1000:
+                del self.dead_node_peers[next(iter(self.dead_node_peers))]
 
     def _forget_worker(self, w: WorkerRec) -> None:
         # its own refs died with it; refs it handed out (in results, arguments, puts) are
@@ -1549,6 +1586,7 @@ class HeadState:
         starts); free what it held."""
         state = t.state
         t.state = CANCELLED
+        self.events.emit(E.TaskCancelled(self.now, t.spec.task_id, why))
         if t.credit:  # its driver left: the task leaves its window all the same
             self._return_credit(t)
         self.tasks.pop(t.spec.task_id, None)
@@ -1608,6 +1646,7 @@ class HeadState:
             q.append(t)
 
     def _make_ready(self, t: TaskRec) -> None:
+        self.events.emit(E.TaskQueued(self.now, t.spec.task_id))
         if t.spec.actor_id:
             self._actor_task_ready(t)
             return
@@ -1642,8 +1681,21 @@ class HeadState:
         return found
 
     def _finish(self, t: TaskRec, returns: list, deps_counted: bool = True,
-                node: NodeRec | None = None) -> None:
+                node: NodeRec | None = None, duration: float = 0.0) -> None:
         """Store a finished task's return values and wake whatever waited for them."""
+        events = self.events
+        if events.on:
+            first = returns[0] if returns else None
+            if first is None or not first.is_error:
+                events.emit(E.TaskFinished(self.now, t.spec.task_id, duration))
+            else:
+                kind = (first.read_system_error()[0]
+                        if first.flags == P.SerializedObject.SYSTEM_ERROR else "TaskError")
+                if kind == "TaskCancelledError":
+                    events.emit(E.TaskCancelled(self.now, t.spec.task_id,
+                                                first.read_system_error()[1]))
+                else:
+                    events.emit(E.TaskFailed(self.now, t.spec.task_id, kind))
         if t.credit:
             self._return_credit(t)
         t.state = DONE
@@ -1732,6 +1784,7 @@ class HeadState:
             obj.locations = holders
             for nid in holders:
                 self.nodes[nid].objects.add(oid)
+            self.events.emit(E.ObjectStored(self.now, oid, nbytes, holders[0]))
         out = self.out
         if push_owner and not obj.released and obj.owner in self.peers:
             pushed = (value if nbytes <= self.config.inline_push_bytes or value.is_error
@@ -1780,6 +1833,7 @@ class HeadState:
             if obj.locations:
                 self._free_copies(oid, obj.locations)
                 obj.locations = None
+                self.events.emit(E.ObjectFreed(self.now, oid))
             for inner_id in obj.contained or ():
                 inner = objects.get(inner_id)
                 if inner is not None:
@@ -1876,6 +1930,7 @@ class HeadState:
             if nid not in obj.locations:
                 obj.locations.append(nid)
                 node.objects.add(oid)
+                self.events.emit(E.ObjectLocated(self.now, oid, nid))
                 self._reset_value(obj, self._marker(oid, obj.nbytes, obj.locations))
         for oid in msg.removed:
             node.objects.discard(oid)
@@ -1898,6 +1953,7 @@ class HeadState:
         else:
             why += "; a put() object cannot be rebuilt"
         obj.lineage = None
+        self.events.emit(E.ObjectLost(self.now, oid, why))
         self._reset_value(obj, _ERR("ObjectLostError", f"object {oid.hex()} ({obj.nbytes} bytes) "
                                     f"is lost: {why}, and no other node held a copy"))
 
@@ -1919,6 +1975,7 @@ class HeadState:
         missing = next((d for d in inputs if d not in self.objects), None)
         if missing is not None:
             obj.lineage = None
+            self.events.emit(E.ObjectLost(self.now, oid, f"{why}; an input of its task was freed"))
             self._reset_value(obj, _ERR("ObjectLostError", (
                 f"object {oid.hex()} is lost ({why}) and cannot be rebuilt: task {spec.name}, "
                 f"which made it, needs object {missing.hex()}, which was freed")))
@@ -1928,6 +1985,8 @@ class HeadState:
         t = TaskRec(spec, done.owner)
         t.retries_left = spec.max_retries
         self.rebuilt += 1
+        self.events.emit(E.ObjectRebuilt(self.now, oid, spec.task_id))
+        self.events.emit(E.TaskSubmitted(self.now, spec.task_id, spec.name, spec.actor_id))
         self._admit(t)
 
     def _held_bytes(self, t: TaskRec) -> dict[str, int] | None:
@@ -2097,10 +2156,18 @@ class HeadState:
         t.state = ASSIGNED
         t.worker = w
         w.assigned.append(t)
+        self._started(t, w)
         if t.spec.timeout_s:
             t.started = self.now if len(w.assigned) == 1 else None
             self.timed.add(t)
         self.out.add(w.peer, P.Execute, self._assignment(t, w))
+
+    def _started(self, t: TaskRec, w: WorkerRec) -> None:
+        events = self.events
+        if events.on:
+            node = w.node
+            events.emit(E.TaskStarted(self.now, t.spec.task_id,
+                                      node.node_id if node is not None else "", w.worker_id))
 
     def _assignment(self, t: TaskRec, w: WorkerRec) -> P.Assignment:
         spec = t.spec
@@ -2183,7 +2250,16 @@ class HeadState:
                 # set by the I/O shell: connections refused, malformed messages, encryption
                 "transport": self.transport(),
                 "loop_lag": self.loop_lag(),
+                # the event stream's counters: events per kind, tasks per state
+                "stream": self.events.summary(),
             }
+        if what == "events" or what.startswith("events:"):  # events:<number seen last>
+            try:
+                since = int(what[7:] or 0)
+            except ValueError:
+                return {"error": f"bad events request {what!r}: events:<number>"}
+            seq, events = self.events.since(since)
+            return {"seq": seq, "events": E.as_lists(events)}
         return {"error": f"unknown info request {what!r}"}
 
     def _node_info(self, n: NodeRec) -> dict:
@@ -2369,6 +2445,11 @@ class HeadState:
                 obj = self.objects.get(oid)
                 _require(obj is not None and node.node_id in (obj.locations or ()),
                          f"node {node.node_id} lists object {oid.hex()}, which does not list it")
+        # the event stream's task counters follow the tasks
+        if self.events.on:
+            counted = sum(self.events.tasks.values())
+            _require(counted == len(self.tasks), f"the event stream counts {counted} unfinished "
+                     f"tasks ({self.events.tasks}), the head has {len(self.tasks)}")
         # actors
         for key, aid in self.actor_names.items():
             actor = self.actors.get(aid)

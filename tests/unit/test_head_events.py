@@ -1,0 +1,189 @@
+"""The head's event stream: which events a task, an actor, an object, a node and a driver
+produce, the per-state task counters, and reading the ring from a sequence number."""
+
+from __future__ import annotations
+
+from taskmesh import _protocol as P
+from taskmesh._head import events as E
+
+from ..support.head import Actors, Cluster, ret, started, stored, task_error
+
+
+def kinds(c: Cluster, of: bytes | str | None = None) -> list[str]:
+    """Names of the events in the ring, optionally only those about one id."""
+    out = []
+    for e in c.state.events.ring:
+        ids = [getattr(e, f, None) for f in ("task_id", "object_id", "actor_id", "node_id", "peer")]
+        if of is None or of in ids:
+            out.append(type(e).__name__)
+    return out
+
+
+def test_a_task_is_submitted_queued_started_and_finished_with_its_node_and_worker():
+    c = Cluster()
+    c.add_node("n1", cpus=1)
+    [w] = c.node_workers["n1"]
+    fid = c.register()
+    c.now = 5.0
+    [t] = c.submit(fid)
+    c.drain()
+    assert c.state.events.tasks == {"pending": 0, "queued": 0, "running": 1}
+    c.now = 6.0
+    c.finish(w, t, duration=0.75)
+    assert kinds(c, t) == ["TaskSubmitted", "TaskQueued", "TaskStarted", "TaskFinished"]
+    submitted, queued, started, finished = [e for e in c.state.events.ring
+                                            if getattr(e, "task_id", None) == t]
+    assert submitted == E.TaskSubmitted(5.0, t, "mod.f", b"")
+    assert queued.at == 5.0
+    assert (started.node_id, started.worker_id) == ("n1", c.worker_info[w][1])
+    assert finished == E.TaskFinished(6.0, t, 0.75)
+    assert c.state.events.tasks == {"pending": 0, "queued": 0, "running": 0}
+
+
+def test_counters_follow_tasks_waiting_for_inputs_and_for_a_worker():
+    c = Cluster()
+    c.add_node("n1", cpus=1)
+    fid = c.register()
+    [first, second] = c.submit(fid, 2)
+    [child] = c.submit(fid, deps=[ret(first)])
+    c.drain()
+    # one runs, one waits for a worker, one waits for its input
+    assert c.state.events.tasks == {"pending": 1, "queued": 1, "running": 1}
+    assert sum(c.state.events.tasks.values()) == len(c.state.tasks)
+    c.state.check_invariants()
+    assert c.state.info("status")["stream"]["tasks"] == c.state.events.tasks
+
+
+def test_a_raising_task_is_retried_then_fails_and_says_why():
+    c = Cluster()
+    c.add_node("n1", cpus=1)
+    [w] = c.node_workers["n1"]
+    fid = c.register()
+    [t] = c.submit(fid, max_retries=1, retry_exceptions=True)
+    c.drain()
+    c.finish(w, t, task_error())
+    c.drain()
+    c.finish(w, t, task_error())
+    assert kinds(c, t) == ["TaskSubmitted", "TaskQueued", "TaskStarted", "TaskRetried",
+                           "TaskStarted", "TaskFailed"]
+    failed = [e for e in c.state.events.ring if type(e) is E.TaskFailed]
+    assert [f.error for f in failed] == ["TaskError"]
+    assert c.state.events.counts["TaskFailed"] == 1
+
+
+def test_a_task_lost_with_its_worker_is_retried_and_one_out_of_retries_fails_naming_the_error():
+    c = Cluster()
+    c.add_node("n1", cpus=1)
+    [w] = c.node_workers["n1"]
+    fid = c.register()
+    [t] = c.submit(fid, max_retries=0)
+    c.drain()
+    c.exited(w, -9)
+    [failed] = [e for e in c.state.events.ring if type(e) is E.TaskFailed]
+    assert failed.task_id == t and failed.error == "WorkerCrashedError"
+
+
+def test_cancel_emits_cancelled_not_failed():
+    c = Cluster()
+    c.add_node("n1", cpus=1)
+    fid = c.register()
+    running, queued = c.submit(fid, 2)
+    c.drain()
+    c.send(c.driver, P.Cancel([ret(queued)], False))
+    c.send(c.driver, P.Cancel([ret(running)], False))
+    assert kinds(c, queued)[-1] == "TaskCancelled"
+    assert kinds(c, running)[-1] == "TaskCancelled"
+    assert "TaskFailed" not in c.state.events.counts
+    assert c.state.events.tasks == {"pending": 0, "queued": 0, "running": 0}
+
+
+def test_nodes_join_die_and_are_fenced_when_they_speak_again():
+    c = Cluster(heartbeat_timeout_s=2.0)
+    c.add_node("n1", cpus=1, address="10.1.2.3")
+    [joined] = [e for e in c.state.events.ring if type(e) is E.NodeJoined]
+    assert (joined.node_id, joined.address) == ("n1", "10.1.2.3")
+    c.tick(10.0)  # silent for 10 s: dead
+    [dead] = [e for e in c.state.events.ring if type(e) is E.NodeDead]
+    assert dead.node_id == "n1" and dead.at == 10.0 and "heartbeat" in dead.reason
+    c.heartbeat("n1")  # it speaks again: told to join anew
+    assert kinds(c, "n1") == ["NodeJoined", "NodeDead", "NodeFenced"]
+
+
+def test_drivers_join_and_leave_with_a_reason():
+    c = Cluster()
+    c.hello(b"d2", "driver")
+    c.send(b"d2", P.Goodbye())
+    assert kinds(c, b"d2") == ["DriverJoined", "DriverLeft"]
+    [left] = [e for e in c.state.events.ring if type(e) is E.DriverLeft]
+    assert left.reason == "it said goodbye"
+
+
+def test_a_stored_object_is_located_then_freed():
+    c = Cluster()
+    c.add_node("n1", cpus=1)
+    c.add_node("n2", cpus=1)
+    [w] = c.node_workers["n1"]
+    fid = c.register()
+    [t] = c.submit(fid)
+    c.drain()
+    oid = ret(t)
+    c.finish(w, t, stored(oid, 10_000_000, "n1"))
+    c.send(c.node_peer["n2"], P.ObjectLocations([[oid, 10_000_000]], []))
+    c.send(c.driver, P.Release([oid]))
+    c.drain()
+    assert kinds(c, oid) == ["ObjectStored", "ObjectLocated", "ObjectFreed"]
+    [stored_event] = [e for e in c.state.events.ring if type(e) is E.ObjectStored]
+    assert (stored_event.nbytes, stored_event.node_id) == (10_000_000, "n1")
+
+
+def test_actor_created_restarted_and_dead():
+    c = Actors(idle_worker_timeout_s=1000.0)
+    c.add_node("n1", cpus=2)
+    fid = c.register("mod.C")
+    aid = c.create(fid, max_restarts=1)
+    worker = started(c, aid)
+    c.exited(worker, -9)
+    worker = started(c, aid)
+    c.exited(worker, -9)
+    names = kinds(c, aid)
+    assert names.count("ActorCreated") == 2
+    assert names.index("ActorRestarted") > names.index("ActorCreated")
+    assert names[-1] == "ActorDead"
+    [restarted] = [e for e in c.state.events.ring if type(e) is E.ActorRestarted]
+    assert restarted.restarts == 1 and "SIGKILL" in restarted.cause
+    [created] = [e for e in c.state.events.ring if type(e) is E.ActorCreated][:1]
+    assert (created.class_name, created.node_id) == ("mod.C", "n1")
+
+
+def test_since_returns_what_came_after_a_number_and_skips_what_fell_out_of_the_ring():
+    log = E.EventLog(3)
+    for i in range(5):
+        log.emit(E.DriverJoined(float(i), b"d%d" % i))
+    assert log.seq == 5
+    assert log.since(0) == (5, list(log.ring))  # 1 and 2 fell out: the oldest kept first
+    seq, events = log.since(3)
+    assert seq == 5 and [e.at for e in events] == [3.0, 4.0]
+    assert log.since(5) == (5, [])
+    seq, events = log.since(0, limit=2)
+    assert seq == 4 and [e.at for e in events] == [2.0, 3.0]
+    assert log.counts == {"DriverJoined": 5}
+
+
+def test_events_are_read_through_info_as_plain_lists():
+    c = Cluster()
+    c.hello(b"d2", "driver")
+    seq = c.state.events.seq
+    reply = c.state.info(f"events:{seq - 1}")
+    assert reply == {"seq": seq, "events": [["DriverJoined", c.now, b"d2"]]}
+    assert "error" in c.state.info("events:x")
+
+
+def test_a_ring_of_zero_turns_the_stream_off():
+    c = Cluster(event_ring=0)
+    c.add_node("n1", cpus=1)
+    fid = c.register()
+    c.submit(fid)
+    c.drain()
+    assert not c.state.events.on and c.state.events.seq == 0
+    assert c.state.info("events") == {"seq": 0, "events": []}
+    c.state.check_invariants()
