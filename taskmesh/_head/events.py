@@ -1,8 +1,8 @@
 """The head's event stream: every state change a user or operator could ask about, typed and
 timed, kept in a bounded ring with counters.
 
-    HeadState ──emit(TaskStarted(at, task_id, node_id, worker_id))──▶ EventLog
-                                                                      ├─ ring of the last N
+    HeadState ──add((TaskStarted, at, task_id, node_id, worker_id))──▶ EventLog
+                                          absorb() once per round ──▶ ├─ ring of the last N
                                                                       └─ counts per kind, and
                                                                          tasks per state
 
@@ -19,8 +19,10 @@ cancelled), and goes back to queued when it is retried.
 
 from __future__ import annotations
 
-from collections import deque
-from typing import Any, NamedTuple
+import itertools
+import operator
+from collections import Counter, deque
+from typing import Any, Callable, NamedTuple
 
 
 # ------------------------------------------------------------------ tasks
@@ -182,78 +184,103 @@ EVENT_TYPES: dict[str, type] = {cls.__name__: cls for cls in (
     ObjectFreed, ObjectLost, ObjectRebuilt, NodeJoined, NodeDead, NodeFenced, DriverJoined,
     DriverLeft)}
 
-# how a task event moves the per-state counters: (state it leaves, state it enters)
-_MOVES: dict[type, tuple[str | None, str | None]] = {
-    TaskSubmitted: (None, "pending"),
-    TaskQueued: ("pending", "queued"),
-    TaskStarted: ("queued", "running"),
-    TaskRetried: ("running", "queued"),
+# the state a task event puts its task in (_ENDED: it left the counts)
+_ENDED = "ended"
+_TASK_MOVES: dict[type, str] = {
+    TaskSubmitted: "pending", TaskQueued: "queued", TaskStarted: "running",
+    TaskRetried: "queued", TaskFinished: _ENDED, TaskFailed: _ENDED, TaskCancelled: _ENDED,
 }
-_ENDS = (TaskFinished, TaskFailed, TaskCancelled)
+_kind_of = operator.itemgetter(0)
 
 
 class EventLog:
-    """The ring of recent events and the counters. ``emit`` is on the head's hot path (four
-    task events per task): a ring append and two dictionary updates."""
+    """The ring of recent events and the counters.
 
-    __slots__ = ("ring", "seq", "counts", "tasks", "_states")
+    ``add`` is on the head's hot path (four task events per task), so it is only a list
+    append of a plain tuple, ``(EventType, at, field, ...)``; once per round the head calls
+    ``absorb``, which moves the new events into the ring, counts them by kind (at C speed)
+    and notes each unfinished task's state (one dictionary store). Readers get typed events
+    (``since``). With the stream off, ``add`` drops everything at C speed."""
+
+    __slots__ = ("ring", "_seq", "_counts", "_states", "_new", "add")
 
     def __init__(self, capacity: int) -> None:
         self.ring: deque | None = deque(maxlen=capacity) if capacity > 0 else None
-        self.seq = 0  # events emitted so far (the ring holds the last ones)
-        self.counts: dict[str, int] = {}  # events per kind, since start
-        #: tasks per state: pending, queued, running (ended tasks leave the counts)
-        self.tasks: dict[str, int] = {"pending": 0, "queued": 0, "running": 0}
+        self._seq = 0  # events absorbed so far (the ring holds the last ones)
+        self._counts: Counter[type] = Counter()  # events per type, since start
         self._states: dict[bytes, str] = {}  # task id -> its state, while it is not ended
+        self._new: list[tuple] = []  # added, not absorbed yet
+        #: add((EventType, at, field, ...)): record one event (absorbed at the round's end)
+        self.add: Callable[[tuple], None] = (self._new.append if capacity > 0
+                                             else deque(maxlen=0).append)  # (a sink)
 
     @property
     def on(self) -> bool:
         return self.ring is not None
 
     def emit(self, event: Any) -> None:
-        ring = self.ring
-        if ring is None:
-            return
-        self.seq += 1
-        ring.append(event)
-        kind = type(event)
-        name = kind.__name__
-        counts = self.counts
-        counts[name] = counts.get(name, 0) + 1
-        if kind in _MOVES or kind in _ENDS:
-            self._count_task(kind, event.task_id)
+        """Record one typed event (off the hot path; ``add`` is the cheap way)."""
+        self.add((type(event), *event))
 
-    def _count_task(self, kind: type, task_id: bytes) -> None:
-        states = self._states
-        tasks = self.tasks
-        old = states.get(task_id)
-        if kind in _ENDS:
-            if old is not None:
-                del states[task_id]
-                tasks[old] -= 1
+    def absorb(self) -> None:
+        """Move the events added since the last call into the ring and the counters."""
+        new = self._new
+        if not new:
             return
-        new = _MOVES[kind][1]
-        if old is not None:
-            tasks[old] -= 1
-        elif kind is not TaskSubmitted:
-            return  # (a task the log never saw submitted: it started before the log did)
-        states[task_id] = new  # type: ignore[assignment]
-        tasks[new] += 1  # type: ignore[index]
+        ring = self.ring
+        assert ring is not None
+        self._counts.update(map(_kind_of, new))
+        states = self._states
+        moves = _TASK_MOVES
+        for raw in new:
+            to = moves.get(raw[0])
+            if to is None:
+                continue
+            if to is _ENDED:
+                states.pop(raw[2], None)
+            else:
+                states[raw[2]] = to
+        ring.extend(new)
+        self._seq += len(new)
+        new.clear()
+
+    @property
+    def seq(self) -> int:
+        """Events recorded so far: the number of the latest."""
+        self.absorb()
+        return self._seq
+
+    @property
+    def tasks(self) -> dict[str, int]:
+        """Unfinished tasks per state: pending (waiting for inputs), queued (for a worker or
+        its actor), running (on a worker, maybe behind others there). Counted when asked
+        (O(unfinished tasks), at C speed): only status and metrics ask."""
+        self.absorb()
+        counted = Counter(self._states.values())
+        return {state: counted.get(state, 0) for state in ("pending", "queued", "running")}
+
+    @property
+    def counts(self) -> dict[str, int]:
+        """Events per kind (type name), since start."""
+        self.absorb()
+        return {kind.__name__: n for kind, n in self._counts.items()}
 
     def since(self, seq: int, limit: int = 1000) -> tuple[int, list]:
-        """Events after number ``seq`` (0: the oldest kept), at most ``limit``; and the number
-        of the last one returned. Events that fell out of the ring are not returned."""
+        """Events after number ``seq`` (0: the oldest kept), at most ``limit``, as typed
+        events; and the number of the last one returned. Events that fell out of the ring
+        are not returned."""
+        self.absorb()
         ring = self.ring
-        if ring is None or seq >= self.seq:
-            return self.seq, []
-        first = self.seq - len(ring)  # the number before the oldest kept
+        if ring is None or seq >= self._seq:
+            return self._seq, []
+        first = self._seq - len(ring)  # the number before the oldest kept
         start = max(seq, first) - first
-        out = list(ring)[start:start + limit]
+        out = [raw[0](*raw[1:]) for raw in itertools.islice(ring, start, start + limit)]
         return first + start + len(out), out
 
     def summary(self) -> dict:
         """For ``status``: events per kind and tasks per state."""
-        return {"events": dict(self.counts), "tasks": dict(self.tasks), "seq": self.seq}
+        return {"events": self.counts, "tasks": dict(self.tasks), "seq": self.seq}
 
 
 def as_lists(events: list) -> list:

@@ -1,13 +1,15 @@
 """The head process: its sockets and a loop that feeds HeadState in bounded slices.
 
-    peers ──▶ ROUTER / local socket ──decode──▶ Intake ──liveness first──▶ HeadState.handle()
-                                                       └─bulk, ≤ SLICE_S per turn─┘
-              ... schedule() ──outbox──▶ ROUTER / local socket ──▶ peers;  tick() every 0.1 s
+    peers ──▶ ROUTER / local socket ──decode──▶ Intake ──liveness first──▶ HeadState.handle_all()
+                                                       └─bulk, ≤ SLICE_S per turn─┘   │
+              peers ◀── ROUTER / local socket ◀── Send commands (Log: logging) ◀─────┘
+              tick() every 0.1 s, run_chores() between messages: commands the same way
 
 Each turn reads what the sockets hold (a slice of each local connection; nothing more but node
 agents' heartbeats while a backlog of ``MAX_BACKLOG`` messages waits), handles heartbeats and
-pings at once, handles bulk messages for at most ``SLICE_S``, then schedules once and sends
-one batched message per peer and type. Under load, batches grow by themselves; when idle, a
+pings at once, handles bulk messages for at most ``SLICE_S`` (the state schedules once per
+batch), and carries out the commands it returns: one batched message per peer and type, and
+the log lines. Under load, batches grow by themselves; when idle, a
 lone message goes out at once. So a flood of submissions slows down (it waits in its
 sender's queue and socket buffer) but never keeps the head from its timers, its heartbeats
 or its answers. The loop's lag, how long the oldest message of a turn waited between being
@@ -20,6 +22,7 @@ import logging
 import os
 import signal
 import time
+from typing import Iterator
 
 from .. import _protocol as P
 from .._daemon import report_ready
@@ -29,7 +32,8 @@ from .._secret import Security, load_security
 from ..config import Config
 from ..errors import SecretError
 from .collector import Collector
-from .intake import DISCONNECTED, Intake, LagHistogram
+from .commands import InternalError, Log, Send
+from .intake import Intake, LagHistogram
 from .state import HeadState
 
 log = logging.getLogger("taskmesh.head")
@@ -62,10 +66,8 @@ class HeadServer:
         self.host = host
         self.port = self.sock.port
         self.state = HeadState(config, time.monotonic())
-        self.state.transport = self._transport_counts
         self.intake = Intake(MAX_BACKLOG)
         self.lag = LagHistogram()  # the loop's lag per turn (see the module docstring)
-        self.state.loop_lag = self.lag.summary
         self.collector = Collector(time.monotonic())
         self._stop_r, self._stop_w = os.pipe()
         os.set_blocking(self._stop_w, False)
@@ -110,17 +112,14 @@ class HeadServer:
                     reason = "the driver that started this embedded cluster exited"
                     break
             self._read(ready)
-            handled = bool(intake.liveness) and self._handle_liveness()
-            if intake.bulk or state.chores:
+            if intake.liveness or intake.bulk:
                 deadline = time.monotonic() + SLICE_S
-                if intake.bulk:
-                    self._work(deadline)
+                self._carry_out(state.handle_all(self._turn(deadline)))
                 if state.chores and time.monotonic() < deadline:
-                    self._guarded(state.run_chores, deadline, time.monotonic)
-                handled = True
-            if handled:
-                self._guarded(state.schedule)
-                self._flush()
+                    self._carry_out(state.run_chores(deadline, time.monotonic))
+                idle_since = None
+            elif state.chores:
+                self._carry_out(state.run_chores(time.monotonic() + SLICE_S, time.monotonic))
                 idle_since = None
             elif idle_since is None:
                 idle_since = time.monotonic()
@@ -129,10 +128,10 @@ class HeadServer:
                 # a tick far later than due means this process did not run (stopped, starved,
                 # a long collection): that time is not the peers' silence
                 stalled = now - last_tick - _TICK_S
-                self._guarded(state.tick, now, stalled if stalled > _STALL_S else 0.0)
+                self._carry_out(state.tick(now, stalled if stalled > _STALL_S else 0.0,
+                                           {"transport": self._transport_counts(),
+                                            "loop_lag": self.lag.summary()}))
                 last_tick = now
-                self._guarded(state.schedule)
-                self._flush()
                 if collector.due(now, idle_since):
                     collector.collect()  # (the tick after it forgives the pause: state.tick)
                 next_tick = time.monotonic() + _TICK_S
@@ -144,7 +143,7 @@ class HeadServer:
         intake = self.intake
         bulk = intake.wants_more
         limit = max(0, min(_DRAIN_LIMIT, intake.max_backlog - len(intake.bulk)))
-        msgs = self.sock.receive(ready, limit, bulk, self.state.node_by_peer)
+        msgs = self.sock.receive(ready, limit, bulk, self.state.members.node_by_peer)
         now = time.monotonic()
         add = intake.add
         for peer, msg in msgs:
@@ -152,49 +151,25 @@ class HeadServer:
         for peer in self.sock.closed_peers():
             intake.closed(peer, now)  # after what it sent before
 
-    def _handle_liveness(self) -> bool:
-        handled = False
-        handle = self.state.handle
-        for peer, msg, _arrived in self.intake.take_liveness():
-            self._guarded_handle(handle, peer, msg)
-            handled = True
-        return handled
-
-    def _work(self, deadline: float) -> None:
-        """Handle bulk messages in arrival order until the lane is empty or ``deadline``."""
-        state = self.state
-        bulk = self.intake.bulk
+    def _turn(self, deadline: float) -> Iterator[tuple[bytes, object, float]]:
+        """This turn's messages: heartbeats and pings first, then bulk messages in arrival
+        order until the lane is empty or ``deadline``; each with the time it is handled (one
+        may take long, a Release of a million refs in slices, and a heartbeat after it must
+        not look late)."""
         clock = time.monotonic
+        for peer, msg, _arrived in self.intake.take_liveness():
+            yield peer, msg, clock()
+        bulk = self.intake.bulk
+        if not bulk:
+            return
         self.lag.add(clock() - bulk[0][2])  # how long this turn's oldest message waited
-        handle = state.handle
         n = 0
         while bulk:
             peer, msg, _arrived = bulk.popleft()
-            try:  # the time of each message: one may take long (a Release of a million refs,
-                # in slices), and a heartbeat after it must not look late
-                if msg is DISCONNECTED:
-                    state.disconnected(peer)
-                else:
-                    handle(peer, msg, clock())
-            except Exception:  # a bug must not take the head down: see _guarded_handle
-                self._internal_error(msg, peer)
+            yield peer, msg, clock()
             n += 1
             if not n & 31 and clock() >= deadline:
                 return
-
-    def _guarded_handle(self, handle, peer: bytes, msg) -> None:  # type: ignore[no-untyped-def]
-        try:
-            handle(peer, msg, time.monotonic())
-        except Exception:
-            self._internal_error(msg, peer)
-
-    def _internal_error(self, msg, peer: bytes) -> None:  # type: ignore[no-untyped-def]
-        """A bug must not take the head down; say so loudly (and count it with the dropped
-        messages: `taskmesh status` shows them). Called in an ``except`` block."""
-        counts = self.state.dropped.counts
-        counts["internal error"] = counts.get("internal error", 0) + 1
-        what = "a closed connection" if msg is DISCONNECTED else type(msg).__name__
-        log.exception("error while handling %s from %r", what, peer)
 
     def _transport_counts(self) -> dict:
         sock = self.sock
@@ -204,20 +179,22 @@ class HeadServer:
                 + (sock.local.server.refused if sock.local is not None else 0),
                 "malformed_messages": sock.bad_messages}
 
-    def _guarded(self, fn, *args) -> None:  # type: ignore[no-untyped-def]
-        try:
-            fn(*args)
-        except Exception:  # a bug must not take the whole cluster down; log it loudly
-            log.exception("internal error in %s", getattr(fn, "__name__", fn))
-
-    def _flush(self) -> None:
+    def _carry_out(self, commands: list) -> None:
+        """Send the state's messages; write its log lines and internal errors."""
         send = self.sock.send
-        for peer, msg in self.state.out.drain():
-            send(peer, msg)
+        for c in commands:
+            kind = type(c)
+            if kind is Send:
+                send(c.peer, c.msg)
+            elif kind is Log:
+                logging.getLogger(c.logger).log(c.level, c.msg, *c.args)
+            elif kind is InternalError:  # a bug must not take the head down; say so loudly
+                log.error("internal error while handling %s from %r:\n%s", c.what, c.peer,
+                          c.traceback)
 
     def _shutdown(self, reason: str) -> None:
         log.info("head shutting down: %s", reason)
-        for node in self.state.nodes.values():
+        for node in self.state.members.nodes.values():
             if node.alive:
                 self.sock.send(node.peer, P.Shutdown(f"the head at {self.host}:{self.port} {reason}"))
         # give ZeroMQ a moment to put the Shutdown messages on the wire

@@ -20,12 +20,15 @@ records it (with the seed, world and step to replay it) and the caller starts a 
 
 from __future__ import annotations
 
+import logging
 import random
 import traceback
 from collections import Counter, deque
 from typing import Any
 
 from taskmesh import _protocol as P
+from taskmesh._head.commands import InternalError, Log, Send
+from taskmesh._head.intake import DISCONNECTED
 from taskmesh._head.state import HeadState
 from taskmesh._protocol import return_ids
 from taskmesh.config import Config
@@ -57,6 +60,8 @@ class HeadWorld:
             max_pipeline=rng.choice((1, 4)), inline_push_bytes=rng.choice((64, 100_000)))
         self.now = 0.0
         self.state = HeadState(self.config, now=0.0)
+        self.batch: list = []  # messages for the head's next turn (handle_all)
+        self.said: list = []  # what the head said, not read yet (react)
         self.step = 0
         self.last: Any = None  # the message being handled (for crash reports)
         self.trace: deque[tuple] = deque(maxlen=16)  # the latest inputs (for crash reports)
@@ -94,11 +99,11 @@ class HeadWorld:
         self.seq += 1
         return f"{prefix}-{self.world}-{self.seq}".encode()
 
-    def crash(self, what: str) -> Crash:
+    def crash(self, what: str, tb: str | None = None) -> Crash:
         recent = "\n  ".join(_line(*entry) for entry in self.trace)
         return Crash(f"{what} (seed {self.seed}, world {self.world}, step {self.step}, "
                      f"message {self.last!r:.600})\nlatest inputs:\n  {recent}\n"
-                     f"{traceback.format_exc()}")
+                     f"{tb or traceback.format_exc()}")
 
     def send(self, peer: bytes, msg: Any, mutate: float = 0.0) -> None:
         """Encode, maybe damage the frames, decode, and hand the result to the head."""
@@ -118,23 +123,29 @@ class HeadWorld:
         self.counts[type(msg).__name__] += 1
         self.last = msg
         self.trace.append((self.step, peer, msg))
-        try:
-            self.state.handle(peer, msg, self.now)
-            # long scans (a driver that held many objects left) are chores the head's loop
-            # runs between messages: here, to the end before anything else
-            self.state.run_chores(float("inf"), lambda: 0.0)
-        except Exception:
-            raise self.crash(f"handle raised on {type(msg).__name__} from {peer!r}") from None
-        if self.paranoid:
-            self.check()
+        self.batch.append((peer, msg, self.now))
+        if self.paranoid:  # each message its own batch, checked after it
+            self.schedule()
+
+    def take(self, commands: list) -> None:
+        """Keep what the head said (for react); an internal error is a crash."""
+        for c in commands:
+            if type(c) is Send:
+                self.said.append(c)
+            elif type(c) is Log:  # written, as the head's loop would (run.py counts them)
+                logging.getLogger(c.logger).log(c.level, c.msg, *c.args)
+            elif type(c) is InternalError:
+                self.last = f"{c.what} from {c.peer!r}"
+                raise self.crash(f"the head raised handling {c.what}", c.traceback)
 
     def schedule(self) -> None:
-        self.last = "schedule()"
-        self.trace.append((self.step, None, "schedule()"))
-        try:
-            self.state.schedule()
-        except Exception:
-            raise self.crash("schedule raised") from None
+        """The head's loop takes in the batch (one scheduling round), then its chores (long
+        scans, e.g. of a driver that held many objects: here, to the end)."""
+        batch, self.batch = self.batch, []
+        self.trace.append((self.step, None, f"handle_all({len(batch)} messages)"))
+        self.take(self.state.handle_all(batch))
+        if self.state.chores:
+            self.take(self.state.run_chores(float("inf"), lambda: 0.0))
         if self.paranoid:
             self.check()
         self.react()
@@ -150,10 +161,8 @@ class HeadWorld:
         self.trace.append((self.step, None, self.last))
         # now and then the head itself did not run for a while (stopped, starved)
         stalled = self.rng.random() * 2 if self.rng.random() < 0.05 else 0.0
-        try:
-            self.state.tick(self.now, stalled)
-        except Exception:
-            raise self.crash("tick raised") from None
+        self.schedule()  # (what came before the tick is handled before it)
+        self.take(self.state.tick(self.now, stalled))
         if self.paranoid:
             self.check()
         self.schedule()
@@ -169,13 +178,14 @@ class HeadWorld:
         """Read the outbox: every message must survive the wire; the peers' model learns from it.
         Peers the head forgot (a worker of a lost node, a driver taken as gone) leave the model
         too: they talk on only as peers that left."""
-        peers = self.state.peers
+        peers = self.state.members.peers
         for pool in (self.workers, self.assigned):
             for peer in [p for p in pool if p not in peers]:
                 del pool[peer]
                 if len(self.left) < 50:
                     self.left.append(peer)
-        for peer, msg in self.state.out.drain():
+        said, self.said = self.said, []
+        for peer, msg in said:
             self.last = msg
             try:
                 back = P.decode(P.encode(msg))
@@ -305,12 +315,9 @@ class HeadWorld:
             peer = self.anyone()
             self.last = f"disconnected({peer!r})"
             self.trace.append((self.step, None, self.last))
-            try:
-                self.state.disconnected(peer)
-            except Exception:
-                raise self.crash("disconnected raised") from None
+            self.batch.append((peer, DISCONNECTED, self.now))
             if self.paranoid:
-                self.check()
+                self.schedule()
         else:  # a client message with a damaged frame
             self.send(self.anyone(), self.any(self.rng.choice((P.Submit, P.Put, P.TaskResults,
                                                                P.CreateActor, P.Hello))), mutate=1.0)
@@ -370,7 +377,7 @@ class HeadWorld:
 
     def result(self, peer: bytes, task_id: bytes) -> P.TaskResult:
         r, v = self.rng, self.v
-        t = self.state.tasks.get(task_id)
+        t = self.state.table.tasks.get(task_id)
         n = t.spec.num_returns if t is not None and 0 <= t.spec.num_returns < 8 else r.randint(0, 2)
         if r.random() < 0.05:
             n = max(0, n + r.choice((-1, 1)))
@@ -515,7 +522,7 @@ class HeadWorld:
                 code = r.choice((1, -9, -11, P.EXIT_UNKNOWN, 0))
                 self.send(peer, P.WorkerExited(w[1], w[2], code))
                 if r.random() < 0.9:
-                    del self.workers[p]
+                    self.workers.pop(p, None)  # (react may have dropped it)
                     self.left.append(p)
         elif x < 0.75:
             added = [[oid, r.choice((100, 5000, 0))] for oid in

@@ -1,18 +1,23 @@
 """The scripted head harness: a real HeadState driven with real protocol messages.
 
 A :class:`Cluster` plays the driver, the node agents and the workers: every message it feeds in
-and every message the head puts in its outbox goes through the real encode/decode, so the
-tests also check that the head only ever says well-formed things. :class:`Actors` adds actor
+and every message the head returns goes through the real encode/decode, so the tests also
+check that the head only ever says well-formed things. It is the head's I/O shell for tests:
+``Log`` commands go to ``logging`` (so ``caplog`` sees them), an ``InternalError`` fails the
+test at once. :class:`Actors` adds actor
 creation and calls. No processes, sockets or sleeps.
 """
 
 from __future__ import annotations
 
 import itertools
-from typing import Iterable
+import logging
+from typing import Any, Iterable
 
 from taskmesh import _protocol as P
 from taskmesh._head import actors as A
+from taskmesh._head.commands import InternalError, Log, Send
+from taskmesh._head.intake import DISCONNECTED
 from taskmesh._head.state import HeadState
 from taskmesh._protocol import return_ids
 from taskmesh._resources import UNIT
@@ -109,25 +114,42 @@ class Cluster:
         self.node_peer: dict[str, bytes] = {}
         self.node_workers: dict[str, list[bytes]] = {}
         self.worker_info: dict[bytes, tuple[str, str, int]] = {}  # peer -> node id, worker id, pid
+        self.sent: list[tuple[bytes, Any]] = []  # what the head said, not drained yet
         self.driver = self.hello(b"driver-1", "driver")
         self.drain()
 
     # -- plumbing
 
-    def send(self, peer: bytes, msg, schedule: bool = True) -> None:
-        self.state.handle(peer, wire(msg), self.now)
-        if schedule:
-            self.state.schedule()
+    def carry_out(self, commands: list) -> None:
+        """Do what the head asks: keep its messages (checked on the wire), log its lines."""
+        for c in commands:
+            if type(c) is Send:
+                wire(c.msg)  # everything the head says must be encodable and decodable
+                self.sent.append((c.peer, c.msg))
+            elif type(c) is Log:
+                logging.getLogger(c.logger).log(c.level, c.msg, *c.args)
+            else:
+                assert type(c) is not InternalError, f"the head raised:\n{c.traceback}"
+                raise AssertionError(f"unknown command {c!r}")
+
+    def send(self, peer: bytes, msg) -> None:
+        self.carry_out(self.state.handle(peer, wire(msg), self.now))
+
+    def send_all(self, messages: Iterable[tuple[bytes, Any]]) -> None:
+        """Several messages in one batch (one scheduling round), as the head's loop does."""
+        self.carry_out(self.state.handle_all([(p, wire(m), self.now) for p, m in messages]))
+
+    def disconnect(self, peer: bytes) -> None:
+        """The peer's connection closed (a local peer's process is gone)."""
+        self.carry_out(self.state.handle(peer, DISCONNECTED, self.now))
 
     def drain(self) -> Sent:
-        pairs = list(self.state.out.drain())
-        for _, m in pairs:
-            wire(m)  # everything the head says must be encodable and decodable
+        pairs, self.sent = self.sent, []
         return Sent(pairs)
 
     def later(self, dt: float = 1.0) -> Sent:
         """Let ``dt`` seconds pass with every live node heartbeating."""
-        return self.tick(self.now + dt, heartbeats=[n for n, rec in self.state.nodes.items()
+        return self.tick(self.now + dt, heartbeats=[n for n, rec in self.state.members.nodes.items()
                                                     if rec.alive])
 
     def tick(self, now: float, heartbeats: Iterable[str] = ()) -> Sent:
@@ -135,8 +157,7 @@ class Cluster:
         self.now = now
         for node_id in heartbeats:
             self.heartbeat(node_id)
-        self.state.tick(now)
-        self.state.schedule()
+        self.carry_out(self.state.tick(now))
         return self.drain()
 
     # -- peers
@@ -181,8 +202,7 @@ class Cluster:
 
     def register(self, name: str = "mod.f", owner: bytes | None = None) -> bytes:
         fid = f"fid:{name}".encode()
-        self.send(owner or self.driver, P.RegisterFunction(fid, name, f"blob of {name}".encode()),
-                  schedule=False)
+        self.send(owner or self.driver, P.RegisterFunction(fid, name, f"blob of {name}".encode()))
         return fid
 
     def spec(self, fid: bytes, *, deps: Iterable[bytes] = (), cpus: float = 1,
@@ -221,7 +241,7 @@ class Cluster:
     # -- inspection
 
     def node(self, node_id: str):
-        return self.state.nodes[node_id]
+        return self.state.members.nodes[node_id]
 
     def avail_cpu(self, node_id: str) -> int:
         return self.node(node_id).avail.get("CPU", 0)
@@ -232,7 +252,7 @@ class Cluster:
     def info(self, what: str, peer: bytes | None = None):
         rid = next(self._seq)
         peer = peer or self.driver
-        self.send(peer, P.InfoRequest(rid, what), schedule=False)
+        self.send(peer, P.InfoRequest(rid, what))
         [reply] = self.drain().to(peer, P.InfoReply)
         assert reply.request_id == rid
         return reply.data
@@ -259,7 +279,7 @@ class Actors(Cluster):
         return tid
 
     def actor(self, aid: bytes) -> A.ActorRec:
-        return self.state.actors[aid]
+        return self.state.actor_table.actors[aid]
 
 
 def started(c: Actors, aid: bytes) -> bytes:

@@ -47,7 +47,7 @@ def test_calls_run_in_submission_order_even_when_a_later_one_is_ready_first(c):
     second = c.call(aid)
     third = c.call(aid)
     assert [a.task_id for a in c.drain().assignments(worker)] == []  # all wait for the first
-    runner = c.state.tasks[slow].worker.peer
+    runner = c.state.table.tasks[slow].worker.peer
     c.finish(runner, slow)
     assert [a.task_id for a in c.drain().assignments(worker)] == [first, second, third]
 
@@ -216,7 +216,7 @@ def test_results_of_actor_calls_are_never_rebuilt_from_lineage(c):
     c.drain()
     stored = SO.stored(ret(t), 1 << 20, [["n1", ""]])
     c.finish(worker, t, stored)
-    assert c.state.objects[ret(t)].lineage is None
+    assert c.state.directory.objects[ret(t)].lineage is None
 
 
 def test_split_in_flight_retries_while_retries_last():
@@ -237,7 +237,7 @@ def test_an_actor_ends_when_its_handle_object_is_freed_and_its_calls_are_done(c)
     fid = c.register("mod.C")
     aid = c.create(fid)
     hid = P.actor_handle_id(aid)
-    assert c.state.objects[hid].owner == c.driver  # the creator owns its handles' object
+    assert c.state.directory.objects[hid].owner == c.driver  # the creator owns its handles' object
     worker = started(c, aid)
     call = c.call(aid)
     c.drain()
@@ -316,7 +316,7 @@ def test_per_call_max_task_retries_decide_retries_after_the_actor_restarts(c):
     sent = c.drain()
     assert sent.values(c.driver)[ret(drop)].value.read_system_error()[0] == "ActorDiedError"
     assert ret(keep) not in sent.values(c.driver)
-    assert c.state.tasks[keep].state != 3  # (not done: queued again for the restarted actor)
+    assert c.state.table.tasks[keep].state != 3  # (not done: queued again for the restarted actor)
 
 
 def test_a_detached_actor_still_being_created_when_its_creator_leaves_is_made(c):

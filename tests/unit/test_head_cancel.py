@@ -4,7 +4,7 @@ and that the workers' other tasks are not charged a retry."""
 from __future__ import annotations
 
 from taskmesh import _protocol as P
-from taskmesh._head.state import TIMEOUT_GRACE_S
+from taskmesh._head.tasks import TIMEOUT_GRACE_S
 
 from ..support.head import Cluster, build, ret
 
@@ -23,7 +23,7 @@ def test_a_queued_task_is_dropped_and_never_runs():
     sent = c.drain()
     assert _error(sent, c.driver, queued) == (
         "TaskCancelledError", "task mod.f was cancelled by taskmesh.cancel()")
-    worker = c.state.tasks[running].worker.peer
+    worker = c.state.table.tasks[running].worker.peer
     c.finish(worker, running)
     assert queued not in c.drain().assigned_to()
 
@@ -58,7 +58,7 @@ def test_force_kills_the_worker_and_its_other_tasks_run_again_without_losing_a_r
     [kill] = c.drain().to(c.node_peer["n1"], P.KillWorker)
     assert kill.worker_id == c.worker_info[worker][1]
     c.exited(worker, -9)
-    assert c.state.tasks[second].retries_left == 3  # not charged for the cancel's kill
+    assert c.state.table.tasks[second].retries_left == 3  # not charged for the cancel's kill
 
 
 def test_dependents_of_a_cancelled_task_fail_too():
@@ -95,7 +95,7 @@ def test_a_task_past_its_timeout_that_its_worker_did_not_stop_is_killed():
     worker = c.drain().assigned_to()[spec.task_id]
     assert [a.timeout_s for a in c.drain().assignments()] == []
     c.tick(1.0 + TIMEOUT_GRACE_S - 0.1)
-    assert spec.task_id in c.state.tasks  # the worker's own timer gets the first chance
+    assert spec.task_id in c.state.table.tasks  # the worker's own timer gets the first chance
     sent = c.tick(1.0 + TIMEOUT_GRACE_S + 0.1)
     kind, message = _error(sent, c.driver, spec.task_id)
     assert kind == "TaskTimeoutError" and "timeout_s=1 s" in message and "killed" in message
@@ -123,11 +123,11 @@ def test_a_recursive_cancel_stops_the_tree_of_tasks_the_task_submitted():
     c.send(c.driver, P.Cancel([ret(root)], False, True))
     sent = c.drain()
     for t in (root, child, grandchild):
-        assert t not in c.state.tasks
+        assert t not in c.state.table.tasks
     assert "its parent task mod.f was cancelled" in _error(sent, child_worker, grandchild)[1]
     interrupted = {m.task_id for m in sent.to(c.node_peer["n1"], P.InterruptTask)}
     assert interrupted >= {root, child}
-    assert other in c.state.tasks and c.state.children == {}
+    assert other in c.state.table.tasks and c.state.table.children == {}
     c.state.check_invariants()
 
 
@@ -141,7 +141,7 @@ def test_a_cancel_that_is_not_recursive_leaves_the_children_running():
     c.drain()
     c.send(c.driver, P.Cancel([ret(root)], False, False))
     c.drain()
-    assert root not in c.state.tasks and child in c.state.tasks
+    assert root not in c.state.table.tasks and child in c.state.table.tasks
 
 
 def test_the_children_of_a_long_running_task_are_pruned_as_they_end():
@@ -155,4 +155,4 @@ def test_the_children_of_a_long_running_task_are_pruned_as_they_end():
         worker = c.drain().assigned_to()[t]
         c.finish(worker, t)
         c.drain()
-    assert len(c.state.children[root]) < 130  # not 300: ended ones are dropped as it grows
+    assert len(c.state.table.children[root]) < 130  # not 300: ended ones are dropped as it grows

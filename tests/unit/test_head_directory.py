@@ -14,7 +14,7 @@ def c() -> Cluster:
     c = Cluster()
     for n in ("a", "b"):
         c.add_node(n, cpus=1)
-        c.state.nodes[n].transfer = f"10.0.0.{ord(n)}:7400"
+        c.state.members.nodes[n].transfer = f"10.0.0.{ord(n)}:7400"
     c.drain()
     return c
 
@@ -38,15 +38,15 @@ def test_a_stored_result_is_recorded_on_the_workers_node_and_its_owner_gets_the_
     assert pushed.nbytes == 50 * MB
     assert pushed.value.is_stored  # the small marker is pushed even for a large object
     # the worker's node is the holder, whatever the marker claimed, with its transfer address
-    assert locations(pushed.value) == [[node_id, c.state.nodes[node_id].transfer]]
-    assert oid in c.state.nodes[node_id].objects
+    assert locations(pushed.value) == [[node_id, c.state.members.nodes[node_id].transfer]]
+    assert oid in c.state.members.nodes[node_id].objects
 
 
 def test_a_put_marker_names_its_node_and_an_unknown_node_makes_it_lost(c):
     oid = c.put(b"p" * 20, stored(b"p" * 20, 10 * MB, "b"))
     c.send(c.driver, P.Subscribe([oid]))
     item = c.drain().values(c.driver)[oid]
-    assert locations(item.value) == [["b", c.state.nodes["b"].transfer]]
+    assert locations(item.value) == [["b", c.state.members.nodes["b"].transfer]]
     bad = c.put(b"q" * 20, stored(b"q" * 20, 10 * MB, "no-such-node"))
     c.send(c.driver, P.Subscribe([bad]))
     item = c.drain().values(c.driver)[bad]
@@ -65,14 +65,14 @@ def test_a_marker_for_another_object_is_refused(c):
 def test_releasing_a_stored_object_frees_every_copy(c):
     oid = c.put(b"p" * 20, stored(b"p" * 20, 10 * MB, "a"))
     c.send(c.node_peer["b"], P.ObjectLocations([[oid, 10 * MB]], []))
-    assert c.state.objects[oid].locations == ["a", "b"]
+    assert c.state.directory.objects[oid].locations == ["a", "b"]
     c.drain()
     c.send(c.driver, P.Release([oid]))
     sent = c.drain()
     for n in ("a", "b"):
         assert sent.to(c.node_peer[n], P.FreeObjects) == [P.FreeObjects([oid])]
-    assert oid not in c.state.objects
-    assert not c.state.nodes["a"].objects and not c.state.nodes["b"].objects
+    assert oid not in c.state.directory.objects
+    assert not c.state.members.nodes["a"].objects and not c.state.members.nodes["b"].objects
 
 
 def test_a_stored_object_is_kept_while_a_pending_task_needs_it(c):
@@ -92,7 +92,7 @@ def test_a_stored_result_nobody_wants_is_freed_on_its_node(c):
     c.drain()
     c.finish(worker, t, stored(ret(t), 5 * MB))
     assert c.drain().to(c.node_peer["a"], P.FreeObjects) == [P.FreeObjects([ret(t)])]
-    assert ret(t) not in c.state.objects
+    assert ret(t) not in c.state.directory.objects
 
 
 def test_a_fetched_copy_of_a_dropped_object_is_freed_at_once(c):
@@ -112,8 +112,8 @@ def test_losing_the_last_copy_makes_the_object_lost_naming_the_node(c):
     oid = c.put(b"p" * 20, stored(b"p" * 20, 10 * MB, "a"))
     c.send(c.node_peer["b"], P.ObjectLocations([[oid, 10 * MB]], []))
     c.send(c.node_peer["b"], P.ObjectLocations([], [oid]))  # e.g. its restore from disk failed
-    assert c.state.objects[oid].locations == ["a"]
-    c.state._node_lost(c.state.nodes["a"], "test")
+    assert c.state.directory.objects[oid].locations == ["a"]
+    c.send(c.node_peer["a"], P.Goodbye())  # its agent stopped: lost now
     c.send(c.driver, P.Subscribe([oid]))
     value = c.drain().values(c.driver)[oid].value
     kind, message = value.read_system_error()
@@ -150,6 +150,6 @@ def test_large_arguments_stored_by_value_are_sent_with_their_holders_and_count_f
     [a] = sent.assignments()
     worker = sent.assigned_to()[spec.task_id]
     assert c.worker_info[worker][0] == "b"  # where the arguments are
-    assert locations(a.args) == [["b", c.state.nodes["b"].transfer]]
+    assert locations(a.args) == [["b", c.state.members.nodes["b"].transfer]]
     c.finish(worker, spec.task_id)
     assert c.drain().to(c.node_peer["b"], P.FreeObjects) == [P.FreeObjects([args_id])]

@@ -9,10 +9,15 @@ from taskmesh._head import events as E
 from ..support.head import Actors, Cluster, ret, started, stored, task_error
 
 
+def events_of(c: Cluster) -> list:
+    """Every event the ring holds, typed."""
+    return c.state.events.since(0, limit=10**6)[1]
+
+
 def kinds(c: Cluster, of: bytes | str | None = None) -> list[str]:
     """Names of the events in the ring, optionally only those about one id."""
     out = []
-    for e in c.state.events.ring:
+    for e in events_of(c):
         ids = [getattr(e, f, None) for f in ("task_id", "object_id", "actor_id", "node_id", "peer")]
         if of is None or of in ids:
             out.append(type(e).__name__)
@@ -31,7 +36,7 @@ def test_a_task_is_submitted_queued_started_and_finished_with_its_node_and_worke
     c.now = 6.0
     c.finish(w, t, duration=0.75)
     assert kinds(c, t) == ["TaskSubmitted", "TaskQueued", "TaskStarted", "TaskFinished"]
-    submitted, queued, started, finished = [e for e in c.state.events.ring
+    submitted, queued, started, finished = [e for e in events_of(c)
                                             if getattr(e, "task_id", None) == t]
     assert submitted == E.TaskSubmitted(5.0, t, "mod.f", b"")
     assert queued.at == 5.0
@@ -49,7 +54,7 @@ def test_counters_follow_tasks_waiting_for_inputs_and_for_a_worker():
     c.drain()
     # one runs, one waits for a worker, one waits for its input
     assert c.state.events.tasks == {"pending": 1, "queued": 1, "running": 1}
-    assert sum(c.state.events.tasks.values()) == len(c.state.tasks)
+    assert sum(c.state.events.tasks.values()) == len(c.state.table.tasks)
     c.state.check_invariants()
     assert c.state.info("status")["stream"]["tasks"] == c.state.events.tasks
 
@@ -66,7 +71,7 @@ def test_a_raising_task_is_retried_then_fails_and_says_why():
     c.finish(w, t, task_error())
     assert kinds(c, t) == ["TaskSubmitted", "TaskQueued", "TaskStarted", "TaskRetried",
                            "TaskStarted", "TaskFailed"]
-    failed = [e for e in c.state.events.ring if type(e) is E.TaskFailed]
+    failed = [e for e in events_of(c) if type(e) is E.TaskFailed]
     assert [f.error for f in failed] == ["TaskError"]
     assert c.state.events.counts["TaskFailed"] == 1
 
@@ -79,7 +84,7 @@ def test_a_task_lost_with_its_worker_is_retried_and_one_out_of_retries_fails_nam
     [t] = c.submit(fid, max_retries=0)
     c.drain()
     c.exited(w, -9)
-    [failed] = [e for e in c.state.events.ring if type(e) is E.TaskFailed]
+    [failed] = [e for e in events_of(c) if type(e) is E.TaskFailed]
     assert failed.task_id == t and failed.error == "WorkerCrashedError"
 
 
@@ -100,10 +105,10 @@ def test_cancel_emits_cancelled_not_failed():
 def test_nodes_join_die_and_are_fenced_when_they_speak_again():
     c = Cluster(heartbeat_timeout_s=2.0)
     c.add_node("n1", cpus=1, address="10.1.2.3")
-    [joined] = [e for e in c.state.events.ring if type(e) is E.NodeJoined]
+    [joined] = [e for e in events_of(c) if type(e) is E.NodeJoined]
     assert (joined.node_id, joined.address) == ("n1", "10.1.2.3")
     c.tick(10.0)  # silent for 10 s: dead
-    [dead] = [e for e in c.state.events.ring if type(e) is E.NodeDead]
+    [dead] = [e for e in events_of(c) if type(e) is E.NodeDead]
     assert dead.node_id == "n1" and dead.at == 10.0 and "heartbeat" in dead.reason
     c.heartbeat("n1")  # it speaks again: told to join anew
     assert kinds(c, "n1") == ["NodeJoined", "NodeDead", "NodeFenced"]
@@ -114,7 +119,7 @@ def test_drivers_join_and_leave_with_a_reason():
     c.hello(b"d2", "driver")
     c.send(b"d2", P.Goodbye())
     assert kinds(c, b"d2") == ["DriverJoined", "DriverLeft"]
-    [left] = [e for e in c.state.events.ring if type(e) is E.DriverLeft]
+    [left] = [e for e in events_of(c) if type(e) is E.DriverLeft]
     assert left.reason == "it said goodbye"
 
 
@@ -132,7 +137,7 @@ def test_a_stored_object_is_located_then_freed():
     c.send(c.driver, P.Release([oid]))
     c.drain()
     assert kinds(c, oid) == ["ObjectStored", "ObjectLocated", "ObjectFreed"]
-    [stored_event] = [e for e in c.state.events.ring if type(e) is E.ObjectStored]
+    [stored_event] = [e for e in events_of(c) if type(e) is E.ObjectStored]
     assert (stored_event.nbytes, stored_event.node_id) == (10_000_000, "n1")
 
 
@@ -149,9 +154,9 @@ def test_actor_created_restarted_and_dead():
     assert names.count("ActorCreated") == 2
     assert names.index("ActorRestarted") > names.index("ActorCreated")
     assert names[-1] == "ActorDead"
-    [restarted] = [e for e in c.state.events.ring if type(e) is E.ActorRestarted]
+    [restarted] = [e for e in events_of(c) if type(e) is E.ActorRestarted]
     assert restarted.restarts == 1 and "SIGKILL" in restarted.cause
-    [created] = [e for e in c.state.events.ring if type(e) is E.ActorCreated][:1]
+    [created] = [e for e in events_of(c) if type(e) is E.ActorCreated][:1]
     assert (created.class_name, created.node_id) == ("mod.C", "n1")
 
 
@@ -160,7 +165,7 @@ def test_since_returns_what_came_after_a_number_and_skips_what_fell_out_of_the_r
     for i in range(5):
         log.emit(E.DriverJoined(float(i), b"d%d" % i))
     assert log.seq == 5
-    assert log.since(0) == (5, list(log.ring))  # 1 and 2 fell out: the oldest kept first
+    assert log.since(0) == (5, [E.DriverJoined(float(i), b"d%d" % i) for i in (2, 3, 4)])
     seq, events = log.since(3)
     assert seq == 5 and [e.at for e in events] == [3.0, 4.0]
     assert log.since(5) == (5, [])
@@ -187,3 +192,17 @@ def test_a_ring_of_zero_turns_the_stream_off():
     assert not c.state.events.on and c.state.events.seq == 0
     assert c.state.info("events") == {"seq": 0, "events": []}
     c.state.check_invariants()
+
+
+def test_added_events_count_once_absorbed_and_a_log_that_is_off_drops_them():
+    log = E.EventLog(10)
+    log.add((E.TaskSubmitted, 1.0, b"t" * 16, "f", b""))
+    log.add((E.TaskQueued, 2.0, b"t" * 16))
+    assert log._new  # (not absorbed yet: the head absorbs once per round)
+    assert log.tasks == {"pending": 0, "queued": 1, "running": 0}  # reading absorbs
+    assert log.since(0)[1] == [E.TaskSubmitted(1.0, b"t" * 16, "f", b""),
+                               E.TaskQueued(2.0, b"t" * 16)]
+    off = E.EventLog(0)
+    off.add((E.TaskQueued, 2.0, b"t" * 16))
+    off.emit(E.DriverJoined(1.0, b"d"))
+    assert off.seq == 0 and off.counts == {} and not off.on

@@ -9,7 +9,7 @@ import pytest
 from taskmesh import _protocol as P
 from taskmesh._head import collector as C
 from taskmesh._head.intake import DISCONNECTED, Intake, LagHistogram, is_liveness, slices
-from taskmesh._head.state import CHORE_SLICE
+from taskmesh._head.context import CHORE_SLICE
 
 from ..support.head import Cluster, value
 
@@ -70,16 +70,16 @@ def test_a_driver_with_many_objects_is_released_in_slices():
     for i in range(n):
         c.put(b"%020d" % i, value(b"v"), owner=b"big")
     c.send(b"big", P.Goodbye())
-    assert len(c.state.chores) == 1 and len(c.state.objects) == n  # not done in the handler
+    assert len(c.state.chores) == 1 and len(c.state.directory.objects) == n  # not done in the handler
     steps = iter(range(1_000_000))
-    c.state.run_chores(1, lambda: next(steps))  # the deadline passes after two slices
-    assert 0 < len(c.state.objects) < n
-    c.state.run_chores(float("inf"), lambda: 0.0)
-    assert not c.state.chores and not c.state.objects
+    c.carry_out(c.state.run_chores(1, lambda: next(steps)))  # the deadline passes after two slices
+    assert 0 < len(c.state.directory.objects) < n
+    c.carry_out(c.state.run_chores(float("inf"), lambda: 0.0))
+    assert not c.state.chores and not c.state.directory.objects
     c.state.check_invariants()
     assert fid  # (the cluster still works)
     [t] = c.submit(fid)
-    assert t in c.state.tasks
+    assert t in c.state.table.tasks
 
 
 def test_a_head_that_stalled_does_not_take_its_nodes_for_dead():
@@ -94,10 +94,10 @@ def test_a_head_that_stalled_does_not_take_its_nodes_for_dead():
     c2.add_node("n1", cpus=1)
     c2.drain()
     c2.now += timeout + 1.5
-    c2.state.tick(c2.now, stalled=timeout + 1.4)
+    c2.carry_out(c2.state.tick(c2.now, stalled=timeout + 1.4))
     assert c2.node("n1").alive  # the stall is not the node's silence
     c2.now += timeout + 0.1
-    c2.state.tick(c2.now)  # but a node silent for longer than the time-out after it is dead
+    c2.carry_out(c2.state.tick(c2.now))  # a node silent longer than the time-out after it is dead
     assert not c2.node("n1").alive
 
 
@@ -106,11 +106,11 @@ def test_a_stalled_head_forgives_remote_drivers_too():
     c.hello(b"remote", "driver", {"heartbeat_s": 0.25})
     c.drain()
     c.now += 5.0
-    c.state.tick(c.now, stalled=4.9)
-    assert b"remote" in c.state.peers
+    c.carry_out(c.state.tick(c.now, stalled=4.9))
+    assert b"remote" in c.state.members.peers
     c.now += 5.0
-    c.state.tick(c.now)
-    assert b"remote" not in c.state.peers
+    c.carry_out(c.state.tick(c.now))
+    assert b"remote" not in c.state.members.peers
 
 
 def test_the_collector_runs_full_collections_only_when_idle_or_rarely():

@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 
 from taskmesh import _protocol as P
-from taskmesh._head import state as H
+from taskmesh._head import records as H
+from taskmesh._head import tasks as T
 
 from ..support.head import MB, SO, Cluster, locations, ret, stored
 
@@ -15,16 +16,16 @@ def c() -> Cluster:
     c = Cluster(heartbeat_timeout_s=1000.0)
     for n in ("a", "b"):
         c.add_node(n, cpus=1)
-        c.state.nodes[n].transfer = f"10.0.0.{ord(n)}:7400"
+        c.state.members.nodes[n].transfer = f"10.0.0.{ord(n)}:7400"
     c.drain()
     return c
 
 
 def run_on(c: Cluster, node_id: str, fid: bytes, **kw) -> tuple[bytes, bytes]:
-    c.state.nodes["a" if node_id == "b" else "b"].avail["CPU"] = 0  # only node_id has room
+    c.state.members.nodes["a" if node_id == "b" else "b"].avail["CPU"] = 0  # only node_id has room
     [t] = c.submit(fid, **kw)
     sent = c.drain()
-    for n in c.state.nodes.values():
+    for n in c.state.members.nodes.values():
         n.avail["CPU"] = n.total["CPU"] - sum(w.lease.get("CPU", 0) for w in n.workers.values()
                                               if w.lease is not None)
     worker = sent.assigned_to()[t]
@@ -33,8 +34,8 @@ def run_on(c: Cluster, node_id: str, fid: bytes, **kw) -> tuple[bytes, bytes]:
 
 
 def lose(c: Cluster, node_id: str) -> None:
-    c.state._node_lost(c.state.nodes[node_id], "test")
-    c.state.schedule()
+    c.send(c.node_peer[node_id], P.Goodbye())  # its agent stopped: lost now
+    c.send_all([])  # a scheduling round with no message
 
 
 def test_a_lost_task_result_is_rebuilt_by_running_its_task_again(c):
@@ -50,8 +51,8 @@ def test_a_lost_task_result_is_rebuilt_by_running_its_task_again(c):
     assert not c.drain().values(c.driver)
     c.finish(sent.assigned_to()[t], t, stored(ret(t), 20 * MB))
     item = c.drain().values(c.driver)[ret(t)]
-    assert locations(item.value) == [["a", c.state.nodes["a"].transfer]]
-    assert c.state.rebuilt == 1
+    assert locations(item.value) == [["a", c.state.members.nodes["a"].transfer]]
+    assert c.state.directory.rebuilt == 1
 
 
 def test_a_lost_put_object_is_an_error_naming_it(c):
@@ -90,7 +91,7 @@ def test_a_chain_of_lost_results_is_rebuilt_in_order(c):
     [a2] = sent.assignments()
     assert a2.task_id == t2 and locations(a2.dep_values[0])[0][0] == "a"
     c.finish(sent.assigned_to()[t2], t2, stored(ret(t2), 10 * MB))
-    assert c.state.objects[ret(t2)].locations == ["a"]
+    assert c.state.directory.objects[ret(t2)].locations == ["a"]
 
 
 def test_a_rebuild_needing_a_freed_input_says_so(c):
@@ -99,7 +100,7 @@ def test_a_rebuild_needing_a_freed_input_says_so(c):
     t, worker = run_on(c, "b", fid, deps=[inp])
     c.send(c.driver, P.Release([inp]))
     c.finish(worker, t, stored(ret(t), 10 * MB))
-    assert inp not in c.state.objects
+    assert inp not in c.state.directory.objects
     lose(c, "b")
     c.send(c.driver, P.Subscribe([ret(t)]))
     kind, message = c.drain().values(c.driver)[ret(t)].value.read_system_error()
@@ -130,8 +131,8 @@ def test_a_worker_that_cannot_read_an_input_gets_the_task_again_later(c):
     lost = SO.system_error("DependencyLost", f"{inp.hex()} no holder answered")
     c.send(worker, P.TaskResults([P.TaskResult(t, [lost], 0.0)]))
     assert not c.drain().assignments()  # not at once: its holder may be dead but not declared
-    assert c.state.tasks[t].state == H.WAITING
-    sent = c.tick(c.now + H.DEPENDENCY_RETRY_S + 0.01)
+    assert c.state.table.tasks[t].state == H.WAITING
+    sent = c.tick(c.now + T.DEPENDENCY_RETRY_S + 0.01)
     assert [a.task_id for a in sent.assignments()] == [t]
 
 
@@ -140,12 +141,12 @@ def test_a_task_whose_input_stays_unreadable_fails_in_the_end(c):
     inp = c.put(b"p" * 20, stored(b"p" * 20, 10 * MB, "b"))
     t, worker = run_on(c, "a", fid, deps=[inp])
     lost = SO.system_error("DependencyLost", f"{inp.hex()} no holder answered")
-    for _ in range(H.MAX_DEPENDENCY_RETRIES + 1):
+    for _ in range(T.MAX_DEPENDENCY_RETRIES + 1):
         c.send(worker, P.TaskResults([P.TaskResult(t, [lost], 0.0)]))
-        sent = c.tick(c.now + H.DEPENDENCY_RETRY_MAX_S + 0.01)
+        sent = c.tick(c.now + T.DEPENDENCY_RETRY_MAX_S + 0.01)
         worker = sent.assigned_to().get(t, worker)
-    assert t not in c.state.tasks
-    kind, message = c.state.objects[ret(t)].value.read_system_error()
+    assert t not in c.state.table.tasks
+    kind, message = c.state.directory.objects[ret(t)].value.read_system_error()
     assert kind == "ObjectLostError" and "could not read its inputs" in message
 
 
@@ -160,13 +161,13 @@ def test_a_leaving_driver_s_pending_tasks_are_cancelled_and_a_running_one_killed
     worker = sent.assigned_to()[t_run]
     queued = c.submit(fid, n=3, owner=other)  # more than the two CPUs: some wait in the queue
     c.drain()
-    c.state.disconnected(other)  # the driver process is gone
+    c.disconnect(other)  # the driver process is gone
     sent = c.drain()
     node_id = c.worker_info[worker][0]
     kills = sent.to(c.node_peer[node_id], P.KillWorker)
     assert [k.worker_id for k in kills] == [c.worker_info[worker][1]]
-    assert not c.state.tasks and not c.state.objects  # nothing left of it
-    assert c.state.cancelled == 1 + len(queued)
+    assert not c.state.table.tasks and not c.state.directory.objects  # nothing left of it
+    assert c.state.table.cancelled == 1 + len(queued)
     c.exited(worker)  # the agent reports the kill: no retry, a replacement starts
     sent = c.drain()
     assert not sent.assignments() and sent.to(c.node_peer[node_id], P.StartWorkers)
@@ -178,8 +179,8 @@ def test_a_task_whose_result_is_borrowed_runs_on_after_its_owner_left(c):
     [t] = c.submit(fid, owner=other)
     worker = c.drain().assigned_to()[t]
     c.send(c.driver, P.Borrow([ret(t)]))  # someone else holds a ref to its result
-    c.state.disconnected(other)
-    assert not c.drain().of(P.KillWorker) and t in c.state.tasks
+    c.disconnect(other)
+    assert not c.drain().of(P.KillWorker) and t in c.state.table.tasks
     c.finish(worker, t, SO(SO.VALUE, b"still wanted", []))
     c.send(c.driver, P.Subscribe([ret(t)]))
     assert c.drain().values(c.driver)[ret(t)].value.data == b"still wanted"
@@ -193,10 +194,10 @@ def test_a_remote_driver_that_falls_silent_is_taken_as_gone(c):
     c.drain()
     for _ in range(3):  # it pings: alive
         c.send(remote, P.InfoRequest(0, "ping"))
-        c.tick(c.now + 1.0, heartbeats=list(c.state.nodes))
-    assert len(c.state.tasks) == 3
-    c.tick(c.now + c.config.heartbeat_timeout_s + 0.1, heartbeats=list(c.state.nodes))
-    assert not c.state.tasks and remote not in c.state.peers
+        c.tick(c.now + 1.0, heartbeats=list(c.state.members.nodes))
+    assert len(c.state.table.tasks) == 3
+    c.tick(c.now + c.config.heartbeat_timeout_s + 0.1, heartbeats=list(c.state.members.nodes))
+    assert not c.state.table.tasks and remote not in c.state.members.peers
     c.send(remote, P.InfoRequest(7, "nodes"))  # it was only slow: it is told, not ignored
     [refused] = c.drain().to(remote, P.Refused)
     assert "took this driver as gone" in refused.reason

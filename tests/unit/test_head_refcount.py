@@ -23,7 +23,7 @@ def with_refs(*inner: bytes, data: bytes = b"outer") -> SO:
 
 
 def alive(c: Cluster, *oids: bytes) -> list[bool]:
-    return [oid in c.state.objects for oid in oids]
+    return [oid in c.state.directory.objects for oid in oids]
 
 
 def test_a_ref_inside_a_put_value_keeps_its_object_until_the_container_goes(c):
@@ -94,16 +94,16 @@ def test_a_long_chain_of_nested_refs_is_freed_without_recursion(c):
     for i in range(1, n):
         c.put(str(i).encode(), with_refs(str(i - 1).encode()))
     c.send(c.driver, P.Release([str(i).encode() for i in range(n - 1)]))
-    assert len(c.state.objects) == n
+    assert len(c.state.directory.objects) == n
     c.send(c.driver, P.Release([str(n - 1).encode()]))
-    assert len(c.state.objects) == 0
+    assert len(c.state.directory.objects) == 0
 
 
 def test_an_object_owned_by_a_driver_that_left_lives_on_while_borrowed(c):
     leaving = c.hello(b"driver-2", "driver")
     c.put(b"x", value(b"X"), owner=leaving)
     c.send(c.driver, P.Borrow([b"x"]))
-    c.state.disconnected(leaving)
+    c.disconnect(leaving)
     assert alive(c, b"x") == [True]
     c.send(c.driver, P.Release([b"x"]))
     assert alive(c, b"x") == [False]

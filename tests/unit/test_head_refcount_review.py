@@ -17,13 +17,13 @@ def c() -> Cluster:
     c = Cluster()
     for n in ("a", "b"):
         c.add_node(n, cpus=1)
-        c.state.nodes[n].transfer = f"10.0.0.{ord(n)}:7400"
+        c.state.members.nodes[n].transfer = f"10.0.0.{ord(n)}:7400"
     c.drain()
     return c
 
 
 def alive(c: Cluster, *oids: bytes) -> list[bool]:
-    return [oid in c.state.objects for oid in oids]
+    return [oid in c.state.directory.objects for oid in oids]
 
 
 def subscribed_value(c: Cluster, oid: bytes, peer: bytes | None = None) -> SO:
@@ -45,7 +45,7 @@ def test_a_copy_reported_after_the_last_known_copy_was_lost_is_kept(c):
     should make b the holder again (the object is known: only its copies were)."""
     oid = c.put(b"x" * 20, stored(b"x" * 20, 10 * MB, "a"))
     c.drain()
-    c.state._node_lost(c.state.nodes["a"], "its node agent exited")
+    c.send(c.node_peer["a"], P.Goodbye())  # its agent stopped: lost now
     c.send(c.node_peer["b"], P.ObjectLocations([[oid, 10 * MB]], []))
     sent = c.drain()
     assert sent.to(c.node_peer["b"], P.FreeObjects) == []
@@ -66,7 +66,7 @@ def test_a_put_cannot_set_the_result_of_another_owners_pending_task(c):
     stranger = c.hello(b"driver-2", "driver")
     c.send(stranger, P.Put([(ret(t), value(b"forged"))]))
     c.finish(worker, t, value(b"real"))
-    assert c.state.objects[ret(t)].value.data == b"real"
+    assert c.state.directory.objects[ret(t)].value.data == b"real"
     assert c.drain().values(c.driver)[ret(t)].value.data == b"real"
 
 
@@ -93,8 +93,8 @@ def test_a_corrupt_stored_marker_in_a_put_becomes_an_error_value(c, data):
     assert v.flags == SO.SYSTEM_ERROR
     kind, message = v.read_system_error()
     assert kind == "TaskmeshError" and oid.hex() in message and "marker" in message
-    assert c.state.objects[oid].locations is None
-    assert not any(c.state.nodes[n].objects for n in ("a", "b"))
+    assert c.state.directory.objects[oid].locations is None
+    assert not any(c.state.members.nodes[n].objects for n in ("a", "b"))
     c.send(c.driver, P.Release([oid]))
     assert alive(c, oid) == [False]
     assert not c.drain().of(P.FreeObjects)
@@ -114,11 +114,11 @@ def test_a_task_with_a_corrupt_stored_argument_fails_its_dependents(c):
 def test_borrow_and_release_of_unknown_ids_change_nothing(c):
     c.put(b"x" * 20, value(b"X"))
     other = c.hello(b"driver-2", "driver")
-    before = set(c.state.objects)
+    before = set(c.state.directory.objects)
     c.send(other, P.Borrow([b"unknown-1" * 2, b"unknown-2" * 2]))
     c.send(other, P.Release([b"unknown-1" * 2, b"unknown-3" * 2]))
     c.send(c.driver, P.Release([b"unknown-4" * 2]))
-    assert set(c.state.objects) == before
+    assert set(c.state.directory.objects) == before
     assert not c.drain().of(P.FreeObjects)
 
 
@@ -142,7 +142,7 @@ def test_a_borrow_that_arrives_after_the_object_was_dropped_is_ignored(c):
     other = c.hello(b"driver-2", "driver")
     c.send(other, P.Borrow([b"x" * 20]))
     assert alive(c, b"x" * 20) == [False]
-    assert b"x" * 20 not in c.state.borrowed.get(other, set())
+    assert b"x" * 20 not in c.state.directory.borrowed.get(other, set())
     c.send(other, P.Release([b"x" * 20]))
     assert alive(c, b"x" * 20) == [False]
 
@@ -169,10 +169,10 @@ def test_object_locations_for_unknown_and_inline_objects_and_duplicates(c):
     sent = c.drain()
     freed = [oid for m in sent.to(c.node_peer["b"], P.FreeObjects) for oid in m.object_ids]
     assert sorted(freed) == sorted([b"u" * 20, inline])
-    assert c.state.objects[inline].value.data == b"small"
+    assert c.state.directory.objects[inline].value.data == b"small"
     c.send(c.node_peer["b"], P.ObjectLocations([[big, 10 * MB]], []))
     c.send(c.node_peer["b"], P.ObjectLocations([[big, 10 * MB]], []))
-    assert c.state.objects[big].locations == ["a", "b"]
+    assert c.state.directory.objects[big].locations == ["a", "b"]
     c.send(c.node_peer["a"], P.ObjectLocations([], [big]))  # a lost its copy: b still has one
     v = subscribed_value(c, big)
     assert v.is_stored and [n for n, _ in locations(v)] == ["b"]
@@ -230,9 +230,9 @@ def test_a_task_queued_behind_a_cancelled_one_is_not_charged_with_its_workers_ki
     worker = c.drain().assigned_to()[t_leaving]
     [t_mine] = c.submit(fid, max_retries=0)
     assert c.drain().assigned_to() == {t_mine: worker}  # queued behind the running one
-    c.state.disconnected(leaving)
+    c.disconnect(leaving)
     assert c.drain().of(P.KillWorker)
     c.exited(worker)
     sent = c.drain()
     assert ret(t_mine) not in sent.values(c.driver)  # no WorkerCrashedError for it
-    assert t_mine in c.state.tasks
+    assert t_mine in c.state.table.tasks

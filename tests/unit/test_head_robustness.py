@@ -11,7 +11,9 @@ import pytest
 
 from taskmesh import _protocol as P
 from taskmesh._head import actors as A
-from taskmesh._head import state as H
+from taskmesh._head import records as H
+from taskmesh._head import tasks as T
+from taskmesh._head.membership import Life
 
 from ..support.head import MB, PV, SHORT, SO, Actors, Cluster, ret, started, stored, value
 
@@ -44,11 +46,11 @@ def test_drops_are_counted_by_reason_and_logged_at_most_once_per_interval(c, cap
     fid = c.register()
     with caplog.at_level(logging.INFO, logger="taskmesh._head.state.dropped"):
         for _ in range(1000):
-            c.send(b"stranger", P.Submit([c.spec(fid)]), schedule=False)
+            c.send(b"stranger", P.Submit([c.spec(fid)]))
         assert c.state.dropped.counts == {"from a peer that never said Hello": 1000}
         assert len(caplog.records) == 1
         c.now += c.state.dropped.interval_s + 1
-        c.send(b"stranger", P.Release([]), schedule=False)
+        c.send(b"stranger", P.Release([]))
         assert len(caplog.records) == 2 and "999 more like it" in caplog.records[1].getMessage()
     assert c.status()["dropped"] == {"from a peer that never said Hello": 1001}
     ok(c)
@@ -59,8 +61,8 @@ def test_a_second_hello_changes_nobody_s_kind(c):
     c.hello(worker, "driver")
     c.hello(c.driver, "worker", {"node_id": "n1", "worker_id": "w99"})
     c.send(b"node-n1", P.Hello(PV, "node", {"node_id": "other", "resources": {"CPU": 1}}))
-    assert c.state.peers[worker] == "worker" and c.state.peers[c.driver] == "driver"
-    assert set(c.state.nodes) == {"n1"} and c.node("n1").alive
+    assert c.state.members.peers[worker] == "worker" and c.state.members.peers[c.driver] == "driver"
+    assert set(c.state.members.nodes) == {"n1"} and c.node("n1").alive
     assert c.state.dropped.counts["second Hello"] == 3
     assert not c.drain().of(P.Welcome)
     ok(c)
@@ -69,9 +71,9 @@ def test_a_second_hello_changes_nobody_s_kind(c):
 def test_a_driver_taken_as_gone_cannot_say_hello_again(c):
     c.hello(b"remote", "driver", {"heartbeat_s": 1.0})
     c.tick(c.now + 2 * c.config.heartbeat_timeout_s)
-    assert b"remote" in c.state.gone_drivers
+    assert c.state.members.life(b"remote") is Life.GONE
     c.hello(b"remote", "driver")
-    assert b"remote" not in c.state.peers
+    assert b"remote" not in c.state.members.peers
     assert [type(m) for m in c.drain().to(b"remote")] == [P.Refused]
     ok(c)
 
@@ -97,7 +99,7 @@ def test_a_task_with_absurdly_many_returns_is_dropped_at_once(c):
     fid = c.register()
     spec = c.spec(fid)._replace(num_returns=2**40)
     c.send(c.driver, P.Submit([spec]))  # (used to build 2**40 object ids)
-    assert c.state.tasks == {} and c.state.objects == {}
+    assert c.state.table.tasks == {} and c.state.directory.objects == {}
     assert c.state.dropped.counts["duplicate or invalid task"] == 1
     ok(c)
 
@@ -107,8 +109,8 @@ def test_a_task_whose_later_return_id_exists_is_a_duplicate(c):
     spec = c.spec(fid, num_returns=2)
     c.put(ret(spec.task_id, 1), value())
     c.send(c.driver, P.Submit([spec]))
-    assert spec.task_id not in c.state.tasks
-    assert c.state.objects[ret(spec.task_id, 1)].value is not None  # the put object is intact
+    assert spec.task_id not in c.state.table.tasks
+    assert c.state.directory.objects[ret(spec.task_id, 1)].value is not None  # the put object is intact
     ok(c)
 
 
@@ -127,7 +129,7 @@ def test_a_put_cannot_fill_in_the_result_of_a_pending_task(c):
     fid = c.register()
     [t] = c.submit(fid)
     c.put(ret(t), value(b"forged"))
-    assert c.state.objects[ret(t)].value is None
+    assert c.state.directory.objects[ret(t)].value is None
     assert c.state.dropped.counts["Put of an object that exists"] == 1
     ok(c)
 
@@ -138,7 +140,7 @@ def test_a_nan_duration_does_not_reach_placement(c):
     [t] = c.submit(fid_nan)
     worker = c.drain().assigned_to()[t]
     c.finish(worker, t, duration=math.nan)
-    assert fid_nan not in c.state.fn_mean_s
+    assert fid_nan not in c.state.scheduler.fn_mean_s
     c.submit(fid_short)  # busy with a short function ...
     c.submit(fid_nan, 3)  # ... while the queue head's mean is unknown: placement computes
     ok(c)
@@ -151,8 +153,8 @@ def test_duplicate_ids_in_a_hand_back_are_taken_back_once(c):
     worker = c.node_workers["n1"][0]
     assert [a.task_id for a in c.drain().assignments(worker)] == ts[:2]
     c.send(worker, P.Blocked([ts[1], ts[1], ts[2], b"nonsense"], []))
-    assert [t.spec.task_id for t in c.state.workers[worker].assigned] == ts[:1]
-    assert c.state.tasks[ts[1]].state == H.READY
+    assert [t.spec.task_id for t in c.state.members.workers[worker].assigned] == ts[:1]
+    assert c.state.table.tasks[ts[1]].state == H.READY
     ok(c)
 
 
@@ -165,8 +167,8 @@ def test_a_worker_s_own_nested_task_is_not_run_again_after_the_worker_died(c):
     nested = c.submit(fid, owner=worker)  # pipelined to the same (only) worker
     assert [a.task_id for a in c.drain().assignments(worker)] == nested
     c.exited(worker)
-    assert nested[0] not in c.state.tasks  # cancelled: its owner is gone
-    assert all(x.state != H.READY for q in c.state.queues.values() for x in q
+    assert nested[0] not in c.state.table.tasks  # cancelled: its owner is gone
+    assert all(x.state != H.READY for q in c.state.scheduler.queues.values() for x in q
                if x.spec.task_id == nested[0])
     ok(c)
 
@@ -200,7 +202,7 @@ def test_a_value_made_again_replaces_the_refs_it_holds(c):
     c.send(b"node-n1", P.ObjectLocations([], [ret(t)]))  # lost: rebuilt
     worker = c.drain().assigned_to()[t]
     c.finish(worker, t, SO(SO.STORED, stored(ret(t), MB).data, [], [inner]))
-    assert c.state.objects[inner].holds == 1
+    assert c.state.directory.objects[inner].holds == 1
     ok(c)
 
 
@@ -213,7 +215,7 @@ def test_create_actor_options_of_the_wrong_type_are_refused(a):
         aid = a.create(fid, reply=7, **bad)
         [reply] = a.drain().to(a.driver, P.ActorReply)
         assert "invalid actor creation" in reply.info["error"]
-        assert aid not in a.state.actors
+        assert aid not in a.state.actor_table.actors
     ok(a)
 
 
@@ -223,7 +225,7 @@ def test_an_actor_id_whose_result_exists_is_refused(a):
     a.put(ret(aid), value())
     spec = P.TaskSpec(aid, "mod.C.__init__", fid, value(), [], 1, {}, 0, False, aid, "__init__")
     a.send(a.driver, P.CreateActor(spec, {"class_name": "mod.C"}, 0))
-    assert aid not in a.state.actors
+    assert aid not in a.state.actor_table.actors
     ok(a)
 
 
@@ -234,7 +236,7 @@ def test_a_restart_while_constructing_lets_go_of_the_constructor_s_inputs(a):
     worker = a.drain().assigned_to()[aid]
     a.exited(worker)  # died while constructing: restarts
     assert a.actor(aid).state in (A.RESTARTING, A.CREATING)
-    assert a.state.objects[inp].dependents == 1  # the new constructor's, not two
+    assert a.state.directory.objects[inp].dependents == 1  # the new constructor's, not two
     ok(a)
 
 
@@ -245,7 +247,7 @@ def test_a_constructor_whose_input_was_unreadable_runs_again_on_its_worker(a):
     worker = a.drain().assigned_to()[aid]
     lost = SO.system_error("DependencyLost", f"{inp.hex()} no holder answered")
     a.send(worker, P.TaskResults([P.TaskResult(aid, [lost], 0.0)]))
-    sent = a.tick(a.now + H.DEPENDENCY_RETRY_S + 0.01)
+    sent = a.tick(a.now + T.DEPENDENCY_RETRY_S + 0.01)
     assert sent.assigned_to() == {aid: worker}
     a.finish(worker, aid, value(b"None"))
     assert a.actor(aid).state == A.ALIVE
@@ -260,10 +262,10 @@ def test_help_never_hands_out_an_actor_s_constructor_or_calls(a):
     worker = a.drain().assigned_to()[ts[0]]
     aid = a.create(fid)
     a.drain()
-    assert a.state.tasks[aid].state == H.READY and a.actor(aid).node is not None
+    assert a.state.table.tasks[aid].state == H.READY and a.actor(aid).node is not None
     a.send(worker, P.Blocked([], [ret(aid)]))
     assert not a.drain().to(worker, P.Help)
-    assert a.state.tasks[aid].state == H.READY
+    assert a.state.table.tasks[aid].state == H.READY
     ok(a)
 
 
@@ -279,7 +281,7 @@ def test_an_actor_call_waits_while_its_input_is_made_again(a):
     a.drain()
     a.exited(worker)  # the actor restarts (on `other`, the idle pool worker) ...
     call = a.call(aid, deps=[ret(t)])  # ... and this call waits in its queue, ready
-    assert a.state.tasks[call].state == H.READY
+    assert a.state.table.tasks[call].state == H.READY
     a.send(b"node-n1", P.ObjectLocations([], [ret(t)]))  # t's result is lost: t runs again
     a.finish(other, aid, value(b"None"))  # the actor is back
     assert call not in a.drain().assigned_to()  # not without its input

@@ -10,7 +10,7 @@ from __future__ import annotations
 import pytest
 
 from taskmesh import _protocol as P
-from taskmesh._head.state import READY
+from taskmesh._head.records import READY
 from taskmesh._resources import UNIT
 
 from ..support.head import LONG, PV, SHORT, SO, Cluster, blocked, build, ret, task_error, value
@@ -34,7 +34,7 @@ def test_hello_is_welcomed_per_kind(c):
         [welcome] = sent.to(peer, P.Welcome)
         assert welcome.version == PV
         assert welcome.info["peer"] == peer
-    assert c.state.peers == {c.driver: "driver", b"d2": "driver", b"s": "status",
+    assert c.state.members.peers == {c.driver: "driver", b"d2": "driver", b"s": "status",
                              b"node-n1": "node", b"worker-1": "worker"}
 
 
@@ -44,10 +44,10 @@ def test_protocol_version_mismatch_is_refused_naming_both_versions(c):
     assert type(refused) is P.Refused
     assert str(PV) in refused.reason and str(PV + 41) in refused.reason
     assert "protocol" in refused.reason
-    assert b"old" not in c.state.peers
+    assert b"old" not in c.state.members.peers
     c.hello(b"old-node", "node", {"node_id": "n9", "resources": {"CPU": UNIT}}, version=0)
     assert type(c.drain().to(b"old-node")[0]) is P.Refused
-    assert "n9" not in c.state.nodes
+    assert "n9" not in c.state.members.nodes
 
 
 def test_unknown_peer_kind_is_refused(c):
@@ -75,7 +75,7 @@ def test_messages_from_peers_that_never_said_hello_are_dropped(c):
     assert len(c.drain()) == 0
     c.send(stranger, P.Heartbeat({}))  # at most told it is unknown
     assert [type(m) for _, m in c.drain().pairs] in ([], [P.Refused])
-    assert c.state.functions == {} and c.state.tasks == {} and c.state.objects == {}
+    assert c.state.table.functions == {} and c.state.table.tasks == {} and c.state.directory.objects == {}
 
 
 def test_messages_a_peer_kind_may_not_send_are_refused_with_a_reply(c):
@@ -87,7 +87,7 @@ def test_messages_a_peer_kind_may_not_send_are_refused_with_a_reply(c):
     c.send(b"node-n1", P.Submit([c.spec(fid)]))
     c.send(c.driver, P.TaskResults([P.TaskResult(b"t", [value()], 0.1)]))
     c.send(c.driver, P.Heartbeat({}))
-    assert c.state.tasks == {} and c.state.objects == {}
+    assert c.state.table.tasks == {} and c.state.directory.objects == {}
     out = c.drain()
     rejected = [(peer, m.message, m.reason) for peer, m in out.pairs if type(m) is P.Rejected]
     assert rejected == [(b"s", "Submit", "a status may not send it"),
@@ -101,13 +101,14 @@ def test_messages_a_peer_kind_may_not_send_are_refused_with_a_reply(c):
 def test_a_peer_that_never_said_hello_gets_no_reply(c):
     c.send(b"stranger", P.Submit([]))
     # (not a wire message: the head's socket hands it on for a message it could not decode)
-    c.state.handle(b"stranger", P.Malformed("GetActor", 7, "GetActor: expected str"), c.now)
+    c.carry_out(c.state.handle(b"stranger", P.Malformed("GetActor", 7, "GetActor: expected str"),
+                               c.now))
     assert len(c.drain()) == 0
 
 
 def test_a_malformed_request_gets_a_rejection_naming_it(c):
-    c.state.handle(c.driver, P.Malformed("GetActor", 7, "GetActor: expected str, got NoneType"),
-                   c.now)
+    c.carry_out(c.state.handle(c.driver, P.Malformed("GetActor", 7, "GetActor: expected str, "
+                                                     "got NoneType"), c.now))
     [(peer, msg)] = c.drain().pairs
     assert peer == c.driver and msg == P.Rejected(
         "GetActor", 7, [], "malformed: GetActor: expected str, got NoneType")
@@ -115,10 +116,10 @@ def test_a_malformed_request_gets_a_rejection_naming_it(c):
 
 def test_worker_that_says_hello_before_its_node_is_attached_when_the_node_joins(c):
     w = c.add_worker("late")
-    assert c.state.orphan_workers["late"][0].peer == w
+    assert c.state.members.orphan_workers["late"][0].peer == w
     c.add_node("late", cpus=1, workers=0)
     assert [x.peer for x in c.node("late").idle] == [w]
-    assert c.state.orphan_workers == {}
+    assert c.state.members.orphan_workers == {}
     fid = c.register()
     [t] = c.submit(fid)
     assert c.drain().assigned_to() == {t: w}
@@ -131,7 +132,7 @@ def test_worker_of_a_dead_node_is_told_to_exit(c):
     w = c.add_worker("n1")
     [msg] = c.drain().to(w)
     assert type(msg) is P.Exit and "n1" in msg.reason
-    assert w not in c.state.workers
+    assert w not in c.state.members.workers
 
 
 def test_a_delayed_hello_of_a_worker_of_an_earlier_incarnation_is_never_used(c):
@@ -142,7 +143,7 @@ def test_a_delayed_hello_of_a_worker_of_an_earlier_incarnation_is_never_used(c):
     c.send(b"node-n1", P.Hello(PV, "node", {"node_id": "n1", "resources": {"CPU": UNIT},
                                             "prestart": 1, "incarnation": 1}))
     assert any(type(m) is P.Exit and "new incarnation" in m.reason for m in c.drain().to(b"old-w"))
-    assert b"old-w" not in c.state.workers and c.node("n1").idle == []
+    assert b"old-w" not in c.state.members.workers and c.node("n1").idle == []
     # a late Hello of another old worker, after the join, is refused too
     c.send(b"old-w2", P.Hello(PV, "worker", {"node_id": "n1", "worker_id": "n1-2", "pid": 8}))
     assert any(type(m) is P.Exit for m in c.drain().to(b"old-w2"))
@@ -297,7 +298,7 @@ def test_owner_gets_small_values_inline_and_large_ones_as_readiness_only():
     assert vals[ret(err)].value.flags == SO.TASK_ERROR
     assert bytes(vals[ret(err)].value.data) == b"E" * 1000
     # the head keeps the large value for whoever asks
-    c.send(c.driver, P.Subscribe([ret(big)]), schedule=False)
+    c.send(c.driver, P.Subscribe([ret(big)]))
     [item] = c.drain().values(c.driver).values()
     assert [bytes(b) for b in item.value.buffers] == [b"B" * 51]
 
@@ -334,7 +335,7 @@ def test_subscribers_get_the_value_when_it_arrives_and_unknown_objects_are_lost(
     [t] = c.submit(fid)
     [w] = c.node_workers["n1"]
     c.drain()
-    c.send(b"other-driver", P.Subscribe([ret(t), ret(t), b"nope"]), schedule=False)
+    c.send(b"other-driver", P.Subscribe([ret(t), ret(t), b"nope"]))
     [lost] = c.drain().values(b"other-driver").values()
     assert lost.object_id == b"nope" and lost.value.read_system_error()[0] == "ObjectLostError"
     c.finish(w, t, value(b"R"))
@@ -342,7 +343,7 @@ def test_subscribers_get_the_value_when_it_arrives_and_unknown_objects_are_lost(
     [m] = sent.to(b"other-driver", P.ObjectValues)
     assert len(m.items) == 1 and bytes(m.items[0].value.data) == b"R"  # subscribed twice, sent once
     # already available: answered at once
-    c.send(b"other-driver", P.Subscribe([ret(t)]), schedule=False)
+    c.send(b"other-driver", P.Subscribe([ret(t)]))
     assert bytes(c.drain().values(b"other-driver")[ret(t)].value.data) == b"R"
 
 
@@ -379,7 +380,7 @@ def test_failed_task_error_propagates_to_dependents_without_running_them(c):
     for oid in (ret(a), ret(b), ret(d, 0), ret(d, 1)):
         assert vals[oid].value.flags == SO.TASK_ERROR
         assert bytes(vals[oid].value.data) == b"the pickled error of a"
-    assert c.state.tasks == {}
+    assert c.state.table.tasks == {}
     # a task submitted later on the failed object fails the same way, at once
     [e] = c.submit(fid, deps=[ret(b)])
     sent = c.drain()
@@ -415,10 +416,10 @@ def test_blocked_lends_the_cpu_returns_unstarted_tasks_and_starts_a_worker(c):
     mine = [a.task_id for a in sent.assignments(w1)]
     assert mine[0] == tids[0] and len(mine) >= 2  # pipelined behind the running one
     assert c.avail_cpu("n1") == 0
-    c.send(w1, blocked(mine[1:]), schedule=False)
+    c.send(w1, blocked(mine[1:]))
     assert c.avail_cpu("n1") == UNIT  # lent
-    assert list(c.state.queues.values())[0][0].spec.task_id == tids[1]  # back at the front, in order
-    assert [t.spec.task_id for t in c.state.workers[w1].assigned] == [tids[0]]
+    assert list(c.state.scheduler.queues.values())[0][0].spec.task_id == tids[1]  # back at the front, in order
+    assert [t.spec.task_id for t in c.state.members.workers[w1].assigned] == [tids[0]]
     sent = c.later(1.0)  # (the head may wait a moment before starting a process)
     [(peer, start)] = sent.of(P.StartWorkers)
     assert peer == c.node_peer["n1"] and start.count == 1
@@ -429,9 +430,9 @@ def test_blocked_lends_the_cpu_returns_unstarted_tasks_and_starts_a_worker(c):
     assert got[0] == tids[1] and got == tids[1:1 + len(got)]
     assert sent.assignments(w2)[0].function_blob is not None  # w2 never saw the function
     assert c.avail_cpu("n1") == 0
-    c.send(w1, P.Unblocked(), schedule=False)
+    c.send(w1, P.Unblocked())
     assert c.avail_cpu("n1") == -UNIT  # takes it back: briefly oversubscribed
-    c.send(w1, P.Unblocked(), schedule=False)  # duplicate: no double take
+    c.send(w1, P.Unblocked())  # duplicate: no double take
     assert c.avail_cpu("n1") == -UNIT
 
 
@@ -440,12 +441,12 @@ def test_blocked_twice_lends_once_and_finishing_while_blocked_does_not_return_th
     fid = c.register()
     [t] = c.submit(fid)
     w = c.drain().assigned_to()[t]
-    c.send(w, blocked([]), schedule=False)
-    c.send(w, blocked([]), schedule=False)
+    c.send(w, blocked([]))
+    c.send(w, blocked([]))
     assert c.avail_cpu("n1") == 2 * UNIT
     c.finish(w, t)  # finished while blocked: its lease was already lent
     assert c.avail_cpu("n1") == 2 * UNIT
-    assert not c.state.workers[w].blocked
+    assert not c.state.members.workers[w].blocked
     assert sum(1 for x in c.node("n1").idle if x.peer == w) == 1
 
 
@@ -466,8 +467,8 @@ def test_blocked_worker_gets_no_pipelined_tasks(c):
 
 def test_new_workers_start_only_after_a_short_grace_when_cpu_is_lent():
     """Most blocks are short, so CPU lent a moment ago does not start a process at once."""
-    from taskmesh._head import state as state_mod
-    grace = state_mod.START_GRACE_S
+    from taskmesh._head import scheduler as scheduler_mod
+    grace = scheduler_mod.START_GRACE_S
     c = Cluster()
     c.add_node("n1", cpus=1)
     [w] = c.node_workers["n1"]
@@ -478,7 +479,7 @@ def test_new_workers_start_only_after_a_short_grace_when_cpu_is_lent():
     if grace > 0:
         assert c.drain().of(P.StartWorkers) == []
         c.now += grace / 2
-        c.state.schedule()
+        c.send_all([])  # a scheduling round with no message
         assert c.drain().of(P.StartWorkers) == []
     sent = c.later(grace + 0.01)
     assert [(p, m.count) for p, m in sent.of(P.StartWorkers)] == [(c.node_peer["n1"], 1)]
@@ -520,7 +521,7 @@ def test_blocked_worker_is_handed_the_tasks_it_waits_for_as_help(c):
     c.send(w, P.Unblocked())
     c.finish(w, parent, value(b"sum"))
     assert bytes(c.drain().values(c.driver)[ret(parent)].value.data) == b"sum"
-    assert c.avail_cpu("n1") == UNIT and c.state.tasks == {}
+    assert c.avail_cpu("n1") == UNIT and c.state.table.tasks == {}
 
 
 def test_help_only_offers_ready_tasks_of_the_same_shape(c):
@@ -532,7 +533,7 @@ def test_help_only_offers_ready_tasks_of_the_same_shape(c):
     sent = c.drain()
     assert sent.to(w, P.Help) == []
     assert c.avail_cpu("n1") == UNIT  # lent while it waits
-    assert c.state.workers[w].blocked
+    assert c.state.members.workers[w].blocked
 
 
 def test_status_counts_only_tasks_still_queued_after_help(c):
@@ -561,7 +562,7 @@ def test_retry_exceptions_reruns_a_raising_task_until_retries_run_out(c):
     c.finish(w, t, task_error(b"second failure"))
     sent = c.drain()
     assert bytes(sent.values(c.driver)[ret(t)].value.data) == b"second failure"
-    assert sent.assignments() == [] and c.state.tasks == {}
+    assert sent.assignments() == [] and c.state.table.tasks == {}
 
 
 def test_without_retry_exceptions_a_raising_task_fails_at_once(c):
@@ -589,12 +590,12 @@ def test_worker_death_retries_then_fails_with_worker_crashed_error(c):
     c.exited(w1, exitcode=-9)
     sent = c.drain()
     assert sent.values(c.driver) == {}  # retried, nothing failed
-    tasks = c.state.tasks
+    tasks = c.state.table.tasks
     assert tasks[first].retries_left == 0
     assert all(tasks[t].retries_left == 1 for t in rest)  # queued ones keep their retries
-    queued = [t.spec.task_id for q in c.state.queues.values() for t in q]
+    queued = [t.spec.task_id for q in c.state.scheduler.queues.values() for t in q]
     assert queued == [first, *rest]
-    assert w1 not in c.state.workers and c.avail_cpu("n1") == UNIT
+    assert w1 not in c.state.members.workers and c.avail_cpu("n1") == UNIT
     assert [p for p, _ in sent.of(P.StartWorkers)] == [c.node_peer["n1"]]  # a replacement
     w2 = c.add_worker("n1")
     sent = c.drain()
@@ -608,8 +609,8 @@ def test_worker_death_retries_then_fails_with_worker_crashed_error(c):
     assert kind == "WorkerCrashedError"
     assert "mod.fragile" in message and str(pid) in message and "SIGKILL" in message
     assert "n1" in message and "max_retries=1" in message
-    assert first not in c.state.tasks
-    assert all(c.state.tasks[t].retries_left == 1 for t in rest)
+    assert first not in c.state.table.tasks
+    assert all(c.state.table.tasks[t].retries_left == 1 for t in rest)
 
 
 def test_worker_exit_code_is_described(c):
@@ -628,10 +629,10 @@ def test_infinite_retries(c):
     fid = c.register()
     [t] = c.submit(fid, max_retries=-1)
     for _ in range(5):
-        [w] = [x for x in c.node_workers["n1"] if x in c.state.workers]
+        [w] = [x for x in c.node_workers["n1"] if x in c.state.members.workers]
         c.drain()
         c.exited(w)
-        assert c.state.tasks[t].retries_left == -1
+        assert c.state.table.tasks[t].retries_left == -1
         c.add_worker("n1")
     assert c.drain().assigned_to()[t]
 
@@ -684,14 +685,14 @@ def test_node_heartbeat_timeout_declares_it_dead_and_requeues_or_fails_its_tasks
     kind, message = sent.values(c.driver)[ret(doomed)].value.read_system_error()
     assert kind == "NodeLostError" and "mod.g" in message and "n1" in message
     assert "no heartbeat" in message
-    assert c.state.tasks[survivor].retries_left == 1
-    assert c.state.workers == {}
+    assert c.state.table.tasks[survivor].retries_left == 1
+    assert c.state.members.workers == {}
     assert [n["Alive"] for n in c.info("nodes")] == [False]
     # late messages from the dead node and its workers are dropped
     c.heartbeat("n1")
     c.finish(c.node_workers["n1"][0], survivor)
     assert [type(m) for _, m in c.drain().pairs] in ([], [P.Refused])  # "you were declared dead"
-    assert c.state.tasks[survivor].retries_left == 1
+    assert c.state.table.tasks[survivor].retries_left == 1
     # a new node picks the task up
     c.add_node("n2", cpus=1)
     assert c.drain().assigned_to()[survivor] in c.node_workers["n2"]
@@ -707,7 +708,7 @@ def test_a_node_that_says_goodbye_is_lost_at_once_and_its_tasks_run_elsewhere(c)
     assert c.drain().assigned_to()[t] in c.node_workers["n1"]
     c.send(c.node_peer["n1"], P.Goodbye())  # `taskmesh stop` on its machine
     assert not c.node("n1").alive
-    assert c.state.tasks[t].retries_left == 2  # lost with its node: one retry spent
+    assert c.state.table.tasks[t].retries_left == 2  # lost with its node: one retry spent
     c.add_node("n2", cpus=1)
     assert c.drain().assigned_to()[t] in c.node_workers["n2"]
 
@@ -719,7 +720,7 @@ def test_node_reregistering_on_the_same_connection_replaces_the_old_record(c):
     c.drain()
     c.send(b"node-n1", P.Hello(PV, "node", {"node_id": "n1", "resources": {"CPU": 2 * UNIT}}))
     assert c.node("n1").total == {"CPU": 2 * UNIT}
-    assert c.state.tasks[t].retries_left == 2  # its running task was retried
+    assert c.state.table.tasks[t].retries_left == 2  # its running task was retried
 
 
 # =========================================================================== object lifetime
@@ -727,16 +728,16 @@ def test_node_reregistering_on_the_same_connection_replaces_the_old_record(c):
 
 def test_release_of_an_available_object_with_no_dependents_frees_it(c):
     c.put(b"x", value())
-    assert b"x" in c.state.objects
+    assert b"x" in c.state.directory.objects
     c.send(c.driver, P.Release([b"x"]))
-    assert b"x" not in c.state.objects
+    assert b"x" not in c.state.directory.objects
 
 
 def test_release_by_someone_other_than_the_owner_is_ignored(c):
     c.hello(b"d2", "driver")
     c.put(b"x", value())
     c.send(b"d2", P.Release([b"x"]))
-    assert b"x" in c.state.objects
+    assert b"x" in c.state.directory.objects
 
 
 def test_released_object_stays_while_a_pending_task_depends_on_it(c):
@@ -748,16 +749,16 @@ def test_released_object_stays_while_a_pending_task_depends_on_it(c):
     [b] = c.submit(fid, deps=[b"x", ret(a)])
     c.drain()
     c.send(c.driver, P.Release([b"x"]))
-    assert b"x" in c.state.objects  # b still needs it
+    assert b"x" in c.state.directory.objects  # b still needs it
     c.finish(w, a, value(b"A"))
     [asg] = c.drain().assignments()
     assert asg.task_id == b and [bytes(d.data) for d in asg.dep_values] == [b"X", b"A"]
-    assert b"x" in c.state.objects  # b has not finished
+    assert b"x" in c.state.directory.objects  # b has not finished
     c.finish(w, b)
-    assert b"x" not in c.state.objects
-    assert ret(a) in c.state.objects  # not released by the driver
+    assert b"x" not in c.state.directory.objects
+    assert ret(a) in c.state.directory.objects  # not released by the driver
     c.send(c.driver, P.Release([ret(a), ret(b)]))
-    assert c.state.objects == {}
+    assert c.state.directory.objects == {}
 
 
 def test_released_return_is_dropped_when_it_arrives_and_not_pushed(c):
@@ -767,9 +768,9 @@ def test_released_return_is_dropped_when_it_arrives_and_not_pushed(c):
     [t] = c.submit(fid)
     c.drain()
     c.send(c.driver, P.Release([ret(t)]))
-    assert ret(t) in c.state.objects  # no value yet
+    assert ret(t) in c.state.directory.objects  # no value yet
     c.finish(w, t)
-    assert ret(t) not in c.state.objects
+    assert ret(t) not in c.state.directory.objects
     assert c.drain().values(c.driver) == {}
 
 
@@ -785,7 +786,7 @@ def test_release_of_a_dependency_whose_producer_fails(c):
     c.finish(w, a, task_error(b"a failed"))
     vals = c.drain().values(c.driver)
     assert bytes(vals[ret(b)].value.data) == b"a failed"
-    assert ret(a) not in c.state.objects
+    assert ret(a) not in c.state.directory.objects
 
 
 def test_failed_task_of_unregistered_function_does_not_free_its_dependencies(c):
@@ -799,8 +800,8 @@ def test_failed_task_of_unregistered_function_does_not_free_its_dependencies(c):
     c.send(c.driver, P.Release([b"x"]))
     [bad] = c.submit(b"fid:unregistered", deps=[b"x"])  # fails at once
     assert ret(bad) in c.drain().values(c.driver)
-    assert b"x" in c.state.objects, "x was freed although task b still depends on it"
-    assert c.state.objects[b"x"].dependents == 1
+    assert b"x" in c.state.directory.objects, "x was freed although task b still depends on it"
+    assert c.state.directory.objects[b"x"].dependents == 1
     c.finish(w, a)
     [asg] = c.drain().assignments()
     assert asg.task_id == b and bytes(asg.dep_values[0].data) == b"X"
@@ -817,8 +818,8 @@ def test_task_with_a_missing_dependency_does_not_free_its_other_dependencies(c):
     c.send(c.driver, P.Release([b"x"]))
     [bad] = c.submit(fid, deps=[b"missing", b"x"])  # fails with ObjectLostError
     assert c.drain().values(c.driver)[ret(bad)].value.read_system_error()[0] == "ObjectLostError"
-    assert b"x" in c.state.objects, "x was freed although task b still depends on it"
-    assert c.state.objects[b"x"].dependents == 1
+    assert b"x" in c.state.directory.objects, "x was freed although task b still depends on it"
+    assert c.state.directory.objects[b"x"].dependents == 1
 
 
 def test_objects_owned_by_a_crashed_worker_live_exactly_as_long_as_refs_to_them(c):
@@ -834,13 +835,13 @@ def test_objects_owned_by_a_crashed_worker_live_exactly_as_long_as_refs_to_them(
     for _ in range(3):  # run whatever is handed out
         for tid, peer in c.drain().assigned_to().items():
             c.finish(peer, tid)
-    assert parent not in c.state.tasks
-    assert b"private-to-worker" not in c.state.objects
+    assert parent not in c.state.table.tasks
+    assert b"private-to-worker" not in c.state.directory.objects
     c.send(c.driver, P.Subscribe([b"shared-by-worker"]))
     got = [i for m in c.drain().to(c.driver) if isinstance(m, P.ObjectValues) for i in m.items]
     assert [i.object_id for i in got] == [b"shared-by-worker"] and got[0].value.data == b"P"
     c.send(c.driver, P.Release([b"shared-by-worker"]))  # the borrower let go: now it goes
-    assert b"shared-by-worker" not in c.state.objects
+    assert b"shared-by-worker" not in c.state.directory.objects
 
 
 def test_goodbye_releases_what_the_driver_owned(c):
@@ -851,9 +852,9 @@ def test_goodbye_releases_what_the_driver_owned(c):
     [t] = c.submit(fid)
     c.drain()
     c.send(c.driver, P.Goodbye())
-    assert b"x" not in c.state.objects and c.driver not in c.state.peers
+    assert b"x" not in c.state.directory.objects and c.driver not in c.state.members.peers
     c.finish(w, t)  # its result is discarded, nothing pushed to the departed driver
-    assert c.state.objects == {}
+    assert c.state.directory.objects == {}
     assert c.drain().to(c.driver) == []
 
 
@@ -967,7 +968,7 @@ def test_idle_surplus_workers_exit_after_the_idle_timeout():
     assert len(exits) == 2 and all("idle" in m.reason for _, m in exits)
     gone = {p for p, _ in exits}
     assert len(c.node("n1").workers) == 1
-    assert all(p not in c.state.workers for p in gone)
+    assert all(p not in c.state.members.workers for p in gone)
     # their exits are expected, not crashes
     for p in gone:
         c.exited(p, exitcode=0)
@@ -1067,7 +1068,7 @@ def test_available_never_reports_negative_amounts(c):
     assert c.avail_cpu("n1") < 0
     assert c.info("available")["CPU"] == 0
     assert c.info("nodes")[0]["Available"]["CPU"] == 0
-    assert w2 in c.state.workers
+    assert w2 in c.state.members.workers
 
 
 # =========================================================================== robustness
@@ -1113,15 +1114,15 @@ def test_an_idle_node_gets_work_back_from_a_worker_stuck_on_a_long_task(unplacea
     c.warm(fid, 1e-4)  # short: pipelined
     c.submit(fid, 30)
     [w1] = c.node_workers["n1"]
-    worker = c.state.workers[w1]
+    worker = c.state.members.workers[w1]
     c.drain()
     waiting = [t.spec.task_id for t in list(worker.assigned)[1:]]
-    assert len(waiting) >= 4 and c.state.queues  # the rest waits at the head
+    assert len(waiting) >= 4 and c.state.scheduler.queues  # the rest waits at the head
     c.add_node("n2", cpus=1)
     [w2] = c.node_workers["n2"]
-    while c.state.workers[w2].assigned:  # n2 runs what the head had, and falls idle
+    while c.state.members.workers[w2].assigned:  # n2 runs what the head had, and falls idle
         assert not c.drain().of(P.Revoke)  # (no stealing while it has work)
-        c.finish(w2, c.state.workers[w2].assigned[0].spec.task_id, duration=1e-4)
+        c.finish(w2, c.state.members.workers[w2].assigned[0].spec.task_id, duration=1e-4)
     assert not c.drain().of(P.Revoke)  # w1 reported a moment ago: it may just be busy
     sent = c.tick(1.0, heartbeats=["n1", "n2"])  # a second without a result from w1
     [revoke] = sent.to(w1, P.Revoke)
@@ -1133,10 +1134,10 @@ def test_an_idle_node_gets_work_back_from_a_worker_stuck_on_a_long_task(unplacea
     sent = c.drain()
     assert sent.assigned_to() and set(sent.assigned_to().values()) == {w2}
     for tid in revoke.task_ids[:-1]:  # on n2, or queued at the head for it: never back on w1
-        t = c.state.tasks[tid]
+        t = c.state.table.tasks[tid]
         assert (t.worker is not None and t.worker.peer == w2) or t.state == READY, tid
     assert len(worker.assigned) == 1 + len(waiting) - (k - 1)
-    assert not worker.revoking and c.state.stolen == k - 1
+    assert not worker.revoking and c.state.scheduler.stolen == k - 1
 
 
 def test_no_stealing_while_tasks_wait_at_the_head_or_for_short_queues():
@@ -1227,10 +1228,10 @@ def test_the_window_count_of_a_driver_that_leaves_goes_with_its_tasks():
     other = c.hello(b"driver-2", "driver")
     fid = c.register(owner=other)
     tasks = c.submit(fid, 3, owner=other)  # no node: they stay queued
-    assert c.state.in_flight[other] == 3
+    assert c.state.scheduler.in_flight[other] == 3
     c.send(other, P.Goodbye())
-    assert not any(t in c.state.tasks for t in tasks)  # nobody needs them: dropped
-    assert other not in c.state.in_flight
+    assert not any(t in c.state.table.tasks for t in tasks)  # nobody needs them: dropped
+    assert other not in c.state.scheduler.in_flight
     c.state.check_invariants()
 
 
@@ -1240,11 +1241,11 @@ def test_a_driver_ignoring_credit_gets_its_surplus_failed_not_queued():
     fid = c.register(owner=greedy)
     tasks = c.submit(fid, 8, owner=greedy)  # twice its window: still queued
     c.drain()
-    assert all(t in c.state.tasks for t in tasks)
+    assert all(t in c.state.table.tasks for t in tasks)
     extra = c.submit(fid, 2, owner=greedy)
     sent = c.drain()
-    assert not any(t in c.state.tasks for t in extra)  # not queued: nothing kept for them
-    kind, message = c.state.objects[ret(extra[0])].value.read_system_error()
+    assert not any(t in c.state.table.tasks for t in extra)  # not queued: nothing kept for them
+    kind, message = c.state.directory.objects[ret(extra[0])].value.read_system_error()
     assert kind == "TaskmeshError" and "twice its max_pending_tasks (4)" in message
     assert sum(m.count for m in sent.to(greedy, P.Credit)) == 2  # its count stays right
     assert c.state.dropped.counts["over its window"] == 2
@@ -1254,13 +1255,13 @@ def test_a_driver_ignoring_credit_gets_its_surplus_failed_not_queued():
 def test_a_put_past_the_clients_budget_at_the_head_is_refused_with_a_clear_error():
     c = Cluster(max_head_bytes_per_client=1000)
     first = c.put(b"o" * 20, value(b"x" * 600))
-    assert c.state.inline_bytes[c.driver] == 600
+    assert c.state.directory.inline_bytes[c.driver] == 600
     second = c.put(b"p" * 20, value(b"y" * 600))  # 1,200 > 1,000: refused
-    kind, message = c.state.objects[second].value.read_system_error()
+    kind, message = c.state.directory.objects[second].value.read_system_error()
     assert kind == "ObjectStoreFullError" and "max_head_bytes_per_client is 1,000" in message
-    assert c.state.inline_bytes[c.driver] < 1000
+    assert c.state.directory.inline_bytes[c.driver] < 1000
     c.send(c.driver, P.Release([first, second]))  # freed: the budget is back
-    assert c.driver not in c.state.inline_bytes
+    assert c.driver not in c.state.directory.inline_bytes
     third = c.put(b"q" * 20, value(b"z" * 600))
-    assert c.state.objects[third].value.data == b"z" * 600
+    assert c.state.directory.objects[third].value.data == b"z" * 600
     c.state.check_invariants()
