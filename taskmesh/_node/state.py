@@ -22,8 +22,8 @@ Phases, as a transition table (``_TRANSITIONS``; any other move is a bug and rai
                                               └─Refused (fenced: stop workers, drop objects,
                                                 Hello as the next incarnation)─▶ REJOINING
                                                                      └─Welcome─▶ JOINED
-    every phase but EXITED ─Shutdown, Refused, no Welcome within connect_timeout_s, silent for
-                             head_lost_exit_s, head closed, stop, lifeline ended─▶ EXITED
+    REGISTERING, JOINED, HEAD_LOST, REJOINING ─Shutdown, Refused before a Welcome, no Welcome
+        within connect_timeout_s, silent for head_lost_exit_s, head closed, stop, lifeline ended─▶ EXITED
 
 A head that restarts looks to the agent like a fence: the new head does not know the node, so
 it answers the next ``Heartbeat`` with ``Refused`` ("this head declared the node dead ..."),
