@@ -16,9 +16,8 @@ ROOT = Path(__file__).resolve().parents[1] / "taskmesh"
 SANS_IO = {
     "taskmesh._head.state", "taskmesh._head.policy", "taskmesh._head.actors",
     "taskmesh._head.intake", "taskmesh._head._outbox", "taskmesh._head.events",
-    "taskmesh._store.state",
-    "taskmesh._store.allocator", "taskmesh._protocol", "taskmesh._signature",
-    "taskmesh._checks",
+    "taskmesh._store.state", "taskmesh._store.allocator", "taskmesh._node.state",
+    "taskmesh._protocol", "taskmesh._signature", "taskmesh._checks",
 }
 IO_LIBRARIES = {"zmq", "socket", "select", "selectors", "threading", "asyncio", "subprocess",
                 "time", "multiprocessing"}
@@ -166,6 +165,8 @@ def test_the_rules_see_every_module_and_can_fail():
     # a made-up import each rule must refuse (a rule that cannot fail holds nothing)
     assert _rule_zmq("taskmesh.api", "zmq", ())
     assert _rule_sans_io("taskmesh._head.state", "threading", ())
+    assert _rule_sans_io("taskmesh._node.state", "taskmesh._transport", ())
+    assert SANS_IO <= set(MODULES), SANS_IO - set(MODULES)  # no name in the list is stale
     assert _rule_head_never_unpickles("taskmesh._head.server", "taskmesh._serialize", ())
     assert _rule_processes_apart("taskmesh._head.server", "taskmesh._node.agent", ())
     assert _rule_public_layers("taskmesh._client.core", "taskmesh.handles", ())
