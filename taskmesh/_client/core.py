@@ -57,7 +57,14 @@ _BACKPRESSURE_LOG_S = 10.0
 
 
 class CoreClient:
-    """Submits tasks, stores and fetches objects, for one process (driver or worker)."""
+    """Submits tasks, stores and fetches objects, for one process (driver or worker).
+
+    Why one class of ~600 lines: what is left here is the I/O shell, and its parts share one
+    locking discipline (``_io_lock`` for the socket and the send queue, taken by whichever
+    thread leads; ``_ref_lock`` around count changes; ``_credit_lock``; the condition that
+    hands leadership over). Splitting the operations from the leadership would spread those
+    rules over several classes; the decisions already live apart (``refs.py``, ``reader.py``).
+    """
 
     def __init__(
         self,

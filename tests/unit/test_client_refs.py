@@ -4,6 +4,8 @@ no threads, time passed in."""
 from __future__ import annotations
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from taskmesh import _protocol as P
 from taskmesh._client.refs import _RELEASE_BATCH, _RELEASE_EVERY_S, Credits, RefTable
@@ -267,3 +269,70 @@ def test_credits_let_max_pending_tasks_through_then_wait_for_the_head():
     credits.give(1)
     with pytest.raises(AssertionError):
         credits.check_invariants()
+
+
+# --------------------------------------------------------------------------- random sequences
+
+_IDS = [b"\x01" * 8 + bytes([i]) * 12 for i in range(3)] + [other(i) for i in range(3)]
+_OPS = st.lists(st.tuples(st.sampled_from(["new", "borrow", "die", "collect", "escape",
+                                           "value", "want", "unwant"]),
+                          st.sampled_from(_IDS), st.floats(0, 1)), max_size=60)
+
+
+@settings(max_examples=300, deadline=None)
+@given(_OPS)
+def test_any_sequence_keeps_the_invariants_and_releases_each_hold_once(ops):
+    """Against a model: refs alive per object; a collection releases exactly the objects whose
+    last ref died, that we own or borrowed, and that did not escape."""
+    refs = RefTable(b"\x01" * 8)
+    alive: dict[bytes, int] = {}
+    queued: list[bytes] = []
+    said_borrow: set[bytes] = set()
+    escaped: set[bytes] = set()
+    waits: list[bytes] = []
+    now = 0.0
+    for op, oid, dt in ops:
+        now += dt
+        if op == "new":
+            refs.new_refs([oid])
+            alive[oid] = alive.get(oid, 0) + 1
+        elif op == "borrow":
+            first = alive.get(oid, 0) == 0 and oid not in said_borrow and oid not in escaped
+            assert (refs.borrow(oid) is not None) == first
+            if first:
+                said_borrow.add(oid)
+            alive[oid] = alive.get(oid, 0) + 1
+        elif op == "die" and alive.get(oid, 0) > len([q for q in queued if q == oid]):
+            refs.died(oid)
+            queued.append(oid)
+        elif op == "collect" and refs.release_due(now):
+            release = refs.collect_dead(now)
+            expected = []
+            for q in queued:
+                alive[q] -= 1
+                if alive[q] == 0:
+                    del alive[q]
+                    if q in escaped:
+                        continue
+                    if q in said_borrow:
+                        said_borrow.discard(q)
+                        expected.append(q)
+                    elif refs.owns(q):
+                        expected.append(q)
+            queued.clear()
+            assert (release.object_ids if release else []) == expected
+            assert refs.counts == alive
+        elif op == "escape":
+            refs.escape(oid)
+            escaped.add(oid)
+        elif op == "value":
+            refs.apply_values([P.ObjectValue(oid, value(), 0)])
+            if oid in alive or oid in waits:
+                assert oid in refs.values
+        elif op == "want":
+            refs.want([oid])
+            waits.append(oid)
+        elif op == "unwant" and oid in waits:
+            waits.remove(oid)
+            refs.unwant([oid])
+        refs.check_invariants()
