@@ -100,7 +100,9 @@ def init(
 
             security = started_cluster_security(host, port) or Security(
                 find_secret(cfg.secret_file or head_secret), cfg.encrypt)
-        core = CoreClient(cfg, connect_endpoint(host, port), "driver", f"{host}:{port}", security)
+        node_id = cluster.node_id if cluster is not None else ""
+        core = CoreClient(cfg, connect_endpoint(host, port), "driver", f"{host}:{port}", security,
+                          node_id=node_id)
         try:
             core.handshake({"pid": os.getpid()})
         except BaseException:
@@ -110,8 +112,7 @@ def init(
             raise
         CTX.core = core
         CTX.cluster = cluster
-        CTX.node_id = cluster.node_id if cluster is not None else ""
-        core.node_id = CTX.node_id
+        CTX.node_id = node_id
         if not _atexit_registered:
             atexit.register(shutdown)
             _atexit_registered = True
@@ -207,8 +208,9 @@ def get(refs: Any, *, timeout: float | None = None) -> Any:
         if v is not None and v.is_error:
             S.value_or_raise(v)
     if single:
-        return S.value_or_raise(core.resolve(values[0], _left(deadline)))
-    return [S.value_or_raise(core.resolve(v, _left(deadline))) for v in values]
+        return S.value_or_raise(core.reader.read(values[0], _left(deadline)))
+    read = core.reader.read
+    return [S.value_or_raise(read(v, _left(deadline))) for v in values]
 
 
 def _left(deadline: float | None) -> float | None:

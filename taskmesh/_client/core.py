@@ -9,13 +9,10 @@ thread hand-off. Sends from other threads queue up and wake the leader through a
 of small objects this process owns are pushed by the head as soon as their task ends, so a
 later ``get`` is a dictionary look-up.
 
-Reference counting: every ObjectRef instance counts in its process; when the last one for an
-object dies, the process tells the head (Release, batched). The owner's release, every
-borrower's (a process that unpickled a ref of another owner says Borrow first), the pending
-tasks that use the object, and the objects whose values contain a ref to it (``contained``,
-collected while pickling) all keep it alive at the head; it is freed when none remains. A ref
-pickled outside taskmesh (``pickle.dumps(ref)`` by user code) "escapes": its object is never
-released by this process, trading a leak for safety.
+What this process knows and holds of objects (ref counts, borrows, batched releases, values,
+waits, credits) is decided in ``refs.py``, a sans-IO part this module drives under its locks;
+how a value is read (inline, local store, remote fetch, another holder) in ``reader.py``. A
+worker hooks into the client through one ``hooks.ClientHooks`` object.
 """
 
 from __future__ import annotations
@@ -33,9 +30,12 @@ from .. import _protocol as P
 from .._secret import Security
 from .._transport import POLLIN, POLLOUT, LocalClientSocket, Poller, new_context, open_client
 from ..config import Config
-from ..errors import (AuthenticationError, GetTimeoutError, HeadConnectionError, ObjectLostError,
+from ..errors import (AuthenticationError, GetTimeoutError, HeadConnectionError,
                       ProtocolVersionError, TaskmeshError)
-from .local_store import LocalStore, fetch_remote
+from .hooks import ClientHooks
+from .local_store import LocalStore
+from .reader import ObjectReader
+from .refs import _RELEASE_EVERY_S, Credits, RefTable
 
 log = logging.getLogger("taskmesh.client")
 
@@ -48,10 +48,6 @@ _PING_AFTER_S = 2.0
 #: a wait step that overran its time-out by more than this means this process did not run
 _STALL_S = 0.25
 
-#: dead refs are released to the head in batches: when this many piled up, or this often
-_RELEASE_BATCH = 256
-_RELEASE_EVERY_S = 0.2
-
 #: a driver's .remote() waits while more than this many bytes of its messages wait for the
 #: head to take them (until half is taken): the head reads a flood at its own pace, so the
 #: flood waits here, bounded, and a ping sent meanwhile is never far behind
@@ -61,7 +57,14 @@ _BACKPRESSURE_LOG_S = 10.0
 
 
 class CoreClient:
-    """Submits tasks, stores and fetches objects, for one process (driver or worker)."""
+    """Submits tasks, stores and fetches objects, for one process (driver or worker).
+
+    Why one class of ~600 lines: what is left here is the I/O shell, and its parts share one
+    locking discipline (``_io_lock`` for the socket and the send queue, taken by whichever
+    thread leads; ``_ref_lock`` around count changes; ``_credit_lock``; the condition that
+    hands leadership over). Splitting the operations from the leadership would spread those
+    rules over several classes; the decisions already live apart (``refs.py``, ``reader.py``).
+    """
 
     def __init__(
         self,
@@ -72,6 +75,8 @@ class CoreClient:
         security: Security,
         identity: bytes | None = None,
         ctx: Any = None,
+        hooks: ClientHooks | None = None,
+        node_id: str = "",
     ) -> None:
         self.config = config
         #: the cluster key (for the head and for object transfers) and whether to encrypt
@@ -88,23 +93,12 @@ class CoreClient:
             if self._own_ctx:
                 self.ctx.term()
             raise HeadConnectionError(f"no taskmesh head is listening at {address} ({exc})") from None
-        self._prefix = os.urandom(8)
-        self._counter = itertools.count(1)
-        self._values: dict[bytes, P.SerializedObject] = {}
-        self._ready_remote: set[bytes] = set()  # ready at the head, value not pushed
-        self._errors_in = 0  # error values received so far (get() of a list watches it)
-        self._pending_owned: set[bytes] = set()  # our tasks' results not yet announced
+        #: the object bookkeeping (sans-IO): counts and values under _ref_lock where they change
+        self.refs = RefTable(os.urandom(8))
         #: backpressure (drivers only): tasks we may still submit before waiting for Credit
-        self._credits: int | None = config.max_pending_tasks if kind == "driver" else None
+        self._credits = Credits(config.max_pending_tasks) if kind == "driver" else None
         self._credit_lock = threading.Lock()
         self._next_backpressure_log = 0.0
-        self._wanted: collections.Counter[bytes] = collections.Counter()  # waiters per object
-        self._subscribed: set[bytes] = set()
-        self._refcounts: dict[bytes, int] = {}
-        self._escaped: set[bytes] = set()
-        self._borrowed: set[bytes] = set()  # others' objects we told the head we hold refs to
-        self._dead: collections.deque[bytes] = collections.deque()
-        self._next_release = 0.0  # releases are batched: at most every _RELEASE_EVERY_S
         # dead refs and dropped views are flushed by whoever talks to the head next, or by a
         # small thread after _RELEASE_EVERY_S when this process is idle (a notebook that just
         # dropped a large object must not keep it in the store until its next call)
@@ -132,24 +126,17 @@ class CoreClient:
         self._last_ping = 0.0
         self._refused: str | None = None
         self.closed = False
-        #: messages that are not for the client (a worker's Execute/Exit) go here
-        self.on_foreign: Callable[[Any], None] | None = None
-        #: a worker lends its CPU while blocked in get/wait
-        self.on_block: Callable[[list], None] | None = None
-        self.on_unblock: Callable[[], None] | None = None
-        #: called on every step of a blocking wait (a worker runs Help tasks there)
-        self.on_wait_step: Callable[[], bool] | None = None
-        #: true while values not sent yet may hold refs (a worker's held-back results): no
-        #: Release may overtake them, or an object they keep alive could be freed first
-        self.holding_values: Callable[[], bool] | None = None
-        #: called when the local object store is found gone (a worker exits: its node died)
-        self.on_store_closed: Callable[[], None] | None = None
+        #: how the process that runs tasks (a worker) hooks in; None for a driver
+        self.hooks = hooks
         #: the node this process runs on, if known ("" for a driver that joined a cluster: the
         #: node whose store answers on this machine is looked up on first need)
-        self.node_id = ""
+        self.node_id = node_id
         self._store: LocalStore | None = None
         self._store_looked = False
         self._store_lock = threading.Lock()
+        #: how values are read (inline, node store, remote fetch, another holder)
+        self.reader = ObjectReader(self.local_store, self._fresh_value, security,
+                                   2 * config.heartbeat_timeout_s + 1.0)
 
     # ------------------------------------------------------------------ connection
 
@@ -197,7 +184,7 @@ class CoreClient:
         locked = self._io_lock.acquire(timeout=2.0)
         try:
             if self.kind != "worker" and self.welcome is not None:
-                self._dead.clear()  # Goodbye releases everything we own
+                self.refs.drop_dead()  # Goodbye releases everything we own
                 self._pending.append(P.Goodbye())
             self._drain_sends()
             self.closed = True
@@ -247,10 +234,15 @@ class CoreClient:
     def _drain_sends(self) -> None:
         if self.closed:
             return
-        if (self._dead and (len(self._dead) >= _RELEASE_BATCH or time.monotonic() >= self._next_release)
-                and not (self.holding_values is not None and self.holding_values())):
-            self._collect_dead()
-            self._next_release = time.monotonic() + _RELEASE_EVERY_S
+        refs = self.refs
+        if refs.dead:
+            now = time.monotonic()
+            if refs.release_due(now) and not (self.hooks is not None
+                                              and self.hooks.holding_values()):
+                with self._ref_lock:
+                    release = refs.collect_dead(now)
+                if release is not None:  # after what is queued: a queued Submit may use them
+                    self._pending.append(release)
         store = self._store
         if store is not None and store.has_unpins:
             store.flush()
@@ -328,22 +320,9 @@ class CoreClient:
     def _apply(self, msg: Any) -> None:
         t = type(msg)
         if t is P.ObjectValues:
-            values = self._values
-            for item in msg.items:
-                oid = item.object_id
-                self._pending_owned.discard(oid)
-                if oid not in self._refcounts and oid not in self._wanted:
-                    continue  # nobody holds a ref any more
-                if item.value is not None:
-                    values[oid] = item.value
-                    self._ready_remote.discard(oid)
-                    if item.value.is_error:  # a get() of a list fails as soon as one failed
-                        self._errors_in += 1
-                else:
-                    self._ready_remote.add(oid)
-                    if oid in self._wanted and oid not in self._subscribed:
-                        self._subscribed.add(oid)
-                        self._pending.append(P.Subscribe([oid]))
+            subscribes = self.refs.apply_values(msg.items)
+            if subscribes:
+                self._pending.extend(subscribes)
             if self._pending:
                 self._drain_sends()
         elif t is P.InfoReply:
@@ -354,7 +333,7 @@ class CoreClient:
         elif t is P.Credit:
             if self._credits is not None:
                 with self._credit_lock:
-                    self._credits += msg.count
+                    self._credits.give(msg.count)
         elif t is P.Notice:
             log.warning("%s", msg.message)
         elif t is P.Rejected:
@@ -363,8 +342,8 @@ class CoreClient:
             self.welcome = msg.info
         elif t is P.Refused:
             self._refused = msg.reason
-        elif self.on_foreign is not None:
-            self.on_foreign(msg)
+        elif self.hooks is not None:
+            self.hooks.on_message(msg)
         else:
             log.warning("ignored unexpected %s from the head", t.__name__)
 
@@ -375,13 +354,8 @@ class CoreClient:
                 f"({msg.message}): {msg.reason}")
         if msg.request_id:
             self._info[msg.request_id] = _Refusal(what)
-        failed = 0
-        for oid in msg.object_ids:
-            if oid in self._refcounts or oid in self._wanted:
-                self._pending_owned.discard(oid)
-                self._values[oid] = P.SerializedObject.system_error("TaskmeshError", what)
-                failed += 1
-        self._errors_in += failed
+        failed = self.refs.rejected(msg.object_ids,
+                                    P.SerializedObject.system_error("TaskmeshError", what))
         if not msg.request_id and not failed:
             log.warning("%s", what)
 
@@ -400,7 +374,7 @@ class CoreClient:
                     self.pump(0)  # whatever already arrived still counts
                     return pred()
                 step = min(step, 0.5)
-            if self.on_wait_step is not None and self.on_wait_step():
+            if self.hooks is not None and self.hooks.wait_step():
                 continue  # it ran something; look again before sleeping
             before = time.monotonic()
             read = self.pump(step)
@@ -446,13 +420,11 @@ class CoreClient:
 
     def new_ref_ids(self, oids: Iterable[bytes]) -> None:
         with self._ref_lock:
-            rc = self._refcounts
-            for oid in oids:
-                rc[oid] = rc.get(oid, 0) + 1
+            self.refs.new_refs(oids)
 
     def ref_died(self, oid: bytes) -> None:
         """Called from ObjectRef.__del__ (any thread, even inside GC): never blocks."""
-        self._dead.append(oid)
+        self.refs.died(oid)
         if not self._housekeeping.is_set():
             self.wake_housekeeper()
 
@@ -475,65 +447,33 @@ class CoreClient:
             if self.closed:
                 return
             try:
-                self._next_release = 0.0  # we waited the batching delay already
+                self.refs.release_soon()  # we waited the batching delay already
                 if beat is not None and time.monotonic() - self._last_sent >= beat:
                     self.send(P.InfoRequest(0, "ping"))  # we are alive (answered, ignored)
                 else:
                     self.send_pending()
             except Exception:  # closing under our feet
                 return
-            if self._dead or (self._store is not None and self._store.has_unpins):
+            if self.refs.dead or (self._store is not None and self._store.has_unpins):
                 ev.set()  # the I/O lock was busy, or more died meanwhile: again soon
 
     def borrow_ref(self, oid: bytes) -> None:
-        """A ref was unpickled here. The first ref of another owner's object makes us a
-        borrower: the head hears it (in order with everything we send: before the result of
-        the task whose arguments held the ref, before we release the value it came in). So
-        does a ref to an object we own but already released (it came back inside a value)."""
+        """A ref was unpickled here (see RefTable.borrow): the head may have to hear it."""
         with self._ref_lock:
-            rc = self._refcounts
-            n = rc.get(oid, 0)
-            rc[oid] = n + 1
-            if n == 0 and oid not in self._borrowed and oid not in self._escaped:
-                self._borrowed.add(oid)
-                self._pending.append(P.Borrow([oid]))
+            borrow = self.refs.borrow(oid)
+            if borrow is not None:
+                self._pending.append(borrow)
 
     def mark_escaped(self, oid: bytes) -> None:
-        self._escaped.add(oid)
-
-    def _collect_dead(self) -> None:
-        release = []
-        dead = self._dead
-        with self._ref_lock:
-            rc = self._refcounts
-            while dead:
-                oid = dead.popleft()
-                n = rc.get(oid, 0) - 1
-                if n > 0:
-                    rc[oid] = n
-                    continue
-                rc.pop(oid, None)
-                self._values.pop(oid, None)
-                self._pending_owned.discard(oid)
-                self._ready_remote.discard(oid)
-                self._subscribed.discard(oid)
-                if oid in self._escaped:
-                    continue
-                if oid in self._borrowed:
-                    self._borrowed.discard(oid)
-                    release.append(oid)
-                elif self.owns(oid):
-                    release.append(oid)
-        if release:  # after what is already queued: a queued Submit may still use them
-            self._pending.append(P.Release(release))
+        self.refs.escape(oid)
 
     def owns(self, oid: bytes) -> bool:
-        return oid[:8] == self._prefix
+        return self.refs.owns(oid)
 
     # ------------------------------------------------------------------ operations
 
     def next_task_id(self) -> bytes:
-        return self._prefix + next(self._counter).to_bytes(8, "big")
+        return self.refs.next_task_id()
 
     def register_function(self, function_id: bytes, name: str, blob: bytes) -> None:
         if function_id not in self._registered_fns:
@@ -541,22 +481,22 @@ class CoreClient:
             self.send(P.RegisterFunction(function_id, name, blob))
 
     def submit(self, spec: P.TaskSpec, return_ids: list[bytes]) -> None:
-        if self._credits is not None:  # a driver: at most max_pending_tasks in flight
+        credits = self._credits
+        if credits is not None:  # a driver: at most max_pending_tasks in flight
             with self._credit_lock:
-                self._credits -= 1
-                short = self._credits < 0
-            if short:
+                ok = credits.take()
+            if not ok:
                 self._backpressure(
                     f"{self.config.max_pending_tasks:,} of this driver's tasks are unfinished "
                     "(max_pending_tasks); it waits until some end")
-                self._wait_for(lambda: self._credits >= 0, None)
+                self._wait_for(lambda: credits.ok, None)
             if self.sock.queued_bytes > _SEND_QUEUE_BYTES:
                 self._backpressure(
                     f"the head is busy: {self.sock.queued_bytes // 1024:,} KiB of this "
                     "driver's messages wait for it to take them in; it waits until the head "
                     "catches up")
                 self._wait_for(lambda: self.sock.queued_bytes <= _SEND_QUEUE_BYTES // 2, None)
-        self._pending_owned.update(return_ids)
+        self.refs.submitted(return_ids)
         self.send(P.Submit([spec]))
         args = spec.args
         if args is not None and args.is_stored and args.contained:
@@ -595,10 +535,10 @@ class CoreClient:
         return answer
 
     def new_object_id(self) -> bytes:
-        return self.next_task_id() + b"\0\0\0\0"
+        return self.refs.new_object_id()
 
     def put_serialized(self, oid: bytes, value: P.SerializedObject) -> None:
-        self._values[oid] = value
+        self.refs.put(oid, value)
         self.send(P.Put([(oid, value)]))
 
     # ------------------------------------------------------------------ the node's object store
@@ -622,9 +562,10 @@ class CoreClient:
             candidates = [n["NodeID"] for n in self.info("nodes") if n.get("Alive")]
         for node_id in candidates:
             try:
+                hooks = self.hooks
                 return LocalStore.connect(node_id, f"taskmesh-node-{node_id}", timeout,
                                           self.wake_housekeeper, probe=not self.node_id,
-                                          on_closed=self.on_store_closed)
+                                          on_closed=hooks.store_closed if hooks else None)
             except (ConnectionError, OSError) as exc:
                 if self.node_id:
                     log.warning("could not reach the object store of node %s: %s", node_id, exc)
@@ -636,8 +577,8 @@ class CoreClient:
         store = self.local_store()
         if store is None:
             return None
-        if self._dead:  # free what died first: in a put/del loop, its room is needed now
-            self._next_release = 0.0
+        if self.refs.dead:  # free what died first: in a put/del loop, its room is needed now
+            self.refs.release_soon()
             self.send_pending()
         return store.put(object_id, obj)
 
@@ -651,64 +592,9 @@ class CoreClient:
         self.send(P.Put([(oid, marker)]))
         return P.SerializedObject(P.SerializedObject.STORED, marker.data, (), [oid])
 
-    def resolve(self, obj: P.SerializedObject, timeout: float | None = None,
-                wait_for_holders: bool = True) -> P.SerializedObject:
-        """A readable object for ``obj``: itself, or for a STORED marker the value read from the
-        node store (zero-copy views; pulled from another node first if needed).
-
-        If no holder it names can deliver, the head is asked again: it may know of new copies,
-        be rebuilding the object (the answer then waits for the re-run), or say it is lost (an
-        error object, returned as such). If the head still names the same holders, they may be
-        dead but not yet declared so: with ``wait_for_holders`` it asks again, for up to twice
-        the heartbeat time-out, before ObjectLostError. An unchanged answer after that is read
-        once more before giving up: a holder that was declared dead and joined again under the
-        same id and address makes a marker equal to the lost one for a copy rebuilt there."""
-        if obj.flags != P.SerializedObject.STORED:
-            return obj
-        start = time.monotonic()
-        patience = 2 * self.config.heartbeat_timeout_s + 1.0
-        delay = 0.05
-        last_chance = False
-        while True:
-            remaining = None if timeout is None else max(0.0, timeout - (time.monotonic() - start))
-            try:
-                return self._read_stored(obj, remaining)
-            except TimeoutError:  # a pin waiting for room to restore the object from disk
-                raise GetTimeoutError(
-                    f"get() timed out after {timeout:g} s: object {obj.read_stored()[0].hex()} "
-                    "is in the store but could not be read in time (it waits for room to come "
-                    "back from disk)") from None
-            except ObjectLostError:
-                oid = obj.read_stored()[0]
-                fresh = self._fresh_value(oid, remaining)
-                if fresh is None:
-                    raise
-                if not fresh.is_stored:
-                    return fresh  # the head's verdict (e.g. lost for good, naming the node)
-                if fresh.data == obj.data:
-                    waited = time.monotonic() - start
-                    if not wait_for_holders or (timeout is not None and waited + delay > timeout):
-                        raise
-                    if waited > patience:
-                        if last_chance:
-                            raise
-                        last_chance = True
-                    else:
-                        time.sleep(delay)
-                        delay = min(delay * 2, 0.5)
-                obj = fresh
-
-    def _read_stored(self, obj: P.SerializedObject, timeout: float | None) -> P.SerializedObject:
-        store = self.local_store()
-        if store is None:  # no node on this machine: pull the bytes into our own memory
-            return fetch_remote(obj, timeout, security=self.security)
-        return store.read(obj, timeout)
-
     def _fresh_value(self, oid: bytes, timeout: float | None) -> P.SerializedObject | None:
         """What the head says about ``oid`` now (a STORED marker lists the current holders)."""
-        self._values.pop(oid, None)
-        self._subscribed.discard(oid)
-        self._ready_remote.discard(oid)
+        self.refs.forget_value(oid)
         try:
             return self.get_values([oid], timeout)[0]
         except GetTimeoutError:
@@ -717,29 +603,28 @@ class CoreClient:
     def get_values(self, oids: Sequence[bytes], timeout: float | None,
                    fail_fast: bool = False) -> list[P.SerializedObject | None]:
         """The serialized values of ``oids``, waiting up to ``timeout`` seconds (STORED markers
-        are left as they are: see :meth:`resolve`).
+        are left as they are: ``self.reader`` reads them).
 
         With ``fail_fast`` the wait ends as soon as any of them holds an error (a failed task,
         a dead actor, a lost object), as Ray's get does: values that have not arrived are None
         in the list then, and the caller raises the error."""
-        values = self._values
+        refs = self.refs
+        values = refs.values
         if fail_fast and any(v.is_error for v in map(values.get, oids) if v is not None):
             return [values.get(oid) for oid in oids]
         missing = [oid for oid in oids if oid not in values]
         if missing:
             deadline = None if timeout is None else time.monotonic() + timeout
             self._request(missing)
-            blocked = False
-            if self.on_block is not None:
-                self.on_block(missing)
-                blocked = True
+            hooks = self.hooks
+            if hooks is not None:
+                hooks.block(missing)
             try:
-                ok = self._wait_for(self._arrived(missing, fail_fast), deadline)
+                ok = self._wait_for(refs.arrived(missing, fail_fast), deadline)
             finally:
-                if blocked and self.on_unblock is not None:
-                    self.on_unblock()
-                self._wanted.subtract(missing)
-                self._drop_unwanted(missing)
+                if hooks is not None:
+                    hooks.unblock()
+                refs.unwant(missing)
             if not ok:
                 n = sum(1 for o in missing if o not in values)
                 raise GetTimeoutError(
@@ -747,76 +632,41 @@ class CoreClient:
                     f"(first: {next(o for o in missing if o not in values).hex()})")
         return [values.get(oid) for oid in oids]
 
-    def _arrived(self, missing: list[bytes], fail_fast: bool) -> Callable[[], bool]:
-        """A wait predicate: every one of ``missing`` has a value (or, with ``fail_fast``, one
-        of them is an error). Values stay once they arrived (the caller holds their refs), so
-        it scans each id once, and looks for errors only after one came in."""
-        values = self._values
-        state = [0, self._errors_in]  # ids known to be present, errors seen so far
-
-        def arrived() -> bool:
-            i, n = state[0], len(missing)
-            while i < n and missing[i] in values:
-                i += 1
-            state[0] = i
-            if i == n:
-                return True
-            if fail_fast and self._errors_in != state[1]:
-                state[1] = self._errors_in
-                return any(v.is_error for v in map(values.get, missing[i:]) if v is not None)
-            return False
-
-        return arrived
-
     def wait_ready(self, oids: Sequence[bytes], num_returns: int, timeout: float | None) -> set[bytes]:
         """Return the set of ready ids once ``num_returns`` are ready or ``timeout`` passes."""
 
-        def ready_set() -> set[bytes]:
-            return {o for o in oids if o in self._values or o in self._ready_remote}
-
-        if len(ready_set()) >= num_returns:
-            return ready_set()
-        missing = [o for o in oids if o not in self._values and o not in self._ready_remote]
+        refs = self.refs
+        ready = refs.ready(oids)
+        if len(ready) >= num_returns:
+            return ready
+        missing = [o for o in oids if o not in ready]
         self._request(missing, values_needed=False)
         deadline = None if timeout is None else time.monotonic() + timeout
         if timeout == 0:
             self.pump(0)
-            self._wanted.subtract(missing)
-            self._drop_unwanted(missing)
-            return ready_set()
-        if self.on_block is not None:
-            self.on_block(missing)
+            refs.unwant(missing)
+            return refs.ready(oids)
+        hooks = self.hooks
+        if hooks is not None:
+            hooks.block(missing)
         try:
-            self._wait_for(lambda: len(ready_set()) >= num_returns, deadline)
+            self._wait_for(lambda: len(refs.ready(oids)) >= num_returns, deadline)
         finally:
-            if self.on_unblock is not None:
-                self.on_unblock()
-            self._wanted.subtract(missing)
-            self._drop_unwanted(missing)
-        return ready_set()
-
-    def _drop_unwanted(self, oids: list[bytes]) -> None:
-        wanted = self._wanted
-        for oid in oids:
-            if wanted.get(oid, 0) <= 0:
-                wanted.pop(oid, None)
+            if hooks is not None:
+                hooks.unblock()
+            refs.unwant(missing)
+        return refs.ready(oids)
 
     def _request(self, missing: list[bytes], values_needed: bool = True) -> None:
         """Make sure the head will send us these objects (owned ones come by themselves)."""
-        self._wanted.update(missing)  # a count per waiting call: threads may wait for the same
-        # our own results come by themselves while pending; anything else (other owners'
-        # objects, large values, values we dropped and got back through an escaped ref)
-        # must be asked for
-        sub = [o for o in missing if o not in self._subscribed and o not in self._pending_owned
-               and (values_needed or o not in self._ready_remote)]
-        if sub:
-            self._subscribed.update(sub)
-            self.send(P.Subscribe(sub))
+        subscribe = self.refs.want(missing, values_needed)
+        if subscribe is not None:
+            self.send(subscribe)
         else:
             self.send_pending()
 
     def send_pending(self) -> None:
-        if ((self._pending or self._dead or (self._store is not None and self._store.has_unpins))
+        if ((self._pending or self.refs.dead or (self._store is not None and self._store.has_unpins))
                 and self._io_lock.acquire(blocking=False)):
             try:
                 self._drain_sends()

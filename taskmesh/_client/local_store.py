@@ -29,16 +29,12 @@ import time
 import weakref
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from typing import TYPE_CHECKING, Any
+from typing import Any
 from .._protocol import SerializedObject
 from .._store import layout
 from .._store.client import StoreClient
-from ..errors import ObjectLostError
 
-if TYPE_CHECKING:
-    from .._secret import Security
-
-__all__ = ["LocalStore", "fetch_remote"]
+__all__ = ["LocalStore"]
 
 log = logging.getLogger("taskmesh.client")
 
@@ -47,8 +43,6 @@ log = logging.getLogger("taskmesh.client")
 PARALLEL_COPY_BYTES = 8 << 20
 #: a create whose id is still taken (a fetch of the same object under way) waits this long
 _COLLISION_WAIT_S = 30.0
-#: a holder silent this long in the middle of a transfer is taken as gone
-_SILENT_HOLDER_S = 3.0
 _COPY_THREADS = max(1, min(4, os.cpu_count() or 1))
 _copy_pool: ThreadPoolExecutor | None = None
 _copy_pool_lock = threading.Lock()
@@ -240,25 +234,3 @@ class LocalStore:
     def __repr__(self) -> str:
         return f"LocalStore(node={self.node_id}, pinned={self.pinned})"
 
-
-def fetch_remote(marker: SerializedObject, timeout_s: float | None = None, *,
-                 security: Security) -> SerializedObject:
-    """The value behind a STORED marker for a process whose machine runs no node (so no
-    store): its bytes pulled straight from a holder into this process's memory (read-only,
-    like a get from a store), from a holder that proves it holds ``security``'s cluster key.
-    Raises ObjectLostError naming the object and each holder's failure."""
-    from .. import _transfer as transfer  # the transfer stream's client side
-
-    object_id, size, locations = marker.read_stored()
-    sources = [(node_id, address) for node_id, address in locations if address]
-    # a holder that accepts but never answers (a frozen machine) is given up after a few
-    # seconds of silence: the caller then asks the head, which may have rebuilt the object
-    wait = _SILENT_HOLDER_S if timeout_s is None else max(1.0, min(timeout_s, _SILENT_HOLDER_S))
-    kwargs = {"timeout_s": wait, "connect_timeout_s": wait}
-    try:
-        buf = transfer.fetch(object_id, sources, security=security, size=size, **kwargs)
-    except transfer.TransferError as exc:
-        raise ObjectLostError(f"object {object_id.hex()} ({size} bytes) could not be read from "
-                              f"any node holding it: {exc}") from None
-    data, buffers = layout.read(buf.toreadonly())
-    return SerializedObject(SerializedObject.VALUE, data, buffers)

@@ -60,7 +60,7 @@ import logging
 import shutil
 import threading
 from collections.abc import Callable, Iterator
-from typing import Any
+from typing import Any, NamedTuple
 
 from .. import _protocol as P
 from .inbox import Inbox
@@ -282,42 +282,48 @@ class StoreService:
     # ------------------------------------------------------------------ requests
 
     def _on_message(self, peer: bytes, msg: Any, now: float) -> None:
-        kind = type(msg)
-        state = self.state
-        if kind is P.StoreCreate:
-            oid = msg.object_id
-            if not 0 < len(oid) <= MAX_OBJECT_ID:
-                self.sock.send(peer, P.StoreCreateFailed(
-                    oid, f"object ids must have 1 to {MAX_OBJECT_ID} bytes, not {len(oid)}", False))
-                return
-            exists = state.info(oid) is not None
-            try:
-                cmds = state.create(oid, msg.size, peer, now)
-            except ValueError as exc:
-                self.sock.send(peer, P.StoreCreateFailed(oid, str(exc), False))
-                return
-            self._run(cmds, refused=oid if exists else None)
-        elif kind is P.StorePin:
-            for oid in msg.object_ids:
-                self._run(state.pin(oid, peer))
-        elif kind is P.StoreUnpin:
-            for oid in msg.object_ids:
-                self._misuse(peer, state.unpin, oid, peer)
-        elif kind is P.StoreSeal or kind is P.StoreAbort:
-            if msg.object_id in self._fetches:  # its bytes are still arriving
-                self.dropped.event("seal or abort of an object being fetched", "ignored %s of "
-                                   "object %s from local client %r: the store is fetching it "
-                                   "from another node", kind.__name__, msg.object_id.hex(), peer)
-                return
-            self._misuse(peer, state.seal if kind is P.StoreSeal else state.abort, msg.object_id)
-        elif kind is P.StoreDelete:
-            for oid in msg.object_ids:
-                self._run(state.delete(oid))
-        elif kind is P.StoreFetch:
-            self._on_fetch(peer, msg, now)
-        else:
+        handler = _REQUESTS.get(type(msg))
+        if handler is None:
             self.dropped.event("not a request to the object store", "ignored %s from local "
-                               "client %r: not a request to the object store", kind.__name__, peer)
+                               "client %r: not a request to the object store",
+                               type(msg).__name__, peer)
+            return
+        handler(self, peer, msg, now)
+
+    def _on_create(self, peer: bytes, msg: P.StoreCreate, now: float) -> None:
+        oid = msg.object_id
+        if not 0 < len(oid) <= MAX_OBJECT_ID:
+            self.sock.send(peer, P.StoreCreateFailed(
+                oid, f"object ids must have 1 to {MAX_OBJECT_ID} bytes, not {len(oid)}", False))
+            return
+        exists = self.state.info(oid) is not None
+        try:
+            cmds = self.state.create(oid, msg.size, peer, now)
+        except ValueError as exc:
+            self.sock.send(peer, P.StoreCreateFailed(oid, str(exc), False))
+            return
+        self._run(cmds, refused=oid if exists else None)
+
+    def _on_pin(self, peer: bytes, msg: P.StorePin, now: float) -> None:
+        for oid in msg.object_ids:
+            self._run(self.state.pin(oid, peer))
+
+    def _on_unpin(self, peer: bytes, msg: P.StoreUnpin, now: float) -> None:
+        for oid in msg.object_ids:
+            self._misuse(peer, self.state.unpin, oid, peer)
+
+    def _on_seal_or_abort(self, peer: bytes, msg: P.StoreSeal | P.StoreAbort, now: float) -> None:
+        if msg.object_id in self._fetches:  # its bytes are still arriving
+            self.dropped.event("seal or abort of an object being fetched", "ignored %s of "
+                               "object %s from local client %r: the store is fetching it "
+                               "from another node", type(msg).__name__, msg.object_id.hex(), peer)
+            return
+        method = self.state.seal if type(msg) is P.StoreSeal else self.state.abort
+        self._misuse(peer, method, msg.object_id)
+
+    def _on_delete(self, peer: bytes, msg: P.StoreDelete, now: float) -> None:
+        for oid in msg.object_ids:
+            self._run(self.state.delete(oid))
 
     def _misuse(self, peer: bytes, method: Callable[..., list[Command]], *args: Any) -> None:
         """A request without an answer: one that makes no sense is logged (the client gets nothing)."""
@@ -453,64 +459,82 @@ class StoreService:
 
     def _internal(self, c: Command) -> None:
         """A StoreState answer to the service itself (a transfer's pin, a fetch's create)."""
-        if isinstance(c, (Pinned, PinFailed)):
-            waiting = self._serve_waiting.get(c.object_id)
-            req = waiting.popleft() if waiting else None
-            if waiting is not None and not waiting:
-                del self._serve_waiting[c.object_id]
-            with self._lock:
-                if req is not None and not req.abandoned:
-                    if isinstance(c, Pinned):
-                        req.offset, req.size = c.offset, c.size
-                    else:
-                        req.error = c.reason
-                    req.done.set()
-                    return
-            if isinstance(c, Pinned):  # nobody wants it any more
-                self._run(self.state.unpin(c.object_id, _SERVE_CLIENT))
-        elif isinstance(c, Created):
-            fetch = self._fetches[c.object_id]
-            fetch.thread = threading.Thread(target=self._fetch_thread, daemon=True,
-                                            args=(fetch, self.arena.writable(c.offset, c.size)),
-                                            name=f"taskmesh-fetch-{c.object_id.hex()[:16]}")
-            fetch.thread.start()
-        elif isinstance(c, CreateFailed):
-            self._fetches.pop(c.object_id, None)
-            reason = f"object {c.object_id.hex()} could not be fetched to this node: {c.reason}"
-            log.error("%s", reason)
-            self.state.remember_lost(c.object_id, reason)
-        # Waiting: nothing to do, the answer follows
+        _INTERNAL_ANSWERS[type(c)](self, c)
+
+    def _serve_pin_answered(self, c: Pinned | PinFailed) -> None:
+        """A serving thread's pin was granted or refused: wake the thread (or unpin)."""
+        waiting = self._serve_waiting.get(c.object_id)
+        req = waiting.popleft() if waiting else None
+        if waiting is not None and not waiting:
+            del self._serve_waiting[c.object_id]
+        with self._lock:
+            if req is not None and not req.abandoned:
+                if type(c) is Pinned:
+                    req.offset, req.size = c.offset, c.size
+                else:
+                    req.error = c.reason
+                req.done.set()
+                return
+        if type(c) is Pinned:  # nobody wants it any more
+            self._run(self.state.unpin(c.object_id, _SERVE_CLIENT))
+
+    def _fetch_created(self, c: Created) -> None:
+        """A fetched object has its space: start the thread that fills it."""
+        fetch = self._fetches[c.object_id]
+        fetch.thread = threading.Thread(target=self._fetch_thread, daemon=True,
+                                        args=(fetch, self.arena.writable(c.offset, c.size)),
+                                        name=f"taskmesh-fetch-{c.object_id.hex()[:16]}")
+        fetch.thread.start()
+
+    def _fetch_create_failed(self, c: CreateFailed) -> None:
+        self._fetches.pop(c.object_id, None)
+        reason = f"object {c.object_id.hex()} could not be fetched to this node: {c.reason}"
+        log.error("%s", reason)
+        self.state.remember_lost(c.object_id, reason)
+
+    def _internal_waiting(self, c: Waiting) -> None:
+        pass  # the answer follows
 
     # ------------------------------------------------------------------ commands
 
     def _run(self, cmds: list[Command], refused: bytes | None = None, pin_full: bool = False) -> None:
         """Execute StoreState commands. ``refused``: a create of that id was refused (it exists),
         not failed for room; ``pin_full``: pin failures are time-outs waiting for room."""
-        send = self.sock.send
-        for c in cmds:  # isinstance, not a dict of handlers: lets the type checker follow
-            if isinstance(c, (Created, CreateFailed, Pinned, PinFailed, Waiting)) and c.client in _INTERNAL:
+        how = _How(refused, pin_full)
+        for c in cmds:
+            kind = type(c)
+            if kind in _INTERNAL_ANSWERS and c.client in _INTERNAL:  # type: ignore[union-attr]
                 self._internal(c)
-            elif isinstance(c, Created):
-                send(c.client, P.StoreCreated(c.object_id, c.offset, c.size))
-            elif isinstance(c, Pinned):
-                send(c.client, P.StorePinned(c.object_id, c.offset, c.size))
-            elif isinstance(c, Waiting):
-                send(c.client, P.StoreWaiting(c.object_id))
-            elif isinstance(c, CreateFailed):
-                send(c.client, P.StoreCreateFailed(c.object_id, c.reason, c.object_id != refused))
-            elif isinstance(c, PinFailed):
-                send(c.client, P.StorePinFailed(c.object_id, c.reason, pin_full))
-            elif isinstance(c, Spill):
-                self._io.submit(_SPILL, c.object_id, c.offset, c.size)
-            elif isinstance(c, Restore):
-                self._io.submit(_RESTORE, c.object_id, c.offset, c.size)
-            elif isinstance(c, Freed):
-                if c.on_disk:
-                    self._io.submit(_DELETE, c.object_id)
-                if self.on_freed is not None:
-                    self._guarded(self.on_freed, c.object_id)
             else:
-                raise AssertionError(f"unknown store command {c!r}")
+                _COMMANDS[kind](self, c, how)
+
+    def _created(self, c: Created, how: _How) -> None:
+        self.sock.send(c.client, P.StoreCreated(c.object_id, c.offset, c.size))
+
+    def _pinned(self, c: Pinned, how: _How) -> None:
+        self.sock.send(c.client, P.StorePinned(c.object_id, c.offset, c.size))
+
+    def _waiting(self, c: Waiting, how: _How) -> None:
+        self.sock.send(c.client, P.StoreWaiting(c.object_id))
+
+    def _create_failed(self, c: CreateFailed, how: _How) -> None:
+        self.sock.send(c.client, P.StoreCreateFailed(c.object_id, c.reason,
+                                                     c.object_id != how.refused))
+
+    def _pin_failed(self, c: PinFailed, how: _How) -> None:
+        self.sock.send(c.client, P.StorePinFailed(c.object_id, c.reason, how.pin_full))
+
+    def _spill(self, c: Spill, how: _How) -> None:
+        self._io.submit(_SPILL, c.object_id, c.offset, c.size)
+
+    def _restore(self, c: Restore, how: _How) -> None:
+        self._io.submit(_RESTORE, c.object_id, c.offset, c.size)
+
+    def _freed(self, c: Freed, how: _How) -> None:
+        if c.on_disk:
+            self._io.submit(_DELETE, c.object_id)
+        if self.on_freed is not None:
+            self._guarded(self.on_freed, c.object_id)
 
     @staticmethod
     def _guarded(fn: Callable[..., None], *args: Any) -> None:
@@ -518,3 +542,46 @@ class StoreService:
             fn(*args)
         except Exception:  # a bug must not take the node down; say so loudly
             log.exception("internal error in the object store service")
+
+
+class _How(NamedTuple):
+    """How to answer, for one list of commands (see ``StoreService._run``)."""
+
+    refused: bytes | None  # a create of this id was refused: it exists (not failed for room)
+    pin_full: bool  # pin failures are time-outs waiting for room
+
+
+# The dispatch tables: a message or command type -> the method for it. Each method is typed
+# for its own type, which the table's key guarantees.
+
+#: local clients' requests
+_REQUESTS: dict[type, Callable[[StoreService, bytes, Any, float], None]] = {
+    P.StoreCreate: StoreService._on_create,
+    P.StorePin: StoreService._on_pin,
+    P.StoreUnpin: StoreService._on_unpin,
+    P.StoreSeal: StoreService._on_seal_or_abort,
+    P.StoreAbort: StoreService._on_seal_or_abort,
+    P.StoreDelete: StoreService._on_delete,
+    P.StoreFetch: StoreService._on_fetch,
+}
+
+#: StoreState commands
+_COMMANDS: dict[type, Callable[[StoreService, Any, _How], None]] = {
+    Created: StoreService._created,
+    Pinned: StoreService._pinned,
+    Waiting: StoreService._waiting,
+    CreateFailed: StoreService._create_failed,
+    PinFailed: StoreService._pin_failed,
+    Spill: StoreService._spill,
+    Restore: StoreService._restore,
+    Freed: StoreService._freed,
+}
+
+#: StoreState answers to the service's own clients (transfers' pins, fetches' creates)
+_INTERNAL_ANSWERS: dict[type, Callable[[StoreService, Any], None]] = {
+    Pinned: StoreService._serve_pin_answered,
+    PinFailed: StoreService._serve_pin_answered,
+    Created: StoreService._fetch_created,
+    CreateFailed: StoreService._fetch_create_failed,
+    Waiting: StoreService._internal_waiting,
+}

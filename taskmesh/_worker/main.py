@@ -28,6 +28,7 @@ from typing import Any
 from .. import _protocol as P
 from .. import _serialize as S
 from .._client.core import CoreClient
+from .._client.hooks import ClientHooks
 from .._context import CTX
 from .._spin import Spinner
 from .._secret import Security, find_secret, take_secret_from_env
@@ -55,17 +56,13 @@ class Worker:
         if security is None:
             key = take_secret_from_env() or find_secret(config.secret_file)
             security = Security(key, config.encrypt)
+        #: how this worker hooks into its client core (messages, blocked waits, held results)
+        self.hooks = _WorkerHooks(self)
         self.core = CoreClient(config, endpoint, "worker", endpoint.replace("tcp://", ""),
-                               security, identity=b"W" + worker_id.encode())
-        self.core.node_id = node_id
-        self.core.on_foreign = self._on_message
+                               security, identity=b"W" + worker_id.encode(), hooks=self.hooks,
+                               node_id=node_id)
         #: results held back for batching (they may hold refs: no Release may overtake them)
         self.results = ResultBatch(self.core.send, config.result_batch_s)
-        self.core.holding_values = lambda: self.results.holding
-        self.core.on_block = self._block
-        self.core.on_unblock = self._unblock
-        self.core.on_wait_step = self._help
-        self.core.on_store_closed = _store_gone
         self.queue: collections.deque[P.Assignment] = collections.deque()
         #: guards changes to ``queue`` that are more than one append or pop: a Revoke may be
         #: handled by the control thread while the main thread runs a task
@@ -335,7 +332,7 @@ class Worker:
         self.actor = cls(*args, **kwargs)
         self.actor_label = f"actor {opts.get('class_name') or a.name}"
         # a blocked call keeps its process: there is no CPU to lend nor tasks to hand back
-        self.core.on_block = self.core.on_unblock = self.core.on_wait_step = None
+        self.hooks.lends_cpu = False
         concurrency = int(opts.get("max_concurrency") or 1)
         if opts.get("is_async"):
             import asyncio
@@ -428,7 +425,7 @@ class Worker:
     def _inputs(self, a: P.Assignment) -> tuple[Any, Any]:
         """The task's dependency values and its arguments object, read from the node's store
         where they are stored; _InputLost if one is on no reachable node."""
-        resolve = self.core.resolve
+        resolve = self.core.reader.read
         deps: Any = ()
         if a.dep_values:
             deps = [S.value_or_raise(_read(resolve, v)) for v in a.dep_values]
@@ -522,6 +519,39 @@ class Worker:
         self.results.close()
         core.close()
         return 0
+
+
+class _WorkerHooks(ClientHooks):
+    """The worker's side of the client core's interface (``_client/hooks.py``): messages that
+    are not the client's go to the worker; a blocked get()/wait() lends the CPU and runs Help
+    tasks, until the worker becomes an actor (``lends_cpu`` off: an actor's blocked call keeps
+    its process); held results keep Releases back; a store gone ends the process."""
+
+    __slots__ = ("worker", "lends_cpu")
+
+    def __init__(self, worker: Worker) -> None:
+        self.worker = worker
+        self.lends_cpu = True
+
+    def on_message(self, msg: Any) -> None:
+        self.worker._on_message(msg)
+
+    def block(self, waiting: list) -> None:
+        if self.lends_cpu:
+            self.worker._block(waiting)
+
+    def unblock(self) -> None:
+        if self.lends_cpu:
+            self.worker._unblock()
+
+    def wait_step(self) -> bool:
+        return self.lends_cpu and self.worker._help()
+
+    def holding_values(self) -> bool:
+        return self.worker.results.holding
+
+    def store_closed(self) -> None:
+        _store_gone()
 
 
 class _Interrupted(BaseException):

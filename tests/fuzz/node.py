@@ -1,22 +1,25 @@
-"""Fuzzing a node: the object store service's request handlers and the agent's head-message
-dispatch, with the I/O replaced by recorders, fed generated messages and events.
+"""Fuzzing a node: the object store service's request handlers, and the agent's decisions
+(``AgentState``, driven directly), fed generated messages and events.
 
     local clients ──Store* (encode/decode)──▶ StoreService._on_message ──▶ StoreState
     spill thread, transfers ──(the harness plays them)──▶ _io_done, _transfer_event
-    the head ──Welcome, Refused, StartWorkers, FreeObjects, KillWorker, ...──▶ NodeAgent._on_head_message
+    the head ──Welcome, Refused, StartWorkers, FreeObjects, KillWorker, ...──▶ AgentState.handle
+    the agent's loop ──Tick, Woke, worker ends, head closed, ...──▶ AgentState.handle
 
-``StoreService`` and ``NodeAgent`` are built without their constructors (no socket, arena,
-spill thread, transfer server or worker processes): the harness sets the attributes their
-handlers use, records what they send, and plays the spill thread (finishing or failing the
-spills and restores it was given, in order), other nodes (pulling objects: pins through the
-loop), fetches (finished or failed) and the head. A crash is an exception escaping a handler,
-a reply that does not encode, or ``StoreState.check()`` / the service's own consistency
-failing.
+``StoreService`` is built without its constructor (no socket, arena, spill thread or transfer
+server): the harness sets the attributes its handlers use, records what they send, and plays
+the spill thread (finishing or failing the spills and restores it was given, in order), other
+nodes (pulling objects: pins through the loop) and fetches (finished or failed).
+``AgentState`` needs no such surgery: the harness plays the agent's shell (``AgentShell``),
+executing its commands (every message must encode, every log line must format) and answering
+spawns (started, failed to start, or ended at once) and kills (the worker ends later); an agent
+that exits is followed by a fresh one. A crash is an exception escaping a handler, a reply that
+does not encode, or ``StoreState.check()``, ``AgentState.check_invariants()`` or the harness's
+own consistency checks failing.
 """
 
 from __future__ import annotations
 
-import os
 import random
 import threading
 import traceback
@@ -24,7 +27,7 @@ from collections import Counter, deque
 from typing import Any
 
 from taskmesh import _protocol as P
-from taskmesh._node import agent as agent_mod
+from taskmesh._node import state as A
 from taskmesh._node import store_service as ss
 from taskmesh._ratelimit import RateLimitedLog
 from taskmesh._store.state import StoreState
@@ -45,18 +48,6 @@ class _Sock:
     def send(self, peer: bytes, msg: Any) -> bool:
         self.sent.append((peer, P.decode(P.encode(msg))))
         return True
-
-
-class _HeadSock:
-    """The agent's connection to the head."""
-
-    peer_closed = False
-
-    def __init__(self) -> None:
-        self.sent: deque[Any] = deque(maxlen=64)
-
-    def send(self, msg: Any) -> None:
-        self.sent.append(P.decode(P.encode(msg)))
 
 
 class _SpillThread:
@@ -135,55 +126,94 @@ def _require(ok: bool, message: str) -> None:
         raise AssertionError(message)
 
 
-class _Proc:
-    pid = 4242
+class AgentShell:
+    """Plays the node agent's I/O shell around an ``AgentState``: executes its commands (each
+    message encoded and decoded, each log line formatted), starts, fails or ends the workers
+    it spawns as the world's dice say, and replaces an agent that exited by a fresh one."""
 
-    def kill(self) -> None:
-        pass
+    def __init__(self, rng: random.Random, store: ss.StoreService) -> None:
+        self.rng = rng
+        self.store = store  # DeleteObjects, DropAllObjects go to it
+        self.sent: deque[Any] = deque(maxlen=64)
+        self.drops: Counter = Counter()  # of the agents that exited
+        self.exits = 0
+        self.live: dict[str, int] = {}  # worker id -> pid, as the shell holds them
+        self.dying: set[str] = set()  # killed: their end follows
+        self._pid = 4000
+        self.now = 0.0
+        self._fresh()
 
+    def _fresh(self) -> None:
+        self.state = A.AgentState(Config(), "fuzz", "head.invalid:1", self.rng.choice((0, 1, 2)),
+                                  {"node_id": "fuzz", "resources": {"CPU": 20000}})
+        self.live.clear()
+        self.dying.clear()
+        self._run(self.state.handle(A.Start(), self.now))
 
-class FuzzAgent(agent_mod.NodeAgent):
-    """A NodeAgent without sockets or processes, around a FuzzStore."""
+    def feed(self, event: Any, now: float) -> None:
+        self.now = now
+        self._run(self.state.handle(event, now))
+        if self.state.phase is A.Phase.EXITED:
+            self.exits += 1
+            self.drops.update(self.state.dropped)
+            self._fresh()
 
-    def __init__(self, store: FuzzStore) -> None:  # (not the real one: no I/O at all)
-        self.config = Config()
-        self.dropped = RateLimitedLog(agent_mod.log)
-        self.node_id = "fuzz"
-        self.head_endpoint = "head.invalid:1"
-        self.num_cpus = 2
-        self.sock = _HeadSock()
-        self.store = store
-        self.workers: dict[int, Any] = {}
-        self.registered = False
-        self.exit_code = 0
-        self._incarnation = 0
-        self._rejoining = False
-        self._info = {"node_id": self.node_id, "incarnation": 0}
-        self._added: list = []
-        self._removed: list = []
-        self.spawned = 0
-        self.fds: list[int] = []
-        for i in range(3):
-            r, w = os.pipe()
-            os.set_blocking(w, False)
-            self.fds += [r, w]
-            self.workers[1000 + i] = agent_mod._Worker(f"fuzz-{i}", _Proc(), 1000 + i, w)  # type: ignore[arg-type]
+    def dropped(self) -> Counter:
+        return self.drops + self.state.dropped
 
-    def spawn_workers(self, count: int) -> None:
-        self.spawned += count
+    def _run(self, cmds: list) -> None:
+        for c in cmds:
+            kind = type(c)
+            if kind is A.Send:
+                self.sent.append(P.decode(P.encode(c.message)))
+            elif kind is A.SendHeartbeat:
+                self.sent.append(P.decode(P.encode(P.Heartbeat({"workers": c.workers}))))
+            elif kind is A.Log or kind is A.Drop:
+                _require(isinstance(c.message % c.args, str), "a log line")  # (raises if not)
+            elif kind is A.SpawnWorkers:
+                for worker_id in c.worker_ids:
+                    self._spawn(worker_id)
+            elif kind is A.Kill:
+                _require(c.worker_id in self.live, f"kill of worker {c.worker_id} not running")
+                self.dying.add(c.worker_id)
+            elif kind is A.Interrupt:
+                _require(c.worker_id in self.live and len(c.task_id) == 16, "a bad interrupt")
+            elif kind is A.StopWorkers:
+                self.live.clear()
+                self.dying.clear()
+            elif kind is A.DeleteObjects:
+                self.store.delete(list(c.object_ids))
+            elif kind is A.DropAllObjects:
+                self.store.delete(self.store.object_ids())
 
-    def _stop_workers(self) -> None:
-        self.workers.clear()
+    def _spawn(self, worker_id: str) -> None:
+        self._pid += 1
+        x = self.rng.random()
+        if x < 0.85:
+            self.live[worker_id] = self._pid
+            self._run(self.state.handle(A.WorkerSpawned(worker_id, self._pid), self.now))
+        elif x < 0.93:
+            self._run(self.state.handle(A.WorkerSpawnFailed(worker_id, "[Errno 24] Too many "
+                                                            "open files"), self.now))
+        else:
+            self._run(self.state.handle(A.WorkerEnded(worker_id, self._pid, 1), self.now))
 
-    def close(self) -> None:
-        for fd in self.fds:
-            os.close(fd)
-        self.fds = []
+    def worker_ends(self, now: float) -> None:
+        if not self.live:
+            return
+        worker_id = self.rng.choice(sorted(self.live))
+        code = -9 if worker_id in self.dying else self.rng.choice((0, 1, -15, -11, 1000))
+        pid = self.live.pop(worker_id)
+        self.dying.discard(worker_id)
+        self.feed(A.WorkerEnded(worker_id, pid, code), now)
 
     def check(self) -> None:
-        _require(self.exit_code in (0, 1), f"exit code {self.exit_code}")
-        _require(self._info.get("incarnation") == self._incarnation, "incarnation out of step")
-        _require(not (self.registered and self._rejoining), "registered while rejoining")
+        state = self.state
+        state.check_invariants()
+        running = {wid for wid, w in state.workers.items() if w.pid is not None}
+        _require(running == set(self.live), f"the state's running workers {sorted(running)} "
+                 f"are not the shell's {sorted(self.live)}")
+        _require(state.phase is not A.Phase.EXITED, "an exited agent kept")
 
 
 class NodeWorld:
@@ -195,7 +225,7 @@ class NodeWorld:
         self.v = Values(rng)
         self.counts = counts
         self.store = FuzzStore(rng)
-        self.agent = FuzzAgent(self.store)
+        self.agent = AgentShell(rng, self.store)
         self.now = 0.0
         self.step = 0
         self.last: Any = None
@@ -205,7 +235,10 @@ class NodeWorld:
         self.serving: list[ss._ServeRequest] = []
         self.any = AnyMessage(self.v, lambda: {
             "objects": self.ids, "tasks": [i[:16] for i in self.ids], "actors": [],
-            "functions": [], "node_ids": ["n1"], "worker_ids": ["fuzz-0", "fuzz-1", "fuzz-2"]})
+            "functions": [], "node_ids": ["n1"], "worker_ids": self.worker_ids()})
+
+    def worker_ids(self) -> list[str]:
+        return sorted(self.agent.state.workers)[:8] + ["fuzz-0", "nobody"]
 
     def crash(self, what: str) -> Crash:
         recent = "\n  ".join(_line(*entry) for entry in self.trace)
@@ -222,15 +255,12 @@ class NodeWorld:
 
     def run(self, messages: int, check_every: int = 8) -> int:
         sent = 0
-        try:
-            while sent < messages:
-                self.step += 1
-                sent += self.one()
-                if self.step % check_every == 0:
-                    self.check()
-            self.check()
-        finally:
-            self.agent.close()
+        while sent < messages:
+            self.step += 1
+            sent += self.one()
+            if self.step % check_every == 0:
+                self.check()
+        self.check()
         return sent
 
     def check(self) -> None:
@@ -249,7 +279,9 @@ class NodeWorld:
             return self.client_says()
         if r < 0.70:
             return self.head_says()
-        if r < 0.80:
+        if r < 0.74:
+            self.agent_event()
+        elif r < 0.80:
             self.spill_thread_reports()
         elif r < 0.86:
             self.fetch_ends()
@@ -260,6 +292,7 @@ class NodeWorld:
         else:
             self.now += self.rng.choice((0.01, 0.3, 1.0, 6.0))
             self.call(f"tick({self.now})", self.store._tick, self.now)
+            self.call(f"agent tick({self.now})", self.agent.feed, A.Tick(), self.now)
         return 0
 
     def deliver(self, handler: Any, who: str, msg: Any, *args: Any) -> int:
@@ -314,26 +347,50 @@ class NodeWorld:
     def head_says(self) -> int:
         r, v = self.rng, self.v
         x = r.random()
+        workers = self.worker_ids()
         if x < 0.15:
             msg: Any = P.Welcome(P.PROTOCOL_VERSION, {})
         elif x < 0.25:
-            msg = P.Refused(r.choice((agent_mod._DECLARED_DEAD + " (...)", "no", v.str_())))
+            msg = P.Refused(r.choice((A.DECLARED_DEAD + " (...)", "no", v.str_())))
         elif x < 0.35:
-            msg = P.StartWorkers(v.int_())
+            msg = P.StartWorkers(v.int_() if r.random() < 0.3 else r.randint(0, 3))
         elif x < 0.6:
             msg = P.FreeObjects([self.oid() for _ in range(r.randint(1, 3))])
         elif x < 0.7:
-            msg = P.KillWorker(r.choice(("fuzz-0", "fuzz-1", "nobody", v.str_())), v.str_())
+            msg = P.KillWorker(r.choice(workers + [v.str_()]), v.str_())
         elif x < 0.85:
-            msg = P.InterruptTask(r.choice(("fuzz-0", "fuzz-1", "nobody")),
-                                  r.choice((r.randbytes(16), r.randbytes(3), b"")))
+            msg = P.InterruptTask(r.choice(workers), r.choice((r.randbytes(16), r.randbytes(3), b"")))
         elif x < 0.88:
             msg = P.Shutdown(v.str_())
         elif x < 0.92:
             msg = P.HeartbeatAck()
         else:
             msg = self.any()
-        return self.deliver(self.agent._on_head_message, b"head", msg)
+        return self.deliver(self.from_head, b"head", msg)
+
+    def from_head(self, msg: Any) -> None:
+        self.agent.feed(A.FromHead(msg), self.now)
+
+    def agent_event(self) -> None:
+        """What the agent's loop sees besides the head: worker ends, late polls, the head's
+        connection closing, a refused handshake, a stop."""
+        r, agent = self.rng, self.agent
+        x = r.random()
+        if x < 0.6:
+            self.call("worker ends", agent.worker_ends, self.now)
+            return
+        if x < 0.85:
+            asked = r.choice((0.0, 0.25, 1.0))
+            event: Any = A.Woke(asked, asked + r.choice((0.0, 0.3, 2.0, 70.0)))
+        elif x < 0.9:
+            event = A.HeadClosed()
+        elif x < 0.95:
+            event = A.HandshakeRefused(self.v.str_())
+        elif x < 0.98:
+            event = A.StopRequested()
+        else:
+            event = A.LifelineEnded()
+        self.call(event, agent.feed, event, self.now, who=b"loop")
 
     def spill_thread_reports(self) -> None:
         jobs = self.store._io.jobs

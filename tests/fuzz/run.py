@@ -157,5 +157,5 @@ def _node_world(report: Report, seed: int, index: int, n: int) -> int:
     world, counts = _run_world(report, NodeWorld, "node", seed, index, n)
     if world is not None:
         report.dropped.update({f"store: {why}": k for why, k in world.store.dropped.counts.items()})
-        report.dropped.update({f"agent: {why}": k for why, k in world.agent.dropped.counts.items()})
+        report.dropped.update({f"agent: {why}": k for why, k in world.agent.dropped().items()})
     return max(sum(counts.values()), 1)

@@ -235,9 +235,11 @@ def test_head_and_client_forget_objects_once_refs_are_dropped():
             if _status()["objects"] == 0:
                 break
         assert _status()["objects"] == 0
-        assert not core._refcounts and not core._values
-        assert not core._pending_owned and not core._ready_remote and not core._wanted
-        assert not core._subscribed and not core._dead
+        refs = core.refs
+        assert not refs.counts and not refs.values
+        assert not refs.pending_owned and not refs.ready_remote and not refs.wanted
+        assert not refs.subscribed and not refs.dead
+        refs.check_invariants()
 
 
 # --------------------------------------------------------------------------- passing checks
@@ -387,4 +389,4 @@ def test_refs_dying_in_other_threads_while_submitting():
         taskmesh.get(ident.remote(0))
         time.sleep(0.3)
         taskmesh.get(ident.remote(0))
-        assert len(core._refcounts) <= 1
+        assert len(core.refs.counts) <= 1

@@ -152,7 +152,7 @@ def settle() -> None:
     """Every ref that died here has been released and the head has processed the Release."""
     gc.collect()
     c = core()
-    until(lambda: _flushed(lambda: not c._dead), timeout=15.0, what="dead refs to be flushed")
+    until(lambda: _flushed(lambda: not c.refs.dead), timeout=15.0, what="dead refs to be flushed")
     c.info("status")  # a round trip on the same connection: the head saw what came before
 
 
@@ -160,7 +160,7 @@ def released(oid: bytes) -> None:
     """This process's last ref to ``oid`` died, its Release was sent and the head got it."""
     gc.collect()
     c = core()
-    until(lambda: _flushed(lambda: oid not in c._refcounts and oid not in c._dead),
+    until(lambda: _flushed(lambda: oid not in c.refs.counts and oid not in c.refs.dead),
           timeout=15.0, what=f"the release of {oid.hex()}")
     c.info("status")
 
@@ -342,7 +342,7 @@ def test_large_arguments_survive_a_release_flush_between_store_and_submit(cl, mo
     real_submit = CoreClient.submit
 
     def submit_after_a_flush(self, spec, return_ids):
-        self._next_release = 0.0  # the batching interval has passed ...
+        self.refs.release_soon()  # the batching interval has passed ...
         self.send_pending()  # ... and the housekeeper (or another thread) flushes now
         return real_submit(self, spec, return_ids)
 
@@ -470,7 +470,7 @@ def test_an_idle_driver_releases_a_ref_that_died_while_a_flush_was_pending(cl):
     del second  # dies while the housekeeper's flush is still pending
     try:
         # idle from here: no call into taskmesh (a call would flush the queue itself)
-        until(lambda: second_id not in c._dead and second_id not in c._refcounts,
+        until(lambda: second_id not in c.refs.dead and second_id not in c.refs.counts,
               timeout=3.0, what="the idle process to release the dead ref")
     finally:
         del third
@@ -846,7 +846,7 @@ def test_a_raw_client_with_corrupt_stored_markers_gets_errors_and_the_cluster_ca
                 S.value_or_raise(value)
         [value] = raw.get_values([missing], 10)
         with pytest.raises(taskmesh.ObjectLostError):
-            S.value_or_raise(raw.resolve(value, 10))
+            S.value_or_raise(raw.reader.read(value, 10))
     finally:
         raw.close()
     ref = taskmesh.put(big(1.0))

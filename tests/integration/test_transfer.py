@@ -24,6 +24,7 @@ import pytest
 import taskmesh
 from taskmesh import _protocol as P
 from taskmesh import _transfer as transfer
+from taskmesh import _transfer_stream as wire
 from taskmesh._secret import ClusterKey, Security
 from taskmesh._store.client import StoreClient
 from taskmesh._store.shm import SHM_DIR, unlink
@@ -150,9 +151,9 @@ class FakeSource:
                 conn, _ = self.listener.accept()
             except OSError:
                 return
-            with conn, contextlib.suppress(OSError, transfer.TransferError, transfer._Refused):
-                session = transfer._server_handshake(conn, Security(KEY), transfer.TransferCounters(), 5)
-                oid = session.recv_message(transfer.MAX_OBJECT_ID)
+            with conn, contextlib.suppress(OSError, transfer.TransferError, wire._Refused):
+                session = wire._server_handshake(conn, Security(KEY), transfer.TransferCounters(), 5)
+                oid = session.recv_message(wire.MAX_OBJECT_ID)
                 self.requests += 1
                 self.handler(session, oid)
 
@@ -179,13 +180,13 @@ def fake_source():
 def half_then_close(data: bytes):
     """A source that promises ``data`` and dies after sending half of it."""
     def handler(session, oid: bytes) -> None:
-        session.send_message(transfer._response(transfer.OK, len(data)))
+        session.send_message(wire._response(wire.OK, len(data)))
         session.send_chunk(memoryview(data)[:len(data) // 2], False)
     return handler
 
 
 def not_here(session, oid: bytes) -> None:
-    session.send_message(transfer._response(transfer.NOT_HERE, 0, "no such object here"))
+    session.send_message(wire._response(wire.NOT_HERE, 0, "no such object here"))
 
 
 # ------------------------------------------------------------------ tests
@@ -358,7 +359,7 @@ def test_local_clients_cannot_seal_or_abort_an_object_being_fetched(nodes, fake_
     go_on = threading.Event()
 
     def slow(session, oid: bytes) -> None:  # half the object, a pause, the rest
-        session.send_message(transfer._response(transfer.OK, len(data)))
+        session.send_message(wire._response(wire.OK, len(data)))
         session.send_chunk(memoryview(data)[:MiB], False)
         go_on.wait(10)
         session.send_chunk(memoryview(data)[MiB:], False)
@@ -428,9 +429,9 @@ def test_encryption_is_off_only_when_both_nodes_turn_it_off(nodes, encrypt_a, en
         fetch(cb, b"either", len(data), [a.source()])
         assert pinned_bytes(cb, b"either") == data
     sb = b.stats()
-    chunks = -(-len(data) // transfer.DEFAULT_CHUNK_SIZE)
+    chunks = -(-len(data) // wire.DEFAULT_CHUNK_SIZE)
     beyond = sb["transfer_bytes_received"] - len(data)
-    tags = chunks * transfer.TAG_SIZE
-    plain = (transfer.SERVER_HELLO_SIZE + transfer.FRAME_HEADER_SIZE + transfer.RESPONSE_HEADER_SIZE
-             + transfer.TAG_SIZE + chunks * transfer.CHUNK_HEADER_SIZE)
+    tags = chunks * wire.TAG_SIZE
+    plain = (wire.SERVER_HELLO_SIZE + wire.FRAME_HEADER_SIZE + wire.RESPONSE_HEADER_SIZE
+             + wire.TAG_SIZE + chunks * wire.CHUNK_HEADER_SIZE)
     assert beyond == (plain + tags if encrypt_a or encrypt_b else plain)

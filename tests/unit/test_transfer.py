@@ -21,6 +21,7 @@ import numpy as np
 import pytest
 
 from taskmesh import _transfer as T
+from taskmesh import _transfer_stream as W
 from taskmesh._secret import ClusterKey, Security
 
 from ..support.wait import until
@@ -94,7 +95,7 @@ def chunks_of(data: bytes, **kw) -> bytes:
     """The exact bytes a server sends for ``data`` after the OK response, unencrypted (they do
     not depend on the session's keys then)."""
     rec = Recorder()
-    session = T._Session(rec, T.TransferCounters(), send_key=bytes(32), recv_key=bytes(32),  # type: ignore[arg-type]
+    session = W._Session(rec, T.TransferCounters(), send_key=bytes(32), recv_key=bytes(32),  # type: ignore[arg-type]
                          encrypt=False)
     view = memoryview(data)
     for pos in range(0, len(data), CHUNK):
@@ -104,7 +105,7 @@ def chunks_of(data: bytes, **kw) -> bytes:
 
 def ok(data: bytes) -> bytes:
     """The body of an OK response for ``data``."""
-    return T._response(T.OK, len(data))
+    return W._response(W.OK, len(data))
 
 
 class RawSource:
@@ -136,14 +137,14 @@ class RawSource:
             threading.Thread(target=self._answer, args=(conn,), daemon=True).start()
 
     def _answer(self, conn: socket.socket) -> None:
-        with conn, contextlib.suppress(OSError, T.TransferError, T._Refused):
+        with conn, contextlib.suppress(OSError, T.TransferError, W._Refused):
             session = None
             if self.security is None:
-                conn.recv(T.CLIENT_HELLO_SIZE, socket.MSG_WAITALL)
+                conn.recv(W.CLIENT_HELLO_SIZE, socket.MSG_WAITALL)
             else:
-                session = T._server_handshake(conn, self.security, T.TransferCounters(), 5)
+                session = W._server_handshake(conn, self.security, T.TransferCounters(), 5)
                 conn.settimeout(20)
-                session.recv_message(T.MAX_OBJECT_ID)
+                session.recv_message(W.MAX_OBJECT_ID)
             with self.lock:
                 self.attempts += 1
                 attempt = self.attempts
@@ -187,14 +188,14 @@ def dead_address() -> str:
 def overhead(size: int, chunk: int = CHUNK, encrypt: bool = True) -> int:
     """Bytes a fetching side receives beyond the object's for an uncompressed stream: the
     server hello, the sealed response, the chunk headers (and tags)."""
-    per_chunk = T.CHUNK_HEADER_SIZE + (T.TAG_SIZE if encrypt else 0)
-    return (T.SERVER_HELLO_SIZE + T.FRAME_HEADER_SIZE + T.RESPONSE_HEADER_SIZE + T.TAG_SIZE
+    per_chunk = W.CHUNK_HEADER_SIZE + (W.TAG_SIZE if encrypt else 0)
+    return (W.SERVER_HELLO_SIZE + W.FRAME_HEADER_SIZE + W.RESPONSE_HEADER_SIZE + W.TAG_SIZE
             + -(-size // chunk) * per_chunk)
 
 
 #: what a fetching side sends for a request of an object id of ``n`` bytes
 def request_bytes(n: int) -> int:
-    return T.CLIENT_HELLO_SIZE + T.PROOF_SIZE + T.FRAME_HEADER_SIZE + n + T.TAG_SIZE
+    return W.CLIENT_HELLO_SIZE + W.PROOF_SIZE + W.FRAME_HEADER_SIZE + n + W.TAG_SIZE
 
 
 class Proxy:
@@ -277,20 +278,20 @@ def fetch_all(address: str, oid: bytes, size: int, security: Security = SECURE, 
 
 def test_compression_is_chosen_per_chunk_from_a_sample():
     rnd = memoryview(random_bytes(4 * MiB))
-    enc, wire = T._encode(rnd, True)
-    assert enc == T.RAW and wire is rnd, "random float64 goes raw, as the same view (no copy)"
-    enc, wire = T._encode(memoryview(bytes(4 * MiB)), True)
-    assert enc == T.LZ4 and len(wire) < 4 * MiB // 100
+    enc, wire = W._encode(rnd, True)
+    assert enc == W.RAW and wire is rnd, "random float64 goes raw, as the same view (no copy)"
+    enc, wire = W._encode(memoryview(bytes(4 * MiB)), True)
+    assert enc == W.LZ4 and len(wire) < 4 * MiB // 100
     pattern = memoryview(np.tile(np.arange(1000, dtype=np.float64), 512).tobytes())
-    assert T._encode(pattern, True)[0] == T.LZ4
-    assert T._encode(memoryview(bytes(16 << 10)), True)[0] == T.RAW, "too small to bother"
-    assert T._encode(memoryview(bytes(4 * MiB)), False)[0] == T.RAW, "compression turned off"
+    assert W._encode(pattern, True)[0] == W.LZ4
+    assert W._encode(memoryview(bytes(16 << 10)), True)[0] == W.RAW, "too small to bother"
+    assert W._encode(memoryview(bytes(4 * MiB)), False)[0] == W.RAW, "compression turned off"
     # compressible slices but an incompressible chunk as a whole: the full try decides, raw
     mixed = bytearray(random_bytes(4 * MiB, seed=5))
     step = len(mixed) // 4
     for i in range(4):
         mixed[i * step:i * step + 2048] = bytes(2048)
-    assert T._encode(memoryview(mixed), True)[0] == T.RAW
+    assert W._encode(memoryview(mixed), True)[0] == W.RAW
 
 
 # ------------------------------------------------------------------ round trips
@@ -308,19 +309,19 @@ def test_the_stream_round_trips_over_a_socketpair(security):
     thread.start()
     try:
         got = T.TransferCounters()
-        session = T._client_handshake(client_end, security, got, 5)
+        session = W._client_handshake(client_end, security, got, 5)
         assert session.encrypt == security.encrypt
         session.send_message(b"x")
-        status, size = T._RESPONSE.unpack(session.recv_message(T.RESPONSE_HEADER_SIZE))
-        assert (status, size) == (T.OK, len(data))
+        status, size = W._RESPONSE.unpack(session.recv_message(W.RESPONSE_HEADER_SIZE))
+        assert (status, size) == (W.OK, len(data))
         dest = bytearray(size)
         session.recv_chunks(memoryview(dest))
         assert dest == data
         # the connection serves a second request; its end closes it cleanly
         session.send_message(b"y")
-        body = session.recv_message(T.RESPONSE_HEADER_SIZE + T.MAX_MESSAGE)
-        assert T._RESPONSE.unpack_from(body)[0] == T.NOT_HERE
-        assert body[T.RESPONSE_HEADER_SIZE:] == b"object 79 is not held here"
+        body = session.recv_message(W.RESPONSE_HEADER_SIZE + W.MAX_MESSAGE)
+        assert W._RESPONSE.unpack_from(body)[0] == W.NOT_HERE
+        assert body[W.RESPONSE_HEADER_SIZE:] == b"object 79 is not held here"
         client_end.shutdown(socket.SHUT_WR)
         thread.join(5)
         assert not thread.is_alive()
@@ -457,16 +458,16 @@ def test_a_flipped_byte_is_caught_retried_once_then_the_source_is_given_up(raw_s
 
 def test_impossible_lengths_are_corruption(raw_source):
     data = random_bytes(MiB)
-    too_long = T._CHUNK.pack(T.RAW, len(data) + 1, len(data) + 1, 0) + data
-    lying = T._CHUNK.pack(T.RAW, len(data), 10, 0) + data
-    unknown = T._CHUNK.pack(7, len(data), len(data), 0) + data
+    too_long = W._CHUNK.pack(W.RAW, len(data) + 1, len(data) + 1, 0) + data
+    lying = W._CHUNK.pack(W.RAW, len(data), 10, 0) + data
+    unknown = W._CHUNK.pack(7, len(data), len(data), 0) + data
     for stream, words in ((too_long, "a chunk of"), (lying, "on the wire"), (unknown, "encoding 7")):
         source = raw_source(lambda attempt, stream=stream: (ok(data), stream))
         with pytest.raises(T.FetchFailed, match=words) as info:
             T.fetch_into(b"obj", memoryview(bytearray(len(data))), [source.address], security=PLAIN)
         assert isinstance(info.value.failures[0][1], T.CorruptTransfer)
     # encrypted: a raw chunk must carry its tag
-    plain_length = T._CHUNK.pack(T.RAW, len(data), len(data), 0) + data
+    plain_length = W._CHUNK.pack(W.RAW, len(data), len(data), 0) + data
     source = raw_source(lambda attempt: (ok(data), plain_length), security=SECURE)
     with pytest.raises(T.FetchFailed, match="on the wire"):
         T.fetch_into(b"obj", memoryview(bytearray(len(data))), [source.address], security=SECURE)
@@ -502,7 +503,7 @@ def test_not_here_and_the_order_of_sources(serve, raw_source):
 def test_a_source_of_another_version_is_named_as_such(raw_source):
     # a version-1 server answers a version-2 hello with its response layout: ERROR, and why
     why = b"transfer protocol version 2 requested, this node speaks 1"
-    older = raw_source(lambda attempt: struct.pack("<4sHBxQI", b"TMXR", 1, T.ERROR, 0, len(why)) + why,
+    older = raw_source(lambda attempt: struct.pack("<4sHBxQI", b"TMXR", 1, W.ERROR, 0, len(why)) + why,
                        security=None)
     with pytest.raises(T.FetchFailed, match="it speaks transfer protocol version 1, this process 2") as info:
         T.fetch(b"obj", [older.address], security=SECURE)
@@ -514,8 +515,8 @@ def test_a_source_of_another_version_is_named_as_such(raw_source):
 
 def refusal_of(sock: socket.socket) -> tuple[int, int, str]:
     """(version, status, message) of a refusal the server sent, after which it hangs up."""
-    magic, version, status, _, n = T._REFUSAL.unpack(sock.recv(T._REFUSAL.size, socket.MSG_WAITALL))
-    assert magic == T.MAGIC_SERVER
+    magic, version, status, _, n = W._REFUSAL.unpack(sock.recv(W._REFUSAL.size, socket.MSG_WAITALL))
+    assert magic == W.MAGIC_SERVER
     text = sock.recv(n, socket.MSG_WAITALL).decode()
     assert sock.recv(1) == b"", "the server hangs up"
     return version, status, text
@@ -539,10 +540,10 @@ def test_a_peer_with_another_secret_is_refused_on_both_sides_and_gets_no_data(se
     host, port = T.split_address(server.address)
     with socket.create_connection((host, port), timeout=5) as s:
         with pytest.raises(T.HandshakeFailed, match="another cluster secret"):
-            T._client_handshake(s, OTHER, T.TransferCounters(), 5)
+            W._client_handshake(s, OTHER, T.TransferCounters(), 5)
         s.sendall(b"\0" * 100)  # whatever follows is never read as a request
-        kind, n = T._FRAME.unpack(s.recv(T.FRAME_HEADER_SIZE, socket.MSG_WAITALL))
-        assert (kind, s.recv(n, socket.MSG_WAITALL).decode()) == (T.REFUSED, T.ANOTHER_SECRET)
+        kind, n = W._FRAME.unpack(s.recv(W.FRAME_HEADER_SIZE, socket.MSG_WAITALL))
+        assert (kind, s.recv(n, socket.MSG_WAITALL).decode()) == (W.REFUSED, W.ANOTHER_SECRET)
         assert s.recv(1) == b""
     # and a server with another secret is not believed by a client with the right one
     impostor = serve(Objects(obj=b"forged bytes" * 1000), security=OTHER)
@@ -575,7 +576,7 @@ def test_a_pickle_and_garbage_are_refused_never_interpreted_and_the_server_keeps
     data = random_bytes(MiB, seed=12)
     server = serve(Objects(obj=data), handshake_timeout_s=0.5)
     host, port = T.split_address(server.address)
-    hello_prefix = struct.pack("<4sH", T.MAGIC_CLIENT, T.VERSION)
+    hello_prefix = struct.pack("<4sH", W.MAGIC_CLIENT, W.VERSION)
     attempts = [
         *evil,  # a pickle instead of a hello
         *(hello_prefix + b"\0\0" + bytes(32) + p for p in evil),  # a hello, then a pickle for a proof
@@ -593,8 +594,8 @@ def test_a_pickle_and_garbage_are_refused_never_interpreted_and_the_server_keeps
                 while chunk := s.recv(65536):
                     answer += chunk
                 # nothing, a refusal, or a server hello and the refusal of the proof
-                assert answer == b"" or answer.startswith(T.MAGIC_SERVER)
-                assert len(answer) <= T.SERVER_HELLO_SIZE + T.FRAME_HEADER_SIZE + len(T.ANOTHER_SECRET)
+                assert answer == b"" or answer.startswith(W.MAGIC_SERVER)
+                assert len(answer) <= W.SERVER_HELLO_SIZE + W.FRAME_HEADER_SIZE + len(W.ANOTHER_SECRET)
                 assert data[:64] not in answer
         # a peer that says nothing, or trickles bytes, is cut off by the handshake deadline
         started = time.monotonic()
@@ -625,9 +626,9 @@ def test_after_the_handshake_a_request_that_does_not_authenticate_ends_the_conne
     objects = Objects(obj=b"x" * 100)
     server = serve(objects)
     host, port = T.split_address(server.address)
-    for tail in (pickle.dumps(Evil(marker)), T._FRAME.pack(T.SEALED, 40) + os.urandom(40)):
+    for tail in (pickle.dumps(Evil(marker)), W._FRAME.pack(W.SEALED, 40) + os.urandom(40)):
         with socket.create_connection((host, port), timeout=5) as s:
-            T._client_handshake(s, SECURE, T.TransferCounters(), 5)
+            W._client_handshake(s, SECURE, T.TransferCounters(), 5)
             s.sendall(tail)
             try:  # (unread bytes make the hang-up a reset)
                 assert s.recv(1) == b"", "the server hangs up without a word"
@@ -642,14 +643,14 @@ def test_after_the_handshake_a_request_that_does_not_authenticate_ends_the_conne
 def test_another_version_is_refused_naming_both(serve, caplog):
     server = serve(Objects(obj=b"x" * 100))
     host, port = T.split_address(server.address)
-    old_request = struct.pack("<4sHH", T.MAGIC_CLIENT, 1, 3) + b"obj"  # what version 1 sent
-    newer_hello = T._CLIENT_HELLO.pack(T.MAGIC_CLIENT, 3, 0, bytes(32))
+    old_request = struct.pack("<4sHH", W.MAGIC_CLIENT, 1, 3) + b"obj"  # what version 1 sent
+    newer_hello = W._CLIENT_HELLO.pack(W.MAGIC_CLIENT, 3, 0, bytes(32))
     with caplog.at_level(logging.WARNING, logger="taskmesh.node.transfer"):
         for request, theirs in ((old_request, 1), (newer_hello, 3)):
             with socket.create_connection((host, port), timeout=5) as s:
                 s.sendall(request)
                 version, status, text = refusal_of(s)
-                assert (version, status) == (T.VERSION, T.ERROR)
+                assert (version, status) == (W.VERSION, W.ERROR)
                 assert text == f"transfer protocol version {theirs} requested, this node speaks 2"
         until(lambda: server.counters.refused == 2, timeout=5.0, what="the refusals to be counted")
     [line] = [r.getMessage() for r in caplog.records if "refused a transfer connection" in r.getMessage()]
@@ -681,12 +682,12 @@ def test_with_encryption_no_plaintext_crosses_the_wire(serve, proxy):
 def test_a_byte_changed_on_the_way_is_caught(serve, proxy, where):
     data = random_bytes(2 * MiB, seed=14) if where != "lz4 chunk" else bytes(2 * MiB)
     server = serve(Objects(obj=data))
-    first_chunk = T.SERVER_HELLO_SIZE + T.FRAME_HEADER_SIZE + T.RESPONSE_HEADER_SIZE + T.TAG_SIZE
-    flip_at = {"server proof": T.SERVER_HELLO_SIZE - 1,
-               "response": first_chunk - T.TAG_SIZE - 1,
-               "chunk": first_chunk + T.CHUNK_HEADER_SIZE + CHUNK + T.TAG_SIZE + 1000,  # the second
+    first_chunk = W.SERVER_HELLO_SIZE + W.FRAME_HEADER_SIZE + W.RESPONSE_HEADER_SIZE + W.TAG_SIZE
+    flip_at = {"server proof": W.SERVER_HELLO_SIZE - 1,
+               "response": first_chunk - W.TAG_SIZE - 1,
+               "chunk": first_chunk + W.CHUNK_HEADER_SIZE + CHUNK + W.TAG_SIZE + 1000,  # the second
                "chunk header": first_chunk + 3,  # a pad byte: only the authentication sees it
-               "lz4 chunk": first_chunk + T.CHUNK_HEADER_SIZE + 10}[where]
+               "lz4 chunk": first_chunk + W.CHUNK_HEADER_SIZE + 10}[where]
     wire = proxy(server.address, flip_at=flip_at)
     counters = T.TransferCounters()
     with pytest.raises(T.FetchFailed) as info:
@@ -706,7 +707,7 @@ def test_a_tampered_or_replayed_chunk_fails_authentication(raw_source):
     data = random_bytes(2 * MiB, seed=15)
     # a stream sealed for another session (its keys and counters): the recording's chunks
     rec = Recorder()
-    other = T._Session(rec, T.TransferCounters(), send_key=os.urandom(32), recv_key=os.urandom(32),  # type: ignore[arg-type]
+    other = W._Session(rec, T.TransferCounters(), send_key=os.urandom(32), recv_key=os.urandom(32),  # type: ignore[arg-type]
                        encrypt=True)
     other.send_chunk(memoryview(data)[:CHUNK], True)
     foreign = bytes(rec.data)
@@ -755,8 +756,8 @@ def test_the_server_unpins_when_the_peer_goes_away_and_closes_promptly(serve):
     server = serve(objects)
     host, port = T.split_address(server.address)
     s = socket.create_connection((host, port), timeout=5)
-    T._client_handshake(s, SECURE, T.TransferCounters(), 5).send_message(b"obj")
-    s.recv(T.RESPONSE_HEADER_SIZE + 1000, socket.MSG_WAITALL)  # a little, then hang up
+    W._client_handshake(s, SECURE, T.TransferCounters(), 5).send_message(b"obj")
+    s.recv(W.RESPONSE_HEADER_SIZE + 1000, socket.MSG_WAITALL)  # a little, then hang up
     s.close()
     deadline = time.monotonic() + 5
     while objects.closed < 1 and time.monotonic() < deadline:
@@ -765,7 +766,7 @@ def test_the_server_unpins_when_the_peer_goes_away_and_closes_promptly(serve):
     assert server.counters.serve_failures == 1 and server.counters.objects_sent == 0
     # a connection in the middle of a stream is cut by close()
     s = socket.create_connection((host, port), timeout=5)
-    T._client_handshake(s, SECURE, T.TransferCounters(), 5).send_message(b"obj")
+    W._client_handshake(s, SECURE, T.TransferCounters(), 5).send_message(b"obj")
     s.recv(1000)
     started = time.monotonic()
     server.close()
