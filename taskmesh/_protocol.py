@@ -18,6 +18,10 @@ the head decodes every envelope but never unpickles a user payload (``Serialized
 ``decode`` checks the op, the field count and every field's type, converting nested records into
 their typed classes; anything else raises :class:`ProtocolError`, which the receiver counts, logs
 and drops. docs/protocol.md has a section per message.
+
+Why one module of ~900 lines: it is the wire, all of it, in one place (as docs/protocol.md is):
+each message is a small declaration, and one reader checking a change of the protocol (its
+version, an op, a field type) must see every message and the one decoder that checks them.
 """
 
 from __future__ import annotations

@@ -16,6 +16,9 @@ ROOT = Path(__file__).resolve().parents[1] / "taskmesh"
 SANS_IO = {
     "taskmesh._head.state", "taskmesh._head.policy", "taskmesh._head.actors",
     "taskmesh._head.intake", "taskmesh._head._outbox", "taskmesh._head.events",
+    "taskmesh._head.membership", "taskmesh._head.tasks", "taskmesh._head.scheduler",
+    "taskmesh._head.directory", "taskmesh._head.actor_table", "taskmesh._head.records",
+    "taskmesh._head.context", "taskmesh._head.commands",
     "taskmesh._store.state", "taskmesh._store.allocator", "taskmesh._node.state",
     "taskmesh._client.refs", "taskmesh._protocol", "taskmesh._signature", "taskmesh._checks",
 }
@@ -175,3 +178,16 @@ def test_the_rules_see_every_module_and_can_fail():
     assert _rule_leaves("taskmesh.errors", "taskmesh.config", ())
     assert _rule_no_private_names_from_public_modules("taskmesh.actor", "taskmesh.options",
                                                       ("_name",))
+
+
+def test_sans_io_parts_write_no_log_lines():
+    """A sans-IO part returns its log lines (as commands or results): it never takes a logger
+    of its own, so what it says is seen, and tested, where its shell writes it."""
+    found = []
+    for module in sorted(SANS_IO):
+        tree = ast.parse((ROOT.parent / (module.replace(".", "/") + ".py")).read_text())
+        for node in ast.walk(tree):
+            if (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)
+                    and node.func.attr == "getLogger"):
+                found.append(f"{module}:{node.lineno}")
+    assert not found, f"sans-IO parts that take a logger: {found}"

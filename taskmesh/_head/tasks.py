@@ -58,7 +58,13 @@ MAX_DEPENDENCY_RETRIES = 12
 
 
 class TaskTable:
-    """Unfinished tasks, their retries, cancellation and time-outs."""
+    """Unfinished tasks, their retries, cancellation and time-outs.
+
+    Why one class of ~570 lines: a task's states are one state machine (waiting, ready,
+    assigned, done, cancelled), and every way out of a state (a result, a retry, a cancel,
+    a time-out, a lost input, an owner gone) must release the same inputs, holds and credit;
+    kept together, one reader sees that each path does. Where a task runs is the scheduler's.
+    """
 
     def __init__(self, ctx: Context) -> None:
         self.ctx = ctx

@@ -1,5 +1,9 @@
 """The bookkeeping of one node's object store, as a sans-IO state machine.
 
+(Why one class of ~560 lines: every transition below moves an object between memory, the
+spill queue and the wait queue, which share one free-range accounting; split, each half
+would have to keep the other's counts.)
+
     client request ──create/seal/abort/pin/unpin/delete/client_gone──▶ StoreState ──▶ [commands]
     finished I/O   ──spilled/restored, spill_failed/restore_failed─────▶ StoreState ──▶ [commands]
     clock          ──tick(now)─────────────────────────────────────────▶ StoreState ──▶ [commands]
