@@ -73,6 +73,8 @@ class ActorTable:
                     self.kill_actor(actor, "its owner (the process that created it) exited")
 
     def on_create_actor(self, peer: bytes, msg: P.CreateActor) -> None:
+        """CreateActor: check it, name it, make its handle object and start its constructor (or
+        refuse, saying why)."""
         spec, opts = msg.spec, msg.options
         reply = msg.request_id
         problem = A.options_problem(opts)
@@ -103,7 +105,7 @@ class ActorTable:
             self.actor_names[actor.name_key] = actor.actor_id
         self.actors[actor.actor_id] = actor
         # the object its handles refer to: owned by the creator, counted like any object;
-        # when it is freed, an actor that is neither detached nor named ends (_handle_freed)
+        # when it is freed, an actor that is neither detached nor named ends (handle_freed)
         self.directory.add_handle(actor_handle_id(actor.actor_id), peer)
         if reply:
             self.out.send(peer, P.ActorReply(reply, actor.handle_info()))
@@ -130,6 +132,8 @@ class ActorTable:
         self.table.admit(t)
 
     def actor_task_ready(self, t: TaskRec) -> None:
+        """An actor's constructor or call has its inputs: place the actor, or send the call in
+        its turn."""
         actor = self.actors.get(t.spec.actor_id)
         if actor is None:
             return
@@ -190,6 +194,8 @@ class ActorTable:
                 self.out.send(node.peer, P.StartWorkers(1))
 
     def start_actor(self, actor: ActorRec, w: WorkerRec) -> None:
+        """A worker leaves its node's pool for the actor (a replacement starts) and gets the
+        constructor."""
         node = w.node
         node.actor_workers[w.peer] = w
         if node.alive and len(node.workers) + node.starting - len(node.actor_queue) < node.num_cpus:
@@ -217,6 +223,8 @@ class ActorTable:
         self.out.add(w.peer, P.Execute, self.scheduler.assignment(t, w))
 
     def actor_created(self, actor: ActorRec, t: TaskRec, value: P.SerializedObject | None) -> None:
+        """The constructor returned: the actor is alive (its calls go), or it failed and the
+        actor is dead."""
         if actor.ctor is not t:
             return
         actor.ctor = None
@@ -373,6 +381,7 @@ class ActorTable:
                 self.table.fail_task(t, ERR("ActorDiedError", A.died_message(actor, t.spec.name)))
 
     def on_get_actor(self, peer: bytes, msg: P.GetActor) -> None:
+        """get_actor(): the handle of a live actor of that name, or why there is none."""
         actor = self.actors.get(self.actor_names.get((msg.namespace, msg.name), b""))
         if actor is None or actor.state == A.DEAD:
             where = f" in namespace {msg.namespace!r}" if msg.namespace else ""
@@ -382,6 +391,7 @@ class ActorTable:
         self.out.send(peer, P.ActorReply(msg.request_id, info))
 
     def on_kill_actor(self, peer: bytes, msg: P.KillActor) -> None:
+        """kill(): end the actor for good, or (no_restart=False) kill its process so it restarts."""
         actor = self.actors.get(msg.actor_id)
         if actor is None or actor.state == A.DEAD:
             return

@@ -78,6 +78,8 @@ class ObjectDirectory:
                 obj.locations = None
 
     def on_put(self, peer: bytes, msg: P.Put) -> None:
+        """A client's put(): keep the value (inline, within its owner's budget) or where it is
+        stored."""
         for oid, value in msg.objects:
             obj = self.objects.get(oid)
             if obj is None:
@@ -108,6 +110,7 @@ class ObjectDirectory:
             self.set_value(oid, obj, value, push_owner=False)
 
     def on_subscribe(self, peer: bytes, msg: P.Subscribe) -> None:
+        """A client wants values: send the ones that exist, remember it for the others."""
         for oid in msg.object_ids:
             obj = self.objects.get(oid)
             if obj is None:
@@ -122,6 +125,7 @@ class ObjectDirectory:
                 obj.subscribers.append(peer)
 
     def on_release(self, peer: bytes, msg: P.Release) -> None:
+        """A client let go of refs: as owner (released) or borrower; objects nothing needs go."""
         for oid in msg.object_ids:
             obj = self.objects.get(oid)
             if obj is None:
@@ -136,6 +140,7 @@ class ObjectDirectory:
             self.drop_if_unneeded(oid, obj)
 
     def on_borrow(self, peer: bytes, msg: P.Borrow) -> None:
+        """A client holds refs to objects it does not own: they stay while it does."""
         mine = self.borrowed.setdefault(peer, set())
         for oid in msg.object_ids:
             obj = self.objects.get(oid)
@@ -184,7 +189,7 @@ class ObjectDirectory:
 
     def reset_value(self, obj: ObjectRec, value: P.SerializedObject | None) -> None:
         """Give ``obj`` a value the head makes itself (a marker, a lost-object error, or none
-        while it is rebuilt), not one a client sent (those go through ``_set_value``)."""
+        while it is rebuilt), not one a client sent (those go through ``set_value``)."""
         self._uncharge(obj)
         obj.value = value
 
@@ -306,6 +311,7 @@ class ObjectDirectory:
         return held
 
     def unhold(self, oids: Iterable[bytes]) -> None:
+        """Drop one hold on each object (a value or task that referred to it is gone)."""
         objects = self.objects
         for oid in oids:
             obj = objects.get(oid)
@@ -352,6 +358,7 @@ class ObjectDirectory:
         return P.SerializedObject.stored(oid, size, [[nid, nodes[nid].transfer] for nid in holders])
 
     def free_copies(self, oid: bytes, node_ids: Iterable[str]) -> None:
+        """Tell these nodes to free their copies of ``oid``."""
         for nid in node_ids:
             n = self.members.nodes.get(nid)
             if n is not None and n.alive:
@@ -389,6 +396,8 @@ class ObjectDirectory:
                 self.copies_changed(oid, obj, f"its copy on node {nid} was lost")
 
     def copies_changed(self, oid: bytes, obj: ObjectRec, why: str) -> None:
+        """An object lost a copy: the others are its holders now; with none left it is rebuilt
+        from its task, or lost."""
         if obj.locations:
             self.reset_value(obj, self._marker(oid, obj.nbytes, obj.locations))
             return

@@ -140,6 +140,7 @@ class Membership:
             self.lives.pop(oldest, None)
 
     def life(self, peer: bytes) -> Life | None:
+        """Where ``peer`` is in its life cycle (None: unknown or forgotten)."""
         known = self.lives.get(peer)
         return None if known is None else known[1]
 
@@ -213,6 +214,8 @@ class Membership:
     # ------------------------------------------------------------------ hello
 
     def on_hello(self, peer: bytes, msg: P.Hello) -> None:
+        """A peer says who it is: welcome it (as a driver, status client, node or worker), or
+        refuse it saying why."""
         known = self.peers.get(peer)
         if known is not None and not (known == "node" and msg.kind == "node"):
             # one Hello per connection; a replayed or confused one must not change who the
@@ -361,6 +364,7 @@ class Membership:
                 self.node_lost(node, "its node agent exited")
 
     def on_heartbeat(self, peer: bytes, msg: P.Heartbeat) -> None:
+        """A node is alive: note when, keep its stats for status, acknowledge."""
         node = self.node_by_peer.get(peer)
         if node is None:
             return
@@ -372,6 +376,8 @@ class Membership:
         self.out.send(peer, P.HeartbeatAck())
 
     def on_worker_exited(self, peer: bytes, msg: P.WorkerExited) -> None:
+        """A node reports a worker's exit: a retiring one is forgotten, a live one is lost (its
+        tasks retry or fail, naming the exit)."""
         node = self.node_by_peer.get(peer)
         if node is None:
             return
@@ -421,6 +427,8 @@ class Membership:
             self.out.send(node.peer, P.StartWorkers(1))
 
     def node_lost(self, node: NodeRec, why: str, level: int = logging.WARNING) -> None:
+        """Declare a node dead: its workers are lost, the actors placed there are placed again,
+        its copies are re-found or rebuilt."""
         self.log.log(level, "node %s (%s) declared dead: %s", node.node_id, node.address, why)
         node.alive = False
         self.events.add((E.NodeDead, self.ctx.now, node.node_id, why))
@@ -444,6 +452,8 @@ class Membership:
     def forget_worker(self, w: WorkerRec) -> None:
         # its own refs died with it; refs it handed out (in results, arguments, puts) are
         # counted as holds and borrows, so its objects live on exactly as long as needed
+        """A worker is gone for good: its peer leaves, and the refs it owned and borrowed with
+        it."""
         self.workers.pop(w.peer, None)
         if w.peer in self.lives:
             self.move(w.peer, PeerKind.WORKER, "gone")
@@ -461,6 +471,7 @@ class Membership:
                        len(self.directory.objects) + len(self.table.tasks))
 
     def node_info(self, n: NodeRec) -> dict:
+        """One node as ``nodes()`` and ``status`` show it (Ray's field names)."""
         busy_units = sum(w.lease.get(CPU, 0) for w in n.workers.values() if w.lease is not None and not w.blocked)
         return {
             "NodeID": n.node_id,

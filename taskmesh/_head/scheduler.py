@@ -107,6 +107,7 @@ class Scheduler:
         self.windows[peer] = window
 
     def driver_left(self, peer: bytes) -> None:
+        """A driver is gone: its window goes (its in-flight count once its last task ends)."""
         self.credit_batch.pop(peer, None)
         self.windows.pop(peer, None)
         if not self.in_flight.get(peer):  # else its last running task's end removes it
@@ -138,6 +139,8 @@ class Scheduler:
             self.send_credits(all_due=False)
 
     def on_blocked(self, peer: bytes, msg: P.Blocked) -> None:
+        """A worker waits in get(): take back what it handed back, lend its CPU, and offer it the
+        tasks it waits for (Help)."""
         w = self.members.workers.get(peer)
         if w is None:
             return
@@ -186,6 +189,7 @@ class Scheduler:
         self.out.send(w.peer, P.Help(items))
 
     def on_unblocked(self, peer: bytes, msg: P.Unblocked) -> None:
+        """A blocked worker runs again: it takes its lent CPU back."""
         w = self.members.workers.get(peer)
         if w is None or not w.blocked or not w.assigned:
             return
@@ -194,6 +198,7 @@ class Scheduler:
             sub_from(w.node.avail, w.lease)
 
     def send_credits(self, all_due: bool) -> None:
+        """Send drivers the Credit their ended tasks earned (batched unless ``all_due``)."""
         due = self.credits_due
         batch = self.credit_batch
         for peer, n in list(due.items()):
@@ -234,6 +239,8 @@ class Scheduler:
                 self.stolen_asked += len(take)
 
     def on_returned(self, peer: bytes, msg: P.Returned) -> None:
+        """A worker handed back tasks it was asked to (Revoke): they go to the front of their
+        queues."""
         w = self.members.workers.get(peer)
         if w is None:
             return
@@ -272,6 +279,7 @@ class Scheduler:
             self.in_flight.pop(t.owner, None)
 
     def enqueue(self, t: TaskRec, front: bool = False) -> None:
+        """Put a ready task in its shape's queue (an actor's call goes to its actor)."""
         if t.spec.actor_id:
             self.actor_table.actor_task_ready(t)
             return
@@ -288,6 +296,7 @@ class Scheduler:
             q.append(t)
 
     def make_ready(self, t: TaskRec) -> None:
+        """A task's inputs exist: queue it (warning its owner once if no node could ever run it)."""
         self.events.add((E.TaskQueued, self.ctx.now, t.spec.task_id))
         if t.spec.actor_id:
             self.actor_table.actor_task_ready(t)
@@ -419,6 +428,7 @@ class Scheduler:
                 "; use soft=True to let it run elsewhere")))
 
     def assign(self, t: TaskRec, w: WorkerRec) -> None:
+        """Hand a ready task to a worker (Execute)."""
         t.state = ASSIGNED
         t.worker = w
         w.assigned.append(t)
@@ -429,6 +439,7 @@ class Scheduler:
         self.out.add(w.peer, P.Execute, self.assignment(t, w))
 
     def started(self, t: TaskRec, w: WorkerRec) -> None:
+        """A task went to a worker: the TaskStarted event."""
         events = self.events
         if events.on:
             node = w.node
@@ -436,6 +447,8 @@ class Scheduler:
                                       node.node_id if node is not None else "", w.worker_id))
 
     def assignment(self, t: TaskRec, w: WorkerRec) -> P.Assignment:
+        """The Execute item for a task on a worker: its function blob the first time, its inputs'
+        values or where they are, its GPUs."""
         spec = t.spec
         blob = None
         if spec.function_id not in w.functions:
@@ -467,12 +480,14 @@ class Scheduler:
                             env, spec.retry_filter)
 
     def free_gpus(self, gpu_alloc: dict[str, int] | None, node: NodeRec | None) -> None:
+        """Give a lease's GPU units back to their devices."""
         if gpu_alloc and node is not None:
             for device, units in gpu_alloc.items():
                 if device in node.gpus:
                     node.gpus[device] += units
 
     def release_lease(self, w: WorkerRec) -> None:
+        """A worker has no task left: its resources go back to its node and it is idle."""
         node = w.node
         self.free_gpus(w.gpu_alloc, node)
         w.gpu_alloc = None

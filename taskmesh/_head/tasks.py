@@ -146,9 +146,12 @@ class TaskTable:
     # ------------------------------------------------------------------ messages
 
     def on_register_function(self, peer: bytes, msg: P.RegisterFunction) -> None:
+        """Keep a function's pickle (opaque bytes) for the first assignment to each worker."""
         self.functions[msg.function_id] = bytes(msg.blob)
 
     def on_submit(self, peer: bytes, msg: P.Submit) -> None:
+        """New tasks: check each, create its return objects, count it against its driver's
+        window, and admit it (or fail it at once, saying why)."""
         objects = self.directory.objects
         events = self.events
         credit = self.members.peers.get(peer) == "driver"
@@ -366,6 +369,8 @@ class TaskTable:
         t.waiting = 0
 
     def on_results(self, peer: bytes, msg: P.TaskResults) -> None:
+        """A worker's results: each ends its task (values to the directory), retries it, or waits
+        for an input to come back."""
         w = self.members.workers.get(peer)
         if w is None:
             return
@@ -516,6 +521,7 @@ class TaskTable:
                 self.directory.drop_if_unneeded(dep, obj)
 
     def fail_task(self, t: TaskRec, err: P.SerializedObject) -> None:
+        """End a task with an error value for each of its returns."""
         self.failed += 1
         self._finish(t, [err] * t.spec.num_returns)
 
