@@ -143,7 +143,7 @@ class StoreService:
         self.arena = arena
         self.state = state
         self.sock = sock
-        self._io = spill
+        self._spill_thread = spill
         self.transfers = transfers
         self.transfer_address: str = transfers.address
         self.spill_dir: str = spill.directory
@@ -195,9 +195,9 @@ class StoreService:
         """Register the service's fds in the agent's poller; start the spill thread and the
         transfer server."""
         self.sock.attach(poller)
-        poller.register(self._io.wake_fd)
+        poller.register(self._spill_thread.wake_fd)
         poller.register(self.transfers.wake_fd)
-        self._io.start()
+        self._spill_thread.start()
         self.transfers.start()
 
     def wake_at(self, now: float) -> float | None:
@@ -216,8 +216,8 @@ class StoreService:
                 log.exception("error while handling %s from local client %r", type(msg).__name__, peer)
         for peer in self.sock.closed_peers():
             self._guarded(self.client_gone, peer)
-        if self._io.wake_fd in ready:
-            for kind, object_id, error in self._io.completed():
+        if self._spill_thread.wake_fd in ready:
+            for kind, object_id, error in self._spill_thread.completed():
                 self._guarded(self.spill_report, kind, object_id, error)
         if self.transfers.wake_fd in ready:
             for event in self.transfers.events():
@@ -252,7 +252,7 @@ class StoreService:
         """Stop the transfers (sockets shut down, threads joined within ``timeout_s``) and the
         spill thread, close the socket, remove the spill directory."""
         self.transfers.close(timeout_s)
-        self._io.stop(timeout_s=10.0)
+        self._spill_thread.stop(timeout_s=10.0)
         self.sock.close()
         shutil.rmtree(self.spill_dir, ignore_errors=True)
 
@@ -475,14 +475,14 @@ class StoreService:
         self.sock.send(c.client, P.StorePinFailed(c.object_id, c.reason, how.pin_full))
 
     def _spill(self, c: Spill, how: _How) -> None:
-        self._io.submit(_SPILL, c.object_id, c.offset, c.size)
+        self._spill_thread.submit(_SPILL, c.object_id, c.offset, c.size)
 
     def _restore(self, c: Restore, how: _How) -> None:
-        self._io.submit(_RESTORE, c.object_id, c.offset, c.size)
+        self._spill_thread.submit(_RESTORE, c.object_id, c.offset, c.size)
 
     def _freed(self, c: Freed, how: _How) -> None:
         if c.on_disk:
-            self._io.submit(_DELETE, c.object_id)
+            self._spill_thread.submit(_DELETE, c.object_id)
         if self.on_freed is not None:
             self._guarded(self.on_freed, c.object_id)
 
