@@ -137,11 +137,11 @@ class NodeAgent:
             # a holder silent for twice the heartbeat time-out is given up on: by then the
             # head has declared it dead if it is, and the task reading it runs again later
             silent = max(3.0, 2 * config.heartbeat_timeout_s)
-            self.store = StoreService(self.node_id, self.arena, config, pid_alive,
-                                      security=self.security,
-                                      transfer_host=node_ip, on_fetched=self._fetched,
-                                      on_freed=self._freed, transfer_timeout_s=silent,
-                                      transfer_connect_timeout_s=silent)
+            self.store = StoreService.open(self.node_id, self.arena, config, pid_alive,
+                                           security=self.security,
+                                           transfer_host=node_ip, on_fetched=self._fetched,
+                                           on_freed=self._freed, transfer_timeout_s=silent,
+                                           transfer_connect_timeout_s=silent)
         except BaseException:
             self.arena.close()
             self.sock.close()

@@ -9,7 +9,7 @@ and other nodes pull objects from it over TCP.
                                                   agent's poller)  ────────┴── spill thread ──▶ spill dir
                                         pin/unpin for a transfer,          │
                                         fetched (or failed)  (a second  ───┴── transfer threads ◀──TCP──▶ other nodes
-                                                  wake pipe)                    (_transfer.py)
+                                                  wake pipe)                    (store_transfers.py)
 
 The node agent owns the arena and runs this service inside its own event loop: it registers the
 service's fds in its poller, calls :meth:`StoreService.handle` with what is ready and
@@ -25,8 +25,8 @@ A failed restore loses the object: its readers get an error and its spill file i
 of an object being spilled or restored stays allocated to it until that report, so the thread
 and the loop never touch the same bytes.
 
-Transfers (docs/object-store.md, "Transfer"; the stream is ``_transfer.py``'s). The service
-listens on TCP (``transfer_address``) and serves each connection in a thread; ``StoreFetch``
+Transfers (docs/object-store.md, "Transfer"; the threads are ``store_transfers.py``'s, the
+stream ``_transfer.py``'s). The service listens on TCP (``transfer_address``) and serves each connection in a thread; ``StoreFetch``
 starts a thread that pulls an object from other nodes straight into this arena. Both ends of
 every transfer connection prove they hold the cluster secret first (``security``; encrypted
 unless ``security.encrypt`` is off on both). Only the loop
@@ -50,20 +50,21 @@ created an object (except that an object being fetched cannot be sealed or abort
 Spill files live in a per-agent directory, ``<spill_dir or tmp>/taskmesh-spill-<pid>-<node_id>``
 (mode 0700), one file per object named by its id in hex; the directory is removed at exit, and a
 new agent removes those of agents that died without cleaning up.
+
+The service is built from its parts (state, socket, spill thread, transfers); ``open()`` builds
+the agent's real ones, and a harness can pass recorders instead and call the event methods
+(``request``, ``client_gone``, ``spill_report``, ``serve_pin``, ...) itself.
 """
 
 from __future__ import annotations
 
 import collections
-import contextlib
 import logging
 import shutil
-import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any, NamedTuple
 
 from .. import _protocol as P
-from .inbox import Inbox
 from .spill import DELETE as _DELETE, RESTORE as _RESTORE, SPILL as _SPILL, SpillThread, make_spill_dir
 from .._ratelimit import RateLimitedLog
 from .._store.shm import Arena
@@ -83,15 +84,7 @@ from .._secret import Security
 from .._transport import LocalServerSocket
 from ..config import Config
 from .. import _transfer as transfer
-from .._transfer import (
-    Cancellation,
-    FetchFailed,
-    NotHere,
-    TransferCancelled,
-    TransferCounters,
-    TransferError,
-    TransferServer,
-)
+from .store_transfers import FetchDone, ServePin, ServeRequest, ServeUnpin, Transfers
 
 log = logging.getLogger("taskmesh.node.store")
 
@@ -99,9 +92,6 @@ log = logging.getLogger("taskmesh.node.store")
 TICK_S = 0.05
 #: object ids longer than this are refused (they name spill files)
 MAX_OBJECT_ID = 64
-
-# events from the transfer threads to the loop
-_PIN, _UNPIN, _FETCHED = "pin", "unpin", "fetched"
 
 # StoreState client ids of the service itself: a local client names itself with 1 to 255 bytes
 # (_uds.py), so these never collide with one and client_gone never touches them
@@ -115,89 +105,89 @@ def store_socket_name(node_id: str) -> str:
     return f"taskmesh-node-{node_id}"
 
 
-class _ServeRequest:
-    """A serving thread's request for a pin, answered by the loop (under the service's lock)."""
+class _Fetch(NamedTuple):
+    """An object being fetched (created in the state by the service itself)."""
 
-    __slots__ = ("abandoned", "done", "error", "object_id", "offset", "size")
-
-    def __init__(self, object_id: bytes) -> None:
-        self.object_id = object_id
-        self.done = threading.Event()
-        self.offset = 0
-        self.size = 0
-        self.error: str | None = None  # the pin failed: why
-        self.abandoned = False  # the thread stopped waiting: a pin granted later is released
+    size: int
+    sources: list[tuple[str, str]]  # (node_id, "host:port"), in the order to try
 
 
-class _Fetch:
-    __slots__ = ("object_id", "size", "sources", "thread")
-
-    def __init__(self, object_id: bytes, size: int, sources: list[tuple[str, str]]) -> None:
-        self.object_id = object_id
-        self.size = size
-        self.sources = sources  # (node_id, "host:port"), in the order to try
-        self.thread: threading.Thread | None = None  # once the object has its space
+def _require(ok: bool, message: str) -> None:
+    if not ok:
+        raise AssertionError(message)
 
 
 class StoreService:
-    """The object store of one node: a local socket, :class:`StoreState` over the node's arena,
-    the spill thread, and the transfer server and fetches (see the module docstring).
+    """The object store of one node (see the module docstring), built from its parts.
 
-    ``transfer_host``: the address the transfer server listens on (port chosen by the system;
-    ``transfer_address`` is ``"host:port"``). ``on_fetched(object_id, size)``: called in the loop
-    thread once a fetched object is sealed here (the agent tells the head this node holds a
-    copy). ``on_freed(object_id)``: called in the loop thread for every object the store
-    forgets (the copy is gone). ``transfer_timeout_s``, ``transfer_connect_timeout_s``: the
-    inactivity and connect time-outs of transfers, both ways. ``security``: the cluster key
-    that peers must prove they hold, and whether transfers are encrypted.
+    Two faces. The agent's loop calls :meth:`attach`, :meth:`handle`, :meth:`tick`,
+    :meth:`delete` and :meth:`close`: those read the parts' fds and never let a bug escape
+    (it is logged). Under them, each thing that can happen is one public method that raises
+    what goes wrong, so a harness drives the service directly, without sockets or threads:
+    :meth:`request` (a local client's message), :meth:`client_gone`, :meth:`expire` (time
+    passed), :meth:`spill_report`, :meth:`serve_pin`, :meth:`serve_unpin`, :meth:`fetch_done`.
+
+    The parts: ``state`` (a :class:`StoreState` over ``arena``), ``sock`` (sends answers to
+    local clients; the agent's is a :class:`LocalServerSocket`), ``spill`` (takes spill jobs;
+    a :class:`SpillThread`), ``transfers`` (the server and the fetch threads; a
+    :class:`Transfers`). :meth:`open` builds the real ones. ``on_fetched(object_id, size)``:
+    called once a fetched object is sealed here (the agent tells the head this node holds a
+    copy). ``on_freed(object_id)``: called for every object the store forgets.
     """
 
-    def __init__(self, node_id: str, arena: Arena, config: Config,
-                 pid_alive: Callable[[int], bool], *, security: Security,
-                 transfer_host: str = "127.0.0.1",
-                 on_fetched: Callable[[bytes, int], None] | None = None,
-                 on_freed: Callable[[bytes], None] | None = None,
-                 transfer_timeout_s: float = transfer.DEFAULT_TIMEOUT_S,
-                 transfer_connect_timeout_s: float = transfer.DEFAULT_CONNECT_TIMEOUT_S) -> None:
+    def __init__(self, node_id: str, arena: Any, state: StoreState, sock: Any, spill: Any,
+                 transfers: Any, *, on_fetched: Callable[[bytes, int], None] | None = None,
+                 on_freed: Callable[[bytes], None] | None = None) -> None:
         self.node_id = node_id
+        self.name = store_socket_name(node_id)
+        self.arena = arena
+        self.state = state
+        self.sock = sock
+        self._spill_thread = spill
+        self.transfers = transfers
+        self.transfer_address: str = transfers.address
+        self.spill_dir: str = spill.directory
+        self.on_fetched = on_fetched
+        self.on_freed = on_freed
         #: requests of local clients that were ignored, counted by reason (logged
         #: rate-limited: a client in a loop must not fill the log)
         self.dropped = RateLimitedLog(log)
-        self.name = store_socket_name(node_id)
-        self.arena = arena
-        self.state = StoreState(arena.capacity, create_timeout_s=config.store_create_timeout_s)
-        self.on_fetched = on_fetched
-        self.on_freed = on_freed
-        self.transfer_timeout_s = transfer_timeout_s
-        self.transfer_connect_timeout_s = transfer_connect_timeout_s
-        self.transfer_counters = TransferCounters()
-        self.security = security
-        self.spill_dir = make_spill_dir(config.spill_dir, node_id, pid_alive)
+        self.io_errors = 0
+        self._serve_waiting: dict[bytes, collections.deque[ServeRequest]] = {}  # pins asked of the state
+        self._fetches: dict[bytes, _Fetch] = {}
+
+    @classmethod
+    def open(cls, node_id: str, arena: Arena, config: Config, pid_alive: Callable[[int], bool], *,
+             security: Security, transfer_host: str = "127.0.0.1",
+             on_fetched: Callable[[bytes, int], None] | None = None,
+             on_freed: Callable[[bytes], None] | None = None,
+             transfer_timeout_s: float = transfer.DEFAULT_TIMEOUT_S,
+             transfer_connect_timeout_s: float = transfer.DEFAULT_CONNECT_TIMEOUT_S) -> StoreService:
+        """The node agent's store over ``arena``: its spill directory (removing those of dead
+        agents), the local socket ``@taskmesh-node-<node_id>``, the transfer server on
+        ``transfer_host`` (``transfer_timeout_s``, ``transfer_connect_timeout_s``: the
+        inactivity and connect time-outs of transfers, both ways; ``security``: the key peers
+        must prove they hold, and whether transfers are encrypted) and the spill thread."""
+        name = store_socket_name(node_id)
+        spill_dir = make_spill_dir(config.spill_dir, node_id, pid_alive)
         try:
-            self.sock = LocalServerSocket(self.name, config.frame_threshold_bytes, report_joins=True)
+            sock = LocalServerSocket(name, config.frame_threshold_bytes, report_joins=True)
         except OSError as exc:
-            shutil.rmtree(self.spill_dir, ignore_errors=True)
-            raise OSError(f"the object store socket @{self.name} is taken ({exc}): is another "
+            shutil.rmtree(spill_dir, ignore_errors=True)
+            raise OSError(f"the object store socket @{name} is taken ({exc}): is another "
                           f"node agent running with node id {node_id}?") from None
         try:
-            self._server = TransferServer(transfer_host, self._open_for_transfer,
-                                          self.transfer_counters, security=security,
-                                          timeout_s=transfer_timeout_s)
+            transfers = Transfers(arena, transfer_host, security=security,
+                                  timeout_s=transfer_timeout_s,
+                                  connect_timeout_s=transfer_connect_timeout_s)
         except OSError as exc:
-            self.sock.close()
-            shutil.rmtree(self.spill_dir, ignore_errors=True)
+            sock.close()
+            shutil.rmtree(spill_dir, ignore_errors=True)
             raise OSError(f"the object store of node {node_id} cannot listen for transfers on "
                           f"{transfer_host}: {exc}") from None
-        self.transfer_address = self._server.address
-        self._io = SpillThread(arena, self.spill_dir)
-        self.io_errors = 0
-        self._inbox = Inbox()
-        self._lock = threading.Lock()  # the serve requests' fields, _closing
-        self._closing = False
-        self._serve_requests: set[_ServeRequest] = set()  # of waiting serving threads
-        self._serve_waiting: dict[bytes, collections.deque[_ServeRequest]] = {}  # pins asked of the state
-        self._fetches: dict[bytes, _Fetch] = {}
-        self._cancel = Cancellation()
+        state = StoreState(arena.capacity, create_timeout_s=config.store_create_timeout_s)
+        return cls(node_id, arena, state, sock, SpillThread(arena, spill_dir), transfers,
+                   on_fetched=on_fetched, on_freed=on_freed)
 
     # ------------------------------------------------------------------ the agent's loop
 
@@ -205,10 +195,10 @@ class StoreService:
         """Register the service's fds in the agent's poller; start the spill thread and the
         transfer server."""
         self.sock.attach(poller)
-        poller.register(self._io.wake_fd)
-        poller.register(self._inbox.wake_fd)
-        self._io.start()
-        self._server.start()
+        poller.register(self._spill_thread.wake_fd)
+        poller.register(self.transfers.wake_fd)
+        self._spill_thread.start()
+        self.transfers.start()
 
     def wake_at(self, now: float) -> float | None:
         """When the loop must call :meth:`tick` next, or None if only events matter."""
@@ -221,21 +211,21 @@ class StoreService:
             self.sock.send(peer, P.StoreInfo(self.arena.name, self.arena.capacity))
         for peer, msg in msgs:
             try:
-                self._on_message(peer, msg, now)
+                self.request(peer, msg, now)
             except Exception:  # a bug must not take the node down; say so loudly
                 log.exception("error while handling %s from local client %r", type(msg).__name__, peer)
         for peer in self.sock.closed_peers():
-            self._guarded(self._client_gone, peer)
-        if self._io.wake_fd in ready:
-            for kind, object_id, error in self._io.completed():
-                self._guarded(self._io_done, kind, object_id, error)
-        if self._inbox.wake_fd in ready:
-            for event in self._inbox.drain():
-                self._guarded(self._transfer_event, *event)
+            self._guarded(self.client_gone, peer)
+        if self._spill_thread.wake_fd in ready:
+            for kind, object_id, error in self._spill_thread.completed():
+                self._guarded(self.spill_report, kind, object_id, error)
+        if self.transfers.wake_fd in ready:
+            for event in self.transfers.events():
+                self._guarded(_TRANSFER_EVENTS[type(event)], self, *event)
 
     def tick(self, now: float) -> None:
         """Time out the creates and restores that waited too long for room."""
-        self._guarded(self._tick, now)
+        self._guarded(self.expire, now)
 
     def delete(self, object_ids: list[bytes]) -> None:
         """The cluster no longer references these objects (the head says so): free each once
@@ -251,37 +241,43 @@ class StoreService:
         """Flat gauges and totals for heartbeats: ``StoreState.stats()``, the transfer counters
         (``transfer_*``, see ``TransferCounters``), fetches in flight, connections being served."""
         out = dict(self.state.stats())
-        for name, n in self.transfer_counters.snapshot().items():
+        for name, n in self.transfers.counters.snapshot().items():
             out[f"transfer_{name}"] = n
         out["fetches_in_flight"] = len(self._fetches)
-        out["transfer_connections"] = self._server.active
+        out["transfer_connections"] = self.transfers.active
         out["io_errors"] = self.io_errors
         return out
 
     def close(self, timeout_s: float = 5.0) -> None:
         """Stop the transfers (sockets shut down, threads joined within ``timeout_s``) and the
         spill thread, close the socket, remove the spill directory."""
-        with self._lock:
-            self._closing = True
-            for req in self._serve_requests:  # serving threads waiting for a pin: give up
-                req.error = "the node's object store is shutting down"
-                req.done.set()
-        self._cancel.cancel()
-        self._server.close(timeout_s)
-        for fetch in list(self._fetches.values()):
-            if fetch.thread is not None:
-                fetch.thread.join(timeout_s)
-                if fetch.thread.is_alive():
-                    log.warning("the fetch of object %s did not stop within %g s",
-                                fetch.object_id.hex(), timeout_s)
-        self._inbox.close()
-        self._io.stop(timeout_s=10.0)
+        self.transfers.close(timeout_s)
+        self._spill_thread.stop(timeout_s=10.0)
         self.sock.close()
         shutil.rmtree(self.spill_dir, ignore_errors=True)
 
+    def check_invariants(self) -> None:
+        """The service's own tables against the state (and ``StoreState.check()``): a fetch
+        per unsealed object created for one, a waiting serving thread per pending pin."""
+        st = self.state
+        st.check()
+        for oid in self._fetches:
+            info = st.info(oid)
+            _require(info is not None and info.creator == _FETCH_CLIENT,
+                     f"fetch of {oid.hex()} without its unsealed object")
+        for oid in st.object_ids():
+            info = st.info(oid)
+            if info is not None and info.creator == _FETCH_CLIENT:
+                _require(oid in self._fetches, f"object {oid.hex()} is being fetched untracked")
+        for oid, waiting in self._serve_waiting.items():
+            pending = st.pins_pending(oid, _SERVE_CLIENT)
+            _require(len(waiting) == pending and pending > 0,
+                     f"object {oid.hex()}: {len(waiting)} serving threads wait, {pending} pins pending")
+
     # ------------------------------------------------------------------ requests
 
-    def _on_message(self, peer: bytes, msg: Any, now: float) -> None:
+    def request(self, peer: bytes, msg: Any, now: float) -> None:
+        """A message from the local client ``peer``: answer it (or drop it, counted)."""
         handler = _REQUESTS.get(type(msg))
         if handler is None:
             self.dropped.event("not a request to the object store", "ignored %s from local "
@@ -366,16 +362,19 @@ class StoreService:
                                reason, peer)
             self.state.remember_lost(oid, reason)
             return
-        self._fetches[oid] = _Fetch(oid, msg.size, sources)
+        self._fetches[oid] = _Fetch(msg.size, sources)
         self._run(self.state.create(oid, msg.size, _FETCH_CLIENT, now))
 
-    def _client_gone(self, peer: bytes) -> None:
+    def client_gone(self, peer: bytes) -> None:
+        """The local client ``peer`` closed its connection: its pins and unsealed objects go."""
         self._run(self.state.client_gone(peer))
 
-    def _tick(self, now: float) -> None:
+    def expire(self, now: float) -> None:
+        """Time out the creates and restores that waited for room since before ``now``."""
         self._run(self.state.tick(now), pin_full=True)
 
-    def _io_done(self, kind: str, object_id: bytes, error: str | None) -> None:
+    def spill_report(self, kind: str, object_id: bytes, error: str | None) -> None:
+        """The spill thread finished (``error`` None) or failed a spill or restore."""
         state = self.state
         if error is None:
             self._run(state.spilled(object_id) if kind == _SPILL else state.restored(object_id))
@@ -393,69 +392,28 @@ class StoreService:
 
     # ------------------------------------------------------------------ transfers
 
-    @contextlib.contextmanager
-    def _open_for_transfer(self, object_id: bytes) -> Iterator[memoryview]:
-        """(A serving thread.) Pin the object through the loop, yield a read-only view of it,
-        unpin it through the loop afterwards. NotHere if this store does not hold it."""
-        req = _ServeRequest(object_id)
-        with self._lock:
-            if self._closing:
-                raise TransferError("the node's object store is shutting down")
-            self._serve_requests.add(req)
-        self._inbox.put((_PIN, req))
-        req.done.wait(self.transfer_timeout_s)
-        with self._lock:
-            self._serve_requests.discard(req)
-            if not req.done.is_set():
-                req.abandoned = True  # the loop releases the pin if it comes
-                raise TransferError(f"object {object_id.hex()} did not become readable within "
-                                    f"{self.transfer_timeout_s:g} s (being written, or restored "
-                                    f"from disk)")
-        if req.error is not None:
-            raise (TransferError if self._closing else NotHere)(req.error)
-        try:
-            yield self.arena.readonly(req.offset, req.size)
-        finally:
-            self._inbox.put((_UNPIN, object_id))
+    def serve_pin(self, req: ServeRequest) -> None:
+        """A serving thread asks for a pin on ``req.object_id``; it is answered through ``req``."""
+        self._serve_waiting.setdefault(req.object_id, collections.deque()).append(req)
+        self._run(self.state.pin(req.object_id, _SERVE_CLIENT))
 
-    def _fetch_thread(self, fetch: _Fetch, dest: memoryview) -> None:
-        """(A fetch thread.) Fill the object's arena range from its sources; report to the loop."""
-        error: str | None = None
-        try:
-            transfer.fetch_into(fetch.object_id, dest, fetch.sources, security=self.security,
-                                counters=self.transfer_counters,
-                                connect_timeout_s=self.transfer_connect_timeout_s,
-                                timeout_s=self.transfer_timeout_s, cancel=self._cancel)
-        except TransferCancelled:
-            return  # closing: the loop is gone
-        except FetchFailed as exc:
-            error = str(exc)
-        except Exception as exc:  # a bug: the readers must still get an answer
-            log.exception("internal error while fetching object %s", fetch.object_id.hex())
-            error = f"internal error while fetching object {fetch.object_id.hex()}: {exc!r}"
-        finally:
-            with contextlib.suppress(BufferError):
-                dest.release()  # the arena's mapping may go once no view is left
-        self._inbox.put((_FETCHED, fetch.object_id, error))
+    def serve_unpin(self, object_id: bytes) -> None:
+        """A serving thread is done with its pin."""
+        self._run(self.state.unpin(object_id, _SERVE_CLIENT))
 
-    def _transfer_event(self, kind: str, arg: Any, error: str | None = None) -> None:
+    def fetch_done(self, object_id: bytes, error: str | None) -> None:
+        """A fetch thread filled the object's range (``error`` None) or every source failed."""
+        fetch = self._fetches.pop(object_id)
         state = self.state
-        if kind == _PIN:
-            self._serve_waiting.setdefault(arg.object_id, collections.deque()).append(arg)
-            self._run(state.pin(arg.object_id, _SERVE_CLIENT))
-        elif kind == _UNPIN:
-            self._run(state.unpin(arg, _SERVE_CLIENT))
-        elif kind == _FETCHED:
-            fetch = self._fetches.pop(arg)
-            if error is None:
-                cmds = state.seal(arg)
-                if self.on_fetched is not None and state.info(arg) is not None:  # not deleted meanwhile
-                    self._guarded(self.on_fetched, arg, fetch.size)
-                self._run(cmds)
-            else:
-                log.error("fetching object %s failed; its readers on this node get ObjectLostError: %s",
-                          arg.hex(), error)
-                self._run(state.abort(arg, error))
+        if error is None:
+            cmds = state.seal(object_id)
+            if self.on_fetched is not None and state.info(object_id) is not None:  # not deleted meanwhile
+                self._guarded(self.on_fetched, object_id, fetch.size)
+            self._run(cmds)
+        else:
+            log.error("fetching object %s failed; its readers on this node get ObjectLostError: %s",
+                      object_id.hex(), error)
+            self._run(state.abort(object_id, error))
 
     def _internal(self, c: Command) -> None:
         """A StoreState answer to the service itself (a transfer's pin, a fetch's create)."""
@@ -467,24 +425,16 @@ class StoreService:
         req = waiting.popleft() if waiting else None
         if waiting is not None and not waiting:
             del self._serve_waiting[c.object_id]
-        with self._lock:
-            if req is not None and not req.abandoned:
-                if type(c) is Pinned:
-                    req.offset, req.size = c.offset, c.size
-                else:
-                    req.error = c.reason
-                req.done.set()
-                return
+        if req is not None and (req.grant(c.offset, c.size) if type(c) is Pinned
+                                else req.refuse(c.reason)):
+            return
         if type(c) is Pinned:  # nobody wants it any more
             self._run(self.state.unpin(c.object_id, _SERVE_CLIENT))
 
     def _fetch_created(self, c: Created) -> None:
         """A fetched object has its space: start the thread that fills it."""
-        fetch = self._fetches[c.object_id]
-        fetch.thread = threading.Thread(target=self._fetch_thread, daemon=True,
-                                        args=(fetch, self.arena.writable(c.offset, c.size)),
-                                        name=f"taskmesh-fetch-{c.object_id.hex()[:16]}")
-        fetch.thread.start()
+        self.transfers.fetch(c.object_id, self._fetches[c.object_id].sources,
+                             self.arena.writable(c.offset, c.size))
 
     def _fetch_create_failed(self, c: CreateFailed) -> None:
         self._fetches.pop(c.object_id, None)
@@ -525,14 +475,14 @@ class StoreService:
         self.sock.send(c.client, P.StorePinFailed(c.object_id, c.reason, how.pin_full))
 
     def _spill(self, c: Spill, how: _How) -> None:
-        self._io.submit(_SPILL, c.object_id, c.offset, c.size)
+        self._spill_thread.submit(_SPILL, c.object_id, c.offset, c.size)
 
     def _restore(self, c: Restore, how: _How) -> None:
-        self._io.submit(_RESTORE, c.object_id, c.offset, c.size)
+        self._spill_thread.submit(_RESTORE, c.object_id, c.offset, c.size)
 
     def _freed(self, c: Freed, how: _How) -> None:
         if c.on_disk:
-            self._io.submit(_DELETE, c.object_id)
+            self._spill_thread.submit(_DELETE, c.object_id)
         if self.on_freed is not None:
             self._guarded(self.on_freed, c.object_id)
 
@@ -584,4 +534,11 @@ _INTERNAL_ANSWERS: dict[type, Callable[[StoreService, Any], None]] = {
     Created: StoreService._fetch_created,
     CreateFailed: StoreService._fetch_create_failed,
     Waiting: StoreService._internal_waiting,
+}
+
+#: the transfer threads' events
+_TRANSFER_EVENTS: dict[type, Callable[..., None]] = {
+    ServePin: StoreService.serve_pin,
+    ServeUnpin: StoreService.serve_unpin,
+    FetchDone: StoreService.fetch_done,
 }

@@ -179,7 +179,8 @@ class ObjectInfo:
     """A snapshot of one object, for the shell and tests (see :meth:`StoreState.info`).
 
     ``state`` is one of "waiting" (for space to be created), "created" (being written),
-    "in memory", "spilling", "on disk" or "restoring".
+    "in memory", "spilling", "on disk" or "restoring". ``creator``: the client writing it,
+    None once sealed.
     """
 
     object_id: bytes
@@ -189,6 +190,7 @@ class ObjectInfo:
     on_disk: bool
     pins: int
     deleted: bool
+    creator: ClientId | None = None
 
 
 # --------------------------------------------------------------------------- records
@@ -552,7 +554,12 @@ class StoreState:
         if obj is None:
             return None
         return ObjectInfo(object_id, obj.size, obj.state, obj.offset, obj.on_disk,
-                          sum(obj.pins.values()), obj.deleted)
+                          sum(obj.pins.values()), obj.deleted, obj.creator)
+
+    def pins_pending(self, object_id: bytes, client: ClientId) -> int:
+        """Pins ``client`` asked for on the object that wait for its seal or restore."""
+        obj = self._objects.get(object_id)
+        return obj.pending.get(client, 0) if obj is not None else 0
 
     def stats(self) -> dict[str, int]:
         """Gauges and running totals, O(1).

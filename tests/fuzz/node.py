@@ -1,27 +1,26 @@
 """Fuzzing a node: the object store service's request handlers, and the agent's decisions
 (``AgentState``, driven directly), fed generated messages and events.
 
-    local clients ──Store* (encode/decode)──▶ StoreService._on_message ──▶ StoreState
-    spill thread, transfers ──(the harness plays them)──▶ _io_done, _transfer_event
+    local clients ──Store* (encode/decode)──▶ StoreService.request ──▶ StoreState
+    spill thread, transfers ──(the harness plays them)──▶ spill_report, serve_pin/unpin, fetch_done
     the head ──Welcome, Refused, StartWorkers, FreeObjects, KillWorker, ...──▶ AgentState.handle
     the agent's loop ──Tick, Woke, worker ends, head closed, ...──▶ AgentState.handle
 
-``StoreService`` is built without its constructor (no socket, arena, spill thread or transfer
-server): the harness sets the attributes its handlers use, records what they send, and plays
-the spill thread (finishing or failing the spills and restores it was given, in order), other
-nodes (pulling objects: pins through the loop) and fetches (finished or failed).
-``AgentState`` needs no such surgery: the harness plays the agent's shell (``AgentShell``),
+``StoreService`` is built from parts that record (no socket, arena, spill thread or transfer
+server): the harness keeps what the service sends, and plays the spill thread (finishing or
+failing the spills and restores it was given, in order), other nodes (pulling objects: pins
+through the loop) and fetches (finished or failed), through the service's event methods.
+``AgentState`` is driven directly too: the harness plays the agent's shell (``AgentShell``),
 executing its commands (every message must encode, every log line must format) and answering
 spawns (started, failed to start, or ended at once) and kills (the worker ends later); an agent
 that exits is followed by a fresh one. A crash is an exception escaping a handler, a reply that
 does not encode, or ``StoreState.check()``, ``AgentState.check_invariants()`` or the harness's
-own consistency checks failing.
+own consistency checks (``StoreService.check_invariants()``) failing.
 """
 
 from __future__ import annotations
 
 import random
-import threading
 import traceback
 from collections import Counter, deque
 from typing import Any
@@ -29,7 +28,8 @@ from typing import Any
 from taskmesh import _protocol as P
 from taskmesh._node import state as A
 from taskmesh._node import store_service as ss
-from taskmesh._ratelimit import RateLimitedLog
+from taskmesh._node.spill import DELETE
+from taskmesh._node.store_transfers import ServeRequest
 from taskmesh._store.state import StoreState
 from taskmesh.config import Config
 
@@ -51,11 +51,26 @@ class _Sock:
 
 
 class _SpillThread:
+    directory = "(none)"
+
     def __init__(self) -> None:
         self.jobs: deque[tuple[str, bytes]] = deque()
 
     def submit(self, kind: str, object_id: bytes, offset: int = 0, size: int = 0) -> None:
         self.jobs.append((kind, object_id))
+
+
+class _Transfers:
+    """The transfer threads: fetches are recorded; the harness ends them in its own order."""
+
+    address = "127.0.0.1:7000"
+
+    def __init__(self) -> None:
+        self.started: dict[bytes, None] = {}  # (in order: the runs repeat)
+
+    def fetch(self, object_id: bytes, sources: list, dest: memoryview) -> None:
+        _require(bool(sources), f"fetch of {object_id.hex()} with no source")
+        self.started[object_id] = None
 
 
 class _Arena:
@@ -69,56 +84,26 @@ class _Arena:
         return memoryview(self.buf)[offset:offset + size]
 
 
-class FuzzStore(ss.StoreService):
+class FuzzStore:
     """A StoreService whose I/O parts are recorders (see the module docstring)."""
 
-    def __init__(self, rng: random.Random) -> None:  # (not the real one: no I/O at all)
-        self.node_id = "fuzz"
-        self.name = ss.store_socket_name(self.node_id)
-        self.arena = _Arena(CAPACITY)
-        self.state = StoreState(CAPACITY, alignment=64, create_timeout_s=rng.choice((0.5, 5.0)),
-                                spill_retry_s=1.0)
+    def __init__(self, rng: random.Random) -> None:
         self.fetched: list[bytes] = []
         self.freed = 0
-        self.on_fetched = lambda oid, size: self.fetched.append(oid)
-        self.on_freed = self._count_freed
-        self.transfer_timeout_s = 1.0
-        self.transfer_connect_timeout_s = 1.0
-        self.transfer_address = "127.0.0.1:7000"
         self.sock = _Sock()
-        self._io = _SpillThread()
-        self.io_errors = 0
-        self._lock = threading.Lock()
-        self._closing = False
-        self._serve_requests: set = set()
-        self._serve_waiting: dict = {}
-        self._fetches: dict = {}
-        self.spill_dir = "(none)"
-        self.dropped = RateLimitedLog(ss.log)
+        self.spill = _SpillThread()
+        self.transfers = _Transfers()
+        state = StoreState(CAPACITY, alignment=64, create_timeout_s=rng.choice((0.5, 5.0)),
+                           spill_retry_s=1.0)
+        self.service = ss.StoreService("fuzz", _Arena(CAPACITY), state, self.sock, self.spill,
+                                       self.transfers, on_fetched=self._fetched,
+                                       on_freed=self._count_freed)
+
+    def _fetched(self, object_id: bytes, size: int) -> None:
+        self.fetched.append(object_id)
 
     def _count_freed(self, object_id: bytes) -> None:
         self.freed += 1
-
-    def _fetch_thread(self, fetch: Any, dest: memoryview) -> None:
-        pass  # the harness finishes fetches itself (_transfer_event), in its own order
-
-    def check(self) -> None:
-        """StoreState.check(), and the service's own tables against the state."""
-        st = self.state
-        st.check()
-        objects = st._objects  # white box: the harness checks the service against it
-        for oid in self._fetches:
-            obj = objects.get(oid)
-            _require(obj is not None and not obj.sealed and obj.creator == ss._FETCH_CLIENT,
-                       f"fetch of {oid.hex()} without its unsealed object")
-        for oid, obj in objects.items():
-            if not obj.sealed and obj.creator == ss._FETCH_CLIENT:
-                _require(oid in self._fetches, f"object {oid.hex()} is being fetched untracked")
-        for oid, waiting in self._serve_waiting.items():
-            obj = objects.get(oid)
-            pending = obj.pending.get(ss._SERVE_CLIENT, 0) if obj is not None else 0
-            _require(len(waiting) == pending and pending > 0,
-                       f"object {oid.hex()}: {len(waiting)} serving threads wait, {pending} pins pending")
 
 
 def _require(ok: bool, message: str) -> None:
@@ -224,7 +209,8 @@ class NodeWorld:
         self.seed, self.world = seed, world
         self.v = Values(rng)
         self.counts = counts
-        self.store = FuzzStore(rng)
+        self.rig = FuzzStore(rng)
+        self.store = self.rig.service
         self.agent = AgentShell(rng, self.store)
         self.now = 0.0
         self.step = 0
@@ -232,7 +218,7 @@ class NodeWorld:
         self.trace: deque[tuple] = deque(maxlen=16)  # the latest inputs (for crash reports)
         self.clients = [b"c1", b"c2", b"\x00", b"x" * 255]
         self.ids: deque[bytes] = deque([rng.randbytes(20) for _ in range(6)], maxlen=40)
-        self.serving: list[ss._ServeRequest] = []
+        self.serving: list[ServeRequest] = []
         self.any = AnyMessage(self.v, lambda: {
             "objects": self.ids, "tasks": [i[:16] for i in self.ids], "actors": [],
             "functions": [], "node_ids": ["n1"], "worker_ids": self.worker_ids()})
@@ -266,7 +252,7 @@ class NodeWorld:
     def check(self) -> None:
         self.last = "check()"
         try:
-            self.store.check()
+            self.store.check_invariants()
             self.agent.check()
         except AssertionError:
             raise self.crash("invariant broken") from None
@@ -288,10 +274,10 @@ class NodeWorld:
         elif r < 0.93:
             self.node_pulls()
         elif r < 0.96:
-            self.call("client_gone", self.store._client_gone, self.rng.choice(self.clients))
+            self.call("client_gone", self.store.client_gone, self.rng.choice(self.clients))
         else:
             self.now += self.rng.choice((0.01, 0.3, 1.0, 6.0))
-            self.call(f"tick({self.now})", self.store._tick, self.now)
+            self.call(f"expire({self.now})", self.store.expire, self.now)
             self.call(f"agent tick({self.now})", self.agent.feed, A.Tick(), self.now)
         return 0
 
@@ -324,13 +310,13 @@ class NodeWorld:
         if x < 0.25:
             msg: Any = P.StoreCreate(self.oid(), size)
         elif x < 0.4:  # seal or abort what this client created (or anything)
-            mine = [m.object_id for p, m in self.store.sock.sent if p == peer and type(m) is P.StoreCreated]
+            mine = [m.object_id for p, m in self.rig.sock.sent if p == peer and type(m) is P.StoreCreated]
             oid = r.choice(mine) if mine and r.random() < 0.8 else self.oid()
             msg = P.StoreSeal(oid) if r.random() < 0.75 else P.StoreAbort(oid)
         elif x < 0.6:
             msg = P.StorePin([self.oid() for _ in range(r.randint(1, 3))])
         elif x < 0.75:
-            pinned = [m.object_id for p, m in self.store.sock.sent if p == peer and type(m) is P.StorePinned]
+            pinned = [m.object_id for p, m in self.rig.sock.sent if p == peer and type(m) is P.StorePinned]
             msg = P.StoreUnpin([r.choice(pinned) if pinned and r.random() < 0.8 else self.oid()
                                 for _ in range(r.randint(1, 2))])
         elif x < 0.85:
@@ -342,7 +328,7 @@ class NodeWorld:
             msg = P.StoreFetch(self.oid(), size, sources)
         else:
             msg = self.any()
-        return self.deliver(self.store._on_message, peer, msg, peer, self.now)
+        return self.deliver(self.store.request, peer, msg, peer, self.now)
 
     def head_says(self) -> int:
         r, v = self.rng, self.v
@@ -393,23 +379,24 @@ class NodeWorld:
         self.call(event, agent.feed, event, self.now, who=b"loop")
 
     def spill_thread_reports(self) -> None:
-        jobs = self.store._io.jobs
-        while jobs and jobs[0][0] == ss._DELETE:
+        jobs = self.rig.spill.jobs
+        while jobs and jobs[0][0] == DELETE:
             jobs.popleft()
         if not jobs:
             return
         kind, oid = jobs.popleft()
         error = None if self.rng.random() < 0.8 else "OSError: [Errno 28] No space left on device"
-        self.call(f"io_done({kind}, {oid.hex()}, {error})", self.store._io_done, kind, oid, error)
+        self.call(f"spill_report({kind}, {oid.hex()}, {error})", self.store.spill_report, kind, oid,
+                  error)
 
     def fetch_ends(self) -> None:
-        started = [oid for oid, f in self.store._fetches.items() if f.thread is not None]
+        started = self.rig.transfers.started
         if not started:
             return
-        oid = self.rng.choice(started)
+        oid = self.rng.choice(list(started))
         error = None if self.rng.random() < 0.7 else "every source failed"
-        self.store._fetches[oid].thread.join()  # (the no-op thread)
-        self.call(f"fetched({oid.hex()}, {error})", self.store._transfer_event, ss._FETCHED, oid, error)
+        del started[oid]
+        self.call(f"fetch_done({oid.hex()}, {error})", self.store.fetch_done, oid, error)
 
     def node_pulls(self) -> None:
         """Another node streams an object: a serving thread asks for a pin, later unpins it
@@ -420,16 +407,15 @@ class NodeWorld:
             req = r.choice(done)
             self.serving.remove(req)
             if req.error is None:
-                self.call(f"unpin({req.object_id.hex()})", self.store._transfer_event, ss._UNPIN,
+                self.call(f"serve_unpin({req.object_id.hex()})", self.store.serve_unpin,
                           req.object_id)
             return
         waiting = [req for req in self.serving if not req.done.is_set()]
         if waiting and r.random() < 0.2:  # its peer went away: it stops waiting
             req = r.choice(waiting)
             self.serving.remove(req)
-            with self.store._lock:
-                req.abandoned = True
+            req.give_up()
             return
-        req = ss._ServeRequest(self.oid())
+        req = ServeRequest(self.oid())
         self.serving.append(req)
-        self.call(f"pin({req.object_id.hex()})", self.store._transfer_event, ss._PIN, req)
+        self.call(f"serve_pin({req.object_id.hex()})", self.store.serve_pin, req)

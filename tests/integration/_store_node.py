@@ -36,12 +36,12 @@ def main() -> int:
     freed: list[str] = []
     arena = Arena.create(arena_name(node_id), int(capacity))
     try:
-        service = StoreService(node_id, arena, config, pid_alive, security=Security(key, encrypt),
-                               transfer_host="127.0.0.1",
-                               on_fetched=lambda oid, size: fetched.append(oid.hex()),
-                               on_freed=lambda oid: freed.append(oid.hex()),
-                               transfer_timeout_s=float(transfer_timeout_s),
-                               transfer_connect_timeout_s=float(transfer_timeout_s))
+        service = StoreService.open(node_id, arena, config, pid_alive,
+                                    security=Security(key, encrypt), transfer_host="127.0.0.1",
+                                    on_fetched=lambda oid, size: fetched.append(oid.hex()),
+                                    on_freed=lambda oid: freed.append(oid.hex()),
+                                    transfer_timeout_s=float(transfer_timeout_s),
+                                    transfer_connect_timeout_s=float(transfer_timeout_s))
         try:
             poller = Poller()
             service.attach(poller)

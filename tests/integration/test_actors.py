@@ -13,7 +13,7 @@ import pytest
 import taskmesh
 from taskmesh._context import CTX
 
-from ..conftest import run_python
+from ..support.clients import run_python
 
 pytestmark = pytest.mark.timeout(120)
 

@@ -10,6 +10,9 @@ import pytest
 
 import taskmesh
 
+from ..support.procs import wait_gone
+from ..support.wait import until
+
 pytestmark = pytest.mark.timeout(120)
 
 
@@ -33,10 +36,8 @@ def busy(seconds: float) -> int:
 
 
 def _started(path) -> list[int]:
-    deadline = time.monotonic() + 30
-    while not (path.exists() and path.read_text().strip()):
-        assert time.monotonic() < deadline, "the task never started"
-        time.sleep(0.01)
+    until(lambda: path.exists() and path.read_text().strip(), timeout=30, interval=0.01,
+          what="the task to start")
     return [int(x) for x in path.read_text().split()]
 
 
@@ -76,14 +77,7 @@ def test_force_kills_the_worker_and_a_replacement_starts(fresh_cluster, tmp_path
     taskmesh.cancel(ref, force=True)
     with pytest.raises(taskmesh.TaskCancelledError):
         taskmesh.get(ref, timeout=30)
-    deadline = time.monotonic() + 30
-    while True:
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            break
-        assert time.monotonic() < deadline, "the worker was not killed"
-        time.sleep(0.02)
+    assert not wait_gone({pid}, timeout=30), "the worker was not killed"
     assert len(taskmesh.get([nap.remote(0) for _ in range(4)], timeout=30)) == 4
 
 

@@ -12,7 +12,9 @@ import pytest
 from taskmesh import _rundir
 from taskmesh._transport import free_port
 
-from ..conftest import kill_all, run_python, wait_gone
+from ..support.clients import run_python, with_support
+from ..support.procs import kill_all, wait_gone
+from ..support.wait import until
 
 
 def tm(*args: str, env: dict, timeout: float = 30) -> subprocess.CompletedProcess:
@@ -22,7 +24,7 @@ def tm(*args: str, env: dict, timeout: float = 30) -> subprocess.CompletedProces
 
 @pytest.fixture
 def run_env(tmp_path):
-    env = {**os.environ, "TASKMESH_RUN_DIR": str(tmp_path / "run")}
+    env = with_support({**os.environ, "TASKMESH_RUN_DIR": str(tmp_path / "run")})
     yield env
     r = tm("stop", env=env)
     pids = {int(rec["pid"]) for rec in _rundir.live(env["TASKMESH_RUN_DIR"])}
@@ -44,10 +46,10 @@ def test_head_status_join_stop(run_env):
 
     code = (
         "import time, taskmesh\n"
+        "from tests.support.wait import until\n"
         "taskmesh.init(address='auto')\n"
-        "deadline = time.monotonic() + 30\n"
-        "while sum(n['Workers'] for n in taskmesh.nodes()) < 3 and time.monotonic() < deadline:\n"
-        "    time.sleep(0.05)  # worker processes are still starting\n"
+        "until(lambda: sum(n['Workers'] for n in taskmesh.nodes()) >= 3, timeout=30,\n"
+        "      what=lambda: f'3 workers (they are still starting): {taskmesh.nodes()}')\n"
         "@taskmesh.remote\n"
         "def where():\n"
         "    time.sleep(0.01)\n"
@@ -57,8 +59,8 @@ def test_head_status_join_stop(run_env):
         # a large put goes to the store of this machine's node; status shows it there
         "import numpy, subprocess, sys\n"
         "ref = taskmesh.put(numpy.ones(20 * 2**20, dtype=numpy.uint8))\n"
-        "while max(n['ObjectStore'].get('store_used_bytes', 0) for n in taskmesh.nodes()) < 20 * 2**20:\n"
-        "    time.sleep(0.05)  # until a heartbeat reports it\n"
+        "until(lambda: max(n['ObjectStore'].get('store_used_bytes', 0) for n in taskmesh.nodes())\n"
+        "      >= 20 * 2**20, timeout=30, what='a heartbeat to report the object')\n"
         "r = subprocess.run([sys.executable, '-m', 'taskmesh._cli', 'status'], capture_output=True,\n"
         "                   text=True, timeout=30)\n"
         "print(r.stdout, r.stderr, file=sys.stderr)\n"
@@ -99,10 +101,14 @@ def test_a_stopped_node_leaves_at_once_and_status_hides_it(run_env, tmp_path):
         assert "127.0.0.2" in tm("status", env=env).stdout
         r = tm("stop", env=other)
         assert r.returncode == 0 and "stopped 1" in r.stdout
-        deadline = time.monotonic() + 20
-        while "(and 1 dead node: --all lists them)" not in (out := tm("status", env=env).stdout):
-            assert time.monotonic() < deadline, out
-            time.sleep(0.1)
+        seen = [""]
+
+        def counts_it_dead() -> str | None:
+            seen[0] = tm("status", env=env).stdout
+            return seen[0] if "(and 1 dead node: --all lists them)" in seen[0] else None
+
+        out = until(counts_it_dead, timeout=20, interval=0.1,
+                    what=lambda: f"status to count the stopped node as dead: {seen[0]}")
         assert "127.0.0.2" not in out
         full = tm("status", "--all", env=env).stdout
         assert any("127.0.0.2" in line and " dead " in line for line in full.splitlines()), full
@@ -156,13 +162,13 @@ def test_a_driver_that_dies_has_its_tasks_cancelled_and_the_worker_killed(run_en
     assert r.returncode == 0, r.stderr
     code = (
         "import os, sys, time, taskmesh\n"
+        "from tests.support.wait import until\n"
         "taskmesh.init(address='auto')\n"
         "@taskmesh.remote\n"
         "def stuck():\n"
         "    time.sleep(600)\n"
         "refs = [stuck.remote() for _ in range(6)]\n"
-        "while taskmesh.nodes()[0]['TasksRunning'] < 2:\n"
-        "    time.sleep(0.05)\n"
+        "until(lambda: taskmesh.nodes()[0]['TasksRunning'] >= 2, timeout=30, what='2 running')\n"
         "print('RUNNING', flush=True)\n"
         "time.sleep(600)\n"
     )
@@ -174,15 +180,14 @@ def test_a_driver_that_dies_has_its_tasks_cancelled_and_the_worker_killed(run_en
         victim.wait(10)
         probe = (
             "import time, taskmesh\n"
+            "from tests.support.wait import until\n"
             "taskmesh.init(address='auto')\n"
-            "deadline = time.monotonic() + 10\n"
-            "while True:\n"
-            "    st = taskmesh._context.CTX.core.info('status')\n"
-            "    t = st['tasks']\n"
-            "    if t['queued'] == 0 and t['running'] == 0 and st['objects'] == 0:\n"
-            "        break\n"
-            "    assert time.monotonic() < deadline, st\n"
-            "    time.sleep(0.05)\n"
+            "def status():\n"
+            "    return taskmesh._context.CTX.core.info('status')\n"
+            "def clean():\n"
+            "    st = status()\n"
+            "    return st['tasks']['queued'] == st['tasks']['running'] == st['objects'] == 0\n"
+            "until(clean, timeout=10, what=lambda: f'no task or object left: {status()}')\n"
             "@taskmesh.remote\n"
             "def one():\n"
             "    return 1\n"

@@ -13,6 +13,8 @@ import pytest
 import taskmesh
 from taskmesh.errors import GetTimeoutError, TaskError
 
+from ..support.wait import until
+
 
 @contextlib.contextmanager
 def cluster(n=2, **cfg):
@@ -185,12 +187,8 @@ def test_get_in_a_thread_that_outlives_its_task_does_not_leak_the_cpu():
         # the worker is idle for the head but still "blocked" for itself
         assert taskmesh.get([half.remote(0.01) for _ in range(6)], timeout=10) == [0.01] * 6
         time.sleep(2.5)  # the background get() has ended
-        deadline = time.monotonic() + 5
-        while time.monotonic() < deadline:
-            if taskmesh.available_resources().get("CPU") == 1.0:
-                break
-            time.sleep(0.1)
-        assert taskmesh.available_resources().get("CPU") == 1.0
+        until(lambda: taskmesh.available_resources().get("CPU") == 1.0, timeout=5, interval=0.1,
+              what=lambda: f"the CPU to be free: {taskmesh.available_resources()}")
         assert taskmesh.nodes()[0]["CPUsInUse"] == 0
         assert taskmesh.get([sleepy.remote(0, i) for i in range(4)], timeout=10) == list(range(4))
 
@@ -228,12 +226,13 @@ def test_head_and_client_forget_objects_once_refs_are_dropped():
             del refs, big, p, bad, dropped, nested, chained, ready
             gc.collect()
         time.sleep(0.5)
-        deadline = time.monotonic() + 5
-        while time.monotonic() < deadline:
+
+        def released() -> bool:
             taskmesh.get(ident.remote(0))  # a send flushes batched releases
-            time.sleep(0.3)
-            if _status()["objects"] == 0:
-                break
+            time.sleep(0.3)  # (and their Release reaches the head)
+            return _status()["objects"] == 0
+
+        until(released, timeout=5, interval=0, what=lambda: f"no objects left: {_status()}")
         assert _status()["objects"] == 0
         refs = core.refs
         assert not refs.counts and not refs.values
@@ -271,10 +270,7 @@ def test_num_returns_zero_runs_and_returns_none(tmp_path):
     with cluster(1):
         assert side_effect.remote(str(mark)) is None
         assert taskmesh.get(sleepy.remote(0, 3)) == 3
-        deadline = time.monotonic() + 5
-        while not mark.exists() and time.monotonic() < deadline:
-            time.sleep(0.05)
-        assert mark.exists()
+        until(mark.exists, timeout=5, what="the task's file")
 
 
 @pytest.mark.timeout(20)

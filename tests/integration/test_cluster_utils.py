@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import os
 import re
-import tempfile
 import time
 
 import psutil
@@ -17,7 +16,10 @@ from taskmesh._transport import port_is_free
 from taskmesh.cluster_utils import Cluster
 from taskmesh.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-from ..conftest import descendants, kill_all, run_python, shm_entries, wait_gone
+from ..support.clients import run_python
+from ..support.procs import descendants, kill_all, shm_entries, wait_gone
+from ..support.store import spill_dirs
+from ..support.wait import until
 
 pytestmark = pytest.mark.timeout(45)
 
@@ -49,10 +51,6 @@ def leaked_shm(before: set[str]) -> set[str]:
             if os.path.exists(os.path.join("/dev/shm", name)):
                 left.add(name)
     return left
-
-
-def spill_dirs() -> set[str]:
-    return {d for d in os.listdir(tempfile.gettempdir()) if d.startswith("taskmesh-spill-")}
 
 
 def _describe(pids: set[int]) -> list[str]:
@@ -156,10 +154,8 @@ def test_a_removed_nodes_running_task_is_retried_on_another_node(clusters, tmp_p
     assert taskmesh.get(node_of.options(scheduling_strategy=here).remote()) == victim.node_id
     ref = long_on.options(scheduling_strategy=NodeAffinitySchedulingStrategy(
         victim.node_id, soft=True)).remote(victim.node_id, marker)
-    deadline = time.monotonic() + 20
-    while not os.path.exists(marker):
-        assert time.monotonic() < deadline, "the task never started on the node to remove"
-        time.sleep(0.02)
+    until(lambda: os.path.exists(marker), timeout=20, interval=0.02,
+          what="the task to start on the node to remove")
     tree = {p.pid for p in psutil.Process(victim.pid).children(recursive=True)}
     cluster.remove_node(victim, allow_graceful=graceful)
     assert victim.process.poll() is not None and not wait_gone(tree, 5)

@@ -16,7 +16,8 @@ import taskmesh
 from taskmesh import _protocol as P
 from taskmesh._context import CTX
 
-from ..conftest import kill_all, raw_dealer, run_python, shm_entries, wait_gone
+from ..support.clients import raw_dealer, run_python
+from ..support.procs import kill_all, shm_entries, wait_gone
 
 CHILD_PIDS = """
 import json, psutil, taskmesh

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import time
-
 import pytest
 
 import taskmesh
+
+from ..support.wait import until
 
 
 @taskmesh.remote
@@ -88,9 +88,8 @@ def test_surplus_idle_workers_retire(tmp_path):
     try:
         assert taskmesh.get(waits_for_other_shape.remote(3), timeout=60) == 5
         assert taskmesh.nodes()[0]["Workers"] >= 2
-        deadline = time.monotonic() + 20
-        while taskmesh.nodes()[0]["Workers"] > 1 and time.monotonic() < deadline:
-            time.sleep(0.1)
+        until(lambda: taskmesh.nodes()[0]["Workers"] <= 1, timeout=20, interval=0.1,
+              what=lambda: f"the surplus workers to retire: {taskmesh.nodes()[0]['Workers']} left")
         assert taskmesh.nodes()[0]["Workers"] == 1
         assert taskmesh.get(leaf.remote(1)) == 2
     finally:

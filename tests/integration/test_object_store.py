@@ -16,7 +16,8 @@ import pytest
 import taskmesh
 from taskmesh._context import CTX
 
-from ..conftest import _stop_and_check, descendants, shm_entries
+from ..support.procs import descendants, shm_entries, stop_and_check
+from ..support.store import in_arena
 from ..support.wait import until
 
 MB = 1 << 20
@@ -33,23 +34,7 @@ def store_cluster():
     try:
         yield taskmesh
     finally:
-        _stop_and_check(procs, before)
-
-
-def arena_ranges() -> list[tuple[int, int]]:
-    """Address ranges of this process's mappings of taskmesh arenas."""
-    out = []
-    with open("/proc/self/maps") as f:
-        for line in f:
-            if "taskmesh-arena-" in line:
-                lo, hi = line.split()[0].split("-")
-                out.append((int(lo, 16), int(hi, 16)))
-    return out
-
-
-def in_arena(a: np.ndarray) -> bool:
-    start = a.__array_interface__["data"][0]
-    return any(lo <= start and start + a.nbytes <= hi for lo, hi in arena_ranges())
+        stop_and_check(procs, before)
 
 
 def store_stats(key: str) -> int:

@@ -11,6 +11,8 @@ import pytest
 import taskmesh
 from taskmesh._context import CTX
 
+from ..support.wait import until
+
 pytestmark = pytest.mark.timeout(300)
 
 
@@ -37,10 +39,8 @@ def test_releasing_a_large_number_of_refs_at_once_is_done_in_slices(fresh_cluste
     before = CTX.core.info("status")["objects"]
     del refs  # one Release of 100,000 ids: the head takes it in slices between other work
     assert taskmesh.get(double.remote(21)) == 42
-    deadline = time.monotonic() + 60
-    while CTX.core.info("status")["objects"] > before - 100_000:
-        assert time.monotonic() < deadline, "the released objects were not freed"
-        time.sleep(0.1)
+    until(lambda: CTX.core.info("status")["objects"] <= before - 100_000, timeout=60,
+          interval=0.1, what="the released objects to be freed")
 
 
 WAITER = r'''

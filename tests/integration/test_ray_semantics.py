@@ -18,7 +18,8 @@ from taskmesh import _protocol as P
 from taskmesh._context import CTX
 from taskmesh.errors import TaskmeshError
 
-from ..conftest import run_python, wait_gone
+from ..support.clients import run_python
+from ..support.procs import wait_gone
 from ..support.wait import until
 
 pytestmark = pytest.mark.timeout(120)

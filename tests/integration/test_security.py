@@ -27,7 +27,8 @@ from taskmesh._secret import ClusterKey, Security, read_secret_file, write_secre
 from taskmesh._transport import free_port, tcp_endpoint
 from taskmesh.config import Config
 
-from ..conftest import kill_all, raw_dealer, wait_gone
+from ..support.clients import raw_dealer
+from ..support.procs import kill_all, wait_gone
 from ..support.wait import until
 
 

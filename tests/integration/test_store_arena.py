@@ -8,15 +8,13 @@ import os
 import numpy as np
 
 import taskmesh
+
+from ..support.store import spill_dirs
 from taskmesh._context import CTX
 
 
 def arenas() -> set[str]:
     return {f for f in os.listdir("/dev/shm") if f.startswith("taskmesh-arena-")}
-
-
-def spill_dirs(base) -> set[str]:
-    return {d for d in os.listdir(base) if d.startswith("taskmesh-spill-")}
 
 
 def test_arena_and_spill_files_lifecycle_and_sweep_after_sigkill(tmp_path):

@@ -30,7 +30,8 @@ from taskmesh._context import CTX
 from taskmesh._transport import connect_endpoint, free_port, split_address
 from taskmesh.config import DEFAULT_PORT
 
-from ..conftest import descendants, kill_all, wait_gone
+from ..support.procs import descendants, kill_all, wait_gone
+from ..support.store import in_arena
 from ..support.wait import until
 
 MB = 1 << 20
@@ -66,10 +67,8 @@ def _stop() -> None:
     left = wait_gone(procs)
     kill_all(left)
     assert not left, f"processes left after shutdown: {left}"
-    deadline = time.monotonic() + 10
-    while _arenas_of(node_pid) and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert not _arenas_of(node_pid), "the node agent's arena was left in /dev/shm"
+    until(lambda: not _arenas_of(node_pid), timeout=10,
+          what="the node agent's arena to leave /dev/shm")
 
 
 def _start(cfg: dict) -> None:
@@ -183,21 +182,6 @@ def back_to(base: tuple[int, int], timeout: float = 15.0) -> None:
                        f"(now {store_stat('num_objects')})")
 
 
-def arena_ranges() -> list[tuple[int, int]]:
-    out = []
-    with open("/proc/self/maps") as f:
-        for line in f:
-            if "taskmesh-arena-" in line:
-                lo, hi = line.split()[0].split("-")
-                out.append((int(lo, 16), int(hi, 16)))
-    return out
-
-
-def in_arena(a: np.ndarray) -> bool:
-    start = a.__array_interface__["data"][0]
-    return any(lo <= start and start + a.nbytes <= hi for lo, hi in arena_ranges())
-
-
 def big(fill: float, mb: int = 1) -> np.ndarray:
     """An array larger than the store threshold (100 KiB): it lives in the node's store."""
     return np.full(mb * MB // 8, fill, dtype=np.float64)
@@ -223,8 +207,6 @@ def first_sum(refs):
 @taskmesh.remote
 def array_sum(a):
     return float(a.sum()), bool(a.flags.writeable)
-
-
 
 
 # =========================================================================== reference counting: bugs

@@ -19,7 +19,7 @@ from taskmesh._context import CTX
 from taskmesh._node.store_service import store_socket_name
 from taskmesh._store.client import StoreClient
 
-from ..conftest import descendants, kill_all, shm_entries, wait_gone
+from ..support.procs import descendants, kill_all, shm_entries, wait_gone
 from ..support.wait import until
 
 MiB = 1 << 20

@@ -29,6 +29,9 @@ from taskmesh._secret import ClusterKey, Security
 from taskmesh._store.client import StoreClient
 from taskmesh._store.shm import SHM_DIR, unlink
 
+from ..support.store import dead_address, random_bytes
+from ..support.wait import until
+
 pytestmark = pytest.mark.timeout(60)
 
 REPO = Path(__file__).resolve().parents[2]
@@ -112,10 +115,6 @@ def fetch(client: StoreClient, oid: bytes, size: int, sources: list) -> None:
     client._send(P.StoreFetch(oid, size, sources))  # (StoreClient.fetch may not exist yet)
 
 
-def random_bytes(n: int, seed: int = 0) -> bytes:
-    return np.random.default_rng(seed).random(n // 8).tobytes()
-
-
 def pinned_bytes(client: StoreClient, oid: bytes) -> bytes:
     [view] = client.pin([oid], timeout_s=20)
     try:
@@ -123,12 +122,6 @@ def pinned_bytes(client: StoreClient, oid: bytes) -> bytes:
     finally:
         client.unpin([oid])
         del view
-
-
-def dead_address() -> str:
-    with socket.socket() as s:  # a port nobody listens on any more
-        s.bind(("127.0.0.1", 0))
-        return f"127.0.0.1:{s.getsockname()[1]}"
 
 
 class FakeSource:
@@ -344,9 +337,7 @@ def test_closing_a_node_stops_a_fetch_stuck_on_a_silent_source_at_once(nodes, fa
     b = nodes(transfer_timeout_s=30.0)
     with StoreClient(b.store) as cb:
         fetch(cb, b"stuck", MiB, [["silent", silent.address]])
-        deadline = time.monotonic() + 5
-        while not silent.requests and time.monotonic() < deadline:
-            time.sleep(0.01)
+        until(lambda: silent.requests, timeout=5, interval=0.01, what="the silent source's request")
         assert silent.requests == 1 and b.stats()["fetches_in_flight"] == 1
     started = time.monotonic()
     b.stop()
@@ -368,9 +359,7 @@ def test_local_clients_cannot_seal_or_abort_an_object_being_fetched(nodes, fake_
     b = nodes()
     with StoreClient(b.store) as cb:
         fetch(cb, b"slow", len(data), [["slow", source.address]])
-        deadline = time.monotonic() + 5
-        while not source.requests and time.monotonic() < deadline:
-            time.sleep(0.01)
+        until(lambda: source.requests, timeout=5, interval=0.01, what="the slow source's request")
         cb.seal(b"slow")  # both ignored (logged): the bytes are still arriving
         cb.abort(b"slow")
         assert b.stats()["fetches_in_flight"] == 1
@@ -391,9 +380,8 @@ def test_a_source_answers_an_error_when_the_object_stays_unreadable_and_releases
         view[:] = data
         ca.seal(b"unsealed")  # the pin A's loop asked for is granted now, to nobody: released
         del view
-        deadline = time.monotonic() + 5
-        while a.stats()["num_pinned"] and time.monotonic() < deadline:
-            time.sleep(0.01)
+        until(lambda: a.stats()["num_pinned"] == 0, timeout=5, interval=0.01,
+              what="A to release the late pin")
         sa = a.stats()
         assert sa["num_pinned"] == 0 and sa["transfer_serve_failures"] == 1
         # a new fetch now succeeds
@@ -410,9 +398,9 @@ def test_a_node_holding_another_secret_gets_nothing_and_its_readers_learn_why(no
         with pytest.raises(taskmesh.ObjectLostError) as info:
             cb.pin([b"guarded"], timeout_s=20)
         assert b"guarded".hex() in str(info.value) and "another cluster secret" in str(info.value)
-    deadline = time.monotonic() + 5  # A counts once it checked the proof B sent last
-    while not a.stats()["transfer_refused"] and time.monotonic() < deadline:
-        time.sleep(0.01)
+    # A counts once it checked the proof B sent last
+    until(lambda: a.stats()["transfer_refused"], timeout=5, interval=0.01,
+          what="A to count the refusal")
     sa, sb = a.stats(), b.stats()
     assert sa["transfer_refused"] == 1, "A refused B's connection, and counted it"
     assert sa["transfer_objects_sent"] == sa["transfer_raw_bytes_sent"] == sa["num_pinned"] == 0

@@ -8,6 +8,8 @@ import pytest
 
 import taskmesh
 
+from ..support.wait import until
+
 
 @taskmesh.remote(max_retries=0)
 def die(code):
@@ -58,7 +60,6 @@ def test_workers_keep_coming_when_the_fork_server_is_killed(fresh_cluster):
     """The node agent forks workers from a fork server; if that dies, it starts another (and
     until then starts interpreters): a crashed worker is still replaced and reported."""
     import signal
-    import time
 
     import psutil
 
@@ -72,10 +73,7 @@ def test_workers_keep_coming_when_the_fork_server_is_killed(fresh_cluster):
     zygote.wait(10)
     with pytest.raises(taskmesh.WorkerCrashedError, match="exit status is unknown"):
         taskmesh.get(die.remote(7), timeout=30)  # forked by the dead one: nobody can tell
-    deadline = time.monotonic() + 30
-    while len(fork_servers()) != 1:
-        assert time.monotonic() < deadline, "no new fork server"
-        time.sleep(0.05)
+    until(lambda: len(fork_servers()) == 1, timeout=30, what="a new fork server")
     assert fork_servers()[0].pid != zygote.pid
     with pytest.raises(taskmesh.WorkerCrashedError, match="exited with code 3"):
         taskmesh.get(die.remote(3), timeout=30)  # forked by the new one

@@ -6,12 +6,12 @@ within 2 s."""
 from __future__ import annotations
 
 import json
-import subprocess
 import sys
 
 import pytest
 
-from .conftest import NETCLUSTER
+from ..support.netcluster import driver, expect, join_node, start_head
+from ..support.wait import until
 
 pytestmark = pytest.mark.multihost
 
@@ -19,13 +19,12 @@ COMMON = r'''
 import json, sys, time
 import numpy as np
 import taskmesh
+from tests.support.wait import until
 
 MB = 1 << 20
 taskmesh.init(address=sys.argv[1])
-deadline = time.monotonic() + 30
-while sum(n["Workers"] for n in taskmesh.nodes() if n["Alive"]) < 4:
-    assert time.monotonic() < deadline, taskmesh.nodes()
-    time.sleep(0.05)  # worker processes are still starting
+until(lambda: sum(n["Workers"] for n in taskmesh.nodes() if n["Alive"]) >= 4, timeout=30,
+      what=lambda: f"4 workers (they are still starting): {taskmesh.nodes()}")
 
 def say(tag, value):
     print(tag, json.dumps(value), flush=True)
@@ -45,8 +44,8 @@ makers = taskmesh.get([m[0] for m in made])
 say("MADE", [addr_of(n) for n in makers])
 victim = sys.stdin.readline().strip()        # the test kills that host now
 t0 = time.monotonic()
-while any(n["Alive"] for n in taskmesh.nodes() if n["NodeManagerAddress"] == victim):
-    time.sleep(0.02)
+until(lambda: not any(n["Alive"] for n in taskmesh.nodes() if n["NodeManagerAddress"] == victim),
+      timeout=30, interval=0.02, what="the killed host's node to be declared dead")
 detected = time.monotonic() - t0
 values = taskmesh.get([m[1] for m in made], timeout=60)
 exact = all(float(v.sum()) == float(np.random.default_rng(s).random(5 * MB // 8).sum())
@@ -65,34 +64,13 @@ say("STARTED", 1)
 out = taskmesh.get(refs, timeout=120)
 ok = [i for i, _ in out] == list(range(40))
 victim = sys.argv[2]
-t0 = time.monotonic()
-while not any(n["Alive"] and n["Workers"] >= 2 and n["NodeManagerAddress"] == victim
-              for n in taskmesh.nodes()):
-    assert time.monotonic() - t0 < 30, taskmesh.nodes()
-    time.sleep(0.05)
+until(lambda: any(n["Alive"] and n["Workers"] >= 2 and n["NodeManagerAddress"] == victim
+                  for n in taskmesh.nodes()), timeout=30,
+      what=lambda: f"the healed host to join again with its workers: {taskmesh.nodes()}")
 again = taskmesh.get([work.remote(i) for i in range(20)], timeout=60)
 say("RESULT", {"exact": ok, "nodes_after": sorted({addr_of(n) for _, n in again}),
                "dead_seen": sum(1 for n in taskmesh.nodes() if not n["Alive"])})
 '''
-
-
-def start_head(hosts, tmp_path, port: int) -> str:
-    """A head with no workers on h0; its address."""
-    head_ip = hosts.addr(0)
-    r = hosts.run(0, sys.executable, "-m", "taskmesh._cli", "start", "--head", "--port", str(port),
-                  "--num-cpus", "0", "--node-ip", head_ip,
-                  env={"TASKMESH_RUN_DIR": str(tmp_path / "run0")})
-    assert r.returncode == 0, r.stderr
-    return f"{head_ip}:{port}"
-
-
-def join_node(hosts, tmp_path, i: int, address: str, cpus: int = 2, *flags: str,
-              env: dict | None = None) -> None:
-    """A node agent on host i joins the head at ``address``."""
-    r = hosts.run(i, sys.executable, "-m", "taskmesh._cli", "start", "--worker", "--address",
-                  address, "--num-cpus", str(cpus), *flags,
-                  env={"TASKMESH_RUN_DIR": str(tmp_path / f"run{i}"), **(env or {})})
-    assert r.returncode == 0, r.stderr
 
 
 def start_cluster(hosts, tmp_path, port: int) -> str:
@@ -100,24 +78,6 @@ def start_cluster(hosts, tmp_path, port: int) -> str:
     for i in (1, 2):
         join_node(hosts, tmp_path, i, address, 2, "--resources", '{"r": 1}')
     return address
-
-
-def driver(hosts, tmp_path, code: str, *args: str) -> subprocess.Popen:
-    script = tmp_path / "driver.py"
-    script.write_text(code)
-    proc = subprocess.Popen([NETCLUSTER, "exec", hosts.names[3], sys.executable, str(script), *args],
-                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True, env=hosts.env)
-    hosts.procs.append(proc)
-    return proc
-
-
-def expect(proc: subprocess.Popen, tag: str):
-    line = proc.stdout.readline()
-    if not line.startswith(tag + " "):
-        proc.kill()
-        raise AssertionError(f"expected {tag}, got {line!r}; stderr: {proc.stderr.read()}")
-    return json.loads(line.split(" ", 1)[1])
 
 
 def test_a_result_lost_with_its_host_is_rebuilt_on_another(hosts, tmp_path):
@@ -165,8 +125,8 @@ def stuck(i):
     time.sleep(600)
 
 refs = [stuck.remote(i) for i in range(10)]
-while sum(n["TasksRunning"] for n in taskmesh.nodes()) < 4:
-    time.sleep(0.05)
+until(lambda: sum(n["TasksRunning"] for n in taskmesh.nodes()) >= 4, timeout=30,
+      what="4 running tasks")
 say("RUNNING", 1)
 time.sleep(600)
 '''
@@ -174,14 +134,18 @@ time.sleep(600)
 WATCH = r'''
 import json, sys, time
 import taskmesh
+from tests.support.wait import until
 taskmesh.init(address=sys.argv[1])
+
+def status():
+    return taskmesh._context.CTX.core.info("status")
+
+def cleared():
+    st = status()
+    return st["tasks"]["running"] == st["tasks"]["queued"] == st["objects"] == 0
+
 t0 = time.monotonic()
-while True:
-    st = taskmesh._context.CTX.core.info("status")
-    if st["tasks"]["running"] == 0 and st["tasks"]["queued"] == 0 and st["objects"] == 0:
-        break
-    assert time.monotonic() - t0 < 20, st
-    time.sleep(0.05)
+until(cleared, timeout=20, what=lambda: f"no task or object of the dead driver left: {status()}")
 gone = time.monotonic() - t0
 
 @taskmesh.remote
@@ -223,17 +187,16 @@ def test_node_agents_join_a_head_that_was_restarted(hosts, tmp_path):
     address = start_cluster(hosts, tmp_path, 7323)
     head_ip = hosts.addr(0)
     hosts.nc("kill", hosts.names[0])  # the head's machine: every process there dies
-    import time
+    tries: list = []
 
-    deadline = time.monotonic() + 15
-    while True:  # SIGKILL is not instant: the port is free once the old head is reaped
-        r = hosts.run(0, sys.executable, "-m", "taskmesh._cli", "start", "--head", "--port",
-                      "7323", "--num-cpus", "0", "--node-ip", head_ip,
-                      env={"TASKMESH_RUN_DIR": str(tmp_path / "run0-again")})
-        if r.returncode == 0 or "already in use" not in r.stderr or time.monotonic() > deadline:
-            break
-        time.sleep(0.2)
-    assert r.returncode == 0, r.stderr
+    def head_started() -> bool:  # SIGKILL is not instant: the port is free once the old head is reaped
+        tries.append(hosts.taskmesh(0, "start", "--head", "--port", "7323", "--num-cpus", "0",
+                                    "--node-ip", head_ip, run_dir=str(tmp_path / "run0-again")))
+        return tries[-1].returncode == 0 or "already in use" not in tries[-1].stderr
+
+    until(head_started, timeout=15, interval=0.2,
+          what=lambda: f"port 7323 to be free: {tries[-1].stderr}")
+    assert tries[-1].returncode == 0, tries[-1].stderr
     code = COMMON + r'''
 @taskmesh.remote
 def where():
@@ -263,8 +226,8 @@ def slow():
     time.sleep(60)
 
 ref = slow.remote()
-while sum(n["TasksRunning"] for n in taskmesh.nodes()) < 1:
-    time.sleep(0.02)
+until(lambda: sum(n["TasksRunning"] for n in taskmesh.nodes()) >= 1, timeout=30, interval=0.02,
+      what="the task to run")
 say("RUNNING", 1)
 sys.stdin.readline()                       # the test crashes the head's machine now
 t0 = time.monotonic()
@@ -276,20 +239,6 @@ except Exception as exc:
 out["took_s"] = time.monotonic() - t0
 say("RESULT", out)
 '''
-
-
-def _agent_pids(hosts, i: int) -> list[int]:
-    """Node agent processes in host i's network namespace."""
-    r = subprocess.run(["ip", "netns", "pids", hosts.names[i]], capture_output=True, text=True)
-    pids = []
-    for pid in r.stdout.split():
-        try:
-            with open(f"/proc/{pid}/cmdline", "rb") as f:
-                if b"taskmesh._node" in f.read():
-                    pids.append(int(pid))
-        except OSError:
-            pass
-    return pids
 
 
 def test_a_dead_head_is_detected_by_drivers_and_node_agents(hosts, tmp_path):
@@ -305,16 +254,16 @@ def test_a_dead_head_is_detected_by_drivers_and_node_agents(hosts, tmp_path):
     proc = driver(hosts, tmp_path, HEAD_LOST, address)
     try:
         expect(proc, "RUNNING")
-        assert _agent_pids(hosts, 1) and _agent_pids(hosts, 2)
+        assert hosts.agent_pids(1) and hosts.agent_pids(2)
         hosts.nc("crash", hosts.names[0])
         t0 = time.monotonic()
         proc.stdin.write("go\n")
         proc.stdin.flush()
         result = expect(proc, "RESULT")
-        while _agent_pids(hosts, 1) and time.monotonic() - t0 < 20:
-            time.sleep(0.1)
+        until(lambda: not hosts.agent_pids(1), timeout=20 - (time.monotonic() - t0), interval=0.1,
+              check=False)  # (the time it took is what is checked below)
         h1_exited_s = time.monotonic() - t0
-        h2_alive = bool(_agent_pids(hosts, 2))
+        h2_alive = bool(hosts.agent_pids(2))
     finally:
         if proc.poll() is None:
             proc.kill()

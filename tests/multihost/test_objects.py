@@ -9,20 +9,15 @@ fetches received, and reports it in its heartbeats (``nodes()[i]["ObjectStore"]`
 from __future__ import annotations
 
 import json
-import os
 import sys
 
 import pytest
 
-from .conftest import NETCLUSTER, REPO
+from ..support.netcluster import driver, join_node, start_head
 
 pytestmark = pytest.mark.multihost
 
 MB = 1 << 20
-
-# the driver scripts import tests.support from this checkout
-DRIVER_ENV = {"PYTHONPATH": os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH"))
-                                            if p)}
 
 COMMON = r'''
 import json, sys, time
@@ -99,19 +94,15 @@ print("RESULT " + json.dumps({"sum_ok": float(value.sum()) ==
 
 
 def start_cluster(hosts, tmp_path, resources: dict[int, str], port: int) -> str:
-    head_ip = hosts.addr(0)
+    """A head on h0 and nodes on h1 and h2 with 256 MB stores, heartbeating every 0.1 s. Their
+    arenas in /dev/shm (h1's is left when the host is killed) are removed by the hosts' reset
+    after the test, whatever its outcome."""
     env = {"TASKMESH_HEARTBEAT_INTERVAL_S": "0.1"}
-    r = hosts.run(0, sys.executable, "-m", "taskmesh._cli", "start", "--head", "--port", str(port),
-                  "--num-cpus", "0", "--node-ip", head_ip,
-                  env={**env, "TASKMESH_RUN_DIR": str(tmp_path / "run0")})
-    assert r.returncode == 0, r.stderr
+    address = start_head(hosts, tmp_path, port, env=env)
     for i in (1, 2):
-        r = hosts.run(i, sys.executable, "-m", "taskmesh._cli", "start", "--worker", "--address",
-                      f"{head_ip}:{port}", "--num-cpus", "2", "--object-store-memory", str(256 * MB),
-                      "--resources", resources.get(i, "{}"),
-                      env={**env, "TASKMESH_RUN_DIR": str(tmp_path / f"run{i}")})
-        assert r.returncode == 0, r.stderr
-    return f"{head_ip}:{port}"
+        join_node(hosts, tmp_path, i, address, 2, "--object-store-memory", str(256 * MB),
+                  "--resources", resources.get(i, "{}"), env=env)
+    return address
 
 
 def test_objects_move_between_nodes_once_and_are_freed_everywhere(hosts, tmp_path):
@@ -119,7 +110,7 @@ def test_objects_move_between_nodes_once_and_are_freed_everywhere(hosts, tmp_pat
     script = tmp_path / "driver.py"
     script.write_text(TRANSFER)
     r = hosts.run(1, sys.executable, str(script), address, hosts.addr(1), hosts.addr(2),
-                  env=DRIVER_ENV, timeout=120)
+                  timeout=120)
     assert r.returncode == 0, r.stderr
     out = json.loads(r.stdout.split("RESULT ", 1)[1])
     assert out["sums_exact"] and out["ran_on"] == [out["h2"]]
@@ -134,16 +125,9 @@ def test_objects_move_between_nodes_once_and_are_freed_everywhere(hosts, tmp_pat
 
 
 def test_a_reader_uses_another_copy_when_the_first_holder_dies(hosts, tmp_path):
-    import subprocess
-
     address = start_cluster(hosts, tmp_path, {1: '{"first": 1}', 2: '{"side": 1}'}, 7311)
-    script = tmp_path / "failover.py"
-    script.write_text(FAILOVER)
-    proc = subprocess.Popen([NETCLUSTER, "exec", hosts.names[3], sys.executable, str(script),
-                             address, hosts.addr(1), hosts.addr(2)],
-                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True, env={**hosts.env, **DRIVER_ENV})
-    hosts.procs.append(proc)
+    proc = driver(hosts, tmp_path, FAILOVER, address, hosts.addr(1), hosts.addr(2),
+                  name="failover.py")
     try:
         line = proc.stdout.readline()
         assert line.startswith("COPIED"), line + proc.stderr.read()

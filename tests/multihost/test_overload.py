@@ -14,8 +14,7 @@ import time
 
 import pytest
 
-from .conftest import NETCLUSTER
-from .test_failures import _agent_pids, expect, join_node, start_head
+from ..support.netcluster import NETCLUSTER, driver, expect, join_node, start_head
 
 pytestmark = [pytest.mark.multihost, pytest.mark.timeout(240)]
 
@@ -66,16 +65,6 @@ print("RESULT", json.dumps({"exact": exact, "done": done, "where": sorted(where)
 '''
 
 
-def _driver(hosts, tmp_path, i: int, code: str, *args: str) -> subprocess.Popen:
-    script = tmp_path / f"driver{i}.py"
-    script.write_text(code)
-    proc = subprocess.Popen([NETCLUSTER, "exec", hosts.names[i], sys.executable, str(script),
-                             *args], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, env=hosts.env)
-    hosts.procs.append(proc)
-    return proc
-
-
 def _head_log(tmp_path) -> str:
     return "".join(p.read_text() for p in (tmp_path / "run0").rglob("head-*.log"))
 
@@ -91,7 +80,8 @@ def test_four_drivers_on_four_hosts_flood_the_head_at_once(hosts, tmp_path):
     address = _two_nodes(hosts, tmp_path, 7330)
     # each; the full size, 100k each (docs/performance.md): TASKMESH_TEST_FLOOD_TASKS=100000
     n = int(os.environ.get("TASKMESH_TEST_FLOOD_TASKS", "25000"))
-    procs = [_driver(hosts, tmp_path, i, FLOOD, address, str(n), str(i)) for i in range(4)]
+    procs = [driver(hosts, tmp_path, FLOOD, address, str(n), str(i), host=i, name=f"driver{i}.py")
+             for i in range(4)]
     try:
         for p in procs:
             expect(p, "READY")
@@ -116,7 +106,7 @@ def _busy_loops(hosts, i: int, n: int) -> list[subprocess.Popen]:
 
 def test_a_machine_busy_on_every_core_is_slow_not_dead(hosts, tmp_path):
     address = _two_nodes(hosts, tmp_path, 7331)
-    proc = _driver(hosts, tmp_path, 3, STEADY, address, "10")
+    proc = driver(hosts, tmp_path, STEADY, address, "10")
     loops: list[subprocess.Popen] = []
     try:
         nodes = expect(proc, "READY")
@@ -143,11 +133,11 @@ def test_a_machine_busy_on_every_core_is_slow_not_dead(hosts, tmp_path):
 def test_a_node_agent_stopped_for_a_moment_is_not_dead_and_for_longer_is(hosts, tmp_path,
                                                                          stop_s, dead):
     address = _two_nodes(hosts, tmp_path, 7332 + int(stop_s))
-    proc = _driver(hosts, tmp_path, 3, STEADY, address, "8")
+    proc = driver(hosts, tmp_path, STEADY, address, "8")
     try:
         expect(proc, "READY")
         time.sleep(2)
-        [agent] = _agent_pids(hosts, 1)
+        [agent] = hosts.agent_pids(1)
         os.kill(agent, signal.SIGSTOP)  # its workers go on; its heartbeats stop
         try:
             time.sleep(stop_s)

@@ -7,13 +7,14 @@ import time
 
 import pytest
 
-from .test_failures import driver, expect, join_node, start_head
+from ..support.netcluster import driver, expect, join_node, start_head
 
 pytestmark = [pytest.mark.multihost, pytest.mark.timeout(180)]
 
 COMMON = r'''
 import collections, json, sys, time
 import taskmesh
+from tests.support.wait import until
 
 taskmesh.init(address=sys.argv[1])
 
@@ -21,10 +22,8 @@ def say(tag, value):
     print(tag, json.dumps(value), flush=True)
 
 def wait_workers(n):
-    deadline = time.monotonic() + 30
-    while sum(x["Workers"] for x in taskmesh.nodes() if x["Alive"]) < n:
-        assert time.monotonic() < deadline, taskmesh.nodes()
-        time.sleep(0.05)
+    until(lambda: sum(x["Workers"] for x in taskmesh.nodes() if x["Alive"]) >= n, timeout=30,
+          what=lambda: f"{n} workers: {taskmesh.nodes()}")
 
 def addr(node_id):
     return next(x["NodeManagerAddress"] for x in taskmesh.nodes() if x["NodeID"] == node_id)

@@ -13,7 +13,7 @@ import pytest
 
 from taskmesh._secret import ClusterKey, write_secret_file
 
-from .test_failures import join_node, start_head
+from ..support.netcluster import join_node, start_head
 
 pytestmark = pytest.mark.multihost
 

@@ -243,6 +243,10 @@ class Cluster:
     def node(self, node_id: str):
         return self.state.members.nodes[node_id]
 
+    def alive(self, *oids: bytes) -> list[bool]:
+        """For each object: does the head still keep it (in its object directory)?"""
+        return [oid in self.state.directory.objects for oid in oids]
+
     def avail_cpu(self, node_id: str) -> int:
         return self.node(node_id).avail.get("CPU", 0)
 

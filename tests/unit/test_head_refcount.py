@@ -22,17 +22,13 @@ def with_refs(*inner: bytes, data: bytes = b"outer") -> SO:
     return SO(SO.VALUE, data, [], list(inner))
 
 
-def alive(c: Cluster, *oids: bytes) -> list[bool]:
-    return [oid in c.state.directory.objects for oid in oids]
-
-
 def test_a_ref_inside_a_put_value_keeps_its_object_until_the_container_goes(c):
     c.put(b"inner", value(b"I"))
     c.put(b"outer", with_refs(b"inner"))
     c.send(c.driver, P.Release([b"inner"]))
-    assert alive(c, b"inner", b"outer") == [True, True]
+    assert c.alive(b"inner", b"outer") == [True, True]
     c.send(c.driver, P.Release([b"outer"]))
-    assert alive(c, b"inner", b"outer") == [False, False]
+    assert c.alive(b"inner", b"outer") == [False, False]
 
 
 def test_a_stored_inner_object_is_freed_on_its_node_with_its_container(c):
@@ -51,9 +47,9 @@ def test_refs_nested_in_task_arguments_live_until_the_task_ends(c):
     c.send(c.driver, P.Submit([spec]))
     worker = c.drain().assigned_to()[spec.task_id]
     c.send(c.driver, P.Release([b"inner"]))
-    assert alive(c, b"inner") == [True]
+    assert c.alive(b"inner") == [True]
     c.finish(worker, spec.task_id)
-    assert alive(c, b"inner") == [False]
+    assert c.alive(b"inner") == [False]
 
 
 def test_a_borrower_keeps_an_object_until_it_releases_or_leaves(c):
@@ -62,18 +58,18 @@ def test_a_borrower_keeps_an_object_until_it_releases_or_leaves(c):
         c.put(oid, value(oid))
     c.send(other, P.Borrow([b"x", b"y"]))
     c.send(c.driver, P.Release([b"x", b"y"]))
-    assert alive(c, b"x", b"y") == [True, True]
+    assert c.alive(b"x", b"y") == [True, True]
     c.send(other, P.Release([b"x"]))
-    assert alive(c, b"x", b"y") == [False, True]
+    assert c.alive(b"x", b"y") == [False, True]
     c.send(other, P.Goodbye())
-    assert alive(c, b"y") == [False]
+    assert c.alive(b"y") == [False]
 
 
 def test_a_release_from_a_stranger_changes_nothing(c):
     stranger = c.hello(b"driver-2", "driver")
     c.put(b"x", value(b"X"))
     c.send(stranger, P.Release([b"x"]))
-    assert alive(c, b"x") == [True]
+    assert c.alive(b"x") == [True]
 
 
 def test_refs_inside_a_task_result_are_held_by_the_result(c):
@@ -83,9 +79,9 @@ def test_refs_inside_a_task_result_are_held_by_the_result(c):
     worker = c.drain().assigned_to()[t]
     c.finish(worker, t, with_refs(b"inner", data=b"result"))
     c.send(c.driver, P.Release([b"inner"]))
-    assert alive(c, b"inner") == [True]
+    assert c.alive(b"inner") == [True]
     c.send(c.driver, P.Release([ret(t)]))
-    assert alive(c, b"inner", ret(t)) == [False, False]
+    assert c.alive(b"inner", ret(t)) == [False, False]
 
 
 def test_a_long_chain_of_nested_refs_is_freed_without_recursion(c):
@@ -104,6 +100,6 @@ def test_an_object_owned_by_a_driver_that_left_lives_on_while_borrowed(c):
     c.put(b"x", value(b"X"), owner=leaving)
     c.send(c.driver, P.Borrow([b"x"]))
     c.disconnect(leaving)
-    assert alive(c, b"x") == [True]
+    assert c.alive(b"x") == [True]
     c.send(c.driver, P.Release([b"x"]))
-    assert alive(c, b"x") == [False]
+    assert c.alive(b"x") == [False]

@@ -22,10 +22,6 @@ def c() -> Cluster:
     return c
 
 
-def alive(c: Cluster, *oids: bytes) -> list[bool]:
-    return [oid in c.state.directory.objects for oid in oids]
-
-
 def subscribed_value(c: Cluster, oid: bytes, peer: bytes | None = None) -> SO:
     peer = peer or c.driver
     c.send(peer, P.Subscribe([oid]))
@@ -96,7 +92,7 @@ def test_a_corrupt_stored_marker_in_a_put_becomes_an_error_value(c, data):
     assert c.state.directory.objects[oid].locations is None
     assert not any(c.state.members.nodes[n].objects for n in ("a", "b"))
     c.send(c.driver, P.Release([oid]))
-    assert alive(c, oid) == [False]
+    assert c.alive(oid) == [False]
     assert not c.drain().of(P.FreeObjects)
 
 
@@ -131,9 +127,9 @@ def test_a_borrowers_release_of_an_object_it_did_not_borrow_changes_nothing(c):
     c.send(other, P.Borrow([b"x" * 20]))
     c.send(c.driver, P.Release([b"x" * 20]))
     c.send(other, P.Release([b"y" * 20]))
-    assert alive(c, b"x" * 20, b"y" * 20) == [True, True]
+    assert c.alive(b"x" * 20, b"y" * 20) == [True, True]
     c.send(other, P.Release([b"x" * 20, b"x" * 20]))  # the second one is a no-op
-    assert alive(c, b"x" * 20, b"y" * 20) == [False, True]
+    assert c.alive(b"x" * 20, b"y" * 20) == [False, True]
 
 
 def test_a_borrow_that_arrives_after_the_object_was_dropped_is_ignored(c):
@@ -141,10 +137,10 @@ def test_a_borrow_that_arrives_after_the_object_was_dropped_is_ignored(c):
     c.send(c.driver, P.Release([b"x" * 20]))
     other = c.hello(b"driver-2", "driver")
     c.send(other, P.Borrow([b"x" * 20]))
-    assert alive(c, b"x" * 20) == [False]
+    assert c.alive(b"x" * 20) == [False]
     assert b"x" * 20 not in c.state.directory.borrowed.get(other, set())
     c.send(other, P.Release([b"x" * 20]))
-    assert alive(c, b"x" * 20) == [False]
+    assert c.alive(b"x" * 20) == [False]
 
 
 def test_a_repeated_release_by_the_owner_is_harmless(c):
@@ -153,9 +149,9 @@ def test_a_repeated_release_by_the_owner_is_harmless(c):
     c.put(b"i" * 20, value(b"I"))
     c.put(b"o" * 20, SO(SO.VALUE, b"outer", [], [b"i" * 20]))
     c.send(c.driver, P.Release([b"i" * 20, b"i" * 20]))
-    assert alive(c, b"i" * 20) == [True]
+    assert c.alive(b"i" * 20) == [True]
     c.send(c.driver, P.Release([b"o" * 20]))
-    assert alive(c, b"i" * 20, b"o" * 20) == [False, False]
+    assert c.alive(b"i" * 20, b"o" * 20) == [False, False]
 
 
 def test_object_locations_for_unknown_and_inline_objects_and_duplicates(c):
@@ -186,9 +182,9 @@ def test_a_workers_borrows_go_when_its_node_reports_its_exit(c):
     c.send(worker, P.Borrow([b"x" * 20]))
     c.send(c.driver, P.Release([b"x" * 20]))
     c.drain()
-    assert alive(c, b"x" * 20) == [True]
+    assert c.alive(b"x" * 20) == [True]
     c.exited(worker)
-    assert alive(c, b"x" * 20) == [False]
+    assert c.alive(b"x" * 20) == [False]
     assert c.drain().to(c.node_peer["a"], P.FreeObjects) == [P.FreeObjects([b"x" * 20])]
 
 
@@ -205,11 +201,11 @@ def test_refs_in_a_stored_result_of_a_retried_task_are_held_by_its_arguments(c):
     c.exited(worker)  # SIGKILLed: retried
     c.add_worker(c.worker_info[worker][0])
     retry = c.drain().assigned_to()
-    assert alive(c, b"i" * 20) == [True]
+    assert c.alive(b"i" * 20) == [True]
     [(tid, w2)] = retry.items()
     assert tid == spec.task_id
     c.finish(w2, spec.task_id)
-    assert alive(c, b"i" * 20) == [False]
+    assert c.alive(b"i" * 20) == [False]
 
 
 def test_a_task_queued_behind_a_cancelled_one_is_not_charged_with_its_workers_kill():

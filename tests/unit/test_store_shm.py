@@ -11,6 +11,8 @@ import pytest
 from taskmesh._store.shm import SHM_DIR, Arena, arena_name, sweep_dead
 from taskmesh._transport import pid_alive
 
+from ..support.wait import until
+
 
 @pytest.fixture
 def arena():
@@ -61,17 +63,12 @@ def test_sweep_removes_arenas_of_dead_agents():
 
 def test_a_zombie_counts_as_dead():
     """A killed agent that nobody reaped yet must not block a new one or keep its arena."""
-    import subprocess
-    import time
-
     p = subprocess.Popen(["sleep", "30"])
     try:
         assert pid_alive(p.pid)
         p.kill()
-        deadline = time.monotonic() + 10
-        while pid_alive(p.pid) and time.monotonic() < deadline:  # dead, not reaped: a zombie
-            time.sleep(0.01)
-        assert not pid_alive(p.pid)
+        until(lambda: not pid_alive(p.pid), timeout=10, interval=0.01,  # dead, not reaped: a zombie
+              what="pid_alive to say the killed process is dead")
         with open(f"/proc/{p.pid}/stat") as f:
             assert f.read().split(") ", 1)[1].startswith("Z")  # still there, as a zombie
     finally:

@@ -24,6 +24,7 @@ from taskmesh import _transfer as T
 from taskmesh import _transfer_stream as W
 from taskmesh._secret import ClusterKey, Security
 
+from ..support.store import dead_address, random_bytes
 from ..support.wait import until
 
 pytestmark = pytest.mark.timeout(30)
@@ -34,10 +35,6 @@ KEY = ClusterKey.generate()
 SECURE = Security(KEY)  # the default: authenticated and encrypted
 PLAIN = Security(KEY, encrypt=False)  # authenticated, chunks in the clear
 OTHER = Security(ClusterKey.generate())  # another cluster's secret
-
-
-def random_bytes(n: int, seed: int = 0) -> bytes:
-    return np.random.default_rng(seed).random(n // 8).tobytes()
 
 
 class Objects(dict):
@@ -177,12 +174,6 @@ def raw_source():
     yield start
     for s in sources:
         s.close()
-
-
-def dead_address() -> str:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return f"127.0.0.1:{s.getsockname()[1]}"
 
 
 def overhead(size: int, chunk: int = CHUNK, encrypt: bool = True) -> int:
@@ -353,9 +344,8 @@ def test_fetch_into_round_trips_and_the_counters_show_what_crossed(serve, kind, 
     got = counters.snapshot()
     # the serving thread counts once its last send returned, which may be just after the
     # receiver has every byte: wait for its count, with a deadline
-    deadline = time.monotonic() + 5
-    while server.counters.snapshot()["objects_sent"] < 1 and time.monotonic() < deadline:
-        time.sleep(0.001)
+    until(lambda: server.counters.snapshot()["objects_sent"] >= 1, timeout=5, interval=0.001,
+          what="the server to count the object sent")
     sent = server.counters.snapshot()
     assert got["raw_bytes_received"] == size == sent["raw_bytes_sent"]
     assert got["objects_received"] == 1 == sent["objects_sent"]
@@ -738,9 +728,8 @@ def test_a_silent_source_times_out_and_a_cancel_stops_a_fetch_at_once(raw_source
 
     thread = threading.Thread(target=run)
     thread.start()
-    deadline = time.monotonic() + 5
-    while silent.attempts < 2 and time.monotonic() < deadline:  # the timed-out one, and this one
-        time.sleep(0.01)
+    until(lambda: silent.attempts >= 2, timeout=5, interval=0.01,  # the timed-out one, and this one
+          what="the second attempt on the silent source")
     started = time.monotonic()
     cancel.cancel()
     thread.join(5)
@@ -759,9 +748,7 @@ def test_the_server_unpins_when_the_peer_goes_away_and_closes_promptly(serve):
     W._client_handshake(s, SECURE, T.TransferCounters(), 5).send_message(b"obj")
     s.recv(W.RESPONSE_HEADER_SIZE + 1000, socket.MSG_WAITALL)  # a little, then hang up
     s.close()
-    deadline = time.monotonic() + 5
-    while objects.closed < 1 and time.monotonic() < deadline:
-        time.sleep(0.01)
+    until(lambda: objects.closed >= 1, timeout=5, interval=0.01, what="the object to be closed")
     assert objects.opened == objects.closed == 1
     assert server.counters.serve_failures == 1 and server.counters.objects_sent == 0
     # a connection in the middle of a stream is cut by close()

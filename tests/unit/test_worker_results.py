@@ -10,6 +10,8 @@ from taskmesh import _protocol as P
 from taskmesh._worker import results
 from taskmesh._worker.results import MAX_BATCH, ResultBatch
 
+from ..support.wait import until
+
 
 class Sink:
     def __init__(self) -> None:
@@ -71,10 +73,8 @@ def test_the_courier_parks_when_idle_and_the_next_task_wakes_it(monkeypatch):
     batch.add(_result(1))
     batch.arm()
     assert sink.event.wait(5.0)
-    deadline = time.monotonic() + 5
-    while not batch._parked and time.monotonic() < deadline:  # no task started for a while
-        time.sleep(0.01)
-    assert batch._parked
+    until(lambda: batch._parked, timeout=5, interval=0.01,  # no task started for a while
+          what="the courier to park")
     sink.event.clear()
     batch.add(_result(2))
     batch.arm()  # a long task starts: the parked courier wakes and sends the held result

@@ -1,0 +1,62 @@
+"""Processes and shared memory a test leaves behind: who is still alive, waiting for them to
+go, killing what is left, and the entries of /dev/shm."""
+
+from __future__ import annotations
+
+import os
+
+import psutil
+
+import taskmesh
+
+from .wait import until
+
+
+def descendants() -> set[int]:
+    """Pids of every process this one started, and theirs."""
+    return {p.pid for p in psutil.Process().children(recursive=True)}
+
+
+def shm_entries() -> set[str]:
+    try:
+        return set(os.listdir("/dev/shm"))
+    except FileNotFoundError:
+        return set()
+
+
+def alive(pid: int) -> bool:
+    """The process runs (a zombie, dead but not reaped yet, does not)."""
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+
+
+def wait_gone(pids: set[int], timeout: float = 10.0) -> set[int]:
+    """Wait until none of ``pids`` is alive; return the ones still alive."""
+    left = set(pids)
+
+    def none_left() -> bool:
+        left.difference_update([p for p in left if not alive(p)])
+        return not left
+
+    until(none_left, timeout, check=False)
+    return left
+
+
+def kill_all(pids: set[int]) -> None:
+    for pid in pids:
+        try:
+            os.kill(pid, 9)
+        except ProcessLookupError:
+            pass
+
+
+def stop_and_check(procs: set[int], before_shm: set[str]) -> None:
+    """Shut the embedded cluster down; check that none of ``procs`` and no /dev/shm entry
+    beyond ``before_shm`` is left (what is left is killed first, then reported)."""
+    taskmesh.shutdown()
+    left = wait_gone(procs)
+    kill_all(left)
+    assert not left, f"processes left after shutdown: {left}"
+    assert shm_entries() - before_shm == set()
