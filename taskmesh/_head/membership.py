@@ -148,9 +148,12 @@ class Membership:
         """A message from a peer that is not (or no longer) joined: a dead node is told to
         join anew, a driver taken as gone is told so; anything else is dropped."""
         life = self.life(peer)
-        if type(msg) is P.Heartbeat and life in (Life.DEAD, Life.FENCED):
-            if self.move(peer, PeerKind.NODE, "spoke") is Life.FENCED and life is Life.DEAD:
-                self.events.add((E.NodeFenced, self.ctx.now, self.ended.get(peer, "")))
+        if type(msg) is P.Heartbeat:  # a node this head declared dead, or never knew (the
+            # head restarted): told to join anew either way
+            if life is Life.DEAD or life is Life.FENCED:
+                self.move(peer, PeerKind.NODE, "spoke")
+                if life is Life.DEAD:
+                    self.events.add((E.NodeFenced, self.ctx.now, self.ended.get(peer, "")))
             self.out.send(peer, P.Refused("this head declared the node dead (it was silent "
                                           "longer than the heartbeat time-out); join again "
                                           "as a new incarnation"))

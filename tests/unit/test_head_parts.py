@@ -143,3 +143,13 @@ def test_a_strategy_is_parsed_once_when_the_record_is_made():
     spec = c.spec(fid)._replace(strategy="node?:n1")
     c.send(c.driver, P.Submit([spec]))
     assert c.drain().assigned_to()[spec.task_id] == c.node_workers["n1"][0]
+
+
+def test_a_heartbeat_from_a_node_this_head_never_knew_asks_it_to_join_anew():
+    """A restarted head knows no node: an agent that still heartbeats the old one is refused,
+    and so rejoins (the way agents find a restarted head)."""
+    c = Cluster()
+    c.send(b"Nold-node", P.Heartbeat({}))
+    [refused] = c.drain().to(b"Nold-node")
+    assert type(refused) is P.Refused and "join again" in refused.reason
+    assert c.state.members.life(b"Nold-node") is None  # nothing remembered of a stranger
