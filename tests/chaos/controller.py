@@ -26,6 +26,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import psutil
 
@@ -94,10 +95,10 @@ class Cluster:
         return self.hosts.taskmesh(i, *args, run_dir=str(self.run_dir(i)), env=self._env(),
                                    timeout=timeout)
 
-    def _spawn(self, i: int, *args: str, **kw) -> subprocess.Popen:  # type: ignore[no-untyped-def]
+    def _spawn(self, i: int, *args: str, **kw: Any) -> subprocess.Popen:
         """The ``taskmesh`` command on host i, started (the hosts' reset stops it)."""
-        return self.hosts.popen(i, *_CLI, *args, env={**self._env(),
-                                "TASKMESH_RUN_DIR": str(self.run_dir(i))}, **kw)
+        env = {**self._env(), "TASKMESH_RUN_DIR": str(self.run_dir(i))}
+        return self.hosts.popen(i, *_CLI, *args, env=env, **kw)
 
     def start_head(self) -> None:
         r = self._taskmesh(0, "start", "--head", "--port", str(self.s.port), "--num-cpus", "0",
@@ -190,7 +191,8 @@ class Cluster:
             except psutil.Error:
                 continue
             if run_dir.startswith(str(self.workdir)) and p.pid != os.getpid():
-                out.append(f"process {p.pid} ({cmdline(p.pid)[:160]}) with TASKMESH_RUN_DIR={run_dir}")
+                out.append(f"process {p.pid} ({cmdline(p.pid)[:160]}) with "
+                           f"TASKMESH_RUN_DIR={run_dir}")
         return out
 
     def logs(self) -> list[Path]:

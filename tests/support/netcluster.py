@@ -20,7 +20,7 @@ import signal
 import subprocess
 import sys
 from pathlib import Path
-from typing import Iterator
+from typing import Any, Iterator
 
 import pytest
 
@@ -61,11 +61,12 @@ class Hosts:
         """The command line that runs ``argv`` on host i (its pid is the command's pid)."""
         return [NETCLUSTER, "exec", self.names[i], *argv]
 
-    def run(self, i: int, *cmd: str, env: dict | None = None, timeout: float = 60) -> subprocess.CompletedProcess:
+    def run(self, i: int, *cmd: str, env: dict | None = None,
+            timeout: float = 60) -> subprocess.CompletedProcess:
         return subprocess.run(self.cmd(i, *cmd), capture_output=True, text=True, timeout=timeout,
                               env={**self.env, **(env or {})})
 
-    def popen(self, i: int, *cmd: str, env: dict | None = None, **kw) -> subprocess.Popen:  # type: ignore[no-untyped-def]
+    def popen(self, i: int, *cmd: str, env: dict | None = None, **kw: Any) -> subprocess.Popen:
         """Start ``cmd`` on host i; :meth:`reset` stops it if it still runs."""
         proc = subprocess.Popen(self.cmd(i, *cmd), env={**self.env, **(env or {})}, **kw)
         self.procs.append(proc)
