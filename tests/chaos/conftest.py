@@ -1,4 +1,5 @@
-"""Four netcluster hosts for the chaos suite (head + driver on h0, node agents on h1..h3).
+"""Four netcluster hosts for the chaos suite (head + driver on h0, node agents on h1..h3),
+tests/support/netcluster.py's ``Hosts`` as the multihost tests have them.
 
 Needs root and ../shared/netcluster; skipped otherwise. The prefix is unique per pytest
 process (``c<pid>``), so the suite can run beside the multihost tests (prefix ``t<pid>``).
@@ -8,17 +9,13 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
 
 import pytest
 
-from .controller import NETCLUSTER, REPORTS, Hosts
+from ..support.netcluster import hosts_up
+from .controller import REPORTS
 
 N_HOSTS = 4
-
-
-def pytest_configure(config):
-    config.addinivalue_line("markers", "chaos: the chaos suite (tests/chaos); minutes, needs root")
 
 
 def pytest_terminal_summary(terminalreporter):
@@ -31,17 +28,5 @@ def pytest_terminal_summary(terminalreporter):
 
 @pytest.fixture(scope="session")
 def chaos_hosts():
-    if os.geteuid() != 0 or not os.path.exists(NETCLUSTER):
-        pytest.skip("netcluster needs root and ../shared/netcluster")
-    if subprocess.run([NETCLUSTER, "check"], capture_output=True, check=False).returncode != 0:
-        pytest.skip("this machine cannot run netcluster (network namespaces)")
-    hosts = Hosts(prefix=f"c{os.getpid() % 100000}", n=N_HOSTS)
-    hosts.nc("up", str(N_HOSTS))
-    try:
+    with hosts_up(f"c{os.getpid() % 100000}", N_HOSTS) as hosts:
         yield hosts
-    finally:
-        try:
-            hosts.wipe()
-        finally:
-            subprocess.run([NETCLUSTER, "down"], env=hosts.env, capture_output=True, timeout=60,
-                           check=False)

@@ -7,8 +7,11 @@ operator: it restarts node agents that died), then tears everything down and loo
            │                                                │ SIGKILL worker or agent,
     run_chaos() ── FaultRunner.step() every 50 ms ──────────┘ agent restarts
 
-Everything a failure needs is kept: the executed events with their times (``RunReport.events``),
-the driver's summary, and each host's run directory (``run<i>/logs``) under ``workdir``.
+The hosts, their faults and their cleanup are tests/support/netcluster.py's ``Hosts``; what is
+chaos here is the decision of which fault, when, and the repairs. Everything a failure needs
+is kept: the executed events with their times (``RunReport.events``), the driver's summary, and
+each host's run directory (``run<i>/logs``) under ``workdir``. Whatever a run leaves, the
+hosts' ``reset()`` removes after the leak check has seen it.
 """
 
 from __future__ import annotations
@@ -23,62 +26,19 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import psutil
 
+from ..support.netcluster import Hosts
+from ..support.procs import cmdline
+from ..support.wait import until
 from . import faults as F
 
-REPO = Path(__file__).resolve().parents[2]
-NETCLUSTER = os.environ.get("NETCLUSTER") or str(REPO.parent / "shared" / "netcluster")
 WORKLOAD = Path(__file__).resolve().with_name("workload.py")
 MB = 1 << 20
 SHM = "/dev/shm"
 ARENA = re.compile(r"^taskmesh-arena-(\d+)-")
-
-
-class Hosts:
-    """netcluster hosts ``<prefix>-h0`` ... : run commands in them, inject network faults."""
-
-    def __init__(self, prefix: str, n: int) -> None:
-        self.env = {**os.environ, "NETCLUSTER_PREFIX": prefix}
-        self.names = [f"{prefix}-h{i}" for i in range(n)]
-
-    def nc(self, *args: str, timeout: float = 60) -> str:
-        r = subprocess.run([NETCLUSTER, *args], env=self.env, capture_output=True, text=True,
-                           timeout=timeout, check=False)
-        if r.returncode != 0:
-            raise RuntimeError(f"netcluster {' '.join(args)} failed: {r.stderr.strip()}")
-        return r.stdout.strip()
-
-    def addr(self, i: int) -> str:
-        return self.nc("addr", self.names[i])
-
-    def cmd(self, i: int, *argv: str) -> list[str]:
-        return [NETCLUSTER, "exec", self.names[i], *argv]
-
-    def pids(self, i: int) -> list[int]:
-        r = subprocess.run(["ip", "netns", "pids", self.names[i]], capture_output=True,
-                           text=True, timeout=10, check=False)
-        return [int(p) for p in r.stdout.split()]
-
-    def processes(self, i: int, needle: str) -> list[int]:
-        """Pids in host i whose command line contains ``needle``, sorted."""
-        out = []
-        for pid in self.pids(i):
-            try:
-                p = psutil.Process(pid)
-                if p.status() != psutil.STATUS_ZOMBIE and needle in " ".join(p.cmdline()):
-                    out.append(pid)
-            except psutil.Error:
-                pass
-        return sorted(out)
-
-    def wipe(self) -> None:
-        """Heal every host and kill whatever still runs in them."""
-        self.nc("join")
-        for h in self.names:
-            self.nc("heal", h)
-            self.nc("kill", h)
 
 
 @dataclass
@@ -106,6 +66,10 @@ class Settings:
         return s
 
 
+#: the taskmesh command line, run on a host
+_CLI = (sys.executable, "-m", "taskmesh._cli")
+
+
 class Cluster:
     """A head on host 0 (no node: --num-cpus 0) and one node agent on each of hosts 1..n-1,
     started with the CLI as an operator would, each host with its own run directory."""
@@ -123,28 +87,31 @@ class Cluster:
     def run_dir(self, i: int) -> Path:
         return self.workdir / f"run{i}"
 
-    def _env(self, i: int) -> dict[str, str]:
-        return {**self.hosts.env, "TASKMESH_RUN_DIR": str(self.run_dir(i)),
-                "TASKMESH_SPILL_DIR": str(self.spill_dir)}
+    def _env(self) -> dict[str, str]:
+        return {"TASKMESH_SPILL_DIR": str(self.spill_dir)}
 
-    def _cli(self, i: int, *args: str) -> list[str]:
-        return self.hosts.cmd(i, sys.executable, "-m", "taskmesh._cli", *args)
+    def _taskmesh(self, i: int, *args: str, timeout: float = 60) -> subprocess.CompletedProcess:
+        """The ``taskmesh`` command on host i, waited for."""
+        return self.hosts.taskmesh(i, *args, run_dir=str(self.run_dir(i)), env=self._env(),
+                                   timeout=timeout)
+
+    def _spawn(self, i: int, *args: str, **kw: Any) -> subprocess.Popen:
+        """The ``taskmesh`` command on host i, started (the hosts' reset stops it)."""
+        env = {**self._env(), "TASKMESH_RUN_DIR": str(self.run_dir(i))}
+        return self.hosts.popen(i, *_CLI, *args, env=env, **kw)
 
     def start_head(self) -> None:
-        cmd = self._cli(0, "start", "--head", "--port", str(self.s.port), "--num-cpus", "0",
-                        "--node-ip", self.head_ip)
-        r = subprocess.run(cmd, env=self._env(0), capture_output=True, text=True, timeout=60,
-                           check=False)
+        r = self._taskmesh(0, "start", "--head", "--port", str(self.s.port), "--num-cpus", "0",
+                           "--node-ip", self.head_ip)
         if r.returncode != 0:
             raise RuntimeError(f"the head did not start on h0: {r.stderr.strip()}")
 
     def spawn_node(self, i: int, resources: str = "{}") -> subprocess.Popen:
         """``taskmesh start --worker`` on host i; it exits once the agent joined the head."""
-        return subprocess.Popen(
-            self._cli(i, "start", "--worker", "--address", self.address,
-                      "--num-cpus", str(self.s.num_cpus), "--resources", resources,
-                      "--object-store-memory", str(self.s.store_bytes)),
-            env=self._env(i), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        return self._spawn(i, "start", "--worker", "--address", self.address,
+                           "--num-cpus", str(self.s.num_cpus), "--resources", resources,
+                           "--object-store-memory", str(self.s.store_bytes),
+                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
     def start_node(self, i: int, resources: str = "{}") -> None:
         p = self.spawn_node(i, resources)
@@ -154,11 +121,10 @@ class Cluster:
             raise RuntimeError(f"the node agent did not start on h{i}: {out}")
 
     def node_started(self, proc: subprocess.Popen) -> tuple[bool, str]:
-        """After ``spawn_node``'s process ended: whether the agent joined, and its output."""
+        """After ``spawn_node``'s process ended: whether the agent joined, and its output. The
+        agent it names is noted here (the leak check) and by the hosts (their reset)."""
         out, err = proc.communicate()
-        m = re.search(r"pid (\d+)\) joined", out)
-        if m:
-            self.agent_pids.add(int(m.group(1)))
+        self.agent_pids.update(self.hosts.record_agents(out, self._env()))
         return proc.returncode == 0, (out + err).strip()
 
     def start(self) -> None:
@@ -172,16 +138,14 @@ class Cluster:
 
     def driver(self, i: int, script: Path, *args: str) -> subprocess.Popen:
         """A driver script on host i, stdin and stdout piped (text)."""
-        proc = subprocess.Popen(self.hosts.cmd(i, sys.executable, str(script), *args),
-                                env={**self.hosts.env, "PYTHONUNBUFFERED": "1"},
-                                stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                stderr=subprocess.PIPE, text=True)
+        proc = self.hosts.popen(i, sys.executable, str(script), *args,
+                                env={"PYTHONUNBUFFERED": "1"}, stdin=subprocess.PIPE,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         self.drivers.append(proc)
         return proc
 
     def status(self) -> str:
-        r = subprocess.run(self._cli(0, "status", "--address", self.address), env=self._env(0),
-                           capture_output=True, text=True, timeout=30, check=False)
+        r = self._taskmesh(0, "status", "--address", self.address, timeout=30)
         return (r.stdout + r.stderr).strip()
 
     def live_nodes(self) -> set[str]:
@@ -195,21 +159,19 @@ class Cluster:
             if p.poll() is None:
                 p.kill()
                 p.wait()
-        nodes = [subprocess.Popen(self._cli(i, "stop"), env=self._env(i),
-                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        nodes = [self._spawn(i, "stop", stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
                  for i in range(1, len(self.hosts.names))]
         for p in nodes:
             p.wait(timeout=60)
-        subprocess.run(self._cli(0, "stop"), env=self._env(0), capture_output=True, timeout=60,
-                       check=False)
-        deadline = time.monotonic() + 10
+        self._taskmesh(0, "stop")
         left: list[str] = []
-        while time.monotonic() < deadline:
-            left = [f"h{i} pid {pid}: {_cmdline(pid)}" for i in range(len(self.hosts.names))
-                    for pid in self.hosts.pids(i)]
-            if not left:
-                break
-            time.sleep(0.1)
+
+        def none_left() -> bool:
+            left[:] = [f"h{i} pid {pid}: {cmdline(pid)[:160]}"
+                       for i in range(len(self.hosts.names)) for pid in self.hosts.pids(i)]
+            return not left
+
+        until(none_left, timeout=10, interval=0.1, check=False)
         return left
 
     def leaks(self) -> list[str]:
@@ -229,18 +191,12 @@ class Cluster:
             except psutil.Error:
                 continue
             if run_dir.startswith(str(self.workdir)) and p.pid != os.getpid():
-                out.append(f"process {p.pid} ({_cmdline(p.pid)}) with TASKMESH_RUN_DIR={run_dir}")
+                out.append(f"process {p.pid} ({cmdline(p.pid)[:160]}) with "
+                           f"TASKMESH_RUN_DIR={run_dir}")
         return out
 
     def logs(self) -> list[Path]:
         return sorted(self.workdir.glob("run*/logs/*.log"))
-
-
-def _cmdline(pid: int) -> str:
-    try:
-        return " ".join(psutil.Process(pid).cmdline())[:160]
-    except psutil.Error:
-        return "?"
 
 
 #: `taskmesh start --worker` is tried this often, this far apart, before the run fails
@@ -281,7 +237,8 @@ class FaultRunner:
                             "what": what, **extra})
 
     def _nc(self, fault: int, verb: str, host: int) -> None:
-        self.cluster.hosts.nc(verb, self.cluster.hosts.names[host])
+        """netcluster's fault ``verb`` (kill, crash, cut, heal) on ``host``, logged."""
+        getattr(self.cluster.hosts, verb)(host)
         self._log(fault, f"{verb} h{host}")
 
     def _sigkill(self, fault: int, host: int, needle: str, pick: float) -> bool:
@@ -384,17 +341,17 @@ class FaultRunner:
     def finish(self, timeout: float = 60) -> None:
         """Repair everything now (heal, restart agents) and wait for the restarts."""
         self._log(-1, "the workload ended: repairing every host")
-        deadline = time.monotonic() + timeout
         for st in self.hosts.values():
             st.repairs = [(min(due, self.now()), action) for due, action in st.repairs]
-        while any(s.down or s.repairs or s.restart for s in self.hosts.values()):
+
+        def repaired() -> bool:
             for h in self.hosts:
                 self._repair(h)
-            if time.monotonic() > deadline:
-                self.errors.append("hosts still not repaired after the workload: " + ", ".join(
-                    f"h{h}" for h, s in self.hosts.items() if s.down))
-                break
-            time.sleep(0.05)
+            return not any(s.down or s.repairs or s.restart for s in self.hosts.values())
+
+        if not until(repaired, timeout, check=False):
+            self.errors.append("hosts still not repaired after the workload: " + ", ".join(
+                f"h{h}" for h, s in self.hosts.items() if s.down))
 
     def fault_before(self, wall: float) -> dict | None:
         """The last fault injected before wall-clock time ``wall``."""
@@ -494,19 +451,18 @@ def run_chaos(hosts: Hosts, workdir: Path, settings: Settings) -> RunReport:
             _drive(cluster, settings, report, stderr, t_begin)
         # every host repaired: each must have a live node again (fenced ones re-joined)
         want = {hosts.addr(i) for i in range(1, len(hosts.names))}
-        until = time.monotonic() + 30
-        while cluster.live_nodes() != want and time.monotonic() < until:
-            time.sleep(0.5)
+        report.recovered = until(lambda: cluster.live_nodes() == want, timeout=30, interval=0.5,
+                                 check=False)
         report.status_after = cluster.status()
-        report.recovered = cluster.live_nodes() == want
     finally:
         t_down = time.monotonic()
         try:
             report.left_running = cluster.stop()
-        finally:
             if report.left_running:
-                hosts.wipe()
-            report.leaks = cluster.leaks()
+                hosts.kill_everything()
+            report.leaks = cluster.leaks()  # what taskmesh left: seen before reset() removes it
+        finally:
+            hosts.reset()
             report.logs = cluster.logs()
             report.teardown_s = time.monotonic() - t_down
             report.wall_s = time.monotonic() - t_begin
@@ -518,34 +474,35 @@ def _drive(cluster: Cluster, settings: Settings, report: RunReport, stderr, t_be
     """Run the workload's driver on h0 and the fault schedule beside it, until the driver
     ends (or overruns its deadline by 30 s); then repair every host."""
     hosts = cluster.hosts
-    driver = subprocess.Popen(
-        hosts.cmd(0, sys.executable, str(WORKLOAD), cluster.address, "--seed", str(settings.seed),
-                  "--tasks", str(settings.tasks), "--soak", str(settings.soak_s),
-                  "--deadline", str(settings.deadline_s), "--nodes", str(len(hosts.names) - 1)),
-        env={**hosts.env, "PYTHONUNBUFFERED": "1"}, stdout=subprocess.PIPE, stderr=stderr,
-        text=True)
+    driver = hosts.popen(
+        0, sys.executable, str(WORKLOAD), cluster.address, "--seed", str(settings.seed),
+        "--tasks", str(settings.tasks), "--soak", str(settings.soak_s),
+        "--deadline", str(settings.deadline_s), "--nodes", str(len(hosts.names) - 1),
+        env={"PYTHONUNBUFFERED": "1"}, stdout=subprocess.PIPE, stderr=stderr, text=True)
     cluster.drivers.append(driver)
     lines: list[tuple[float, str]] = []
     reader = threading.Thread(target=_read_lines, args=(driver.stdout, lines), daemon=True)
     reader.start()
-    deadline = time.monotonic() + 90
-    while not any(s.startswith("READY") for _, s in lines):
-        if driver.poll() is not None or time.monotonic() > deadline:
-            raise RuntimeError("the driver did not get ready: " + " ".join(s for _, s in lines)
-                               + _tail(Path(stderr.name)))
-        time.sleep(0.05)
+
+    def ready() -> bool:
+        return any(s.startswith("READY") for _, s in lines)
+
+    until(lambda: ready() or driver.poll() is not None, timeout=90, check=False)
+    if not ready():
+        raise RuntimeError("the driver did not get ready: " + " ".join(s for _, s in lines)
+                           + _tail(Path(stderr.name)))
     report.setup_s = time.monotonic() - t_begin
     plan = F.plan(settings.seed, settings.deadline_s, gap=settings.gap)
     report.faults_planned = len(plan)
     runner = report.runner = FaultRunner(cluster, plan)
-    hard_stop = time.monotonic() + settings.deadline_s + 30
-    while driver.poll() is None:
+
+    def ended() -> bool:
         runner.step()
-        if time.monotonic() > hard_stop:  # the driver's own deadline did not end it
-            report.hung_driver = True
-            driver.kill()
-            break
-        time.sleep(0.05)
+        return driver.poll() is not None
+
+    if not until(ended, timeout=settings.deadline_s + 30, check=False):
+        report.hung_driver = True  # the driver's own deadline did not end it
+        driver.kill()
     driver.wait(timeout=30)
     reader.join(timeout=10)
     runner.finish()

@@ -9,14 +9,14 @@ joined, so ``x``'s only copy is on A.
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import time
 
-import psutil
 import pytest
 
+from ..support.netcluster import expect
+from ..support.wait import until
 from .controller import Cluster, Settings
 
 pytestmark = [pytest.mark.multihost, pytest.mark.chaos, pytest.mark.timeout(180)]
@@ -79,29 +79,15 @@ _ports = iter(range(7410, 7500))  # a port per test: the last one's may be in TI
 @pytest.fixture
 def cluster(chaos_hosts, tmp_path):
     c = Cluster(chaos_hosts, tmp_path, Settings(port=next(_ports)))
-    c.start_head()
-    c.start_node(1)
-    yield c
-    _signal_host(chaos_hosts, 1, signal.SIGCONT)
-    _signal_host(chaos_hosts, 2, signal.SIGCONT)
-    c.stop()
-    chaos_hosts.wipe()
-
-
-def _signal_host(hosts, i: int, sig: int) -> None:
-    for pid in hosts.pids(i):
-        try:
-            os.kill(pid, sig)
-        except (ProcessLookupError, psutil.Error):
-            pass
-
-
-def _expect(proc, tag: str) -> dict:
-    line = proc.stdout.readline()
-    if not line.startswith(tag + " "):
-        proc.kill()
-        raise AssertionError(f"expected {tag}, got {line!r}; stderr: {proc.stderr.read()[-3000:]}")
-    return json.loads(line.split(" ", 1)[1])
+    try:
+        c.start_head()
+        c.start_node(1)
+        yield c
+        for i in (1, 2):  # a test may have frozen a host: let `taskmesh stop` reach it
+            chaos_hosts.signal(i, signal.SIGCONT)
+        c.stop()
+    finally:
+        chaos_hosts.reset()
 
 
 def _stderr(proc) -> str:
@@ -116,7 +102,7 @@ def _driver(cluster, tmp_path, code: str):
     script = tmp_path / "driver.py"
     script.write_text(code)
     proc = cluster.driver(0, script, cluster.address)
-    made = _expect(proc, "MADE")
+    made = expect(proc, "MADE")
     assert made["sum"] == WANT, made
     return proc, made
 
@@ -126,10 +112,10 @@ def test_a_lost_result_rebuilt_where_a_fetch_of_it_is_pending_is_exact(cluster, 
                                                                        tmp_path):
     proc, _ = _driver(cluster, tmp_path, COLLISION)
     cluster.start_node(2, '{"b": 1}')
-    chaos_hosts.nc("cut", chaos_hosts.names[1])  # A goes silent: declared dead after 1.5 s
+    chaos_hosts.cut(1)  # A goes silent: declared dead after 1.5 s
     proc.stdin.write("go\n")
     proc.stdin.flush()
-    result = _expect(proc, "RESULT")
+    result = expect(proc, "RESULT")
     assert result["x"] == WANT and result["total"] == WANT, (result, _stderr(proc))
 
 
@@ -138,11 +124,11 @@ def test_a_driver_reading_from_a_frozen_holder_gets_the_rebuilt_copy_soon(cluste
                                                                          tmp_path):
     proc, _ = _driver(cluster, tmp_path, FROZEN)
     cluster.start_node(2)
-    _signal_host(chaos_hosts, 1, signal.SIGSTOP)  # a frozen machine: accepts, never answers
+    chaos_hosts.signal(1, signal.SIGSTOP)  # a frozen machine: accepts, never answers
     time.sleep(0.2)
     proc.stdin.write("go\n")
     proc.stdin.flush()
-    result = _expect(proc, "RESULT")
+    result = expect(proc, "RESULT")
     # declared dead after 1.5 s, rebuilt on B in well under a second
     assert result.get("sum") == WANT and result["took_s"] < 15, (result, _stderr(proc))
 
@@ -172,12 +158,12 @@ def test_a_result_rebuilt_on_its_holder_after_it_rejoined_is_read(cluster, chaos
     node can run the task; A heals, is fenced, joins again under the same node id and address,
     and runs it. The driver, reading x from A since the cut, must then get the new copy."""
     proc, _ = _driver(cluster, tmp_path, REJOINED)
-    chaos_hosts.nc("cut", chaos_hosts.names[1])
+    chaos_hosts.cut(1)
     proc.stdin.write("go\n")
     proc.stdin.flush()
     time.sleep(4.0)
-    chaos_hosts.nc("heal", chaos_hosts.names[1])
-    result = _expect(proc, "RESULT")
+    chaos_hosts.heal(1)
+    result = expect(proc, "RESULT")
     assert result.get("sum") == WANT, (result, _stderr(proc))
 
 
@@ -218,7 +204,7 @@ def test_a_task_whose_node_agent_dies_while_it_reads_an_input_is_retried(cluster
     the worker lost the race in at least one attempt in 2 of 4 runs of this test (in 1 of 7
     attempts without the fence)."""
     cluster.stop()  # this test wants node A with resource "a" and node B with "b"
-    chaos_hosts.wipe()
+    chaos_hosts.reset()
     cluster.start_head()
     cluster.start_node(1, '{"a": 1}')
     cluster.start_node(2, '{"b": 1}')
@@ -229,35 +215,35 @@ def test_a_task_whose_node_agent_dies_while_it_reads_an_input_is_retried(cluster
     results = []
     for _ in range(3):
         # (the race is lost more often on a node that was fenced and joined again)
-        chaos_hosts.nc("cut", chaos_hosts.names[1])
+        chaos_hosts.cut(1)
         time.sleep(2.5)  # declared dead
-        chaos_hosts.nc("heal", chaos_hosts.names[1])
+        chaos_hosts.heal(1)
         time.sleep(2.0)  # fenced, joined again
-        frozen = chaos_hosts.pids(2)
-        for pid in frozen:
-            os.kill(pid, signal.SIGSTOP)
+        chaos_hosts.signal(2, signal.SIGSTOP)
         proc.stdin.write("go\n")
         proc.stdin.flush()
         assert proc.stdout.readline().startswith("SUBMITTED"), _stderr(proc)
         time.sleep(1.0)  # A's worker now waits in a pin for the fetch from B
-        os.kill(chaos_hosts.processes(1, "taskmesh._node")[0], signal.SIGKILL)
+        os.kill(chaos_hosts.agent_pids(1)[0], signal.SIGKILL)
         time.sleep(0.5)
-        for pid in frozen:
-            os.kill(pid, signal.SIGCONT)
+        chaos_hosts.signal(2, signal.SIGCONT)
         _restart_node(cluster, 1, '{"a": 1}')  # the task can only run on a node with "a"
-        results.append(_expect(proc, "RESULT"))
+        results.append(expect(proc, "RESULT"))
     assert all(r.get("sum") == WANT for r in results), results
 
 
 def _restart_node(cluster, i: int, resources: str) -> None:
     """Start host i's agent again; `taskmesh start` refuses while the killed one is an
     unreaped zombie (up to ~2 s here)."""
-    deadline = time.monotonic() + 20
-    while True:
+    refused: list[str] = []
+
+    def started() -> bool:
         try:
             cluster.start_node(i, resources)
-            return
-        except RuntimeError:
-            if time.monotonic() > deadline:
-                raise
-            time.sleep(0.5)
+        except RuntimeError as exc:
+            refused.append(str(exc))
+            return False
+        return True
+
+    until(started, timeout=20, interval=0.5,
+          what=lambda: f"the agent on h{i} to start again; last refusal: {refused[-1]}")

@@ -31,6 +31,9 @@ import time
 from collections import deque
 from dataclasses import dataclass
 
+# run as a script on a host, this still finds tests.support: the hosts' PYTHONPATH has this checkout
+from tests.support.wait import until
+
 #: uint64 words of a large result: 2 MiB + 512 bytes (> 1 MB, far over the 100 KiB threshold)
 BIG_WORDS = (1 << 18) + 64
 WAVE_TASKS = 200
@@ -167,12 +170,10 @@ def main(argv: list[str] | None = None) -> int:
     import taskmesh
 
     taskmesh.init(address=args.address)
-    t_start = time.monotonic()
-    while sum(1 for n in taskmesh.nodes() if n["Alive"] and n["Workers"] >= 2) < args.nodes:
-        if time.monotonic() - t_start > 60:
-            say("SUMMARY", {"error": f"the cluster did not come up: {taskmesh.nodes()}"})
-            return 1
-        time.sleep(0.1)
+    if not until(lambda: sum(1 for n in taskmesh.nodes() if n["Alive"] and n["Workers"] >= 2)
+                 >= args.nodes, timeout=60, interval=0.1, check=False):
+        say("SUMMARY", {"error": f"the cluster did not come up: {taskmesh.nodes()}"})
+        return 1
 
     @taskmesh.remote(max_retries=-1)
     def child(seed):

@@ -87,7 +87,7 @@ def test_a_result_lost_with_its_host_is_rebuilt_on_another(hosts, tmp_path):
         makers = expect(proc, "MADE")
         assert sorted(makers) == sorted([hosts.addr(1), hosts.addr(2)])
         victim = makers[0]
-        hosts.nc("kill", hosts.names[[hosts.addr(i) for i in range(4)].index(victim)])
+        hosts.kill([hosts.addr(i) for i in range(4)].index(victim))
         proc.stdin.write(victim + "\n")
         proc.stdin.flush()
         result = expect(proc, "RESULT")
@@ -107,9 +107,9 @@ def test_a_cut_off_host_is_declared_dead_then_fenced_and_joins_again(hosts, tmp_
     try:
         expect(proc, "STARTED")
         time.sleep(0.5)  # tasks are running on both hosts
-        hosts.nc("cut", hosts.names[2])
+        hosts.cut(2)
         time.sleep(3.0)  # well past the heartbeat time-out
-        hosts.nc("heal", hosts.names[2])
+        hosts.heal(2)
         result = expect(proc, "RESULT")
         proc.wait(timeout=30)
     finally:
@@ -163,7 +163,7 @@ def test_a_remote_driver_that_dies_has_its_tasks_cancelled(hosts, tmp_path):
     proc = driver(hosts, tmp_path, STUCK, address)
     try:
         expect(proc, "RUNNING")
-        hosts.nc("kill", hosts.names[3])  # the driver's machine: no FIN, no Goodbye
+        hosts.kill(3)  # the driver's machine: no FIN, no Goodbye
         t0 = time.monotonic()
         watch = tmp_path / "watch.py"
         watch.write_text(WATCH)
@@ -186,7 +186,7 @@ def test_node_agents_join_a_head_that_was_restarted(hosts, tmp_path):
     and the driver below hung with tasks assigned to a dead worker)."""
     address = start_cluster(hosts, tmp_path, 7323)
     head_ip = hosts.addr(0)
-    hosts.nc("kill", hosts.names[0])  # the head's machine: every process there dies
+    hosts.kill(0)  # the head's machine: every process there dies
     tries: list = []
 
     def head_started() -> bool:  # SIGKILL is not instant: the port is free once the old head is reaped
@@ -255,7 +255,7 @@ def test_a_dead_head_is_detected_by_drivers_and_node_agents(hosts, tmp_path):
     try:
         expect(proc, "RUNNING")
         assert hosts.agent_pids(1) and hosts.agent_pids(2)
-        hosts.nc("crash", hosts.names[0])
+        hosts.crash(0)
         t0 = time.monotonic()
         proc.stdin.write("go\n")
         proc.stdin.flush()

@@ -131,7 +131,7 @@ def test_a_reader_uses_another_copy_when_the_first_holder_dies(hosts, tmp_path):
     try:
         line = proc.stdout.readline()
         assert line.startswith("COPIED"), line + proc.stderr.read()
-        hosts.nc("kill", hosts.names[1])  # every process on h1 dies; peers see resets
+        hosts.kill(1)  # every process on h1 dies; peers see resets
         proc.stdin.write("go\n")
         proc.stdin.flush()
         stdout, stderr = proc.communicate(timeout=90)

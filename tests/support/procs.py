@@ -1,5 +1,5 @@
-"""Processes and shared memory a test leaves behind: who is still alive, waiting for them to
-go, killing what is left, and the entries of /dev/shm."""
+"""Processes and shared memory a test leaves behind: who is still alive (and what it runs),
+waiting for them to go, killing what is left, and the entries of /dev/shm."""
 
 from __future__ import annotations
 
@@ -30,6 +30,14 @@ def alive(pid: int) -> bool:
         return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
     except psutil.NoSuchProcess:
         return False
+
+
+def cmdline(pid: int) -> str:
+    """The command line of ``pid``, or "?" if it is gone."""
+    try:
+        return " ".join(psutil.Process(pid).cmdline())
+    except psutil.Error:
+        return "?"
 
 
 def wait_gone(pids: set[int], timeout: float = 10.0) -> set[int]:
