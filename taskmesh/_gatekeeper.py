@@ -138,7 +138,11 @@ class Gatekeeper:
                 if self._zap in ready:
                     self._answer(self._zap.recv_multipart())
                 if self._monitor in ready:
-                    self._watch(recv_monitor_message(self._monitor))
+                    event = recv_monitor_message(self._monitor)
+                    try:
+                        self._watch(event)
+                    except Exception:  # a monitor event only names peers in log lines
+                        log.exception("the gatekeeper could not read a connection event %r", event)
         except zmq.ContextTerminated:
             return
         except Exception:  # never let a bug stop admitting peers silently
@@ -219,11 +223,24 @@ class Gatekeeper:
 def _peer_address(fd: int) -> str | None:
     """host:port of the peer on an accepted connection's fd (libzmq's: only looked at)."""
     try:
-        with socket.fromfd(fd, socket.AF_INET, socket.SOCK_STREAM) as s:  # a duplicate fd
-            host, port = s.getpeername()[:2]
-        return f"{host}:{port}"
-    except OSError:
+        dup = os.dup(fd)
+    except OSError:  # libzmq closed it already
         return None
+    try:
+        s = socket.socket(fileno=dup)  # the family is read off the fd
+    except OSError:  # no longer a socket
+        os.close(dup)
+        return None
+    with s:
+        try:
+            peer = s.getpeername() if s.family in (socket.AF_INET, socket.AF_INET6) else None
+        except OSError:
+            return None
+    # By now libzmq may have closed the fd and the number been reused by another kind of
+    # socket (a pipe, a Unix socket): then there is no host and port to report.
+    if not isinstance(peer, tuple) or len(peer) < 2:
+        return None
+    return f"{peer[0]}:{peer[1]}"
 
 
 #: TCP states of a connection this side closed first: FIN_WAIT1, FIN_WAIT2, TIME_WAIT, CLOSING

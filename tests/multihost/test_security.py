@@ -164,6 +164,12 @@ def sniff():
             captured.extend(s.recv(65535))
         except socket.timeout:
             pass
+    s.setblocking(False)  # what the kernel queued before the stop, this thread may not have read
+    while True:
+        try:
+            captured.extend(s.recv(65535))
+        except BlockingIOError:
+            break
 
 t = threading.Thread(target=sniff)
 t.start()
