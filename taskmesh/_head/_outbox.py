@@ -7,7 +7,11 @@ a busy round still sends one message per peer per type.
 
 from __future__ import annotations
 
-from typing import Any, Iterator
+from typing import Any
+
+from .commands import Send
+
+_new_tuple = tuple.__new__  # (a NamedTuple's own __new__ is a Python call: this is C)
 
 
 class Outbox:
@@ -34,12 +38,13 @@ class Outbox:
         else:
             entries.append((None, msg))
 
-    def drain(self) -> Iterator[tuple[bytes, Any]]:
-        """Yield (peer, message) in order and empty the outbox."""
+    def drain_into(self, commands: list) -> None:
+        """Append a ``Send`` per message to ``commands``, in order, and empty the outbox."""
         by_peer, self.by_peer = self.by_peer, {}
+        append = commands.append
         for peer, entries in by_peer.items():
             for cls, payload in entries:
-                yield peer, (payload if cls is None else cls(payload))
+                append(_new_tuple(Send, (peer, payload if cls is None else cls(payload))))
 
     def __len__(self) -> int:
         return sum(len(v) for v in self.by_peer.values())

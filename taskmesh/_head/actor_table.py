@@ -21,7 +21,6 @@ from .. import _protocol as P
 from .._protocol import actor_handle_id, return_ids
 from .._resources import GPU, assign_gpus, describe
 from . import actors as A
-from . import events as E
 from .actors import ActorRec
 from .context import ERR, Context
 from .policy import fits
@@ -128,7 +127,7 @@ class ActorTable:
         if missing is not None:
             self._actor_dead(actor, f"its constructor's argument {missing.hex()} was freed")
             return
-        self.events.add((E.TaskSubmitted, self.ctx.now, spec.task_id, spec.name, spec.actor_id))
+        self.events.add(("TaskSubmitted", self.ctx.now, spec.task_id, spec.name, spec.actor_id))
         self.table.admit(t)
 
     def actor_task_ready(self, t: TaskRec) -> None:
@@ -234,7 +233,7 @@ class ActorTable:
             self.kill_actor(actor, why)
             return
         actor.state = A.ALIVE
-        self.events.add((E.ActorCreated, self.ctx.now, actor.actor_id, actor.class_name,
+        self.events.add(("ActorCreated", self.ctx.now, actor.actor_id, actor.class_name,
                                         actor.node.node_id if actor.node is not None else ""))
         self._dispatch_actor(actor)
 
@@ -288,7 +287,7 @@ class ActorTable:
             t.state = READY
             t.queued = True
             actor.calls.appendleft(t)
-            self.events.add((E.TaskRetried, self.ctx.now, t.spec.task_id, why))
+            self.events.add(("TaskRetried", self.ctx.now, t.spec.task_id, why))
         for t in fail:
             t.worker = None
             self.table.fail_task(t, ERR("ActorDiedError", A.died_message(actor, t.spec.name)))
@@ -302,7 +301,7 @@ class ActorTable:
                 actor.restarts_left -= 1
             actor.restarts += 1
             actor.state = A.RESTARTING
-            self.events.add((E.ActorRestarted, self.ctx.now, actor.actor_id, actor.restarts, why))
+            self.events.add(("ActorRestarted", self.ctx.now, actor.actor_id, actor.restarts, why))
             self.log.warning("%s died (%s): restarting it (restart %d)", actor.label(), why,
                         actor.restarts)
             self._start_constructor(actor)
@@ -353,7 +352,7 @@ class ActorTable:
         actor.state = A.DEAD
         actor.cause = why
         self.log.info("%s is dead: %s", actor.label(), why)
-        self.events.add((E.ActorDead, self.ctx.now, actor.actor_id, why))
+        self.events.add(("ActorDead", self.ctx.now, actor.actor_id, why))
         self.dead_actors.append(actor.actor_id)  # kept a while, to say why calls to it fail
         if len(self.dead_actors) > MAX_DEAD_ACTORS:
             self.actors.pop(self.dead_actors.popleft(), None)

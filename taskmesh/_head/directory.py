@@ -19,7 +19,6 @@ from typing import TYPE_CHECKING, Iterable, Iterator
 from .. import _protocol as P
 from .._protocol import HANDLE_INDEX
 from . import actors as A
-from . import events as E
 from .context import CHORE_SLICE, ERR, Context
 from .records import WAITING, NodeRec, ObjectRec, TaskRec, is_lost, require
 
@@ -240,7 +239,7 @@ class ObjectDirectory:
             obj.locations = holders
             for nid in holders:
                 self.members.nodes[nid].objects.add(oid)
-            self.events.add((E.ObjectStored, self.ctx.now, oid, nbytes, holders[0]))
+            self.events.add(("ObjectStored", self.ctx.now, oid, nbytes, holders[0]))
         out = self.out
         if push_owner and not obj.released and obj.owner in self.members.peers:
             pushed = (value if nbytes <= self.config.inline_push_bytes or value.is_error
@@ -289,7 +288,7 @@ class ObjectDirectory:
             if obj.locations:
                 self.free_copies(oid, obj.locations)
                 obj.locations = None
-                self.events.add((E.ObjectFreed, self.ctx.now, oid))
+                self.events.add(("ObjectFreed", self.ctx.now, oid))
             for inner_id in obj.contained or ():
                 inner = objects.get(inner_id)
                 if inner is not None:
@@ -386,7 +385,7 @@ class ObjectDirectory:
             if nid not in obj.locations:
                 obj.locations.append(nid)
                 node.objects.add(oid)
-                self.events.add((E.ObjectLocated, self.ctx.now, oid, nid))
+                self.events.add(("ObjectLocated", self.ctx.now, oid, nid))
                 self.reset_value(obj, self._marker(oid, obj.nbytes, obj.locations))
         for oid in msg.removed:
             node.objects.discard(oid)
@@ -411,7 +410,7 @@ class ObjectDirectory:
         else:
             why += "; a put() object cannot be rebuilt"
         obj.lineage = None
-        self.events.add((E.ObjectLost, self.ctx.now, oid, why))
+        self.events.add(("ObjectLost", self.ctx.now, oid, why))
         self.reset_value(obj, ERR("ObjectLostError", f"object {oid.hex()} ({obj.nbytes} bytes) "
                                     f"is lost: {why}, and no other node held a copy"))
 
@@ -433,7 +432,7 @@ class ObjectDirectory:
         missing = next((d for d in inputs if d not in self.objects), None)
         if missing is not None:
             obj.lineage = None
-            self.events.add((E.ObjectLost, self.ctx.now, oid, f"{why}; an input of its task was freed"))
+            self.events.add(("ObjectLost", self.ctx.now, oid, f"{why}; an input of its task was freed"))
             self.reset_value(obj, ERR("ObjectLostError", (
                 f"object {oid.hex()} is lost ({why}) and cannot be rebuilt: task {spec.name}, "
                 f"which made it, needs object {missing.hex()}, which was freed")))
@@ -443,8 +442,8 @@ class ObjectDirectory:
         t = TaskRec(spec, done.owner)
         t.retries_left = spec.max_retries
         self.rebuilt += 1
-        self.events.add((E.ObjectRebuilt, self.ctx.now, oid, spec.task_id))
-        self.events.add((E.TaskSubmitted, self.ctx.now, spec.task_id, spec.name, spec.actor_id))
+        self.events.add(("ObjectRebuilt", self.ctx.now, oid, spec.task_id))
+        self.events.add(("TaskSubmitted", self.ctx.now, spec.task_id, spec.name, spec.actor_id))
         self.table.admit(t)
 
     def held_bytes(self, t: TaskRec) -> dict[str, int] | None:

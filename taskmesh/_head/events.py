@@ -1,10 +1,9 @@
 """The head's event stream: every state change a user or operator could ask about, typed and
 timed, kept in a bounded ring with counters.
 
-    HeadState ──add((TaskStarted, at, task_id, node_id, worker_id))──▶ EventLog
-                                          absorb() once per round ──▶ ├─ ring of the last N
-                                                                      └─ counts per kind, and
-                                                                         tasks per state
+    HeadState ──add(("TaskStarted", at, task_id, node_id, worker_id))──▶ EventLog
+                              absorb() once ABSORB_AT are added ──▶ ├─ ring of the last N
+                                                                      └─ counts per kind
 
 This is what metrics, the dashboard, the timeline and the head's journal read: never the
 scheduler's records. Events are small named tuples (``at`` first: the head's clock, seconds);
@@ -12,16 +11,20 @@ ids are bytes (``task_id``, ``object_id``, ``actor_id``) or str (``node_id``). T
 the last ``capacity`` events (``Config.event_ring``; 0 turns the stream off) and numbers them,
 so a reader that comes back asks for what came after the last one it saw (``since``).
 
-Per-state task counters follow the task events: a task is *pending* from TaskSubmitted until
-it is queued, *queued* until TaskStarted, *running* until it ends (finished, failed,
-cancelled), and goes back to queued when it is retried.
+The counters are per kind, since the head started: tasks submitted, finished, failed,
+retried, cancelled; objects stored, freed, lost; and so on. A task is unfinished from its
+TaskSubmitted (a rebuilt object's task is submitted again) until it ends (TaskFinished,
+TaskFailed, TaskCancelled), so ``unfinished`` is a difference of counters. Which unfinished
+task is in which state is the task table's to say (``status`` counts it there when asked);
+a reader that wants a view of its own (per function, per node) builds it from ``since``,
+off the head's hot path.
 """
 
 from __future__ import annotations
 
 import itertools
 import operator
-from collections import Counter, deque
+from collections import Counter, _count_elements, deque  # type: ignore[attr-defined]
 from typing import Any, Callable, NamedTuple
 
 
@@ -184,34 +187,47 @@ EVENT_TYPES: dict[str, type] = {cls.__name__: cls for cls in (
     ObjectFreed, ObjectLost, ObjectRebuilt, NodeJoined, NodeDead, NodeFenced, DriverJoined,
     DriverLeft)}
 
-# the state a task event puts its task in (_ENDED: it left the counts)
-_ENDED = "ended"
-_TASK_MOVES: dict[type, str] = {
-    TaskSubmitted: "pending", TaskQueued: "queued", TaskStarted: "running",
-    TaskRetried: "queued", TaskFinished: _ENDED, TaskFailed: _ENDED, TaskCancelled: _ENDED,
-}
+#: the head absorbs added events once this many wait (fewer, larger steps)
+ABSORB_AT = 256
+
+#: the events that end a task
+TASK_ENDS = ("TaskFinished", "TaskFailed", "TaskCancelled")
 _kind_of = operator.itemgetter(0)
+
+
+def check_raw(raw: tuple) -> str | None:
+    """What is wrong with one recorded event, or None (for the head's invariant check)."""
+    cls = EVENT_TYPES.get(raw[0]) if raw else None
+    if cls is None:
+        return f"an event of unknown kind: {raw!r}"
+    if len(raw) - 1 != len(cls._fields):
+        return f"{raw[0]} needs {len(cls._fields)} fields ({', '.join(cls._fields)}): {raw!r}"
+    return None
 
 
 class EventLog:
     """The ring of recent events and the counters.
 
-    ``add`` is on the head's hot path (four task events per task), so it is only a list
-    append of a plain tuple, ``(EventType, at, field, ...)``; once per round the head calls
-    ``absorb``, which moves the new events into the ring, counts them by kind (at C speed)
-    and notes each unfinished task's state (one dictionary store). Readers get typed events
+    ``add`` is on the head's hot path (four to six events per task), so it is only a list
+    append of a plain tuple, ``("TaskStarted", at, field, ...)``: the kind is the event
+    type's name. A str, not the class: a tuple that holds only strings, bytes and numbers is
+    dropped from the garbage collector's lists at its first collection, while one that
+    holds a class is walked again and again (with the class, the stream cost a flood of
+    no-op tasks 12% of its rate; with names, nothing measurable). At the end of a round in
+    which ``ABSORB_AT`` events or more wait, the head calls ``absorb``, which moves them into
+    the ring and counts them by kind, with no Python-level step per event (every reader
+    absorbs first, so none sees the difference). Readers get typed events
     (``since``). With the stream off, ``add`` drops everything at C speed."""
 
-    __slots__ = ("ring", "_seq", "_counts", "_states", "_new", "add")
+    __slots__ = ("ring", "_seq", "_counts", "added", "add")
 
     def __init__(self, capacity: int) -> None:
         self.ring: deque | None = deque(maxlen=capacity) if capacity > 0 else None
         self._seq = 0  # events absorbed so far (the ring holds the last ones)
-        self._counts: Counter[type] = Counter()  # events per type, since start
-        self._states: dict[bytes, str] = {}  # task id -> its state, while it is not ended
-        self._new: list[tuple] = []  # added, not absorbed yet
-        #: add((EventType, at, field, ...)): record one event (absorbed at the round's end)
-        self.add: Callable[[tuple], None] = (self._new.append if capacity > 0
+        self._counts: Counter[str] = Counter()  # events per kind, since start
+        self.added: list[tuple] = []  # added, not absorbed yet
+        #: add(("EventType", at, field, ...)): record one event (absorbed in batches)
+        self.add: Callable[[tuple], None] = (self.added.append if capacity > 0
                                              else deque(maxlen=0).append)  # (a sink)
 
     @property
@@ -220,26 +236,16 @@ class EventLog:
 
     def emit(self, event: Any) -> None:
         """Record one typed event (off the hot path; ``add`` is the cheap way)."""
-        self.add((type(event), *event))
+        self.add((type(event).__name__, *event))
 
     def absorb(self) -> None:
         """Move the events added since the last call into the ring and the counters."""
-        new = self._new
+        new = self.added
         if not new:
             return
         ring = self.ring
         assert ring is not None
-        self._counts.update(map(_kind_of, new))
-        states = self._states
-        moves = _TASK_MOVES
-        for raw in new:
-            to = moves.get(raw[0])
-            if to is None:
-                continue
-            if to is _ENDED:
-                states.pop(raw[2], None)
-            else:
-                states[raw[2]] = to
+        _count_elements(self._counts, map(_kind_of, new))  # (Counter.update's C core)
         ring.extend(new)
         self._seq += len(new)
         new.clear()
@@ -251,19 +257,17 @@ class EventLog:
         return self._seq
 
     @property
-    def tasks(self) -> dict[str, int]:
-        """Unfinished tasks per state: pending (waiting for inputs), queued (for a worker or
-        its actor), running (on a worker, maybe behind others there). Counted when asked
-        (O(unfinished tasks), at C speed): only status and metrics ask."""
+    def unfinished(self) -> int:
+        """Tasks submitted (or submitted again, to rebuild an object) and not ended yet."""
         self.absorb()
-        counted = Counter(self._states.values())
-        return {state: counted.get(state, 0) for state in ("pending", "queued", "running")}
+        counts = self._counts
+        return counts["TaskSubmitted"] - sum(counts[kind] for kind in TASK_ENDS)
 
     @property
     def counts(self) -> dict[str, int]:
         """Events per kind (type name), since start."""
         self.absorb()
-        return {kind.__name__: n for kind, n in self._counts.items()}
+        return dict(self._counts)
 
     def since(self, seq: int, limit: int = 1000) -> tuple[int, list]:
         """Events after number ``seq`` (0: the oldest kept), at most ``limit``, as typed
@@ -275,12 +279,20 @@ class EventLog:
             return self._seq, []
         first = self._seq - len(ring)  # the number before the oldest kept
         start = max(seq, first) - first
-        out = [raw[0](*raw[1:]) for raw in itertools.islice(ring, start, start + limit)]
+        types = EVENT_TYPES
+        out = [types[raw[0]](*raw[1:]) for raw in itertools.islice(ring, start, start + limit)]
         return first + start + len(out), out
 
+    def check_invariants(self) -> None:
+        """Raise AssertionError unless every event kept is of a known kind with its fields."""
+        for raw in itertools.chain(self.ring or (), self.added):
+            wrong = check_raw(raw)
+            if wrong is not None:
+                raise AssertionError(wrong)
+
     def summary(self) -> dict:
-        """For ``status``: events per kind and tasks per state."""
-        return {"events": self.counts, "tasks": dict(self.tasks), "seq": self.seq}
+        """For ``status``: events per kind, unfinished tasks and the latest event's number."""
+        return {"events": self.counts, "unfinished": self.unfinished, "seq": self.seq}
 
 
 def as_lists(events: list) -> list:

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import bisect
 from collections import deque
-from typing import Any, Iterator
+from typing import Any
 
 from .. import _protocol as P
 
@@ -100,11 +100,6 @@ class Intake:
     def wants_more(self) -> bool:
         """True while the head should read more bulk from its sockets."""
         return len(self.bulk) < self.max_backlog
-
-    def take_liveness(self) -> Iterator[tuple[bytes, Any, float]]:
-        lane = self.liveness
-        while lane:
-            yield lane.popleft()
 
     def __bool__(self) -> bool:
         return bool(self.liveness or self.bulk)

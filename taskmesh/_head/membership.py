@@ -20,7 +20,6 @@ from typing import TYPE_CHECKING, Any
 from .. import _protocol as P
 from .._resources import CPU, UNIT, describe, valid
 from . import actors as A
-from . import events as E
 from .context import Context
 from .records import ASSIGNED, NodeRec, WorkerRec, add_to, exit_cause, int_field, require, sub_from
 
@@ -153,7 +152,7 @@ class Membership:
             if life is Life.DEAD or life is Life.FENCED:
                 self.move(peer, PeerKind.NODE, "spoke")
                 if life is Life.DEAD:
-                    self.events.add((E.NodeFenced, self.ctx.now, self.ended.get(peer, "")))
+                    self.events.add(("NodeFenced", self.ctx.now, self.ended.get(peer, "")))
             self.out.send(peer, P.Refused("this head declared the node dead (it was silent "
                                           "longer than the heartbeat time-out); join again "
                                           "as a new incarnation"))
@@ -239,7 +238,7 @@ class Membership:
         if msg.kind in ("driver", "status"):
             self.move(peer, PeerKind(msg.kind), "hello")
             if msg.kind == "driver":
-                self.events.add((E.DriverJoined, self.ctx.now, peer))
+                self.events.add(("DriverJoined", self.ctx.now, peer))
                 beat_s = info.get("heartbeat_s")
                 if isinstance(beat_s, (int, float)) and beat_s > 0:
                     self.beating[peer] = [self.ctx.now, float(beat_s)]
@@ -274,7 +273,7 @@ class Membership:
                     self._stale_worker(w, node_id)
             self.log.info("node %s joined from %s with %s", node_id, node.address,
                      describe(node.total))
-            self.events.add((E.NodeJoined, self.ctx.now, node_id, node.address, node.incarnation))
+            self.events.add(("NodeJoined", self.ctx.now, node_id, node.address, node.incarnation))
         elif msg.kind == "worker":
             node_id = str(info.get("node_id", ""))
             w = WorkerRec(peer, str(info.get("worker_id", "")), None, int_field(info.get("pid")),
@@ -344,7 +343,7 @@ class Membership:
         else needs."""
         kind = self.peers.get(peer)
         if kind is PeerKind.DRIVER:
-            self.events.add((E.DriverLeft, self.ctx.now, peer, why))
+            self.events.add(("DriverLeft", self.ctx.now, peer, why))
         self.beating.pop(peer, None)
         if kind is PeerKind.DRIVER or kind is PeerKind.STATUS:
             self.move(peer, kind, "silent" if silent else "left")
@@ -434,7 +433,7 @@ class Membership:
         its copies are re-found or rebuilt."""
         self.log.log(level, "node %s (%s) declared dead: %s", node.node_id, node.address, why)
         node.alive = False
-        self.events.add((E.NodeDead, self.ctx.now, node.node_id, why))
+        self.events.add(("NodeDead", self.ctx.now, node.node_id, why))
         for w in [*node.workers.values(), *node.actor_workers.values()]:
             self.worker_lost(w, "NodeLostError", f"node {node.node_id} ({node.address}) was lost ({why})")
         while node.actor_queue:  # placed there, but no worker had started yet

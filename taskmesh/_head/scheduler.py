@@ -23,7 +23,6 @@ from typing import TYPE_CHECKING, Iterable
 
 from .. import _protocol as P
 from .._resources import CPU, GPU, assign_gpus, describe, device_order
-from . import events as E
 from .context import ERR, Context
 from .policy import fits, is_short, pick_node, pick_spread, pipeline_window, steal_count, workers_to_start
 from .records import (
@@ -129,7 +128,8 @@ class Scheduler:
 
     def schedule(self) -> None:
         """Assign ready tasks to workers (called after every input batch)."""
-        self.actor_table.place_waiting()
+        if self.actor_table.unplaced:
+            self.actor_table.place_waiting()
         for shape, queue in list(self.queues.items()):
             if queue:
                 self._schedule_shape(queue)
@@ -297,7 +297,7 @@ class Scheduler:
 
     def make_ready(self, t: TaskRec) -> None:
         """A task's inputs exist: queue it (warning its owner once if no node could ever run it)."""
-        self.events.add((E.TaskQueued, self.ctx.now, t.spec.task_id))
+        self.events.add(("TaskQueued", self.ctx.now, t.spec.task_id))
         if t.spec.actor_id:
             self.actor_table.actor_task_ready(t)
             return
@@ -432,7 +432,10 @@ class Scheduler:
         t.state = ASSIGNED
         t.worker = w
         w.assigned.append(t)
-        self.started(t, w)
+        if self.events.on:  # (started(), inlined: this is per task)
+            node = w.node
+            self.events.add(("TaskStarted", self.ctx.now, t.spec.task_id,
+                             node.node_id if node is not None else "", w.worker_id))
         if t.spec.timeout_s:
             t.started = self.ctx.now if len(w.assigned) == 1 else None
             self.table.watch_timeout(t)
@@ -443,7 +446,7 @@ class Scheduler:
         events = self.events
         if events.on:
             node = w.node
-            events.add((E.TaskStarted, self.ctx.now, t.spec.task_id,
+            events.add(("TaskStarted", self.ctx.now, t.spec.task_id,
                                       node.node_id if node is not None else "", w.worker_id))
 
     def assignment(self, t: TaskRec, w: WorkerRec) -> P.Assignment:

@@ -1,6 +1,6 @@
 """The head process: its sockets and a loop that feeds HeadState in bounded slices.
 
-    peers ──▶ ROUTER / local socket ──decode──▶ Intake ──liveness first──▶ HeadState.handle_all()
+    peers ──▶ ROUTER / local socket ──decode──▶ Intake ──liveness first──▶ HeadState.handle_turn()
                                                        └─bulk, ≤ SLICE_S per turn─┘   │
               peers ◀── ROUTER / local socket ◀── Send commands (Log: logging) ◀─────┘
               tick() every 0.1 s, run_chores() between messages: commands the same way
@@ -22,7 +22,6 @@ import logging
 import os
 import signal
 import time
-from typing import Iterator
 
 from .. import _protocol as P
 from .._daemon import report_ready
@@ -114,7 +113,10 @@ class HeadServer:
             self._read(ready)
             if intake.liveness or intake.bulk:
                 deadline = time.monotonic() + SLICE_S
-                self._carry_out(state.handle_all(self._turn(deadline)))
+                if intake.bulk:  # how long this turn's oldest message waited
+                    self.lag.add(time.monotonic() - intake.bulk[0][2])
+                self._carry_out(state.handle_turn(intake.liveness, intake.bulk, deadline,
+                                                  time.monotonic))
                 if state.chores and time.monotonic() < deadline:
                     self._carry_out(state.run_chores(deadline, time.monotonic))
                 idle_since = None
@@ -150,26 +152,6 @@ class HeadServer:
             add(peer, msg, now)
         for peer in self.sock.closed_peers():
             intake.closed(peer, now)  # after what it sent before
-
-    def _turn(self, deadline: float) -> Iterator[tuple[bytes, object, float]]:
-        """This turn's messages: heartbeats and pings first, then bulk messages in arrival
-        order until the lane is empty or ``deadline``; each with the time it is handled (one
-        may take long, a Release of a million refs in slices, and a heartbeat after it must
-        not look late)."""
-        clock = time.monotonic
-        for peer, msg, _arrived in self.intake.take_liveness():
-            yield peer, msg, clock()
-        bulk = self.intake.bulk
-        if not bulk:
-            return
-        self.lag.add(clock() - bulk[0][2])  # how long this turn's oldest message waited
-        n = 0
-        while bulk:
-            peer, msg, _arrived = bulk.popleft()
-            yield peer, msg, clock()
-            n += 1
-            if not n & 31 and clock() >= deadline:
-                return
 
     def _transport_counts(self) -> dict:
         sock = self.sock

@@ -2,6 +2,7 @@
 
     peer message ──handle(peer, msg, now)──▶ HeadState ──▶ [Send, Log, InternalError]
     batch ──handle_all([(peer, msg, now), ...])──▶    one scheduling round for the batch
+    the shell's queues ──handle_turn(liveness, bulk, deadline, clock)──▶   (the same, bounded)
     clock ──tick(now, stalled)──▶ heartbeat deadlines, time-outs, stealing, idle workers
 
     HeadState ─┬─ Membership (membership.py): peers and their life cycle, nodes, workers
@@ -22,6 +23,7 @@ opaque bytes: it never unpickles them.
 from __future__ import annotations
 
 import traceback
+from collections import deque
 from typing import Any, Callable, Iterable
 
 from .. import _protocol as P
@@ -30,7 +32,7 @@ from ..config import Config
 from . import actors as A
 from . import events as E
 from .actor_table import ActorTable
-from .commands import Command, InternalError, Send
+from .commands import Command, InternalError
 from .context import CHORE_SLICE, Context
 from .directory import ObjectDirectory
 from .intake import DISCONNECTED
@@ -96,17 +98,51 @@ class HeadState:
     def handle(self, peer: bytes, msg: Any, now: float) -> list[Command]:
         """Apply one decoded message from ``peer`` (``DISCONNECTED``: its connection closed),
         schedule, and return what to do: messages to send, lines to log."""
-        self._apply_guarded(peer, msg, now)
+        self._take(deque(((peer, msg, now),)), None, None)
         return self._round()
 
     def handle_all(self, messages: Iterable[tuple[bytes, Any, float]]) -> list[Command]:
         """``handle`` for a batch of (peer, message, time received): one scheduling round and
-        one batched message per peer and type for all of them (the I/O shell's way: batching
-        is what keeps the head fast under load)."""
-        apply = self._apply_guarded
-        for peer, msg, now in messages:
-            apply(peer, msg, now)
+        one batched message per peer and type for all of them (batching is what keeps the
+        head fast under load)."""
+        self._take(deque(messages), None, None)
         return self._round()
+
+    def handle_turn(self, liveness: deque, bulk: deque, deadline: float,
+                    clock: Callable[[], float]) -> list[Command]:
+        """The I/O shell's way: one turn of its loop, with one scheduling round. The queues
+        hold (peer, message, time read) and are taken from: every liveness message first,
+        then bulk messages in arrival order until none is left or ``clock()`` has passed
+        ``deadline`` (looked at every 32). Each is handled at the time ``clock()`` gives
+        when its turn comes: one may take long (a Release of a million refs, in slices),
+        and a heartbeat after it must not look late."""
+        if liveness:
+            self._take(liveness, None, clock)
+        self._take(bulk, deadline, clock)
+        return self._round()
+
+    def _take(self, queue: deque, deadline: float | None,
+              clock: Callable[[], float] | None) -> None:
+        """Apply messages off ``queue`` (see ``handle_turn``; no clock: each message's own
+        time). This is the per-message path: kept to one function."""
+        ctx, apply, members, pop = self.ctx, self._apply, self.members, queue.popleft
+        n = 0
+        while queue:
+            peer, msg, now = pop()
+            if clock is not None:
+                now = clock()
+            try:
+                ctx.now = now
+                if msg is DISCONNECTED:
+                    members.disconnected(peer)
+                else:
+                    apply(peer, msg, now)
+            except Exception:  # a bug must not take the head down: reported, counted, survived
+                self._internal_error("a closed connection" if msg is DISCONNECTED
+                                     else type(msg).__name__, peer)
+            n += 1
+            if deadline is not None and not n & 31 and clock() >= deadline:  # type: ignore[misc]
+                return
 
     def tick(self, now: float, stalled: float = 0.0, shell: dict | None = None) -> list[Command]:
         """Time passed: heartbeat deadlines, time-outs, retries that waited, stealing, credits
@@ -155,23 +191,14 @@ class HeadState:
         except Exception:
             self._internal_error("scheduling", b"")
         ctx = self.ctx
-        ctx.events.absorb()
-        commands: list[Command] = [Send(peer, msg) for peer, msg in ctx.out.drain()]
+        if len(ctx.events.added) >= E.ABSORB_AT:
+            ctx.events.absorb()
+        commands: list[Command] = []
+        ctx.out.drain_into(commands)
         if ctx.notes:
             commands += ctx.notes
             ctx.notes.clear()
         return commands
-
-    def _apply_guarded(self, peer: bytes, msg: Any, now: float) -> None:
-        try:
-            self.ctx.now = now
-            if msg is DISCONNECTED:
-                self.members.disconnected(peer)
-            else:
-                self._apply(peer, msg, now)
-        except Exception:  # a bug must not take the head down: reported, counted, survived
-            self._internal_error("a closed connection" if msg is DISCONNECTED
-                                 else type(msg).__name__, peer)
 
     def _internal_error(self, what: str, peer: bytes) -> None:
         """Called in an ``except`` block: count it with the dropped messages (status shows
@@ -240,7 +267,7 @@ class HeadState:
                 # set by the I/O shell: connections refused, malformed messages, encryption
                 "transport": self.shell.get("transport", {}),
                 "loop_lag": self.shell.get("loop_lag", {}),
-                # the event stream's counters: events per kind, tasks per state
+                # the event stream's counters: events per kind, unfinished tasks
                 "stream": self.events.summary(),
             }
         if what == "events" or what.startswith("events:"):  # events:<number seen last>
@@ -264,7 +291,7 @@ class HeadState:
         self.directory.check_invariants()
         self.actor_table.check_invariants()
         if self.events.on:
-            counted = sum(self.events.tasks.values())
+            self.events.check_invariants()
+            counted = self.events.unfinished
             require(counted == len(self.table.tasks), f"the event stream counts {counted} "
-                    f"unfinished tasks ({self.events.tasks}), the head has "
-                    f"{len(self.table.tasks)}")
+                    f"unfinished tasks, the head has {len(self.table.tasks)}")

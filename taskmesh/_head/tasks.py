@@ -21,7 +21,6 @@ from typing import TYPE_CHECKING, Any, Iterator
 from .. import _protocol as P
 from .._protocol import return_ids
 from . import actors as A
-from . import events as E
 from .context import CHORE_SLICE, ERR, Context
 from .records import (
     ASSIGNED,
@@ -140,7 +139,7 @@ class TaskTable:
             else:
                 requeue.append(t)
         for t in reversed(requeue):
-            self.events.add((E.TaskRetried, self.ctx.now, t.spec.task_id, why))
+            self.events.add(("TaskRetried", self.ctx.now, t.spec.task_id, why))
             self.scheduler.enqueue(t, front=True)
 
     # ------------------------------------------------------------------ messages
@@ -153,14 +152,16 @@ class TaskTable:
         """New tasks: check each, create its return objects, count it against its driver's
         window, and admit it (or fail it at once, saying why)."""
         objects = self.directory.objects
-        events = self.events
+        add_event, now = self.events.add, self.ctx.now
         credit = self.members.peers.get(peer) == "driver"
+        take_credit = self.scheduler.take_credit
         intern = self._intern
         expect = self.directory.expect
+        tasks, actors = self.tasks, self.actor_table.actors
         for spec in msg.tasks:
             rids = None
             if (0 <= spec.num_returns <= MAX_RETURNS and len(spec.task_id) == 16
-                    and spec.task_id not in self.tasks and spec.task_id not in self.actor_table.actors
+                    and spec.task_id not in tasks and spec.task_id not in actors
                     and spec.method != "__init__"):
                 rids = return_ids(spec.task_id, spec.num_returns)
                 if not objects.keys().isdisjoint(rids):  # its results exist: a duplicate
@@ -176,21 +177,21 @@ class TaskTable:
                              f"{MAX_RETURNS:,} returns, or it is an actor constructor",
                              object_ids=self._unclaimed_returns(spec))
                 continue
-            if len(self.tasks) > INTERN_ABOVE:  # many pending: tasks of one function share
+            if len(tasks) > INTERN_ABOVE:  # many pending: tasks of one function share
                 # their name, function id and resources (one copy each; costs ~1 us a task)
                 spec = spec._replace(name=intern(spec.name),
                                      function_id=intern(spec.function_id),
                                      resources=intern(spec.resources))
             t = TaskRec(spec, peer)
-            events.add((E.TaskSubmitted, self.ctx.now, spec.task_id, spec.name, spec.actor_id))
+            add_event(("TaskSubmitted", now, spec.task_id, spec.name, spec.actor_id))
             if credit:
-                over = self.scheduler.take_credit(peer)
+                over = take_credit(peer)
                 if over is not None:  # it ignores Credit: bound what it costs the head
                     self._over_window(t, rids, *over)
                     continue
                 t.credit = True
             if spec.actor_id:
-                actor = self.actor_table.actors.get(spec.actor_id)
+                actor = actors.get(spec.actor_id)
                 if actor is None or actor.state == A.DEAD:
                     expect(peer, rids)
                     why = (A.died_message(actor, spec.name) if actor is not None else
@@ -216,7 +217,7 @@ class TaskTable:
             if spec.actor_id:  # in submission order: it leaves the queue only in its turn
                 t.state = WAITING
                 t.queued = True
-                self.actor_table.actors[spec.actor_id].calls.append(t)
+                actors[spec.actor_id].calls.append(t)
             if spec.parent:
                 self._add_child(spec.parent, t)
             self.admit(t)
@@ -400,7 +401,7 @@ class TaskTable:
                 if t.retries_left > 0:
                     t.retries_left -= 1
                 t.worker = None
-                self.events.add((E.TaskRetried, self.ctx.now, t.spec.task_id, "it raised"))
+                self.events.add(("TaskRetried", self.ctx.now, t.spec.task_id, "it raised"))
                 self.scheduler.enqueue(t)
                 continue
             if (r.returns and r.returns[0].flags == P.SerializedObject.SYSTEM_ERROR
@@ -438,7 +439,7 @@ class TaskTable:
                 self.actor_table.actor_created(actor, t, failed)
             return True
         delay = min(DEPENDENCY_RETRY_MAX_S, DEPENDENCY_RETRY_S * 2 ** (t.dep_failures - 1))
-        self.events.add((E.TaskRetried, self.ctx.now, t.spec.task_id, "an input could not be read"))
+        self.events.add(("TaskRetried", self.ctx.now, t.spec.task_id, "an input could not be read"))
         t.state = WAITING
         self.deferred.append((self.ctx.now + delay, t))
         return True
@@ -450,7 +451,7 @@ class TaskTable:
         if self.tasks.get(old.spec.task_id) is not old:
             return
         del self.tasks[old.spec.task_id]
-        self.events.add((E.TaskCancelled, self.ctx.now, old.spec.task_id, "its actor restarts"))
+        self.events.add(("TaskCancelled", self.ctx.now, old.spec.task_id, "its actor restarts"))
         self.cancel_waiting(old)
         self.timed.discard(old)
         old.state = CANCELLED
@@ -479,7 +480,7 @@ class TaskTable:
         starts); free what it held."""
         state = t.state
         t.state = CANCELLED
-        self.events.add((E.TaskCancelled, self.ctx.now, t.spec.task_id, why))
+        self.events.add(("TaskCancelled", self.ctx.now, t.spec.task_id, why))
         if t.credit:  # its driver left: the task leaves its window all the same
             self.scheduler.return_credit(t)
         self.tasks.pop(t.spec.task_id, None)
@@ -543,15 +544,15 @@ class TaskTable:
         if events.on:
             first = returns[0] if returns else None
             if first is None or not first.is_error:
-                events.add((E.TaskFinished, self.ctx.now, t.spec.task_id, duration))
+                events.add(("TaskFinished", self.ctx.now, t.spec.task_id, duration))
             else:
                 kind = (first.read_system_error()[0]
                         if first.flags == P.SerializedObject.SYSTEM_ERROR else "TaskError")
                 if kind == "TaskCancelledError":
-                    events.add((E.TaskCancelled, self.ctx.now, t.spec.task_id,
+                    events.add(("TaskCancelled", self.ctx.now, t.spec.task_id,
                                                 first.read_system_error()[1]))
                 else:
-                    events.add((E.TaskFailed, self.ctx.now, t.spec.task_id, kind))
+                    events.add(("TaskFailed", self.ctx.now, t.spec.task_id, kind))
         if t.credit:
             self.scheduler.return_credit(t)
         t.state = DONE

@@ -1,7 +1,9 @@
 """The head's event stream: which events a task, an actor, an object, a node and a driver
-produce, the per-state task counters, and reading the ring from a sequence number."""
+produce, the counters, and reading the ring from a sequence number."""
 
 from __future__ import annotations
+
+import pytest
 
 from taskmesh import _protocol as P
 from taskmesh._head import events as E
@@ -32,7 +34,7 @@ def test_a_task_is_submitted_queued_started_and_finished_with_its_node_and_worke
     c.now = 5.0
     [t] = c.submit(fid)
     c.drain()
-    assert c.state.events.tasks == {"pending": 0, "queued": 0, "running": 1}
+    assert c.state.events.unfinished == 1
     c.now = 6.0
     c.finish(w, t, duration=0.75)
     assert kinds(c, t) == ["TaskSubmitted", "TaskQueued", "TaskStarted", "TaskFinished"]
@@ -42,10 +44,11 @@ def test_a_task_is_submitted_queued_started_and_finished_with_its_node_and_worke
     assert queued.at == 5.0
     assert (started.node_id, started.worker_id) == ("n1", c.worker_info[w][1])
     assert finished == E.TaskFinished(6.0, t, 0.75)
-    assert c.state.events.tasks == {"pending": 0, "queued": 0, "running": 0}
+    assert c.state.events.unfinished == 0
+    assert c.state.events.counts["TaskSubmitted"] == c.state.events.counts["TaskFinished"] == 1
 
 
-def test_counters_follow_tasks_waiting_for_inputs_and_for_a_worker():
+def test_the_unfinished_count_follows_tasks_waiting_for_inputs_and_for_a_worker():
     c = Cluster()
     c.add_node("n1", cpus=1)
     fid = c.register()
@@ -53,10 +56,13 @@ def test_counters_follow_tasks_waiting_for_inputs_and_for_a_worker():
     [child] = c.submit(fid, deps=[ret(first)])
     c.drain()
     # one runs, one waits for a worker, one waits for its input
-    assert c.state.events.tasks == {"pending": 1, "queued": 1, "running": 1}
-    assert sum(c.state.events.tasks.values()) == len(c.state.table.tasks)
+    status = c.state.info("status")
+    assert status["tasks"] == {"running": 1, "queued": 1, "waiting_for_deps": 1,
+                               "finished": 0, "failed": 0}
+    assert c.state.events.unfinished == 3 == status["stream"]["unfinished"]
+    counts = c.state.events.counts
+    assert (counts["TaskSubmitted"], counts["TaskQueued"], counts["TaskStarted"]) == (3, 2, 1)
     c.state.check_invariants()
-    assert c.state.info("status")["stream"]["tasks"] == c.state.events.tasks
 
 
 def test_a_raising_task_is_retried_then_fails_and_says_why():
@@ -99,7 +105,7 @@ def test_cancel_emits_cancelled_not_failed():
     assert kinds(c, queued)[-1] == "TaskCancelled"
     assert kinds(c, running)[-1] == "TaskCancelled"
     assert "TaskFailed" not in c.state.events.counts
-    assert c.state.events.tasks == {"pending": 0, "queued": 0, "running": 0}
+    assert c.state.events.unfinished == 0
 
 
 def test_nodes_join_die_and_are_fenced_when_they_speak_again():
@@ -196,13 +202,45 @@ def test_a_ring_of_zero_turns_the_stream_off():
 
 def test_added_events_count_once_absorbed_and_a_log_that_is_off_drops_them():
     log = E.EventLog(10)
-    log.add((E.TaskSubmitted, 1.0, b"t" * 16, "f", b""))
-    log.add((E.TaskQueued, 2.0, b"t" * 16))
-    assert log._new  # (not absorbed yet: the head absorbs once per round)
-    assert log.tasks == {"pending": 0, "queued": 1, "running": 0}  # reading absorbs
+    log.add(("TaskSubmitted", 1.0, b"t" * 16, "f", b""))
+    log.add(("TaskQueued", 2.0, b"t" * 16))
+    assert log.added  # (not absorbed yet: the head absorbs once ABSORB_AT events wait)
+    assert log.unfinished == 1 and log.counts == {"TaskSubmitted": 1, "TaskQueued": 1}  # absorbed
     assert log.since(0)[1] == [E.TaskSubmitted(1.0, b"t" * 16, "f", b""),
                                E.TaskQueued(2.0, b"t" * 16)]
     off = E.EventLog(0)
-    off.add((E.TaskQueued, 2.0, b"t" * 16))
+    off.add(("TaskQueued", 2.0, b"t" * 16))
     off.emit(E.DriverJoined(1.0, b"d"))
     assert off.seq == 0 and off.counts == {} and not off.on
+
+
+def test_every_event_the_parts_record_names_a_known_kind_with_its_fields():
+    """The parts record events as plain tuples whose first item is the kind's name (see
+    EventLog): a misspelt name or a missing field is caught here, for every call site."""
+    import ast
+    from pathlib import Path
+
+    import taskmesh._head as head
+
+    sites = 0
+    for path in Path(head.__file__).parent.glob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)
+                    and node.func.attr == "add" and len(node.args) == 1
+                    and isinstance(node.args[0], ast.Tuple) and node.args[0].elts
+                    and isinstance(node.args[0].elts[0], ast.Constant)
+                    and isinstance(node.args[0].elts[0].value, str)):
+                fields = node.args[0].elts
+                raw = (fields[0].value, *range(len(fields) - 1))
+                assert E.check_raw(raw) is None, f"{path.name}:{node.lineno}: {E.check_raw(raw)}"
+                sites += 1
+    assert sites >= 25  # (the scan finds the call sites)
+    assert E.check_raw(("TaskQueued", 1.0)) is not None
+    assert E.check_raw(("TaskQueud", 1.0, b"t")) is not None
+
+
+def test_the_invariant_check_catches_a_malformed_event():
+    c = Cluster()
+    c.state.events.add(("TaskQueued", 1.0))  # a field short
+    with pytest.raises(AssertionError, match="TaskQueued needs 2 fields"):
+        c.state.check_invariants()

@@ -20,9 +20,31 @@ def test_heartbeats_and_pings_take_the_liveness_lane():
     intake.add(b"n", P.Heartbeat({}), 2.0)
     intake.add(b"d", P.InfoRequest(0, "ping"), 3.0)
     intake.add(b"d", P.InfoRequest(5, "status"), 4.0)  # an answer the peer waits for: in order
-    assert [type(m).__name__ for _, m, _ in intake.take_liveness()] == ["Heartbeat", "InfoRequest"]
+    assert [type(m).__name__ for _, m, _ in intake.liveness] == ["Heartbeat", "InfoRequest"]
     assert [type(m).__name__ for _, m, _ in intake.bulk] == ["Release", "InfoRequest"]
     assert is_liveness(P.InfoRequest(0, "ping")) and not is_liveness(P.InfoRequest(0, "nodes"))
+
+
+def test_a_turn_takes_liveness_first_then_bulk_until_its_deadline_at_the_clocks_times():
+    c = Cluster(heartbeat_timeout_s=2.0)
+    c.add_node("n1", cpus=1)
+    intake = Intake(max_backlog=1000)
+    for i in range(100):  # info requests: each gets its own answer, so each is seen handled
+        intake.add(c.driver, P.InfoRequest(i + 1, "nodes"), 1.0)
+    intake.add(c.node_peer["n1"], P.Heartbeat({}), 2.0)
+    times = iter(range(10, 1000))
+    clock = lambda: float(next(times))  # noqa: E731 (one tick per look)
+    c.carry_out(c.state.handle_turn(intake.liveness, intake.bulk, 45.0, clock))
+    answered = [m.request_id for m in c.drain().to(c.driver, P.InfoReply)]
+    # the heartbeat came first, at the clock's first reading (10), not when it was read (2.0)
+    assert c.node("n1").last_seen == 10.0
+    # 32 messages, then the deadline was looked at: 11 + 32 readings = 43 < 45, so 32 more;
+    # 11 + 64 + 1 = 76 >= 45: stop. The rest waits in the queue, in order.
+    assert answered == list(range(1, 65))
+    assert [m.request_id for _, m, _ in intake.bulk] == list(range(65, 101))
+    c.carry_out(c.state.handle_turn(intake.liveness, intake.bulk, 10_000.0, clock))
+    assert [m.request_id for m in c.drain().to(c.driver, P.InfoReply)] == list(range(65, 101))
+    assert not intake
 
 
 def test_a_long_message_is_cut_in_slices_that_keep_its_order():
