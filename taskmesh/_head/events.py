@@ -219,20 +219,17 @@ class EventLog:
     absorbs first, so none sees the difference). Readers get typed events
     (``since``). With the stream off, ``add`` drops everything at C speed."""
 
-    __slots__ = ("ring", "_seq", "_counts", "added", "add")
+    __slots__ = ("ring", "on", "_seq", "_counts", "added", "add")
 
     def __init__(self, capacity: int) -> None:
         self.ring: deque | None = deque(maxlen=capacity) if capacity > 0 else None
+        self.on = self.ring is not None  # (an attribute, not a property: read per task)
         self._seq = 0  # events absorbed so far (the ring holds the last ones)
         self._counts: Counter[str] = Counter()  # events per kind, since start
         self.added: list[tuple] = []  # added, not absorbed yet
         #: add(("EventType", at, field, ...)): record one event (absorbed in batches)
         self.add: Callable[[tuple], None] = (self.added.append if capacity > 0
                                              else deque(maxlen=0).append)  # (a sink)
-
-    @property
-    def on(self) -> bool:
-        return self.ring is not None
 
     def emit(self, event: Any) -> None:
         """Record one typed event (off the hot path; ``add`` is the cheap way)."""

@@ -396,6 +396,8 @@ class TaskTable:
             d = r.duration_s
             if 0.0 <= d < 1e9:  # (not NaN, negative or infinite: placement computes with it)
                 ran(t.spec.function_id, d)
+            else:
+                d = 0.0
             if (t.spec.retry_exceptions and t.retries_left != 0 and r.returns
                     and not r.no_retry and r.returns[0].flags == P.SerializedObject.TASK_ERROR):
                 if t.retries_left > 0:
@@ -412,7 +414,7 @@ class TaskTable:
                            f"task {t.spec.name}, expected {t.spec.num_returns}")
                 self._finish(t, [err] * t.spec.num_returns)
             else:
-                self._finish(t, r.returns, node=w.node, duration=max(0.0, min(d, 1e9)))
+                self._finish(t, r.returns, node=w.node, duration=d)
                 if t.spec.method == "__init__" and w.actor is not None:
                     self.actor_table.actor_created(w.actor, t, r.returns[0] if r.returns else None)
             if w.node is not None:
@@ -543,7 +545,7 @@ class TaskTable:
         events = self.events
         if events.on:
             first = returns[0] if returns else None
-            if first is None or not first.is_error:
+            if first is None or not 1 <= first.flags <= 2:  # (not first.is_error: per task)
                 events.add(("TaskFinished", self.ctx.now, t.spec.task_id, duration))
             else:
                 kind = (first.read_system_error()[0]
