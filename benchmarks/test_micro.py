@@ -142,3 +142,13 @@ def test_failure_small(api: RayLikeApi) -> None:
     assert len(info["pool_after"]) == NUM_WORKERS
     assert info["killed_pid"] not in info["pool_after"]
     assert wl.note_failure({"warmup": None, "timed": [info]})
+
+
+def test_head_replay_flood(benchmark: Any) -> None:
+    """The head's state alone (benchmarks/head_replay.py): a small flood, every task assigned
+    and finished (the replay unpacks what the head sent, so a head that stops assigning fails)."""
+    from benchmarks import head_replay
+
+    per_task = benchmark(head_replay.flood, None, 20, 50)
+    trip = head_replay.round_trip(None, n=30)
+    assert per_task > 0 and set(trip) == {"submit", "result", "release"}
