@@ -232,15 +232,15 @@ def _peer_address(fd: int) -> str | None:
         os.close(dup)
         return None
     with s:
+        # By now libzmq may have closed the fd and the number been reused by another kind
+        # of socket (a Unix socket): then there is no host and port to report.
+        if s.family not in (socket.AF_INET, socket.AF_INET6):
+            return None
         try:
-            peer = s.getpeername() if s.family in (socket.AF_INET, socket.AF_INET6) else None
+            host, port = s.getpeername()[:2]
         except OSError:
             return None
-    # By now libzmq may have closed the fd and the number been reused by another kind of
-    # socket (a pipe, a Unix socket): then there is no host and port to report.
-    if not isinstance(peer, tuple) or len(peer) < 2:
-        return None
-    return f"{peer[0]}:{peer[1]}"
+    return f"{host}:{port}"
 
 
 #: TCP states of a connection this side closed first: FIN_WAIT1, FIN_WAIT2, TIME_WAIT, CLOSING

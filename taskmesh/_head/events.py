@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import itertools
 import operator
-from collections import Counter, _count_elements, deque  # type: ignore[attr-defined]
+from collections import Counter, deque
 from typing import Any, Callable, NamedTuple
 
 
@@ -242,7 +242,7 @@ class EventLog:
             return
         ring = self.ring
         assert ring is not None
-        _count_elements(self._counts, map(_kind_of, new))  # (Counter.update's C core)
+        self._counts.update(map(_kind_of, new))
         ring.extend(new)
         self._seq += len(new)
         new.clear()

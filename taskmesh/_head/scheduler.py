@@ -432,10 +432,7 @@ class Scheduler:
         t.state = ASSIGNED
         t.worker = w
         w.assigned.append(t)
-        if self.events.on:  # (started(), inlined: this is per task)
-            node = w.node
-            self.events.add(("TaskStarted", self.ctx.now, t.spec.task_id,
-                             node.node_id if node is not None else "", w.worker_id))
+        self.started(t, w)
         if t.spec.timeout_s:
             t.started = self.ctx.now if len(w.assigned) == 1 else None
             self.table.watch_timeout(t)

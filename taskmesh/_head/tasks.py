@@ -545,7 +545,7 @@ class TaskTable:
         events = self.events
         if events.on:
             first = returns[0] if returns else None
-            if first is None or not 1 <= first.flags <= 2:  # (not first.is_error: per task)
+            if first is None or not first.is_error:
                 events.add(("TaskFinished", self.ctx.now, t.spec.task_id, duration))
             else:
                 kind = (first.read_system_error()[0]
