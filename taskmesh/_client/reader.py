@@ -43,11 +43,15 @@ class ObjectReader:
 
     def __init__(self, store: Callable[[], LocalStore | None],
                  ask_head: Callable[[bytes, float | None], SerializedObject | None],
-                 security: Security, patience_s: float) -> None:
+                 security: Security, patience_s: float, *,
+                 clock: Callable[[], float] = time.monotonic,
+                 sleep: Callable[[float], None] = time.sleep) -> None:
         self._store = store
         self._ask_head = ask_head
         self._security = security
         self._patience_s = patience_s
+        self._clock = clock
+        self._sleep = sleep
 
     def read(self, obj: SerializedObject, timeout: float | None = None,
              wait_for_holders: bool = True) -> SerializedObject:
@@ -58,16 +62,19 @@ class ObjectReader:
         be rebuilding the object (the answer then waits for the re-run), or say it is lost (an
         error object, returned as such). If the head still names the same holders, they may be
         dead but not yet declared so: with ``wait_for_holders`` it asks again, for up to
-        ``patience_s``, before ObjectLostError. An unchanged answer after that is read once
-        more before giving up: a holder that was declared dead and joined again under the same
-        id and address makes a marker equal to the lost one for a copy rebuilt there."""
+        ``patience_s`` after the head last named new holders, before ObjectLostError (holders
+        named late in a long read get the same patience as the first ones). An unchanged
+        answer after that is read once more before giving up: a holder that was declared dead
+        and joined again under the same id and address makes a marker equal to the lost one
+        for a copy rebuilt there."""
         if obj.flags != SerializedObject.STORED:
             return obj
-        start = time.monotonic()
+        clock = self._clock
+        start = named = clock()  # named: when the head last named these holders
         delay = 0.05
         last_chance = False
         while True:
-            remaining = None if timeout is None else max(0.0, timeout - (time.monotonic() - start))
+            remaining = None if timeout is None else max(0.0, timeout - (clock() - start))
             try:
                 return self._read_stored(obj, remaining)
             except TimeoutError:  # a pin waiting for room to restore the object from disk
@@ -82,16 +89,19 @@ class ObjectReader:
                     raise
                 if not fresh.is_stored:
                     return fresh  # the head's verdict (e.g. lost for good, naming the node)
-                if fresh.data == obj.data:
-                    waited = time.monotonic() - start
-                    if not wait_for_holders or (timeout is not None and waited + delay > timeout):
+                now = clock()
+                if fresh.data != obj.data:  # other holders: they get the whole patience
+                    named, delay, last_chance = now, 0.05, False
+                else:
+                    if not wait_for_holders or (timeout is not None
+                                                and now - start + delay > timeout):
                         raise
-                    if waited > self._patience_s:
+                    if now - named > self._patience_s:
                         if last_chance:
                             raise
                         last_chance = True
                     else:
-                        time.sleep(delay)
+                        self._sleep(delay)
                         delay = min(delay * 2, 0.5)
                 obj = fresh
 
