@@ -213,6 +213,8 @@ def _scalar(*types: type) -> _Check:
             return v
         raise _fail(name, v)
 
+    check.types = types  # type: ignore[attr-defined]  # (for _compile: checked in line)
+    check.what = name  # type: ignore[attr-defined]
     return check
 
 
@@ -234,6 +236,7 @@ def _optional(inner: _Check) -> _Check:
     def check(v: Any) -> Any:
         return None if v is None else inner(v)
 
+    check.optional = inner  # type: ignore[attr-defined]
     return check
 
 
@@ -243,25 +246,93 @@ def _list_of(inner: _Check) -> _Check:
             raise _fail("list", v)
         return [inner(x) for x in v]
 
+    check.items = inner  # type: ignore[attr-defined]
+    return check
+
+
+def _compile(cls: type, checks: Sequence[_Check], first: int, what: str) -> Callable[[Any], Any]:
+    """One function that checks the fields of ``v[first:]`` against ``checks`` and returns a
+    ``cls`` of them, with the checks of scalars, optionals and lists of scalars written in line
+    (a call per field and per list item was most of the head's cost of decoding a message).
+    It raises exactly what the per-field checks raise; a list of the wrong length gets
+    ``what`` (a message's: its field count; a record's: "malformed <name>")."""
+    ns: dict[str, Any] = {"_fail": _fail, "_new": tuple.__new__, "_cls": cls,
+                          "ProtocolError": ProtocolError}
+    names = [f"x{i}" for i in range(len(checks))]
+    body: list[str] = []
+
+    def called(check: _Check) -> str:
+        name = f"c{len(ns)}"
+        ns[name] = check
+        return name
+
+    def inline(check: _Check, var: str, pad: str, depth: int) -> None:
+        types = getattr(check, "types", None)
+        if types is not None:
+            cond = " and ".join(f"type({var}) is not {called(t)}" for t in types)
+            body.append(f"{pad}if {cond}: raise _fail({check.what!r}, {var})")  # type: ignore
+        elif hasattr(check, "optional"):
+            body.append(f"{pad}if {var} is not None:")
+            inline(check.optional, var, pad + "    ", depth)  # type: ignore[attr-defined]
+        elif hasattr(check, "items"):
+            inner = check.items  # type: ignore[attr-defined]
+            body.append(f"{pad}if type({var}) is not list: raise _fail('list', {var})")
+            if hasattr(inner, "types"):  # items are checked, the list kept as it is
+                body.append(f"{pad}for e{depth} in {var}:")
+                inline(inner, f"e{depth}", pad + "    ", depth + 1)
+            else:
+                body.append(f"{pad}{var} = [{called(inner)}(e) for e in {var}]")
+        else:
+            body.append(f"{pad}{var} = {called(check)}({var})")
+
+    for check, var in zip(checks, names):
+        inline(check, var, "    ", 0)
+    n = len(checks)
+    unpack = ", ".join(["_"] * first + names) + ("," if n + first == 1 else "")
+    src = "\n".join([
+        "def check(v):",
+        "    if type(v) is _cls: return v" if first == 0 else "    pass",
+        f"    if type(v) is not list or len(v) != {n + first}: raise ProtocolError({what})",
+        f"    {unpack} = v" if n + first else "    pass",
+        *body,
+        f"    return _new(_cls, ({', '.join(names)}{',' if n == 1 else ''}))",
+    ])
+    exec(compile(src, f"<taskmesh checks of {cls.__name__}>", "exec"), ns)  # noqa: S102
+    check = ns["check"]
+    check.record, check.fields = cls, tuple(checks)  # (what it checks: for the tests' oracle)
     return check
 
 
 def _serialized(v: Any) -> SerializedObject:
-    if type(v) is SerializedObject:
-        return v
-    if type(v) is not list or not 3 <= len(v) <= 4:
+    if type(v) is not list:
+        if type(v) is SerializedObject:
+            return v
         raise _fail("serialized object [flags, data, buffers(, contained)]", v)
-    flags, data, buffers = v[0], v[1], v[2]
-    contained = _list_of(_BYTES)(v[3]) if len(v) == 4 else ()
+    n = len(v)
+    if n == 3:  # (unpacked by hand: this runs for every value of every message)
+        flags, data, buffers = v
+        contained: Any = ()
+    elif n == 4:
+        flags, data, buffers, contained = v
+        if type(contained) is not list:
+            raise _fail("list", contained)
+        for c in contained:
+            if type(c) is not bytes:
+                raise _fail("bytes", c)
+    else:
+        raise _fail("serialized object [flags, data, buffers(, contained)]", v)
     if type(flags) is not int or not 0 <= flags <= 3:
         raise ProtocolError(f"bad serialized-object flags {flags!r}")
     if type(buffers) is not list:
         raise _fail("list of buffers", buffers)
     for b in buffers:
-        _blob(b)
+        if type(b) is not bytes and not isinstance(b, memoryview):
+            raise _fail("bytes", b)
     if flags == 2:  # SYSTEM_ERROR: receivers (the head too) read it
         _system_error_payload(data)
-    return SerializedObject(flags, _blob(data), buffers, contained)
+    if type(data) is not bytes and not isinstance(data, memoryview):
+        raise _fail("bytes", data)
+    return SerializedObject(flags, data, buffers, contained)
 
 
 def _system_error_payload(data: Any) -> None:
@@ -274,17 +345,7 @@ def _system_error_payload(data: Any) -> None:
 
 
 def _record(cls: type, field_checks: Sequence[_Check]) -> _Check:
-    n = len(field_checks)
-    name = cls.__name__
-
-    def check(v: Any) -> Any:
-        if type(v) is cls:
-            return v
-        if type(v) is not list or len(v) != n:
-            raise ProtocolError(f"malformed {name}")
-        return cls._make([c(x) for c, x in zip(field_checks, v)])  # type: ignore[attr-defined]
-
-    return check
+    return _compile(cls, field_checks, 0, repr(f"malformed {cls.__name__}"))
 
 
 def _resources(v: Any) -> dict:
@@ -335,6 +396,8 @@ def _message(op: int, *checks: _Check) -> Callable[[type], type]:
         assert len(checks) == len(cls._fields), cls  # type: ignore[attr-defined]
         cls.OP = op  # type: ignore[attr-defined]
         cls.CHECKS = checks  # type: ignore[attr-defined]
+        cls.DECODE = _compile(  # type: ignore[attr-defined]  # [op, field, ...] -> cls
+            cls, checks, 1, f"f'{cls.__name__} needs {len(checks)} fields, got {{len(v) - 1}}'")
         _BY_OP[op] = cls
         return cls
 
@@ -853,12 +916,11 @@ def decode(frames: Sequence[Any]) -> Any:
         # with a message naming both versions (its first field is the version in all of them)
         kind = raw[2] if len(raw) > 2 and type(raw[2]) is str else "peer"
         return Hello(raw[1], kind[:32], {})
-    checks = cls.CHECKS  # type: ignore[attr-defined]
-    if len(raw) - 1 != len(checks):
-        raise ProtocolError(f"{cls.__name__} needs {len(checks)} fields, got {len(raw) - 1}")
     try:
-        return cls._make([c(v) for c, v in zip(checks, raw[1:])])  # type: ignore[attr-defined]
+        return cls.DECODE(raw)  # type: ignore[attr-defined]
     except ProtocolError as exc:
+        if str(exc).startswith(f"{cls.__name__} needs "):
+            raise
         raise ProtocolError(f"{cls.__name__}: {exc}") from None
 
 

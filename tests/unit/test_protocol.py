@@ -497,3 +497,79 @@ def test_a_hello_of_another_version_decodes_enough_to_be_refused():
     assert msg == P.Hello(P.PROTOCOL_VERSION + 1, "node", {})
     msg = decode(pack(P.Hello.OP, 0, ["not a kind"]))
     assert msg == P.Hello(0, "peer", {})
+
+
+# --------------------------------------------------------------------------- compiled checks
+
+
+def oracle_check(check, v):
+    """What a field check accepts and returns, worked out one call per field and per item
+    (the way decode did before its checks were compiled): the oracle for the compiled ones."""
+    if hasattr(check, "record"):
+        if type(v) is check.record:
+            return v
+        if type(v) is not list or len(v) != len(check.fields):
+            raise ProtocolError(f"malformed {check.record.__name__}")
+        return check.record._make([oracle_check(c, x) for c, x in zip(check.fields, v)])
+    if hasattr(check, "optional"):
+        return None if v is None else oracle_check(check.optional, v)
+    if hasattr(check, "items"):
+        if type(v) is not list:
+            raise ProtocolError(f"expected list, got {type(v).__name__}")
+        return [oracle_check(check.items, x) for x in v]
+    return check(v)
+
+
+def oracle_decode(raw):
+    cls = message_types()[raw[0]]
+    if len(raw) - 1 != len(cls.CHECKS):
+        raise ProtocolError(f"{cls.__name__} needs {len(cls.CHECKS)} fields, got {len(raw) - 1}")
+    try:
+        return cls._make([oracle_check(c, v) for c, v in zip(cls.CHECKS, raw[1:])])
+    except ProtocolError as exc:
+        raise ProtocolError(f"{cls.__name__}: {exc}") from None
+
+
+def outcome(fn, raw):
+    try:
+        return ("ok", norm(fn(raw)))
+    except ProtocolError as exc:
+        return ("error", str(exc))
+
+
+def mutate(value, data, depth=0):
+    """``value`` with one part (at any depth) replaced by a random structure."""
+    if isinstance(value, list) and value and depth < 4 and data.draw(st.booleans()):
+        i = data.draw(st.integers(0, len(value) - 1))
+        return value[:i] + [mutate(value[i], data, depth + 1)] + value[i + 1:]
+    return data.draw(structures)
+
+
+raw_examples = [msgpack.unpackb(encode(m)[0], raw=False, strict_map_key=False)
+                for ms in EXAMPLES.values() for m in ms]
+
+
+@pytest.mark.parametrize("raw", raw_examples, ids=lambda r: message_types()[r[0]].__name__)
+def test_compiled_checks_decode_every_example_as_the_per_field_checks_do(raw):
+    assert outcome(lambda r: message_types()[r[0]].DECODE(r), raw) == outcome(oracle_decode, raw)
+
+
+@settings(max_examples=1500, deadline=None, database=None,
+          suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much])
+@given(st.sampled_from(raw_examples), st.data())
+def test_compiled_checks_accept_and_refuse_what_the_per_field_checks_do(raw, data):
+    if len(raw) > 1:  # one field changed, at any depth
+        i = data.draw(st.integers(1, len(raw) - 1))
+        raw = raw[:i] + [mutate(raw[i], data)] + raw[i + 1:]
+    else:
+        raw = raw + [data.draw(structures)]
+
+    def compiled(r):
+        try:
+            return message_types()[r[0]].DECODE(r)
+        except ProtocolError as exc:  # (decode adds the message's name, as the oracle does)
+            if str(exc).startswith(f"{message_types()[r[0]].__name__} needs "):
+                raise
+            raise ProtocolError(f"{message_types()[r[0]].__name__}: {exc}") from None
+
+    assert outcome(compiled, raw) == outcome(oracle_decode, raw)
