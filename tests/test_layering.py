@@ -191,3 +191,31 @@ def test_sans_io_parts_write_no_log_lines():
                     and node.func.attr == "getLogger"):
                 found.append(f"{module}:{node.lineno}")
     assert not found, f"sans-IO parts that take a logger: {found}"
+
+
+#: issue 14's shape: a module or class bigger than this says at its top why it is one piece
+MODULE_LINES, CLASS_LINES = 800, 520
+
+
+def _oversized(path: Path) -> list[str]:
+    source = path.read_text()
+    name = path.relative_to(ROOT.parent) if path.is_relative_to(ROOT.parent) else path.name
+    tree = ast.parse(source, str(path))
+    module_doc = ast.get_docstring(tree) or ""
+    found = []
+    if source.count("\n") > MODULE_LINES and "Why" not in module_doc:
+        found.append(f"{name}: {source.count(chr(10))} lines")
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ClassDef):
+            size = node.end_lineno - node.lineno + 1  # type: ignore[operator]
+            if size > CLASS_LINES and "Why" not in (ast.get_docstring(node) or "") + module_doc:
+                found.append(f"{name}: class {node.name}, {size} lines")
+    return found
+
+
+def test_big_modules_and_classes_say_why_they_are_one_piece(tmp_path):
+    found = [f for p in MODULES.values() for f in _oversized(p)]
+    assert not found, "give a reason (\"Why ...\") in the docstring, or split: " + "; ".join(found)
+    big = tmp_path / "big.py"  # the check itself can fail
+    big.write_text('"""A module."""\n\nclass Big:\n' + "    x = 1\n" * (CLASS_LINES + 1))
+    assert _oversized(big) == [f"big.py: class Big, {CLASS_LINES + 2} lines"]

@@ -295,9 +295,11 @@ class Scheduler:
         else:
             q.append(t)
 
-    def make_ready(self, t: TaskRec) -> None:
-        """A task's inputs exist: queue it (warning its owner once if no node could ever run it)."""
-        self.events.add(("TaskQueued", self.ctx.now, t.spec.task_id))
+    def make_ready(self, t: TaskRec, announce: bool = True) -> None:
+        """A task's inputs exist: queue it (warning its owner once if no node could ever run it).
+        ``announce=False``: no TaskQueued, the task's TaskSubmitted just said it."""
+        if announce:
+            self.events.add(("TaskQueued", self.ctx.now, t.spec.task_id))
         if t.spec.actor_id:
             self.actor_table.actor_task_ready(t)
             return
@@ -432,19 +434,19 @@ class Scheduler:
         t.state = ASSIGNED
         t.worker = w
         w.assigned.append(t)
-        self.started(t, w)
+        if self.events.on:
+            self.started(t, w)
         if t.spec.timeout_s:
             t.started = self.ctx.now if len(w.assigned) == 1 else None
             self.table.watch_timeout(t)
         self.out.add(w.peer, P.Execute, self.assignment(t, w))
 
     def started(self, t: TaskRec, w: WorkerRec) -> None:
-        """A task went to a worker: the TaskStarted event."""
-        events = self.events
-        if events.on:
-            node = w.node
-            events.add(("TaskStarted", self.ctx.now, t.spec.task_id,
-                                      node.node_id if node is not None else "", w.worker_id))
+        """A task went to a worker: the TaskStarted event (with the stream off it goes nowhere;
+        the per-task caller skips the call then)."""
+        node = w.node
+        self.events.add(("TaskStarted", self.ctx.now, t.spec.task_id,
+                         node.node_id if node is not None else "", w.worker_id))
 
     def assignment(self, t: TaskRec, w: WorkerRec) -> P.Assignment:
         """The Execute item for a task on a worker: its function blob the first time, its inputs'

@@ -268,7 +268,9 @@ class TaskTable:
         if failed is not None:
             self.fail_task(t, failed)
         elif t.waiting == 0:
-            self.scheduler.make_ready(t)
+            self.scheduler.make_ready(t, announce=False)  # (its TaskSubmitted says queued)
+        else:
+            self.events.add(("TaskWaiting", self.ctx.now, spec.task_id, t.waiting))
 
     def on_cancel(self, peer: bytes, msg: P.Cancel) -> None:
         """``taskmesh.cancel()``: the task fails now with TaskCancelledError (its dependents
@@ -545,7 +547,7 @@ class TaskTable:
         events = self.events
         if events.on:
             first = returns[0] if returns else None
-            if first is None or not first.is_error:
+            if first is None or first.flags == 0 or first.flags == 3:  # (not is_error: hot)
                 events.add(("TaskFinished", self.ctx.now, t.spec.task_id, duration))
             else:
                 kind = (first.read_system_error()[0]
@@ -612,6 +614,8 @@ class TaskTable:
                     obj.waiters.append(t)
         if t.waiting == 0:
             self.scheduler.make_ready(t)
+        else:
+            self.events.add(("TaskWaiting", self.ctx.now, t.spec.task_id, t.waiting))
 
     # ------------------------------------------------------------------ checks
 

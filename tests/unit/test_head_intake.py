@@ -142,3 +142,18 @@ def test_the_collector_runs_full_collections_only_when_idle_or_rarely():
     assert not col.due(10.0, 5.0)  # idle long enough, but the last one is recent
     assert col.due(C.EVERY_S + 1, C.EVERY_S - 1)
     assert col.due(C.FORCED_S + 1, None)  # load that never ends: now and then anyway
+
+
+def test_the_collector_leaves_young_collections_automatic_but_rarer_and_full_ones_to_the_head():
+    import gc
+
+    before = gc.get_threshold()
+    try:
+        C.Collector(now=0.0).start()
+        young, middle, full = gc.get_threshold()
+        assert young == C.YOUNG > before[0]  # rarer than CPython's default
+        assert middle == before[1] and full >= 2**31 - 1  # never started by CPython
+        assert gc.isenabled()
+    finally:
+        gc.set_threshold(*before)
+        gc.unfreeze()
