@@ -2,8 +2,7 @@
 timed, kept in a bounded ring with counters.
 
     HeadState ──add(("TaskStarted", at, task_id, node_id, worker_id))──▶ EventLog
-                              absorb() once ABSORB_AT are added ──▶ ├─ ring of the last N
-                                                                      └─ counts per kind
+                              absorb() once ABSORB_AT are added ──▶ ring of the last N
 
 This is what metrics, the dashboard, the timeline and the head's journal read: never the
 scheduler's records. Events are small named tuples (``at`` first: the head's clock, seconds);
@@ -11,13 +10,13 @@ ids are bytes (``task_id``, ``object_id``, ``actor_id``) or str (``node_id``). T
 the last ``capacity`` events (``Config.event_ring``; 0 turns the stream off) and numbers them,
 so a reader that comes back asks for what came after the last one it saw (``since``).
 
-The counters are per kind, since the head started: tasks submitted, finished, failed,
-retried, cancelled; objects stored, freed, lost; and so on. A task is unfinished from its
-TaskSubmitted (a rebuilt object's task is submitted again) until it ends (TaskFinished,
-TaskFailed, TaskCancelled), so ``unfinished`` is a difference of counters. Which unfinished
-task is in which state is the task table's to say (``status`` counts it there when asked);
-a reader that wants a view of its own (per function, per node) builds it from ``since``,
-off the head's hot path.
+The stream counts nothing itself: counting the events per kind as they came was a fifth of
+its cost (a Python-level dict update per event). Counts since start are kept by the parts
+that own the records, as plain integers bumped where the events are recorded (the task
+table's tasks finished and failed, unfinished tasks are its pending ones; ``status`` shows
+them); ``kept_counts`` counts the kinds among the events kept, when asked. A reader that
+wants a view of its own (per function, per node) builds it from ``since``, off the head's
+hot path.
 """
 
 from __future__ import annotations
@@ -206,8 +205,6 @@ EVENT_TYPES: dict[str, type] = {cls.__name__: cls for cls in (
 #: the head absorbs added events once this many wait (fewer, larger steps)
 ABSORB_AT = 256
 
-#: the events that end a task
-TASK_ENDS = ("TaskFinished", "TaskFailed", "TaskCancelled")
 _kind_of = operator.itemgetter(0)
 
 
@@ -224,24 +221,24 @@ def check_raw(raw: tuple) -> str | None:
 class EventLog:
     """The ring of recent events and the counters.
 
-    ``add`` is on the head's hot path (four to six events per task), so it is only a list
-    append of a plain tuple, ``("TaskStarted", at, field, ...)``: the kind is the event
-    type's name. A str, not the class: a tuple that holds only strings, bytes and numbers is
-    dropped from the garbage collector's lists at its first collection, while one that
-    holds a class is walked again and again (with the class, the stream cost a flood of
-    no-op tasks 12% of its rate; with names, nothing measurable). At the end of a round in
-    which ``ABSORB_AT`` events or more wait, the head calls ``absorb``, which moves them into
-    the ring and counts them by kind, with no Python-level step per event (every reader
-    absorbs first, so none sees the difference). Readers get typed events
-    (``since``). With the stream off, ``add`` drops everything at C speed."""
+    ``add`` is on the head's hot path (three events for a task that runs once), so it is
+    only a list append of a plain tuple, ``("TaskStarted", at, field, ...)``: the kind is the
+    event type's name. A str, not the class: a tuple that holds only strings, bytes and
+    numbers is dropped from the garbage collector's lists at its first collection, while one
+    that holds a class is walked again and again (with the class, the stream cost a flood of
+    no-op tasks 12% of its rate). At the end of a round in which ``ABSORB_AT`` events or
+    more wait, the head calls ``absorb``, which moves them into the ring, with no
+    Python-level step per event (every reader absorbs first, so none sees the difference).
+    Readers get typed events (``since``). With the stream off, ``add`` drops everything at
+    C speed."""
 
-    __slots__ = ("ring", "on", "_seq", "_counts", "added", "add")
+    __slots__ = ("ring", "on", "_seq", "added", "add", "capacity")
 
     def __init__(self, capacity: int) -> None:
+        self.capacity = max(0, capacity)
         self.ring: deque | None = deque(maxlen=capacity) if capacity > 0 else None
         self.on = self.ring is not None  # (an attribute, not a property: read per task)
         self._seq = 0  # events absorbed so far (the ring holds the last ones)
-        self._counts: Counter[str] = Counter()  # events per kind, since start
         self.added: list[tuple] = []  # added, not absorbed yet
         #: add(("EventType", at, field, ...)): record one event (absorbed in batches)
         self.add: Callable[[tuple], None] = (self.added.append if capacity > 0
@@ -252,19 +249,12 @@ class EventLog:
         self.add((type(event).__name__, *event))
 
     def absorb(self) -> None:
-        """Move the events added since the last call into the ring and the counters."""
+        """Move the events added since the last call into the ring."""
         new = self.added
         if not new:
             return
         ring = self.ring
         assert ring is not None
-        # counted a kind at a time: a batch holds a few kinds, and list.count compares by
-        # identity first (kinds are literals); a Counter.update per event cost a quarter of
-        # the whole stream (boxing each new count), this a tenth
-        kinds = list(map(_kind_of, new))
-        counts = self._counts
-        for kind in set(kinds):
-            counts[kind] += kinds.count(kind)
         ring.extend(new)
         self._seq += len(new)
         new.clear()
@@ -275,18 +265,10 @@ class EventLog:
         self.absorb()
         return self._seq
 
-    @property
-    def unfinished(self) -> int:
-        """Tasks submitted (or submitted again, to rebuild an object) and not ended yet."""
+    def kept_counts(self) -> dict[str, int]:
+        """Events per kind (type name) among those kept (the last ``capacity``)."""
         self.absorb()
-        counts = self._counts
-        return counts["TaskSubmitted"] - sum(counts[kind] for kind in TASK_ENDS)
-
-    @property
-    def counts(self) -> dict[str, int]:
-        """Events per kind (type name), since start."""
-        self.absorb()
-        return dict(self._counts)
+        return dict(Counter(map(_kind_of, self.ring or ())))
 
     def since(self, seq: int, limit: int = 1000) -> tuple[int, list]:
         """Events after number ``seq`` (0: the oldest kept), at most ``limit``, as typed
@@ -310,8 +292,8 @@ class EventLog:
                 raise AssertionError(wrong)
 
     def summary(self) -> dict:
-        """For ``status``: events per kind, unfinished tasks and the latest event's number."""
-        return {"events": self.counts, "unfinished": self.unfinished, "seq": self.seq}
+        """For ``status``: the latest event's number, how many are kept, and their kinds."""
+        return {"seq": self.seq, "ring": self.capacity, "kept": self.kept_counts()}
 
 
 def as_lists(events: list) -> list:

@@ -79,8 +79,8 @@ class TaskTable:
         self.actor_table: ActorTable
         self.tasks: dict[bytes, TaskRec] = {}
         self.functions: dict[bytes, bytes] = {}  # function id -> its pickled function
-        self.finished = 0
-        self.failed = 0
+        self.finished = 0  # tasks ended since start, whichever way
+        self.failed = 0  # of those, the ones that ended with an error (cancelled ones too)
         self.cancelled = 0  # tasks stopped because nobody needed their results
         #: tasks whose inputs could not be read, to queue again at a time: (when, task)
         self.deferred: list[tuple[float, TaskRec]] = []
@@ -527,7 +527,6 @@ class TaskTable:
 
     def fail_task(self, t: TaskRec, err: P.SerializedObject) -> None:
         """End a task with an error value for each of its returns."""
-        self.failed += 1
         self._finish(t, [err] * t.spec.num_returns)
 
     def _intern(self, value: Any) -> Any:
@@ -545,16 +544,18 @@ class TaskTable:
                 node: NodeRec | None = None, duration: float = 0.0) -> None:
         """Store a finished task's return values and wake whatever waited for them."""
         events = self.events
-        if events.on:
-            first = returns[0] if returns else None
-            if first is None or first.flags == 0 or first.flags == 3:  # (not is_error: hot)
+        first = returns[0] if returns else None
+        if first is None or first.flags == 0 or first.flags == 3:  # (not is_error: hot)
+            if events.on:
                 events.add(("TaskFinished", self.ctx.now, t.spec.task_id, duration))
-            else:
+        else:
+            self.failed += 1
+            if events.on:
                 kind = (first.read_system_error()[0]
                         if first.flags == P.SerializedObject.SYSTEM_ERROR else "TaskError")
                 if kind == "TaskCancelledError":
                     events.add(("TaskCancelled", self.ctx.now, t.spec.task_id,
-                                                first.read_system_error()[1]))
+                                first.read_system_error()[1]))
                 else:
                     events.add(("TaskFailed", self.ctx.now, t.spec.task_id, kind))
         if t.credit:

@@ -34,7 +34,7 @@ def test_a_task_is_submitted_queued_started_and_finished_with_its_node_and_worke
     c.now = 5.0
     [t] = c.submit(fid)
     c.drain()
-    assert c.state.events.unfinished == 1
+    assert len(c.state.table.tasks) == 1
     c.now = 6.0
     c.finish(w, t, duration=0.75)
     # its inputs exist: its TaskSubmitted says it is queued (no TaskQueued of its own)
@@ -43,8 +43,9 @@ def test_a_task_is_submitted_queued_started_and_finished_with_its_node_and_worke
     assert submitted == E.TaskSubmitted(5.0, t, "mod.f", b"")
     assert (started.node_id, started.worker_id) == ("n1", c.worker_info[w][1])
     assert finished == E.TaskFinished(6.0, t, 0.75)
-    assert c.state.events.unfinished == 0
-    assert c.state.events.counts["TaskSubmitted"] == c.state.events.counts["TaskFinished"] == 1
+    assert len(c.state.table.tasks) == 0 and c.state.table.finished == 1
+    assert c.state.events.kept_counts()["TaskSubmitted"] == 1
+    assert c.state.events.kept_counts()["TaskFinished"] == 1
 
 
 def test_the_unfinished_count_follows_tasks_waiting_for_inputs_and_for_a_worker():
@@ -58,8 +59,9 @@ def test_the_unfinished_count_follows_tasks_waiting_for_inputs_and_for_a_worker(
     status = c.state.info("status")
     assert status["tasks"] == {"running": 1, "queued": 1, "waiting_for_deps": 1,
                                "finished": 0, "failed": 0}
-    assert c.state.events.unfinished == 3 == status["stream"]["unfinished"]
-    counts = c.state.events.counts
+    assert status["stream"]["seq"] == c.state.events.seq and status["stream"]["ring"] == 10_000
+    counts = c.state.events.kept_counts()
+    assert counts == status["stream"]["kept"]
     assert (counts["TaskSubmitted"], counts["TaskWaiting"], counts["TaskStarted"]) == (3, 1, 1)
     assert kinds(c, child) == ["TaskSubmitted", "TaskWaiting"]
     assert [e.inputs for e in events_of(c) if type(e) is E.TaskWaiting] == [1]
@@ -85,7 +87,7 @@ def test_a_raising_task_is_retried_then_fails_and_says_why():
                            "TaskFailed"]
     failed = [e for e in events_of(c) if type(e) is E.TaskFailed]
     assert [f.error for f in failed] == ["TaskError"]
-    assert c.state.events.counts["TaskFailed"] == 1
+    assert c.state.events.kept_counts()["TaskFailed"] == 1 == c.state.table.failed
 
 
 def test_a_task_lost_with_its_worker_is_retried_and_one_out_of_retries_fails_naming_the_error():
@@ -110,8 +112,8 @@ def test_cancel_emits_cancelled_not_failed():
     c.send(c.driver, P.Cancel([ret(running)], False))
     assert kinds(c, queued)[-1] == "TaskCancelled"
     assert kinds(c, running)[-1] == "TaskCancelled"
-    assert "TaskFailed" not in c.state.events.counts
-    assert c.state.events.unfinished == 0
+    assert "TaskFailed" not in c.state.events.kept_counts()
+    assert len(c.state.table.tasks) == 0
 
 
 def test_nodes_join_die_and_are_fenced_when_they_speak_again():
@@ -183,7 +185,7 @@ def test_since_returns_what_came_after_a_number_and_skips_what_fell_out_of_the_r
     assert log.since(5) == (5, [])
     seq, events = log.since(0, limit=2)
     assert seq == 4 and [e.at for e in events] == [2.0, 3.0]
-    assert log.counts == {"DriverJoined": 5}
+    assert log.kept_counts() == {"DriverJoined": 3}  # (the kinds of those kept)
 
 
 def test_events_are_read_through_info_as_plain_lists():
@@ -211,13 +213,14 @@ def test_added_events_count_once_absorbed_and_a_log_that_is_off_drops_them():
     log.add(("TaskSubmitted", 1.0, b"t" * 16, "f", b""))
     log.add(("TaskQueued", 2.0, b"t" * 16))
     assert log.added  # (not absorbed yet: the head absorbs once ABSORB_AT events wait)
-    assert log.unfinished == 1 and log.counts == {"TaskSubmitted": 1, "TaskQueued": 1}  # absorbed
+    assert log.kept_counts() == {"TaskSubmitted": 1, "TaskQueued": 1}  # (absorbed first)
+    assert not log.added
     assert log.since(0)[1] == [E.TaskSubmitted(1.0, b"t" * 16, "f", b""),
                                E.TaskQueued(2.0, b"t" * 16)]
     off = E.EventLog(0)
     off.add(("TaskQueued", 2.0, b"t" * 16))
     off.emit(E.DriverJoined(1.0, b"d"))
-    assert off.seq == 0 and off.counts == {} and not off.on
+    assert off.seq == 0 and off.kept_counts() == {} and not off.on
 
 
 def test_every_event_the_parts_record_names_a_known_kind_with_its_fields():
