@@ -14,7 +14,11 @@ senders' queues and socket buffers (backpressure), not in the head's memory.
 
 Order: a peer's bulk messages are handled in the order they came, the slices of one message
 one after another. Liveness messages overtake bulk ones; they change nothing the bulk ones
-read (a heartbeat refreshes its node's clock, a ping is answered with an empty reply).
+read (a heartbeat refreshes its node's clock, a ping is answered with an empty reply). One
+exception: a peer's liveness messages never overtake its own Hello. A node sends its first
+heartbeat right after its Hello; a busy head that handled the heartbeat first took the node
+for a stranger and refused it (seen with the head under valgrind: a slow head refused every
+node). While a peer's Hello waits in the bulk lane, its liveness messages queue behind it.
 
 Loop lag, how long a message waited between being read and being handled, is kept in a
 histogram (``LagHistogram``) for ``taskmesh status`` and the coming metrics.
@@ -42,7 +46,7 @@ _SPLITTABLE: dict[type, tuple[str, ...]] = {
 }
 
 
-_HEARTBEAT, _INFO = P.Heartbeat, P.InfoRequest
+_HEARTBEAT, _INFO, _HELLO = P.Heartbeat, P.InfoRequest, P.Hello
 
 
 def is_liveness(msg: Any) -> bool:
@@ -75,26 +79,50 @@ DISCONNECTED = object()
 class Intake:
     """The two lanes of received messages."""
 
-    __slots__ = ("liveness", "bulk", "max_backlog")
+    __slots__ = ("liveness", "bulk", "max_backlog", "_appended", "_greeting")
 
     def __init__(self, max_backlog: int) -> None:
         self.liveness: deque = deque()  # (peer, msg, arrived)
-        self.bulk: deque = deque()  # (peer, msg, arrived)
+        self.bulk: deque = deque()  # (peer, msg, arrived); its reader pops from the left
         #: read no more bulk while this many messages (slices) wait
         self.max_backlog = max_backlog
+        self._appended = 0  # entries ever put in the bulk lane (taken: this - len(bulk))
+        #: peers whose Hello may still wait in the bulk lane -> that entry's number
+        self._greeting: dict[bytes, int] = {}
 
     def add(self, peer: bytes, msg: Any, arrived: float) -> None:
         t = type(msg)
         if t is _HEARTBEAT or (t is _INFO and msg.request_id == 0 and msg.what == "ping"):
+            greeting = self._greeting
+            if greeting and peer in greeting:
+                if greeting[peer] >= self._appended - len(self.bulk):  # its Hello waits
+                    self.bulk.append((peer, msg, arrived))
+                    self._appended += 1
+                    return
+                del greeting[peer]
             self.liveness.append((peer, msg, arrived))
         elif t not in _SPLITTABLE:  # (most messages: no list to cut)
+            if t is _HELLO:
+                self._greet(peer)
             self.bulk.append((peer, msg, arrived))
+            self._appended += 1
         else:
-            self.bulk.extend((peer, part, arrived) for part in slices(msg))
+            parts = slices(msg)
+            self.bulk.extend((peer, part, arrived) for part in parts)
+            self._appended += len(parts)
+
+    def _greet(self, peer: bytes) -> None:
+        greeting = self._greeting
+        if len(greeting) >= 64:  # forget those whose Hello was taken (and never beat since)
+            taken = self._appended - len(self.bulk)
+            for p in [p for p, n in greeting.items() if n < taken]:
+                del greeting[p]
+        greeting[peer] = self._appended
 
     def closed(self, peer: bytes, arrived: float) -> None:
         """The peer's connection ended: say so after what it sent before."""
         self.bulk.append((peer, DISCONNECTED, arrived))
+        self._appended += 1
 
     @property
     def wants_more(self) -> bool:

@@ -157,3 +157,38 @@ def test_the_collector_leaves_young_collections_automatic_but_rarer_and_full_one
     finally:
         gc.set_threshold(*before)
         gc.unfreeze()
+
+
+def test_a_new_peers_heartbeat_never_overtakes_its_hello():
+    # a busy head: a node's Hello and first heartbeat reach it in one turn, behind other
+    # bulk messages. The heartbeat must wait for the Hello (handled first, it made the head
+    # take the node for a stranger and refuse it)
+    c = Cluster()
+    c.add_node("n1", cpus=1)
+    intake = Intake(max_backlog=1000)
+    for i in range(5):
+        intake.add(c.driver, P.InfoRequest(i + 1, "nodes"), 1.0)
+    hello = P.Hello(P.PROTOCOL_VERSION, "node", {"node_id": "n2", "resources": {"CPU": 10_000},
+                                                  "address": "127.0.0.2"})
+    intake.add(b"N-n2", hello, 1.0)
+    intake.add(b"N-n2", P.Heartbeat({}), 1.1)
+    intake.add(c.node_peer["n1"], P.Heartbeat({}), 1.2)  # another peer's: at once
+    assert [p for p, _, _ in intake.liveness] == [c.node_peer["n1"]]
+    assert [type(m).__name__ for _, m, _ in intake.bulk][-2:] == ["Hello", "Heartbeat"]
+    c.carry_out(c.state.handle_turn(intake.liveness, intake.bulk, 1e9, lambda: 2.0))
+    sent = c.drain()
+    assert sent.to(b"N-n2", P.Welcome) and not sent.to(b"N-n2", P.Refused)
+    assert c.state.members.nodes["n2"].alive
+    # once its Hello was handled, its heartbeats take the liveness lane again
+    intake.add(c.driver, P.InfoRequest(9, "nodes"), 3.0)
+    intake.add(b"N-n2", P.Heartbeat({}), 3.0)
+    assert [p for p, _, _ in intake.liveness] == [b"N-n2"]
+    c.state.check_invariants()
+
+
+def test_peers_greeted_long_ago_are_forgotten():
+    intake = Intake(max_backlog=10_000)
+    for i in range(200):
+        intake.add(b"W%d" % i, P.Hello(P.PROTOCOL_VERSION, "worker", {}), 1.0)
+        intake.bulk.popleft()  # (handled)
+    assert len(intake._greeting) <= 64
