@@ -127,8 +127,7 @@ class ActorTable:
         if missing is not None:
             self._actor_dead(actor, f"its constructor's argument {missing.hex()} was freed")
             return
-        self.events.add(("TaskSubmitted", self.ctx.now, spec.task_id, spec.name, spec.actor_id))
-        self.table.admit(t)
+        self.table.admit(t)  # (TaskSubmitted)
 
     def actor_task_ready(self, t: TaskRec) -> None:
         """An actor's constructor or call has its inputs: place the actor, or send the call in

@@ -443,8 +443,7 @@ class ObjectDirectory:
         t.retries_left = spec.max_retries
         self.rebuilt += 1
         self.events.add(("ObjectRebuilt", self.ctx.now, oid, spec.task_id))
-        self.events.add(("TaskSubmitted", self.ctx.now, spec.task_id, spec.name, spec.actor_id))
-        self.table.admit(t)
+        self.table.admit(t)  # (TaskSubmitted)
 
     def held_bytes(self, t: TaskRec) -> dict[str, int] | None:
         """Node id -> bytes of the task's stored arguments held there (None if none)."""

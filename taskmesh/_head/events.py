@@ -31,17 +31,19 @@ from typing import Any, Callable, NamedTuple
 
 
 class TaskSubmitted(NamedTuple):
-    """A task, or a run of it to rebuild a lost result, is in the head. Its inputs exist (it
-    is queued: it waits for a worker or its actor) unless a TaskWaiting for it follows."""
+    """A task, or a run of it to rebuild a lost result, is in the head. With ``waiting`` 0 its
+    inputs exist: it is queued (it waits for a worker or its actor); else it waits for that
+    many of its inputs, and TaskQueued follows when they exist."""
 
     at: float
     task_id: bytes
     name: str
     actor_id: bytes  # b"": a task; else a call of (or the constructor of) that actor
+    waiting: int  # inputs that do not exist yet
 
 
 class TaskWaiting(NamedTuple):
-    """Some of its inputs do not exist yet (``inputs`` of them): it waits for them."""
+    """A task to run again (after a retry that waited) waits for ``inputs`` of its inputs."""
 
     at: float
     task_id: bytes
@@ -49,7 +51,7 @@ class TaskWaiting(NamedTuple):
 
 
 class TaskQueued(NamedTuple):
-    """Its inputs came, or it is to run again after a retry: it waits for a worker (or its
+    """Its inputs came, or it is to run again after a pause: it waits for a worker (or its
     actor). (A task whose inputs exist when it is submitted has no TaskQueued: its
     TaskSubmitted says it; one event less per task on the head's busiest path.)"""
 

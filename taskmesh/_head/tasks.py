@@ -152,7 +152,6 @@ class TaskTable:
         """New tasks: check each, create its return objects, count it against its driver's
         window, and admit it (or fail it at once, saying why)."""
         objects = self.directory.objects
-        add_event, now = self.events.add, self.ctx.now
         credit = self.members.peers.get(peer) == "driver"
         take_credit = self.scheduler.take_credit
         intern = self._intern
@@ -183,7 +182,6 @@ class TaskTable:
                                      function_id=intern(spec.function_id),
                                      resources=intern(spec.resources))
             t = TaskRec(spec, peer)
-            add_event(("TaskSubmitted", now, spec.task_id, spec.name, spec.actor_id))
             if credit:
                 over = take_credit(peer)
                 if over is not None:  # it ignores Credit: bound what it costs the head
@@ -197,22 +195,19 @@ class TaskTable:
                     why = (A.died_message(actor, spec.name) if actor is not None else
                            f"call {spec.name} failed: no actor with id {spec.actor_id.hex()} "
                            "is known to the head")
-                    self._finish(t, [ERR("ActorDiedError", why)] * spec.num_returns,
-                                 deps_counted=False)
+                    self._refuse_now(t, ERR("ActorDiedError", why))
                     continue
             expect(peer, rids)
             if spec.function_id not in self.functions:
-                self._finish(t, [ERR("TaskmeshError", f"task {spec.name}: its function was "
-                                      "never registered with the head")] * spec.num_returns,
-                             deps_counted=False)
+                self._refuse_now(t, ERR("TaskmeshError", f"task {spec.name}: its function was "
+                                        "never registered with the head"))
                 continue
             unknown = next((d for d in spec.deps if d not in objects or d in rids), None)
             if unknown is not None:
                 why = ("is its own result" if unknown in rids else
                        "the head does not know: it was freed or never existed")
-                self._finish(t, [ERR("ObjectLostError", f"task {spec.name} depends on object "
-                                      f"{unknown.hex()}, which {why}")] * spec.num_returns,
-                             deps_counted=False)
+                self._refuse_now(t, ERR("ObjectLostError", f"task {spec.name} depends on "
+                                        f"object {unknown.hex()}, which {why}"))
                 continue
             if spec.actor_id:  # in submission order: it leaves the queue only in its turn
                 t.state = WAITING
@@ -244,10 +239,17 @@ class TaskTable:
         why = (f"the head refused task {t.spec.name}: this driver already has {flying:,} "
                f"unfinished tasks, twice its max_pending_tasks ({window:,}); a taskmesh driver "
                "waits for the head's Credit instead of sending more")
-        self._finish(t, [ERR("TaskmeshError", why)] * t.spec.num_returns, deps_counted=False)
+        self._refuse_now(t, ERR("TaskmeshError", why))
+
+    def _refuse_now(self, t: TaskRec, err: P.SerializedObject) -> None:
+        """A submitted task fails before it is admitted (its inputs were never counted)."""
+        spec = t.spec
+        self.events.add(("TaskSubmitted", self.ctx.now, spec.task_id, spec.name, spec.actor_id, 0))
+        self._finish(t, [err] * spec.num_returns, deps_counted=False)
 
     def admit(self, t: TaskRec) -> None:
-        """Count a new (or re-run) task's uses of its inputs and queue it once they exist."""
+        """Count a new (or re-run) task's uses of its inputs and queue it once they exist; the
+        TaskSubmitted event says how many of them it waits for."""
         objects = self.directory.objects
         spec = t.spec
         failed: P.SerializedObject | None = None
@@ -265,12 +267,12 @@ class TaskTable:
         if spec.args is not None and spec.args.contained:
             t.held = self.directory.hold(spec.args.contained)
         self.tasks[spec.task_id] = t
+        self.events.add(("TaskSubmitted", self.ctx.now, spec.task_id, spec.name, spec.actor_id,
+                         t.waiting))
         if failed is not None:
             self.fail_task(t, failed)
         elif t.waiting == 0:
             self.scheduler.make_ready(t, announce=False)  # (its TaskSubmitted says queued)
-        else:
-            self.events.add(("TaskWaiting", self.ctx.now, spec.task_id, t.waiting))
 
     def on_cancel(self, peer: bytes, msg: P.Cancel) -> None:
         """``taskmesh.cancel()``: the task fails now with TaskCancelledError (its dependents

@@ -40,7 +40,7 @@ def test_a_task_is_submitted_queued_started_and_finished_with_its_node_and_worke
     # its inputs exist: its TaskSubmitted says it is queued (no TaskQueued of its own)
     assert kinds(c, t) == ["TaskSubmitted", "TaskStarted", "TaskFinished"]
     submitted, started, finished = [e for e in events_of(c) if getattr(e, "task_id", None) == t]
-    assert submitted == E.TaskSubmitted(5.0, t, "mod.f", b"")
+    assert submitted == E.TaskSubmitted(5.0, t, "mod.f", b"", 0)
     assert (started.node_id, started.worker_id) == ("n1", c.worker_info[w][1])
     assert finished == E.TaskFinished(6.0, t, 0.75)
     assert len(c.state.table.tasks) == 0 and c.state.table.finished == 1
@@ -62,14 +62,14 @@ def test_the_unfinished_count_follows_tasks_waiting_for_inputs_and_for_a_worker(
     assert status["stream"]["seq"] == c.state.events.seq and status["stream"]["ring"] == 10_000
     counts = c.state.events.kept_counts()
     assert counts == status["stream"]["kept"]
-    assert (counts["TaskSubmitted"], counts["TaskWaiting"], counts["TaskStarted"]) == (3, 1, 1)
-    assert kinds(c, child) == ["TaskSubmitted", "TaskWaiting"]
-    assert [e.inputs for e in events_of(c) if type(e) is E.TaskWaiting] == [1]
+    assert (counts["TaskSubmitted"], counts["TaskStarted"]) == (3, 1)
+    assert kinds(c, child) == ["TaskSubmitted"]
+    assert [e.waiting for e in events_of(c) if type(e) is E.TaskSubmitted] == [0, 0, 1]
     c.state.check_invariants()
     # its input comes: it is queued, then runs once a worker is free
     c.finish(c.node_workers["n1"][0], first)
     c.drain()
-    assert kinds(c, child)[:3] == ["TaskSubmitted", "TaskWaiting", "TaskQueued"]
+    assert kinds(c, child)[:2] == ["TaskSubmitted", "TaskQueued"]
     c.state.check_invariants()
 
 
@@ -210,12 +210,12 @@ def test_a_ring_of_zero_turns_the_stream_off():
 
 def test_added_events_count_once_absorbed_and_a_log_that_is_off_drops_them():
     log = E.EventLog(10)
-    log.add(("TaskSubmitted", 1.0, b"t" * 16, "f", b""))
+    log.add(("TaskSubmitted", 1.0, b"t" * 16, "f", b"", 0))
     log.add(("TaskQueued", 2.0, b"t" * 16))
     assert log.added  # (not absorbed yet: the head absorbs once ABSORB_AT events wait)
     assert log.kept_counts() == {"TaskSubmitted": 1, "TaskQueued": 1}  # (absorbed first)
     assert not log.added
-    assert log.since(0)[1] == [E.TaskSubmitted(1.0, b"t" * 16, "f", b""),
+    assert log.since(0)[1] == [E.TaskSubmitted(1.0, b"t" * 16, "f", b"", 0),
                                E.TaskQueued(2.0, b"t" * 16)]
     off = E.EventLog(0)
     off.add(("TaskQueued", 2.0, b"t" * 16))

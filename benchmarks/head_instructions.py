@@ -1,0 +1,115 @@
+"""Instructions the head process executes per no-op task, counted by valgrind's callgrind:
+the same count whatever else the machine is doing, so two settings (or two commits) can be
+compared to a percent on a busy machine, where timings cannot.
+
+    python -m benchmarks.head_instructions                   # this checkout, stream on
+    TASKMESH_EVENT_RING=0 python -m benchmarks.head_instructions    # the event stream off
+
+Starts a head under ``valgrind --tool=callgrind`` (about 50 times slower), a node agent with
+two workers and this process as the driver, all on 127.0.0.1 with a secret of their own;
+runs a warm-up, has callgrind dump its counts, runs ``--tasks`` no-op tasks in batches of
+1,000, dumps again and prints the second dump's total divided by the tasks. The cluster's
+time-outs are raised so that the slow head judges nobody. Needs valgrind (Debian:
+``apt-get install valgrind``); not run by CI.
+"""
+
+from __future__ import annotations
+
+import argparse
+import glob
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+
+import taskmesh
+from taskmesh._secret import ClusterKey
+
+
+@taskmesh.remote
+def noop() -> None:
+    return None
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _total(path: str) -> int:
+    with open(path) as f:
+        for line in f:
+            if line.startswith(("summary:", "totals:")):
+                return int(line.split()[1])
+    raise RuntimeError(f"no totals in {path}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--tasks", type=int, default=3000)
+    args = parser.parse_args(argv)
+    out = tempfile.mkdtemp(prefix="taskmesh-callgrind-")
+    env = dict(os.environ, **ClusterKey.generate().env(), TASKMESH_SPIN_S="0",
+               TASKMESH_HEARTBEAT_TIMEOUT_S="120", TASKMESH_HEAD_TIMEOUT_S="300",
+               TASKMESH_CONNECT_TIMEOUT_S="120")
+    os.environ.update(env)
+    port = _free_port()
+    head = subprocess.Popen(
+        ["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}/head.%p", sys.executable,
+         "-m", "taskmesh._head", "--host", "127.0.0.1", "--port", str(port)],
+        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    node = None
+    try:
+        deadline = time.monotonic() + 300
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                break
+            except OSError:
+                if time.monotonic() > deadline or head.poll() is not None:
+                    raise RuntimeError("the head under valgrind did not start") from None
+                time.sleep(0.5)
+        node = subprocess.Popen(
+            [sys.executable, "-m", "taskmesh._node", "--head", f"127.0.0.1:{port}",
+             "--node-ip", "127.0.0.1", "--num-cpus", "2"],
+            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        taskmesh.init(address=f"127.0.0.1:{port}")
+
+        def dump() -> None:
+            time.sleep(1.0)  # (the head is idle: what is counted next is the flood)
+            subprocess.run(["callgrind_control", "-d", str(head.pid)], timeout=600,
+                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=True)
+
+        taskmesh.get([noop.remote() for _ in range(1000)])  # warm-up
+        dump()
+        started = time.monotonic()
+        for _ in range(max(1, args.tasks // 1000)):
+            taskmesh.get([noop.remote() for _ in range(1000)])
+        took = time.monotonic() - started
+        dump()
+        tasks = max(1, args.tasks // 1000) * 1000
+        last = max(glob.glob(f"{out}/head.*"), key=os.path.getmtime)
+        ring = os.environ.get("TASKMESH_EVENT_RING", "default")
+        print(f"head instructions per no-op task: {_total(last) / tasks:,.0f} "
+              f"({tasks} tasks in {took:.1f} s under valgrind; event ring {ring})")
+        taskmesh.shutdown()
+    finally:
+        for proc in (node, head):
+            if proc is not None:
+                proc.terminate()
+                try:
+                    proc.wait(60)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                    proc.wait()
+        for f in glob.glob(f"{out}/head.*"):
+            os.remove(f)
+        os.rmdir(out)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
