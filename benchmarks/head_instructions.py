@@ -77,6 +77,10 @@ def main(argv: list[str] | None = None) -> int:
              "--node-ip", "127.0.0.1", "--num-cpus", "2"],
             env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         taskmesh.init(address=f"127.0.0.1:{port}")
+        while taskmesh.cluster_resources().get("CPU", 0) < 2:  # the node joins (slowly)
+            if time.monotonic() > deadline or node.poll() is not None:
+                raise RuntimeError("the node agent did not join the head under valgrind")
+            time.sleep(0.5)
 
         def dump() -> None:
             time.sleep(1.0)  # (the head is idle: what is counted next is the flood)
