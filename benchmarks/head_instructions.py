@@ -4,6 +4,12 @@ compared to a percent on a busy machine, where timings cannot.
 
     python -m benchmarks.head_instructions                   # this checkout, stream on
     TASKMESH_EVENT_RING=0 python -m benchmarks.head_instructions    # the event stream off
+    python -m benchmarks.head_instructions --cache           # also simulated cache misses
+
+With ``--cache``, callgrind also simulates the caches (slower) and the line adds its
+estimate of cycles, instructions + 10 x first-level misses + 100 x last-level misses
+(callgrind's own rule of thumb): what keeping more memory alive costs, which instructions
+alone do not show.
 
 Starts a head under ``valgrind --tool=callgrind`` (about 50 times slower), a node agent with
 two workers and this process as the driver, all on 127.0.0.1 with a secret of their own;
@@ -39,17 +45,22 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _total(path: str) -> int:
+def _totals(path: str) -> dict[str, int]:
+    """The dump's totals per event (Ir; with the cache simulation also I1mr, D1mr, ...)."""
+    events: list[str] = []
     with open(path) as f:
         for line in f:
-            if line.startswith(("summary:", "totals:")):
-                return int(line.split()[1])
+            if line.startswith("events:"):
+                events = line.split()[1:]
+            elif line.startswith(("summary:", "totals:")):
+                return dict(zip(events, map(int, line.split()[1:])))
     raise RuntimeError(f"no totals in {path}")
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--tasks", type=int, default=3000)
+    parser.add_argument("--cache", action="store_true", help="simulate the caches too")
     args = parser.parse_args(argv)
     out = tempfile.mkdtemp(prefix="taskmesh-callgrind-")
     env = dict(os.environ, **ClusterKey.generate().env(), TASKMESH_SPIN_S="0",
@@ -58,7 +69,8 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.update(env)
     port = _free_port()
     head = subprocess.Popen(
-        ["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}/head.%p", sys.executable,
+        ["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}/head.%p",
+         *(["--cache-sim=yes"] if args.cache else []), sys.executable,
          "-m", "taskmesh._head", "--host", "127.0.0.1", "--port", str(port)],
         env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     node = None
@@ -97,8 +109,14 @@ def main(argv: list[str] | None = None) -> int:
         tasks = max(1, args.tasks // 1000) * 1000
         last = max(glob.glob(f"{out}/head.*"), key=os.path.getmtime)
         ring = os.environ.get("TASKMESH_EVENT_RING", "default")
-        print(f"head instructions per no-op task: {_total(last) / tasks:,.0f} "
-              f"({tasks} tasks in {took:.1f} s under valgrind; event ring {ring})")
+        t = _totals(last)
+        line = f"head instructions per no-op task: {t['Ir'] / tasks:,.0f}"
+        if "D1mr" in t:
+            first = t["I1mr"] + t["D1mr"] + t["D1mw"]
+            last_level = t["ILmr"] + t["DLmr"] + t["DLmw"]
+            line += (f", first-level misses {first / tasks:,.0f}, last-level {last_level / tasks:,.0f}"
+                     f", estimated cycles {(t['Ir'] + 10 * first + 100 * last_level) / tasks:,.0f}")
+        print(f"{line} ({tasks} tasks in {took:.1f} s under valgrind; event ring {ring})")
         taskmesh.shutdown()
     finally:
         for proc in (node, head):
