@@ -23,6 +23,7 @@ from .api import (
     put,
     remote,
     shutdown,
+    timeline,
     wait,
 )
 from .errors import (
@@ -50,7 +51,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "init", "shutdown", "is_initialized", "remote", "get", "put", "wait",
-    "nodes", "cluster_resources", "available_resources", "get_runtime_context",
+    "nodes", "cluster_resources", "available_resources", "get_runtime_context", "timeline",
     "ObjectRef", "RemoteFunction", "ActorClass", "ActorHandle", "get_actor", "kill", "method",
     "ActorDiedError", "TaskCancelledError", "TaskTimeoutError", "TaskUnschedulableError", "cancel",
     "NodeAffinitySchedulingStrategy",

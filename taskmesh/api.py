@@ -315,6 +315,30 @@ def available_resources() -> dict[str, float]:
     return _resources_from_units(current_core().info("available"))
 
 
+def timeline(filename: str | None = None) -> list[dict[str, Any]] | None:
+    """The recent task events of the cluster as a Chrome trace (as Ray's ``timeline``): one
+    row per worker, a slice per task run. With ``filename`` it is written there as JSON (open
+    it in https://ui.perfetto.dev or chrome://tracing) and None is returned; else the list of
+    trace events. Only what the head still keeps (``Config.event_ring`` events) is drawn."""
+    from ._timeline import trace_events
+
+    core = current_core()
+    events: list[list] = []
+    seq = 0
+    for _ in range(1000):  # pages of at most 1,000 (a flood still adding: stop somewhere)
+        page = core.info(f"events:{seq}")
+        if not page.get("events"):
+            break
+        events.extend(page["events"])
+        seq = page["seq"]
+    trace = trace_events(events)
+    if filename is None:
+        return trace
+    with open(filename, "w") as f:
+        json.dump(trace, f)
+    return None
+
+
 class RuntimeContext:
     """Where the calling code runs: ``get_runtime_context().get_node_id()`` etc."""
 
