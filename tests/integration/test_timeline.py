@@ -47,5 +47,7 @@ def test_the_timeline_draws_each_task_on_its_workers_row(fresh_cluster, tmp_path
     for e in sorted(slices, key=lambda e: e["ts"]):
         row = by_row.setdefault((e["pid"], e["tid"]), [])
         if row:
-            assert row[-1]["ts"] + row[-1]["dur"] <= e["ts"] + 5_000, (row[-1], e)  # 5 ms slack
+            # slack: a slice ends when the head heard of the run, and a worker may hold a
+            # result up to result_batch_s + its courier's period (~12 ms) while the next runs
+            assert row[-1]["ts"] + row[-1]["dur"] <= e["ts"] + 25_000, (row[-1], e)
         row.append(e)
