@@ -916,11 +916,17 @@ def decode(frames: Sequence[Any]) -> Any:
         # with a message naming both versions (its first field is the version in all of them)
         kind = raw[2] if len(raw) > 2 and type(raw[2]) is str else "peer"
         return Hello(raw[1], kind[:32], {})
+    return _checked(cls, raw)
+
+
+def _checked(cls: type, raw: list) -> Any:
+    """``raw`` (``[op, field, ...]``, unpacked) as a ``cls``, its fields checked."""
+    fields = len(cls.CHECKS)  # type: ignore[attr-defined]
+    if len(raw) - 1 != fields:
+        raise ProtocolError(f"{cls.__name__} needs {fields} fields, got {len(raw) - 1}")
     try:
         return cls.DECODE(raw)  # type: ignore[attr-defined]
     except ProtocolError as exc:
-        if str(exc).startswith(f"{cls.__name__} needs "):
-            raise
         raise ProtocolError(f"{cls.__name__}: {exc}") from None
 
 

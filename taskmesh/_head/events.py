@@ -1,5 +1,5 @@
 """The head's event stream: every state change a user or operator could ask about, typed and
-timed, kept in a bounded ring with counters.
+timed, kept in a bounded ring.
 
     HeadState ──add(("TaskStarted", at, task_id, node_id, worker_id))──▶ EventLog
                               absorb() once ABSORB_AT are added ──▶ ring of the last N
@@ -221,7 +221,7 @@ def check_raw(raw: tuple) -> str | None:
 
 
 class EventLog:
-    """The ring of recent events and the counters.
+    """The ring of recent events.
 
     ``add`` is on the head's hot path (three events for a task that runs once), so it is
     only a list append of a plain tuple, ``("TaskStarted", at, field, ...)``: the kind is the
@@ -234,10 +234,9 @@ class EventLog:
     Readers get typed events (``since``). With the stream off, ``add`` drops everything at
     C speed."""
 
-    __slots__ = ("ring", "on", "_seq", "added", "add", "capacity")
+    __slots__ = ("ring", "on", "_seq", "added", "add")
 
     def __init__(self, capacity: int) -> None:
-        self.capacity = max(0, capacity)
         self.ring: deque | None = deque(maxlen=capacity) if capacity > 0 else None
         self.on = self.ring is not None  # (an attribute, not a property: read per task)
         self._seq = 0  # events absorbed so far (the ring holds the last ones)
@@ -295,7 +294,8 @@ class EventLog:
 
     def summary(self) -> dict:
         """For ``status``: the latest event's number, how many are kept, and their kinds."""
-        return {"seq": self.seq, "ring": self.capacity, "kept": self.kept_counts()}
+        ring = self.ring.maxlen if self.ring is not None else 0
+        return {"seq": self.seq, "ring": ring, "kept": self.kept_counts()}
 
 
 def as_lists(events: list) -> list:

@@ -547,7 +547,7 @@ class TaskTable:
         """Store a finished task's return values and wake whatever waited for them."""
         events = self.events
         first = returns[0] if returns else None
-        if first is None or first.flags == 0 or first.flags == 3:  # (not is_error: hot)
+        if first is None or not first.is_error:
             if events.on:
                 events.add(("TaskFinished", self.ctx.now, t.spec.task_id, duration))
         else:
