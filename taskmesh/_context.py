@@ -26,6 +26,7 @@ class _ProcessContext:
         self.worker_id: str = ""
         self.current_task_id: bytes | None = None
         self.current_task_name: str = ""
+        self.current_job: bytes = b""  # the driver whose job the running task is part of
 
 
 CTX = _ProcessContext()

@@ -3,7 +3,8 @@
     driver/worker ──Submit, Put, Subscribe, Release, Borrow, RegisterFunction, Goodbye──▶ head
     head ──ObjectValues, InfoReply, Notice──▶ driver/worker
     head ──Execute, Help, Exit──▶ worker ──TaskResults, Blocked, Unblocked──▶ head
-    node agent ──Heartbeat, WorkerExited, ObjectLocations──▶ head
+    head ──Output──▶ driver
+    node agent ──Heartbeat, WorkerExited, ObjectLocations, WorkerOutput──▶ head
     head ──StartWorkers, Shutdown, HeartbeatAck, FreeObjects, KillWorker──▶ node agent
     anyone ──Hello──▶ head ──Welcome | Refused──▶ anyone
     local client ──StoreCreate, StoreSeal, StoreAbort, StorePin, StoreUnpin, StoreDelete, StoreFetch──▶ node store
@@ -34,7 +35,9 @@ import msgpack
 #: the transfer stream starts with a handshake; the messages themselves are as in version 1.
 #: 3: TaskSpec.parent and .retry_filter, Assignment.retry_filter, TaskResult.no_retry,
 #: Cancel.recursive, Rejected; actor handles are counted through their handle object
-PROTOCOL_VERSION = 3
+#: 4: Assignment.job; WorkerOutput (node agent -> head) and Output (head -> driver): what
+#: tasks print, shown on the driver of their job
+PROTOCOL_VERSION = 4
 
 #: the most return values a task may have (the head drops a Submit asking for more)
 MAX_RETURNS = 100_000
@@ -177,6 +180,7 @@ class Assignment(NamedTuple):
     timeout_s: float = 0.0  # as in the spec
     env: dict | None = None  # environment variables set before it runs (CUDA_VISIBLE_DEVICES)
     retry_filter: bytes = b""  # as in the spec: the worker checks a raised exception against it
+    job: bytes = b""  # the driver whose job it belongs to (its output is shown there); b"": none
 
 
 class TaskResult(NamedTuple):
@@ -365,7 +369,7 @@ _TASK_SPEC = _record(
 _ASSIGNMENT = _record(
     Assignment,
     [_BYTES, _STR, _BYTES, _optional(_BYTES), _optional(_serialized), _list_of(_serialized), _INT,
-     _STR, _optional(_DICT), _FLOAT, _optional(_DICT), _BYTES],
+     _STR, _optional(_DICT), _FLOAT, _optional(_DICT), _BYTES, _BYTES],
 )
 _TASK_RESULT = _record(TaskResult, [_BYTES, _list_of(_serialized), _FLOAT, _BOOL])
 _OBJECT_VALUE = _record(ObjectValue, [_BYTES, _optional(_serialized), _INT])
@@ -511,6 +515,24 @@ class InfoReply(NamedTuple):
 
     request_id: int
     data: Any
+
+
+def _output_entry(v: Any) -> list:
+    """``[job, label, pid, stream, lines]`` (WorkerOutput) or ``[ip, label, pid, stream,
+    lines]`` (Output): lines a worker wrote to stdout (stream 1) or stderr (2)."""
+    if (type(v) is not list or len(v) != 5 or type(v[0]) not in (bytes, str)
+            or type(v[1]) is not str or type(v[2]) is not int or v[3] not in (1, 2)
+            or type(v[4]) is not list or not all(type(line) is str for line in v[4])):
+        raise _fail("[job or ip, label, pid, stream 1|2, [line, ...]]", v)
+    return v
+
+
+@_message(5, _list_of(_output_entry))
+class Output(NamedTuple):
+    """Lines the workers of this driver's tasks and actors wrote, batched:
+    ``[ip, label, pid, stream, lines]``, ``label`` the task's function or the actor's class."""
+
+    entries: list
 
 
 @_message(18, _STR, _STR)
@@ -706,6 +728,15 @@ class InterruptTask(NamedTuple):
 
     worker_id: str
     task_id: bytes
+
+
+@_message(39, _list_of(_output_entry))
+class WorkerOutput(NamedTuple):
+    """Lines the workers of this node wrote, batched: ``[job, label, pid, stream, lines]``
+    per worker and stream, ``job`` the driver the lines are for (the head drops those of a
+    driver that is not connected or asked for none: the node's log files have them all)."""
+
+    entries: list
 
 
 @_message(34)

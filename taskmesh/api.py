@@ -37,6 +37,7 @@ def init(
     num_gpus: int | None = None,
     resources: dict[str, float] | None = None,
     ignore_reinit_error: bool = False,
+    log_to_driver: bool = True,
     **config: Any,
 ) -> dict[str, Any]:
     """Connect this process to a taskmesh cluster, starting a local one if needed.
@@ -50,6 +51,8 @@ def init(
         num_gpus: GPUs of the embedded cluster (default: CUDA_VISIBLE_DEVICES, else nvidia-smi).
         resources: custom resources of the embedded cluster's node, e.g. ``{"highmem": 1}``.
         ignore_reinit_error: return quietly if taskmesh is already initialized.
+        log_to_driver: show what tasks and actors print here, each line prefixed with
+            ``(name pid=..., ip=...)`` (the nodes' log files keep it either way).
         **config: overrides of :class:`taskmesh.config.Config` fields (e.g. connect_timeout_s,
             or ``secret_file`` when the cluster secret is not at ~/.taskmesh/cluster-secret).
 
@@ -104,7 +107,7 @@ def init(
         core = CoreClient(cfg, connect_endpoint(host, port), "driver", f"{host}:{port}", security,
                           node_id=node_id)
         try:
-            core.handshake({"pid": os.getpid()})
+            core.handshake({"pid": os.getpid(), "log_to_driver": bool(log_to_driver)})
         except BaseException:
             core.close()
             if cluster is not None:

@@ -100,8 +100,21 @@ class Config:
     #: the head keeps this many recent events (task, actor, object, node, driver state
     #: changes: _head/events.py) for metrics, the dashboard and the timeline; 0: no stream
     event_ring: int = 10_000
+    #: where each node keeps its log files (its workers' output, in ``<log_dir>/<node id>/``);
+    #: "": ``<run_dir>/logs``
+    log_dir: str = ""
+    #: a worker's output file is rotated at this size; this many old ones are kept
+    log_rotate_bytes: int = 64 << 20
+    log_rotate_backups: int = 3
+    #: bytes a second of its workers' output a node forwards to drivers (beyond it: counted,
+    #: kept only in the files); 0 forwards none
+    log_forward_rate: int = 4 << 20
     #: directory of state files for CLI-started processes
     run_dir: str = field(default_factory=default_run_dir)
+
+    def node_log_dir(self, node_id: str) -> str:
+        """The directory of one node's log files."""
+        return os.path.join(self.log_dir or os.path.join(self.run_dir, "logs"), node_id)
 
     @classmethod
     def from_env(cls, **overrides: object) -> "Config":

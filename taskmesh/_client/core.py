@@ -35,6 +35,7 @@ from ..errors import (AuthenticationError, GetTimeoutError, HeadConnectionError,
 from .hooks import ClientHooks
 from .local_store import LocalStore
 from .reader import ObjectReader
+from .output import DriverOutput
 from .refs import _RELEASE_EVERY_S, Credits, RefTable
 
 log = logging.getLogger("taskmesh.client")
@@ -54,6 +55,10 @@ _STALL_S = 0.25
 _SEND_QUEUE_BYTES = 512 * 1024
 #: "why .remote() waits" is logged at most this often
 _BACKPRESSURE_LOG_S = 10.0
+#: an idle driver reads what its tasks print this often (its housekeeper thread does)
+OUTPUT_POLL_S = 0.1
+#: a driver leaving right after results came waits this long for their tasks' output
+OUTPUT_LINGER_S = 0.3
 
 
 class CoreClient:
@@ -137,6 +142,9 @@ class CoreClient:
         #: how values are read (inline, node store, remote fetch, another holder)
         self.reader = ObjectReader(self.local_store, self._fresh_value, security,
                                    2 * config.heartbeat_timeout_s + 1.0)
+        #: a driver's sink for what its tasks print (None: not shown here)
+        self.output: DriverOutput | None = None
+        self._values_at = 0.0  # when values last came (output may follow for a moment)
 
     # ------------------------------------------------------------------ connection
 
@@ -152,6 +160,10 @@ class CoreClient:
             info["heartbeat_s"] = self._beat_s
         if self._credits is not None:  # the head batches Credit by a tenth of it
             info["max_pending_tasks"] = self.config.max_pending_tasks
+        if self.kind == "driver":
+            info.setdefault("log_to_driver", True)
+            if info["log_to_driver"]:
+                self.output = DriverOutput()
         self.send(P.Hello(P.PROTOCOL_VERSION, self.kind, info))
         deadline = time.monotonic() + self.config.connect_timeout_s
         refusal: str | None = None
@@ -173,7 +185,7 @@ class CoreClient:
                 f"{self.config.connect_timeout_s:g} s. Is `taskmesh start --head` running there, "
                 "and is the port reachable from this machine?")
         assert self.welcome is not None
-        if self._beat_s is not None:
+        if self._beat_s is not None or self.output is not None:
             self.wake_housekeeper()  # starts the thread that keeps the head informed
         return self.welcome
 
@@ -183,6 +195,8 @@ class CoreClient:
         # another thread may be the I/O leader for up to one poll step; never wait forever
         locked = self._io_lock.acquire(timeout=2.0)
         try:
+            if self.output is not None and self.welcome is not None:
+                self._linger_for_output(locked)
             if self.kind != "worker" and self.welcome is not None:
                 self.refs.drop_dead()  # Goodbye releases everything we own
                 self._pending.append(P.Goodbye())
@@ -205,6 +219,18 @@ class CoreClient:
                 pass
         if self._own_ctx:
             self.ctx.term()
+
+    def _linger_for_output(self, locked: bool) -> None:
+        """Before leaving, give the output of the tasks that just finished a moment to
+        arrive (a node sends what its workers print every 0.1 s): a script that prints in a
+        task, gets the result and exits shows the line. Nothing to wait for if no result
+        came in the last ``OUTPUT_LINGER_S``."""
+        assert self.output is not None
+        deadline = self._values_at + OUTPUT_LINGER_S
+        if locked:
+            while (left := deadline - time.monotonic()) > 0 and not self.sock.peer_closed:
+                self._pump_locked(left)
+        self.output.flush(time.monotonic(), everything=True)
 
     # ------------------------------------------------------------------ sending
 
@@ -320,6 +346,7 @@ class CoreClient:
     def _apply(self, msg: Any) -> None:
         t = type(msg)
         if t is P.ObjectValues:
+            self._values_at = time.monotonic()
             subscribes = self.refs.apply_values(msg.items)
             if subscribes:
                 self._pending.extend(subscribes)
@@ -334,6 +361,9 @@ class CoreClient:
             if self._credits is not None:
                 with self._credit_lock:
                     self._credits.give(msg.count)
+        elif t is P.Output:
+            if self.output is not None:
+                self.output.feed(msg.entries, time.monotonic())
         elif t is P.Notice:
             log.warning("%s", msg.message)
         elif t is P.Rejected:
@@ -440,12 +470,18 @@ class CoreClient:
     def _housekeep(self) -> None:
         ev = self._housekeeping
         beat = self._beat_s
+        output = self.output
+        step = beat if output is None else min(beat or OUTPUT_POLL_S, OUTPUT_POLL_S)
         while not self.closed:
-            if ev.wait(beat):
+            if ev.wait(step):
                 time.sleep(_RELEASE_EVERY_S)
                 ev.clear()
             if self.closed:
                 return
+            if output is not None:  # show what tasks print while this driver does other things
+                if not self._reading:
+                    self.pump(0)
+                output.flush(time.monotonic())
             try:
                 self.refs.release_soon()  # we waited the batching delay already
                 if beat is not None and time.monotonic() - self._last_sent >= beat:

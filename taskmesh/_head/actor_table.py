@@ -116,7 +116,7 @@ class ActorTable:
         if old is not None:
             self.table.drop_constructor_run(old)
         spec = actor.spec
-        t = TaskRec(spec, actor.owner)
+        t = TaskRec(spec, actor.owner, self.table.job_of(actor.owner, spec.parent))
         t.retries_left = 0  # a lost constructor is a restart, counted by max_restarts
         actor.ctor = t
         self.directory.constructor_pending(return_ids(spec.task_id, 1)[0], actor.owner)

@@ -439,7 +439,7 @@ class ObjectDirectory:
             return
         self.log.warning("object %s lost (%s): running task %s again to rebuild it", oid.hex(), why,
                     spec.name)
-        t = TaskRec(spec, done.owner)
+        t = TaskRec(spec, done.owner, self.table.job_of(done.owner, spec.parent))
         t.retries_left = spec.max_retries
         self.rebuilt += 1
         self.events.add(("ObjectRebuilt", self.ctx.now, oid, spec.task_id))

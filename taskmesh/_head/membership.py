@@ -102,6 +102,8 @@ class Membership:
         self.orphan_workers: dict[str, list[WorkerRec]] = {}  # said Hello before their node
         #: drivers on other machines, which promised heartbeats: peer -> (last heard, period)
         self.beating: dict[bytes, list] = {}
+        #: drivers that asked not to be sent their tasks' output (``log_to_driver=False``)
+        self.quiet: set[bytes] = set()
 
     # ------------------------------------------------------------------ life cycle
 
@@ -245,6 +247,8 @@ class Membership:
                 window = info.get("max_pending_tasks")
                 if type(window) is int and window > 0:
                     self.scheduler.driver_joined(peer, window)
+                if info.get("log_to_driver") is False:
+                    self.quiet.add(peer)
         elif msg.kind == "node":
             node_id = info.get("node_id")
             current = self.node_by_peer.get(peer)
@@ -345,6 +349,7 @@ class Membership:
         if kind is PeerKind.DRIVER:
             self.events.add(("DriverLeft", self.ctx.now, peer, why))
         self.beating.pop(peer, None)
+        self.quiet.discard(peer)
         if kind is PeerKind.DRIVER or kind is PeerKind.STATUS:
             self.move(peer, kind, "silent" if silent else "left")
             if silent:

@@ -108,11 +108,14 @@ def parse_strategy(text: str) -> Strategy:
 
 class TaskRec:
     __slots__ = ("spec", "owner", "state", "waiting", "worker", "retries_left", "shape", "queued",
-                 "dep_failures", "started", "credit", "held", "strategy")
+                 "dep_failures", "started", "credit", "held", "strategy", "job")
 
-    def __init__(self, spec: P.TaskSpec, owner: bytes) -> None:
+    def __init__(self, spec: P.TaskSpec, owner: bytes, job: bytes = b"") -> None:
         self.spec = spec
         self.owner = owner
+        #: the driver whose job it is part of (its own, or that of the task that submitted
+        #: it): where its output is shown; b"" if unknown
+        self.job = job
         self.state = WAITING
         self.waiting = 0
         self.worker: WorkerRec | None = None

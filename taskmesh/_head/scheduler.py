@@ -470,7 +470,7 @@ class Scheduler:
         if not spec.actor_id:
             return P.Assignment(spec.task_id, spec.name, spec.function_id, blob, args,
                                 dep_values, spec.num_returns, "", None, spec.timeout_s, env,
-                                spec.retry_filter)
+                                spec.retry_filter, t.job)
         actor_opts = None
         if spec.method == "__init__":
             o = w.actor.options if w.actor is not None else {}
@@ -479,7 +479,7 @@ class Scheduler:
                           "is_async": bool(o.get("is_async"))}
         return P.Assignment(spec.task_id, spec.name, spec.function_id, blob, args,
                             dep_values, spec.num_returns, spec.method, actor_opts, spec.timeout_s,
-                            env, spec.retry_filter)
+                            env, spec.retry_filter, t.job)
 
     def free_gpus(self, gpu_alloc: dict[str, int] | None, node: NodeRec | None) -> None:
         """Give a lease's GPU units back to their devices."""

@@ -91,6 +91,7 @@ class HeadState:
             P.Heartbeat: (m.on_heartbeat, (PeerKind.NODE,)),
             P.WorkerExited: (m.on_worker_exited, (PeerKind.NODE,)),
             P.ObjectLocations: (d.on_object_locations, (PeerKind.NODE,)),
+            P.WorkerOutput: (self._on_worker_output, (PeerKind.NODE,)),
         }
 
     # ------------------------------------------------------------------ the way in
@@ -231,6 +232,19 @@ class HeadState:
                             getattr(msg, "request_id", 0))
             return
         handler[0](peer, msg)
+
+    def _on_worker_output(self, peer: bytes, msg: P.WorkerOutput) -> None:
+        """Lines a node's workers wrote: each entry goes on to its job's driver, with the
+        node's address, if that driver is connected and wants them (else only the node's
+        log files have them). Batched per driver like every message of a round."""
+        m = self.members
+        node = m.node_by_peer.get(peer)
+        if node is None or not node.alive:
+            return
+        peers, quiet, add, ip = m.peers, m.quiet, self.ctx.out.add, node.address
+        for job, label, pid, stream, lines in msg.entries:
+            if peers.get(job) == "driver" and job not in quiet:
+                add(job, P.Output, [ip, label, pid, stream, lines])
 
     def _on_info(self, peer: bytes, msg: P.InfoRequest) -> None:
         self.ctx.out.send(peer, P.InfoReply(msg.request_id, self.info(msg.what)))

@@ -144,6 +144,14 @@ class TaskTable:
 
     # ------------------------------------------------------------------ messages
 
+    def job_of(self, owner: bytes, parent: bytes) -> bytes:
+        """The job (driver) of a task ``owner`` submits: the driver itself, or the job of the
+        task that submitted it (``parent``) while that one is unfinished; b"" otherwise."""
+        if self.members.peers.get(owner) == "driver":
+            return owner
+        t = self.tasks.get(parent) if parent else None
+        return t.job if t is not None else b""
+
     def on_register_function(self, peer: bytes, msg: P.RegisterFunction) -> None:
         """Keep a function's pickle (opaque bytes) for the first assignment to each worker."""
         self.functions[msg.function_id] = bytes(msg.blob)
@@ -181,7 +189,7 @@ class TaskTable:
                 spec = spec._replace(name=intern(spec.name),
                                      function_id=intern(spec.function_id),
                                      resources=intern(spec.resources))
-            t = TaskRec(spec, peer)
+            t = TaskRec(spec, peer, peer if credit else self.job_of(peer, spec.parent))
             if credit:
                 over = take_credit(peer)
                 if over is not None:  # it ignores Credit: bound what it costs the head

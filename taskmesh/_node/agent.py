@@ -39,6 +39,7 @@ from .._transport import Poller, new_context, open_client, pid_alive
 from .._ratelimit import RateLimitedLog
 from .._secret import Security
 from ..config import Config
+from .output import NodeOutput
 from .spawner import Spawner, ZygoteChild
 from .state import (
     AgentState,
@@ -124,6 +125,10 @@ class NodeAgent:
         self._spawner_fd: int | None = None  # its socket, in the poller
         self._poller: Poller | None = None
         self._proc = psutil.Process()
+        #: the workers' stdout/stderr: log files, and lines batched to the head for drivers
+        self.output = NodeOutput(config.node_log_dir(self.node_id), config.log_rotate_bytes,
+                                 config.log_rotate_backups, config.log_forward_rate,
+                                 time.monotonic())
         self._added: list[list] = []  # copies fetched / freed, for the next ObjectLocations
         self._removed: list[bytes] = []
         # the object store: the arena, and the service local clients talk to
@@ -243,17 +248,24 @@ class NodeAgent:
         for worker_id in c.worker_ids:
             control_r, control_w = os.pipe()
             os.set_blocking(control_w, False)
+            out_r, out_w = os.pipe()
+            err_r, err_w = os.pipe()
             argv = ["--head", self.head_endpoint, "--node-id", self.node_id,
                     "--worker-id", worker_id, "--incarnation", str(c.incarnation),
                     "--lifeline-fd", str(self._life_r), "--control-fd", "{control_fd}"]
             try:
-                proc = spawner.spawn(argv, control_r)
+                proc = spawner.spawn(argv, control_r, out_w, err_w)
             except OSError as exc:
-                os.close(control_r)
-                os.close(control_w)
+                for fd in (control_r, control_w, out_r, out_w, err_r, err_w):
+                    os.close(fd)
                 self._feed(WorkerSpawnFailed(worker_id, str(exc)))
                 continue
-            os.close(control_r)
+            for fd in (control_r, out_w, err_w):
+                os.close(fd)
+            self.output.attach(worker_id, proc.pid, out_r, err_r)
+            assert self._poller is not None
+            self._poller.register(out_r)
+            self._poller.register(err_r)
             try:
                 pidfd = os.pidfd_open(proc.pid)
             except ProcessLookupError:  # it already ended (and its fork server reaped it)
@@ -290,6 +302,41 @@ class NodeAgent:
             w.proc.kill()
         except OSError:
             pass
+
+    def _read_output(self, fd: int) -> None:
+        if not self.output.read(fd, time.monotonic()):  # closed: the worker (and any child
+            assert self._poller is not None            # it left holding the pipe) ended
+            self._poller.unregister(fd)
+            self.output.close(fd)
+
+    def _send_output(self, force: bool = False) -> float | None:
+        """Send the output lines that are due to the head (once registered); return when the
+        next are due."""
+        batcher = self.output.batcher
+        if not self.state.registered:
+            return None
+        now = time.monotonic()
+        entries = batcher.take(now, force)
+        if entries:
+            self.sock.send(P.WorkerOutput(entries))
+        return batcher.due(now)
+
+    def _flush_output(self) -> None:
+        """The agent is ending: read what its workers wrote so far, and send it."""
+        try:
+            for fd in list(self.output.pipes):
+                self.output.read(fd, time.monotonic())
+            if not self.sock.peer_closed:
+                self._send_output(force=True)
+        except Exception as exc:  # noqa: BLE001 - leaving anyway
+            log.debug("could not send the last worker output: %s", exc)
+
+    def _close_output(self) -> None:
+        """The workers are gone: what they left in their pipes goes to the files."""
+        for fd in list(self.output.pipes):
+            if self._poller is not None:
+                self._poller.unregister(fd)
+        self.output.close_all(time.monotonic())
 
     def _reap(self, pidfd: int) -> None:
         w = self.workers.pop(pidfd, None)
@@ -338,8 +385,10 @@ class NodeAgent:
         finally:  # whatever happens, leave no workers, arena or spill files behind
             log.log(logging.ERROR if self.exit_code else logging.INFO,
                     "node %s shutting down: %s", self.node_id, reason)
+            self._flush_output()  # (before the Goodbye: the head drops what comes after)
             self._say_goodbye()
             self._stop_workers()
+            self._close_output()  # what is left goes to the files
             if self.spawner is not None:
                 self.spawner.close()
             self.store.close()
@@ -373,6 +422,9 @@ class NodeAgent:
             if store_at is not None:
                 wake_at = min(wake_at, store_at)
             self._report_locations()
+            out_at = self._send_output()
+            if out_at is not None:
+                wake_at = min(wake_at, out_at)
             sock.flush()  # the agent's messages are small; anything left goes out here
             if sock.wants_write:
                 wake_at = min(wake_at, time.monotonic() + 0.01)
@@ -391,6 +443,9 @@ class NodeAgent:
             if lifeline_fd is not None and lifeline_fd in ready and not os.read(lifeline_fd, 64):
                 self._feed(LifelineEnded())
                 break
+            pipes = self.output.pipes
+            for fd in [fd for fd in ready if fd in pipes]:
+                self._read_output(fd)
             for fd in [fd for fd in ready if fd in self.workers]:
                 self._reap(fd)
             if sock.poll_target in ready:

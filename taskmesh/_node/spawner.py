@@ -91,23 +91,25 @@ class Spawner:
 
     # ------------------------------------------------------------------ spawning
 
-    def spawn(self, argv: list[str], control_fd: int) -> "subprocess.Popen | ZygoteChild":
+    def spawn(self, argv: list[str], control_fd: int, stdout_fd: int,
+              stderr_fd: int) -> "subprocess.Popen | ZygoteChild":
         """Start ``python -m taskmesh._worker ARGV``; ``{control_fd}`` in ``argv`` stands for
-        the worker's end of its control pipe (``control_fd`` here)."""
+        the worker's end of its control pipe (``control_fd`` here); its stdout and stderr are
+        ``stdout_fd`` and ``stderr_fd`` (the write ends of the pipes the agent reads)."""
         if self._sock is not None:
-            child = self._fork(argv, control_fd)
+            child = self._fork(argv, [control_fd, stdout_fd, stderr_fd])
             if child is not None:
                 return child
         cmd = [sys.executable, "-m", "taskmesh._worker",
                *[a.replace("{control_fd}", str(control_fd)) for a in argv]]
         return subprocess.Popen(cmd, pass_fds=(self.lifeline_fd, control_fd), env=self.env,
-                                stdin=subprocess.DEVNULL)
+                                stdin=subprocess.DEVNULL, stdout=stdout_fd, stderr=stderr_fd)
 
-    def _fork(self, argv: list[str], control_fd: int) -> "ZygoteChild | None":
+    def _fork(self, argv: list[str], fds: list[int]) -> "ZygoteChild | None":
         sock = self._sock
         assert sock is not None
         try:
-            socket.send_fds(sock, [json.dumps({"argv": argv}).encode()], [control_fd])
+            socket.send_fds(sock, [json.dumps({"argv": argv}).encode()], fds)
         except OSError:
             self._zygote_gone()
             return None

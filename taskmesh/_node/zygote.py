@@ -1,7 +1,7 @@
 """The worker fork server: a process that imported everything a worker needs once, and forks a
 new worker in about a millisecond instead of starting an interpreter (0.1-0.2 s of CPU).
 
-    node agent ──{"argv": [...]} + control fd (SCM_RIGHTS)──▶ zygote ──fork──▶ worker
+    node agent ──{"argv": [...]} + control, stdout, stderr fds (SCM_RIGHTS)──▶ zygote ──fork──▶ worker
                ◀──{"pid": n}────────────────────────────────┘   (runs taskmesh._worker main)
                ◀──{"exited": pid, "code": c}── when a worker it forked ends (it is their parent)
 
@@ -87,6 +87,13 @@ def _child(sock: socket.socket, wake_r: int, wake_w: int, request: dict, fds: li
         argv = [str(a) for a in request["argv"]]
         if fds:  # the control pipe arrives as a new fd number here
             argv = [a.replace("{control_fd}", str(fds[0])) for a in argv]
+        if len(fds) >= 3:  # the pipes the agent reads the worker's output from
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os.dup2(fds[1], 1)
+            os.dup2(fds[2], 2)
+            os.close(fds[1])
+            os.close(fds[2])
         sys.argv = ["taskmesh._worker", *argv]
         # what ps shows: the command a worker started as an interpreter would have
         setproctitle(" ".join([sys.executable, "-m", "taskmesh._worker", *argv]))

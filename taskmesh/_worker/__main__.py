@@ -9,6 +9,7 @@ import sys
 
 from .._daemon import setup_logging
 from ..config import Config
+from . import output
 from .main import Worker, watch_lifeline
 
 
@@ -33,6 +34,7 @@ def main(argv: list[str] | None = None) -> int:
                                                    args.worker_id, exc)
         return 1
     worker.install_interrupts(args.control_fd)
+    output.install(worker.describe_output)
     return worker.run()
 
 

@@ -33,6 +33,7 @@ from .._context import CTX
 from .._spin import Spinner
 from .._secret import Security, find_secret, take_secret_from_env
 from ..config import Config
+from .._output_marks import NO_CONTEXT, Context
 from ..errors import ObjectLostError, SerializationError, TaskmeshError
 from .results import ResultBatch
 
@@ -83,6 +84,8 @@ class Worker:
         #: that actor's calls: in order, or in a thread pool / an event loop for concurrency)
         self.actor: Any = None
         self.actor_label = ""
+        #: whose output an actor's worker writes: the job that created it, its class name
+        self.actor_context: Context | None = None
         self._concurrent: Any = None  # ThreadPoolExecutor, or the asyncio loop of an async actor
         self._async_slots: Any = None  # asyncio.Semaphore: max_concurrency of an async actor
         #: tasks the head cancelled (ids from the control pipe): skipped, or interrupted
@@ -212,10 +215,11 @@ class Worker:
         start = time.perf_counter()
         if a.env:  # e.g. CUDA_VISIBLE_DEVICES: the GPUs the head gave this task
             os.environ.update({str(k): str(v) for k, v in a.env.items()})
-        outer = CTX.current_task_id, CTX.current_task_name  # set again after Help tasks
+        outer = CTX.current_task_id, CTX.current_task_name, CTX.current_job  # (Help tasks)
         self.running += 1
         CTX.current_task_id = a.task_id
         CTX.current_task_name = a.name
+        CTX.current_job = a.job
         n = a.num_returns
         no_retry = False
         try:
@@ -224,7 +228,7 @@ class Worker:
                 deps, args_obj = self._inputs(a)
             except _InputLost as lost:  # the head reruns it once the input is back
                 self.running -= 1
-                CTX.current_task_id, CTX.current_task_name = outer
+                CTX.current_task_id, CTX.current_task_name, CTX.current_job = outer
                 self.results.add(P.TaskResult(a.task_id, [lost.error()], 0.0))
                 return
             args, kwargs = S.unpack_args(args_obj, deps)
@@ -265,9 +269,18 @@ class Worker:
             except (SerializationError, ValueError, TaskmeshError, OSError) as exc:
                 returns = [S.dump_task_error(exc, a.name, self.node_id, self.pid, False)] * n
             del result
-        CTX.current_task_id, CTX.current_task_name = outer
+        CTX.current_task_id, CTX.current_task_name, CTX.current_job = outer
         self.running -= 1
         self.results.add(P.TaskResult(a.task_id, returns, time.perf_counter() - start, no_retry))
+
+    def describe_output(self) -> Context:
+        """Whose output this worker writes now (for the context markers of output.py): its
+        actor's, or the running task's."""
+        if self.actor_context is not None:
+            return self.actor_context._replace(task_id=CTX.current_task_id or b"")
+        if CTX.current_task_id is None:
+            return NO_CONTEXT
+        return Context(CTX.current_job, CTX.current_task_id, b"", _short(CTX.current_task_name))
 
     # ------------------------------------------------------------------ interrupts
 
@@ -329,6 +342,8 @@ class Worker:
     def _become_actor(self, a: P.Assignment, cls: Any, args: tuple, kwargs: dict) -> None:
         """Run an actor's constructor: from now on this process serves only that actor."""
         opts = a.actor or {}
+        self.actor_context = Context(a.job, a.task_id, bytes(opts.get("actor_id") or b""),
+                                     _short(str(opts.get("class_name") or a.name)))
         self.actor = cls(*args, **kwargs)
         self.actor_label = f"actor {opts.get('class_name') or a.name}"
         # a blocked call keeps its process: there is no CPU to lend nor tasks to hand back
@@ -598,6 +613,12 @@ def _constructor_failed(exc: BaseException, a: P.Assignment, node_id: str,
     return P.SerializedObject.system_error(
         "ActorDiedError", f"its constructor {a.name} raised {type(exc).__name__}: {exc} "
                           f"(node {node_id}, pid {pid})\n{tb.rstrip()}")
+
+
+def _short(name: str) -> str:
+    """The label a driver shows for a task or actor: its function's or class's own name,
+    without the module (``__main__.f`` -> ``f``), as Ray shows it."""
+    return name.rsplit(".", 1)[-1] if " " not in name else name
 
 
 def _store_gone() -> None:

@@ -65,6 +65,10 @@ EXAMPLES: dict[type, list] = {
     P.InfoReply: [P.InfoReply(7, {"CPU": 20_000, "node:10.0.0.1": 10_000}),
                   P.InfoReply(8, [{"NodeID": "n1", "Alive": True}])],
     P.Notice: [P.Notice("warning", "no node can run task f")],
+    P.Output: [P.Output([["10.0.0.2", "f", 1234, 1, ["hello", ""]],
+                         ["10.0.0.3", "Counter", 99, 2, ["Traceback (most recent call last):"]]])],
+    P.WorkerOutput: [P.WorkerOutput([[b"D" + bytes(8), "f", 1234, 2, ["warn", "é"]]]),
+                     P.WorkerOutput([])],
     P.Execute: [P.Execute([
         Assignment(b"t1", "mod.f", b"fid", b"blob", SO, [SO, ERR], 1),
         Assignment(b"t2", "mod.f", b"fid", None, None, [], 0),

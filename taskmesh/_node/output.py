@@ -1,0 +1,307 @@
+"""What a node's workers print: read from their stdout/stderr pipes, kept in rotated log files,
+and batched to the head, which hands each line to the driver of its job.
+
+    worker fd 1/2 ──pipe──▶ NodeOutput.read(fd) ──raw bytes──▶ worker-<id>-<pid>.out / .err
+                                 │ StreamParser: lines, and whose they are (context markers)
+                                 ▼
+                            OutputBatcher ──take() every FLUSH_S──▶ WorkerOutput ──▶ head
+
+A worker writes a *context marker* line (``MARK``, then job, task, actor and label, tab
+separated) into a stream before the first text a new task writes there (``_worker/output.py``
+does, lazily: a task that prints nothing costs nothing). The parser takes the markers out of
+what it forwards and attributes the lines after one to that job; the files keep them, so
+``taskmesh logs --task ID`` can find a task's lines. Text written without a marker (from C
+code, a subprocess, the worker's own log) belongs to the context marked last.
+
+Bounds: a line longer than ``MAX_LINE`` is cut (with a note saying how much); the lines
+forwarded per node are limited to ``rate`` bytes a second (a token bucket): beyond it they are
+counted and dropped from forwarding (the files still have them) and the driver is told how
+many. A worker that writes faster than the agent reads is slowed by its full pipe.
+
+``StreamParser`` and ``OutputBatcher`` decide; ``NodeOutput`` is the I/O part the agent calls.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+
+from .._output_marks import MARK, NO_CONTEXT, Context, parse_marker
+
+log = logging.getLogger("taskmesh.node")
+
+#: a longer line is cut, with a note (the log file keeps it whole)
+MAX_LINE = 16 * 1024
+#: how often the lines read are sent to the head (at most: nothing is sent when there is none)
+FLUSH_S = 0.1
+#: one WorkerOutput carries about this much text at most (more waits for the next)
+MAX_BATCH_BYTES = 1 << 20
+STDOUT, STDERR = 1, 2
+_MARK_B = MARK.encode()
+
+
+class StreamParser:
+    """One worker stream (stdout or stderr): bytes in, ``(context, lines)`` runs out."""
+
+    __slots__ = ("context", "_partial", "_skipping")
+
+    def __init__(self) -> None:
+        self.context = NO_CONTEXT
+        self._partial = b""
+        self._skipping = False  # in the rest of a line too long to wait for: dropped
+
+    def feed(self, data: bytes) -> list[tuple[Context, list[str]]]:
+        """Split what was read into lines; markers change the context of the lines after
+        them. An unfinished last line waits for the rest (``end`` takes it), unless it is
+        already longer than ``MAX_LINE``: then its start is shown, cut, and the rest dropped."""
+        lines: list = data.split(b"\n")
+        if self._skipping:
+            if len(lines) == 1:
+                return []
+            lines.pop(0)  # the end of the line cut before
+            self._skipping = False
+        elif self._partial:
+            lines[0] = self._partial + lines[0]
+        self._partial = lines.pop()
+        if len(self._partial) > MAX_LINE:
+            lines.append(_cut(self._partial))
+            self._partial = b""
+            self._skipping = True
+        return self._runs(lines)
+
+    def end(self) -> list[tuple[Context, list[str]]]:
+        """The stream closed: its unfinished last line, if any."""
+        rest, self._partial = self._partial, b""
+        return self._runs([rest]) if rest else []
+
+    def _runs(self, lines: list) -> list[tuple[Context, list[str]]]:
+        out: list[tuple[Context, list[str]]] = []
+        current: list[str] = []
+        for raw in lines:
+            if type(raw) is str:  # already cut
+                current.append(raw)
+                continue
+            if raw.startswith(_MARK_B):
+                ctx = parse_marker(raw.decode("utf-8", "replace"))
+                if ctx is not None:
+                    if current:
+                        out.append((self.context, current))
+                        current = []
+                    self.context = ctx
+                    continue
+            current.append(_cut(raw) if len(raw) > MAX_LINE else
+                           raw.decode("utf-8", "replace").rstrip("\r"))
+        if current:
+            out.append((self.context, current))
+        return out
+
+
+def _cut(raw: bytes) -> str:
+    return (raw[:MAX_LINE].decode("utf-8", "replace") + f" [line cut at {MAX_LINE} bytes: the "
+            "worker's log file has it whole]")
+
+
+class OutputBatcher:
+    """Lines waiting to go to the head, in arrival order, within a rate budget."""
+
+    __slots__ = ("rate", "burst", "entries", "size", "_tokens", "_at", "_dropped", "_first")
+
+    def __init__(self, rate: float, now: float) -> None:
+        self.rate = float(rate)  # bytes a second forwarded; 0: nothing is forwarded
+        self.burst = max(self.rate * 2, 64 * 1024.0) if rate > 0 else 0.0
+        self.entries: list[list] = []  # [job, label, pid, stream, lines]
+        self.size = 0
+        self._tokens = self.burst
+        self._at = now
+        #: lines not forwarded for the budget, by (job, stream) (told once the budget allows)
+        self._dropped: dict[tuple[bytes, int], int] = {}
+        self._first: float | None = None  # when the oldest waiting entry came
+
+    def add(self, ctx: Context, pid: int, stream: int, lines: list[str], now: float) -> None:
+        """Queue the lines of one worker stream (lines with no job go to the files only)."""
+        if not ctx.job or not lines:
+            return
+        self._refill(now)
+        cost = sum(len(line) + 1 for line in lines)
+        if cost > self._tokens:  # over budget: keep what fits, count the rest
+            kept: list[str] = []
+            for line in lines:
+                if len(line) + 1 > self._tokens:
+                    break
+                self._tokens -= len(line) + 1
+                kept.append(line)
+            key = (ctx.job, stream)
+            self._dropped[key] = self._dropped.get(key, 0) + len(lines) - len(kept)
+            lines, cost = kept, 0
+            if not lines:
+                return
+        self._tokens -= cost
+        last = self.entries[-1] if self.entries else None
+        if (last is not None and last[0] == ctx.job and last[1] == ctx.label and last[2] == pid
+                and last[3] == stream):
+            last[4].extend(lines)
+        else:
+            self.entries.append([ctx.job, ctx.label, pid, stream, list(lines)])
+        self.size += sum(len(line) for line in lines)
+        if self._first is None:
+            self._first = now
+
+    def _refill(self, now: float) -> None:
+        self._tokens = min(self.burst, self._tokens + (now - self._at) * self.rate)
+        self._at = now
+
+    def due(self, now: float) -> float | None:
+        """When the waiting lines should go (None: nothing waits)."""
+        if self._dropped and self._first is None:
+            return self._at + FLUSH_S
+        return None if self._first is None else self._first + FLUSH_S
+
+    def take(self, now: float, force: bool = False) -> list[list] | None:
+        """The entries to send now (with a note per job of lines dropped), or None if nothing
+        is due yet."""
+        when = self.due(now)
+        if when is None or (now < when and not force and self.size < MAX_BATCH_BYTES):
+            return None
+        out, self.entries, self.size, self._first = self.entries, [], 0, None
+        if self._dropped:
+            self._refill(now)
+            for (job, stream), n in self._dropped.items():
+                out.append([job, "taskmesh", 0, STDERR, [
+                    f"{n} line{'s' if n != 1 else ''} of output not shown here: over the "
+                    f"node's forwarding limit of {self.rate / 1024:.0f} KiB/s (`taskmesh logs` "
+                    "shows the worker's log file, which has them)"]])
+            self._dropped.clear()
+        return out
+
+
+class RotatingFile:
+    """A file that bytes are appended to, renamed to ``.1`` (``.2``, ...) once it holds
+    ``max_bytes``; ``backups`` old ones are kept. (logging's RotatingFileHandler rotates
+    records, formatted and encoded one by one; this rotates raw chunks as they were read.)"""
+
+    __slots__ = ("path", "max_bytes", "backups", "_f", "_size")
+
+    def __init__(self, path: str, max_bytes: int, backups: int) -> None:
+        self.path = path
+        self.max_bytes = max_bytes
+        self.backups = backups
+        self._f = open(path, "ab", buffering=0)  # noqa: SIM115 - closed in close()
+        self._size = self._f.tell()
+
+    def write(self, data: bytes) -> None:
+        if self.max_bytes > 0 and self._size + len(data) > self.max_bytes and self._size:
+            self._rotate()
+        self._f.write(data)
+        self._size += len(data)
+
+    def _rotate(self) -> None:
+        self._f.close()
+        for i in range(self.backups - 1, 0, -1):
+            older = f"{self.path}.{i}"
+            if os.path.exists(older):
+                os.replace(older, f"{self.path}.{i + 1}")
+        if self.backups > 0:
+            os.replace(self.path, f"{self.path}.1")
+        else:
+            os.unlink(self.path)
+        self._f = open(self.path, "ab", buffering=0)  # noqa: SIM115
+        self._size = 0
+
+    def close(self) -> None:
+        self._f.close()
+
+
+class _Pipe:
+    __slots__ = ("fd", "pid", "stream", "parser", "file")
+
+    def __init__(self, fd: int, pid: int, stream: int, file: RotatingFile | None) -> None:
+        self.fd = fd
+        self.pid = pid
+        self.stream = stream
+        self.parser = StreamParser()
+        self.file = file
+
+
+class NodeOutput:
+    """The agent's side of its workers' output: their pipes, files and the batch to send."""
+
+    def __init__(self, log_dir: str, rotate_bytes: int, backups: int, rate: float,
+                 now: float) -> None:
+        self.log_dir = log_dir
+        self.rotate_bytes = rotate_bytes
+        self.backups = backups
+        self.batcher = OutputBatcher(rate, now)
+        self.pipes: dict[int, _Pipe] = {}  # read end -> its worker stream
+        self._dir_ok: bool | None = None
+
+    def _open(self, worker_id: str, pid: int, stream: int) -> RotatingFile | None:
+        if self._dir_ok is None:
+            try:
+                os.makedirs(self.log_dir, exist_ok=True)
+                self._dir_ok = True
+            except OSError as exc:
+                log.warning("cannot create the log directory %s (%s): worker output is only "
+                            "forwarded to drivers", self.log_dir, exc)
+                self._dir_ok = False
+        if not self._dir_ok:
+            return None
+        ext = "out" if stream == STDOUT else "err"
+        path = os.path.join(self.log_dir, f"worker-{worker_id}-{pid}.{ext}")
+        try:
+            return RotatingFile(path, self.rotate_bytes, self.backups)
+        except OSError as exc:
+            log.warning("cannot write %s (%s)", path, exc)
+            return None
+
+    def attach(self, worker_id: str, pid: int, out_fd: int, err_fd: int) -> None:
+        """Start reading a new worker's stdout and stderr (the read ends, non-blocking)."""
+        for fd, stream in ((out_fd, STDOUT), (err_fd, STDERR)):
+            os.set_blocking(fd, False)
+            self.pipes[fd] = _Pipe(fd, pid, stream, self._open(worker_id, pid, stream))
+
+    def read(self, fd: int, now: float) -> bool:
+        """Read what the pipe holds (up to 1 MiB a call: one busy worker does not starve
+        the rest of the loop); return False once it is closed (the caller unregisters it,
+        then calls ``close``)."""
+        p = self.pipes[fd]
+        for _ in range(16):
+            try:
+                data = os.read(fd, 65536)
+            except BlockingIOError:
+                return True
+            except OSError:
+                data = b""
+            if not data:
+                self._take(p, p.parser.end(), now)
+                return False
+            if p.file is not None:
+                try:
+                    p.file.write(data)
+                except OSError as exc:
+                    log.warning("cannot write %s (%s): no more output is kept there",
+                                p.file.path, exc)
+                    p.file.close()
+                    p.file = None
+            self._take(p, p.parser.feed(data), now)
+            if len(data) < 65536:
+                return True
+        return True
+
+    def _take(self, p: _Pipe, runs: list, now: float) -> None:
+        add = self.batcher.add
+        for ctx, lines in runs:
+            add(ctx, p.pid, p.stream, lines, now)
+
+    def close(self, fd: int) -> None:
+        p = self.pipes.pop(fd, None)
+        if p is None:
+            return
+        os.close(fd)
+        if p.file is not None:
+            p.file.close()
+
+    def close_all(self, now: float) -> None:
+        """Read what each pipe still holds (without waiting), then close them all."""
+        for fd in list(self.pipes):
+            self.read(fd, now)
+            self.close(fd)
