@@ -25,6 +25,8 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
+import time
 
 from .._output_marks import MARK, NO_CONTEXT, Context, parse_marker
 
@@ -211,6 +213,36 @@ class RotatingFile:
         self._f.close()
 
 
+#: log directories of past nodes kept on a machine (beyond it, the oldest that are older than
+#: KEEP_AGE_S go when a node starts)
+KEEP_NODE_LOGS = 50
+KEEP_AGE_S = 24 * 3600.0
+
+
+def prune_old_logs(parent: str, keep: int = KEEP_NODE_LOGS, min_age_s: float = KEEP_AGE_S,
+                   now: float | None = None) -> list[str]:
+    """Remove the log directories of old nodes under ``parent`` (``<log_dir>``): all but the
+    newest ``keep``, and only those untouched for ``min_age_s``. Returns the ones removed."""
+    now = time.time() if now is None else now
+    try:
+        entries = [e for e in os.scandir(parent) if e.is_dir(follow_symlinks=False)]
+    except OSError:
+        return []
+    dated = []
+    for e in entries:
+        try:
+            dated.append((e.stat(follow_symlinks=False).st_mtime, e.path))
+        except OSError:
+            continue
+    dated.sort(reverse=True)
+    removed = []
+    for mtime, path in dated[keep:]:
+        if now - mtime >= min_age_s:
+            shutil.rmtree(path, ignore_errors=True)
+            removed.append(path)
+    return removed
+
+
 class _Pipe:
     __slots__ = ("fd", "pid", "stream", "parser", "file")
 
@@ -239,6 +271,7 @@ class NodeOutput:
             try:
                 os.makedirs(self.log_dir, exist_ok=True)
                 self._dir_ok = True
+                prune_old_logs(os.path.dirname(self.log_dir))
             except OSError as exc:
                 log.warning("cannot create the log directory %s (%s): worker output is only "
                             "forwarded to drivers", self.log_dir, exc)

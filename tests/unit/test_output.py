@@ -237,3 +237,19 @@ def test_tasks_carry_their_jobs_driver_even_when_a_task_submitted_them():
     c.send(worker, P.Submit([child]))
     [b] = c.drain().assignments()
     assert b.task_id == child.task_id and b.job == c.driver
+
+
+def test_old_nodes_log_directories_are_pruned_newest_and_recent_kept(tmp_path):
+    import os
+
+    from taskmesh._node.output import prune_old_logs
+
+    for i in range(6):
+        d = tmp_path / f"node{i}"
+        d.mkdir()
+        (d / "worker-1-2.out").write_text("x")
+        os.utime(d, (1000.0 + i * 100, 1000.0 + i * 100))
+    removed = prune_old_logs(str(tmp_path), keep=3, min_age_s=450, now=1600.0)
+    # node0..2 are beyond the newest 3; node2 (400 s old) is too recent to go
+    assert sorted(os.path.basename(p) for p in removed) == ["node0", "node1"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["node2", "node3", "node4", "node5"]
