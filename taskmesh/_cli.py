@@ -3,6 +3,7 @@
     taskmesh start --head [--port 7300] [--num-cpus N] [--node-ip IP] [--secret-file F] [--block]
     taskmesh start --worker --address HOST:PORT [--num-cpus N] [--node-ip IP] [--secret-file F] [--block]
     taskmesh status [--address HOST:PORT] [--secret-file F]
+    taskmesh logs [FILE] [--node ID] [--worker PID] [--task ID] [--actor ID] [-f] [--tail N]
     taskmesh secret [--new] [--secret-file F]
     taskmesh stop
 
@@ -21,6 +22,7 @@ import signal
 import socket
 import sys
 import time
+import uuid
 from typing import Any, NoReturn
 
 from . import _rundir
@@ -58,8 +60,9 @@ def _resolve(host: str) -> str:
         _fail(f"cannot resolve host {host!r}")
 
 
-def _log_path(cfg: Config, role: str) -> str:
-    return os.path.join(cfg.run_dir, "logs", f"{role}-{time.strftime('%Y%m%d-%H%M%S')}.log")
+def _log_path(cfg: Config, directory: str, name: str) -> str:
+    """A daemon's log file, in the log directory ``taskmesh logs`` reads for its node."""
+    return os.path.join(cfg.node_log_dir(directory), name)
 
 
 def _node_extra(args: argparse.Namespace) -> list[str]:
@@ -78,8 +81,10 @@ def _node_extra(args: argparse.Namespace) -> list[str]:
 
 def _start_node(cfg: Config, head_addr: str, node_ip: str, num_cpus: int, resources: str,
                 detach: bool, extra: list[str] | None = None) -> tuple[Any, str, str]:
-    log_file = _log_path(cfg, "node")
+    node_id = uuid.uuid4().hex[:12]
+    log_file = _log_path(cfg, node_id, "agent.log")
     proc, ready = spawn("taskmesh._node", ["--head", head_addr, "--node-ip", node_ip,
+                                           "--node-id", node_id,
                                            "--num-cpus", str(num_cpus), "--resources", resources,
                                            *(extra or [])],
                         cfg, log_file=log_file, detach=detach)
@@ -134,7 +139,7 @@ def cmd_start(args: argparse.Namespace) -> int:
         port = args.port
         if not port_is_free("0.0.0.0", port):
             _fail(f"port {port} is already in use on this machine; pick another with --port")
-        head_log = _log_path(cfg, "head")
+        head_log = _log_path(cfg, f"head-{port}", "head.log")
         head, ready = spawn("taskmesh._head", ["--host", "0.0.0.0", "--port", str(port)], cfg,
                             log_file=head_log, detach=detach)
         try:
@@ -172,7 +177,8 @@ def cmd_start(args: argparse.Namespace) -> int:
               "(or address=\"auto\" on this machine)")
         print("  see the cluster:  taskmesh status")
         print("  stop:             taskmesh stop")
-        print(f"  logs:             {os.path.dirname(head_log)}")
+        print(f"  logs:             {os.path.dirname(os.path.dirname(head_log))} "
+              "(taskmesh logs shows every node's)")
     else:
         if not args.address:
             _fail("start --worker needs --address HOST:PORT of the head")
@@ -258,9 +264,11 @@ def cmd_stop(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_status(args: argparse.Namespace) -> int:
+def connect(args: argparse.Namespace) -> Any:
+    """A status client of the cluster at ``--address`` (default: $TASKMESH_ADDRESS, else the
+    head started on this machine), with the secret of ``--secret-file`` or the usual places;
+    handshake done. Fails with one line if there is none or it does not answer."""
     from ._client.core import CoreClient
-    from ._resources import from_units
     from .errors import HeadConnectionError
 
     cfg = Config.from_env()
@@ -284,12 +292,24 @@ def cmd_status(args: argparse.Namespace) -> int:
         _fail(str(exc))
     try:
         core.handshake({"pid": os.getpid()})
+    except HeadConnectionError as exc:
+        core.close()
+        _fail(str(exc))
+    return core
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from ._resources import from_units
+    from .errors import HeadConnectionError
+
+    core = connect(args)
+    try:
         st = core.info("status")
     except HeadConnectionError as exc:
         _fail(str(exc))
     finally:
         core.close()
-    print(f"taskmesh cluster at {host}:{port}")
+    print(f"taskmesh cluster at {core.address}")
     rows = [("NODE", "ADDRESS", "STATE", "CPUS USED/TOTAL", "WORKERS", "ACTORS", "RUNNING",
              "QUEUED", "FINISHED", "STORE USED/TOTAL", "OBJECTS", "SPILLED", "NET SENT/RECEIVED")]
     dead = 0
@@ -406,6 +426,9 @@ def build_parser() -> argparse.ArgumentParser:
     sc.set_defaults(fn=cmd_secret)
     sp = sub.add_parser("stop", help="stop the taskmesh processes started on this machine")
     sp.set_defaults(fn=cmd_stop)
+    from . import _cli_logs
+
+    _cli_logs.add_parser(sub, _secret_options)
     return ap
 
 
@@ -429,5 +452,7 @@ def main(argv: list[str] | None = None) -> int:
         return 130
 
 
-if __name__ == "__main__":
-    sys.exit(main())
+if __name__ == "__main__":  # python -m taskmesh._cli: run the module as imported, so that the
+    from taskmesh._cli import main as _main  # subcommands' modules raise the same CliError
+
+    sys.exit(_main())

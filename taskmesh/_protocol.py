@@ -4,6 +4,7 @@
     head ──ObjectValues, InfoReply, Notice──▶ driver/worker
     head ──Execute, Help, Exit──▶ worker ──TaskResults, Blocked, Unblocked──▶ head
     head ──Output──▶ driver
+    driver/worker/status ──LogRequest──▶ head ──ReadLogs──▶ node agent ──LogsRead──▶ head
     node agent ──Heartbeat, WorkerExited, ObjectLocations, WorkerOutput──▶ head
     head ──StartWorkers, Shutdown, HeartbeatAck, FreeObjects, KillWorker──▶ node agent
     anyone ──Hello──▶ head ──Welcome | Refused──▶ anyone
@@ -36,7 +37,7 @@ import msgpack
 #: 3: TaskSpec.parent and .retry_filter, Assignment.retry_filter, TaskResult.no_retry,
 #: Cancel.recursive, Rejected; actor handles are counted through their handle object
 #: 4: Assignment.job; WorkerOutput (node agent -> head) and Output (head -> driver): what
-#: tasks print, shown on the driver of their job
+#: tasks print, shown on the driver of their job; LogRequest, ReadLogs, LogsRead: log files
 PROTOCOL_VERSION = 4
 
 #: the most return values a task may have (the head drops a Submit asking for more)
@@ -665,6 +666,38 @@ class KillWorker(NamedTuple):
 
     worker_id: str
     reason: str
+
+
+# -- log files ---------------------------------------------------------------
+
+
+@_message(80, _INT, _STR, _DICT)
+class LogRequest(NamedTuple):
+    """``taskmesh logs``: ask the nodes about their log files. ``node_id`` "": every node and
+    the head; "head": the head's own; else that node. ``query``: ``{"op": "list"}``,
+    ``{"op": "read", "file": NAME, "tail": N}`` or ``{..., "offset": BYTES}`` (follow), or
+    ``{"op": "find", "task": HEX}`` / ``{"op": "find", "actor": HEX}``. Answered with one
+    InfoReply: ``{"replies": {node_id: reply}, "missing": {node_id: why}}``."""
+
+    request_id: int
+    node_id: str
+    query: dict
+
+
+@_message(81, _INT, _DICT)
+class ReadLogs(NamedTuple):
+    """Node agent: answer this log query about your log directory (with LogsRead)."""
+
+    request_id: int
+    query: dict
+
+
+@_message(82, _INT, _DICT)
+class LogsRead(NamedTuple):
+    """A node agent's answer to ReadLogs (``{"error": text}`` if it could not)."""
+
+    request_id: int
+    reply: dict
 
 
 # -- flow control -----------------------------------------------------------

@@ -113,7 +113,7 @@ class Config:
     run_dir: str = field(default_factory=default_run_dir)
 
     def node_log_dir(self, node_id: str) -> str:
-        """The directory of one node's log files."""
+        """The directory of one node's log files (the head's: ``head-<port>``)."""
         return os.path.join(self.log_dir or os.path.join(self.run_dir, "logs"), node_id)
 
     @classmethod

@@ -24,7 +24,8 @@ import signal
 import time
 
 from .. import _protocol as P
-from .._daemon import report_ready
+from .._daemon import add_log_file, report_ready
+from .._logfiles import LogDirectory
 from .._spin import Spinner
 from .._transport import Poller, ServerSocket, new_context
 from .._secret import Security, load_security
@@ -33,6 +34,7 @@ from ..errors import SecretError
 from .collector import Collector
 from .commands import InternalError, Log, Send
 from .intake import Intake, LagHistogram
+from .logrelay import HEAD_SELF
 from .state import HeadState
 
 log = logging.getLogger("taskmesh.head")
@@ -68,6 +70,8 @@ class HeadServer:
         self.intake = Intake(MAX_BACKLOG)
         self.lag = LagHistogram()  # the loop's lag per turn (see the module docstring)
         self.collector = Collector(time.monotonic())
+        #: the head's own log directory (head.log), which it answers log queries about
+        self.logs = LogDirectory(config.node_log_dir(f"head-{self.port}"))
         self._stop_r, self._stop_w = os.pipe()
         os.set_blocking(self._stop_w, False)
 
@@ -164,15 +168,23 @@ class HeadServer:
     def _carry_out(self, commands: list) -> None:
         """Send the state's messages; write its log lines and internal errors."""
         send = self.sock.send
+        own: list = []
         for c in commands:
             kind = type(c)
             if kind is Send:
-                send(c.peer, c.msg)
+                if c.peer is HEAD_SELF:  # a log query about the head's own files
+                    own.append(c.msg)
+                else:
+                    send(c.peer, c.msg)
             elif kind is Log:
                 logging.getLogger(c.logger).log(c.level, c.msg, *c.args)
             elif kind is InternalError:  # a bug must not take the head down; say so loudly
                 log.error("internal error while handling %s from %r:\n%s", c.what, c.peer,
                           c.traceback)
+        for msg in own:  # (small and bounded: a listing, or at most 1 MiB of one file)
+            reply = self.logs.answer(msg.query)
+            self._carry_out(self.state.own_logs_read(P.LogsRead(msg.request_id, reply),
+                                                     time.monotonic()))
 
     def _shutdown(self, reason: str) -> None:
         log.info("head shutting down: %s", reason)
@@ -199,6 +211,7 @@ def run_head(config: Config, host: str, port: int, ready_fd: int | None, lifelin
         report_ready(ready_fd, f"ERROR {msg}")
         log.error("%s", msg)
         return 1
+    add_log_file("head", os.path.join(server.logs.path, "head.log"))
     signal.signal(signal.SIGTERM, lambda *_: server.request_stop())
     signal.signal(signal.SIGINT, lambda *_: server.request_stop())
     report_ready(ready_fd, f"READY {server.port}")

@@ -36,6 +36,7 @@ from .commands import Command, InternalError
 from .context import CHORE_SLICE, Context
 from .directory import ObjectDirectory
 from .intake import DISCONNECTED
+from .logrelay import HEAD_SELF, LogRelay
 from .membership import Membership, PeerKind
 from .records import ASSIGNED, READY, WAITING, add_to
 from .scheduler import Scheduler
@@ -57,6 +58,8 @@ class HeadState:
         self.scheduler = Scheduler(ctx)
         self.directory = ObjectDirectory(ctx)
         self.actor_table = ActorTable(ctx)
+        self.logs = LogRelay(ctx)  # taskmesh logs: queries to the nodes, their answers
+        self.logs.members = self.members
         parts = {"members": self.members, "table": self.table, "scheduler": self.scheduler,
                  "directory": self.directory, "actor_table": self.actor_table}
         for part in parts.values():  # each part knows the others (typed in its __init__)
@@ -92,6 +95,8 @@ class HeadState:
             P.WorkerExited: (m.on_worker_exited, (PeerKind.NODE,)),
             P.ObjectLocations: (d.on_object_locations, (PeerKind.NODE,)),
             P.WorkerOutput: (self._on_worker_output, (PeerKind.NODE,)),
+            P.LogRequest: (self.logs.on_request, (*_CLIENT, PeerKind.STATUS)),
+            P.LogsRead: (self.logs.on_read, (PeerKind.NODE,)),
         }
 
     # ------------------------------------------------------------------ the way in
@@ -167,8 +172,19 @@ class HeadState:
             self.members.tick(now)
             self.table.tick(now)
             self.scheduler.tick(now)
+            self.logs.tick(now)
         except Exception:
             self._internal_error("tick", b"")
+        return self._round()
+
+    def own_logs_read(self, msg: P.LogsRead, now: float) -> list[Command]:
+        """The shell's answer to a ``ReadLogs`` sent to ``HEAD_SELF`` (the head's own log
+        directory)."""
+        self.ctx.now = now
+        try:
+            self.logs.on_read(HEAD_SELF, msg)
+        except Exception:
+            self._internal_error("LogsRead", HEAD_SELF)
         return self._round()
 
     def run_chores(self, deadline: float, clock: Callable[[], float]) -> list[Command]:
@@ -304,5 +320,6 @@ class HeadState:
         self.scheduler.check_invariants()
         self.directory.check_invariants()
         self.actor_table.check_invariants()
+        self.logs.check_invariants()
         if self.events.on:
             self.events.check_invariants()

@@ -9,7 +9,7 @@ import os
 import signal
 import sys
 
-from .._daemon import report_ready, setup_logging
+from .._daemon import add_log_file, report_ready, setup_logging
 import psutil
 
 from .._resources import CPU, GPU, MEMORY, detect_gpus, to_units
@@ -67,6 +67,7 @@ def main(argv: list[str] | None = None) -> int:
         report_ready(args.ready_fd, f"ERROR {msg}")
         logging.getLogger("taskmesh.node").error("%s", msg)
         return 1
+    add_log_file("node", os.path.join(agent.output.log_dir, "agent.log"))
     signal.signal(signal.SIGTERM, lambda *_: agent.request_stop())
     signal.signal(signal.SIGINT, lambda *_: agent.request_stop())
     return agent.serve(args.lifeline_fd, args.ready_fd)

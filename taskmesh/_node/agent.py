@@ -39,10 +39,13 @@ from .._transport import Poller, new_context, open_client, pid_alive
 from .._ratelimit import RateLimitedLog
 from .._secret import Security
 from ..config import Config
+from .._logfiles import LogDirectory
+from .inbox import Inbox
 from .output import NodeOutput
 from .spawner import Spawner, ZygoteChild
 from .state import (
     AgentState,
+    AnswerLogs,
     Command,
     DeleteObjects,
     Drop,
@@ -129,6 +132,11 @@ class NodeAgent:
         self.output = NodeOutput(config.node_log_dir(self.node_id), config.log_rotate_bytes,
                                  config.log_rotate_backups, config.log_forward_rate,
                                  time.monotonic())
+        #: taskmesh logs: queries about the node's log directory, answered by a thread (a
+        #: find may scan large files) whose replies the loop sends (``_logs_done``)
+        self.log_dir = LogDirectory(self.output.log_dir)
+        self._log_answers = Inbox()
+        self._log_thread: Any = None
         self._added: list[list] = []  # copies fetched / freed, for the next ObjectLocations
         self._removed: list[bytes] = []
         # the object store: the arena, and the service local clients talk to
@@ -303,6 +311,18 @@ class NodeAgent:
         except OSError:
             pass
 
+    def _answer_logs(self, c: AnswerLogs) -> None:
+        if self._log_thread is None:
+            from concurrent.futures import ThreadPoolExecutor
+
+            self._log_thread = ThreadPoolExecutor(1, "taskmesh-logs")
+        put = self._log_answers.put
+        self._log_thread.submit(lambda: put((c.request_id, self.log_dir.answer(c.query))))
+
+    def _logs_done(self) -> None:
+        for request_id, reply in self._log_answers.drain():
+            self.sock.send(P.LogsRead(request_id, reply))
+
     def _read_output(self, fd: int) -> None:
         if not self.output.read(fd, time.monotonic()):  # closed: the worker (and any child
             assert self._poller is not None            # it left holding the pipe) ended
@@ -375,6 +395,7 @@ class NodeAgent:
         self._poller = poller = Poller()
         poller.register(self.sock)
         poller.register(self._stop_r)
+        poller.register(self._log_answers.wake_fd)
         if lifeline_fd is not None:
             poller.register(lifeline_fd)
         self.store.attach(poller)
@@ -389,6 +410,9 @@ class NodeAgent:
             self._say_goodbye()
             self._stop_workers()
             self._close_output()  # what is left goes to the files
+            if self._log_thread is not None:
+                self._log_thread.shutdown(wait=False, cancel_futures=True)
+            self._log_answers.close()
             if self.spawner is not None:
                 self.spawner.close()
             self.store.close()
@@ -443,6 +467,8 @@ class NodeAgent:
             if lifeline_fd is not None and lifeline_fd in ready and not os.read(lifeline_fd, 64):
                 self._feed(LifelineEnded())
                 break
+            if self._log_answers.wake_fd in ready:
+                self._logs_done()
             pipes = self.output.pipes
             for fd in [fd for fd in ready if fd in pipes]:
                 self._read_output(fd)
@@ -479,4 +505,5 @@ _COMMANDS: dict[type, Callable[[NodeAgent, Any], None]] = {
     Log: NodeAgent._log,
     Drop: NodeAgent._drop,
     Exit: NodeAgent._on_exit,
+    AnswerLogs: NodeAgent._answer_logs,
 }

@@ -52,7 +52,7 @@ from .. import _protocol as P
 from ..config import Config
 
 __all__ = [
-    "AgentState", "Command", "DeleteObjects", "Drop", "DropAllObjects", "Event", "Exit",
+    "AgentState", "AnswerLogs", "Command", "DeleteObjects", "Drop", "DropAllObjects", "Event", "Exit",
     "FromHead", "HandshakeRefused", "HeadClosed", "Interrupt", "Kill", "LifelineEnded", "Log",
     "Phase", "ReportReady", "Send", "SendHeartbeat", "SpawnWorkers", "Start", "StopRequested",
     "StopWorkers", "Tick", "Woke", "WorkerEnded", "WorkerSpawnFailed", "WorkerSpawned",
@@ -184,6 +184,14 @@ class Kill:
 
 
 @dataclass(frozen=True, slots=True)
+class AnswerLogs:
+    """Answer a log query about this node's log directory (``taskmesh logs``) with LogsRead."""
+
+    request_id: int
+    query: dict
+
+
+@dataclass(frozen=True, slots=True)
 class Interrupt:
     """Write ``task_id`` to this worker's control pipe (it stops that task)."""
 
@@ -244,7 +252,7 @@ class Exit:
 
 
 Command = (Send | SendHeartbeat | SpawnWorkers | Kill | Interrupt | StopWorkers | DeleteObjects
-           | DropAllObjects | ReportReady | Log | Drop | Exit)
+           | DropAllObjects | ReportReady | Log | Drop | Exit | AnswerLogs)
 
 
 # --------------------------------------------------------------------------- phases
@@ -543,6 +551,9 @@ class AgentState:
         if w is not None and w.pid is not None and len(msg.task_id) == 16:
             out.append(Interrupt(w.worker_id, msg.task_id))
 
+    def _on_read_logs(self, msg: P.ReadLogs, now: float, out: list[Command]) -> None:
+        out.append(AnswerLogs(msg.request_id, msg.query))
+
     def _on_shutdown(self, msg: P.Shutdown, now: float, out: list[Command]) -> None:
         self._exit(0, msg.reason, out)
 
@@ -578,6 +589,7 @@ _HEAD_MESSAGES: dict[type, _Handler] = {
     P.FreeObjects: AgentState._on_free_objects,
     P.KillWorker: AgentState._on_kill_worker,
     P.InterruptTask: AgentState._on_interrupt,
+    P.ReadLogs: AgentState._on_read_logs,
     P.Shutdown: AgentState._on_shutdown,
     P.HeartbeatAck: AgentState._on_heartbeat_ack,
 }

@@ -59,3 +59,14 @@ def test_a_task_on_another_host_prints_on_the_driver(hosts, tmp_path):
     # and the worker's host kept it in its log directory
     files = glob.glob(os.path.join(str(tmp_path / "run1"), "logs", node_id, "worker-*.out"))
     assert any("line 0 from" in open(f, encoding="utf-8").read() for f in files), files
+    # `taskmesh logs` on a host that is neither the head's nor the worker's: the files come
+    # from the worker's node, through the head
+    listed = hosts.taskmesh(3, "logs", "--address", address, run_dir=str(tmp_path / "run3"))
+    assert listed.returncode == 0, listed.stderr
+    assert any(line.startswith(node_id) and "agent.log" in line
+               for line in listed.stdout.splitlines()), listed.stdout
+    pid = pids["pids"][0]
+    shown = hosts.taskmesh(3, "logs", "--address", address, "--node", node_id,
+                           "--worker", str(pid), run_dir=str(tmp_path / "run3"))
+    assert shown.returncode == 0, shown.stderr
+    assert "line 0 from " + node_id in shown.stdout.splitlines()

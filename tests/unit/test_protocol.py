@@ -69,6 +69,10 @@ EXAMPLES: dict[type, list] = {
                          ["10.0.0.3", "Counter", 99, 2, ["Traceback (most recent call last):"]]])],
     P.WorkerOutput: [P.WorkerOutput([[b"D" + bytes(8), "f", 1234, 2, ["warn", "é"]]]),
                      P.WorkerOutput([])],
+    P.LogRequest: [P.LogRequest(3, "", {"op": "list"}),
+                   P.LogRequest(4, "n1", {"op": "read", "file": "agent.log", "tail": 10})],
+    P.ReadLogs: [P.ReadLogs(9, {"op": "find", "task": "ab" * 16})],
+    P.LogsRead: [P.LogsRead(9, {"found": [], "truncated": False}), P.LogsRead(1, {"error": "x"})],
     P.Execute: [P.Execute([
         Assignment(b"t1", "mod.f", b"fid", b"blob", SO, [SO, ERR], 1),
         Assignment(b"t2", "mod.f", b"fid", None, None, [], 0),
