@@ -18,7 +18,7 @@ import os
 import re
 from typing import Any
 
-from ._output_marks import MARK, parse_marker
+from ._output_marks import MARK, OWN, parse_marker
 
 #: the most text one reply carries (a follow asks again from where it stopped)
 MAX_REPLY_BYTES = 1 << 20
@@ -26,6 +26,7 @@ MAX_REPLY_BYTES = 1 << 20
 DEFAULT_TAIL = 1000
 _WORKER_FILE = re.compile(r"^worker-(?P<worker>.+)-(?P<pid>\d+)\.(?P<stream>out|err)(\.\d+)?$")
 _MARK_B = MARK.encode()
+_OWN_B = OWN.encode()
 
 
 class LogQueryError(ValueError):
@@ -116,12 +117,12 @@ class LogDirectory:
                 lines = _split(data)
                 if start > 0 and lines:
                     lines = lines[1:]  # (the first may be the end of a line)
-                lines = [line for line in lines if not line.startswith(MARK)]
+                lines = [line for line in lines if not line.startswith(OWN)]
                 lines = lines[-(tail if tail is not None else DEFAULT_TAIL):] if tail != 0 else []
                 return {"file": name, "size": size, "offset": end, "lines": lines,
                         "rotated": False}
         return {"file": name, "size": size, "offset": end, "rotated": rotated,
-                "lines": [line for line in lines if not line.startswith(MARK)]}
+                "lines": [line for line in lines if not line.startswith(OWN)]}
 
     def find(self, task_hex: str, actor_hex: str, max_bytes: int | None = None) -> dict:
         """The lines a task (by id) or an actor (by id) wrote, per worker file, in order. An
@@ -166,7 +167,7 @@ def _lines_of(m: mmap.mmap, want_task: str, want_actor: str) -> list[str]:
                 inside = (ctx.task_id.hex().startswith(want_task) if want_task
                           else ctx.actor_id.hex().startswith(want_actor))
                 continue
-        if inside and raw:
+        if inside and raw and not raw.startswith(_OWN_B):
             out.append(raw.decode("utf-8", "replace"))
     return out
 

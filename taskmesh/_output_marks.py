@@ -15,6 +15,11 @@ from typing import NamedTuple
 
 #: the first characters of a context marker line (ASCII record separator, then "tm")
 MARK = "\x1etm\t"
+#: the first characters of a progress bar's state line (``taskmesh.util.tqdm`` in a task):
+#: JSON after it; passed on to the driver like any line, drawn there as a bar
+BAR = "\x1etmbar\t"
+#: what every line taskmesh writes into a worker's streams starts with (not shown as text)
+OWN = "\x1etm"
 
 
 class Context(NamedTuple):

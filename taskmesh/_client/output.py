@@ -21,6 +21,9 @@ import sys
 import threading
 from typing import Any, TextIO
 
+from .._output_marks import BAR
+from .progress import BarManager
+
 _DIGIT = re.compile(r"\d")
 
 
@@ -130,6 +133,8 @@ class DriverOutput:
         self._stdout = stdout
         self._stderr = stderr
         self._lock = threading.Lock()
+        #: progress bars made in tasks (taskmesh.util.tqdm), drawn on stderr
+        self.bars = BarManager(stderr)
 
     def _streams(self) -> tuple[Any, Any]:
         # looked up at each write: a notebook or a test may swap sys.stdout meanwhile
@@ -140,6 +145,10 @@ class DriverOutput:
         with self._lock:
             shown: list[tuple[int, str]] = []
             for ip, label, pid, stream, lines in entries:
+                if any(line.startswith(BAR) for line in lines):
+                    lines = [line for line in lines
+                             if not (line.startswith(BAR)
+                                     and self.bars.feed((ip, pid), line[len(BAR):], now))]
                 prefix = _prefix(label, pid, ip)
                 shown.extend(self.dedup.feed((ip, pid), stream, prefix, lines, now))
             self._write(shown)
@@ -148,6 +157,8 @@ class DriverOutput:
         """Show the folded lines that are due."""
         with self._lock:
             self._write(self.dedup.flush(now, everything))
+            if self.bars.active:
+                self.bars.tick(now, everything)
 
     def next_due(self) -> float | None:
         return self.dedup.next_due()
@@ -156,9 +167,13 @@ class DriverOutput:
         if not shown:
             return
         out, err = self._streams()
+        bars = self.bars.active
         for stream, text in shown:
             try:
-                (err if stream == 2 else out).write(text + "\n")
+                if bars:  # printed above the bars, not through them
+                    self.bars.write(text, err if stream == 2 else out)
+                else:
+                    (err if stream == 2 else out).write(text + "\n")
             except (OSError, ValueError):  # closed or broken: nowhere to show it
                 pass
         for s in (out, err):

@@ -1,0 +1,98 @@
+"""Does a worker that prints a flood slow the other tasks? (issue 15: "a worker printing 10 MB/s
+does not slow other tasks by more than 5%").
+
+An embedded cluster of 2 CPUs: one CPU holds a background task, the other runs rounds of
+no-op tasks (``--tasks`` each, submitted at once, then got). The background task either
+prints ``--rate`` MB/s of 100-byte lines (the flood: read by the node agent, kept in the
+worker's log file, forwarded to this driver within the node's limit, printed here to
+``--sink``) or sleeps (the baseline). Rounds alternate between the two; the figure is the
+ratio of the medians, flood over baseline. Run from the repository root:
+
+    python -m benchmarks.output_flood [--rounds 10] [--rate 10] [--tasks 2000] [--sink /dev/null]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import time
+
+import taskmesh
+
+
+@taskmesh.remote(num_cpus=1)
+def background(mode: str, seconds: float, rate_mb: float) -> int:
+    """Print ``rate_mb`` MB/s of lines for ``seconds`` (mode "flood"), or sleep."""
+    if mode == "sleep":
+        time.sleep(seconds)
+        return 0
+    line = "x" * 99
+    per_tick = int(rate_mb * 1e6 / 100 / 100)  # lines per 10 ms
+    start = time.monotonic()
+    written = 0
+    tick = 0
+    while time.monotonic() - start < seconds:
+        for _ in range(per_tick):
+            print(line)
+        written += per_tick * 100
+        tick += 1
+        pause = start + tick * 0.01 - time.monotonic()
+        if pause > 0:
+            time.sleep(pause)
+    return written
+
+
+@taskmesh.remote(num_cpus=1)
+def noop() -> None:
+    return None
+
+
+def one_round(mode: str, tasks: int, rate: float) -> float:
+    bg = background.remote(mode, 3600, rate)
+    time.sleep(0.5)  # the flood is under way
+    start = time.perf_counter()
+    taskmesh.get([noop.remote() for _ in range(tasks)])
+    took = time.perf_counter() - start
+    taskmesh.cancel(bg, force=True)
+    try:
+        taskmesh.get(bg, timeout=30)
+    except (taskmesh.TaskCancelledError, taskmesh.WorkerCrashedError):
+        pass
+    return took
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--rounds", type=int, default=10)
+    ap.add_argument("--rate", type=float, default=10.0, help="MB/s the flood prints")
+    ap.add_argument("--tasks", type=int, default=2000, help="no-op tasks per round")
+    ap.add_argument("--sink", default=os.devnull,
+                    help="where this driver's stdout/stderr go (default /dev/null)")
+    args = ap.parse_args()
+    report = sys.stdout
+    sink = open(args.sink, "w")  # noqa: SIM115 - for the whole run
+    sys.stdout = sys.stderr = sink
+    taskmesh.init(num_cpus=2)
+    try:
+        one_round("sleep", args.tasks, args.rate)  # warm-up: workers started, code shipped
+        times: dict[str, list[float]] = {"sleep": [], "flood": []}
+        for i in range(args.rounds):
+            for mode in (("sleep", "flood") if i % 2 == 0 else ("flood", "sleep")):
+                times[mode].append(one_round(mode, args.tasks, args.rate))
+    finally:
+        taskmesh.shutdown()
+        sys.stdout, sys.stderr = report, sys.__stderr__
+        sink.close()
+    base, flood = statistics.median(times["sleep"]), statistics.median(times["flood"])
+    ratios = [f / s for f, s in zip(times["flood"], times["sleep"])]
+    print(f"{args.tasks} no-op tasks beside a task that sleeps: median {base * 1e3:.1f} ms; "
+          f"beside one printing {args.rate:g} MB/s: median {flood * 1e3:.1f} ms")
+    print(f"flood / sleep: {flood / base:.3f} (paired median {statistics.median(ratios):.3f}, "
+          f"{args.rounds} rounds each)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
