@@ -125,6 +125,24 @@ def dump_task_error(
     return SerializedObject(SerializedObject.TASK_ERROR, data, [])
 
 
+#: a failed task's error text for the head (TaskResult.error) is cut to this many characters
+ERROR_TEXT_CHARS = 8192
+
+
+def error_text(exc: BaseException, user_traceback: bool = True) -> str:
+    """A task's exception as plain text for the head, which never unpickles (the state API
+    shows it): ``Type: message`` after the traceback, as Python prints it. At most
+    ``ERROR_TEXT_CHARS``: a longer one keeps its end (the innermost frames and the message)."""
+    if user_traceback:
+        text = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+    else:
+        text = f"{type(exc).__name__}: {exc}"
+    if len(text) > ERROR_TEXT_CHARS:
+        cut = len(text) - ERROR_TEXT_CHARS + 40
+        text = f"[... {cut} characters cut ...]\n" + text[cut:]
+    return text
+
+
 def _dump_cause_state(info: dict, cause: BaseException | None) -> bytes:
     """For exceptions whose __init__ breaks unpickling: send class, args and __dict__ apart."""
     if cause is not None:
