@@ -105,7 +105,7 @@ class StateView:
             if k == "TaskSubmitted":  # at, task_id, name, actor_id, waiting, owner, parent
                 live[e[2]] = [e[3], PENDING_ARGS_AVAIL if e[5] else PENDING_NODE_ASSIGNMENT, e,
                               None, 0]
-                if e[4] == e[2]:  # an actor's constructor
+                if e[4] and e[4] == e[2]:  # an actor's constructor
                     self._actor_submitted(e)
             elif k == "TaskStarted":  # at, task_id, node_id, worker_id
                 r = live.get(e[2])
@@ -141,8 +141,14 @@ class StateView:
                 self._job_event(e)
         if done:
             self.ended.extend(done)
-            self.counts.update(map(_name, done))  # (C speed; names only: a tuple key per
-            done.clear()  # task, (name, state), cost twice as much)
+            # counted at C speed, by name only (a (name, state) key cost twice as much), and
+            # at once when the batch's tasks are all of one function, as in a flood
+            names = list(map(_name, done))
+            if names.count(names[0]) == len(names):
+                self.counts[names[0]] += len(names)
+            else:
+                self.counts.update(names)
+            done.clear()
 
     def _actor_submitted(self, e: tuple) -> None:
         """An actor's constructor is submitted (again, on a restart)."""
@@ -209,19 +215,24 @@ class StateView:
             return select(self.jobs.values(), filters, limit)
         if kind == "summary":
             return {"summary": self.summary()}
-        prefix = next((v for key, op, v in filters if key == "id" and op == "="), "").lower()
-        if len(prefix) < 4:
-            raise QueryError(f"{kind} needs its id (or its first characters, at least 4): "
+        given = next((v for key, op, v in filters if key == "id" and op == "="), "").lower()
+        prefix, _, suffix = given.replace("...", "…").partition("…")
+        if len(prefix) + len(suffix) < 4:
+            raise QueryError(f"{kind} needs its id (or its first characters, at least 4, or "
+                             f"its first and last ones as tables show them: 53a1cc…000006): "
                              f"state:{kind}?id=ID")
+
+        def wanted(hex_id: str) -> bool:
+            return hex_id.startswith(prefix) and hex_id.endswith(suffix)
+
         if kind == "task":
             jobs = self._job_finder()
-            found = [r for r in self.task_rows() if r[_SUB][2].hex().startswith(prefix)]
+            found = [r for r in self.task_rows() if wanted(r[_SUB][2].hex())]
             rows = [self.task_dict(r, jobs, True, None) for r in found]
         else:
-            rows = [a for a in self.actors.values() if a["actor_id"].startswith(prefix)]
+            rows = [a for a in self.actors.values() if wanted(a["actor_id"])]
         if len({r.get("task_id", r.get("actor_id")) for r in rows}) > 1:
-            raise QueryError(f"{len(rows)} {kind}s have an id that starts with {prefix!r}: "
-                             "give more of it")
+            raise QueryError(f"{len(rows)} {kind}s have an id like {given!r}: give more of it")
         return {"rows": rows[-1:], "total": len(rows[-1:]), "truncated": False}
 
     def _task_dicts(self, filters: list[tuple[str, str, str]], detail: bool) -> Iterable[dict]:
