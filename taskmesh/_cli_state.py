@@ -97,6 +97,18 @@ _TABLES: dict[str, tuple[Sequence[str], Callable[[dict], list[str]], Sequence[in
 }
 
 
+def _shown(key: str, value: Any) -> str:
+    """A field's value for a person: times as local date and time, durations rounded."""
+    if value is None or value == "":
+        return "-"
+    if key.endswith("_time_ms"):
+        return (time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(value / 1000))
+                + f".{int(value) % 1000:03d}")
+    if key == "duration_s":
+        return f"{value * 1000:.1f} ms" if value < 1 else f"{value:.3f} s"
+    return str(value)
+
+
 def _size(n: float) -> str:
     for unit in ("B", "KiB", "MiB", "GiB"):
         if n < 1024 or unit == "GiB":
@@ -184,8 +196,9 @@ def cmd_summary(args: argparse.Namespace) -> int:
         return 0
     print("\n".join(table(_SUMMARY_HEADERS, rows, (0,), WIDTH, (0,))))
     total = sum(sum(c.values()) for c in summary.values())
-    print(f"{total:,} tasks (WAIT ARGS: PENDING_ARGS_AVAIL, QUEUED: PENDING_NODE_ASSIGNMENT; "
-          "FINISHED and FAILED since the head started)")
+    print(textwrap.fill(f"{total:,} tasks (WAIT ARGS: PENDING_ARGS_AVAIL, QUEUED: "
+                        "PENDING_NODE_ASSIGNMENT; FINISHED and FAILED: since the head "
+                        "started)", WIDTH))
     return 0
 
 
@@ -206,7 +219,7 @@ def cmd_get(args: argparse.Namespace) -> int:
     message = row.pop("error_message", "") or row.pop("death_cause", "")
     width = max(len(k) for k in row)
     for key, value in row.items():
-        print(f"{key.ljust(width)}  {'' if value is None else value}")
+        print(f"{key.ljust(width)}  {_shown(key, value)}".rstrip())
     if message:
         print("error_message:" if args.kind == "task" else "death_cause:")
         print(textwrap.indent(message.rstrip(), "  "))
