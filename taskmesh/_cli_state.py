@@ -110,11 +110,11 @@ def _shown(key: str, value: Any) -> str:
 
 
 def _size(n: float) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if n < 1024 or unit == "GiB":
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if n < 1024 or unit == "TiB":
             return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
         n /= 1024
-    return f"{n:.1f} GiB"
+    return f"{n:.1f} TiB"
 
 
 # ---------------------------------------------------------------------- commands
@@ -258,7 +258,7 @@ def status_lines(st: dict, address: str, show_dead: bool = False) -> list[str]:
     """``taskmesh status`` as lines of at most 80 columns: a row per node, its store and
     network below it, then the cluster's counts."""
     lines = [f"taskmesh cluster at {address}"]
-    headers = ("NODE", "ADDRESS", "STATE", "CPUS", "WORKERS", "RUNNING", "QUEUED", "FINISHED")
+    headers = ["NODE", "ADDRESS", "STATE", "CPUS", "WORKERS", "RUNNING", "QUEUED", "FINISHED"]
     rows, below, dead = [], [], 0
     for n in st["nodes"]:
         if not n["Alive"] and not show_dead:
@@ -270,7 +270,11 @@ def status_lines(st: dict, address: str, show_dead: bool = False) -> list[str]:
                      f"{used:g}/{total:g}", str(n["Workers"]), str(n["TasksRunning"]),
                      str(n.get("TasksQueued", 0)), str(n["TasksFinished"])])
         below.append(_node_details(n))
-    table_lines = table(headers, rows, (1,), WIDTH - 2)
+    table_lines = table(headers, rows, (), WIDTH - 2)
+    if max(map(len, table_lines)) > WIDTH - 2:  # (long addresses: each below its node)
+        below = [f"address {r.pop(1)}" + (f"; {d}" if d else "") for r, d in zip(rows, below)]
+        del headers[1]
+        table_lines = table(headers, rows, (), WIDTH - 2)
     lines.append("  " + table_lines[0])
     for line, details in zip(table_lines[1:], below):
         lines.append("  " + line)
