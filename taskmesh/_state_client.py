@@ -57,9 +57,13 @@ def connect(address: str | None = None, secret_file: str = "", no_encryption: bo
         raise HeadConnectionError(f"cannot resolve host {host!r}") from None
     from ._launch import started_cluster_security
 
-    security = started_cluster_security(host, port) or Security(
-        find_secret(secret_file or cfg.secret_file or head_secret),
-        cfg.encrypt and not no_encryption)
+    embedded = CTX.cluster  # (this process's embedded cluster: its one-off secret)
+    if embedded is not None and embedded.address.rsplit(":", 1)[-1] == str(port):
+        security = embedded.security
+    else:
+        security = started_cluster_security(host, port) or Security(
+            find_secret(secret_file or cfg.secret_file or head_secret),
+            cfg.encrypt and not no_encryption)
     core = CoreClient(cfg, connect_endpoint(ip, port), "status", f"{host}:{port}", security)
     try:
         core.handshake({"pid": os.getpid()})

@@ -122,6 +122,8 @@ def test_actors_jobs_nodes_and_objects(ran):
     assert job["job_id"] == actor["job_id"] and job["start_time_ms"] > 0
     [node] = state.list_nodes()
     assert node["node_id"] == CTX.node_id and node["state"] == "ALIVE"
+    # (with an address: over a connection of its own, closed after)
+    assert [n["node_id"] for n in state.list_nodes(address=CTX.core.address)] == [CTX.node_id]
     assert node["resources_total"]["CPU"] == 2.0
     objects = state.list_objects(filters=[("state", "=", "ERROR")])
     assert ran["failed"].hex() in {o["object_id"] for o in objects}
