@@ -559,8 +559,9 @@ class TaskTable:
             if events.on:
                 if first.flags == P.SerializedObject.SYSTEM_ERROR:
                     kind, message = first.read_system_error()
-                else:
-                    kind, message = "TaskError", error
+                else:  # (no text from a worker: it did not run, an input was an error)
+                    kind, message = "TaskError", error or (
+                        "it did not run: one of its inputs is the error of a task that raised")
                 if kind == "TaskCancelledError":
                     events.add(("TaskCancelled", self.ctx.now, t.spec.task_id, message))
                 else:

@@ -86,6 +86,20 @@ def test_a_raising_task_retried_counts_its_attempts_and_fails_with_the_workers_t
     assert "SIGKILL" in row["error_message"]
 
 
+def test_a_task_whose_input_raised_fails_without_running_and_says_so():
+    c = Cluster()
+    c.add_node("n1", cpus=1)
+    [w] = c.node_workers["n1"]
+    fid = c.register()
+    [parent] = c.submit(fid)
+    [child] = c.submit(fid, deps=[ret(parent)])
+    c.drain()
+    c.send(w, P.TaskResults([P.TaskResult(parent, [task_error()], 0.1, False, "ValueError: x")]))
+    row = one(c, child)
+    assert row["state"] == "FAILED" and row["error_type"] == "TaskError"
+    assert "did not run" in row["error_message"] and row["node_id"] == ""
+
+
 def test_a_cancelled_task_is_failed_with_taskcancellederror():
     c = Cluster()
     c.add_node("n1", cpus=1)
