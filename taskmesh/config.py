@@ -101,8 +101,8 @@ class Config:
     #: changes: _head/events.py) for metrics, the dashboard and the timeline; 0: no stream
     event_ring: int = 10_000
     #: the state API (``taskmesh list tasks``, ``taskmesh.util.state``) keeps the rows of this
-    #: many ended tasks (the unfinished ones all, counts by function forever); 0: no rows of
-    #: ended tasks. It is fed by the event stream: with ``event_ring`` 0 it shows nothing
+    #: many ended tasks (the unfinished ones all, counts by function forever); 0 turns the
+    #: head's state view off. It is fed by the event stream: with ``event_ring`` 0 it is off
     state_finished_tasks: int = 10_000
     #: directory of state files for CLI-started processes
     run_dir: str = field(default_factory=default_run_dir)

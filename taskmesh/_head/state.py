@@ -40,7 +40,7 @@ from .membership import Membership, PeerKind
 from .records import ASSIGNED, READY, WAITING, add_to
 from .scheduler import Scheduler
 from .tasks import TaskTable
-from .views import KINDS, QueryError, StateView, parse_query, select
+from .views import QueryError, StateView, parse_query, select
 
 __all__ = ["HeadState", "CHORE_SLICE"]
 
@@ -67,7 +67,9 @@ class HeadState:
         self.events = ctx.events
         #: the state API's tasks, actors and jobs, fed by the event stream (views.py)
         self.view = StateView(config.state_finished_tasks)
-        if self.events.on:
+        #: it sees the stream unless there is none, or the config turns it off (0)
+        self.view_on = self.events.on and config.state_finished_tasks > 0
+        if self.view_on:
             self.events.view = self.view
         self.dropped = ctx.dropped
         self.chores = ctx.chores
@@ -306,8 +308,8 @@ class HeadState:
         except QueryError as exc:
             return {"error": str(exc)}
         reply["now"] = self.ctx.now
-        if kind in KINDS:
-            reply["stream"] = self.events.on  # (off: the view has seen nothing)
+        if kind not in ("nodes", "objects") and not self.view_on:
+            reply["view"] = False  # (no stream, or state_finished_tasks=0: it has seen nothing)
         return reply
 
     def _node_row(self, n: Any) -> dict:
@@ -330,4 +332,4 @@ class HeadState:
         self.actor_table.check_invariants()
         if self.events.on:
             self.events.check_invariants()
-            self.view.check_invariants()
+            self.view.check_invariants()  # (an empty one when it is off)

@@ -39,8 +39,9 @@ def _list(kind: str, address: str | None, filters: Filters | None, limit: int, t
         warnings.warn(f"{reply['total']:,} {kind} match; only the first {len(reply['rows']):,} "
                       f"are returned: raise limit= (at most 10,000) or filter more",
                       stacklevel=3)
-    if reply.get("stream") is False and raise_on_missing_output:
-        raise RuntimeError(f"the head keeps no event stream (event_ring=0): it cannot list {kind}")
+    if reply.get("view") is False and raise_on_missing_output:
+        raise RuntimeError(f"the head's state view is off (its config has event_ring=0 or "
+                           f"state_finished_tasks=0): it cannot list {kind}")
     if reply.get("scanned_all") is False:
         warnings.warn("the head holds more objects than one query looks at (100,000): some "
                       "are not listed", stacklevel=3)

@@ -254,3 +254,16 @@ def test_every_kind_answers_with_rows_a_total_and_the_heads_clock(kind):
     c.now = 3.5
     reply = c.info(f"state:{kind}")
     assert set(reply) >= {"rows", "total", "truncated", "now"} and reply["now"] == 3.5
+
+
+@pytest.mark.parametrize("config", [{"event_ring": 0}, {"state_finished_tasks": 0}])
+def test_the_view_is_off_without_a_stream_or_with_no_rows_to_keep(config):
+    c = Cluster(**config)
+    c.add_node("n1", cpus=1)
+    fid = c.register()
+    c.submit(fid, 2)
+    c.drain()
+    reply = c.info("state:tasks")
+    assert reply["rows"] == [] and reply["view"] is False
+    assert "view" not in c.info("state:nodes")
+    c.state.check_invariants()
