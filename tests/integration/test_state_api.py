@@ -39,6 +39,11 @@ def nap(s):
 
 
 @taskmesh.remote
+def parent_of_squares(n):
+    return sum(taskmesh.get([square.remote(i) for i in range(n)]))
+
+
+@taskmesh.remote
 class Counter:
     def __init__(self):
         self.n = 0
@@ -225,3 +230,13 @@ def test_status_watch_refreshes_until_ctrl_c(ran):
         if proc.poll() is None:
             proc.kill()
             proc.wait(10)
+
+
+# (last: it adds squares, which the tests above count)
+def test_nested_tasks_belong_to_the_drivers_job_and_name_their_parent(ran):
+    assert taskmesh.get(parent_of_squares.remote(3)) == 5
+    [parent] = named(state.list_tasks(limit=1000), ".parent_of_squares")
+    children = [r for r in state.list_tasks(limit=1000)
+                if r["parent_task_id"] == parent["task_id"]]
+    assert len(children) == 3 and all(r["name"].endswith(".square") for r in children)
+    assert {r["job_id"] for r in children} == {parent["job_id"]} == {CTX.core.peer_id[1:].hex()}
