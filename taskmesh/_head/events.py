@@ -109,6 +109,7 @@ class ActorCreated(NamedTuple):
     actor_id: bytes
     class_name: str
     node_id: str
+    name: str  # its name if it was given one ("": none)
 
 
 class ActorRestarted(NamedTuple):

@@ -9,20 +9,22 @@ What it keeps, in bounded memory: a row per unfinished task (as many as the head
 pending), the rows of the last ``state_finished_tasks`` tasks that ended (``Config``,
 10,000 by default), every actor alive and the last ``MAX_ENDED`` dead ones, every driver
 (job) connected and the last ``MAX_ENDED`` that left, and counts of ended tasks by function
-and final state since the head started (one integer per pair, forever).
+since the head started, and of failed ones (an integer per function, forever).
 
-Why rows are plain lists and tuples: this runs inside the head, whose hot path is about
-180k CPU instructions per task. A task that runs once makes three events, and the view
-takes one ``if``-chain step per event with no call beneath it: a list for the row of a
-task in flight (its fields change), a tuple once it ended (the garbage collector stops
-walking a tuple of strings and numbers after its first look, a list it walks forever),
-and the counts bumped for a whole batch at C speed (``Counter.update``). Rows become dicts
-with Ray's field names only when someone asks (``query``). State names are Ray's:
+Why rows are plain lists and tuples holding the stream's own events: this runs inside the
+head, whose hot path is about 180k CPU instructions per task, and may add ~2% (it adds
+~3,500: docs/performance.md). A task that runs once makes three events, and the view takes
+one ``if``-chain step per event with no call beneath it: a list for the row of a task in
+flight (its state changes), a tuple once it ended (the garbage collector stops walking a
+tuple of strings, numbers and such tuples after its first look; a list it walks again),
+and the counts bumped for a whole batch at C speed. Rows become dicts with Ray's field
+names only when someone asks (``query``). State names are Ray's:
 PENDING_ARGS_AVAIL (waiting for inputs), PENDING_NODE_ASSIGNMENT (queued), RUNNING,
 FINISHED, FAILED (cancelled tasks too, with error_type TaskCancelledError).
 
 A task's job is the driver it descends from: the submitter when that is a driver, else
-the job of the task that submitted it (``TaskSpec.parent``), which is in flight then.
+the job of the task that submitted it (``TaskSpec.parent``), found when asked by following
+parents among the rows kept ("" when a parent's row is gone).
 """
 
 from __future__ import annotations
@@ -63,8 +65,7 @@ _NAME, _STATE, _SUB, _START, _ATTEMPT, _END = range(6)
 _name = itemgetter(_NAME)
 #: an ended row's state, by the kind of its end event
 _ENDED = {"TaskFinished": FINISHED, "TaskFailed": FAILED, "TaskCancelled": FAILED}
-#: task fields a filter can check on the raw row before it is built as a dict: the row's
-#: item, or (item, field of that event)
+#: task fields a filter can check on the raw row before it is built as a dict (and state)
 _RAW_FIELDS: dict[str, Any] = {"name": _NAME, "func_or_class_name": _NAME}
 
 
@@ -170,8 +171,8 @@ class StateView:
         a = self.actors.get(e[2])
         if a is None:  # (its constructor's events came before the view was there)
             return
-        if k == "ActorCreated":  # at, actor_id, class_name, node_id
-            a.update(state="ALIVE", class_name=e[3], node_id=e[4])
+        if k == "ActorCreated":  # at, actor_id, class_name, node_id, name
+            a.update(state="ALIVE", class_name=e[3], node_id=e[4], name=e[5])
         elif k == "ActorRestarted":  # at, actor_id, restarts, cause
             a.update(state="RESTARTING", num_restarts=e[3], death_cause=e[4], node_id="")
         elif k == "ActorDead":  # at, actor_id, cause

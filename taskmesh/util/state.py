@@ -67,8 +67,9 @@ def list_actors(address: str | None = None, filters: Filters | None = None, limi
                 timeout: float = 30, detail: bool = False,
                 raise_on_missing_output: bool = True) -> list[dict]:
     """Actors alive or starting, and the last 1,000 that died: ``actor_id``, ``class_name``,
-    ``state`` (DEPENDENCIES_UNREADY, PENDING_CREATION, ALIVE, RESTARTING, DEAD), ``job_id``,
-    ``node_id``, ``num_restarts``, ``death_cause``, ``creation_time_ms``, ``end_time_ms``."""
+    ``name`` (a named actor's, once created), ``state`` (DEPENDENCIES_UNREADY,
+    PENDING_CREATION, ALIVE, RESTARTING, DEAD), ``job_id``, ``node_id``, ``num_restarts``,
+    ``death_cause``, ``creation_time_ms``, ``end_time_ms``."""
     return _list("actors", address, filters, limit, timeout, detail, raise_on_missing_output)
 
 

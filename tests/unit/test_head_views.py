@@ -130,7 +130,7 @@ def test_actor_tasks_have_their_types_and_the_actor_its_states():
     c = Actors(idle_worker_timeout_s=1000.0)
     c.add_node("n1", cpus=2)
     fid = c.register("mod.C")
-    aid = c.create(fid, max_restarts=1)
+    aid = c.create(fid, max_restarts=1, name="counter")
     [actor] = c.state.info("state:actors")["rows"]  # (not through c.info: it drains what
     # the head sent, the constructor's Execute too)
     assert actor["state"] == "PENDING_CREATION" and actor["class_name"] == "mod.C"
@@ -143,6 +143,7 @@ def test_actor_tasks_have_their_types_and_the_actor_its_states():
     [actor] = c.info("state:actors")["rows"]
     assert (actor["state"], actor["node_id"], actor["job_id"]) == ("ALIVE", "n1",
                                                                     c.driver[1:].hex())
+    assert actor["name"] == "counter"
     c.exited(worker, -9)
     [actor] = c.state.info("state:actors?state=RESTARTING")["rows"]
     assert actor["num_restarts"] == 1 and "SIGKILL" in actor["death_cause"]
