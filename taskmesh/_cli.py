@@ -1,8 +1,10 @@
-"""The ``taskmesh`` command: start a head or a worker node, show status, stop.
+"""The ``taskmesh`` command: start a head or a worker node, look at the cluster, stop.
 
     taskmesh start --head [--port 7300] [--num-cpus N] [--node-ip IP] [--secret-file F] [--block]
     taskmesh start --worker --address HOST:PORT [--num-cpus N] [--node-ip IP] [--secret-file F] [--block]
-    taskmesh status [--address HOST:PORT] [--secret-file F]
+    taskmesh status [--json] [--watch [SECONDS]] [--address HOST:PORT] [--secret-file F]
+    taskmesh list nodes|tasks|actors|objects|jobs [--filter KEY=VALUE]... [--limit N] [--format json]
+    taskmesh summary tasks · taskmesh get task|actor ID     (see _cli_state.py)
     taskmesh logs [FILE] [--node ID] [--worker PID] [--task ID] [--actor ID] [-f] [--tail N]
     taskmesh secret [--new] [--secret-file F]
     taskmesh stop
@@ -26,10 +28,11 @@ import uuid
 from typing import Any, NoReturn
 
 from . import _rundir
+from ._cli_state import add_parsers as add_state_parsers
 from ._launch import StartError, spawn, stop_process, wait_ready
-from ._secret import (ClusterKey, Security, default_secret_file, find_or_create_secret,
-                      find_secret, secret_path, write_secret_file)
-from ._transport import connect_endpoint, port_is_free, split_address
+from ._secret import (ClusterKey, default_secret_file, find_or_create_secret, find_secret,
+                      secret_path, write_secret_file)
+from ._transport import port_is_free, split_address
 from .config import DEFAULT_PORT, Config
 from .errors import SecretError
 
@@ -264,117 +267,6 @@ def cmd_stop(args: argparse.Namespace) -> int:
     return 0
 
 
-def connect(args: argparse.Namespace) -> Any:
-    """A status client of the cluster at ``--address`` (default: $TASKMESH_ADDRESS, else the
-    head started on this machine), with the secret of ``--secret-file`` or the usual places;
-    handshake done. Fails with one line if there is none or it does not answer."""
-    from ._client.core import CoreClient
-    from .errors import HeadConnectionError
-
-    cfg = Config.from_env()
-    address = args.address or os.environ.get("TASKMESH_ADDRESS")
-    head_secret = ""  # the secret file of a head started here, found by its run record
-    if not address:
-        local = _rundir.find_head(cfg.run_dir)
-        if local is None:
-            _fail("no taskmesh cluster is running on this machine; give --address HOST:PORT")
-        address, head_secret = local
-    try:
-        host, port = split_address(address, DEFAULT_PORT)
-    except ValueError as exc:
-        _fail(f"bad address: {exc}")
-    key, _ = _cluster_key(args.secret_file or cfg.secret_file or head_secret, create=False)
-    security = Security(key, cfg.encrypt and not args.no_encryption)
-    try:
-        core = CoreClient(cfg, connect_endpoint(_resolve(host), port), "status", f"{host}:{port}",
-                          security)
-    except HeadConnectionError as exc:
-        _fail(str(exc))
-    try:
-        core.handshake({"pid": os.getpid()})
-    except HeadConnectionError as exc:
-        core.close()
-        _fail(str(exc))
-    return core
-
-
-def cmd_status(args: argparse.Namespace) -> int:
-    from ._resources import from_units
-    from .errors import HeadConnectionError
-
-    core = connect(args)
-    try:
-        st = core.info("status")
-    except HeadConnectionError as exc:
-        _fail(str(exc))
-    finally:
-        core.close()
-    print(f"taskmesh cluster at {core.address}")
-    rows = [("NODE", "ADDRESS", "STATE", "CPUS USED/TOTAL", "WORKERS", "ACTORS", "RUNNING",
-             "QUEUED", "FINISHED", "STORE USED/TOTAL", "OBJECTS", "SPILLED", "NET SENT/RECEIVED")]
-    dead = 0
-    for n in st["nodes"]:
-        if not n["Alive"] and not args.all:
-            dead += 1
-            continue
-        total = from_units(n["Resources"].get("CPU", 0))
-        used = from_units(n["CPUsInUse"])
-        store = (n.get("ObjectStore") or {}) if n["Alive"] else {}  # a dead one's is stale
-        rows.append((n["NodeID"], n["NodeManagerAddress"], "alive" if n["Alive"] else "dead",
-                     f"{used:g}/{total:g}", str(n["Workers"]), str(n.get("Actors", 0)),
-                     str(n["TasksRunning"]), str(n.get("TasksQueued", 0)),
-                     str(n["TasksFinished"]), *_store_columns(store)))
-    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-    for r in rows:
-        print("  " + "  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip())
-    if dead:
-        print(f"  (and {dead} dead node{'s' if dead != 1 else ''}: --all lists them)")
-    t = st["tasks"]
-    print(f"tasks: {t['queued']} queued, {t['waiting_for_deps']} waiting for dependencies, "
-          f"{t['running']} running, {t['finished']} finished ({t['failed']} failed)")
-    print(f"objects: {st['objects']}   drivers connected: {st['drivers']}")
-    actors = st.get("actors") or {}
-    if any(actors.values()):
-        print("actors: " + ", ".join(f"{n} {state}" for state, n in actors.items() if n))
-    tr = st.get("transport") or {}
-    if tr:
-        dropped = st.get("dropped") or {}
-        line = (f"security: encryption {'on' if tr.get('encrypted') else 'OFF'}, secret "
-                f"{tr.get('secret')}; refused connections: {tr.get('refused_connections', 0)}; "
-                f"malformed messages: {tr.get('malformed_messages', 0)}; "
-                f"dropped messages: {sum(dropped.values())}")
-        top = sorted(dropped.items(), key=lambda kv: -kv[1])[:3]
-        if top:
-            line += " (" + ", ".join(f"{n} {why}" for why, n in top) + ")"
-        print(line)
-    lag = st.get("loop_lag") or {}
-    if lag.get("messages"):
-        print(f"head loop lag: p50 {lag['p50_ms']:g} ms, p99 {lag['p99_ms']:g} ms, "
-              f"max {lag['max_ms']:g} ms (how long work waited to be handled, over "
-              f"{lag['messages']:,} turns)")
-    return 0
-
-
-def _size(n: int) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if n < 1024 or unit == "GiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return f"{n:.1f} GiB"
-
-
-def _store_columns(store: dict) -> tuple[str, str, str, str]:
-    """Store use of one node, from its latest heartbeat: used/capacity, objects, bytes on
-    disk, and bytes its transfers sent to / received from other nodes."""
-    if "store_capacity" not in store:
-        return ("-", "-", "-", "-")
-    return (f"{_size(store['store_used_bytes'])}/{_size(store['store_capacity'])}",
-            str(store.get("store_num_objects", 0)),
-            _size(store.get("store_disk_bytes", 0)),
-            f"{_size(store.get('store_transfer_bytes_sent', 0))}/"
-            f"{_size(store.get('store_transfer_bytes_received', 0))}")
-
-
 def cmd_secret(args: argparse.Namespace) -> int:
     path = secret_path(args.secret_file or "")
     try:
@@ -414,11 +306,7 @@ def build_parser() -> argparse.ArgumentParser:
     st.add_argument("--block", action="store_true", help="stay in the foreground until Ctrl-C")
     _secret_options(st)
     st.set_defaults(fn=cmd_start)
-    s = sub.add_parser("status", help="show nodes, CPUs and task counts")
-    s.add_argument("--address", help="HOST:PORT of the head (default: the one on this machine)")
-    s.add_argument("--all", action="store_true", help="also list nodes that died or left")
-    _secret_options(s)
-    s.set_defaults(fn=cmd_status)
+    add_state_parsers(sub, _secret_options)  # status, list, summary, get (_cli_state.py)
     sc = sub.add_parser("secret", help="show the cluster secret's file and fingerprint, or make a new one")
     sc.add_argument("--new", action="store_true",
                     help="replace it with a new random secret (to rotate it; restart the cluster)")

@@ -41,13 +41,18 @@ def add_parser(sub: Any, secret_options: Callable[[argparse.ArgumentParser], Non
 
 
 def cmd_logs(args: argparse.Namespace) -> int:
-    from ._cli import _fail, connect
+    from ._cli import _fail
+    from ._state_client import connect
+    from .errors import TaskmeshError
 
     if args.tail < 0:
         _fail("--tail must be 0 or more")
     if sum(x is not None for x in (args.file, args.worker, args.task, args.actor)) > 1:
         _fail("give one of FILE, --worker, --task, --actor")
-    core = connect(args)
+    try:
+        core = connect(args.address, args.secret_file or "", args.no_encryption)
+    except TaskmeshError as exc:
+        _fail(str(exc))
     try:
         ask = _Asker(core, _fail)
         if args.task or args.actor:
@@ -87,7 +92,7 @@ def _warn_missing(missing: dict) -> None:
 
 
 def _list(ask: _Asker, node: str) -> int:
-    from ._cli import _size
+    from ._cli_state import _size
 
     replies, missing = ask(node, {"op": "list"})
     rows = [("NODE", "FILE", "SIZE", "MODIFIED")]

@@ -191,6 +191,9 @@ class TaskResult(NamedTuple):
     returns: list  # SerializedObject per return
     duration_s: float
     no_retry: bool = False  # it raised an exception its retry_filter does not list
+    #: a task that raised: the error as plain text (type, message, traceback; at most 8 KiB)
+    #: for the state API, since the head never unpickles the error object; "" otherwise
+    error: str = ""
 
 
 class ObjectValue(NamedTuple):
@@ -372,7 +375,7 @@ _ASSIGNMENT = _record(
     [_BYTES, _STR, _BYTES, _optional(_BYTES), _optional(_serialized), _list_of(_serialized), _INT,
      _STR, _optional(_DICT), _FLOAT, _optional(_DICT), _BYTES, _BYTES],
 )
-_TASK_RESULT = _record(TaskResult, [_BYTES, _list_of(_serialized), _FLOAT, _BOOL])
+_TASK_RESULT = _record(TaskResult, [_BYTES, _list_of(_serialized), _FLOAT, _BOOL, _STR])
 _OBJECT_VALUE = _record(ObjectValue, [_BYTES, _optional(_serialized), _INT])
 
 

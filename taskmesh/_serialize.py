@@ -11,6 +11,7 @@ Refs nested deeper stay refs, as in Ray.
 
 from __future__ import annotations
 
+import os
 import pickle
 import threading
 import traceback
@@ -123,6 +124,31 @@ def dump_task_error(
     except Exception:
         data = _dump_cause_state(info, cause)
     return SerializedObject(SerializedObject.TASK_ERROR, data, [])
+
+
+#: a failed task's error text for the head (TaskResult.error) is cut to this many characters
+ERROR_TEXT_CHARS = 8192
+
+
+_PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__)) + os.sep
+
+
+def error_text(exc: BaseException, user_traceback: bool = True) -> str:
+    """A task's exception as plain text for the head, which never unpickles (the state API
+    shows it): ``Type: message`` after the traceback, as Python prints it, from the user's
+    code on (taskmesh's own frames above it left out). At most ``ERROR_TEXT_CHARS``: a
+    longer one keeps its end (the innermost frames and the message)."""
+    if user_traceback:
+        tb = exc.__traceback__
+        while tb is not None and tb.tb_frame.f_code.co_filename.startswith(_PACKAGE_DIR):
+            tb = tb.tb_next
+        text = "".join(traceback.format_exception(type(exc), exc, tb or exc.__traceback__))
+    else:
+        text = f"{type(exc).__name__}: {exc}"
+    if len(text) > ERROR_TEXT_CHARS:
+        cut = len(text) - ERROR_TEXT_CHARS + 40
+        text = f"[... {cut} characters cut ...]\n" + text[cut:]
+    return text
 
 
 def _dump_cause_state(info: dict, cause: BaseException | None) -> bytes:

@@ -233,7 +233,8 @@ class ActorTable:
             return
         actor.state = A.ALIVE
         self.events.add(("ActorCreated", self.ctx.now, actor.actor_id, actor.class_name,
-                                        actor.node.node_id if actor.node is not None else ""))
+                         actor.node.node_id if actor.node is not None else "",
+                         actor.name_key[1] if actor.name_key else ""))
         self._dispatch_actor(actor)
 
     def _dispatch_actor(self, actor: ActorRec) -> None:

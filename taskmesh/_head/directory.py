@@ -14,6 +14,7 @@ tasks waiting for a value are the task table's, told through ``fail_task``/``mak
 
 from __future__ import annotations
 
+import itertools
 from typing import TYPE_CHECKING, Iterable, Iterator
 
 from .. import _protocol as P
@@ -27,6 +28,10 @@ if TYPE_CHECKING:
     from .membership import Membership
     from .scheduler import Scheduler
     from .tasks import TaskTable
+
+
+#: a state query (list_objects) looks at this many objects at most
+OBJECT_SCAN = 100_000
 
 
 class ObjectDirectory:
@@ -444,6 +449,20 @@ class ObjectDirectory:
         self.rebuilt += 1
         self.events.add(("ObjectRebuilt", self.ctx.now, oid, spec.task_id))
         self.table.admit(t)  # (TaskSubmitted)
+
+    def object_rows(self, scan: int = OBJECT_SCAN) -> Iterator[dict]:
+        """The objects as ``list_objects`` shows them (Ray's field names where Ray has
+        them), the first ``scan`` at most: a query does not stop the head for long."""
+        for oid, obj in itertools.islice(self.objects.items(), scan):
+            value = obj.value
+            owner = obj.owner
+            yield {"object_id": oid.hex(), "object_size": obj.nbytes,
+                   "state": ("PENDING" if value is None else
+                             "ERROR" if value.is_error else "READY"),
+                   "location": ",".join(obj.locations) if obj.locations else "head",
+                   "owner": owner.hex(),
+                   "job_id": owner[1:].hex() if owner[:1] == b"D" else "",
+                   "borrowers": len(obj.borrowers or ()), "dependents": obj.dependents}
 
     def held_bytes(self, t: TaskRec) -> dict[str, int] | None:
         """Node id -> bytes of the task's stored arguments held there (None if none)."""

@@ -34,13 +34,14 @@ from . import events as E
 from .actor_table import ActorTable
 from .commands import Command, InternalError
 from .context import CHORE_SLICE, Context
-from .directory import ObjectDirectory
+from .directory import OBJECT_SCAN, ObjectDirectory
 from .intake import DISCONNECTED
 from .logrelay import HEAD_SELF, LogRelay
 from .membership import Membership, PeerKind
 from .records import ASSIGNED, READY, WAITING, add_to
 from .scheduler import Scheduler
 from .tasks import TaskTable
+from .views import QueryError, StateView, parse_query, select
 
 __all__ = ["HeadState", "CHORE_SLICE"]
 
@@ -67,6 +68,12 @@ class HeadState:
                 if other is not part:
                     setattr(part, name, other)
         self.events = ctx.events
+        #: the state API's tasks, actors and jobs, fed by the event stream (views.py)
+        self.view = StateView(config.state_finished_tasks)
+        #: it sees the stream unless there is none, or the config turns it off (0)
+        self.view_on = self.events.on and config.state_finished_tasks > 0
+        if self.view_on:
+            self.events.view = self.view
         self.dropped = ctx.dropped
         self.chores = ctx.chores
         #: the I/O shell's own figures for status (the sockets' counts, the loop's lag), as
@@ -209,7 +216,10 @@ class HeadState:
             self._internal_error("scheduling", b"")
         ctx = self.ctx
         if len(ctx.events.added) >= E.ABSORB_AT:
-            ctx.events.absorb()
+            try:
+                ctx.events.absorb()
+            except Exception:
+                self._internal_error("the state view", b"")
         commands: list[Command] = []
         ctx.out.drain_into(commands)
         if ctx.notes:
@@ -307,7 +317,37 @@ class HeadState:
                 return {"error": f"bad events request {what!r}: events:<number>"}
             seq, events = self.events.since(since)
             return {"seq": seq, "events": E.as_lists(events)}
+        if what.startswith("state:"):
+            return self._state(what)
         return {"error": f"unknown info request {what!r}"}
+
+    def _state(self, what: str) -> dict:
+        """A state API query (``state:<kind>?key=value&key!=value&limit=N&detail=1``, see
+        views.py): rows with Ray's field names, at most ``limit``, saying whether some were
+        left out; ``now`` is the head's clock (the rows' times are on it)."""
+        try:
+            kind, filters, limit, detail = parse_query(what)
+            if kind == "nodes":
+                reply = select(map(self._node_row, self.members.nodes.values()), filters, limit)
+            elif kind == "objects":
+                reply = select(self.directory.object_rows(), filters, limit)
+                reply["scanned_all"] = len(self.directory.objects) <= OBJECT_SCAN
+            else:
+                self.events.absorb()  # (the view sees every event recorded so far)
+                reply = self.view.query(kind, filters, limit, detail)
+        except QueryError as exc:
+            return {"error": str(exc)}
+        reply["now"] = self.ctx.now
+        if kind not in ("nodes", "objects") and not self.view_on:
+            reply["view"] = False  # (no stream, or state_finished_tasks=0: it has seen nothing)
+        return reply
+
+    def _node_row(self, n: Any) -> dict:
+        """A node as ``list_nodes`` shows it (Ray's field names; resources in units)."""
+        return {"node_id": n.node_id, "node_ip": n.address, "node_name": n.hostname,
+                "state": "ALIVE" if n.alive else "DEAD", "is_head_node": False,
+                "resources_total": dict(n.total), "workers": len(n.workers),
+                "actors": len(n.actor_workers), "tasks_finished": n.finished}
 
     def check_invariants(self) -> None:
         """Raise AssertionError unless the records agree with each other: each part checks
@@ -323,3 +363,4 @@ class HeadState:
         self.logs.check_invariants()
         if self.events.on:
             self.events.check_invariants()
+            self.view.check_invariants()  # (an empty one when it is off)

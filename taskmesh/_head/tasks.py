@@ -44,6 +44,8 @@ if TYPE_CHECKING:
 #: with more pending tasks than this, the head shares the name, function id and resources
 #: of tasks of one function (memory over speed)
 INTERN_ABOVE = 10_000
+#: the head keeps at most this much of a failed task's error text (its event, the state view)
+MAX_ERROR_CHARS = 8192
 #: a task may have at most this many return values (a Submit with more is dropped)
 MAX_RETURNS = P.MAX_RETURNS
 #: a task past its timeout_s that its worker could not interrupt is killed this much later
@@ -252,7 +254,8 @@ class TaskTable:
     def _refuse_now(self, t: TaskRec, err: P.SerializedObject) -> None:
         """A submitted task fails before it is admitted (its inputs were never counted)."""
         spec = t.spec
-        self.events.add(("TaskSubmitted", self.ctx.now, spec.task_id, spec.name, spec.actor_id, 0))
+        self.events.add(("TaskSubmitted", self.ctx.now, spec.task_id, spec.name, spec.actor_id, 0,
+                         t.owner, spec.parent))
         self._finish(t, [err] * spec.num_returns, deps_counted=False)
 
     def admit(self, t: TaskRec) -> None:
@@ -276,7 +279,7 @@ class TaskTable:
             t.held = self.directory.hold(spec.args.contained)
         self.tasks[spec.task_id] = t
         self.events.add(("TaskSubmitted", self.ctx.now, spec.task_id, spec.name, spec.actor_id,
-                         t.waiting))
+                         t.waiting, t.owner, spec.parent))
         if failed is not None:
             self.fail_task(t, failed)
         elif t.waiting == 0:
@@ -426,7 +429,7 @@ class TaskTable:
                            f"task {t.spec.name}, expected {t.spec.num_returns}")
                 self._finish(t, [err] * t.spec.num_returns)
             else:
-                self._finish(t, r.returns, node=w.node, duration=d)
+                self._finish(t, r.returns, node=w.node, duration=d, error=r.error)
                 if t.spec.method == "__init__" and w.actor is not None:
                     self.actor_table.actor_created(w.actor, t, r.returns[0] if r.returns else None)
             if w.node is not None:
@@ -551,8 +554,9 @@ class TaskTable:
         return found
 
     def _finish(self, t: TaskRec, returns: list, deps_counted: bool = True,
-                node: NodeRec | None = None, duration: float = 0.0) -> None:
-        """Store a finished task's return values and wake whatever waited for them."""
+                node: NodeRec | None = None, duration: float = 0.0, error: str = "") -> None:
+        """Store a finished task's return values and wake whatever waited for them.
+        ``error``: for a task that raised, its worker's text of the error (TaskResult.error)."""
         events = self.events
         first = returns[0] if returns else None
         if first is None or not first.is_error:
@@ -561,13 +565,16 @@ class TaskTable:
         else:
             self.failed += 1
             if events.on:
-                kind = (first.read_system_error()[0]
-                        if first.flags == P.SerializedObject.SYSTEM_ERROR else "TaskError")
+                if first.flags == P.SerializedObject.SYSTEM_ERROR:
+                    kind, message = first.read_system_error()
+                else:  # (no text from a worker: it did not run, an input was an error)
+                    kind, message = "TaskError", error or (
+                        "it did not run: one of its inputs is the error of a task that raised")
                 if kind == "TaskCancelledError":
-                    events.add(("TaskCancelled", self.ctx.now, t.spec.task_id,
-                                first.read_system_error()[1]))
+                    events.add(("TaskCancelled", self.ctx.now, t.spec.task_id, message))
                 else:
-                    events.add(("TaskFailed", self.ctx.now, t.spec.task_id, kind))
+                    events.add(("TaskFailed", self.ctx.now, t.spec.task_id, kind,
+                                message[:MAX_ERROR_CHARS]))
         if t.credit:
             self.scheduler.return_credit(t)
         t.state = DONE

@@ -222,6 +222,7 @@ class Worker:
         CTX.current_job = a.job
         n = a.num_returns
         no_retry = False
+        error = ""  # a raised error as text, for the head's state API (it never unpickles)
         try:
             fn = self._function(a)
             try:
@@ -263,15 +264,18 @@ class Worker:
             else:
                 returns = [S.dump_task_error(exc, a.name, self.node_id, self.pid)] * n
                 no_retry = not self._retryable(a, exc)
+                error = S.error_text(exc)
         else:
             try:
                 returns = self._serialize_returns(a, result)
             except (SerializationError, ValueError, TaskmeshError, OSError) as exc:
                 returns = [S.dump_task_error(exc, a.name, self.node_id, self.pid, False)] * n
+                error = S.error_text(exc, False)
             del result
         CTX.current_task_id, CTX.current_task_name, CTX.current_job = outer
         self.running -= 1
-        self.results.add(P.TaskResult(a.task_id, returns, time.perf_counter() - start, no_retry))
+        self.results.add(P.TaskResult(a.task_id, returns, time.perf_counter() - start, no_retry,
+                                      error))
 
     def describe_output(self) -> Context:
         """Whose output this worker writes now (for the context markers of output.py): its
@@ -381,18 +385,18 @@ class Worker:
 
     def _call_in_thread(self, a: P.Assignment) -> None:
         start = time.perf_counter()
-        no_retry = False
+        no_retry, error = False, ""
         try:
             returns = self._serialize_returns(a, self._call_with_inputs(a))
         except BaseException as exc:  # noqa: BLE001 - every failure becomes an error object
             returns = self._failed_returns(a, exc)
-            no_retry = not self._retryable(a, exc)
-        self._send_result(a, returns, start, no_retry)
+            no_retry, error = not self._retryable(a, exc), S.error_text(exc)
+        self._send_result(a, returns, start, no_retry, error)
 
     async def _call_async(self, a: P.Assignment) -> None:
         async with self._async_slots:
             start = time.perf_counter()
-            no_retry = False
+            no_retry, error = False, ""
             try:
                 result = self._call_with_inputs(a)
                 if inspect.isawaitable(result):
@@ -400,8 +404,8 @@ class Worker:
                 returns = self._serialize_returns(a, result)
             except BaseException as exc:  # noqa: BLE001 - every failure becomes an error object
                 returns = self._failed_returns(a, exc)
-                no_retry = not self._retryable(a, exc)
-            self._send_result(a, returns, start, no_retry)
+                no_retry, error = not self._retryable(a, exc), S.error_text(exc)
+            self._send_result(a, returns, start, no_retry, error)
 
     def _retryable(self, a: P.Assignment, exc: BaseException) -> bool:
         """May the head retry the task after it raised ``exc``? Only an exception of a class
@@ -432,10 +436,11 @@ class Worker:
         return [S.dump_task_error(exc, a.name, self.node_id, self.pid)] * a.num_returns
 
     def _send_result(self, a: P.Assignment, returns: list, start: float,
-                     no_retry: bool = False) -> None:
+                     no_retry: bool = False, error: str = "") -> None:
         """A concurrent call's result goes out on its own, at once."""
         self.core.send(P.TaskResults([P.TaskResult(a.task_id, returns,
-                                                   time.perf_counter() - start, no_retry)]))
+                                                   time.perf_counter() - start, no_retry,
+                                                   error)]))
 
     def _inputs(self, a: P.Assignment) -> tuple[Any, Any]:
         """The task's dependency values and its arguments object, read from the node's store

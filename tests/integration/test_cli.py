@@ -68,7 +68,7 @@ def test_head_status_join_stop(run_env):
     r = run_python(code, env=run_env)
     assert r.returncode == 0, r.stderr
     assert r.stdout.split() == ["2", "3.0", "2"]
-    assert "STORE USED/TOTAL" in r.stderr and "20.0 MiB/" in r.stderr, r.stderr
+    assert "store 20.0 MiB/" in r.stderr, r.stderr
 
     r = tm("status", env=run_env)
     assert r.returncode == 0, r.stderr

@@ -1,0 +1,452 @@
+"""The state view: tasks, actors and jobs as the state API lists them, built from the event
+stream in batches.
+
+    HeadState ──add(event)──▶ EventLog.added ──absorb(), every ABSORB_AT──▶ ring
+                                                 └──▶ StateView.consume(batch): one pass
+    InfoRequest("state:tasks?state=FAILED&limit=100") ──HeadState.info──▶ StateView.query
+
+What it keeps, in bounded memory: a row per unfinished task (as many as the head has
+pending), the rows of the last ``state_finished_tasks`` tasks that ended (``Config``,
+10,000 by default), every actor alive and the last ``MAX_ENDED`` dead ones, every driver
+(job) connected and the last ``MAX_ENDED`` that left, and counts of ended tasks by function
+since the head started, and of failed ones (an integer per function, forever).
+
+Why rows are plain lists and tuples holding the stream's own events: this runs inside the
+head, whose hot path is about 180k CPU instructions per task, and may add ~2% (it adds
+~3,500: docs/performance.md). A task that runs once makes three events, and the view takes
+one ``if``-chain step per event with no call beneath it: a list for the row of a task in
+flight (its state changes), a tuple once it ended (the garbage collector stops walking a
+tuple of strings, numbers and such tuples after its first look; a list it walks again),
+and the counts bumped for a whole batch at C speed. Rows become dicts with Ray's field
+names only when someone asks (``query``). State names are Ray's:
+PENDING_ARGS_AVAIL (waiting for inputs), PENDING_NODE_ASSIGNMENT (queued), RUNNING,
+FINISHED, FAILED (cancelled tasks too, with error_type TaskCancelledError).
+
+A task's job is the driver it descends from: the submitter when that is a driver, else
+the job of the task that submitted it (``TaskSpec.parent``), found when asked by following
+parents among the rows kept ("" when a parent's row is gone).
+"""
+
+from __future__ import annotations
+
+from collections import Counter, deque
+from operator import itemgetter
+from typing import Any, Iterable
+from urllib.parse import quote, unquote
+
+__all__ = ["StateView", "TASK_STATES", "parse_query", "format_query", "KINDS"]
+
+# Ray's task states
+PENDING_ARGS_AVAIL = "PENDING_ARGS_AVAIL"
+PENDING_NODE_ASSIGNMENT = "PENDING_NODE_ASSIGNMENT"
+RUNNING = "RUNNING"
+FINISHED = "FINISHED"
+FAILED = "FAILED"
+TASK_STATES = (PENDING_ARGS_AVAIL, PENDING_NODE_ASSIGNMENT, RUNNING, FINISHED, FAILED)
+TASK_TYPES = ("NORMAL_TASK", "ACTOR_CREATION_TASK", "ACTOR_TASK")
+# Ray's actor states
+ACTOR_STATES = ("DEPENDENCIES_UNREADY", "PENDING_CREATION", "ALIVE", "RESTARTING", "DEAD")
+# Ray's job states (a driver's life)
+JOB_STATES = ("RUNNING", "SUCCEEDED", "FAILED")
+
+#: dead actors and ended jobs kept (oldest dropped first)
+MAX_ENDED = 1000
+#: a list reply gives at most this many rows, 100 unless asked
+DEFAULT_LIMIT, MAX_LIMIT = 100, 10_000
+#: error messages in list replies (``detail``) are cut to this; ``get`` gives them whole
+LIST_MESSAGE_CHARS = 1024
+
+# A task's row. In flight, a list: [name, state, its TaskSubmitted, its TaskStarted (None
+# until it runs), attempt]; once ended, a tuple of the same with the end's kind for its state
+# (TaskFinished, TaskFailed, TaskCancelled) and its end event after it. The events are the
+# raw tuples of the stream, shared, not copied: a row costs the head a list, then a tuple.
+_NAME, _STATE, _SUB, _START, _ATTEMPT, _END = range(6)
+
+_name = itemgetter(_NAME)
+#: an ended row's state, by the kind of its end event
+_ENDED = {"TaskFinished": FINISHED, "TaskFailed": FAILED, "TaskCancelled": FAILED}
+#: task fields a filter can check on the raw row before it is built as a dict (and state)
+_RAW_FIELDS: dict[str, Any] = {"name": _NAME, "func_or_class_name": _NAME}
+
+
+def _job_of(peer: bytes) -> str:
+    """A driver's job id: its peer identity without the kind byte, in hex."""
+    return peer[1:].hex()
+
+
+class StateView:
+    """Tasks, actors, jobs and counts, fed a batch of raw events at a time (``consume``)."""
+
+    def __init__(self, finished_tasks: int) -> None:
+        #: task id -> row of a task in flight
+        self.live: dict[bytes, list] = {}
+        #: rows of the last tasks that ended, oldest first
+        self.ended: deque[tuple] = deque(maxlen=max(0, finished_tasks))
+        #: function name -> tasks that ended since start; of them, those that failed (raised,
+        #: lost, cancelled): the rest finished
+        self.counts: Counter = Counter()
+        self.failed: dict[str, int] = {}
+        self.actors: dict[bytes, dict] = {}
+        self._dead_actors: deque[bytes] = deque()
+        self.jobs: dict[bytes, dict] = {}  # driver peer -> job
+        self._ended_jobs: deque[bytes] = deque()
+        self._done: list[tuple] = []  # rows ended in this batch
+
+    # ------------------------------------------------------------------ feeding
+
+    def consume(self, batch: Iterable[tuple]) -> None:
+        """Apply a batch of raw events (``("TaskStarted", at, ...)``, in order). One pass,
+        the common kinds first; kinds it does not show are passed over."""
+        live = self.live
+        failed = self.failed
+        done = self._done
+        add_done = done.append
+        for e in batch:
+            k = e[0]
+            if k == "TaskSubmitted":  # at, task_id, name, actor_id, waiting, owner, parent
+                live[e[2]] = [e[3], PENDING_ARGS_AVAIL if e[5] else PENDING_NODE_ASSIGNMENT, e,
+                              None, 0]
+                if e[4] and e[4] == e[2]:  # an actor's constructor
+                    self._actor_submitted(e)
+            elif k == "TaskStarted":  # at, task_id, node_id, worker_id
+                r = live.get(e[2])
+                if r is not None:
+                    r[1] = RUNNING
+                    r[3] = e
+            elif k == "TaskFinished":  # at, task_id, duration_s
+                r = live.pop(e[2], None)
+                if r is not None:
+                    add_done((r[0], k, r[2], r[3], r[4], e))
+            elif k == "TaskFailed" or k == "TaskCancelled":  # at, task_id, kind (, message)
+                r = live.pop(e[2], None)
+                if r is not None:
+                    add_done((r[0], k, r[2], r[3], r[4], e))
+                    failed[r[0]] = failed.get(r[0], 0) + 1
+            elif k == "TaskQueued":
+                r = live.get(e[2])
+                if r is not None:
+                    r[1] = PENDING_NODE_ASSIGNMENT
+            elif k == "TaskWaiting":
+                r = live.get(e[2])
+                if r is not None:
+                    r[1] = PENDING_ARGS_AVAIL
+            elif k == "TaskRetried":  # at, task_id, reason: it runs again
+                r = live.get(e[2])
+                if r is not None:
+                    r[1] = PENDING_NODE_ASSIGNMENT
+                    r[3] = None
+                    r[4] += 1
+            elif k[0] == "A":
+                self._actor_event(e)
+            elif k == "DriverJoined" or k == "DriverLeft":
+                self._job_event(e)
+        if done:
+            self.ended.extend(done)
+            # counted at C speed, by name only (a (name, state) key cost twice as much), and
+            # at once when the batch's tasks are all of one function, as in a flood
+            names = list(map(_name, done))
+            if names.count(names[0]) == len(names):
+                self.counts[names[0]] += len(names)
+            else:
+                self.counts.update(names)
+            done.clear()
+
+    def _actor_submitted(self, e: tuple) -> None:
+        """An actor's constructor is submitted (again, on a restart)."""
+        a = self.actors.get(e[2])
+        if a is None:
+            job = e[6] if e[6] in self.jobs else b""
+            name = e[3]
+            self.actors[e[2]] = {
+                "actor_id": e[2].hex(), "class_name": name.rsplit(".", 1)[0]
+                if name.endswith(".__init__") else name,
+                "state": "DEPENDENCIES_UNREADY" if e[5] else "PENDING_CREATION",
+                "job_id": _job_of(job) if job else "", "name": "", "node_id": "",
+                "num_restarts": 0, "death_cause": "", "creation_time": e[1], "end_time": 0.0}
+        elif a["state"] != "DEAD":
+            a["state"] = "RESTARTING"
+
+    def _actor_event(self, e: tuple) -> None:
+        k = e[0]
+        a = self.actors.get(e[2])
+        if a is None:  # (its constructor's events came before the view was there)
+            return
+        if k == "ActorCreated":  # at, actor_id, class_name, node_id, name
+            a.update(state="ALIVE", class_name=e[3], node_id=e[4], name=e[5])
+        elif k == "ActorRestarted":  # at, actor_id, restarts, cause
+            a.update(state="RESTARTING", num_restarts=e[3], death_cause=e[4], node_id="")
+        elif k == "ActorDead":  # at, actor_id, cause
+            if a["state"] == "DEAD":
+                return
+            a.update(state="DEAD", death_cause=e[3], end_time=e[1])
+            dead = self._dead_actors
+            dead.append(e[2])
+            if len(dead) > MAX_ENDED:
+                self.actors.pop(dead.popleft(), None)
+
+    def _job_event(self, e: tuple) -> None:
+        peer = e[2]
+        if e[0] == "DriverJoined":
+            self.jobs[peer] = {"job_id": _job_of(peer), "status": "RUNNING",
+                               "start_time": e[1], "end_time": 0.0, "message": ""}
+            return
+        job = self.jobs.get(peer)
+        if job is None or job["status"] != "RUNNING":
+            return
+        ok = e[3] == "it said goodbye"
+        job.update(status="SUCCEEDED" if ok else "FAILED", end_time=e[1],
+                   message="the driver exited" if ok else f"the driver is gone: {e[3]}")
+        ended = self._ended_jobs
+        ended.append(peer)
+        if len(ended) > MAX_ENDED:
+            self.jobs.pop(ended.popleft(), None)
+
+    # ------------------------------------------------------------------ reading
+
+    def query(self, kind: str, filters: list[tuple[str, str, str]], limit: int,
+              detail: bool) -> dict:
+        """Rows of ``tasks``, ``actors`` or ``jobs`` (Ray's field names) that pass the
+        filters, at most ``limit``; ``summary``: tasks by function and state; ``task`` or
+        ``actor`` (filter ``id``: the id or a unique start of it): that one, in detail."""
+        if kind == "tasks":
+            return select(self._task_dicts(filters, detail), filters, limit)
+        if kind == "actors":
+            return select(self.actors.values(), filters, limit)
+        if kind == "jobs":
+            return select(self.jobs.values(), filters, limit)
+        if kind == "summary":
+            return {"summary": self.summary()}
+        given = next((v for key, op, v in filters if key == "id" and op == "="), "").lower()
+        prefix, _, suffix = given.replace("...", "…").partition("…")
+        if len(prefix) + len(suffix) < 4:
+            raise QueryError(f"{kind} needs its id (or its first characters, at least 4, or "
+                             f"its first and last ones as tables show them: 53a1cc…000006): "
+                             f"state:{kind}?id=ID")
+
+        def wanted(hex_id: str) -> bool:
+            return hex_id.startswith(prefix) and hex_id.endswith(suffix)
+
+        if kind == "task":
+            jobs = self._job_finder()
+            found = [r for r in self.task_rows() if wanted(r[_SUB][2].hex())]
+            rows = [self.task_dict(r, jobs, True, None) for r in found]
+        else:
+            rows = [a for a in self.actors.values() if wanted(a["actor_id"])]
+        if len({r.get("task_id", r.get("actor_id")) for r in rows}) > 1:
+            raise QueryError(f"{len(rows)} {kind}s have an id like {given!r}: give more of it")
+        return {"rows": rows[-1:], "total": len(rows[-1:]), "truncated": False}
+
+    def _task_dicts(self, filters: list[tuple[str, str, str]], detail: bool) -> Iterable[dict]:
+        """Task rows as dicts, in flight first, then the ended ones newest first; rows whose
+        state or name a filter rules out are passed over before they are built."""
+        names = [(op == "=", value) for key, op, value in filters if key in _RAW_FIELDS]
+        states = [(op == "=", value) for key, op, value in filters if key == "state"]
+        as_dict = self.task_dict
+        jobs = self._job_finder()
+        chars = LIST_MESSAGE_CHARS
+        for r in self.live.values():
+            if names and any((r[_NAME] == v) != eq for eq, v in names):
+                continue
+            if states and any((r[_STATE] == v) != eq for eq, v in states):
+                continue
+            yield as_dict(r, jobs, detail, chars)
+        for r in reversed(self.ended):
+            if names and any((r[_NAME] == v) != eq for eq, v in names):
+                continue
+            if states and any((_ENDED[r[_STATE]] == v) != eq for eq, v in states):
+                continue
+            yield as_dict(r, jobs, detail, chars)
+
+    def task_rows(self) -> Iterable[tuple | list]:
+        """Every task kept: those in flight, then those that ended, oldest first."""
+        yield from self.live.values()
+        yield from self.ended
+
+    def _job_finder(self) -> Any:
+        """A function: a task's TaskSubmitted -> its job (the driver it descends from), b""
+        if not known (its submitter is a worker and no row of its parent is kept)."""
+        drivers = self.jobs
+        by_id: dict[bytes, tuple] | None = None
+
+        def job(sub: tuple) -> bytes:
+            nonlocal by_id
+            for _ in range(1000):  # (up a chain of parents; a cycle cannot be, but bounded)
+                if sub[6] in drivers:
+                    return sub[6]
+                if not sub[7]:
+                    return b""
+                if by_id is None:
+                    by_id = {r[_SUB][2]: r[_SUB] for r in self.task_rows()}
+                parent = by_id.get(sub[7])
+                if parent is None:
+                    return b""
+                sub = parent
+            return b""
+
+        return job
+
+    def task_dict(self, r: tuple | list, job_of: Any, detail: bool,
+                  message_chars: int | None) -> dict:
+        """One task row with Ray's field names (times: the head's clock, seconds)."""
+        sub, started = r[_SUB], r[_START]
+        tid, actor, parent = sub[2], sub[4], sub[7]
+        job = job_of(sub)
+        end = r[_END] if len(r) > _END else None
+        state = _ENDED[r[_STATE]] if end is not None else r[_STATE]
+        error_type = message = ""
+        if end is not None and state == FAILED:
+            if end[0] == "TaskFailed":
+                error_type, message = end[3], end[4]
+            else:
+                error_type, message = "TaskCancelledError", end[3]
+        d = {
+            "task_id": tid.hex(),
+            "attempt_number": r[_ATTEMPT],
+            "name": r[_NAME],
+            "state": state,
+            "job_id": _job_of(job) if job else "",
+            "actor_id": actor.hex() if actor else "",
+            "type": ("NORMAL_TASK" if not actor else
+                     "ACTOR_CREATION_TASK" if actor == tid else "ACTOR_TASK"),
+            "func_or_class_name": r[_NAME],
+            "parent_task_id": parent.hex() if parent else "",
+            "node_id": started[3] if started is not None else "",
+            "worker_id": started[4] if started is not None else "",
+            "error_type": error_type,
+        }
+        if detail:
+            if message_chars is not None and len(message) > message_chars:
+                message = (message[:message_chars] + f"... [{len(message) - message_chars} "
+                           "more characters: get the task to see them all]")
+            start = started[1] if started is not None else 0.0
+            end_at = end[1] if end is not None else 0.0
+            ran = end[3] if end is not None and end[0] == "TaskFinished" else 0.0
+            d.update(creation_time=sub[1], start_time=start, end_time=end_at,
+                     duration_s=ran or (end_at - start if start and end_at else 0.0),
+                     error_message=message)
+        return d
+
+    def summary(self) -> dict[str, dict[str, int]]:
+        """Per function name: tasks by state; FINISHED and FAILED since the head started,
+        the others as they are now."""
+        out: dict[str, dict[str, int]] = {}
+        failed = self.failed
+        for name, n in self.counts.items():
+            states = out[name] = {}
+            if n > failed.get(name, 0):
+                states[FINISHED] = n - failed.get(name, 0)
+            if failed.get(name):
+                states[FAILED] = failed[name]
+        for r in self.live.values():
+            states = out.setdefault(r[_NAME], {})
+            states[r[_STATE]] = states.get(r[_STATE], 0) + 1
+        return out
+
+    def check_invariants(self) -> None:
+        """Raise AssertionError unless every row kept is where its state says."""
+        for tid, r in self.live.items():
+            if r[_SUB][2] != tid or r[_STATE] not in TASK_STATES[:3]:
+                raise AssertionError(f"task {tid.hex()} is in flight as {r[_STATE]}")
+        for r in self.ended:
+            if r[_STATE] not in _ENDED or r[_END][2] != r[_SUB][2]:
+                raise AssertionError(f"task {r[_SUB][2].hex()} ended as {r[_STATE]}")
+
+
+# ---------------------------------------------------------------------- requests
+
+#: what the state API lists, and the fields a filter may name (Ray's)
+KINDS: dict[str, tuple[str, ...]] = {
+    "tasks": ("task_id", "attempt_number", "name", "state", "job_id", "actor_id", "type",
+              "func_or_class_name", "parent_task_id", "node_id", "worker_id", "error_type"),
+    "actors": ("actor_id", "class_name", "state", "job_id", "name", "node_id", "num_restarts",
+               "death_cause"),
+    "jobs": ("job_id", "status", "message"),
+    "nodes": ("node_id", "node_ip", "node_name", "state", "is_head_node"),
+    "objects": ("object_id", "object_size", "state", "location", "owner", "job_id"),
+}
+#: fields whose values are one of a few names: a filter on them must use one
+ENUMS: dict[str, tuple[str, ...]] = {
+    "tasks.state": TASK_STATES, "tasks.type": TASK_TYPES, "actors.state": ACTOR_STATES,
+    "jobs.status": JOB_STATES, "nodes.state": ("ALIVE", "DEAD"),
+    "objects.state": ("PENDING", "READY", "ERROR"),
+}
+_OPS = ("!=", "=")  # ("!=" first: "a!=b" also holds "=")
+
+
+def format_query(kind: str, filters: Iterable[tuple[str, str, Any]] = (), limit: int | None = None,
+                 detail: bool = False) -> str:
+    """The InfoRequest ``what`` for a state query: ``state:tasks?state=FAILED&limit=100``
+    (keys and values percent-encoded; ``!=`` for "not equal")."""
+    parts = [f"{quote(str(key), safe='')}{op}{quote(str(value), safe='')}"
+             for key, op, value in filters]
+    if limit is not None:
+        parts.append(f"limit={int(limit)}")
+    if detail:
+        parts.append("detail=1")
+    return f"state:{kind}" + ("?" + "&".join(parts) if parts else "")
+
+
+class QueryError(ValueError):
+    """A state query that cannot be answered, with a message that says what is allowed."""
+
+
+def parse_query(what: str) -> tuple[str, list[tuple[str, str, str]], int, bool]:
+    """(kind, filters, limit, detail) of ``state:<kind>?<key>=<value>&...``; QueryError with
+    the valid choices if something is not known."""
+    kind, _, query = what[6:].partition("?")
+    if kind not in KINDS and kind not in ("summary", "task", "actor"):
+        raise QueryError(f"unknown state kind {kind!r}: one of "
+                         f"{', '.join([*KINDS, 'summary', 'task', 'actor'])}")
+    fields = KINDS.get(kind, ("id",))
+    filters: list[tuple[str, str, str]] = []
+    limit, detail = DEFAULT_LIMIT, False
+    for part in query.split("&") if query else ():
+        op = next((o for o in _OPS if o in part), None)
+        if op is None:
+            raise QueryError(f"bad filter {part!r}: KEY=VALUE or KEY!=VALUE")
+        key, _, value = part.partition(op)
+        key, value = unquote(key), unquote(value)
+        if key == "limit" and op == "=":
+            try:
+                limit = int(value)
+            except ValueError:
+                raise QueryError(f"limit must be a number, got {value!r}") from None
+            if not 1 <= limit <= MAX_LIMIT:
+                raise QueryError(f"limit must be between 1 and {MAX_LIMIT:,}, got {limit}")
+            continue
+        if key == "detail" and op == "=":
+            detail = value not in ("", "0", "false", "False")
+            continue
+        if key not in fields:
+            raise QueryError(f"unknown filter key {key!r} for {kind}: one of {', '.join(fields)}")
+        choices = ENUMS.get(f"{kind}.{key}")
+        if choices is not None:
+            value = value.upper()
+            if value not in choices:
+                raise QueryError(f"unknown {key} {value!r} for {kind}: one of {', '.join(choices)}")
+        filters.append((key, op, value))
+    return kind, filters, limit, detail
+
+
+def matches(row: dict, filters: list[tuple[str, str, str]]) -> bool:
+    """Does a row (Ray's field names) pass every filter? Values compare as text (True: "True")."""
+    for key, op, value in filters:
+        have = row.get(key)
+        equal = (str(have) == value or
+                 (type(have) is bool and value.lower() == str(have).lower()))
+        if equal != (op == "="):
+            return False
+    return True
+
+
+def select(rows: Iterable[dict], filters: list[tuple[str, str, str]], limit: int) -> dict:
+    """The first ``limit`` rows passing the filters, how many passed, and whether some were
+    left out."""
+    out: list[dict] = []
+    total = 0
+    for row in rows:
+        if matches(row, filters):
+            total += 1
+            if len(out) < limit:
+                out.append(row)
+    return {"rows": out, "total": total, "truncated": total > len(out)}
