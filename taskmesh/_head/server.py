@@ -57,6 +57,8 @@ SLICE_S = 0.02
 MAX_BACKLOG = 2000
 #: a tick this much later than due counts as a stall of the head itself (see HeadState.tick)
 _STALL_S = 0.25
+#: a snapshot is reused for this many times as long as it took to build (at least MAX_AGE_S)
+SNAPSHOT_SHARE = 20
 
 
 class HeadServer:
@@ -181,7 +183,11 @@ class HeadServer:
                 self.snapshots.fold(self.state, count_missed=now - self._next_fold < ACTIVE_S)
                 self._next_fold = now + FOLD_S
             if self.box.wanted:
+                started = time.perf_counter()
                 self.box.publish(self.snapshots.build(self.state, now))
+                # a snapshot counts every unfinished task (25 ms per 100,000): however often
+                # the head is scraped, snapshots take at most 1/SNAPSHOT_SHARE of its time
+                self.box.max_age_s = max(MAX_AGE_S, (time.perf_counter() - started) * SNAPSHOT_SHARE)
         except Exception:  # noqa: BLE001 - a reader gets the last snapshot (or a 503)
             self.box.wanted = False
             self._snapshot_errors.event("snapshot", "could not build the metrics snapshot",
