@@ -250,3 +250,38 @@ def test_a_busy_loop_leaves_the_reader_with_the_last_snapshot_or_none():
     assert box.get(timeout=0.01) is None
     box.publish({"n": 1})
     assert box.get(timeout=0.01)[0] == {"n": 1}
+
+
+# ------------------------------------------------------------------ docs/monitoring.md, grafana
+
+
+def _exposed_names() -> set[str]:
+    """Every sample name a full snapshot renders to (series names as Prometheus stores them)."""
+    snap = _snapshot(by_function={"mod.f": {"RUNNING": 1}})
+    snap["failures"], snap["retries"] = {"TaskError": 1}, {"raised": 1}
+    snap["dropped"] = {"malformed": 1}
+    snap["nodes"][0]["stats"] = {key: 1 for key, *_ in NODE_STATS}  # every figure a node sends
+    body, _ = render(snap, "", {"age_s": 0.1, "refused_requests": {"wrong token": 1}})
+    return {s.name for f in text_string_to_metric_families(body.decode()) for s in f.samples}
+
+
+def test_monitoring_doc_lists_every_metric():
+    import re
+    from pathlib import Path
+
+    doc = (Path(__file__).resolve().parents[2] / "docs" / "monitoring.md").read_text()
+    documented = set(re.findall(r"^\| `(taskmesh_\w+)` \|", doc, flags=re.M))
+    exposed = {re.sub(r"_(bucket|count|sum)$", "", n) for n in _exposed_names()}
+    assert exposed == documented, (exposed - documented, documented - exposed)
+
+
+def test_the_grafana_dashboard_reads_only_metrics_that_exist():
+    import json
+    import re
+    from pathlib import Path
+
+    board = json.loads((Path(__file__).resolve().parents[2] / "docs" / "grafana" /
+                        "taskmesh.json").read_text())
+    used = {name for p in board["panels"] for t in p["targets"]
+            for name in re.findall(r"\btaskmesh_\w+", t["expr"])}
+    assert used and used <= _exposed_names(), used - _exposed_names()
