@@ -25,6 +25,7 @@ import bisect
 from typing import TYPE_CHECKING
 
 from .._resources import CPU, UNIT, from_units
+from .records import READY
 
 if TYPE_CHECKING:
     from .state import HeadState
@@ -123,8 +124,12 @@ class Snapshotter:
         ``count_missed`` (the first fold after nobody read the metrics for a while), events
         that left the ring meanwhile are not counted as missed: nobody was watching."""
         self.seq, raws, missed = state.events.raw_since(self.seq)
-        if count_missed:
-            self.events_missed += missed
+        if missed:
+            if count_missed:
+                self.events_missed += missed
+            # the starts of tasks remembered may be among the missed: forget them all, or
+            # they would fill _ready for good
+            self._ready.clear()
         ready, latency, run_time = self._ready, self.latency, self.run_time
         for raw in raws:
             kind = raw[0]
@@ -165,10 +170,9 @@ class Snapshotter:
         self.fold(state)
         self.builds += 1
         status = state.info("status")
-        members = state.members
         nodes = []
-        for n in members.nodes.values():
-            info = members.node_info(n)
+        # (status lists the nodes in the same order, each as node_info shows it)
+        for n, info in zip(state.members.nodes.values(), status["nodes"]):
             nodes.append({
                 "node_id": n.node_id, "ip": n.address, "hostname": n.hostname,
                 "alive": n.alive, "cpus": n.total.get(CPU, 0) / UNIT,
@@ -180,7 +184,8 @@ class Snapshotter:
         queues: dict[str, int] = {}
         for shape, queue in state.scheduler.queues.items():
             label = shape_label(shape) if len(queues) < MAX_SHAPES else "other"
-            queues[label] = queues.get(label, 0) + len(queue)
+            # (a queue may hold entries of tasks taken since: status counts the ready ones)
+            queues[label] = queues.get(label, 0) + sum(1 for t in queue if t.state == READY)
         snap = {
             "at": now,
             "tasks": dict(status["tasks"], cancelled=state.table.cancelled),

@@ -181,3 +181,22 @@ def test_raw_since_gives_the_kept_events_and_what_was_missed():
     seq, raws, missed = events.raw_since(0)
     assert seq == 6 and missed == 2 and [r[1] for r in raws] == [2.0, 3.0, 4.0, 5.0]
     assert events.raw_since(6) == (6, [], 0)
+
+
+def test_missed_events_forget_the_queued_tasks_so_measuring_goes_on(monkeypatch):
+    monkeypatch.setattr(S, "MAX_PENDING", 3)
+    c = Cluster(event_ring=4)
+    fid = c.register()
+    snapshotter = Snapshotter()
+    c.submit(fid, 3)  # no node: they wait, remembered
+    c.drain()
+    snapshotter.fold(c.state)
+    assert len(snapshotter._ready) == 3
+    c.add_node("n1", cpus=1)  # their starts and more leave the ring unread
+    assigned = c.drain().assigned_to()
+    while assigned:
+        [(t, w)] = assigned.items()
+        c.finish(w, t)
+        assigned = c.drain().assigned_to()
+    snapshotter.fold(c.state)
+    assert snapshotter.events_missed > 0 and len(snapshotter._ready) < 3
