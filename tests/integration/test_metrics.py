@@ -160,6 +160,28 @@ def test_a_stored_object_shows_in_its_nodes_store_gauge(metrics_cluster):
     del ref
 
 
+def test_stuck_clients_hold_up_neither_other_scrapes_nor_the_head(metrics_cluster):
+    import socket
+    import time
+
+    base, token = _parts(metrics_cluster["dashboard_url"])
+    u = urlsplit(base)
+    stuck = []
+    try:
+        for _ in range(5):  # each sends half a request and then nothing
+            s = socket.create_connection((u.hostname, u.port), timeout=5)
+            s.sendall(b"GET /metrics HTTP/1.1\r\nHost: x\r\n")
+            stuck.append(s)
+        t0 = time.monotonic()
+        assert _get(base + "/metrics", {"Authorization": f"Bearer {token}"})[0] == 200
+        assert taskmesh.get([square.remote(i) for i in range(8) if i % 5 != 4]) == [
+            i * i for i in range(8) if i % 5 != 4]
+        assert time.monotonic() - t0 < 5
+    finally:
+        for s in stuck:
+            s.close()
+
+
 # ------------------------------------------------------------------ a CLI-started head
 
 
