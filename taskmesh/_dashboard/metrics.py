@@ -48,6 +48,22 @@ NODE_STATS: tuple[tuple[str, str, str, str], ...] = (
 )
 
 
+#: functions shown by name in taskmesh_tasks_by_function (the most tasks first); the
+#: others are summed as function="other", so a program with many names stays cheap to store
+MAX_FUNCTIONS = 100
+
+
+def _top_functions(by_function: dict) -> list[tuple[str, dict]]:
+    ranked = sorted(by_function.items(), key=lambda kv: (-sum(kv[1].values()), str(kv[0])))
+    if len(ranked) <= MAX_FUNCTIONS:
+        return ranked
+    other: dict[str, int] = {}
+    for _, states in ranked[MAX_FUNCTIONS - 1:]:
+        for state, n in states.items():
+            other[state] = other.get(state, 0) + n
+    return [*ranked[:MAX_FUNCTIONS - 1], ("other", other)]
+
+
 def _gauge(name: str, doc: str, value: float, labels: dict | None = None) -> Metric:
     g = GaugeMetricFamily(f"taskmesh_{name}", doc, labels=list(labels or ()))
     g.add_metric(list((labels or {}).values()), value)
@@ -95,9 +111,9 @@ class SnapshotCollector(Collector):
         by_function = s.get("tasks_by_function")
         if by_function is not None:
             family = GaugeMetricFamily("taskmesh_tasks_by_function", "Tasks by function name "
-                                       "and state (the head's state view)",
-                                       labels=["function", "state"])
-            for fn, states in sorted(by_function.items()):
+                                       "and state (the head's state view; FINISHED and FAILED "
+                                       "since start)", labels=["function", "state"])
+            for fn, states in _top_functions(by_function):
                 for state, n in sorted(states.items()):
                     family.add_metric([str(fn), str(state)], n)
             yield family

@@ -184,7 +184,11 @@ class HeadServer:
                 self._next_fold = now + FOLD_S
             if self.box.wanted:
                 started = time.perf_counter()
-                self.box.publish(self.snapshots.build(self.state, now))
+                # the state API's view, where the head has one, counts tasks by function and
+                # state ({name: {state: n}}, its summary()); the metrics show them if so
+                view = getattr(self.state, "view", None)
+                by_function = view.summary() if view is not None else None
+                self.box.publish(self.snapshots.build(self.state, now, by_function))
                 # a snapshot counts every unfinished task (25 ms per 100,000): however often
                 # the head is scraped, snapshots take at most 1/SNAPSHOT_SHARE of its time
                 self.box.max_age_s = max(MAX_AGE_S, (time.perf_counter() - started) * SNAPSHOT_SHARE)

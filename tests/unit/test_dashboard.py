@@ -285,3 +285,13 @@ def test_the_grafana_dashboard_reads_only_metrics_that_exist():
     used = {name for p in board["panels"] for t in p["targets"]
             for name in re.findall(r"\btaskmesh_\w+", t["expr"])}
     assert used and used <= _exposed_names(), used - _exposed_names()
+
+
+def test_many_function_names_are_capped_with_the_rest_as_other(monkeypatch):
+    from taskmesh._dashboard import metrics as M
+
+    monkeypatch.setattr(M, "MAX_FUNCTIONS", 3)
+    counts = {f"f{i}": {"RUNNING": i} for i in range(1, 6)}  # f5 has the most
+    f = _families(_snapshot(by_function=counts))
+    shown = {s.labels["function"]: s.value for s in f["taskmesh_tasks_by_function"].samples}
+    assert shown == {"f5": 5, "f4": 4, "other": 3 + 2 + 1}
