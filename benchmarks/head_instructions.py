@@ -71,7 +71,8 @@ def main(argv: list[str] | None = None) -> int:
     head = subprocess.Popen(
         ["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}/head.%p",
          *(["--cache-sim=yes"] if args.cache else []), sys.executable,
-         "-m", "taskmesh._head", "--host", "127.0.0.1", "--port", str(port)],
+         "-m", "taskmesh._head", "--host", "127.0.0.1", "--port", str(port),
+         "--dashboard-port", "0"],
         env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     node = None
     try:

@@ -1,11 +1,13 @@
 """The ``taskmesh`` command: start a head or a worker node, look at the cluster, stop.
 
     taskmesh start --head [--port 7300] [--num-cpus N] [--node-ip IP] [--secret-file F] [--block]
+                          [--dashboard-host 127.0.0.1] [--dashboard-port 8265]
     taskmesh start --worker --address HOST:PORT [--num-cpus N] [--node-ip IP] [--secret-file F] [--block]
     taskmesh status [--json] [--watch [SECONDS]] [--address HOST:PORT] [--secret-file F]
     taskmesh list nodes|tasks|actors|objects|jobs [--filter KEY=VALUE]... [--limit N] [--format json]
     taskmesh summary tasks · taskmesh get task|actor ID     (see _cli_state.py)
     taskmesh logs [FILE] [--node ID] [--worker PID] [--task ID] [--actor ID] [-f] [--tail N]
+    taskmesh dashboard [--address HOST:PORT] [--secret-file F]
     taskmesh secret [--new] [--secret-file F]
     taskmesh stop
 
@@ -34,6 +36,9 @@ from ._secret import (ClusterKey, default_secret_file, find_or_create_secret, fi
                       secret_path, write_secret_file)
 from ._transport import port_is_free, split_address
 from .config import DEFAULT_PORT, Config
+from ._dashboard.auth import dashboard_url, token_for
+from ._launch import head_dashboard
+from .config import DASHBOARD_PORT
 from .errors import SecretError
 
 
@@ -143,16 +148,18 @@ def cmd_start(args: argparse.Namespace) -> int:
         if not port_is_free("0.0.0.0", port):
             _fail(f"port {port} is already in use on this machine; pick another with --port")
         head_log = _log_path(cfg, f"head-{port}", "head.log")
-        head, ready = spawn("taskmesh._head", ["--host", "0.0.0.0", "--port", str(port)], cfg,
-                            log_file=head_log, detach=detach)
+        head, ready = spawn("taskmesh._head", ["--host", "0.0.0.0", "--port", str(port),
+                                               "--dashboard-host", args.dashboard_host,
+                                               "--dashboard-port", str(args.dashboard_port)],
+                            cfg, log_file=head_log, detach=detach)
         try:
-            wait_ready(head, ready, "the head", 10)
+            dashboard = head_dashboard(wait_ready(head, ready, "the head", 10))
         except StartError as exc:
             stop_process(head, 2)
             _fail(f"could not start the head: {exc}")
         address = f"{node_ip}:{port}"
         _rundir.record(cfg.run_dir, "head", head.pid, connect_address=address, port=port,
-                       log_file=head_log, secret_file=cfg.secret_file)
+                       log_file=head_log, secret_file=cfg.secret_file, dashboard=dashboard)
         procs.append(head)
         node_msg = "no worker processes (--num-cpus 0)"
         if num_cpus > 0:
@@ -179,6 +186,8 @@ def cmd_start(args: argparse.Namespace) -> int:
         print(f"  connect Python:   taskmesh.init(address=\"{address}\")  "
               "(or address=\"auto\" on this machine)")
         print("  see the cluster:  taskmesh status")
+        print(f"  metrics:          http://{_shown(dashboard, node_ip)}/metrics (needs a token: "
+              "`taskmesh dashboard` prints a URL with it)")
         print("  stop:             taskmesh stop")
         print(f"  logs:             {os.path.dirname(os.path.dirname(head_log))} "
               "(taskmesh logs shows every node's)")
@@ -267,6 +276,61 @@ def cmd_stop(args: argparse.Namespace) -> int:
     return 0
 
 
+def _split_dashboard(dashboard: str) -> tuple[str, int]:
+    host, _, port = dashboard.rpartition(":")
+    return host.strip("[]"), int(port)
+
+
+def _shown(dashboard: str, head_host: str) -> str:
+    """The dashboard's ``host:port`` as shown to a person (a wildcard address becomes the host
+    the head is reached at)."""
+    host, port = _split_dashboard(dashboard)
+    return dashboard_url(host, port, "", "", head_host).split("//", 1)[1].split("?", 1)[0]
+
+
+def cmd_dashboard(args: argparse.Namespace) -> int:
+    from ._state_client import connect
+    from .errors import TaskmeshError
+
+    try:
+        core = connect(args.address, args.secret_file or "", args.no_encryption)
+    except TaskmeshError as exc:
+        _fail(str(exc))
+    try:
+        host, port = split_address(core.address, DEFAULT_PORT)
+        key = core.security.key
+        cfg = Config.from_env()
+        dashboard = ""
+        if not args.address:  # the head started here: its run record has the address
+            dashboard = next((str(r.get("dashboard") or "")
+                              for r in _rundir.live(cfg.run_dir, "head")
+                              if r.get("connect_address") == f"{host}:{port}"), "")
+        if not dashboard:
+            info = core.info("dashboard")
+            if not isinstance(info, dict) or "port" not in info:
+                _fail(f"the head at {host}:{port} does not say where its dashboard is (an "
+                      "older taskmesh?)")
+            dashboard = f"[{info.get('host', '')}]:{info['port']}"
+    except TaskmeshError as exc:
+        _fail(str(exc))
+    finally:
+        core.close()
+    dhost, dport = _split_dashboard(dashboard)
+    url = dashboard_url(dhost, dport, token_for(key), "/", host)
+    print(url)
+    if dhost.startswith("127.") and not _is_here(host):
+        print(f"taskmesh: note: the head's dashboard listens on {dhost} of its own machine only; "
+              f"tunnel to it (ssh -L {dport}:{dhost}:{dport} {host}) or restart the head with "
+              "--dashboard-host 0.0.0.0", file=sys.stderr)
+    return 0
+
+
+def _is_here(host: str) -> bool:
+    from ._transport import is_local_address
+
+    return is_local_address(host)
+
+
 def cmd_secret(args: argparse.Namespace) -> int:
     path = secret_path(args.secret_file or "")
     try:
@@ -304,9 +368,19 @@ def build_parser() -> argparse.ArgumentParser:
     st.add_argument("--object-store-memory", type=int, metavar="BYTES",
                     help="shared memory for this node's object store (default: 30%% of RAM)")
     st.add_argument("--block", action="store_true", help="stay in the foreground until Ctrl-C")
+    st.add_argument("--dashboard-host", default="127.0.0.1",
+                    help="address the head's HTTP endpoints (/metrics) listen on (with --head; "
+                         "default %(default)s: this machine only; 0.0.0.0: every interface)")
+    st.add_argument("--dashboard-port", type=int, default=DASHBOARD_PORT,
+                    help="their port (default %(default)s; 0: any free port)")
     _secret_options(st)
     st.set_defaults(fn=cmd_start)
     add_state_parsers(sub, _secret_options)  # status, list, summary, get (_cli_state.py)
+    d = sub.add_parser("dashboard", help="print the URL of the head's metrics and dashboard, "
+                                          "with its token")
+    d.add_argument("--address", help="HOST:PORT of the head (default: the one on this machine)")
+    _secret_options(d)
+    d.set_defaults(fn=cmd_dashboard)
     sc = sub.add_parser("secret", help="show the cluster secret's file and fingerprint, or make a new one")
     sc.add_argument("--new", action="store_true",
                     help="replace it with a new random secret (to rotate it; restart the cluster)")

@@ -94,6 +94,12 @@ def wait_ready(proc: subprocess.Popen, ready_r: int, what: str, timeout: float) 
     raise StartError(line[6:] if line.startswith("ERROR ") else line)
 
 
+def head_dashboard(ready: str) -> str:
+    """The dashboard's ``host:port`` from what follows a head's READY (``<port> <host:port>``)."""
+    parts = ready.split()
+    return parts[1] if len(parts) > 1 else ""
+
+
 def stop_process(proc: subprocess.Popen, timeout: float = 5.0) -> None:
     if proc.poll() is None:
         try:
@@ -115,6 +121,8 @@ class EmbeddedCluster:
     node_id: str
     #: the cluster's one-off secret (made for it; its processes got it in their environment)
     security: Security
+    #: where the head's HTTP endpoints (/metrics) listen: "127.0.0.1:PORT"
+    dashboard: str = ""
 
     def stop(self, timeout: float = 5.0) -> None:
         try:
@@ -141,6 +149,7 @@ def start_embedded(config: Config, num_cpus: int, resources_json: str = "{}",
         port = free_port()
         life_r, life_w = os.pipe()
         head, head_ready = spawn("taskmesh._head", ["--host", "127.0.0.1", "--port", str(port),
+                                                    "--dashboard-port", "0",  # any free one
                                                     "--log-level", "WARNING"],
                                  config, lifeline_fd=life_r, secret_env=secret_env)
         node, node_ready = spawn("taskmesh._node", ["--head", f"127.0.0.1:{port}", "--node-ip",
@@ -153,12 +162,13 @@ def start_embedded(config: Config, num_cpus: int, resources_json: str = "{}",
         os.close(life_r)
         try:
             try:
-                wait_ready(head, head_ready, "the local taskmesh head", 30)
+                dashboard = head_dashboard(wait_ready(head, head_ready, "the local taskmesh head", 30))
             except StartError:
                 os.close(node_ready)
                 raise
             node_id = wait_ready(node, node_ready, "the local taskmesh node", 30)
-            return EmbeddedCluster(head, node, f"127.0.0.1:{port}", life_w, node_id, security)
+            return EmbeddedCluster(head, node, f"127.0.0.1:{port}", life_w, node_id, security,
+                                   dashboard)
         except StartError as exc:
             last_error = exc
             os.close(life_w)

@@ -16,6 +16,7 @@ from . import _protocol as P
 from . import _serialize as S
 from ._client.core import CoreClient
 from ._context import CTX, current_core
+from ._dashboard.auth import dashboard_url, token_for
 from ._resources import from_units
 from ._rundir import find_head
 from ._secret import Security, find_secret
@@ -57,7 +58,9 @@ def init(
             or ``secret_file`` when the cluster secret is not at ~/.taskmesh/cluster-secret).
 
     Returns:
-        A dict with the head ``address`` and this process's ``node_id`` when embedded.
+        A dict with the head ``address``, this process's ``node_id`` when embedded, and
+        ``dashboard_url``: the head's HTTP endpoints (``/metrics``) with the token that
+        admits a browser or a scraper (see docs/monitoring.md); "" if the head has none.
     """
     global _atexit_registered
     with CTX.lock:
@@ -119,7 +122,24 @@ def init(
         if not _atexit_registered:
             atexit.register(shutdown)
             _atexit_registered = True
-        return {"address": f"{host}:{port}", "node_id": CTX.node_id}
+        return {"address": f"{host}:{port}", "node_id": CTX.node_id,
+                "dashboard_url": _dashboard_url(core, cluster, host, security)}
+
+
+def _dashboard_url(core: CoreClient, cluster: Any, head_host: str, security: Security) -> str:
+    """The head's dashboard (``/metrics``) URL with its token, or "" (an older head)."""
+    if cluster is not None and cluster.dashboard:
+        host, _, port = cluster.dashboard.rpartition(":")
+        info: Any = {"host": host, "port": port}
+    else:
+        try:
+            info = core.info("dashboard")
+        except HeadConnectionError:
+            return ""
+    if not isinstance(info, dict) or "port" not in info:
+        return ""
+    return dashboard_url(str(info.get("host", "")).strip("[]"), int(info["port"]),
+                         token_for(security.key), "/", head_host)
 
 
 def shutdown() -> None:

@@ -368,6 +368,7 @@ class Cluster:
         for _attempt in range(3):
             port = free_port()
             head, head_ready = spawn("taskmesh._head", ["--host", _IP, "--port", str(port),
+                                                        "--dashboard-port", "0",
                                                         "--log-level", "WARNING"],
                                      self._config, lifeline_fd=self._life_r,
                                      secret_env=key.env())

@@ -12,6 +12,8 @@ import tempfile
 from dataclasses import dataclass, field
 
 DEFAULT_PORT = 7300
+#: the head's HTTP endpoints (/metrics, the dashboard): Ray's port
+DASHBOARD_PORT = 8265
 
 
 def _env_float(name: str, default: float) -> float:

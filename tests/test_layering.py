@@ -19,7 +19,8 @@ SANS_IO = {
     "taskmesh._head.views",
     "taskmesh._head.membership", "taskmesh._head.tasks", "taskmesh._head.scheduler",
     "taskmesh._head.directory", "taskmesh._head.actor_table", "taskmesh._head.records",
-    "taskmesh._head.context", "taskmesh._head.commands",
+    "taskmesh._head.context", "taskmesh._head.commands", "taskmesh._head.snapshot",
+    "taskmesh._dashboard.auth",
     "taskmesh._store.state", "taskmesh._store.allocator", "taskmesh._node.state",
     "taskmesh._client.refs", "taskmesh._protocol", "taskmesh._signature", "taskmesh._checks",
 }
@@ -154,8 +155,16 @@ def _rule_no_private_names_from_public_modules(module: str, target: str,
     return None
 
 
+def _rule_dashboard_reads_snapshots(module: str, target: str, names: tuple) -> str | None:
+    if _is(module, "taskmesh._dashboard") and _is(target, "taskmesh._head"):
+        return ("the dashboard reads published snapshots (plain values), never the head's "
+                "parts: it imports nothing from _head")
+    return None
+
+
 RULES = [_rule_zmq, _rule_sans_io, _rule_head_never_unpickles, _rule_processes_apart,
-         _rule_public_layers, _rule_leaves, _rule_no_private_names_from_public_modules]
+         _rule_public_layers, _rule_leaves, _rule_no_private_names_from_public_modules,
+         _rule_dashboard_reads_snapshots]
 
 
 @pytest.mark.parametrize("rule", RULES, ids=[r.__name__[6:] for r in RULES])
@@ -179,6 +188,7 @@ def test_the_rules_see_every_module_and_can_fail():
     assert _rule_leaves("taskmesh.errors", "taskmesh.config", ())
     assert _rule_no_private_names_from_public_modules("taskmesh.actor", "taskmesh.options",
                                                       ("_name",))
+    assert _rule_dashboard_reads_snapshots("taskmesh._dashboard.server", "taskmesh._head.state", ())
 
 
 def test_sans_io_parts_write_no_log_lines():

@@ -297,6 +297,18 @@ class EventLog:
         out = [types[raw[0]](*raw[1:]) for raw in itertools.islice(ring, start, start + limit)]
         return first + start + len(out), out
 
+    def raw_since(self, seq: int) -> tuple[int, list[tuple], int]:
+        """The recorded events after number ``seq`` as they are kept (plain tuples, kind
+        first: no typed event is made, for readers that fold many, such as the metrics), the
+        number of the latest, and how many after ``seq`` fell out of the ring unread."""
+        self.absorb()
+        ring = self.ring
+        if ring is None or seq >= self._seq:
+            return self._seq, [], 0
+        first = self._seq - len(ring)  # the number before the oldest kept
+        start = max(seq, first) - first
+        return self._seq, list(itertools.islice(ring, start, None)), max(0, first - seq)
+
     def check_invariants(self) -> None:
         """Raise AssertionError unless every event kept is of a known kind with its fields."""
         for raw in itertools.chain(self.ring or (), self.added):

@@ -4,6 +4,7 @@
                                                        └─bulk, ≤ SLICE_S per turn─┘   │
               peers ◀── ROUTER / local socket ◀── Send commands (Log: logging) ◀─────┘
               tick() every 0.1 s, run_chores() between messages: commands the same way
+              at a tick, if metrics were read lately: Snapshotter ──▶ SnapshotBox ──▶ HTTP threads
 
 Each turn reads what the sockets hold (a slice of each local connection; nothing more but node
 agents' heartbeats while a backlog of ``MAX_BACKLOG`` messages waits), handles heartbeats and
@@ -14,6 +15,11 @@ lone message goes out at once. So a flood of submissions slows down (it waits in
 sender's queue and socket buffer) but never keeps the head from its timers, its heartbeats
 or its answers. The loop's lag, how long the oldest message of a turn waited between being
 read and being handled, goes into a histogram (``taskmesh status``).
+
+The HTTP endpoints (``/metrics``; ``_dashboard/server.py``) run in threads of their own and
+never touch ``HeadState``: at a tick, the loop folds new events into the metrics' histograms
+(every ``FOLD_S``, only while someone read them in the last ``ACTIVE_S``) and, when a reader
+asks, builds a snapshot and hands it over. Nothing of it runs per message or per task.
 """
 
 from __future__ import annotations
@@ -26,6 +32,9 @@ import time
 from .. import _protocol as P
 from .._daemon import add_log_file, report_ready
 from .._logfiles import LogDirectory
+from .._dashboard.auth import token_for
+from .._dashboard.server import ACTIVE_S, DashboardServer, SnapshotBox
+from .._ratelimit import RateLimitedLog
 from .._spin import Spinner
 from .._transport import Poller, ServerSocket, new_context
 from .._secret import Security, load_security
@@ -35,6 +44,7 @@ from .collector import Collector
 from .commands import InternalError, Log, Send
 from .intake import Intake, LagHistogram
 from .logrelay import HEAD_SELF
+from .snapshot import FOLD_S, MAX_AGE_S, Snapshotter
 from .state import HeadState
 
 log = logging.getLogger("taskmesh.head")
@@ -49,12 +59,15 @@ SLICE_S = 0.02
 MAX_BACKLOG = 2000
 #: a tick this much later than due counts as a stall of the head itself (see HeadState.tick)
 _STALL_S = 0.25
+#: a snapshot is reused for this many times as long as it took to build (at least MAX_AGE_S)
+SNAPSHOT_SHARE = 20
 
 
 class HeadServer:
     """The head's I/O shell."""
 
-    def __init__(self, config: Config, host: str, port: int, security: Security) -> None:
+    def __init__(self, config: Config, host: str, port: int, security: Security,
+                 dashboard_host: str = "127.0.0.1", dashboard_port: int = 0) -> None:
         self.config = config
         self.security = security
         self.ctx = new_context()
@@ -72,6 +85,23 @@ class HeadServer:
         self.collector = Collector(time.monotonic())
         #: the head's own log directory (head.log), which it answers log queries about
         self.logs = LogDirectory(config.node_log_dir(f"head-{self.port}"))
+        # metrics: snapshots built by this loop, served by the dashboard's threads
+        self.snapshots = Snapshotter()
+        self.box = SnapshotBox(MAX_AGE_S)
+        self._next_fold = 0.0
+        self._snapshot_errors = RateLimitedLog(log)
+        try:
+            self.dashboard = DashboardServer(dashboard_host, dashboard_port,
+                                             token_for(security.key), self.box)
+        except BaseException as exc:
+            self.sock.close(linger_ms=0)
+            self.ctx.term()
+            if isinstance(exc, OSError):
+                raise _DashboardBindError(str(exc)) from exc
+            raise
+        #: what InfoRequest("dashboard") answers
+        self.dashboard_info = {"host": dashboard_host, "port": self.dashboard.port}
+        self.state.shell = {"dashboard": self.dashboard_info}
         self._stop_r, self._stop_w = os.pipe()
         os.set_blocking(self._stop_w, False)
 
@@ -95,6 +125,8 @@ class HeadServer:
         spinner = Spinner(self.config.spin_s)
         collector = self.collector
         collector.start()
+        wanted = self.box  # (read at each tick: has someone asked for metrics lately?)
+        self.dashboard.start()
         idle_since: float | None = None  # since when no message came (None: busy)
         last_tick = time.monotonic()
         while True:
@@ -136,12 +168,39 @@ class HeadServer:
                 stalled = now - last_tick - _TICK_S
                 self._carry_out(state.tick(now, stalled if stalled > _STALL_S else 0.0,
                                            {"transport": self._transport_counts(),
-                                            "loop_lag": self.lag.summary()}))
+                                            "loop_lag": self.lag.summary(),
+                                            "dashboard": self.dashboard_info}))
                 last_tick = now
+                if wanted.wanted or now - wanted.last_asked < ACTIVE_S:  # metrics are being read
+                    self._metrics(now)
                 if collector.due(now, idle_since):
                     collector.collect()  # (the tick after it forgives the pause: state.tick)
                 next_tick = time.monotonic() + _TICK_S
         self._shutdown(reason)
+
+    def _metrics(self, now: float) -> None:
+        """Fold the new events into the metrics (every FOLD_S) and build the snapshot a
+        reader waits for; a bug here is logged, never raised into the loop."""
+        try:
+            if now >= self._next_fold:
+                # the first fold after a quiet spell: what left the ring meanwhile was not missed
+                self.snapshots.fold(self.state, count_missed=now - self._next_fold < ACTIVE_S)
+                self._next_fold = now + FOLD_S
+            if self.box.wanted:
+                started = time.perf_counter()
+                # the state API's view, where the head has one, counts tasks by function and
+                # state ({name: {state: n}}, its summary()); the metrics show them if so
+                view = getattr(self.state, "view", None)
+                by_function = view.summary() if view is not None else None
+                self.box.publish(self.snapshots.build(self.state, now, by_function))
+                # a snapshot counts every unfinished task (25 ms per 100,000): however often
+                # the head is scraped, snapshots take at most 1/SNAPSHOT_SHARE of its time
+                self.box.max_age_s = max(MAX_AGE_S, (time.perf_counter() - started) * SNAPSHOT_SHARE)
+        except Exception:  # noqa: BLE001 - a reader gets the last snapshot (or a 503)
+            self.box.wanted = False
+            self._snapshot_errors.event("snapshot", "could not build the metrics snapshot",
+                                        level=logging.ERROR)
+            log.debug("the snapshot's error", exc_info=True)
 
     def _read(self, ready: dict) -> None:
         """Take in what the sockets hold: everything while the backlog is short; only node
@@ -188,6 +247,7 @@ class HeadServer:
 
     def _shutdown(self, reason: str) -> None:
         log.info("head shutting down: %s", reason)
+        self.dashboard.close()
         for node in self.state.members.nodes.values():
             if node.alive:
                 self.sock.send(node.peer, P.Shutdown(f"the head at {self.host}:{self.port} {reason}"))
@@ -196,8 +256,10 @@ class HeadServer:
         self.ctx.term()
 
 
-def run_head(config: Config, host: str, port: int, ready_fd: int | None, lifeline_fd: int | None) -> int:
-    """Bind, report readiness on ``ready_fd``, serve until stopped. Return an exit code."""
+def run_head(config: Config, host: str, port: int, ready_fd: int | None, lifeline_fd: int | None,
+             dashboard_host: str = "127.0.0.1", dashboard_port: int = 0) -> int:
+    """Bind, report readiness on ``ready_fd`` (``READY <port> <dashboard host>:<port>``),
+    serve until stopped. Return an exit code."""
     try:
         security = load_security(config)
     except SecretError as exc:
@@ -205,7 +267,12 @@ def run_head(config: Config, host: str, port: int, ready_fd: int | None, lifelin
         log.error("%s", exc)
         return 1
     try:
-        server = HeadServer(config, host, port, security)
+        server = HeadServer(config, host, port, security, dashboard_host, dashboard_port)
+    except _DashboardBindError as exc:
+        msg = _bind_error(dashboard_host, dashboard_port, exc.__cause__ or exc, "--dashboard-port")
+        report_ready(ready_fd, f"ERROR {msg}")
+        log.error("%s", msg)
+        return 1
     except Exception as exc:
         msg = _bind_error(host, port, exc)
         report_ready(ready_fd, f"ERROR {msg}")
@@ -214,10 +281,11 @@ def run_head(config: Config, host: str, port: int, ready_fd: int | None, lifelin
     add_log_file("head", os.path.join(server.logs.path, "head.log"))
     signal.signal(signal.SIGTERM, lambda *_: server.request_stop())
     signal.signal(signal.SIGINT, lambda *_: server.request_stop())
-    report_ready(ready_fd, f"READY {server.port}")
-    log.info("taskmesh head listening on %s:%d (pid %d), cluster secret %s from %s, encryption %s",
+    report_ready(ready_fd, f"READY {server.port} {_address(dashboard_host, server.dashboard.port)}")
+    log.info("taskmesh head listening on %s:%d (pid %d), cluster secret %s from %s, encryption %s; "
+             "metrics at http://%s/metrics (token: `taskmesh dashboard`)",
              host, server.port, os.getpid(), security.key.fingerprint, security.key.source,
-             "on" if security.encrypt else "OFF")
+             "on" if security.encrypt else "OFF", _address(dashboard_host, server.dashboard.port))
     if not security.encrypt:
         log.warning("encryption is off (encrypt=False): connections are still authenticated, but "
                     "anyone on the network can read the tasks, results and objects sent between "
@@ -226,12 +294,21 @@ def run_head(config: Config, host: str, port: int, ready_fd: int | None, lifelin
     return 0
 
 
-def _bind_error(host: str, port: int, exc: Exception) -> str:
+class _DashboardBindError(Exception):
+    """The dashboard's port could not be bound (its cause says why)."""
+
+
+def _address(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def _bind_error(host: str, port: int, exc: BaseException, flag: str = "--port") -> str:
     text = str(exc)
     if "local socket" in text:
         return text
     if "Address already in use" in text:
-        return f"port {port} on {host} is already in use (another taskmesh head? try `taskmesh stop`, or --port)"
+        return (f"port {port} on {host} is already in use (another taskmesh head? try "
+                f"`taskmesh stop`, or {flag})")
     if "Cannot assign requested address" in text or "No such device" in text:
         return f"cannot listen on {host}:{port}: {host} is not an address of this machine"
     return f"cannot listen on {host}:{port}: {text}"

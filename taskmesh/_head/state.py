@@ -278,9 +278,12 @@ class HeadState:
     # ------------------------------------------------------------------ reporting
 
     def info(self, what: str) -> Any:
-        """Cluster information for InfoRequest: nodes, resources, available or status."""
+        """Cluster information for InfoRequest: nodes, resources, available, status, events,
+        dashboard."""
         if what == "ping":
             return {}
+        if what == "dashboard":  # where its HTTP endpoints listen: {"host", "port"}
+            return self.shell.get("dashboard", {})
         alive = [n for n in self.members.nodes.values() if n.alive]
         if what == "nodes":
             return [self.members.node_info(n) for n in self.members.nodes.values()]

@@ -128,6 +128,7 @@ class NodeAgent:
         self._spawner_fd: int | None = None  # its socket, in the poller
         self._poller: Poller | None = None
         self._proc = psutil.Process()
+        psutil.cpu_percent(interval=None)  # (the first call starts the measurement: 0.0)
         #: the workers' stdout/stderr: log files, and lines batched to the head for drivers
         self.output = NodeOutput(config.node_log_dir(self.node_id), config.log_rotate_bytes,
                                  config.log_rotate_backups, config.log_forward_rate,
@@ -202,8 +203,12 @@ class NodeAgent:
         self.sock.send(c.message)
 
     def _send_heartbeat(self, c: SendHeartbeat) -> None:
+        mem = psutil.virtual_memory()
+        # the machine's CPU use since the last heartbeat (non-blocking) and its memory in use
+        # (what is not available to new processes), for the head's metrics
         stats = {"workers": c.workers, "rss": self._proc.memory_info().rss,
-                 "load": os.getloadavg()[0]}
+                 "load": os.getloadavg()[0], "cpu_percent": psutil.cpu_percent(interval=None),
+                 "mem_used": mem.total - mem.available, "mem_total": mem.total}
         stats.update(("store_" + k, v) for k, v in self.store.stats().items())
         self.sock.send(P.Heartbeat(stats))
 
