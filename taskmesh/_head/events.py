@@ -40,8 +40,8 @@ class TaskSubmitted(NamedTuple):
     name: str
     actor_id: bytes  # b"": a task; else a call of (or the constructor of) that actor
     waiting: int  # inputs that do not exist yet
-    owner: bytes  # the peer that submitted it (a driver's or a worker's identity)
-    parent: bytes  # the task that submitted it (b"": none), for its job
+    job: bytes  # the driver whose job it is part of (TaskRec.job; b"": not known)
+    parent: bytes  # the task that submitted it (b"": none)
 
 
 class TaskWaiting(NamedTuple):

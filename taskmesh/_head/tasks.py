@@ -255,7 +255,7 @@ class TaskTable:
         """A submitted task fails before it is admitted (its inputs were never counted)."""
         spec = t.spec
         self.events.add(("TaskSubmitted", self.ctx.now, spec.task_id, spec.name, spec.actor_id, 0,
-                         t.owner, spec.parent))
+                         t.job, spec.parent))
         self._finish(t, [err] * spec.num_returns, deps_counted=False)
 
     def admit(self, t: TaskRec) -> None:
@@ -279,7 +279,7 @@ class TaskTable:
             t.held = self.directory.hold(spec.args.contained)
         self.tasks[spec.task_id] = t
         self.events.add(("TaskSubmitted", self.ctx.now, spec.task_id, spec.name, spec.actor_id,
-                         t.waiting, t.owner, spec.parent))
+                         t.waiting, t.job, spec.parent))
         if failed is not None:
             self.fail_task(t, failed)
         elif t.waiting == 0:

@@ -22,9 +22,9 @@ names only when someone asks (``query``). State names are Ray's:
 PENDING_ARGS_AVAIL (waiting for inputs), PENDING_NODE_ASSIGNMENT (queued), RUNNING,
 FINISHED, FAILED (cancelled tasks too, with error_type TaskCancelledError).
 
-A task's job is the driver it descends from: the submitter when that is a driver, else
-the job of the task that submitted it (``TaskSpec.parent``), found when asked by following
-parents among the rows kept ("" when a parent's row is gone).
+A task's job is the driver it descends from, as the head's task table knows it
+(``TaskRec.job``: the submitter when that is a driver, else the job of the task that
+submitted it), carried by its TaskSubmitted event.
 """
 
 from __future__ import annotations
@@ -69,6 +69,10 @@ _ENDED = {"TaskFinished": FINISHED, "TaskFailed": FAILED, "TaskCancelled": FAILE
 _RAW_FIELDS: dict[str, Any] = {"name": _NAME, "func_or_class_name": _NAME}
 
 
+def _submitted_job(sub: tuple) -> bytes:
+    return sub[6]
+
+
 def _job_of(peer: bytes) -> str:
     """A driver's job id: its peer identity without the kind byte, in hex."""
     return peer[1:].hex()
@@ -103,7 +107,7 @@ class StateView:
         add_done = done.append
         for e in batch:
             k = e[0]
-            if k == "TaskSubmitted":  # at, task_id, name, actor_id, waiting, owner, parent
+            if k == "TaskSubmitted":  # at, task_id, name, actor_id, waiting, job, parent
                 live[e[2]] = [e[3], PENDING_ARGS_AVAIL if e[5] else PENDING_NODE_ASSIGNMENT, e,
                               None, 0]
                 if e[4] and e[4] == e[2]:  # an actor's constructor
@@ -155,7 +159,7 @@ class StateView:
         """An actor's constructor is submitted (again, on a restart)."""
         a = self.actors.get(e[2])
         if a is None:
-            job = e[6] if e[6] in self.jobs else b""
+            job = e[6]
             name = e[3]
             self.actors[e[2]] = {
                 "actor_id": e[2].hex(), "class_name": name.rsplit(".", 1)[0]
@@ -263,27 +267,10 @@ class StateView:
         yield from self.ended
 
     def _job_finder(self) -> Any:
-        """A function: a task's TaskSubmitted -> its job (the driver it descends from), b""
-        if not known (its submitter is a worker and no row of its parent is kept)."""
-        drivers = self.jobs
-        by_id: dict[bytes, tuple] | None = None
+        """A function: a task's TaskSubmitted -> its job (the driver it descends from, as the
+        head's task table knew it when the task came), b"" if not known."""
+        return _submitted_job
 
-        def job(sub: tuple) -> bytes:
-            nonlocal by_id
-            for _ in range(1000):  # (up a chain of parents; a cycle cannot be, but bounded)
-                if sub[6] in drivers:
-                    return sub[6]
-                if not sub[7]:
-                    return b""
-                if by_id is None:
-                    by_id = {r[_SUB][2]: r[_SUB] for r in self.task_rows()}
-                parent = by_id.get(sub[7])
-                if parent is None:
-                    return b""
-                sub = parent
-            return b""
-
-        return job
 
     def task_dict(self, r: tuple | list, job_of: Any, detail: bool,
                   message_chars: int | None) -> dict:
