@@ -196,7 +196,9 @@ class Cluster:
         return out
 
     def logs(self) -> list[Path]:
-        return sorted(self.workdir.glob("run*/logs/*.log"))
+        # (each daemon logs into its node's directory: logs/<node id>/agent.log,
+        # logs/head-<port>/head.log, rotated as *.log.1 ...)
+        return sorted(self.workdir.glob("run*/logs/*/*.log*"))
 
 
 #: `taskmesh start --worker` is tried this often, this far apart, before the run fails

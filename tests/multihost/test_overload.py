@@ -66,7 +66,7 @@ print("RESULT", json.dumps({"exact": exact, "done": done, "where": sorted(where)
 
 
 def _head_log(tmp_path) -> str:
-    return "".join(p.read_text() for p in (tmp_path / "run0").rglob("head-*.log"))
+    return "".join(p.read_text() for p in (tmp_path / "run0").rglob("head.log"))
 
 
 def _two_nodes(hosts, tmp_path, port: int) -> str:

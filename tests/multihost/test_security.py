@@ -93,11 +93,11 @@ def _result(r) -> dict:
 
 
 def _head_log(tmp_path) -> str:
-    return "".join(p.read_text() for p in (tmp_path / "run0" / "logs").glob("head-*.log"))
+    return "".join(p.read_text() for p in (tmp_path / "run0" / "logs").glob("head-*/head.log"))
 
 
 def _node_log(tmp_path, i: int) -> str:
-    return "".join(p.read_text() for p in (tmp_path / f"run{i}" / "logs").glob("node-*.log"))
+    return "".join(p.read_text() for p in (tmp_path / f"run{i}" / "logs").glob("*/agent.log"))
 
 
 def test_an_attacker_on_another_host_is_refused_and_runs_nothing(hosts, tmp_path):
