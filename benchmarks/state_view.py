@@ -44,7 +44,7 @@ def _consume(n: int = 100_000) -> float:
     events = []
     for i in range(n):
         tid = i.to_bytes(16, "big")
-        events += [("TaskSubmitted", 1.0, tid, "mod.f", b"", 0, b"D1234567", b""),
+        events += [("TaskSubmitted", 1.0, tid, "mod.f", b"", 0, b"D1234567", b"", 100),
                    ("TaskStarted", 1.0, tid, "n1", "w1"), ("TaskFinished", 1.0, tid, 0.001)]
     batches = [events[i:i + 256] for i in range(0, len(events), 256)]
     t0 = time.process_time()

@@ -42,6 +42,7 @@ class TaskSubmitted(NamedTuple):
     waiting: int  # inputs that do not exist yet
     job: bytes  # the driver whose job it is part of (TaskRec.job; b"": not known)
     parent: bytes  # the task that submitted it (b"": none)
+    args_bytes: int  # the size of its serialized arguments
 
 
 class TaskWaiting(NamedTuple):

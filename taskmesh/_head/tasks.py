@@ -255,7 +255,7 @@ class TaskTable:
         """A submitted task fails before it is admitted (its inputs were never counted)."""
         spec = t.spec
         self.events.add(("TaskSubmitted", self.ctx.now, spec.task_id, spec.name, spec.actor_id, 0,
-                         t.job, spec.parent))
+                         t.job, spec.parent, args_bytes(spec.args)))
         self._finish(t, [err] * spec.num_returns, deps_counted=False)
 
     def admit(self, t: TaskRec) -> None:
@@ -279,7 +279,7 @@ class TaskTable:
             t.held = self.directory.hold(spec.args.contained)
         self.tasks[spec.task_id] = t
         self.events.add(("TaskSubmitted", self.ctx.now, spec.task_id, spec.name, spec.actor_id,
-                         t.waiting, t.job, spec.parent))
+                         t.waiting, t.job, spec.parent, args_bytes(spec.args)))
         if failed is not None:
             self.fail_task(t, failed)
         elif t.waiting == 0:
@@ -669,3 +669,18 @@ class TaskTable:
                         f"but {waits.get(id(t), 0)} objects list it")
                 require(t.waiting > 0 or id(t) in deferred or t.spec.method == "__init__",
                         f"{name} waits for nothing")
+
+
+def args_bytes(args: P.SerializedObject | None) -> int:
+    """The size of a task's serialized arguments (for its TaskSubmitted event): inline bytes,
+    or the size of the stored object that holds them."""
+    if args is None:
+        return 0
+    if args.buffers:
+        return args.nbytes
+    if args.flags == P.SerializedObject.STORED:
+        try:
+            return args.read_stored()[1]
+        except P.ProtocolError:
+            return 0
+    return len(args.data)

@@ -37,6 +37,7 @@ def test_the_timeline_draws_each_task_on_its_workers_row(fresh_cluster, tmp_path
     assert len(naps) == 12
     assert all(45_000 <= e["dur"] < 2_000_000 for e in naps), [e["dur"] for e in naps]
     assert all(e["args"]["state"] == "FINISHED" for e in naps)
+    assert all(0 < e["args"]["args_bytes"] < 1000 for e in naps)  # (one float, pickled)
     [failed] = [e for e in slices if e["name"].endswith("fails")]
     assert failed["args"]["state"] == "FAILED" and failed["args"]["error"] == "TaskError"
     # rows are named; a worker runs one task at a time: its slices do not overlap

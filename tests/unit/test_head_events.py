@@ -40,7 +40,8 @@ def test_a_task_is_submitted_queued_started_and_finished_with_its_node_and_worke
     # its inputs exist: its TaskSubmitted says it is queued (no TaskQueued of its own)
     assert kinds(c, t) == ["TaskSubmitted", "TaskStarted", "TaskFinished"]
     submitted, started, finished = [e for e in events_of(c) if getattr(e, "task_id", None) == t]
-    assert submitted == E.TaskSubmitted(5.0, t, "mod.f", b"", 0, c.driver, b"")
+    assert submitted == E.TaskSubmitted(5.0, t, "mod.f", b"", 0, c.driver, b"",
+                                        len(b"args"))
     assert (started.node_id, started.worker_id) == ("n1", c.worker_info[w][1])
     assert finished == E.TaskFinished(6.0, t, 0.75)
     assert len(c.state.table.tasks) == 0 and c.state.table.finished == 1
@@ -210,12 +211,12 @@ def test_a_ring_of_zero_turns_the_stream_off():
 
 def test_added_events_count_once_absorbed_and_a_log_that_is_off_drops_them():
     log = E.EventLog(10)
-    log.add(("TaskSubmitted", 1.0, b"t" * 16, "f", b"", 0, b"Dd", b""))
+    log.add(("TaskSubmitted", 1.0, b"t" * 16, "f", b"", 0, b"Dd", b"", 10))
     log.add(("TaskQueued", 2.0, b"t" * 16))
     assert log.added  # (not absorbed yet: the head absorbs once ABSORB_AT events wait)
     assert log.kept_counts() == {"TaskSubmitted": 1, "TaskQueued": 1}  # (absorbed first)
     assert not log.added
-    assert log.since(0)[1] == [E.TaskSubmitted(1.0, b"t" * 16, "f", b"", 0, b"Dd", b""),
+    assert log.since(0)[1] == [E.TaskSubmitted(1.0, b"t" * 16, "f", b"", 0, b"Dd", b"", 10),
                                E.TaskQueued(2.0, b"t" * 16)]
     off = E.EventLog(0)
     off.add(("TaskQueued", 2.0, b"t" * 16))

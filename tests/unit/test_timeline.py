@@ -9,8 +9,8 @@ A, B = b"a" * 16, b"b" * 16
 
 def test_a_slice_per_run_on_its_workers_row_named_by_its_function():
     events = [
-        ["TaskSubmitted", 10.0, A, "mod.f", b"", 0],
-        ["TaskSubmitted", 10.0, B, "mod.g", b"", 1],
+        ["TaskSubmitted", 10.0, A, "mod.f", b"", 0, b"D1", b"", 120],
+        ["TaskSubmitted", 10.0, B, "mod.g", b"", 1, b"D1", b"", 4096],
         ["TaskStarted", 10.1, A, "n1", "n1-1"],
         ["TaskRetried", 10.6, A, "the worker process died"],
         ["TaskStarted", 10.7, A, "n2", "n2-1"],
@@ -28,6 +28,7 @@ def test_a_slice_per_run_on_its_workers_row_named_by_its_function():
     assert (retried["ts"], retried["dur"]) == (100_000.0, 500_000.0)  # 10.1 .. 10.6 s
     assert (finished["ts"], finished["dur"]) == (750_000.0, 250_000.0)  # 11.0 - 0.25 .. 11.0
     assert failed["args"]["error"] == "TaskError" and failed["dur"] == 200_000.0
+    assert [e["args"]["args_bytes"] for e in slices] == [120, 120, 4096]
     assert retried["pid"] != finished["pid"] and finished["tid"] == failed["tid"]
     rows = {(e["pid"], e["tid"]): e["args"]["name"] for e in trace if e["name"] == "thread_name"}
     assert sorted(rows.values()) == ["worker n1-1", "worker n2-1"]
