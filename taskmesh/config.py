@@ -110,7 +110,7 @@ class Config:
     log_rotate_backups: int = 3
     #: bytes a second of its workers' output a node forwards to drivers (beyond it: counted,
     #: kept only in the files); 0 forwards none
-    log_forward_rate: int = 4 << 20
+    log_forward_rate: int = 1 << 20
     #: the state API (``taskmesh list tasks``, ``taskmesh.util.state``) keeps the rows of this
     #: many ended tasks (the unfinished ones all, counts by function forever); 0 turns the
     #: head's state view off. It is fed by the event stream: with ``event_ring`` 0 it is off

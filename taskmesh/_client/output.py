@@ -15,6 +15,8 @@ are never held. ``TASKMESH_DEDUP_LOGS=0`` turns folding off;
 
 from __future__ import annotations
 
+import itertools
+import operator
 import os
 import re
 import sys
@@ -25,6 +27,7 @@ from .._output_marks import BAR
 from .progress import BarManager
 
 _DIGIT = re.compile(r"\d")
+_stream_of = operator.itemgetter(0)
 
 
 def _kind(text: str) -> str:
@@ -167,15 +170,19 @@ class DriverOutput:
         if not shown:
             return
         out, err = self._streams()
-        bars = self.bars.active
-        for stream, text in shown:
-            try:
-                if bars:  # printed above the bars, not through them
+        if self.bars.active:  # printed above the bars, not through them
+            for stream, text in shown:
+                try:
                     self.bars.write(text, err if stream == 2 else out)
-                else:
-                    (err if stream == 2 else out).write(text + "\n")
-            except (OSError, ValueError):  # closed or broken: nowhere to show it
-                pass
+                except (OSError, ValueError):  # closed or broken: nowhere to show it
+                    pass
+        else:  # one write per run of lines of one stream
+            for stream, run in itertools.groupby(shown, key=_stream_of):
+                try:
+                    (err if stream == 2 else out).write(
+                        "".join(text + "\n" for _, text in run))
+                except (OSError, ValueError):
+                    pass
         for s in (out, err):
             try:
                 s.flush()

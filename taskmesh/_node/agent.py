@@ -76,6 +76,9 @@ from .store_service import StoreService
 
 log = logging.getLogger("taskmesh.node")
 
+#: a worker's output pipe, once read, is left this long before it is watched again
+OUTPUT_READ_S = 0.02
+
 
 class _Worker:
     __slots__ = ("worker_id", "proc", "pidfd", "control")
@@ -138,6 +141,7 @@ class NodeAgent:
         self.log_dir = LogDirectory(self.output.log_dir)
         self._log_answers = Inbox()
         self._log_thread: Any = None
+        self._resting: dict[int, float] = {}  # output pipes not watched until then
         self._added: list[list] = []  # copies fetched / freed, for the next ObjectLocations
         self._removed: list[bytes] = []
         # the object store: the arena, and the service local clients talk to
@@ -329,10 +333,25 @@ class NodeAgent:
             self.sock.send(P.LogsRead(request_id, reply))
 
     def _read_output(self, fd: int) -> None:
-        if not self.output.read(fd, time.monotonic()):  # closed: the worker (and any child
-            assert self._poller is not None            # it left holding the pipe) ended
-            self._poller.unregister(fd)
+        """Read a worker's pipe, then leave it for ``OUTPUT_READ_S``: a worker printing
+        many short lines would otherwise wake this loop for each one (the pipe, enlarged,
+        holds what comes meanwhile)."""
+        assert self._poller is not None
+        self._poller.unregister(fd)
+        now = time.monotonic()
+        if self.output.read(fd, now):
+            self._resting[fd] = now + OUTPUT_READ_S
+        else:  # closed: the worker (and any child it left holding the pipe) ended
             self.output.close(fd)
+
+    def _wake_rested(self, now: float) -> float | None:
+        """Watch again the pipes whose rest is over; return when the next one's ends."""
+        resting = self._resting
+        for fd in [fd for fd, until in resting.items() if until <= now]:
+            del resting[fd]
+            assert self._poller is not None
+            self._poller.register(fd)
+        return min(resting.values()) if resting else None
 
     def _send_output(self, force: bool = False) -> float | None:
         """Send the output lines that are due to the head (once registered); return when the
@@ -359,7 +378,7 @@ class NodeAgent:
     def _close_output(self) -> None:
         """The workers are gone: what they left in their pipes goes to the files."""
         for fd in list(self.output.pipes):
-            if self._poller is not None:
+            if self._poller is not None and self._resting.pop(fd, None) is None:
                 self._poller.unregister(fd)
         self.output.close_all(time.monotonic())
 
@@ -454,6 +473,9 @@ class NodeAgent:
             out_at = self._send_output()
             if out_at is not None:
                 wake_at = min(wake_at, out_at)
+            rest_at = self._wake_rested(time.monotonic()) if self._resting else None
+            if rest_at is not None:
+                wake_at = min(wake_at, rest_at)
             sock.flush()  # the agent's messages are small; anything left goes out here
             if sock.wants_write:
                 wake_at = min(wake_at, time.monotonic() + 0.01)

@@ -202,7 +202,7 @@ class StoreService:
 
     def wake_at(self, now: float) -> float | None:
         """When the loop must call :meth:`tick` next, or None if only events matter."""
-        return now + TICK_S if self.state.stats()["num_waiting"] else None
+        return now + TICK_S if self.state.num_waiting else None
 
     def handle(self, ready: dict, now: float) -> None:
         """Serve what ``ready`` (the poller's result) says is ready."""

@@ -561,6 +561,11 @@ class StoreState:
         obj = self._objects.get(object_id)
         return obj.pending.get(client, 0) if obj is not None else 0
 
+    @property
+    def num_waiting(self) -> int:
+        """Creates and pins waiting for room (the loop ticks while there are any)."""
+        return len(self._waiting)
+
     def stats(self) -> dict[str, int]:
         """Gauges and running totals, O(1).
 
