@@ -9,6 +9,7 @@ worker's log file, forwarded to this driver within the node's limit, printed her
 ratio of the medians, flood over baseline. Run from the repository root:
 
     python -m benchmarks.output_flood [--rounds 10] [--rate 10] [--tasks 2000] [--sink /dev/null]
+    python -m benchmarks.output_flood --cpu     # CPU per process during 5 s of the flood alone
 """
 
 from __future__ import annotations
@@ -63,11 +64,36 @@ def one_round(mode: str, tasks: int, rate: float) -> float:
     return took
 
 
+def cpu_per_process(rate: float, seconds: float = 5.0) -> list[tuple[float, str]]:
+    """Share of one core each process of the cluster (and this driver) uses while a task
+    prints ``rate`` MB/s and nothing else runs."""
+    import psutil
+
+    bg = background.remote("flood", 3600, rate)
+    time.sleep(1.0)
+    procs = [psutil.Process(), *psutil.Process().children(recursive=True)]
+    before = {p.pid: p.cpu_times() for p in procs}
+    start = time.monotonic()
+    time.sleep(seconds)
+    took = time.monotonic() - start
+    out = []
+    for p in procs:
+        try:
+            a, b = before[p.pid], p.cpu_times()
+            name = " ".join(p.cmdline()[1:4]) if p.pid != os.getpid() else "this driver"
+        except psutil.Error:
+            continue
+        out.append(((b.user + b.system - a.user - a.system) / took, name))
+    taskmesh.cancel(bg, force=True)
+    return sorted(out, reverse=True)
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--rounds", type=int, default=10)
     ap.add_argument("--rate", type=float, default=10.0, help="MB/s the flood prints")
     ap.add_argument("--tasks", type=int, default=2000, help="no-op tasks per round")
+    ap.add_argument("--cpu", action="store_true", help="measure CPU per process instead")
     ap.add_argument("--sink", default=os.devnull,
                     help="where this driver's stdout/stderr go (default /dev/null)")
     args = ap.parse_args()
@@ -75,6 +101,17 @@ def main() -> int:
     sink = open(args.sink, "w")  # noqa: SIM115 - for the whole run
     sys.stdout = sys.stderr = sink
     taskmesh.init(num_cpus=2)
+    if args.cpu:
+        try:
+            shares = cpu_per_process(args.rate)
+        finally:
+            taskmesh.shutdown()
+            sys.stdout, sys.stderr = report, sys.__stderr__
+            sink.close()
+        for share, name in shares:
+            if share >= 0.005:
+                print(f"{share * 100:5.1f}%  {name}")
+        return 0
     try:
         one_round("sleep", args.tasks, args.rate)  # warm-up: workers started, code shipped
         times: dict[str, list[float]] = {"sleep": [], "flood": []}
