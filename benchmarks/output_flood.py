@@ -50,11 +50,22 @@ def noop() -> None:
     return None
 
 
-def one_round(mode: str, tasks: int, rate: float) -> float:
+@taskmesh.remote(num_cpus=1)
+def busy(ms: float) -> None:
+    """Compute for ``ms`` milliseconds of CPU (a task that does work)."""
+    end = time.thread_time() + ms / 1000
+    while time.thread_time() < end:
+        pass
+
+
+def one_round(mode: str, tasks: int, rate: float, work_ms: float = 0.0) -> float:
     bg = background.remote(mode, 3600, rate)
     time.sleep(0.5)  # the flood is under way
     start = time.perf_counter()
-    taskmesh.get([noop.remote() for _ in range(tasks)])
+    if work_ms:
+        taskmesh.get([busy.remote(work_ms) for _ in range(tasks)])
+    else:
+        taskmesh.get([noop.remote() for _ in range(tasks)])
     took = time.perf_counter() - start
     taskmesh.cancel(bg, force=True)
     try:
@@ -94,6 +105,8 @@ def main() -> int:
     ap.add_argument("--rate", type=float, default=10.0, help="MB/s the flood prints")
     ap.add_argument("--tasks", type=int, default=2000, help="no-op tasks per round")
     ap.add_argument("--cpu", action="store_true", help="measure CPU per process instead")
+    ap.add_argument("--work-ms", type=float, default=0.0,
+                    help="tasks that compute this long each instead of no-op tasks")
     ap.add_argument("--sink", default=os.devnull,
                     help="where this driver's stdout/stderr go (default /dev/null)")
     args = ap.parse_args()
@@ -113,18 +126,19 @@ def main() -> int:
                 print(f"{share * 100:5.1f}%  {name}")
         return 0
     try:
-        one_round("sleep", args.tasks, args.rate)  # warm-up: workers started, code shipped
+        one_round("sleep", args.tasks, args.rate, args.work_ms)  # warm-up: workers, code
         times: dict[str, list[float]] = {"sleep": [], "flood": []}
         for i in range(args.rounds):
             for mode in (("sleep", "flood") if i % 2 == 0 else ("flood", "sleep")):
-                times[mode].append(one_round(mode, args.tasks, args.rate))
+                times[mode].append(one_round(mode, args.tasks, args.rate, args.work_ms))
     finally:
         taskmesh.shutdown()
         sys.stdout, sys.stderr = report, sys.__stderr__
         sink.close()
     base, flood = statistics.median(times["sleep"]), statistics.median(times["flood"])
     ratios = [f / s for f, s in zip(times["flood"], times["sleep"])]
-    print(f"{args.tasks} no-op tasks beside a task that sleeps: median {base * 1e3:.1f} ms; "
+    what = f"tasks of {args.work_ms:g} ms" if args.work_ms else "no-op tasks"
+    print(f"{args.tasks} {what} beside a task that sleeps: median {base * 1e3:.1f} ms; "
           f"beside one printing {args.rate:g} MB/s: median {flood * 1e3:.1f} ms")
     print(f"flood / sleep: {flood / base:.3f} (paired median {statistics.median(ratios):.3f}, "
           f"{args.rounds} rounds each)")
