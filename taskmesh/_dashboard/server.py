@@ -230,6 +230,11 @@ class _Server(ThreadingHTTPServer):
             self._slots.release()
             raise
 
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        """A client that went away (a browser closing a kept-alive connection, a time-out)
+        is no error of ours: logged at debug, not printed as a traceback on stderr."""
+        log.debug("dashboard: connection from %s ended", client_address[0], exc_info=True)
+
     def process_request_thread(self, request: Any, client_address: Any) -> None:
         try:
             super().process_request_thread(request, client_address)
