@@ -117,9 +117,11 @@ def demo():
             taskmesh.get(failed, timeout=60)
         assert taskmesh.get(square.options(name=XSS_NAME).remote(3), timeout=60) == 9
         assert taskmesh.get(chatty.remote(7), timeout=60) == 7
+        big = taskmesh.put(b"x" * (4 << 20))  # (in the node's store, not inline)
         counter = Counter.remote()
         assert taskmesh.get(counter.add.remote(5), timeout=60) == 5
-        yield {"url": info["dashboard_url"], "failed": failed.hex()[:32], "counter": counter}
+        yield {"url": info["dashboard_url"], "failed": failed.hex()[:32], "counter": counter,
+               "big": big}
     finally:
         stop_and_check(procs, before_shm)
 
@@ -202,6 +204,42 @@ def test_tasks_page_filters_and_shows_a_failed_tasks_traceback(browser, opened, 
     # a bad filter says why, from the API's 400
     _go(browser, opened, "/tasks?name=x&limit=1000&state=")
     _wait(browser, lambda d: "0 tasks match" in _text(d), "no task named x")
+    _no_script_ran(browser)
+
+
+def test_actors_page_shows_the_actor(browser, opened, demo, shots):
+    _go(browser, opened, "/actors")
+    _wait(browser, lambda d: d.find_elements(By.CSS_SELECTOR, "#table tbody tr"), "the actor")
+    table = browser.find_element(By.ID, "table").text
+    assert "Counter" in table and "ALIVE" in table
+    assert browser.find_element(By.ID, "summary").text.startswith("1 actor")
+    browser.save_screenshot(str(shots / "actors.png"))
+    browser.find_element(By.CSS_SELECTOR, "#f-state option[value=DEAD]").click()
+    browser.find_element(By.CSS_SELECTOR, "#filters button").click()
+    _wait(browser, lambda d: d.find_element(By.ID, "summary").text.startswith("0 actors"),
+          "no dead actor")
+    _no_script_ran(browser)
+
+
+def test_objects_page_lists_objects(browser, opened, shots):
+    _go(browser, opened, "/objects")
+    _wait(browser, lambda d: d.find_elements(By.CSS_SELECTOR, "#table tbody tr"), "objects")
+    table = browser.find_element(By.ID, "table").text
+    assert "READY" in table and "4.0 MiB" in table
+    browser.save_screenshot(str(shots / "objects.png"))
+    _no_script_ran(browser)
+
+
+def test_jobs_page_shows_this_driver_and_links_to_its_tasks(browser, opened, shots):
+    _go(browser, opened, "/jobs")
+    _wait(browser, lambda d: d.find_elements(By.CSS_SELECTOR, "#table tbody tr"), "the job")
+    assert "RUNNING" in browser.find_element(By.ID, "table").text
+    browser.save_screenshot(str(shots / "jobs.png"))
+    link = browser.find_element(By.CSS_SELECTOR, "#table tbody a")
+    job = link.text
+    link.click()
+    _wait(browser, lambda d: "tasks match" in _text(d), "the job's tasks")
+    assert browser.find_element(By.ID, "f-job").get_attribute("value") == job
     _no_script_ran(browser)
 
 
