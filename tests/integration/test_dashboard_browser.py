@@ -7,9 +7,10 @@ Skipped, saying why, when chromium, chromedriver or selenium is missing
 
 from __future__ import annotations
 
-import os
+import json
 import shutil
 import time
+import urllib.request
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -69,6 +70,10 @@ class Counter:
     def add(self, k):
         self.n += k
         return self.n
+
+    def say(self, text):
+        print(text, flush=True)
+        return text
 
 
 def _browser():
@@ -146,6 +151,16 @@ def _no_script_ran(driver) -> None:
     errors = [e for e in driver.get_log("browser") if e["level"] == "SEVERE"
               and "status of 4" not in e["message"]]
     assert not errors, errors
+
+
+def _api(demo, target: str):
+    """GET a JSON endpoint with the token (to find what the page should show)."""
+    u = urlsplit(demo["url"])
+    token = u.query.split("token=", 1)[1]
+    req = urllib.request.Request(f"{u.scheme}://{u.netloc}{target}",
+                                 headers={"Authorization": f"Bearer {token}"})
+    with urllib.request.urlopen(req, timeout=30) as resp:
+        return json.load(resp)
 
 
 def _go(driver, base: str, path: str) -> None:
@@ -240,6 +255,42 @@ def test_jobs_page_shows_this_driver_and_links_to_its_tasks(browser, opened, sho
     link.click()
     _wait(browser, lambda d: "tasks match" in _text(d), "the job's tasks")
     assert browser.find_element(By.ID, "f-job").get_attribute("value") == job
+    _no_script_ran(browser)
+
+
+def test_logs_page_lists_files_shows_a_tasks_line_as_text_and_follows_new_ones(
+        browser, opened, demo, shots):
+    _go(browser, opened, "/logs")
+    node = taskmesh.nodes()[0]["NodeID"]
+    _wait(browser, lambda d: d.find_elements(By.CSS_SELECTOR, "#files a[data-file]"),
+          "the list of files")
+    listed = browser.find_element(By.ID, "files").text
+    assert "head.log" in listed and "agent.log" in listed and f"node {node}" in listed
+    # the actor's worker: its stdout file (the actor's task names its worker)
+    actor = demo["counter"]._actor_id.hex()
+    rows = _api(demo, "/api/tasks?type=ACTOR_CREATION_TASK")["rows"]
+    worker = next(r["worker_id"] for r in rows if r["actor_id"] == actor)
+    files = [f["file"] for n in _api(demo, "/api/logs")["nodes"] for f in n["files"]
+             if f["file"].startswith(f"worker-{worker}-") and f["file"].endswith(".out")]
+    assert len(files) == 1, files
+    assert taskmesh.get(demo["counter"].say.remote(HTML_LINE + " first"), timeout=30)
+    browser.find_element(By.CSS_SELECTOR, f"#files a[data-file='{files[0]}']").click()
+    _wait(browser, lambda d: HTML_LINE + " first" in d.find_element(By.ID, "log").text,
+          "the line the actor printed, as text")
+    assert f"file={files[0]}" in browser.current_url
+    # live tail: a line printed now shows within a few seconds, without reloading
+    assert taskmesh.get(demo["counter"].say.remote("<i>live</i> second"), timeout=30)
+    _wait(browser, lambda d: "<i>live</i> second" in d.find_element(By.ID, "log").text,
+          "the new line (live tail)", timeout=8)
+    browser.save_screenshot(str(shots / "logs.png"))
+    # a task's own line, printed by a worker of the pool, is in some worker's .out file
+    found = []
+    for n in _api(demo, "/api/logs")["nodes"]:
+        for f in n["files"]:
+            if f["file"].endswith(".out") and f["size"]:
+                lines = _api(demo, f"/api/logs/read?node={n['node_id']}&file={f['file']}")["lines"]
+                found += [x for x in lines if x.startswith(HTML_LINE + " #7")]
+    assert found
     _no_script_ran(browser)
 
 
