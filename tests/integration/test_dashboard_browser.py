@@ -294,6 +294,24 @@ def test_logs_page_lists_files_shows_a_tasks_line_as_text_and_follows_new_ones(
     _no_script_ran(browser)
 
 
+def test_timeline_page_draws_a_lane_per_worker_and_links_the_trace(browser, opened, shots):
+    _go(browser, opened, "/timeline")
+    _wait(browser, lambda d: d.find_elements(By.CSS_SELECTOR, "#lanes g.lane"), "the lanes")
+    lanes = browser.find_elements(By.CSS_SELECTOR, "#lanes g.lane")
+    workers = {lane.get_attribute("data-lane") for lane in lanes}
+    assert workers and all(w.startswith("worker ") for w in workers)
+    assert browser.find_elements(By.CSS_SELECTOR, "#lanes rect.slice-FINISHED")
+    assert len(browser.find_elements(By.CSS_SELECTOR, "#lanes rect.slice-FAILED")) == 1
+    titles = browser.execute_script(
+        "return [...document.querySelectorAll('#lanes rect.slice title')].map(t => t.textContent)")
+    assert any(t.startswith(XSS_NAME) for t in titles)  # (text in an SVG title: no markup)
+    assert "task runs on" in browser.find_element(By.ID, "summary").text
+    link = browser.find_element(By.ID, "download")
+    assert link.get_attribute("href").endswith("/api/timeline?download=1")
+    browser.save_screenshot(str(shots / "timeline.png"))
+    _no_script_ran(browser)
+
+
 # ---------------------------------------------------------------- last: it fills the view
 
 
