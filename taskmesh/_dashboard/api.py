@@ -105,23 +105,30 @@ def _checked(reply: Any) -> dict:
 
 
 def _epoch_ms(reply: dict, wall_now: float) -> dict:
-    """Rows' times (the head's clock, seconds, as ``*_time``) as epoch ms (``*_time_ms``)."""
+    """The reply with its rows' times (the head's clock, seconds, as ``*_time``) as epoch ms
+    (``*_time_ms``). New rows: the answer itself may be shared with other requests."""
     offset = wall_now - float(reply.get("now", 0.0))
-    for row in reply.get("rows", ()):
-        for key in [k for k in row if k.endswith("_time")]:
-            at = row.pop(key)
-            row[key + "_ms"] = int((at + offset) * 1000) if at else None
-    return reply
+
+    def converted(row: dict) -> dict:
+        out = {}
+        for key, value in row.items():
+            if key.endswith("_time"):
+                out[key + "_ms"] = int((value + offset) * 1000) if value else None
+            else:
+                out[key] = value
+        return out
+
+    return dict(reply, rows=[converted(row) for row in reply.get("rows", ())])
 
 
-def _table(kind: str, detail: bool = False,
-           trim: Callable[[dict], None] | None = None) -> Callable[..., Reply]:
+def _table(kind: str, detail: bool = False, leave_out: tuple[str, ...] = ()
+           ) -> Callable[..., Reply]:
     def endpoint(params: Mapping[str, list[str]], source: Any, wall_now: float) -> Reply:
         reply = _epoch_ms(_checked(source.info(_state_query(kind, params, detail))), wall_now)
-        rows = reply.get("rows", [])
-        if trim is not None:
-            for row in rows:
-                trim(row)
+        rows = reply["rows"]
+        for row in rows:
+            for key in leave_out:
+                row.pop(key, None)
         body = {"rows": rows, "total": reply.get("total", len(rows)),
                 "truncated": bool(reply.get("truncated")),
                 "limit": _int(params, "limit", DEFAULT_ROWS, 1, MAX_ROWS)}
@@ -130,10 +137,6 @@ def _table(kind: str, detail: bool = False,
                             "state_finished_tasks=0): it lists no " + kind)
         return Reply(200, body, {})
     return endpoint
-
-
-def _no_message(row: dict) -> None:
-    row.pop("error_message", None)  # (a table shows the error's kind; /api/task the text)
 
 
 def _status(params: Mapping[str, list[str]], source: Any, wall_now: float) -> Reply:
@@ -221,7 +224,8 @@ def _timeline(params: Mapping[str, list[str]], source: Any, wall_now: float) -> 
 ENDPOINTS: dict[str, Callable[..., Reply]] = {
     "/api/status": _status,
     "/api/nodes": _table("nodes"),
-    "/api/tasks": _table("tasks", detail=True, trim=_no_message),
+    # (a table shows a failed task's error kind; /api/task gives its text)
+    "/api/tasks": _table("tasks", detail=True, leave_out=("error_message",)),
     "/api/task": _task,
     "/api/actors": _table("actors"),
     "/api/objects": _table("objects"),

@@ -10,18 +10,27 @@ what the state API reads (``InfoRequest("state:...")``, ``"status"``, ``"events:
 shared with these threads), and a slow browser holds up only its own handler thread. One
 connection serves every handler thread (``CoreClient`` is safe to share); it is opened on the
 first dashboard request, opened again if it broke, and closed with the server.
+
+However many browsers watch, the head answers each distinct question at most once per
+``SHARE_S``: an answer is served again to whoever asks the same within that time (ten open
+overview pages cost the head one ``status`` every half second, not ten).
 """
 
 from __future__ import annotations
 
 import os
 import threading
+import time
 from typing import Any, Callable
 
 __all__ = ["HeadSource", "SourceError"]
 
 #: how long one question to the head may take (a log query waits up to 5 s for its nodes)
 ASK_TIMEOUT_S = 15.0
+#: an answer to InfoRequest(what) is shared with whoever asks the same for this long
+SHARE_S = 0.5
+#: distinct questions remembered at once (the oldest answers go first)
+SHARE_MAX = 64
 
 
 class SourceError(Exception):
@@ -31,12 +40,16 @@ class SourceError(Exception):
 class HeadSource:
     """A lazily opened ``status`` connection from the head process to its own endpoint."""
 
-    def __init__(self, connect: Callable[[], Any]) -> None:
+    def __init__(self, connect: Callable[[], Any], clock: Callable[[], float] = time.monotonic
+                 ) -> None:
         #: makes a connected, handshaken client (see ``for_head``)
         self._connect = connect
+        self._clock = clock
         self._core: Any = None
         self._lock = threading.Lock()
         self._closed = False
+        #: what -> (when answered, the answer): shared within SHARE_S
+        self._recent: dict[str, tuple[float, Any]] = {}
 
     @classmethod
     def for_head(cls, config: Any, endpoint: str, address: str, security: Any) -> "HeadSource":
@@ -78,8 +91,22 @@ class HeadSource:
             raise SourceError(str(exc) or type(exc).__name__) from exc
 
     def info(self, what: str) -> Any:
-        """The head's answer to ``InfoRequest(what)``."""
-        return self._ask(lambda core: core.info(what, timeout=ASK_TIMEOUT_S))
+        """The head's answer to ``InfoRequest(what)`` (one given less than ``SHARE_S`` ago to
+        the same question, if there is one: treat it as read-only)."""
+        now = self._clock()
+        with self._lock:
+            if self._closed:
+                raise SourceError("the dashboard is shutting down")
+            recent = self._recent.get(what)
+        if recent is not None and now - recent[0] < SHARE_S:
+            return recent[1]
+        answer = self._ask(lambda core: core.info(what, timeout=ASK_TIMEOUT_S))
+        with self._lock:
+            self._recent[what] = (self._clock(), answer)
+            if len(self._recent) > SHARE_MAX:  # (dicts keep order: the oldest first)
+                for key in list(self._recent)[:len(self._recent) - SHARE_MAX]:
+                    del self._recent[key]
+        return answer
 
     def logs(self, node: str, query: dict) -> Any:
         """The head's answer to ``LogRequest(node, query)``: ``{"replies", "missing"}``."""
@@ -91,6 +118,7 @@ class HeadSource:
     def close(self) -> None:
         with self._lock:
             self._closed = True
+            self._recent.clear()
             core, self._core = self._core, None
         if core is not None:
             core.close()

@@ -88,10 +88,15 @@ def _browser():
 
 
 @pytest.fixture(scope="module")
-def shots():
+def shots(request):
+    """The screenshots' directory; its path is printed at the end (even with output captured)."""
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
-    print(f"\ndashboard screenshots: {ARTIFACTS}")
-    return ARTIFACTS
+    yield ARTIFACTS
+    kept = len(list(ARTIFACTS.glob("*.png")))
+    capture = request.config.pluginmanager.get_plugin("capturemanager")
+    if capture is not None:
+        with capture.global_and_fixture_disabled():
+            print(f"\ndashboard screenshots ({kept}): {ARTIFACTS}")
 
 
 @pytest.fixture(scope="module")

@@ -9,6 +9,7 @@ import json
 import pytest
 
 from taskmesh._dashboard import api, pages
+from taskmesh._dashboard.source import SHARE_S, HeadSource, SourceError
 
 
 class FakeSource:
@@ -221,3 +222,80 @@ def test_the_scripts_never_parse_data_as_html():
         text = pages.static_file(name)[0].decode()
         for sink in ("innerHTML", "outerHTML", "insertAdjacentHTML", "document.write", "eval("):
             assert sink not in text, f"{name} uses {sink}"
+
+
+def test_an_answer_is_never_changed_since_it_may_be_shared():
+    answer = {"rows": [{"task_id": "aa", "end_time": 99.0, "error_message": "boom"}],
+              "total": 1, "now": 100.0}
+
+    class Same(FakeSource):
+        def info(self, what):
+            return answer
+
+    first = _get("/api/tasks", Same()).body
+    second = _get("/api/tasks", Same()).body
+    assert first == second and first["rows"][0] == {"task_id": "aa", "end_time_ms": 999_000}
+    assert answer["rows"][0] == {"task_id": "aa", "end_time": 99.0, "error_message": "boom"}
+
+
+# ------------------------------------------------------------------ the source
+
+
+class FakeCore:
+    def __init__(self, log: list) -> None:
+        self.log = log
+        self.closed = False
+        self.sock = type("Sock", (), {"peer_closed": False})()
+
+    def info(self, what, timeout):
+        self.log.append(what)
+        if what == "break":
+            self.closed = True
+            raise ConnectionError("the head went away")
+        return {"asked": what, "n": len(self.log)}
+
+    def close(self):
+        self.closed = True
+
+
+def test_the_source_connects_at_the_first_question_and_again_after_a_break():
+    made: list = []
+    asked: list = []
+
+    def connect():
+        made.append(FakeCore(asked))
+        return made[-1]
+
+    now = [0.0]
+    src = HeadSource(connect, clock=lambda: now[0])
+    assert made == []  # (nothing until asked)
+    assert src.info("status")["asked"] == "status" and len(made) == 1
+    with pytest.raises(SourceError, match="went away"):
+        src.info("break")
+    assert src.info("nodes")["asked"] == "nodes" and len(made) == 2  # connected again
+    src.close()
+    assert made[-1].closed
+    with pytest.raises(SourceError, match="shutting down"):
+        src.info("status")
+
+
+def test_a_failed_connection_is_a_source_error_saying_why():
+    def connect():
+        raise OSError("no head on this socket")
+
+    with pytest.raises(SourceError, match="cannot connect to the head: no head on this socket"):
+        HeadSource(connect).info("status")
+
+
+def test_many_viewers_asking_the_same_cost_the_head_one_question_per_share_time():
+    asked: list = []
+    now = [0.0]
+    src = HeadSource(lambda: FakeCore(asked), clock=lambda: now[0])
+    for _ in range(10):  # ten pages refreshing at once
+        src.info("status")
+    assert asked == ["status"]
+    src.info("state:tasks?limit=5")
+    assert asked == ["status", "state:tasks?limit=5"]
+    now[0] += SHARE_S
+    src.info("status")
+    assert asked == ["status", "state:tasks?limit=5", "status"]

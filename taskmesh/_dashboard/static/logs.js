@@ -98,7 +98,7 @@ async function openFile(node, file) {
   const list = tm.el("div", {}, tm.el("p", {class: "muted"}, "Loading the list…"));
   m.append(tm.el("div", {class: "split wide-right"}, list, viewer));
   try {
-    list.replaceChildren(fileList(await tm.getJSON("/api/logs" + (params.get("only") ? "?node=" + encodeURIComponent(params.get("only")) : ""))));
+    list.replaceChildren(fileList(await tm.getJSON("/api/logs")));
   } catch (e) {
     list.replaceChildren(tm.el("p", {class: "error"}, e.message));
   }
