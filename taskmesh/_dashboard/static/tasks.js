@@ -7,13 +7,12 @@ const FIELDS = ["state", "name", "node", "job", "limit"];
 
 const COLUMNS = [
   {label: "task id", cls: "id", fmt: t => tm.shortId(t.task_id)},
-  {label: "name", fmt: t => t.name},
-  {label: "state", fmt: t => tm.stateCell(t.state)},
-  {label: "node", cls: "id", fmt: t => t.node_id},
-  {label: "worker", cls: "id", fmt: t => t.worker_id},
-  {label: "job", cls: "id", fmt: t => t.job_id},
+  {label: "name", cls: "name", fmt: t => t.name},
+  {label: "state", cls: "nowrap", fmt: t => tm.stateCell(t.state)},
+  // (a worker's id starts with its node's; the job is in the detail)
+  {label: "node-worker", cls: "id", fmt: t => t.worker_id},
   {label: "ran", cls: "num", fmt: t => tm.fmtDuration(t.duration_s)},
-  {label: "ended", fmt: t => tm.fmtTime(t.end_time_ms)},
+  {label: "ended", cls: "nowrap", fmt: t => tm.fmtTime(t.end_time_ms)},
   {label: "error", fmt: t => t.error_type},
 ];
 
@@ -80,7 +79,7 @@ async function load() {
                       : tm.el("p", {class: "muted"}, "No task matches.");
   table.id = "tasks";
   area.replaceChildren(summary, reply.note ? tm.el("p", {class: "error"}, reply.note) : "", tm.el("div", {class: "scroll"}, table));
-  tm.setStatus(`${tm.fmtNum(shown)} rows in ${Math.round(performance.now() - started)} ms`);
+  tm.setStatus(`${tm.fmtNum(shown)} row${shown === 1 ? "" : "s"} in ${Math.round(performance.now() - started)} ms`);
 }
 
 (function start() {
