@@ -60,7 +60,7 @@ class HeadSource:
 
             core = CoreClient(config, endpoint, "status", address, security)
             try:
-                core.handshake({"pid": os.getpid(), "dashboard": True})
+                core.handshake({"pid": os.getpid()})
             except BaseException:
                 core.close()
                 raise

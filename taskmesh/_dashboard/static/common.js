@@ -41,6 +41,10 @@ const tm = (() => {
     const resp = await fetch(url, {credentials: "same-origin", cache: "no-store"});
     let body;
     try { body = await resp.json(); } catch (e) { body = {error: resp.statusText}; }
+    if (resp.status === 401) {
+      body = {error: "this browser has no valid dashboard token (a new cluster?): open the URL " +
+                     "that `taskmesh dashboard` prints"};
+    }
     if (!resp.ok) {
       const err = new Error((body && body.error) || `HTTP ${resp.status}`);
       err.status = resp.status;
