@@ -188,3 +188,37 @@ def test_the_timeline_is_a_chrome_trace_with_a_lane_per_worker(dash):
     lanes = [e for e in trace if e["name"] == "thread_name"]
     slices = [e for e in trace if e["ph"] == "X"]
     assert lanes and any(s["args"]["state"] == "FAILED" for s in slices)
+
+
+def test_slow_browsers_hold_up_neither_other_pages_nor_the_head(dash):
+    """Clients that ask and never read, and a crowd asking at once: the others are answered
+    and tasks run as usual (the head answers between its turns; the handler threads wait)."""
+    import socket
+    import threading
+    import time
+
+    base, token, _ = dash
+    u = urlsplit(base)
+    stuck = []
+    try:
+        for path in ("/api/timeline", "/api/logs", "/api/tasks"):  # asked, never read
+            s = socket.create_connection((u.hostname, u.port), timeout=5)
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1024)
+            s.sendall(f"GET {path} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {token}\r\n\r\n"
+                      .encode())
+            stuck.append(s)
+        answers: list = []
+        crowd = [threading.Thread(target=lambda: answers.append(_api(dash, "/api/status")[0]))
+                 for _ in range(12)]
+        t0 = time.monotonic()
+        for t in crowd:
+            t.start()
+        assert taskmesh.get([shout.remote(i) for i in (0, 1, 3)], timeout=30) == [0, 1, 3]
+        for t in crowd:
+            t.join(timeout=30)
+        assert answers == [200] * 12
+        assert _api(dash, "/api/tasks?limit=5")[0] == 200
+        assert time.monotonic() - t0 < 10
+    finally:
+        for s in stuck:
+            s.close()
