@@ -24,7 +24,8 @@ pytestmark = [pytest.mark.browser, pytest.mark.timeout(240)]
 
 webdriver = pytest.importorskip("selenium.webdriver", reason="selenium is not installed "
                                 "(pip install selenium): the browser tests need it")
-from selenium.common.exceptions import TimeoutException  # noqa: E402
+from selenium.common.exceptions import (StaleElementReferenceException,  # noqa: E402
+                                        TimeoutException)
 from selenium.webdriver.common.by import By  # noqa: E402
 from selenium.webdriver.support.ui import WebDriverWait  # noqa: E402
 
@@ -137,11 +138,25 @@ def demo():
 
 
 def _wait(driver, predicate, what: str, timeout: float = 15.0):
+    """Wait until ``predicate(driver)`` holds; an element replaced while it looked (the pages
+    re-render their tables) counts as "not yet"."""
     try:
-        return WebDriverWait(driver, timeout, poll_frequency=0.1).until(lambda d: predicate(d))
+        return WebDriverWait(driver, timeout, poll_frequency=0.1,
+                             ignored_exceptions=[StaleElementReferenceException]
+                             ).until(lambda d: predicate(d))
     except TimeoutException:
         raise AssertionError(f"the page did not show {what} within {timeout:g} s; it shows:\n"
                              + driver.find_element(By.ID, "main").text[:2000]) from None
+
+
+def _click(driver, css: str, what: str) -> str:
+    """Click the first element matching ``css`` (again if a re-render replaced it); its text."""
+    def clicked(d):
+        element = d.find_element(By.CSS_SELECTOR, css)
+        text = element.text
+        element.click()
+        return text or True
+    return _wait(driver, clicked, what)
 
 
 def _text(driver) -> str:
@@ -216,7 +231,7 @@ def test_tasks_page_filters_and_shows_a_failed_tasks_traceback(browser, opened, 
     _wait(browser, lambda d: d.find_element(By.ID, "summary").text.startswith("1 task matches"),
           "one failed task")
     assert "state=FAILED" in browser.current_url
-    browser.find_element(By.CSS_SELECTOR, "#tasks tbody tr").click()
+    _click(browser, "#tasks tbody tr", "the failed task's row")
     traceback = _wait(browser, lambda d: d.find_elements(By.ID, "traceback"), "the traceback")[0]
     assert "Traceback" in traceback.text and "ValueError: boom: on purpose" in traceback.text
     assert demo["failed"] in browser.find_element(By.ID, "detail").text
@@ -255,9 +270,7 @@ def test_jobs_page_shows_this_driver_and_links_to_its_tasks(browser, opened, sho
     _wait(browser, lambda d: d.find_elements(By.CSS_SELECTOR, "#table tbody tr"), "the job")
     assert "RUNNING" in browser.find_element(By.ID, "table").text
     browser.save_screenshot(str(shots / "jobs.png"))
-    link = browser.find_element(By.CSS_SELECTOR, "#table tbody a")
-    job = link.text
-    link.click()
+    job = _click(browser, "#table tbody a", "the job's link")
     _wait(browser, lambda d: "tasks match" in _text(d), "the job's tasks")
     assert browser.find_element(By.ID, "f-job").get_attribute("value") == job
     _no_script_ran(browser)
