@@ -107,10 +107,14 @@ def test_a_page_opened_with_the_token_sets_the_cookie_for_the_api(dash):
 
 
 def test_status_shows_the_node_with_its_machine_and_store(dash):
-    status, body = _api(dash, "/api/status")
-    assert status == 200
+    def with_stats():  # (the figures come with the node's heartbeats: the first in a moment)
+        status, body = _api(dash, "/api/status")
+        assert status == 200
+        return body if body["nodes"][0]["Machine"] else None
+
+    body = until(with_stats, timeout=10, what="a node with its machine's figures")
     node = body["nodes"][0]
-    assert node["Alive"] and node["Resources"]["CPU"] == 2 * 10_000
+    assert node["Alive"] and node["Resources"]["CPU"] == 2 * 10_000, node
     assert node["Machine"]["mem_total"] > 0 and node["ObjectStore"]["store_capacity"] > 0
     assert body["tasks"]["failed"] >= 1 and body["drivers"] >= 1
 

@@ -206,9 +206,14 @@ def test_overview_shows_the_nodes_and_counts(browser, opened, shots):
     _go(browser, opened, "/")
     node = taskmesh.nodes()[0]["NodeID"]
     _wait(browser, lambda d: node in _text(d), "the node's id")
+    # memory and the store, from the node's heartbeats (the first comes within a second)
+    def figures(d):  # "0 / 2" CPUs, "1.2 GiB / 23.5 GiB" memory, "4.0 MiB / 7.1 GiB (1 obj.)"
+        text = d.find_element(By.ID, "nodes").text
+        return text.count(" / ") >= 3 and "obj.)" in text and "%" in text
+
+    _wait(browser, figures, "the node's memory and store use")
     table = browser.find_element(By.ID, "nodes").text
     assert "alive" in table and " / 2" in table  # (CPUs leased / total)
-    assert "GiB" in table  # memory and the store
     failed = browser.find_element(By.ID, "count-failed").text
     assert failed.startswith("1")
     assert browser.find_element(By.ID, "count-actors").text.startswith("1")
