@@ -158,7 +158,7 @@ class _Handler(BaseHTTPRequestHandler):
         elif path.startswith("/static/"):
             found = static_file(path[len("/static/"):])
             if found is None:
-                self._reply(404, b"404 Not Found\n", headers=headers)
+                self._reply(404, b"404 Not Found\n", headers={**headers, **PAGE_HEADERS})
             else:
                 self._reply(200, found[0], found[1], {**headers, **PAGE_HEADERS})
         else:
