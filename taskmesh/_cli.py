@@ -186,8 +186,9 @@ def cmd_start(args: argparse.Namespace) -> int:
         print(f"  connect Python:   taskmesh.init(address=\"{address}\")  "
               "(or address=\"auto\" on this machine)")
         print("  see the cluster:  taskmesh status")
-        print(f"  metrics:          http://{_shown(dashboard, node_ip)}/metrics (needs a token: "
+        print(f"  web dashboard:    http://{_shown(dashboard, node_ip)}/ (needs a token: "
               "`taskmesh dashboard` prints a URL with it)")
+        print(f"  metrics:          http://{_shown(dashboard, node_ip)}/metrics (the same token)")
         print("  stop:             taskmesh stop")
         print(f"  logs:             {os.path.dirname(os.path.dirname(head_log))} "
               "(taskmesh logs shows every node's)")
@@ -376,8 +377,8 @@ def build_parser() -> argparse.ArgumentParser:
     _secret_options(st)
     st.set_defaults(fn=cmd_start)
     add_state_parsers(sub, _secret_options)  # status, list, summary, get (_cli_state.py)
-    d = sub.add_parser("dashboard", help="print the URL of the head's metrics and dashboard, "
-                                          "with its token")
+    d = sub.add_parser("dashboard", help="print the URL of the head's web dashboard (and "
+                                          "/metrics), with its token")
     d.add_argument("--address", help="HOST:PORT of the head (default: the one on this machine)")
     _secret_options(d)
     d.set_defaults(fn=cmd_dashboard)

@@ -20,7 +20,7 @@ SANS_IO = {
     "taskmesh._head.membership", "taskmesh._head.tasks", "taskmesh._head.scheduler",
     "taskmesh._head.directory", "taskmesh._head.actor_table", "taskmesh._head.records",
     "taskmesh._head.context", "taskmesh._head.commands", "taskmesh._head.snapshot",
-    "taskmesh._dashboard.auth",
+    "taskmesh._dashboard.auth", "taskmesh._dashboard.api",
     "taskmesh._store.state", "taskmesh._store.allocator", "taskmesh._node.state",
     "taskmesh._client.refs", "taskmesh._protocol", "taskmesh._signature", "taskmesh._checks",
 }

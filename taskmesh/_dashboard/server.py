@@ -1,17 +1,17 @@
-"""The head's HTTP server: ``/metrics`` now (the dashboard's pages later), in threads of its own,
-reading only snapshots the head's loop publishes.
+"""The head's HTTP server: ``/metrics``, the dashboard's pages and their JSON endpoints, in
+threads of its own; what it shows comes from snapshots and the state API, never HeadState.
 
-    HTTP client ──GET /metrics──▶ handler thread ──auth.check──▶ 401 / 405 / go on
-                                       │ SnapshotBox.get(): the latest snapshot if young enough,
-                                       │ else ask for one and wait (bounded)
-                                       ▼
-    head loop (server.py, between turns) ──box.wanted?──▶ Snapshotter.build ──box.publish──┘
-                                       │
-                                       └─ metrics.render(snapshot) ──▶ 200 text/plain
+    HTTP client ──GET──▶ handler thread ──auth.check──▶ 401 / 405 / go on
+      /metrics:  SnapshotBox.get(): the latest snapshot if young enough, else ask for one and
+                 wait (bounded) ◀──publish── head loop, between turns (Snapshotter.build)
+                 └─ metrics.render(snapshot) ──▶ 200 text/plain
+      /api/...:  api.answer ──HeadSource (a status connection to this head)──▶ head loop,
+                 between turns, as any client ──▶ 200 JSON (400 bad parameter, 503 no answer)
+      /, /tasks, ...: pages.page (a fixed shell); /static/...: pages.static_file
 
 Why the standard library's ``ThreadingHTTPServer``: the head needs a few GET endpoints with a
-token, a thread per connection keeps a slow client from holding up the others (and a live log
-tail, which the dashboard will add, is a long response in its own thread), and it adds no
+token, a thread per connection keeps a slow client from holding up the others (a page's
+question to the head waits in its own thread), and it adds no
 dependency and no event loop to the head process. Each connection's socket has a time-out
 (``REQUEST_TIMEOUT_S``), connections beyond ``MAX_CONNECTIONS`` are closed at once, and the
 head's loop never waits for this server: it only looks at a flag between turns and hands
@@ -21,16 +21,21 @@ milliseconds per scrape of 100 nodes: see docs/monitoring.md).
 
 from __future__ import annotations
 
+import json
 import logging
 import socket
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
+from urllib.parse import parse_qs
 
 from .._ratelimit import RateLimitedLog
-from . import auth
+from . import api, auth
 from .metrics import render
+from .pages import HEADERS as PAGE_HEADERS
+from .pages import PAGES, page, static_file
+from .source import HeadSource, SourceError
 
 log = logging.getLogger("taskmesh.dashboard")
 
@@ -87,6 +92,18 @@ class SnapshotBox:
             return None if latest is None else (latest[1], self.clock() - latest[0])
 
 
+#: sent with every JSON answer: not to be rendered or framed by anyone
+API_HEADERS = {"Content-Security-Policy": "default-src 'none'; frame-ancestors 'none'",
+               "X-Frame-Options": "DENY", "Referrer-Policy": "no-referrer"}
+
+
+def _plain(value: Any) -> Any:
+    """JSON for what msgpack hands over that JSON lacks (ids as bytes: hex)."""
+    if isinstance(value, (bytes, bytearray)):
+        return bytes(value).hex()
+    return str(value)
+
+
 class _Handler(BaseHTTPRequestHandler):
     server: "_Server"
     timeout = REQUEST_TIMEOUT_S  # (StreamRequestHandler sets it on the connection's socket)
@@ -133,22 +150,53 @@ class _Handler(BaseHTTPRequestHandler):
         if verdict.set_cookie:
             headers["Set-Cookie"] = (f"{dash.cookie}={verdict.set_cookie}; Path=/; HttpOnly; "
                                      "SameSite=Strict")
-        path = self.path.split("?", 1)[0]
+        path, _, query = self.path.partition("?")
         if path == "/metrics":
-            got = dash.box.get()
-            if got is None:
-                self._reply(503, b"503: the head has not published a snapshot yet; try again\n",
-                            headers=headers)
-                return
-            snapshot, age = got
-            body, content_type = render(snapshot, self.headers.get("Accept", ""),
-                                        {"age_s": age, "refused_requests": dash.refusals()})
-            self._reply(200, body, content_type, headers)
-        elif path == "/":
-            self._reply(200, b"taskmesh head: /metrics (Prometheus text format)\n",
-                        headers=headers)
+            self._metrics(headers)
+        elif path.startswith("/api/"):
+            self._api(path, query, headers)
+        elif path.startswith("/static/"):
+            found = static_file(path[len("/static/"):])
+            if found is None:
+                self._reply(404, b"404 Not Found\n", headers={**headers, **PAGE_HEADERS})
+            else:
+                self._reply(200, found[0], found[1], {**headers, **PAGE_HEADERS})
         else:
-            self._reply(404, b"404 Not Found: this head serves /metrics\n", headers=headers)
+            body = page(path)
+            if body is None:
+                self._reply(404, b"404 Not Found: the dashboard's pages are " +
+                            ", ".join(PAGES).encode() + b"; /api/... and /metrics\n",
+                            headers={**headers, **PAGE_HEADERS})
+            else:
+                self._reply(200, body, "text/html; charset=utf-8", {**headers, **PAGE_HEADERS})
+
+    def _metrics(self, headers: dict) -> None:
+        dash = self.server.dashboard
+        got = dash.box.get()
+        if got is None:
+            self._reply(503, b"503: the head has not published a snapshot yet; try again\n",
+                        headers=headers)
+            return
+        snapshot, age = got
+        body, content_type = render(snapshot, self.headers.get("Accept", ""),
+                                    {"age_s": age, "refused_requests": dash.refusals()})
+        self._reply(200, body, content_type, headers)
+
+    def _api(self, path: str, query: str, headers: dict) -> None:
+        """A JSON endpoint (api.py): asks the head through the dashboard's own connection."""
+        dash = self.server.dashboard
+        try:
+            if dash.source is None:
+                raise SourceError("this server has no connection to a head")
+            status, body, extra = api.answer(path, parse_qs(query, keep_blank_values=True),
+                                             dash.source, time.time())
+        except SourceError as exc:
+            status, body, extra = 503, {"error": f"the head did not answer: {exc}"}, {}
+        except Exception:  # noqa: BLE001 - a bug answers 500 and is logged, once per 10 s
+            dash.failed(path)
+            status, body, extra = 500, {"error": "internal error (see the head's log)"}, {}
+        data = json.dumps(body, default=_plain, separators=(",", ":")).encode()
+        self._reply(status, data, "application/json", {**headers, **API_HEADERS, **extra})
 
     do_GET = do_HEAD = _serve
 
@@ -182,6 +230,11 @@ class _Server(ThreadingHTTPServer):
             self._slots.release()
             raise
 
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        """A client that went away (a browser closing a kept-alive connection, a time-out)
+        is no error of ours: logged at debug, not printed as a traceback on stderr."""
+        log.debug("dashboard: connection from %s ended", client_address[0], exc_info=True)
+
     def process_request_thread(self, request: Any, client_address: Any) -> None:
         try:
             super().process_request_thread(request, client_address)
@@ -192,11 +245,15 @@ class _Server(ThreadingHTTPServer):
 class DashboardServer:
     """Binds ``host:port`` (0: a free port) and serves in a daemon thread until ``close``."""
 
-    def __init__(self, host: str, port: int, token: str, box: SnapshotBox) -> None:
+    def __init__(self, host: str, port: int, token: str, box: SnapshotBox,
+                 source: HeadSource | None = None) -> None:
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
         self.token = token
         self.box = box
+        #: how the pages' /api/ endpoints ask the head (None: they answer 503)
+        self.source = source
         self._refused = RateLimitedLog(log)
+        self._errors = RateLimitedLog(log)  # (bugs met answering /api/: not refusals)
         self._lock = threading.Lock()  # (the counts are bumped from handler threads)
         self.httpd = _Server((host, port), _Handler, self, family)
         self.host = host
@@ -214,6 +271,13 @@ class DashboardServer:
             self._refused.event(why, "dashboard: refused %s %s from %s: %s", method,
                                 path.split("?", 1)[0], client, why)
 
+    def failed(self, path: str) -> None:
+        """Log (rate-limited, with the traceback at debug) a bug met answering ``path``."""
+        with self._lock:
+            self._errors.event(path, "dashboard: internal error answering %s", path,
+                               level=logging.ERROR)
+        log.debug("the error", exc_info=True)
+
     def refusals(self) -> dict[str, int]:
         with self._lock:
             return dict(self._refused.counts)
@@ -225,3 +289,5 @@ class DashboardServer:
             self.httpd.shutdown()
             self._thread.join(timeout=2)
         self.httpd.server_close()
+        if self.source is not None:
+            self.source.close()

@@ -74,6 +74,10 @@ LIFE_CYCLE: dict[tuple[PeerKind, Life | None, str], Life | None] = {
 REMEMBERED = 1000
 
 
+#: heartbeat stats that describe the node's machine (node_info's "Machine")
+_MACHINE_STATS = ("cpu_percent", "mem_used", "mem_total", "load", "rss")
+
+
 class Membership:
     """The peers, the nodes and their workers."""
 
@@ -497,6 +501,8 @@ class Membership:
             "TasksFinished": n.finished,
             "pid": n.pid,
             "ObjectStore": {k: v for k, v in n.stats.items() if k.startswith("store_")},
+            # the machine's figures from the latest heartbeat (psutil), for the dashboard
+            "Machine": {k: n.stats[k] for k in _MACHINE_STATS if k in n.stats},
         }
 
     # ------------------------------------------------------------------ checks

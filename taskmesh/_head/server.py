@@ -16,10 +16,12 @@ sender's queue and socket buffer) but never keeps the head from its timers, its 
 or its answers. The loop's lag, how long the oldest message of a turn waited between being
 read and being handled, goes into a histogram (``taskmesh status``).
 
-The HTTP endpoints (``/metrics``; ``_dashboard/server.py``) run in threads of their own and
-never touch ``HeadState``: at a tick, the loop folds new events into the metrics' histograms
-(every ``FOLD_S``, only while someone read them in the last ``ACTIVE_S``) and, when a reader
-asks, builds a snapshot and hands it over. Nothing of it runs per message or per task.
+The HTTP endpoints (``/metrics``, the dashboard; ``_dashboard/server.py``) run in threads of
+their own and never touch ``HeadState``: the dashboard's pages ask this head over its own
+local socket, as a ``status`` client, and are answered between turns like any other; at a
+tick, the loop folds new events into the metrics' histograms (every ``FOLD_S``, only while
+someone read them in the last ``ACTIVE_S``) and, when a reader asks, builds a snapshot and
+hands it over. Nothing of it runs per message or per task.
 """
 
 from __future__ import annotations
@@ -34,9 +36,10 @@ from .._daemon import add_log_file, report_ready
 from .._logfiles import LogDirectory
 from .._dashboard.auth import token_for
 from .._dashboard.server import ACTIVE_S, DashboardServer, SnapshotBox
+from .._dashboard.source import HeadSource
 from .._ratelimit import RateLimitedLog
 from .._spin import Spinner
-from .._transport import Poller, ServerSocket, new_context
+from .._transport import Poller, ServerSocket, local_endpoint, new_context, tcp_endpoint
 from .._secret import Security, load_security
 from ..config import Config
 from ..errors import SecretError
@@ -91,8 +94,13 @@ class HeadServer:
         self._next_fold = 0.0
         self._snapshot_errors = RateLimitedLog(log)
         try:
+            # the pages ask this head as a client would, over its own local socket
+            own = (local_endpoint(self.port) if self.sock.local is not None else
+                   tcp_endpoint(host if host not in ("", "0.0.0.0", "::") else "127.0.0.1",
+                                self.port))
+            source = HeadSource.for_head(config, own, f"{host}:{self.port}", security)
             self.dashboard = DashboardServer(dashboard_host, dashboard_port,
-                                             token_for(security.key), self.box)
+                                             token_for(security.key), self.box, source)
         except BaseException as exc:
             self.sock.close(linger_ms=0)
             self.ctx.term()
