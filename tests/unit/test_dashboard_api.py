@@ -170,7 +170,7 @@ def test_a_very_long_log_line_is_cut_with_a_marker():
 
 def test_the_timeline_reads_the_event_pages_and_is_a_chrome_trace():
     tid = b"\xaa" * 16  # (ids come as bytes off the wire)
-    pages_ = [{"seq": 3, "events": [["TaskSubmitted", 1.0, tid, "mod.f"],
+    pages_ = [{"seq": 3, "events": [["TaskSubmitted", 1.0, tid, "mod.f", b"", 0, b"D1", b"", 64],
                                     ["TaskStarted", 1.1, tid, "n1", "n1-1"],
                                     ["TaskFinished", 1.3, tid, 0.2]]},
               {"seq": 3, "events": []}]
