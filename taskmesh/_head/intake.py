@@ -167,7 +167,9 @@ class LagHistogram:
         return self.max
 
     def summary(self) -> dict:
-        """For ``taskmesh status``: p50, p99 and the maximum in ms, and the count."""
-        return {"p50_ms": round(self.percentile(50) * 1e3, 2),
-                "p99_ms": round(self.percentile(99) * 1e3, 2),
-                "max_ms": round(self.max * 1e3, 2), "messages": self.total}
+        """For ``taskmesh status``: p50, p99 and the maximum in ms, and the count. A
+        percentile is its bucket's upper bound, so never more than the maximum seen."""
+        top = self.max
+        return {"p50_ms": round(min(self.percentile(50), top) * 1e3, 2),
+                "p99_ms": round(min(self.percentile(99), top) * 1e3, 2),
+                "max_ms": round(top * 1e3, 2), "messages": self.total}
