@@ -59,3 +59,21 @@ def pytest_unconfigure(config):
     if directory:
         shutil.rmtree(directory, ignore_errors=True)
 
+
+
+@pytest.fixture
+def run_env(tmp_path):
+    """The environment of a `taskmesh start` on this machine with a run directory of its own;
+    afterwards `taskmesh stop` must succeed and leave none of its processes."""
+    from taskmesh import _rundir
+
+    from .support.cli import tm
+    from .support.clients import with_support
+    from .support.procs import kill_all, wait_gone
+
+    env = with_support({**os.environ, "TASKMESH_RUN_DIR": str(tmp_path / "run")})
+    yield env
+    r = tm("stop", env=env)
+    pids = {int(rec["pid"]) for rec in _rundir.live(env["TASKMESH_RUN_DIR"])}
+    kill_all(wait_gone(pids, 5))
+    assert r.returncode == 0

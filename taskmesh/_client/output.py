@@ -41,14 +41,13 @@ def _kind(text: str) -> str:
 
 
 class _Held:
-    __slots__ = ("first_source", "until", "count", "last", "sources")
+    __slots__ = ("first_source", "until", "count", "last")
 
     def __init__(self, source: tuple, until: float) -> None:
         self.first_source = source
         self.until = until
         self.count = 0  # lines held (not shown) in this window
         self.last: tuple | None = None  # (stream, prefix, text) of the latest held line
-        self.sources: set = set()
 
 
 class Deduplicator:
@@ -82,7 +81,6 @@ class Deduplicator:
             else:
                 held.count += 1
                 held.last = (stream, prefix, line)
-                held.sources.add(source)
         return out
 
     def flush(self, now: float, everything: bool = False) -> list[tuple[int, str]]:
@@ -162,9 +160,6 @@ class DriverOutput:
             self._write(self.dedup.flush(now, everything))
             if self.bars.active:
                 self.bars.tick(now, everything)
-
-    def next_due(self) -> float | None:
-        return self.dedup.next_due()
 
     def _write(self, shown: list[tuple[int, str]]) -> None:
         if not shown:

@@ -2,34 +2,17 @@
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 import time
 
-import pytest
-
 from taskmesh import _rundir
 from taskmesh._transport import free_port
 
-from ..support.clients import run_python, with_support
-from ..support.procs import kill_all, wait_gone
+from ..support.cli import tm
+from ..support.clients import run_python
+from ..support.procs import wait_gone
 from ..support.wait import until
-
-
-def tm(*args: str, env: dict, timeout: float = 30) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "taskmesh._cli", *args], capture_output=True,
-                          text=True, timeout=timeout, env=env)
-
-
-@pytest.fixture
-def run_env(tmp_path):
-    env = with_support({**os.environ, "TASKMESH_RUN_DIR": str(tmp_path / "run")})
-    yield env
-    r = tm("stop", env=env)
-    pids = {int(rec["pid"]) for rec in _rundir.live(env["TASKMESH_RUN_DIR"])}
-    kill_all(wait_gone(pids, 5))
-    assert r.returncode == 0
 
 
 def test_head_status_join_stop(run_env):

@@ -5,14 +5,13 @@ endpoint refuses a request without the token (401), answers with it, refuses bad
 from __future__ import annotations
 
 import json
-import urllib.error
-import urllib.request
 from urllib.parse import urlsplit
 
 import pytest
 
 import taskmesh
 
+from ..support.cli import fetch
 from ..support.procs import descendants, shm_entries, stop_and_check
 from ..support.wait import until
 
@@ -68,12 +67,7 @@ def dash():
 
 
 def _get(url: str, headers: dict | None = None, method: str = "GET") -> tuple[int, dict, bytes]:
-    req = urllib.request.Request(url, headers=headers or {}, method=method)
-    try:
-        with urllib.request.urlopen(req, timeout=30) as resp:
-            return resp.status, dict(resp.headers), resp.read()
-    except urllib.error.HTTPError as exc:
-        return exc.code, dict(exc.headers), exc.read()
+    return fetch(url, headers, method)
 
 
 def _api(dash, target: str) -> tuple[int, object]:

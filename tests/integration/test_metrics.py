@@ -3,22 +3,16 @@ the token) and a CLI one (``taskmesh dashboard`` prints it), scraped over real s
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
-import urllib.error
-import urllib.request
 from urllib.parse import urlsplit
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 import taskmesh
-from taskmesh import _rundir
 from taskmesh._transport import free_port
 
-from ..support.clients import with_support
-from ..support.procs import descendants, kill_all, shm_entries, stop_and_check, wait_gone
+from ..support.cli import fetch, tm
+from ..support.procs import descendants, shm_entries, stop_and_check
 from ..support.wait import until
 
 pytestmark = pytest.mark.timeout(120)
@@ -39,13 +33,9 @@ def metrics_cluster():
 
 
 def _get(url: str, headers: dict | None = None, method: str = "GET") -> tuple[int, dict, str]:
-    """(status, headers, body) of one request; errors are answers too."""
-    req = urllib.request.Request(url, headers=headers or {}, method=method)
-    try:
-        with urllib.request.urlopen(req, timeout=10) as resp:
-            return resp.status, dict(resp.headers), resp.read().decode()
-    except urllib.error.HTTPError as exc:
-        return exc.code, dict(exc.headers), exc.read().decode()
+    """(status, headers, body as text) of one request; errors are answers too."""
+    status, got, body = fetch(url, headers, method, timeout=10)
+    return status, got, body.decode()
 
 
 def _parts(dashboard_url: str) -> tuple[str, str]:
@@ -183,21 +173,6 @@ def test_stuck_clients_hold_up_neither_other_scrapes_nor_the_head(metrics_cluste
 
 
 # ------------------------------------------------------------------ a CLI-started head
-
-
-def tm(*args: str, env: dict, timeout: float = 30) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "taskmesh._cli", *args], capture_output=True,
-                          text=True, timeout=timeout, env=env)
-
-
-@pytest.fixture
-def run_env(tmp_path):
-    env = with_support({**os.environ, "TASKMESH_RUN_DIR": str(tmp_path / "run")})
-    yield env
-    r = tm("stop", env=env)
-    pids = {int(rec["pid"]) for rec in _rundir.live(env["TASKMESH_RUN_DIR"])}
-    kill_all(wait_gone(pids, 5))
-    assert r.returncode == 0
 
 
 def test_taskmesh_dashboard_prints_a_url_that_scrapes(run_env):

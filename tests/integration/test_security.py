@@ -27,6 +27,7 @@ from taskmesh._secret import ClusterKey, Security, read_secret_file, write_secre
 from taskmesh._transport import free_port, tcp_endpoint
 from taskmesh.config import Config
 
+from ..support.cli import tm
 from ..support.clients import raw_dealer
 from ..support.procs import kill_all, wait_gone
 from ..support.wait import until
@@ -44,11 +45,6 @@ class _CreatesFile:
 
 def evil_pickle(path: str) -> bytes:
     return pickle.dumps(_CreatesFile(path))
-
-
-def tm(*args: str, env: dict, timeout: float = 30) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "taskmesh._cli", *args], capture_output=True,
-                          text=True, timeout=timeout, env=env)
 
 
 @pytest.fixture
