@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import glob
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -61,6 +62,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--tasks", type=int, default=3000)
     parser.add_argument("--cache", action="store_true", help="simulate the caches too")
+    parser.add_argument("--keep", metavar="FILE",
+                        help="keep the flood's callgrind dump here (for callgrind_annotate)")
     args = parser.parse_args(argv)
     out = tempfile.mkdtemp(prefix="taskmesh-callgrind-")
     env = dict(os.environ, **ClusterKey.generate().env(), TASKMESH_SPIN_S="0",
@@ -117,6 +120,8 @@ def main(argv: list[str] | None = None) -> int:
             last_level = t["ILmr"] + t["DLmr"] + t["DLmw"]
             line += (f", first-level misses {first / tasks:,.0f}, last-level {last_level / tasks:,.0f}"
                      f", estimated cycles {(t['Ir'] + 10 * first + 100 * last_level) / tasks:,.0f}")
+        if args.keep:
+            shutil.copyfile(last, args.keep)
         print(f"{line} ({tasks} tasks in {took:.1f} s under valgrind; event ring {ring})")
         taskmesh.shutdown()
     finally:

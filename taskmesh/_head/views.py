@@ -29,9 +29,11 @@ submitted it), carried by its TaskSubmitted event.
 
 from __future__ import annotations
 
+import itertools
 from collections import Counter, deque
+from itertools import repeat
 from operator import itemgetter
-from typing import Any, Iterable
+from typing import Any, Iterable, Iterator
 from urllib.parse import quote, unquote
 
 __all__ = ["StateView", "TASK_STATES", "parse_query", "format_query", "KINDS"]
@@ -56,17 +58,19 @@ DEFAULT_LIMIT, MAX_LIMIT = 100, 10_000
 #: error messages in list replies (``detail``) are cut to this; ``get`` gives them whole
 LIST_MESSAGE_CHARS = 1024
 
-# A task's row. In flight, a list: [name, state, its TaskSubmitted, its TaskStarted (None
-# until it runs), attempt]; once ended, a tuple of the same with the end's kind for its state
-# (TaskFinished, TaskFailed, TaskCancelled) and its end event after it. The events are the
-# raw tuples of the stream, shared, not copied: a row costs the head a list, then a tuple.
-_NAME, _STATE, _SUB, _START, _ATTEMPT, _END = range(6)
+# A task in flight is its TaskSubmitted event in ``live``, its TaskStarted in ``started`` once
+# it runs, and, only if it ever waited again, was queued again or was retried, ``[state or
+# None, attempt]`` in ``changed``. An ended task is a tuple ``(TaskSubmitted, TaskStarted or
+# None, its end event, attempt)``; the end's kind (TaskFinished, TaskFailed, TaskCancelled)
+# gives its state. The events are the raw tuples of the stream, shared, not copied.
+_SUB, _START, _END, _ATTEMPT = range(4)
 
-_name = itemgetter(_NAME)
+_tid = itemgetter(2)
+_sub_name = itemgetter(3)
 #: an ended row's state, by the kind of its end event
 _ENDED = {"TaskFinished": FINISHED, "TaskFailed": FAILED, "TaskCancelled": FAILED}
-#: task fields a filter can check on the raw row before it is built as a dict (and state)
-_RAW_FIELDS: dict[str, Any] = {"name": _NAME, "func_or_class_name": _NAME}
+#: task fields a filter can check on the raw row before it is built as a dict
+_NAME_FIELDS = ("name", "func_or_class_name")
 
 
 def _submitted_job(sub: tuple) -> bytes:
@@ -82,8 +86,12 @@ class StateView:
     """Tasks, actors, jobs and counts, fed a batch of raw events at a time (``consume``)."""
 
     def __init__(self, finished_tasks: int) -> None:
-        #: task id -> row of a task in flight
-        self.live: dict[bytes, list] = {}
+        #: task id -> the TaskSubmitted of a task in flight; -> its TaskStarted if it runs
+        self.live: dict[bytes, tuple] = {}
+        self.started: dict[bytes, tuple] = {}
+        #: task id -> [state (None: as live and started say), attempt], for the few tasks
+        #: in flight that were queued again, waited again or were retried
+        self.changed: dict[bytes, list] = {}
         #: rows of the last tasks that ended, oldest first
         self.ended: deque[tuple] = deque(maxlen=max(0, finished_tasks))
         #: function name -> tasks that ended since start; of them, those that failed (raised,
@@ -94,66 +102,97 @@ class StateView:
         self._dead_actors: deque[bytes] = deque()
         self.jobs: dict[bytes, dict] = {}  # driver peer -> job
         self._ended_jobs: deque[bytes] = deque()
-        self._done: list[tuple] = []  # rows ended in this batch
+        self._done: list[tuple] = []  # end events of this batch, applied at its end
+        self._failures = 0  # of them, TaskFailed and TaskCancelled
 
     # ------------------------------------------------------------------ feeding
 
     def consume(self, batch: Iterable[tuple]) -> None:
-        """Apply a batch of raw events (``("TaskStarted", at, ...)``, in order). One pass,
-        the common kinds first; kinds it does not show are passed over."""
+        """Apply a batch of raw events (``("TaskStarted", at, ...)``, in order). One pass
+        with as few Python-level steps per event as can be (the common kinds first; kinds it
+        does not show are passed over); the tasks that ended are then moved out of flight
+        all at once, at C speed (``_flush``)."""
         live = self.live
-        failed = self.failed
-        done = self._done
-        add_done = done.append
+        started = self.started
+        changed = self.changed
+        add_done = self._done.append
         for e in batch:
             k = e[0]
-            if k == "TaskSubmitted":  # at, task_id, name, actor_id, waiting, job, parent
-                live[e[2]] = [e[3], PENDING_ARGS_AVAIL if e[5] else PENDING_NODE_ASSIGNMENT, e,
-                              None, 0]
+            if k == "TaskSubmitted":  # at, task_id, name, actor_id, waiting, job, parent, ...
+                if e[2] in live:  # run again (a lost result, an actor's restart): it ended
+                    self._flush()  # in this batch, maybe; that goes first
+                live[e[2]] = e
                 if e[4] and e[4] == e[2]:  # an actor's constructor
                     self._actor_submitted(e)
             elif k == "TaskStarted":  # at, task_id, node_id, worker_id
-                r = live.get(e[2])
-                if r is not None:
-                    r[1] = RUNNING
-                    r[3] = e
+                started[e[2]] = e
+                if changed:
+                    c = changed.get(e[2])
+                    if c is not None:
+                        c[0] = None
             elif k == "TaskFinished":  # at, task_id, duration_s
-                r = live.pop(e[2], None)
-                if r is not None:
-                    add_done((r[0], k, r[2], r[3], r[4], e))
+                add_done(e)
             elif k == "TaskFailed" or k == "TaskCancelled":  # at, task_id, kind (, message)
-                r = live.pop(e[2], None)
-                if r is not None:
-                    add_done((r[0], k, r[2], r[3], r[4], e))
-                    failed[r[0]] = failed.get(r[0], 0) + 1
-            elif k == "TaskQueued":
-                r = live.get(e[2])
-                if r is not None:
-                    r[1] = PENDING_NODE_ASSIGNMENT
-            elif k == "TaskWaiting":
-                r = live.get(e[2])
-                if r is not None:
-                    r[1] = PENDING_ARGS_AVAIL
-            elif k == "TaskRetried":  # at, task_id, reason: it runs again
-                r = live.get(e[2])
-                if r is not None:
-                    r[1] = PENDING_NODE_ASSIGNMENT
-                    r[3] = None
-                    r[4] += 1
+                add_done(e)
+                self._failures += 1
+            elif k == "TaskQueued" or k == "TaskWaiting" or k == "TaskRetried":
+                self._task_changed(e)
             elif k[0] == "A":
                 self._actor_event(e)
             elif k == "DriverJoined" or k == "DriverLeft":
                 self._job_event(e)
-        if done:
-            self.ended.extend(done)
-            # counted at C speed, by name only (a (name, state) key cost twice as much), and
-            # at once when the batch's tasks are all of one function, as in a flood
-            names = list(map(_name, done))
+        if self._done:
+            self._flush()
+
+    def _task_changed(self, e: tuple) -> None:
+        """It waits for inputs again, is queued again, or runs again after a failure."""
+        tid = e[2]
+        if tid not in self.live:
+            return
+        c = self.changed.get(tid)
+        if c is None:
+            c = self.changed[tid] = [None, 0]
+        if e[0] == "TaskWaiting":
+            c[0] = PENDING_ARGS_AVAIL
+        else:
+            c[0] = PENDING_NODE_ASSIGNMENT
+            if e[0] == "TaskRetried":
+                c[1] += 1
+                self.started.pop(tid, None)
+
+    def _flush(self) -> None:
+        """Move the tasks whose end events wait in ``_done`` from flight to the ended rows
+        and the counts: map and zip over the batch, no Python-level step per task unless
+        one failed or was retried."""
+        done = self._done
+        ids = list(map(_tid, done))
+        subs = list(map(self.live.pop, ids, repeat(None)))
+        starts = map(self.started.pop, ids, repeat(None))
+        if self.changed:
+            attempts: Iterable[int] = [c[1] if c is not None else 0
+                                       for c in map(self.changed.pop, ids, repeat(None))]
+        else:
+            attempts = repeat(0)
+        rows: Iterable[tuple] = zip(subs, starts, done, attempts)
+        if self._failures:  # (rare)
+            failed = self.failed
+            for sub, end in zip(subs, done):
+                if end[0] != "TaskFinished" and sub is not None:
+                    failed[sub[3]] = failed.get(sub[3], 0) + 1
+        if None in subs:  # (the view never saw them submitted: passed over)
+            rows = [r for r in rows if r[0] is not None]
+            subs = [s for s in subs if s is not None]
+        self.ended.extend(rows)
+        if subs:
+            # counted at C speed, by name only, and at once when the batch's tasks are all
+            # of one function, as in a flood
+            names = list(map(_sub_name, subs))
             if names.count(names[0]) == len(names):
                 self.counts[names[0]] += len(names)
             else:
                 self.counts.update(names)
-            done.clear()
+        done.clear()
+        self._failures = 0
 
     def _actor_submitted(self, e: tuple) -> None:
         """An actor's constructor is submitted (again, on a restart)."""
@@ -232,8 +271,8 @@ class StateView:
 
         if kind == "task":
             jobs = self._job_finder()
-            found = [r for r in self.task_rows() if wanted(r[_SUB][2].hex())]
-            rows = [self.task_dict(r, jobs, True, None) for r in found]
+            found = [(state, r) for state, r in self.task_rows() if wanted(r[_SUB][2].hex())]
+            rows = [self.task_dict(r, state, jobs, True, None) for state, r in found]
         else:
             rows = [a for a in self.actors.values() if wanted(a["actor_id"])]
         if len({r.get("task_id", r.get("actor_id")) for r in rows}) > 1:
@@ -243,43 +282,52 @@ class StateView:
     def _task_dicts(self, filters: list[tuple[str, str, str]], detail: bool) -> Iterable[dict]:
         """Task rows as dicts, in flight first, then the ended ones newest first; rows whose
         state or name a filter rules out are passed over before they are built."""
-        names = [(op == "=", value) for key, op, value in filters if key in _RAW_FIELDS]
+        names = [(op == "=", value) for key, op, value in filters if key in _NAME_FIELDS]
         states = [(op == "=", value) for key, op, value in filters if key == "state"]
         as_dict = self.task_dict
         jobs = self._job_finder()
         chars = LIST_MESSAGE_CHARS
-        for r in self.live.values():
-            if names and any((r[_NAME] == v) != eq for eq, v in names):
+        ended = ((_ENDED[r[_END][0]], r) for r in reversed(self.ended))
+        for state, r in itertools.chain(self.in_flight(), ended):
+            if names and any((r[_SUB][3] == v) != eq for eq, v in names):
                 continue
-            if states and any((r[_STATE] == v) != eq for eq, v in states):
+            if states and any((state == v) != eq for eq, v in states):
                 continue
-            yield as_dict(r, jobs, detail, chars)
-        for r in reversed(self.ended):
-            if names and any((r[_NAME] == v) != eq for eq, v in names):
-                continue
-            if states and any((_ENDED[r[_STATE]] == v) != eq for eq, v in states):
-                continue
-            yield as_dict(r, jobs, detail, chars)
+            yield as_dict(r, state, jobs, detail, chars)
 
-    def task_rows(self) -> Iterable[tuple | list]:
-        """Every task kept: those in flight, then those that ended, oldest first."""
-        yield from self.live.values()
-        yield from self.ended
+    def in_flight(self) -> Iterator[tuple[str, tuple]]:
+        """The tasks in flight: (state, row), rows as ended ones are but with no end."""
+        started = self.started
+        changed = self.changed
+        for tid, sub in self.live.items():
+            start = started.get(tid)
+            c = changed.get(tid) if changed else None
+            if c is not None and c[0] is not None:
+                state = c[0]
+            elif start is not None:
+                state = RUNNING
+            else:
+                state = PENDING_ARGS_AVAIL if sub[5] else PENDING_NODE_ASSIGNMENT
+            yield state, (sub, start, None, c[1] if c is not None else 0)
+
+    def task_rows(self) -> Iterator[tuple[str, tuple]]:
+        """Every task kept, as (state, row): those in flight, then those that ended,
+        oldest first."""
+        yield from self.in_flight()
+        for r in self.ended:
+            yield _ENDED[r[_END][0]], r
 
     def _job_finder(self) -> Any:
         """A function: a task's TaskSubmitted -> its job (the driver it descends from, as the
         head's task table knew it when the task came), b"" if not known."""
         return _submitted_job
 
-
-    def task_dict(self, r: tuple | list, job_of: Any, detail: bool,
+    def task_dict(self, r: tuple, state: str, job_of: Any, detail: bool,
                   message_chars: int | None) -> dict:
         """One task row with Ray's field names (times: the head's clock, seconds)."""
-        sub, started = r[_SUB], r[_START]
-        tid, actor, parent = sub[2], sub[4], sub[7]
+        sub, started, end = r[_SUB], r[_START], r[_END]
+        tid, name, actor, parent = sub[2], sub[3], sub[4], sub[7]
         job = job_of(sub)
-        end = r[_END] if len(r) > _END else None
-        state = _ENDED[r[_STATE]] if end is not None else r[_STATE]
         error_type = message = ""
         if end is not None and state == FAILED:
             if end[0] == "TaskFailed":
@@ -289,13 +337,13 @@ class StateView:
         d = {
             "task_id": tid.hex(),
             "attempt_number": r[_ATTEMPT],
-            "name": r[_NAME],
+            "name": name,
             "state": state,
             "job_id": _job_of(job) if job else "",
             "actor_id": actor.hex() if actor else "",
             "type": ("NORMAL_TASK" if not actor else
                      "ACTOR_CREATION_TASK" if actor == tid else "ACTOR_TASK"),
-            "func_or_class_name": r[_NAME],
+            "func_or_class_name": name,
             "parent_task_id": parent.hex() if parent else "",
             "node_id": started[3] if started is not None else "",
             "worker_id": started[4] if started is not None else "",
@@ -324,19 +372,26 @@ class StateView:
                 states[FINISHED] = n - failed.get(name, 0)
             if failed.get(name):
                 states[FAILED] = failed[name]
-        for r in self.live.values():
-            states = out.setdefault(r[_NAME], {})
-            states[r[_STATE]] = states.get(r[_STATE], 0) + 1
+        for state, r in self.in_flight():
+            states = out.setdefault(r[_SUB][3], {})
+            states[state] = states.get(state, 0) + 1
         return out
 
     def check_invariants(self) -> None:
-        """Raise AssertionError unless every row kept is where its state says."""
-        for tid, r in self.live.items():
-            if r[_SUB][2] != tid or r[_STATE] not in TASK_STATES[:3]:
-                raise AssertionError(f"task {tid.hex()} is in flight as {r[_STATE]}")
+        """Raise AssertionError unless every task kept is where its state says."""
+        for tid, sub in self.live.items():
+            if sub[0] != "TaskSubmitted" or sub[2] != tid:
+                raise AssertionError(f"task {tid.hex()} is in flight as {sub!r}")
+        for what, table in (("running", self.started), ("changed", self.changed)):
+            stray = table.keys() - self.live.keys()
+            if stray:
+                raise AssertionError(f"{len(stray)} tasks {what} but not in flight, e.g. "
+                                     f"{next(iter(stray)).hex()}")
+        if self._done:
+            raise AssertionError(f"{len(self._done)} end events not applied")
         for r in self.ended:
-            if r[_STATE] not in _ENDED or r[_END][2] != r[_SUB][2]:
-                raise AssertionError(f"task {r[_SUB][2].hex()} ended as {r[_STATE]}")
+            if r[_END][0] not in _ENDED or r[_END][2] != r[_SUB][2]:
+                raise AssertionError(f"task {r[_SUB][2].hex()} ended as {r[_END]!r}")
 
 
 # ---------------------------------------------------------------------- requests
