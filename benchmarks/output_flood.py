@@ -5,11 +5,14 @@ An embedded cluster of 2 CPUs: one CPU holds a background task, the other runs r
 no-op tasks (``--tasks`` each, submitted at once, then got). The background task either
 prints ``--rate`` MB/s of 100-byte lines (the flood: read by the node agent, kept in the
 worker's log file, forwarded to this driver within the node's limit, printed here to
-``--sink``) or sleeps (the baseline). Rounds alternate between the two; the figure is the
-ratio of the medians, flood over baseline. Run from the repository root:
+``--sink``), prints the same to /dev/null (quiet: the task's own work without taskmesh's),
+or sleeps. Rounds take the three in turn, in rotating order; the figures are paired medians:
+flood over quiet is what taskmesh's handling of the output costs the other tasks, flood over
+sleep adds the printing task's own work. Run from the repository root:
 
     python -m benchmarks.output_flood [--rounds 10] [--rate 10] [--tasks 2000] [--sink /dev/null]
     python -m benchmarks.output_flood --cpu     # CPU per process during 5 s of the flood alone
+                                                # (and of the quiet printer alone)
 """
 
 from __future__ import annotations
@@ -25,10 +28,12 @@ import taskmesh
 
 @taskmesh.remote(num_cpus=1)
 def background(mode: str, seconds: float, rate_mb: float) -> int:
-    """Print ``rate_mb`` MB/s of lines for ``seconds`` (mode "flood"), or sleep."""
+    """Print ``rate_mb`` MB/s of lines for ``seconds`` (mode "flood"), the same to
+    /dev/null (mode "quiet": the printing task's own work, none of taskmesh's), or sleep."""
     if mode == "sleep":
         time.sleep(seconds)
         return 0
+    out = open(os.devnull, "w") if mode == "quiet" else sys.stdout  # noqa: SIM115
     line = "x" * 99
     per_tick = int(rate_mb * 1e6 / 100 / 100)  # lines per 10 ms
     start = time.monotonic()
@@ -36,7 +41,7 @@ def background(mode: str, seconds: float, rate_mb: float) -> int:
     tick = 0
     while time.monotonic() - start < seconds:
         for _ in range(per_tick):
-            print(line)
+            print(line, file=out)
         written += per_tick * 100
         tick += 1
         pause = start + tick * 0.01 - time.monotonic()
@@ -75,12 +80,14 @@ def one_round(mode: str, tasks: int, rate: float, work_ms: float = 0.0) -> float
     return took
 
 
-def cpu_per_process(rate: float, seconds: float = 5.0) -> list[tuple[float, str]]:
+def cpu_per_process(rate: float, mode: str = "flood",
+                    seconds: float = 5.0) -> list[tuple[float, str]]:
     """Share of one core each process of the cluster (and this driver) uses while a task
-    prints ``rate`` MB/s and nothing else runs."""
+    prints ``rate`` MB/s (``mode`` "flood": to its stdout; "quiet": to /dev/null) and
+    nothing else runs."""
     import psutil
 
-    bg = background.remote("flood", 3600, rate)
+    bg = background.remote(mode, 3600, rate)
     time.sleep(1.0)
     procs = [psutil.Process(), *psutil.Process().children(recursive=True)]
     before = {p.pid: p.cpu_times() for p in procs}
@@ -116,32 +123,43 @@ def main() -> int:
     taskmesh.init(num_cpus=2)
     if args.cpu:
         try:
-            shares = cpu_per_process(args.rate)
+            shares = {mode: cpu_per_process(args.rate, mode) for mode in ("flood", "quiet")}
         finally:
             taskmesh.shutdown()
             sys.stdout, sys.stderr = report, sys.__stderr__
             sink.close()
-        for share, name in shares:
-            if share >= 0.005:
-                print(f"{share * 100:5.1f}%  {name}")
+        for mode, where in (("flood", "to its stdout"), ("quiet", "to /dev/null")):
+            print(f"a task printing {args.rate:g} MB/s {where}: CPU per process, % of a core")
+            for share, name in shares[mode]:
+                if share >= 0.005:
+                    print(f"{share * 100:5.1f}%  {name}")
         return 0
     try:
         one_round("sleep", args.tasks, args.rate, args.work_ms)  # warm-up: workers, code
-        times: dict[str, list[float]] = {"sleep": [], "flood": []}
+        times: dict[str, list[float]] = {"sleep": [], "quiet": [], "flood": []}
+        orders = [("sleep", "quiet", "flood"), ("flood", "quiet", "sleep"),
+                  ("quiet", "flood", "sleep"), ("sleep", "flood", "quiet")]
         for i in range(args.rounds):
-            for mode in (("sleep", "flood") if i % 2 == 0 else ("flood", "sleep")):
+            for mode in orders[i % len(orders)]:
                 times[mode].append(one_round(mode, args.tasks, args.rate, args.work_ms))
     finally:
         taskmesh.shutdown()
         sys.stdout, sys.stderr = report, sys.__stderr__
         sink.close()
-    base, flood = statistics.median(times["sleep"]), statistics.median(times["flood"])
-    ratios = [f / s for f, s in zip(times["flood"], times["sleep"])]
+    med = {mode: statistics.median(t) for mode, t in times.items()}
+
+    def paired(a: str, b: str) -> float:
+        return statistics.median(x / y for x, y in zip(times[a], times[b]))
+
     what = f"tasks of {args.work_ms:g} ms" if args.work_ms else "no-op tasks"
-    print(f"{args.tasks} {what} beside a task that sleeps: median {base * 1e3:.1f} ms; "
-          f"beside one printing {args.rate:g} MB/s: median {flood * 1e3:.1f} ms")
-    print(f"flood / sleep: {flood / base:.3f} (paired median {statistics.median(ratios):.3f}, "
-          f"{args.rounds} rounds each)")
+    print(f"{args.tasks} {what}, medians of {args.rounds} rounds each: beside a task that "
+          f"sleeps {med['sleep'] * 1e3:.1f} ms; beside one printing {args.rate:g} MB/s to "
+          f"/dev/null {med['quiet'] * 1e3:.1f} ms; beside one printing it to its stdout "
+          f"{med['flood'] * 1e3:.1f} ms")
+    print(f"flood / quiet (what taskmesh's handling of the output costs the other tasks): "
+          f"paired median {paired('flood', 'quiet'):.3f}")
+    print(f"flood / sleep (that and the printing task's own work): paired median "
+          f"{paired('flood', 'sleep'):.3f}")
     return 0
 
 

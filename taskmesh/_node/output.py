@@ -48,6 +48,7 @@ STDOUT, STDERR = 1, 2
 PIPE_BYTES = 1 << 20
 PIPE_SIZE_SET = getattr(fcntl, "F_SETPIPE_SZ", 1031)
 _ONE_MORE = (1).__add__  # a line's cost: its length and its line end
+_MARK_BYTES = MARK.encode()
 
 
 class StreamParser:
@@ -88,6 +89,39 @@ class StreamParser:
                 runs.append((self.context, [cut]))
             self._partial, self._skipping = b"", True
         return runs
+
+    @property
+    def unfinished(self) -> int:
+        """Bytes of the line it waits for the rest of."""
+        return len(self._partial)
+
+    def plain(self, data: bytes) -> bool:
+        """Whether ``data`` can change no context: it holds no marker, and the unfinished
+        line before it is not the start of one."""
+        if _MARK_BYTES in data:
+            return False
+        partial = self._partial[:len(_MARK_BYTES)]
+        return not partial or not _MARK_BYTES.startswith(partial)
+
+    def skip(self, data: bytes) -> int:
+        """Pass over ``data`` (``plain``: no marker in it) as ``feed`` would, but only count
+        the lines it completes, at C speed, none decoded or split: for lines nobody is to
+        be shown (the files have them). Returns that count."""
+        if self._skipping:
+            nl = data.find(b"\n")
+            if nl < 0:
+                return 0
+            data = data[nl + 1:]
+            self._skipping = False
+        lines = data.count(b"\n")
+        if lines:
+            self._partial = data[data.rfind(b"\n") + 1:]
+        else:
+            self._partial += data
+        if len(self._partial) > MAX_LINE:  # (cut, as feed cuts it: a line)
+            self._partial, self._skipping = b"", True
+            lines += 1
+        return lines
 
     def end(self) -> list[tuple[Context, list[str]]]:
         """The stream closed: its unfinished last line, if any."""
@@ -174,6 +208,17 @@ class OutputBatcher:
         self.size += size
         if self._first is None:
             self._first = now
+
+    def room(self, now: float) -> float:
+        """Bytes of lines it may take now within its budget."""
+        self._refill(now)
+        return self._tokens
+
+    def drop(self, ctx: Context, stream: int, lines: int) -> None:
+        """Count ``lines`` of one worker stream as not forwarded (over the budget)."""
+        if ctx.job and lines:
+            key = (ctx.job, stream)
+            self._dropped[key] = self._dropped.get(key, 0) + lines
 
     def _refill(self, now: float) -> None:
         self._tokens = min(self.burst, self._tokens + (now - self._at) * self.rate)
@@ -346,10 +391,28 @@ class NodeOutput:
                                 p.file.path, exc)
                     p.file.close()
                     p.file = None
-            self._take(p, p.parser.feed(data), now)
+            self._parse(p, data, now)
             if len(data) < 65536:
                 return True
         return True
+
+    def _parse(self, p: _Pipe, data: bytes, now: float) -> None:
+        """Lines for the batcher: as many as its budget takes now, decoded and split; the
+        rest of a chunk without markers only counted (a flood past the budget costs a
+        count per chunk, not a string per line); output of no job's task, nothing."""
+        parser = p.parser
+        room = self.batcher.room(now) if parser.context.job else -1.0
+        if room >= len(data) or not parser.plain(data):
+            self._take(p, parser.feed(data), now)
+            return
+        cut = 0
+        if room > 0:  # up to the first line end past the budget (add() cuts what is over)
+            cut = data.find(b"\n", max(0, int(room) - parser.unfinished)) + 1
+            if not cut:  # (every line it ends fits)
+                self._take(p, parser.feed(data), now)
+                return
+            self._take(p, parser.feed(data[:cut]), now)
+        self.batcher.drop(parser.context, p.stream, parser.skip(data[cut:]))
 
     def _take(self, p: _Pipe, runs: list, now: float) -> None:
         add = self.batcher.add

@@ -35,6 +35,7 @@ from .._secret import Security, find_secret, take_secret_from_env
 from ..config import Config
 from .._output_marks import NO_CONTEXT, Context
 from ..errors import ObjectLostError, SerializationError, TaskmeshError
+from . import output
 from .results import ResultBatch
 
 log = logging.getLogger("taskmesh.worker")
@@ -193,6 +194,7 @@ class Worker:
     # ------------------------------------------------------------------ running tasks
 
     def _flush(self) -> None:
+        output.flush()  # (what its tasks printed goes first)
         self.results.flush()
 
     def _function(self, a: P.Assignment) -> Any:

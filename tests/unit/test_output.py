@@ -5,6 +5,8 @@ the head's routing (a scripted head)."""
 from __future__ import annotations
 
 import io
+import os
+import random
 
 from taskmesh import _protocol as P
 from taskmesh._client.output import Deduplicator, DriverOutput
@@ -12,6 +14,7 @@ from taskmesh._context import CTX
 from taskmesh._node.output import (
     FLUSH_S,
     MAX_LINE,
+    NodeOutput,
     OutputBatcher,
     RotatingFile,
     StreamParser,
@@ -117,6 +120,69 @@ def test_a_rate_of_zero_forwards_nothing():
     b.add(F, 10, 1, ["x"], now=0.0)
     out = b.take(1.0, force=True)
     assert out is not None and [e[1] for e in out] == ["taskmesh"]
+
+
+def test_skipping_chunks_leaves_the_parser_where_feeding_them_would():
+    rng = random.Random(7)
+    lines = [("y" * rng.choice([0, 5, 80, MAX_LINE + 50])) + rng.choice(["", "\r"])
+             for _ in range(400)]
+    data = "\n".join(lines).encode() + b"\ntail"
+    chunks, at = [], 0
+    while at < len(data):
+        n = rng.choice([1, 7, 100, 5000, 40_000])
+        chunks.append(data[at:at + n])
+        at += n
+    whole = StreamParser()
+    every = [line for chunk in chunks for _, ls in whole.feed(chunk) for line in ls]
+    parser = StreamParser()
+    seen = 0
+    for chunk in chunks:
+        if rng.random() < 0.5:
+            assert parser.plain(chunk)
+            seen += parser.skip(chunk)
+        else:
+            got = [line for _, ls in parser.feed(chunk) for line in ls]
+            assert got == every[seen:seen + len(got)]
+            seen += len(got)
+    assert seen == len(every)
+    assert [line for _, ls in parser.end() for line in ls] == ["tail"]
+
+
+def test_a_marker_or_the_start_of_one_is_never_skipped():
+    parser = StreamParser()
+    assert not parser.plain(b"a\n" + _marker(F) + b"b\n")
+    parser.feed(b"a\n" + _marker(F)[:3])  # a marker's start waits for its end
+    assert not parser.plain(b"rest")
+    parser.feed(_marker(F)[3:] + b"b\n")
+    assert parser.context == F and parser.plain(b"c\n")
+
+
+def test_a_flood_past_the_budget_is_counted_not_parsed_and_the_file_has_all(tmp_path):
+    """NodeOutput on a real pipe: 2 MB of lines against a 64 KiB burst: the first lines go
+    to the driver in order, every other one is counted, the worker's file has every byte."""
+    out = NodeOutput(str(tmp_path), 1 << 30, 1, rate=1000, now=0.0)
+    r, w = os.pipe()
+    out.attach("w1", 4242, r, os.open(os.devnull, os.O_RDONLY))
+    written = [_marker(F)] + [f"line {i:06d} {'q' * 88}\n".encode() for i in range(20_000)]
+    try:
+        for at in range(0, len(written), 500):  # 50 KB a write (the pipe holds 64 KiB)
+            os.write(w, b"".join(written[at:at + 500]))
+            assert out.read(r, now=0.0)
+        os.close(w)
+        w = -1
+        assert not out.read(r, now=0.0)  # closed
+    finally:
+        out.close_all(0.0)
+        if w >= 0:
+            os.close(w)
+    sent = out.batcher.take(0.0, force=True)
+    shown = [line for e in sent if e[1] == "f" for line in e[4]]
+    [note] = [e for e in sent if e[1] == "taskmesh"]
+    assert shown == [f"line {i:06d} {'q' * 88}" for i in range(len(shown))]
+    assert 600 <= len(shown) <= 700  # the 64 KiB burst
+    assert f"{20_000 - len(shown)} lines of output not shown" in note[4][0]
+    with open(tmp_path / "worker-w1-4242.out", "rb") as f:
+        assert f.read() == b"".join(written)
 
 
 # ------------------------------------------------------------------ files
