@@ -46,8 +46,9 @@ class Flusher:
     would, except in a flood of lines (see the module's doc): then ``FLUSH_AFTER_S`` later,
     by a thread that sleeps otherwise. ``dirty`` (a timed flush is due) is read per line."""
 
-    def __init__(self, stream: Any) -> None:
+    def __init__(self, stream: Any, after: float = FLUSH_AFTER_S) -> None:
         self.stream = stream
+        self.after = after
         self.dirty = False
         self._since = 0.0  # the start of the current window
         self._lines = 0  # lines ended in it
@@ -79,7 +80,7 @@ class Flusher:
     def _run(self) -> None:
         while True:
             self._wake.wait()
-            time.sleep(FLUSH_AFTER_S)
+            time.sleep(self.after)
             self._wake.clear()
             self.flush()
 

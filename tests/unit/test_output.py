@@ -7,6 +7,7 @@ from __future__ import annotations
 import io
 import os
 import random
+import time
 
 from taskmesh import _protocol as P
 from taskmesh._client.output import Deduplicator, DriverOutput
@@ -20,7 +21,7 @@ from taskmesh._node.output import (
     StreamParser,
 )
 from taskmesh._output_marks import NO_CONTEXT, Context, format_marker, parse_marker
-from taskmesh._worker.output import MarkedStream
+from taskmesh._worker.output import FLOOD_LINES, Flusher, MarkedStream
 
 from ..support.head import Cluster
 
@@ -262,6 +263,53 @@ def test_a_task_that_prints_is_marked_once_and_one_that_does_not_costs_nothing()
     assert real.getvalue() == format_marker(F) + "a\nb\n" + format_marker(G) + "c\n"
     p = StreamParser()
     assert p.feed(real.getvalue().encode()) == [(F, ["a", "b"]), (G, ["c"])]
+
+
+def _pipe_stream() -> tuple[int, io.TextIOWrapper]:
+    """A block-buffered text stream on a pipe, and the pipe's read end (non-blocking)."""
+    r, w = os.pipe()
+    os.set_blocking(r, False)
+    return r, io.TextIOWrapper(io.FileIO(w, "w"), line_buffering=False, write_through=False)
+
+
+def _in_pipe(r: int) -> bytes:
+    try:
+        return os.read(r, 1 << 20)
+    except BlockingIOError:
+        return b""
+
+
+def test_stdout_lines_go_out_as_they_end_and_a_flood_in_batches_soon_after():
+    r, real = _pipe_stream()
+    flusher = Flusher(real)
+    stream = MarkedStream(real, lambda: F, flusher)
+    saved = CTX.current_task_id
+    try:
+        CTX.current_task_id = F.task_id
+        stream.write("partial ")
+        assert _in_pipe(r) == _marker(F)  # the marker at once: C code may write next
+        print("one", file=stream)
+        assert _in_pipe(r) == b"partial one\n"  # a line, as it ends
+        for i in range(FLOOD_LINES * 5):  # a flood: lines wait for the thread's flush
+            print(f"line {i}", file=stream)
+        got = _in_pipe(r)
+        deadline = time.monotonic() + 10
+        while got.count(b"\n") < FLOOD_LINES * 5 and time.monotonic() < deadline:
+            time.sleep(0.01)
+            got += _in_pipe(r)
+        assert got == b"".join(f"line {i}\n".encode() for i in range(FLOOD_LINES * 5))
+        stream = MarkedStream(real, lambda: F, flusher := Flusher(real, after=3600))
+        for i in range(FLOOD_LINES * 2):  # another flood, and results to send at once:
+            print(f"more {i}", file=stream)
+        got = _in_pipe(r)
+        assert flusher.dirty and got.count(b"more ") < FLOOD_LINES * 2  # (some wait)
+        flusher.flush()  # (what the worker does first): every line is out now
+        got += _in_pipe(r)
+        assert got.startswith(_marker(F)) and got.count(b"more ") == FLOOD_LINES * 2
+    finally:
+        CTX.current_task_id = saved
+        real.close()
+        os.close(r)
 
 
 # ------------------------------------------------------------------ the head
