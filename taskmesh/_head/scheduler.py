@@ -434,8 +434,10 @@ class Scheduler:
         t.state = ASSIGNED
         t.worker = w
         w.assigned.append(t)
-        if self.events.on:
-            self.started(t, w)
+        if self.events.on:  # (TaskStarted, inline: this is the per-task path)
+            node = w.node
+            self.events.added.append(("TaskStarted", self.ctx.now, t.spec.task_id,
+                                      node.node_id if node is not None else "", w.worker_id))
         if t.spec.timeout_s:
             t.started = self.ctx.now if len(w.assigned) == 1 else None
             self.table.watch_timeout(t)

@@ -561,7 +561,7 @@ class TaskTable:
         first = returns[0] if returns else None
         if first is None or not first.is_error:
             if events.on:
-                events.add(("TaskFinished", self.ctx.now, t.spec.task_id, duration))
+                events.added.append(("TaskFinished", self.ctx.now, t.spec.task_id, duration))
         else:
             self.failed += 1
             if events.on:

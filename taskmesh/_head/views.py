@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import itertools
 from collections import Counter, deque
-from itertools import repeat
+from itertools import compress, repeat
 from operator import itemgetter
 from typing import Any, Iterable, Iterator
 from urllib.parse import quote, unquote
@@ -92,8 +92,14 @@ class StateView:
         #: task id -> [state (None: as live and started say), attempt], for the few tasks
         #: in flight that were queued again, waited again or were retried
         self.changed: dict[bytes, list] = {}
-        #: rows of the last tasks that ended, oldest first
-        self.ended: deque[tuple] = deque(maxlen=max(0, finished_tasks))
+        #: the last tasks that ended, oldest first: their TaskSubmitted, TaskStarted (or
+        #: None), end event and attempt, side by side (``ended`` zips them into rows; a row
+        #: of its own per task cost the head a tuple, and the collector a look, per task)
+        keep = max(0, finished_tasks)
+        self._subs: deque[tuple] = deque(maxlen=keep)
+        self._starts: deque[tuple | None] = deque(maxlen=keep)
+        self._ends: deque[tuple] = deque(maxlen=keep)
+        self._attempts: deque[int] = deque(maxlen=keep)
         #: function name -> tasks that ended since start; of them, those that failed (raised,
         #: lost, cancelled): the rest finished
         self.counts: Counter = Counter()
@@ -167,22 +173,26 @@ class StateView:
         done = self._done
         ids = list(map(_tid, done))
         subs = list(map(self.live.pop, ids, repeat(None)))
-        starts = map(self.started.pop, ids, repeat(None))
+        starts = list(map(self.started.pop, ids, repeat(None)))
+        attempts: list[int] | None = None
         if self.changed:
-            attempts: Iterable[int] = [c[1] if c is not None else 0
-                                       for c in map(self.changed.pop, ids, repeat(None))]
-        else:
-            attempts = repeat(0)
-        rows: Iterable[tuple] = zip(subs, starts, done, attempts)
+            attempts = [c[1] if c is not None else 0
+                        for c in map(self.changed.pop, ids, repeat(None))]
         if self._failures:  # (rare)
             failed = self.failed
             for sub, end in zip(subs, done):
                 if end[0] != "TaskFinished" and sub is not None:
                     failed[sub[3]] = failed.get(sub[3], 0) + 1
         if None in subs:  # (the view never saw them submitted: passed over)
-            rows = [r for r in rows if r[0] is not None]
-            subs = [s for s in subs if s is not None]
-        self.ended.extend(rows)
+            seen = [sub is not None for sub in subs]
+            done, starts = list(compress(done, seen)), list(compress(starts, seen))
+            if attempts is not None:
+                attempts = list(compress(attempts, seen))
+            subs = list(compress(subs, seen))
+        self._subs.extend(subs)
+        self._starts.extend(starts)
+        self._ends.extend(done)
+        self._attempts.extend(repeat(0, len(subs)) if attempts is None else attempts)
         if subs:
             # counted at C speed, by name only, and at once when the batch's tasks are all
             # of one function, as in a flood
@@ -191,7 +201,7 @@ class StateView:
                 self.counts[names[0]] += len(names)
             else:
                 self.counts.update(names)
-        done.clear()
+        self._done.clear()
         self._failures = 0
 
     def _actor_submitted(self, e: tuple) -> None:
@@ -287,7 +297,7 @@ class StateView:
         as_dict = self.task_dict
         jobs = self._job_finder()
         chars = LIST_MESSAGE_CHARS
-        ended = ((_ENDED[r[_END][0]], r) for r in reversed(self.ended))
+        ended = ((_ENDED[r[_END][0]], r) for r in self.ended_rows(newest_first=True))
         for state, r in itertools.chain(self.in_flight(), ended):
             if names and any((r[_SUB][3] == v) != eq for eq, v in names):
                 continue
@@ -314,8 +324,18 @@ class StateView:
         """Every task kept, as (state, row): those in flight, then those that ended,
         oldest first."""
         yield from self.in_flight()
-        for r in self.ended:
+        for r in self.ended_rows():
             yield _ENDED[r[_END][0]], r
+
+    def ended_rows(self, newest_first: bool = False) -> Iterator[tuple]:
+        """The tasks that ended, as rows: (TaskSubmitted, TaskStarted or None, end, attempt)."""
+        columns = (self._subs, self._starts, self._ends, self._attempts)
+        return zip(*map(reversed, columns)) if newest_first else zip(*columns)
+
+    @property
+    def ended(self) -> list[tuple]:
+        """The rows of the tasks that ended, oldest first."""
+        return list(self.ended_rows())
 
     def _job_finder(self) -> Any:
         """A function: a task's TaskSubmitted -> its job (the driver it descends from, as the
@@ -389,7 +409,9 @@ class StateView:
                                      f"{next(iter(stray)).hex()}")
         if self._done:
             raise AssertionError(f"{len(self._done)} end events not applied")
-        for r in self.ended:
+        if not len(self._subs) == len(self._starts) == len(self._ends) == len(self._attempts):
+            raise AssertionError("the ended tasks' columns differ in length")
+        for r in self.ended_rows():
             if r[_END][0] not in _ENDED or r[_END][2] != r[_SUB][2]:
                 raise AssertionError(f"task {r[_SUB][2].hex()} ended as {r[_END]!r}")
 
