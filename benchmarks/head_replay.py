@@ -50,8 +50,10 @@ def _stepper(cluster: Any) -> Step:
     state = cluster.state
     if SPLIT:
         def step(pairs: list, now: float) -> list:
-            return [(c.peer, c.msg) for c in state.handle_all([(p, m, now) for p, m in pairs])
-                    if hasattr(c, "peer")]
+            commands = state.handle_all([(p, m, now) for p, m in pairs])
+            if hasattr(state, "after_turn"):  # (the events the turn added, as the shell does)
+                commands += state.after_turn()
+            return [(c.peer, c.msg) for c in commands if hasattr(c, "peer")]
     else:
         def step(pairs: list, now: float) -> list:
             for p, m in pairs:

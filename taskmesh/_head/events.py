@@ -234,8 +234,9 @@ class EventLog:
     event type's name. A str, not the class: a tuple that holds only strings, bytes and
     numbers is dropped from the garbage collector's lists at its first collection, while one
     that holds a class is walked again and again (with the class, the stream cost a flood of
-    no-op tasks 12% of its rate). At the end of a round in which ``ABSORB_AT`` events or
-    more wait, the head calls ``absorb``, which moves them into the ring, with no
+    no-op tasks 12% of its rate). Once a turn's messages are sent and ``ABSORB_AT`` events or
+    more wait (``HeadState.after_turn``), the head calls ``absorb``, which moves them into
+    the ring, with no
     Python-level step per event (every reader absorbs first, so none sees the difference).
     Readers get typed events (``since``); the state view (``view``) gets each batch as
     it is absorbed, raw. With the stream off, ``add`` drops everything at

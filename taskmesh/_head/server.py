@@ -169,6 +169,7 @@ class HeadServer:
                 idle_since = None
             elif idle_since is None:
                 idle_since = time.monotonic()
+            self._carry_out(state.after_turn())  # (the events of what was just sent)
             now = time.monotonic()
             if now >= next_tick:
                 # a tick far later than due means this process did not run (stopped, starved,

@@ -214,18 +214,30 @@ class HeadState:
             self.scheduler.schedule()
         except Exception:
             self._internal_error("scheduling", b"")
+        return self._drain()
+
+    def _drain(self) -> list[Command]:
+        """Everything to do, in order: the messages to send, then the notes."""
         ctx = self.ctx
-        if len(ctx.events.added) >= E.ABSORB_AT:
-            try:
-                ctx.events.absorb()
-            except Exception:
-                self._internal_error("the state view", b"")
         commands: list[Command] = []
         ctx.out.drain_into(commands)
         if ctx.notes:
             commands += ctx.notes
             ctx.notes.clear()
         return commands
+
+    def after_turn(self) -> list[Command]:
+        """The shell calls this once a turn's commands are sent: the events the turn added
+        go into the ring and the state view, if ``ABSORB_AT`` or more wait. (After, not
+        before, the sending: what workers and drivers wait for is not held up by the
+        view's pass.) Returns what a bug there has to report, else nothing."""
+        if len(self.ctx.events.added) < E.ABSORB_AT:
+            return []
+        try:
+            self.ctx.events.absorb()
+        except Exception:
+            self._internal_error("the state view", b"")
+        return self._drain()
 
     def _internal_error(self, what: str, peer: bytes) -> None:
         """Called in an ``except`` block: count it with the dropped messages (status shows

@@ -2,25 +2,28 @@
 stream in batches.
 
     HeadState ──add(event)──▶ EventLog.added ──absorb(), every ABSORB_AT──▶ ring
-                                                 └──▶ StateView.consume(batch): one pass
+                                                 └──▶ StateView.consume(batch): one pass,
+                                                      then the batch's ended tasks at C speed
     InfoRequest("state:tasks?state=FAILED&limit=100") ──HeadState.info──▶ StateView.query
 
-What it keeps, in bounded memory: a row per unfinished task (as many as the head has
-pending), the rows of the last ``state_finished_tasks`` tasks that ended (``Config``,
-10,000 by default), every actor alive and the last ``MAX_ENDED`` dead ones, every driver
-(job) connected and the last ``MAX_ENDED`` that left, and counts of ended tasks by function
-since the head started, and of failed ones (an integer per function, forever).
+What it keeps, in bounded memory: each unfinished task (as many as the head has pending),
+the last ``state_finished_tasks`` tasks that ended (``Config``, 10,000 by default), every
+actor alive and the last ``MAX_ENDED`` dead ones, every driver (job) connected and the last
+``MAX_ENDED`` that left, and counts of ended tasks by function since the head started, and
+of failed ones (an integer per function, forever).
 
-Why rows are plain lists and tuples holding the stream's own events: this runs inside the
-head, whose hot path is about 180k CPU instructions per task, and may add ~2% (it adds
-~3,500: docs/performance.md). A task that runs once makes three events, and the view takes
-one ``if``-chain step per event with no call beneath it: a list for the row of a task in
-flight (its state changes), a tuple once it ended (the garbage collector stops walking a
-tuple of strings, numbers and such tuples after its first look; a list it walks again),
-and the counts bumped for a whole batch at C speed. Rows become dicts with Ray's field
-names only when someone asks (``query``). State names are Ray's:
-PENDING_ARGS_AVAIL (waiting for inputs), PENDING_NODE_ASSIGNMENT (queued), RUNNING,
-FINISHED, FAILED (cancelled tasks too, with error_type TaskCancelledError).
+Why it keeps the stream's own event tuples and no row of its own: this runs inside the
+head, whose hot path is about 185k CPU instructions per no-op task, on every event
+(docs/performance.md: it costs the head ~3,800 a task). A task in flight is its
+TaskSubmitted in ``live`` and, once it runs, its TaskStarted in ``started``: one dict store
+each, in a pass with one ``if``-chain step per event. End events are only set aside; at the
+end of the batch the tasks that ended leave flight all at once, at C speed (``map`` over the
+dicts' ``pop``, ``deque.extend`` of the columns of the ended tasks, one count per function).
+The few tasks that waited again, were queued again or were retried have their state and
+attempt in ``changed``. Rows become dicts with Ray's field names only when someone asks
+(``query``). State names are Ray's: PENDING_ARGS_AVAIL (waiting for inputs),
+PENDING_NODE_ASSIGNMENT (queued), RUNNING, FINISHED, FAILED (cancelled tasks too, with
+error_type TaskCancelledError).
 
 A task's job is the driver it descends from, as the head's task table knows it
 (``TaskRec.job``: the submitter when that is a driver, else the job of the task that

@@ -132,16 +132,21 @@ class Cluster:
                 assert type(c) is not InternalError, f"the head raised:\n{c.traceback}"
                 raise AssertionError(f"unknown command {c!r}")
 
+    def turn(self, commands: list) -> None:
+        """Carry out a turn's commands, then the head's work after it (as its shell does)."""
+        self.carry_out(commands)
+        self.carry_out(self.state.after_turn())
+
     def send(self, peer: bytes, msg) -> None:
-        self.carry_out(self.state.handle(peer, wire(msg), self.now))
+        self.turn(self.state.handle(peer, wire(msg), self.now))
 
     def send_all(self, messages: Iterable[tuple[bytes, Any]]) -> None:
         """Several messages in one batch (one scheduling round), as the head's loop does."""
-        self.carry_out(self.state.handle_all([(p, wire(m), self.now) for p, m in messages]))
+        self.turn(self.state.handle_all([(p, wire(m), self.now) for p, m in messages]))
 
     def disconnect(self, peer: bytes) -> None:
         """The peer's connection closed (a local peer's process is gone)."""
-        self.carry_out(self.state.handle(peer, DISCONNECTED, self.now))
+        self.turn(self.state.handle(peer, DISCONNECTED, self.now))
 
     def drain(self) -> Sent:
         pairs, self.sent = self.sent, []
@@ -157,7 +162,7 @@ class Cluster:
         self.now = now
         for node_id in heartbeats:
             self.heartbeat(node_id)
-        self.carry_out(self.state.tick(now))
+        self.turn(self.state.tick(now))
         return self.drain()
 
     # -- peers
