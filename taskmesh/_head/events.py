@@ -212,6 +212,9 @@ EVENT_TYPES: dict[str, type] = {cls.__name__: cls for cls in (
 
 #: the head absorbs added events once this many wait (fewer, larger steps)
 ABSORB_AT = 256
+#: the state view is fed at once, whatever else waits, once this many events wait for it
+#: (what they hold is in the ring too: the backlog costs a list of references)
+VIEW_BEHIND_MAX = 30_000
 
 _kind_of = operator.itemgetter(0)
 
@@ -236,20 +239,25 @@ class EventLog:
     that holds a class is walked again and again (with the class, the stream cost a flood of
     no-op tasks 12% of its rate). Once a turn's messages are sent and ``ABSORB_AT`` events or
     more wait (``HeadState.after_turn``), the head calls ``absorb``, which moves them into
-    the ring, with no
-    Python-level step per event (every reader absorbs first, so none sees the difference).
-    Readers get typed events (``since``); the state view (``view``) gets each batch as
-    it is absorbed, raw. With the stream off, ``add`` drops everything at
-    C speed."""
+    the ring, with no Python-level step per event (every reader absorbs first, so none sees
+    the difference). Readers get typed events (``since``). The state view (``view``) gets
+    the absorbed batches raw, in order, when the head has nothing else to do
+    (``feed_view`` with a deadline, from the I/O shell's idle turns), at once when
+    ``VIEW_BEHIND_MAX`` events wait for it, and before anyone reads it (``sync``): its
+    pass over the events of a flood runs in the gaps of the flood, not ahead of the
+    messages. With the stream off, ``add`` drops everything at C speed."""
 
-    __slots__ = ("ring", "on", "_seq", "added", "add", "view")
+    __slots__ = ("ring", "on", "_seq", "added", "add", "view", "_unviewed", "behind")
 
     def __init__(self, capacity: int) -> None:
         self.ring: deque | None = deque(maxlen=capacity) if capacity > 0 else None
         self.on = self.ring is not None  # (an attribute, not a property: read per task)
         self._seq = 0  # events absorbed so far (the ring holds the last ones)
-        #: a reader fed every batch as it is absorbed (the state view, views.py), or None
+        #: a reader fed every batch absorbed (the state view, views.py), or None; fed when
+        #: the head has time (``feed_view``), or before anyone reads it (``sync``)
         self.view: Any = None
+        self._unviewed: deque[list[tuple]] = deque()  # batches absorbed, not yet fed to it
+        self.behind = 0  # events in them
         #: added, not absorbed yet (the per-task sites, behind ``if events.on``, append here
         #: directly: a list's append is the interpreter's quickest call; ``add`` is not)
         self.added: list[tuple] = []
@@ -270,11 +278,32 @@ class EventLog:
         assert ring is not None
         ring.extend(new)
         self._seq += len(new)
-        try:
-            if self.view is not None:
-                self.view.consume(new)  # (a bug there raises to the facade, which reports it)
-        finally:
+        if self.view is None:
             new.clear()
+            return
+        self._unviewed.append(new)  # (the view's batch: the same tuples, no copy)
+        self.behind += len(new)
+        self.added = []
+        self.add = self.added.append
+
+    def feed_view(self, deadline: float | None = None,
+                  clock: Callable[[], float] | None = None) -> None:
+        """Hand the view the batches it has not seen, in order: all of them, or until
+        ``clock()`` passes ``deadline`` (checked after each batch). A bug in the view
+        raises to the facade, which reports it; that batch is not fed again."""
+        batches = self._unviewed
+        while batches:
+            batch = batches.popleft()
+            self.behind -= len(batch)
+            self.view.consume(batch)
+            if deadline is not None and clock is not None and clock() >= deadline:
+                return
+
+    def sync(self) -> None:
+        """Everything recorded so far into the ring, and into the view (for its readers)."""
+        self.absorb()
+        if self.behind:
+            self.feed_view()
 
     @property
     def seq(self) -> int:

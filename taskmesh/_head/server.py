@@ -4,6 +4,7 @@
                                                        └─bulk, ≤ SLICE_S per turn─┘   │
               peers ◀── ROUTER / local socket ◀── Send commands (Log: logging) ◀─────┘
               tick() every 0.1 s, run_chores() between messages: commands the same way
+              after_turn() once a turn's commands are sent; catch_up() (the state view) when idle
               at a tick, if metrics were read lately: Snapshotter ──▶ SnapshotBox ──▶ HTTP threads
 
 Each turn reads what the sockets hold (a slice of each local connection; nothing more but node
@@ -58,6 +59,9 @@ _TICK_S = 0.1
 #: bulk messages are handled for at most this long per turn, then the loop reads, sends and
 #: runs its timers again
 SLICE_S = 0.02
+#: what the state view may take of an idle turn (a message that comes meanwhile waits
+#: at most this long): a few thousand events
+VIEW_SLICE_S = 0.001
 #: no more bulk is read while this many messages wait to be handled (about 30-60 ms of work)
 MAX_BACKLOG = 2000
 #: a tick this much later than due counts as a stall of the head itself (see HeadState.tick)
@@ -138,7 +142,7 @@ class HeadServer:
         idle_since: float | None = None  # since when no message came (None: busy)
         last_tick = time.monotonic()
         while True:
-            if intake or state.chores:  # work is waiting: look at the sockets, do not sleep
+            if intake or state.chores or state.view_behind:  # work waits: do not sleep
                 ready = poller.poll(0)
             else:
                 timeout = max(0.0, next_tick - time.monotonic()) * 1000
@@ -167,6 +171,8 @@ class HeadServer:
             elif state.chores:
                 self._carry_out(state.run_chores(time.monotonic() + SLICE_S, time.monotonic))
                 idle_since = None
+            elif state.view_behind:  # no message waits: the state view's turn, briefly
+                self._carry_out(state.catch_up(time.monotonic() + VIEW_SLICE_S, time.monotonic))
             elif idle_since is None:
                 idle_since = time.monotonic()
             self._carry_out(state.after_turn())  # (the events of what was just sent)
@@ -199,8 +205,8 @@ class HeadServer:
                 started = time.perf_counter()
                 # the state API's view, where the head has one, counts tasks by function and
                 # state ({name: {state: n}}, its summary()); the metrics show them if so
-                view = getattr(self.state, "view", None)
-                by_function = view.summary() if view is not None else None
+                by_function = (self.state.task_summary()
+                               if getattr(self.state, "view", None) is not None else None)
                 self.box.publish(self.snapshots.build(self.state, now, by_function))
                 # a snapshot counts every unfinished task (25 ms per 100,000): however often
                 # the head is scraped, snapshots take at most 1/SNAPSHOT_SHARE of its time

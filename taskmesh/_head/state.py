@@ -228,16 +228,35 @@ class HeadState:
 
     def after_turn(self) -> list[Command]:
         """The shell calls this once a turn's commands are sent: the events the turn added
-        go into the ring and the state view, if ``ABSORB_AT`` or more wait. (After, not
-        before, the sending: what workers and drivers wait for is not held up by the
-        view's pass.) Returns what a bug there has to report, else nothing."""
-        if len(self.ctx.events.added) < E.ABSORB_AT:
+        go into the ring if ``ABSORB_AT`` or more wait, and into the state view only if it
+        is ``VIEW_BEHIND_MAX`` behind (else in idle turns: ``catch_up``). Returns what a
+        bug there has to report, else nothing."""
+        events = self.ctx.events
+        if len(events.added) >= E.ABSORB_AT:
+            events.absorb()
+        if events.behind < E.VIEW_BEHIND_MAX:
             return []
+        return self.catch_up(None, None)
+
+    @property
+    def view_behind(self) -> bool:
+        """Whether events wait for the state view (the shell then has idle work)."""
+        return self.ctx.events.behind > 0
+
+    def catch_up(self, deadline: float | None,
+                 clock: Callable[[], float] | None) -> list[Command]:
+        """Feed the state view what it has not seen, until ``deadline`` (None: all of it);
+        the shell calls this when no message waits."""
         try:
-            self.ctx.events.absorb()
+            self.ctx.events.feed_view(deadline, clock)
         except Exception:
             self._internal_error("the state view", b"")
         return self._drain()
+
+    def task_summary(self) -> dict[str, dict[str, int]]:
+        """Tasks by function and state, from the state view (up to date)."""
+        self.events.sync()
+        return self.view.summary()
 
     def _internal_error(self, what: str, peer: bytes) -> None:
         """Called in an ``except`` block: count it with the dropped messages (status shows
@@ -348,7 +367,7 @@ class HeadState:
                 reply = select(self.directory.object_rows(), filters, limit)
                 reply["scanned_all"] = len(self.directory.objects) <= OBJECT_SCAN
             else:
-                self.events.absorb()  # (the view sees every event recorded so far)
+                self.events.sync()  # (the view sees every event recorded so far)
                 reply = self.view.query(kind, filters, limit, detail)
         except QueryError as exc:
             return {"error": str(exc)}

@@ -224,6 +224,55 @@ def test_added_events_count_once_absorbed_and_a_log_that_is_off_drops_them():
     assert off.seq == 0 and off.kept_counts() == {} and not off.on
 
 
+class _Seen:
+    """A stand-in state view: the batches it was fed."""
+
+    def __init__(self) -> None:
+        self.batches: list[list] = []
+
+    def consume(self, batch: list) -> None:
+        self.batches.append(list(batch))
+
+
+def test_the_view_is_fed_when_the_head_has_time_or_before_it_is_read_in_order():
+    log = E.EventLog(100)
+    log.view = view = _Seen()
+    log.add(("TaskQueued", 1.0, b"a"))
+    log.absorb()
+    log.add(("TaskQueued", 2.0, b"b"))
+    log.absorb()
+    assert log.behind == 2 and view.batches == []  # in the ring, not in the view yet
+    assert [e.at for e in log.since(0)[1]] == [1.0, 2.0]
+    ticks = iter([5.0])
+    log.feed_view(deadline=1.0, clock=lambda: next(ticks))  # one batch, then time is up
+    assert [b[0][1] for b in view.batches] == [1.0] and log.behind == 1
+    log.add(("TaskQueued", 3.0, b"c"))  # (not absorbed yet either)
+    log.sync()  # what a reader does first: all of it, in order
+    assert [e[1] for b in view.batches for e in b] == [1.0, 2.0, 3.0] and log.behind == 0
+
+
+def test_the_head_feeds_its_view_in_idle_turns_and_at_once_when_far_behind(monkeypatch):
+    c = Cluster()
+    c.add_node("n1", cpus=2)
+    fid = c.register()
+    for _ in range(400):  # 400 TaskSubmitted (and TaskStarted for 2): absorbed, not viewed
+        c.submit(fid)
+    c.drain()
+    events = c.state.events
+    assert events.behind >= E.ABSORB_AT and c.state.view_behind
+    assert not c.state.view.live  # (the view has not seen them)
+    c.carry_out(c.state.catch_up(None, None))  # an idle turn with time for all of it
+    assert not c.state.view_behind and len(c.state.view.live) >= E.ABSORB_AT // 2
+    seen = len(c.state.view.live)
+    monkeypatch.setattr(E, "VIEW_BEHIND_MAX", E.ABSORB_AT)
+    for _ in range(300):
+        c.submit(fid)
+    c.drain()
+    assert events.behind == 0 and len(c.state.view.live) > seen  # (fed at once: far behind)
+    assert c.state.info("state:summary")["summary"]  # (a reader: everything, up to date)
+    assert len(c.state.view.live) == 700 and not events.added
+
+
 def test_every_event_the_parts_record_names_a_known_kind_with_its_fields():
     """The parts record events as plain tuples whose first item is the kind's name (see
     EventLog): a misspelt name or a missing field is caught here, for every call site."""
