@@ -4,6 +4,7 @@ compared to a percent on a busy machine, where timings cannot.
 
     python -m benchmarks.head_instructions                   # this checkout, stream on
     TASKMESH_EVENT_RING=0 python -m benchmarks.head_instructions    # the event stream off
+    python -m benchmarks.head_instructions --actor           # calls to one actor instead
     python -m benchmarks.head_instructions --cache           # also simulated cache misses
 
 With ``--cache``, callgrind also simulates the caches (slower) and the line adds its
@@ -40,6 +41,16 @@ def noop() -> None:
     return None
 
 
+@taskmesh.remote
+class Counter:
+    def __init__(self) -> None:
+        self.n = 0
+
+    def add(self, k: int) -> int:
+        self.n += k
+        return self.n
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -62,6 +73,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--tasks", type=int, default=3000)
     parser.add_argument("--cache", action="store_true", help="simulate the caches too")
+    parser.add_argument("--actor", action="store_true",
+                        help="calls to one actor instead of no-op tasks")
     parser.add_argument("--keep", metavar="FILE",
                         help="keep the flood's callgrind dump here (for callgrind_annotate)")
     args = parser.parse_args(argv)
@@ -103,18 +116,28 @@ def main(argv: list[str] | None = None) -> int:
             subprocess.run(["callgrind_control", "-d", str(head.pid)], timeout=600,
                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=True)
 
-        taskmesh.get([noop.remote() for _ in range(1000)])  # warm-up
+        if args.actor:
+            counter = Counter.remote()
+
+            def batch() -> None:
+                taskmesh.get([counter.add.remote(1) for _ in range(1000)])
+        else:
+            def batch() -> None:
+                taskmesh.get([noop.remote() for _ in range(1000)])
+
+        batch()  # warm-up
         dump()
         started = time.monotonic()
         for _ in range(max(1, args.tasks // 1000)):
-            taskmesh.get([noop.remote() for _ in range(1000)])
+            batch()
         took = time.monotonic() - started
         dump()
         tasks = max(1, args.tasks // 1000) * 1000
         last = max(glob.glob(f"{out}/head.*"), key=os.path.getmtime)
         ring = os.environ.get("TASKMESH_EVENT_RING", "default")
         t = _totals(last)
-        line = f"head instructions per no-op task: {t['Ir'] / tasks:,.0f}"
+        what = "actor call" if args.actor else "no-op task"
+        line = f"head instructions per {what}: {t['Ir'] / tasks:,.0f}"
         if "D1mr" in t:
             first = t["I1mr"] + t["D1mr"] + t["D1mw"]
             last_level = t["ILmr"] + t["DLmr"] + t["DLmw"]

@@ -12,7 +12,12 @@ frees most cyclic garbage; the head's records are freed by reference counting wh
 They run after ``YOUNG`` allocations rather than CPython's 700: a task's records, messages and
 events live across a few rounds, and at 700 each young collection walked them again and
 again (10,000: 5,500 fewer instructions per task of a no-op flood in ``head_replay`` under
-callgrind, about 3.5%, for young collections of a few tenths of a millisecond). A
+callgrind, about 3.5%, for young collections of a few tenths of a millisecond). 30,000 since
+the event stream keeps three tuples per task alive a while (the ring): each survivor brings
+the next young collection nearer, and each collection walks every task in flight again; at
+10,000, collections cost the head 2,400 instructions per call of an actor flood with the
+stream on, ~900 with it off (``benchmarks.head_instructions --actor``: 196,089 and 187,440
+instructions per call; at 30,000, 191,047 and 184,959). A
 full collection runs from the head's loop, when it has been idle for ``IDLE_S`` and the last
 one is ``EVERY_S`` old, or under load that never ends, once ``FORCED_S`` passed (a bounded
 pause, rarely). Each one that takes longer than 0.1 s is logged.
@@ -35,7 +40,7 @@ FORCED_S = 600.0
 
 _NEVER = 2**31 - 1
 #: allocations (less deallocations) between two young collections
-YOUNG = 10_000
+YOUNG = 30_000
 
 
 class Collector:

@@ -60,8 +60,8 @@ _TICK_S = 0.1
 #: runs its timers again
 SLICE_S = 0.02
 #: what the state view may take of an idle turn (a message that comes meanwhile waits
-#: at most this long): a few thousand events
-VIEW_SLICE_S = 0.001
+#: about this long, or one batch of events, ~0.1 ms, if that is longer)
+VIEW_SLICE_S = 0.0002
 #: no more bulk is read while this many messages wait to be handled (about 30-60 ms of work)
 MAX_BACKLOG = 2000
 #: a tick this much later than due counts as a stall of the head itself (see HeadState.tick)
