@@ -112,8 +112,10 @@ class MarkedStream:
         if CTX.current_task_id is not self._marked:
             self._mark()
         n = self._real.write(text)
-        if "\n" in text and self._flusher is not None:
-            self._flusher.line()
+        if "\n" in text:
+            flusher = self._flusher
+            if flusher is not None and not flusher.dirty:  # (dirty: a flood, flushed soon)
+                flusher.line()
         return n
 
     def writelines(self, lines: Any) -> None:
