@@ -345,12 +345,22 @@ class NodeAgent:
             self.output.close(fd)
 
     def _wake_rested(self, now: float) -> float | None:
-        """Watch again the pipes whose rest is over; return when the next one's ends."""
+        """Read the pipes whose rest is over (rest again those that had something; watch
+        the empty ones again); return when the next rest ends."""
         resting = self._resting
         for fd in [fd for fd, until in resting.items() if until <= now]:
-            del resting[fd]
-            assert self._poller is not None
-            self._poller.register(fd)
+            # read it now: a busy worker's pipe has more, and rests again without a turn
+            # of the loop to find it readable; an empty one is watched again
+            got = self.output.drain(fd, now)
+            if got is None:  # closed
+                del resting[fd]
+                self.output.close(fd)
+            elif got:
+                resting[fd] = now + OUTPUT_READ_S
+            else:
+                del resting[fd]
+                assert self._poller is not None
+                self._poller.register(fd)
         return min(resting.values()) if resting else None
 
     def _send_output(self, force: bool = False) -> float | None:

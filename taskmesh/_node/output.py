@@ -49,6 +49,7 @@ PIPE_BYTES = 1 << 20
 PIPE_SIZE_SET = getattr(fcntl, "F_SETPIPE_SZ", 1031)
 _ONE_MORE = (1).__add__  # a line's cost: its length and its line end
 _MARK_BYTES = MARK.encode()
+_MARK_START = _MARK_BYTES[:1]
 
 
 class StreamParser:
@@ -98,7 +99,7 @@ class StreamParser:
     def plain(self, data: bytes) -> bool:
         """Whether ``data`` can change no context: it holds no marker, and the unfinished
         line before it is not the start of one."""
-        if _MARK_BYTES in data:
+        if _MARK_START in data and _MARK_BYTES in data:  # (the first: a memchr)
             return False
         partial = self._partial[:len(_MARK_BYTES)]
         return not partial or not _MARK_BYTES.startswith(partial)
@@ -372,17 +373,24 @@ class NodeOutput:
         """Read what the pipe holds (up to 1 MiB a call: one busy worker does not starve
         the rest of the loop); return False once it is closed (the caller unregisters it,
         then calls ``close``)."""
+        return self.drain(fd, now) is not None
+
+    def drain(self, fd: int, now: float) -> int | None:
+        """``read``, returning the bytes read (0: the pipe was empty), or None once it is
+        closed."""
         p = self.pipes[fd]
+        got = 0
         for _ in range(16):
             try:
                 data = os.read(fd, 65536)
             except BlockingIOError:
-                return True
+                return got
             except OSError:
                 data = b""
             if not data:
                 self._take(p, p.parser.end(), now)
-                return False
+                return None
+            got += len(data)
             if p.file is not None:
                 try:
                     p.file.write(data)
@@ -393,8 +401,8 @@ class NodeOutput:
                     p.file = None
             self._parse(p, data, now)
             if len(data) < 65536:
-                return True
-        return True
+                return got
+        return got
 
     def _parse(self, p: _Pipe, data: bytes, now: float) -> None:
         """Lines for the batcher: as many as its budget takes now, decoded and split; the
