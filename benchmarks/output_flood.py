@@ -33,7 +33,7 @@ def background(mode: str, seconds: float, rate_mb: float) -> int:
     if mode == "sleep":
         time.sleep(seconds)
         return 0
-    out = open(os.devnull, "w") if mode == "quiet" else sys.stdout  # noqa: SIM115
+    quiet = open(os.devnull, "w") if mode == "quiet" else None  # noqa: SIM115
     line = "x" * 99
     per_tick = int(rate_mb * 1e6 / 100 / 100)  # lines per 10 ms
     start = time.monotonic()
@@ -41,7 +41,7 @@ def background(mode: str, seconds: float, rate_mb: float) -> int:
     tick = 0
     while time.monotonic() - start < seconds:
         for _ in range(per_tick):
-            print(line, file=out)
+            print(line, file=quiet)  # (None: sys.stdout, looked up per call as users do)
         written += per_tick * 100
         tick += 1
         pause = start + tick * 0.01 - time.monotonic()

@@ -274,6 +274,7 @@ class Worker:
                 returns = [S.dump_task_error(exc, a.name, self.node_id, self.pid, False)] * n
                 error = S.error_text(exc, False)
             del result
+        output.task_ended()
         CTX.current_task_id, CTX.current_task_name, CTX.current_job = outer
         self.running -= 1
         self.results.add(P.TaskResult(a.task_id, returns, time.perf_counter() - start, no_retry,
@@ -364,10 +365,12 @@ class Worker:
             self._async_slots = asyncio.run_coroutine_threadsafe(
                 _semaphore(concurrency), loop).result()
             self._concurrent = loop
+            output.concurrent()
         elif concurrency > 1:
             from concurrent.futures import ThreadPoolExecutor
 
             self._concurrent = ThreadPoolExecutor(concurrency, "taskmesh-actor")
+            output.concurrent()
         return None
 
     def _call_method(self, a: P.Assignment, args: tuple, kwargs: dict) -> Any:

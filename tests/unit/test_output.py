@@ -7,6 +7,7 @@ from __future__ import annotations
 import io
 import os
 import random
+import sys
 import time
 
 from taskmesh import _protocol as P
@@ -306,6 +307,37 @@ def test_stdout_lines_go_out_as_they_end_and_a_flood_in_batches_soon_after():
         flusher.flush()  # (what the worker does first): every line is out now
         got += _in_pipe(r)
         assert got.startswith(_marker(F)) and got.count(b"more ") == FLOOD_LINES * 2
+    finally:
+        CTX.current_task_id = saved
+        real.close()
+        os.close(r)
+
+
+def test_a_flood_puts_the_marked_stream_aside_until_its_task_ends(monkeypatch):
+    r, real = _pipe_stream()
+    flusher = Flusher(real, after=3600)
+    current = {"ctx": F}
+    marked = MarkedStream(real, lambda: current["ctx"], flusher)
+    flusher.marked = marked
+    monkeypatch.setattr(sys, "stdout", marked)
+    saved = CTX.current_task_id
+    try:
+        CTX.current_task_id = F.task_id
+        for i in range(FLOOD_LINES * 3):
+            print(f"f {i}")  # (print looks sys.stdout up each time, as task code does)
+        assert sys.stdout is real and flusher.direct  # C speed from the flood on
+        flusher.task_ended()
+        assert sys.stdout is marked and not flusher.direct
+        CTX.current_task_id, current["ctx"] = G.task_id, G
+        print("g")  # the next task is marked again
+        got = _in_pipe(r)
+        assert got == (_marker(F) + b"".join(f"f {i}\n".encode() for i in range(FLOOD_LINES * 3))
+                       + _marker(G) + b"g\n")
+        assert StreamParser().feed(got)[-1] == (G, ["g"])
+        flusher.allow_direct = False  # tasks run concurrently: each write stays marked
+        for i in range(FLOOD_LINES * 3):
+            print(f"h {i}")
+        assert sys.stdout is marked and not flusher.direct
     finally:
         CTX.current_task_id = saved
         real.close()
