@@ -2,8 +2,10 @@
 stream in batches.
 
     HeadState ──add(event)──▶ EventLog.added ──absorb(), every ABSORB_AT──▶ ring
-                                                 └──▶ StateView.consume(batch): one pass,
-                                                      then the batch's ended tasks at C speed
+                                                 └──▶ batches the view has not seen
+         in the head's idle turns (catch_up), or at once when VIEW_BEHIND_MAX wait, or
+         before any reader (sync) ──▶ StateView.consume(batch): one pass, then the
+                                      batch's ended tasks at C speed
     InfoRequest("state:tasks?state=FAILED&limit=100") ──HeadState.info──▶ StateView.query
 
 What it keeps, in bounded memory: each unfinished task (as many as the head has pending),
