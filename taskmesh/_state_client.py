@@ -36,8 +36,6 @@ def connect(address: str | None = None, secret_file: str = "", no_encryption: bo
     """A connected client of kind ``status`` for the head at ``address`` (default:
     $TASKMESH_ADDRESS, else the head started on this machine). Raises HeadConnectionError
     (with what to do) when there is none or it cannot be reached."""
-    from ._client.core import CoreClient
-
     cfg = config or Config.from_env()
     address = address or os.environ.get("TASKMESH_ADDRESS")
     head_secret = ""  # the secret file of a head started here, found by its run record
@@ -64,7 +62,15 @@ def connect(address: str | None = None, secret_file: str = "", no_encryption: bo
         security = started_cluster_security(host, port) or Security(
             find_secret(secret_file or cfg.secret_file or head_secret),
             cfg.encrypt and not no_encryption)
-    core = CoreClient(cfg, connect_endpoint(ip, port), "status", f"{host}:{port}", security)
+    return open_status_client(cfg, connect_endpoint(ip, port), f"{host}:{port}", security)
+
+
+def open_status_client(config: Config, endpoint: str, address: str, security: Security) -> Any:
+    """A client of kind ``status`` connected to ``endpoint`` and introduced to the head
+    (closed again if the handshake fails)."""
+    from ._client.core import CoreClient
+
+    core = CoreClient(config, endpoint, "status", address, security)
     try:
         core.handshake({"pid": os.getpid()})
     except BaseException:

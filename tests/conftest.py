@@ -14,33 +14,21 @@ from taskmesh._secret import write_secret_file
 # tests/support asserts too: pytest explains its failures as it does the tests' own
 pytest.register_assert_rewrite("tests.support")
 
-from .support.procs import descendants, shm_entries, stop_and_check  # noqa: E402
+from .support.procs import embedded_cluster  # noqa: E402
 
 
 @pytest.fixture(scope="module")
 def cluster():
     """An embedded 2-CPU cluster shared by a test module; checks nothing leaks afterwards."""
-    before_shm = shm_entries()
-    taskmesh.init(num_cpus=2)
-    procs = descendants()
-    try:
+    with embedded_cluster(num_cpus=2):
         yield taskmesh
-    finally:
-        stop_and_check(procs, before_shm)
 
 
 @pytest.fixture
 def fresh_cluster(request):
     """A cluster just for one test; pass num_cpus with @pytest.mark.parametrize indirect or default 2."""
-    if taskmesh.is_initialized():
-        taskmesh.shutdown()
-    before_shm = shm_entries()
-    taskmesh.init(num_cpus=getattr(request, "param", 2))
-    procs = descendants()
-    try:
+    with embedded_cluster(num_cpus=getattr(request, "param", 2)):
         yield taskmesh
-    finally:
-        stop_and_check(procs, before_shm)
 
 
 def pytest_configure(config):

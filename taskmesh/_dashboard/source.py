@@ -18,7 +18,6 @@ overview pages cost the head one ``status`` every half second, not ten).
 
 from __future__ import annotations
 
-import os
 import threading
 import time
 from typing import Any, Callable
@@ -56,15 +55,9 @@ class HeadSource:
         """The source of a head listening at ``endpoint`` (its local socket)."""
 
         def connect() -> Any:
-            from .._client.core import CoreClient
+            from .._state_client import open_status_client
 
-            core = CoreClient(config, endpoint, "status", address, security)
-            try:
-                core.handshake({"pid": os.getpid()})
-            except BaseException:
-                core.close()
-                raise
-            return core
+            return open_status_client(config, endpoint, address, security)
 
         return cls(connect)
 

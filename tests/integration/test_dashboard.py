@@ -12,7 +12,7 @@ import pytest
 import taskmesh
 
 from ..support.cli import fetch
-from ..support.procs import descendants, shm_entries, stop_and_check
+from ..support.procs import embedded_cluster
 from ..support.wait import until
 
 pytestmark = pytest.mark.timeout(120)
@@ -46,12 +46,7 @@ class Tally:
 def dash():
     """An embedded 2-CPU cluster of this module's own, with some tasks run (one failed) and an
     actor: (base URL, token, the actor)."""
-    if taskmesh.is_initialized():
-        taskmesh.shutdown()
-    before_shm = shm_entries()
-    info = taskmesh.init(num_cpus=2)
-    procs = descendants()
-    try:
+    with embedded_cluster(num_cpus=2) as info:
         refs = [shout.remote(i) for i in range(4)]
         for r in refs:
             try:
@@ -62,8 +57,6 @@ def dash():
         assert taskmesh.get(tally.add.remote(3), timeout=30) == 3
         u = urlsplit(info["dashboard_url"])
         yield f"{u.scheme}://{u.netloc}", u.query.split("token=", 1)[1], tally
-    finally:
-        stop_and_check(procs, before_shm)
 
 
 def _get(url: str, headers: dict | None = None, method: str = "GET") -> tuple[int, dict, bytes]:

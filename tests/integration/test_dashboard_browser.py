@@ -18,7 +18,7 @@ import pytest
 
 import taskmesh
 
-from ..support.procs import descendants, shm_entries, stop_and_check
+from ..support.procs import embedded_cluster
 
 pytestmark = [pytest.mark.browser, pytest.mark.timeout(240)]
 
@@ -115,12 +115,7 @@ def browser(demo):
 def demo():
     """A cluster of this module's own with a little of everything: tasks (one failed, one with
     a name that is HTML), an actor, a task that printed HTML. Yields (dashboard URL, ids)."""
-    if taskmesh.is_initialized():
-        taskmesh.shutdown()
-    before_shm = shm_entries()
-    info = taskmesh.init(num_cpus=2)
-    procs = descendants()
-    try:
+    with embedded_cluster(num_cpus=2) as info:
         assert taskmesh.get([square.remote(i) for i in range(6)], timeout=60) == [
             i * i for i in range(6)]
         failed = explode.remote("on purpose")
@@ -133,8 +128,6 @@ def demo():
         assert taskmesh.get(counter.add.remote(5), timeout=60) == 5
         yield {"url": info["dashboard_url"], "failed": failed.hex()[:32], "counter": counter,
                "big": big}
-    finally:
-        stop_and_check(procs, before_shm)
 
 
 def _wait(driver, predicate, what: str, timeout: float = 15.0):

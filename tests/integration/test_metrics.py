@@ -12,7 +12,7 @@ import taskmesh
 from taskmesh._transport import free_port
 
 from ..support.cli import fetch, tm
-from ..support.procs import descendants, shm_entries, stop_and_check
+from ..support.procs import embedded_cluster
 from ..support.wait import until
 
 pytestmark = pytest.mark.timeout(120)
@@ -21,15 +21,8 @@ pytestmark = pytest.mark.timeout(120)
 @pytest.fixture
 def metrics_cluster():
     """An embedded 2-CPU cluster of this test's own; what ``init()`` returned."""
-    if taskmesh.is_initialized():
-        taskmesh.shutdown()
-    before_shm = shm_entries()
-    info = taskmesh.init(num_cpus=2)
-    procs = descendants()
-    try:
+    with embedded_cluster(num_cpus=2) as info:
         yield info
-    finally:
-        stop_and_check(procs, before_shm)
 
 
 def _get(url: str, headers: dict | None = None, method: str = "GET") -> tuple[int, dict, str]:

@@ -3,7 +3,9 @@ waiting for them to go, killing what is left, and the entries of /dev/shm."""
 
 from __future__ import annotations
 
+import contextlib
 import os
+from typing import Any, Iterator
 
 import psutil
 
@@ -58,6 +60,21 @@ def kill_all(pids: set[int]) -> None:
             os.kill(pid, 9)
         except ProcessLookupError:
             pass
+
+
+@contextlib.contextmanager
+def embedded_cluster(**init_kwargs: Any) -> Iterator[dict]:
+    """An embedded cluster of the caller's own (one still running is shut down first):
+    what ``taskmesh.init(**init_kwargs)`` returned; at the end ``stop_and_check``."""
+    if taskmesh.is_initialized():
+        taskmesh.shutdown()
+    before_shm = shm_entries()
+    info = taskmesh.init(**init_kwargs)
+    procs = descendants()
+    try:
+        yield info
+    finally:
+        stop_and_check(procs, before_shm)
 
 
 def stop_and_check(procs: set[int], before_shm: set[str]) -> None:
