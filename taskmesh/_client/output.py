@@ -28,6 +28,7 @@ from .progress import BarManager
 
 _DIGIT = re.compile(r"\d")
 _stream_of = operator.itemgetter(0)
+_BARS = itertools.repeat(BAR)
 
 
 def _kind(text: str) -> str:
@@ -38,6 +39,14 @@ def _kind(text: str) -> str:
         return text
     search = _DIGIT.search
     return " ".join("*" if search(w) else w for w in text.split())
+
+
+def _no_digit(text: str) -> bool:
+    """Whether ``text`` holds no digit (then each of its lines is a kind of its own): ten
+    substring searches for ASCII text, faster than the regular expression's scan."""
+    if text.isascii():
+        return not any(map(text.__contains__, "0123456789"))
+    return _DIGIT.search(text) is None
 
 
 class _Held:
@@ -65,11 +74,12 @@ class Deduplicator:
             return [(stream, f"{prefix} {line}") for line in lines]
         out = []
         kinds = self._kinds
-        for line in lines:
+        sorts = lines if _no_digit("".join(lines)) else map(_kind, lines)
+        for line, sort in zip(lines, sorts):
             if not line.strip():
                 out.append((stream, f"{prefix} {line}"))
                 continue
-            key = (stream, _kind(line))
+            key = (stream, sort)
             held = kinds.get(key)
             if held is None or now >= held.until:
                 if held is not None and held.count:
@@ -146,7 +156,7 @@ class DriverOutput:
         with self._lock:
             shown: list[tuple[int, str]] = []
             for ip, label, pid, stream, lines in entries:
-                if any(line.startswith(BAR) for line in lines):
+                if any(map(str.startswith, lines, _BARS)):
                     lines = [line for line in lines
                              if not (line.startswith(BAR)
                                      and self.bars.feed((ip, pid), line[len(BAR):], now))]

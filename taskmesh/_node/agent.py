@@ -77,7 +77,7 @@ from .store_service import StoreService
 log = logging.getLogger("taskmesh.node")
 
 #: a worker's output pipe, once read, is left this long before it is watched again
-OUTPUT_READ_S = 0.02
+OUTPUT_READ_S = 0.05
 
 
 class _Worker:

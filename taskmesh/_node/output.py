@@ -17,8 +17,8 @@ Bounds: a line longer than ``MAX_LINE`` is cut (with a note saying how much); th
 forwarded per node are limited to ``rate`` bytes a second (a token bucket): beyond it they are
 counted and dropped from forwarding (the files still have them) and the driver is told how
 many. A worker that writes faster than the agent reads is slowed by its full pipe. The agent
-reads a pipe, then leaves it for 20 ms (each pipe holds 1 MiB meanwhile): a worker printing
-100,000 short lines a second wakes it 50 times a second, not 100,000.
+reads a pipe, then leaves it for 50 ms (each pipe holds 1 MiB meanwhile): a worker printing
+100,000 short lines a second wakes it 20 times a second, not 100,000.
 
 ``StreamParser`` and ``OutputBatcher`` decide; ``NodeOutput`` is the I/O part the agent calls.
 """

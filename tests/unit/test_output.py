@@ -222,6 +222,17 @@ def test_the_first_line_of_a_kind_shows_at_once_and_repeats_from_others_are_fold
     assert d.flush(6.0) == [] and d.next_due() is None
 
 
+def test_numbers_in_any_script_fold_and_runs_with_and_without_them_fold_alike():
+    d = Deduplicator(window_s=5.0)
+    d.feed(("ip", 1), 1, "(f)", ["plain", "epoch \u0663 done"], now=0.0)  # (Arabic-Indic 3)
+    # another process's lines of the same kinds are held; a new line is shown
+    assert d.feed(("ip", 2), 1, "(g)", ["plain", "epoch \u0664 done", "new"], now=0.1) == [
+        (1, "(g) new")]
+    assert d.feed(("ip", 3), 1, "(h)", ["epoch 7 done", "plain"], now=0.2) == []
+    assert sorted(d.flush(5.0)) == [(1, "(h) epoch 7 done [repeated 2x across cluster]"),
+                                    (1, "(h) plain [repeated 2x across cluster]")]
+
+
 def test_different_lines_and_streams_are_not_folded_and_folding_can_be_off():
     d = Deduplicator(window_s=5.0)
     d.feed(("ip", 1), 1, "(f pid=1)", ["done"], now=0.0)
