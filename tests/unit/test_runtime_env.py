@@ -1,0 +1,196 @@
+"""runtime_env: checking, merging (Ray's inheritance), and packages (what is packed, how it
+is named, unpacked once, refused when unsafe or too big)."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import zipfile
+
+import pytest
+
+from taskmesh._runtime_env import RuntimeEnvError, merge, validate
+from taskmesh._runtime_env import package as pkg
+
+# ------------------------------------------------------------------ checking
+
+
+def test_none_and_empty_are_no_environment_and_fields_set_to_none_are_unset():
+    assert validate(None) == {}
+    assert validate({}) == {}
+    assert validate({"env_vars": None, "pip": None}) == {}
+
+
+@pytest.mark.parametrize("env, words", [
+    ({"conda": "env.yml"}, ["['conda'] is not supported", "use 'pip'"]),
+    ({"container": {"image": "x"}}, ["not supported", "container"]),
+    ({"workdir": "."}, ["unknown field 'workdir'", "env_vars", "working_dir"]),
+    ({"env_vars": {"A": 1}}, ["['A'] must be a str", "int"]),
+    ({"env_vars": {"A=B": "1"}}, ["not a valid variable name"]),
+    ({"env_vars": ["A"]}, ["must be a dict"]),
+    ({"working_dir": "/no/such/dir/anywhere"}, ["does not exist"]),
+    ({"working_dir": "s3://bucket/pkg.zip"}, ["remote URIs", "not supported"]),
+    ({"py_modules": "mylib"}, ["must be a list"]),
+    ({"pip": 3}, ["list of requirements"]),
+    ({"pip": {"pkgs": ["x"]}}, ["unknown keys ['pkgs']"]),
+    ({"pip": ["--user", "x"]}, ["option '--user' is not allowed"]),
+    ({"config": {"setup_timeout_seconds": 0}}, ["positive int, or -1"]),
+    ({"excludes": "*.log"}, ["list of gitignore-style patterns"]),
+    ("env", ["must be a dict, got str"]),
+])
+def test_bad_runtime_envs_are_refused_with_the_field_and_the_fix(env, words):
+    with pytest.raises(RuntimeEnvError) as info:
+        validate(env)
+    assert isinstance(info.value, ValueError)
+    for w in words:
+        assert w in str(info.value)
+
+
+def test_paths_become_absolute_and_pip_takes_one_form(tmp_path, monkeypatch):
+    (tmp_path / "proj").mkdir()
+    req = tmp_path / "requirements.txt"
+    req.write_text("# pinned\nsix==1.16.0  # for tests\n\nidna\n")
+    monkeypatch.chdir(tmp_path)
+    env = validate({"working_dir": "proj", "pip": "requirements.txt",
+                    "env_vars": {"A": "1"}, "config": {"setup_timeout_seconds": -1}})
+    assert env["working_dir"] == str(tmp_path / "proj")
+    assert env["pip"] == {"packages": ["six==1.16.0", "idna"], "pip_check": False}
+    assert validate({"pip": {"packages": ["six"], "pip_check": True, "pip_version": "==24.0"}})[
+        "pip"] == {"packages": ["six"], "pip_check": True, "pip_version": "==24.0"}
+    assert validate({"pip": ["six", " "]})["pip"]["packages"] == ["six"]
+
+
+def test_a_module_object_ships_its_package_directory_or_its_file():
+    import email  # a package
+    import json.decoder as one  # a module file
+    mods = validate({"py_modules": [email, one]})["py_modules"]
+    assert mods == [os.path.dirname(email.__file__), one.__file__]
+    with pytest.raises(RuntimeEnvError, match="has no file"):
+        validate({"py_modules": [__import__("sys")]})
+
+
+def test_a_child_replaces_its_parents_fields_but_merges_env_vars_as_ray_does():
+    parent = {"env_vars": {"A": "1", "B": "2"}, "pip": {"packages": ["six"],
+                                                        "pip_check": False}}
+    child = {"env_vars": {"B": "3", "C": "4"}, "working_dir": "/w"}
+    assert merge(parent, child) == {"env_vars": {"A": "1", "B": "3", "C": "4"},
+                                    "pip": parent["pip"], "working_dir": "/w"}
+    assert merge(parent, {"pip": {"packages": [], "pip_check": False}})["pip"]["packages"] == []
+    assert merge({}, child) is child and merge(parent, {}) is parent
+
+
+# ------------------------------------------------------------------ packages
+
+
+def _tree(root, files: dict[str, str]) -> None:
+    for name, text in files.items():
+        path = root / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
+
+
+def test_what_is_packed_leaves_out_git_caches_gitignored_and_excluded_files(tmp_path):
+    _tree(tmp_path, {
+        "main.py": "import mylib", "mylib/__init__.py": "X = 1", "mylib/util.py": "",
+        ".git/HEAD": "ref", "mylib/__pycache__/util.cpython-311.pyc": "b",
+        ".gitignore": "*.log\nbuild/\n", "run.log": "x", "build/out.bin": "x",
+        "data/.gitignore": "raw/\n", "data/raw/a.csv": "1", "data/clean.csv": "2",
+        "notes/todo.txt": "x", "mylib/notes/keep.txt": "x",
+    })
+    tree = pkg.scan(str(tmp_path), ["/notes/", "*.txt", "!keep.txt"])
+    assert [e.name for e in tree.entries] == [
+        ".gitignore", "data/.gitignore", "data/clean.csv", "main.py", "mylib/__init__.py",
+        "mylib/notes/keep.txt", "mylib/util.py"]
+    assert tree.size == sum(e.size for e in tree.entries)
+
+
+def test_the_name_follows_content_names_and_exec_bits_not_times_or_place(tmp_path):
+    a, b = tmp_path / "a", tmp_path / "b"
+    for root in (a, b):
+        _tree(root, {"m.py": "print(1)", "sub/n.py": "x = 2"})
+    os.utime(b / "m.py", (1, 1))
+    name = pkg.digest(pkg.scan(str(a)))
+    assert name.startswith("pkg_") and name == pkg.digest(pkg.scan(str(b)))
+    assert pkg.zip_bytes(pkg.scan(str(a))) == pkg.zip_bytes(pkg.scan(str(b)))  # (reproducible)
+    (b / "sub/n.py").write_text("x = 3")
+    assert pkg.digest(pkg.scan(str(b))) != name
+    (b / "sub/n.py").write_text("x = 2")
+    assert pkg.digest(pkg.scan(str(b))) == name
+    os.chmod(b / "m.py", 0o755)
+    assert pkg.digest(pkg.scan(str(b))) != name
+    (b / "m.py").rename(b / "m2.py")
+    assert pkg.digest(pkg.scan(str(b))) != name
+
+
+def test_a_package_over_the_limit_names_its_biggest_files(tmp_path):
+    _tree(tmp_path, {"small.py": "x"})
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "big.bin").write_bytes(b"\0" * 300_000)
+    (tmp_path / "model.ckpt").write_bytes(b"\0" * 200_000)
+    with pytest.raises(RuntimeEnvError) as info:
+        pkg.scan(str(tmp_path), max_bytes=400_000)
+    text = str(info.value)
+    assert "over the limit" in text and "data/big.bin (0.3 MiB)" in text
+    assert text.index("data/big.bin") < text.index("model.ckpt")
+    assert "excludes" in text and "TASKMESH_RUNTIME_ENV_MAX_MB" in text
+    assert pkg.scan(str(tmp_path), ["data/", "*.ckpt"], max_bytes=400_000).size == 1
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root reads every file")
+def test_a_file_that_cannot_be_read_is_named(tmp_path):
+    _tree(tmp_path, {"secret.py": "x"})
+    os.chmod(tmp_path / "secret.py", 0)
+    with pytest.raises(RuntimeEnvError, match="secret.py.*excludes"):
+        pkg.scan(str(tmp_path))
+
+
+def test_unpacked_once_with_exec_bits_and_the_same_files(tmp_path):
+    src = tmp_path / "src"
+    _tree(src, {"run.sh": "#!/bin/sh\necho hi\n", "lib/m.py": "X = 1\n",
+                "blob.npz": "zz"})
+    os.chmod(src / "run.sh", 0o755)
+    tree = pkg.scan(str(src))
+    name = pkg.digest(tree)
+    cache = tmp_path / "cache"
+    where = pkg.unpack(pkg.zip_bytes(tree), str(cache), name)
+    assert where == str(cache / name)
+    assert (cache / name / "lib/m.py").read_text() == "X = 1\n"
+    assert os.access(cache / name / "run.sh", os.X_OK)
+    assert not os.access(cache / name / "lib/m.py", os.X_OK)
+    assert pkg.digest(pkg.scan(where)) == name  # (what came out is what went in)
+    assert pkg.unpack(b"not even a zip", str(cache), name) == where  # (there: not again)
+    assert sorted(os.listdir(cache)) == [name]  # (no part-unpacked leftovers)
+
+
+def test_a_package_keeps_its_name_for_py_modules_and_one_file_is_a_package(tmp_path):
+    _tree(tmp_path, {"mylib/__init__.py": "", "mylib/a.py": "", "single.py": "Y = 2"})
+    assert [e.name for e in pkg.scan(str(tmp_path / "mylib"), keep_name=True).entries] == [
+        "mylib/__init__.py", "mylib/a.py"]
+    one = pkg.scan(str(tmp_path / "single.py"))
+    assert [e.name for e in one.entries] == ["single.py"] and not one.archive
+
+
+def test_a_zip_is_shipped_as_is_and_one_top_directory_is_the_working_dir(tmp_path):
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as z:
+        z.writestr("project/main.py", "print('hi')")
+        z.writestr("project/data.json", json.dumps([1]))
+    (tmp_path / "p.zip").write_bytes(buf.getvalue())
+    tree = pkg.scan(str(tmp_path / "p.zip"))
+    assert tree.archive and pkg.zip_bytes(tree) == buf.getvalue()
+    where = pkg.unpack(pkg.zip_bytes(tree), str(tmp_path / "cache"), pkg.digest(tree))
+    assert pkg.working_path(where, True) == os.path.join(where, "project")
+    assert pkg.working_path(where, False) == where
+
+
+@pytest.mark.parametrize("member", ["../evil.py", "/etc/evil", "a/../../evil", "C:/evil"])
+def test_a_member_outside_the_package_is_refused_and_nothing_is_left(tmp_path, member):
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as z:
+        z.writestr("ok.py", "")
+        z.writestr(member, "boom")
+    with pytest.raises(RuntimeEnvError, match="outside the package"):
+        pkg.unpack(buf.getvalue(), str(tmp_path / "cache"), "pkg_x")
+    assert os.listdir(tmp_path / "cache") == []
+    assert not (tmp_path / "evil.py").exists()
