@@ -51,6 +51,9 @@ CONFIG_FIELDS = ("setup_timeout_seconds", "eager_install")
 #: the default of config.setup_timeout_seconds (Ray's)
 SETUP_TIMEOUT_S = 600
 _ARCHIVES = (".zip", ".whl")
+#: pip options a requirement line may hold (where packages come from; nothing else)
+PIP_OPTIONS = ("--index-url", "--extra-index-url", "-i ", "--find-links", "-f ", "--no-index",
+               "--pre", "--trusted-host")
 
 
 class RuntimeEnvError(ValueError):
@@ -190,10 +193,9 @@ def _pip(value: Any, what: str) -> dict[str, Any]:
         raise RuntimeEnvError(f"{what} must be a list of requirements, a requirements file or "
                               "a dict with 'packages'")
     for p in packages:
-        if p.startswith("-") and not p.startswith(("--index-url", "--extra-index-url",
-                                                   "-i ", "--find-links", "-f ")):
+        if p.startswith("-") and not p.startswith(PIP_OPTIONS):
             raise RuntimeEnvError(f"{what}: option {p.split()[0]!r} is not allowed (only "
-                                  "--index-url, --extra-index-url and --find-links)")
+                                  + ", ".join(o.strip() for o in PIP_OPTIONS) + ")")
     return {"packages": packages, **extra}
 
 

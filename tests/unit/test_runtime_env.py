@@ -194,3 +194,36 @@ def test_a_member_outside_the_package_is_refused_and_nothing_is_left(tmp_path, m
         pkg.unpack(buf.getvalue(), str(tmp_path / "cache"), "pkg_x")
     assert os.listdir(tmp_path / "cache") == []
     assert not (tmp_path / "evil.py").exists()
+
+
+# ------------------------------------------------------------------ the node's cache
+
+
+def test_the_cache_removes_old_entries_then_the_oldest_over_the_cap_never_one_in_use(tmp_path):
+    from taskmesh._runtime_env import cache
+
+    def entry(name: str, size: int, used: float) -> None:
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "f").write_bytes(b"x" * size)
+        (tmp_path / (name + ".lock")).write_text("")
+        os.utime(tmp_path / name, (used, used))
+
+    day = 24 * 3600.0
+    now = 100 * day
+    entry("pkg_old", 10, now - 30 * day)
+    entry("pip_old_in_use", 10, now - 30 * day)
+    entry("pkg_a", 500, now - 3 * day)
+    entry("pip_b", 500, now - 2 * day)
+    entry("pkg_c", 500, now - 1 * day)
+    (tmp_path / "pkg_d.part-123").mkdir()  # (being unpacked: not an entry)
+    (tmp_path / "other").mkdir()  # (not the cache's)
+    removed = cache.collect(str(tmp_path), in_use={"pip_old_in_use"}, max_age_s=7 * day,
+                            max_bytes=1100, now=now)
+    assert removed == ["pkg_old", "pkg_a"]
+    assert sorted(os.listdir(tmp_path)) == [
+        "other", "pip_b", "pip_b.lock", "pip_old_in_use", "pip_old_in_use.lock", "pkg_c",
+        "pkg_c.lock", "pkg_d.part-123"]
+    # a cap below what is in use removes everything else, and nothing in use
+    assert cache.collect(str(tmp_path), in_use={"pip_b", "pkg_c"}, max_bytes=0,
+                         now=now) == ["pip_old_in_use"]
+    assert cache.collect(str(tmp_path / "missing")) == []
