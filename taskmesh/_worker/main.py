@@ -241,6 +241,12 @@ class Worker:
             outer_in_user_code = self.in_user_code  # (a Help task runs inside a blocked one)
             try:
                 self.in_user_code = True
+                # a cancel that came while the task was being set up (after the check at the
+                # top, or while its inputs were read): its signal found no task to stop, or
+                # none in user code; the control thread adds the id before it looks, so one
+                # that comes after this check finds the task and signals it
+                if a.task_id in self.cancelled:
+                    raise _Interrupted("TaskCancelledError", "was cancelled by taskmesh.cancel()")
                 if not a.method:
                     result = fn(*args, **kwargs)
                 elif a.method == "__init__":
@@ -253,6 +259,7 @@ class Worker:
                     signal.setitimer(signal.ITIMER_REAL, 0)
                     self.timed_out = None
         except _Interrupted as stop:
+            self.cancelled.discard(a.task_id)
             what = (f"ran longer than its timeout_s={a.timeout_s:g} s and was stopped"
                     if stop.kind == "TaskTimeoutError" else stop.what)
             returns = [P.SerializedObject.system_error(

@@ -118,6 +118,36 @@ def test_an_actor_call_can_be_cancelled_and_the_actor_lives_on(cluster):
     assert taskmesh.get(a.nap.remote(0.01), timeout=30) == 0.01
 
 
+def test_a_call_cancelled_while_its_arguments_are_read_never_runs(cluster):
+    """The cancel comes while the worker is still reading the call's arguments (before the
+    user's code): the interrupt then finds no user code to stop, and the call must not start
+    afterwards (it did, and held the actor for its whole run)."""
+
+    def slowly(value):
+        time.sleep(1.0)  # (in the worker, as the argument is unpickled)
+        return value
+
+    class SlowToRead:
+        def __reduce__(self):
+            return (slowly, (None,))
+
+    @taskmesh.remote
+    class Slow:
+        def nap(self, s, _arg=None):
+            time.sleep(s)
+            return s
+
+    a = Slow.remote()
+    assert taskmesh.get(a.nap.remote(0), timeout=30) == 0
+    running = a.nap.remote(600, SlowToRead())
+    queued = a.nap.remote(0)
+    time.sleep(0.5)  # (the worker is reading the first call's arguments)
+    taskmesh.cancel(running)
+    with pytest.raises(taskmesh.TaskCancelledError):
+        taskmesh.get(running, timeout=30)
+    assert taskmesh.get(queued, timeout=30) == 0
+
+
 def test_bad_timeout_is_a_clear_error():
     with pytest.raises(ValueError, match="timeout_s must be a number of seconds > 0"):
         nap.options(timeout_s=0)

@@ -118,3 +118,36 @@ def test_a_stuck_index_is_cut_off_by_the_set_up_time_out(tmp_path):
         assert os.listdir(tmp_path / "cache") == [pip_env.env_name(pip) + ".lock"]
     finally:
         listener.close()
+
+
+def test_a_process_started_for_an_environment_has_its_code_packages_and_variables(tmp_path):
+    from taskmesh._runtime_env import apply
+    from taskmesh._runtime_env import package as pkg
+
+    wheels = tmp_path / "wheels"
+    wheels.mkdir()
+    _wheel(str(wheels), value=5)
+    proj, lib = tmp_path / "proj", tmp_path / "lib" / "helpers"
+    proj.mkdir()
+    (proj / "mylib.py").write_text("NAME = 'mylib from the working_dir'\n")
+    (proj / "data.txt").write_text("read relative to the working_dir\n")
+    lib.mkdir(parents=True)
+    (lib / "__init__.py").write_text("HELP = 'helpers from py_modules'\n")
+    cache = str(tmp_path / "cache")
+
+    def ship(path: str, keep_name: bool) -> str:  # packed on the driver, unpacked on a node
+        tree = pkg.scan(path, keep_name=keep_name)
+        return pkg.unpack(pkg.zip_bytes(tree), cache, pkg.digest(tree))
+
+    env = pip_env.build(_pip(str(wheels), "tmdemo==0.1"), cache, str(tmp_path / "pip.log"))
+    ready = apply.Ready("env_t", working_dir=ship(str(proj), False),
+                        py_paths=(ship(str(lib), True),), python=pip_env.python_of(env),
+                        env_vars={"TM_TEST_VAR": "set before import"})
+    code = ("import os, mylib, helpers, tmdemo; "
+            "print(mylib.NAME, helpers.HELP, tmdemo.VALUE, os.environ['TM_TEST_VAR'], "
+            "open('data.txt').read().strip(), os.environ['TASKMESH_RUNTIME_ENV_ID'], sep='|')")
+    argv, environ, cwd = apply.launch(ready, [sys.executable, "-c", code], dict(os.environ))
+    out = subprocess.run(argv, env=environ, cwd=cwd, capture_output=True, text=True,
+                         timeout=60, check=True).stdout.strip()
+    assert out.split("|") == ["mylib from the working_dir", "helpers from py_modules", "5",
+                              "set before import", "read relative to the working_dir", "env_t"]

@@ -227,3 +227,52 @@ def test_the_cache_removes_old_entries_then_the_oldest_over_the_cap_never_one_in
     assert cache.collect(str(tmp_path), in_use={"pip_b", "pkg_c"}, max_bytes=0,
                          now=now) == ["pip_old_in_use"]
     assert cache.collect(str(tmp_path / "missing")) == []
+
+
+# ------------------------------------------------------------------ wire form and launch
+
+
+def test_the_wire_form_names_packages_and_equal_forms_are_one_environment(tmp_path):
+    from taskmesh._runtime_env import apply
+
+    _tree(tmp_path / "proj", {"main.py": "", "big.log": "x"})
+    _tree(tmp_path / "lib", {"mylib/__init__.py": ""})
+    packed = []
+
+    def pack(path, excludes, keep_name):
+        packed.append((path, tuple(excludes), keep_name))
+        tree = pkg.scan(path, excludes, keep_name=keep_name)
+        return {"pkg": pkg.digest(tree), "archive": tree.archive}
+
+    env = validate({"working_dir": str(tmp_path / "proj"),
+                    "py_modules": [str(tmp_path / "lib" / "mylib")], "excludes": ["*.log"],
+                    "env_vars": {"A": "1"}, "config": {"setup_timeout_seconds": 60}})
+    wire = apply.wire_form(env, pack)
+    assert packed == [(str(tmp_path / "proj"), ("*.log",), False),
+                      (str(tmp_path / "lib" / "mylib"), ("*.log",), True)]
+    assert set(wire) == {"working_dir", "py_modules", "env_vars", "config"}
+    assert wire["working_dir"]["pkg"].startswith("pkg_")
+    ident = apply.env_id(wire)
+    assert ident.startswith("env_")
+    # the same files elsewhere, another set-up time-out: the same environment
+    _tree(tmp_path / "copy", {"main.py": "", "other.log": "y"})
+    again = apply.wire_form(validate({**env, "working_dir": str(tmp_path / "copy"),
+                                      "config": {"setup_timeout_seconds": 5}}), pack)
+    assert apply.env_id(again) == ident
+    assert apply.env_id(apply.wire_form(validate({**env, "env_vars": {"A": "2"}}), pack)) != ident
+    assert apply.env_id({}) == "" and apply.env_id({"config": {"eager_install": True}}) == ""
+
+
+def test_a_worker_for_an_environment_starts_in_it():
+    from taskmesh._runtime_env.apply import ENV_ID_VAR, Ready, launch
+
+    base_argv = ["/usr/bin/python3", "-m", "taskmesh._worker", "--head", "h"]
+    argv, env, cwd = launch(Ready("env_1"), base_argv, {"PATH": "/bin"})
+    assert argv == base_argv and cwd is None
+    assert env == {"PATH": "/bin", ENV_ID_VAR: "env_1"}
+    ready = Ready("env_2", working_dir="/c/pkg_w", py_paths=("/c/pkg_m",),
+                  python="/c/pip_x/bin/python", env_vars={"OMP_NUM_THREADS": "1", "PATH": "/x"})
+    argv, env, cwd = launch(ready, base_argv, {"PATH": "/bin", "PYTHONPATH": "/site"})
+    assert argv == ["/c/pip_x/bin/python", *base_argv[1:]] and cwd == "/c/pkg_w"
+    assert env["PYTHONPATH"] == os.pathsep.join(["/c/pkg_w", "/c/pkg_m", "/site"])
+    assert env["OMP_NUM_THREADS"] == "1" and env["PATH"] == "/x" and env[ENV_ID_VAR] == "env_2"

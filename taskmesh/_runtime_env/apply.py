@@ -1,0 +1,77 @@
+"""From a checked runtime_env to a running worker: the form that travels (packages by name,
+not local paths), the environment's id (which workers may share), and how a worker for it
+is started on a node.
+
+    driver: validate() ──▶ wire_form(env, pack) ──▶ {"working_dir": "pkg_…", ...} ──▶ env_id()
+    node:   the packages unpacked, the pip environment made ──▶ Ready ──▶ launch(...)
+
+Two runtime_envs with the same wire form are one environment: their tasks may share workers,
+whichever driver sent them. A worker for an environment is a new interpreter (the
+environment's, for pip) started in its working_dir, with ``PYTHONPATH`` = working_dir, then
+py_modules, then whatever ``PYTHONPATH`` it had, and its env_vars set before anything runs
+(so that variables read at import, such as ``OMP_NUM_THREADS``, take effect).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+#: the variable that tells a worker which environment it is for
+ENV_ID_VAR = "TASKMESH_RUNTIME_ENV_ID"
+
+
+def wire_form(env: dict[str, Any], pack: Callable[[str, list[str], bool], dict]) -> dict:
+    """``env`` (checked by ``spec.validate``) with working_dir and each py_module replaced by
+    what ``pack(path, excludes, keep_name)`` returns for it (``{"pkg": name, "archive": bool}``,
+    the package uploaded or found); ``excludes`` has done its work and does not travel."""
+    out: dict[str, Any] = {}
+    excludes = env.get("excludes", [])
+    if "working_dir" in env:
+        out["working_dir"] = pack(env["working_dir"], excludes, False)
+    if "py_modules" in env:
+        out["py_modules"] = [pack(p, excludes, True) for p in env["py_modules"]]
+    for key in ("env_vars", "pip", "config"):
+        if key in env:
+            out[key] = env[key]
+    return out
+
+
+def env_id(wire: dict) -> str:
+    """The environment's id: "" for the default (nothing set), else a hash of what decides
+    what a worker is (not ``config``, which only says how to set it up)."""
+    decides = {k: v for k, v in wire.items() if k != "config"}
+    if not decides:
+        return ""
+    text = json.dumps(decides, sort_keys=True, separators=(",", ":")).encode()
+    return "env_" + hashlib.sha256(text).hexdigest()[:32]
+
+
+@dataclass(frozen=True)
+class Ready:
+    """An environment made ready on a node: where its parts are."""
+
+    env_id: str
+    working_dir: str | None = None  # the unpacked working_dir
+    py_paths: tuple[str, ...] = ()  # what goes on sys.path for py_modules
+    python: str | None = None  # the pip environment's interpreter (None: the node's)
+    env_vars: dict[str, str] = field(default_factory=dict)
+
+
+def launch(ready: Ready, argv: list[str], base_env: dict[str, str]
+           ) -> tuple[list[str], dict[str, str], str | None]:
+    """The argv, environment and current directory of a worker for ``ready``, given the
+    default worker's argv (``[python, "-m", ...]``) and environment."""
+    env = dict(base_env)
+    env.update(ready.env_vars)
+    front = ([ready.working_dir] if ready.working_dir else []) + list(ready.py_paths)
+    if front:
+        rest = env.get("PYTHONPATH", "")
+        env["PYTHONPATH"] = os.pathsep.join(front + ([rest] if rest else []))
+    env[ENV_ID_VAR] = ready.env_id
+    if ready.python:
+        argv = [ready.python, *argv[1:]]
+    return argv, env, ready.working_dir
