@@ -276,3 +276,70 @@ def test_a_worker_for_an_environment_starts_in_it():
     assert argv == ["/c/pip_x/bin/python", *base_argv[1:]] and cwd == "/c/pkg_w"
     assert env["PYTHONPATH"] == os.pathsep.join(["/c/pkg_w", "/c/pkg_m", "/site"])
     assert env["OMP_NUM_THREADS"] == "1" and env["PATH"] == "/x" and env[ENV_ID_VAR] == "env_2"
+
+
+# ------------------------------------------------------------------ set-up on a node
+
+
+def _setups():
+    from taskmesh._runtime_env.setup import Setups
+    return Setups(lambda pip: "pip_" + "_".join(pip["packages"]),
+                  lambda unpacked: unpacked + "/inside")
+
+
+def test_an_environment_starts_its_workers_once_every_part_is_ready_and_parts_are_shared():
+    from taskmesh._runtime_env.setup import Build, Fetch, Start
+    s = _setups()
+    wd, mod = {"pkg": "pkg_w", "archive": False}, {"pkg": "pkg_m", "archive": False}
+    pip = {"packages": ["six"], "pip_check": False}
+    a = {"working_dir": wd, "py_modules": [mod], "pip": pip, "env_vars": {"A": "1"}}
+    b = {"working_dir": wd, "env_vars": {"B": "2"}}
+    assert s.need("env_a", a, 2, now=0.0) == [
+        Fetch("pkg_w", wd), Fetch("pkg_m", mod), Build("pip_six", pip, 600)]
+    assert s.need("env_b", b, 1, now=0.1) == []  # (its one package is being fetched)
+    assert s.need("env_a", a, 1, now=0.2) == []  # (more workers, when it is ready)
+    (start_b,) = s.part_ready("pkg_w", "/c/pkg_w")
+    assert start_b == Start(start_b.ready, 1) and start_b.ready.env_id == "env_b"
+    assert start_b.ready.working_dir == "/c/pkg_w" and start_b.ready.env_vars == {"B": "2"}
+    assert s.part_ready("pkg_m", "/c/pkg_m") == []  # (pip still building)
+    (start_a,) = s.part_ready("pip_six", "/c/pip_six")
+    assert start_a.count == 3 and start_a.ready.python == "/c/pip_six/bin/python"
+    assert start_a.ready.py_paths == ("/c/pkg_m",) and start_a.ready.working_dir == "/c/pkg_w"
+    # ready: more workers start at once, nothing fetched again
+    assert s.need("env_a", a, 1, now=5.0) == [Start(start_a.ready, 1)]
+    assert s.part_ready("pkg_unknown", "/x") == [] and s.part_failed("pkg_unknown", "x") == []
+
+
+def test_a_failed_part_fails_every_environment_waiting_for_it_and_is_tried_again_later():
+    from taskmesh._runtime_env.setup import Build, Failed, Fetch
+    s = _setups()
+    pip = {"packages": ["nope==9"], "pip_check": False}
+    wd = {"pkg": "pkg_z", "archive": True}
+    s.need("env_1", {"pip": pip}, 1, now=0.0)
+    s.need("env_2", {"pip": pip, "working_dir": wd}, 1, now=0.0)
+    error = "pip install nope==9 failed (exit code 1):\nNo matching distribution found"
+    assert s.part_failed("pip_nope==9", error) == [Failed("env_1", error), Failed("env_2", error)]
+    assert s.part_ready("pkg_z", "/c/pkg_z") == []  # (env_2 is gone: nothing starts)
+    assert s.need("env_1", {"pip": pip}, 1, now=1.0) == [
+        Build("pip_nope==9", pip, 600)]  # (asked again: tried again)
+    # a zip's single top directory is the working_dir
+    (start,) = s.need("env_3", {"working_dir": wd}, 1, now=1.0)
+    assert start.ready.working_dir == "/c/pkg_z/inside"
+    assert Fetch("pkg_z", wd) not in s.need("env_4", {"working_dir": wd}, 0, now=1.0)
+
+
+def test_an_environment_not_ready_within_its_set_up_time_out_fails_and_none_is_no_limit():
+    from taskmesh._runtime_env.setup import Failed
+    s = _setups()
+    pip = {"packages": ["slow"], "pip_check": False}
+    s.need("env_t", {"pip": pip, "config": {"setup_timeout_seconds": 30}}, 1, now=0.0)
+    s.need("env_n", {"pip": {"packages": ["slow2"], "pip_check": False},
+                     "config": {"setup_timeout_seconds": -1}}, 1, now=0.0)
+    assert s.tick(29.0) == []
+    (late,) = s.tick(31.0)
+    assert isinstance(late, Failed) and late.env_id == "env_t"
+    assert "within its set-up time-out of 30 s" in late.message
+    assert s.tick(10_000.0) == []  # (no limit)
+    assert s.part_ready("pip_slow", "/c/pip_slow") == []  # (it failed: nothing to start)
+    s.forget("env_n")
+    assert s.part_ready("pip_slow2", "/c/p") == [] and "env_n" not in s.envs
