@@ -38,6 +38,8 @@ _COMPRESSED = (".zip", ".gz", ".bz2", ".xz", ".zst", ".lz4", ".whl", ".npz", ".p
                ".jpeg", ".gif", ".webp", ".mp4", ".parquet", ".7z", ".jar")
 _ZIP_TIME = (1980, 1, 1, 0, 0, 0)
 _CHUNK = 1 << 20
+#: files up to this size are read whole when zipped; bigger ones stream
+_WHOLE = 16 << 20
 
 
 def max_bytes_from_env() -> int:
@@ -202,8 +204,12 @@ def zip_bytes(tree: Tree) -> bytes:
             stored = e.name.lower().endswith(_COMPRESSED)
             info.compress_type = zipfile.ZIP_STORED if stored else zipfile.ZIP_DEFLATED
             try:
-                with open(e.path, "rb") as src, z.open(info, "w", force_zip64=True) as dst:
-                    shutil.copyfileobj(src, dst, _CHUNK)
+                with open(e.path, "rb") as src:
+                    if e.size <= _WHOLE:  # (level 1: faster than the default, a little bigger)
+                        z.writestr(info, src.read(), compresslevel=None if stored else 1)
+                    else:  # (a big file streams, at the default level)
+                        with z.open(info, "w", force_zip64=True) as dst:
+                            shutil.copyfileobj(src, dst, _CHUNK)
             except OSError as exc:
                 raise RuntimeEnvError(f"cannot read {e.path}: {exc.strerror}") from None
     return buf.getvalue()
@@ -215,6 +221,7 @@ def unpack(data: bytes | memoryview, cache_dir: str, name: str) -> str:
     directory are refused."""
     dest = os.path.join(cache_dir, name)
     if os.path.isdir(dest):
+        os.utime(dest)  # (used again: younger for the clean-up)
         return dest
     os.makedirs(cache_dir, exist_ok=True)
     tmp = f"{dest}.part-{os.getpid()}"

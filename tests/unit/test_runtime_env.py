@@ -343,3 +343,15 @@ def test_an_environment_not_ready_within_its_set_up_time_out_fails_and_none_is_n
     assert s.part_ready("pip_slow", "/c/pip_slow") == []  # (it failed: nothing to start)
     s.forget("env_n")
     assert s.part_ready("pip_slow2", "/c/p") == [] and "env_n" not in s.envs
+
+
+def test_big_files_stream_into_the_zip_and_come_out_the_same(tmp_path, monkeypatch):
+    monkeypatch.setattr(pkg, "_WHOLE", 100)  # (every file over 100 bytes streams)
+    src = tmp_path / "src"
+    _tree(src, {"small.py": "x", "big.txt": "line\n" * 1000})
+    (src / "raw.bin").write_bytes(os.urandom(5000))
+    tree = pkg.scan(str(src))
+    where = pkg.unpack(pkg.zip_bytes(tree), str(tmp_path / "cache"), pkg.digest(tree))
+    assert pkg.digest(pkg.scan(where)) == pkg.digest(tree)
+    assert (tmp_path / "cache" / pkg.digest(tree) / "raw.bin").read_bytes() == (
+        src / "raw.bin").read_bytes()
