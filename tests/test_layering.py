@@ -23,7 +23,7 @@ SANS_IO = {
     "taskmesh._dashboard.auth", "taskmesh._dashboard.api",
     "taskmesh._store.state", "taskmesh._store.allocator", "taskmesh._node.state",
     "taskmesh._client.refs", "taskmesh._protocol", "taskmesh._signature", "taskmesh._checks",
-    "taskmesh._runtime_env.setup", "taskmesh._runtime_env.apply",
+    "taskmesh._runtime_env.setups", "taskmesh._runtime_env.apply",
 }
 IO_LIBRARIES = {"zmq", "socket", "select", "selectors", "threading", "asyncio", "subprocess",
                 "time", "multiprocessing"}

@@ -282,13 +282,13 @@ def test_a_worker_for_an_environment_starts_in_it():
 
 
 def _setups():
-    from taskmesh._runtime_env.setup import Setups
+    from taskmesh._runtime_env.setups import Setups
     return Setups(lambda pip: "pip_" + "_".join(pip["packages"]),
                   lambda unpacked: unpacked + "/inside")
 
 
 def test_an_environment_starts_its_workers_once_every_part_is_ready_and_parts_are_shared():
-    from taskmesh._runtime_env.setup import Build, Fetch, Start
+    from taskmesh._runtime_env.setups import Build, Fetch, Start
     s = _setups()
     wd, mod = {"pkg": "pkg_w", "archive": False}, {"pkg": "pkg_m", "archive": False}
     pip = {"packages": ["six"], "pip_check": False}
@@ -311,7 +311,7 @@ def test_an_environment_starts_its_workers_once_every_part_is_ready_and_parts_ar
 
 
 def test_a_failed_part_fails_every_environment_waiting_for_it_and_is_tried_again_later():
-    from taskmesh._runtime_env.setup import Build, Failed, Fetch
+    from taskmesh._runtime_env.setups import Build, Failed, Fetch
     s = _setups()
     pip = {"packages": ["nope==9"], "pip_check": False}
     wd = {"pkg": "pkg_z", "archive": True}
@@ -329,7 +329,7 @@ def test_a_failed_part_fails_every_environment_waiting_for_it_and_is_tried_again
 
 
 def test_an_environment_not_ready_within_its_set_up_time_out_fails_and_none_is_no_limit():
-    from taskmesh._runtime_env.setup import Failed
+    from taskmesh._runtime_env.setups import Failed
     s = _setups()
     pip = {"packages": ["slow"], "pip_check": False}
     s.need("env_t", {"pip": pip, "config": {"setup_timeout_seconds": 30}}, 1, now=0.0)
