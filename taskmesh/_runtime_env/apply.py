@@ -9,7 +9,8 @@ Two runtime_envs with the same wire form are one environment: their tasks may sh
 whichever driver sent them. A worker for an environment is a new interpreter (the
 environment's, for pip) started in its working_dir, with ``PYTHONPATH`` = working_dir, then
 py_modules, then whatever ``PYTHONPATH`` it had, and its env_vars set before anything runs
-(so that variables read at import, such as ``OMP_NUM_THREADS``, take effect).
+(so that variables read at import, such as ``OMP_NUM_THREADS``, take effect; ``${NAME}`` in a
+value is the node's NAME, as Ray expands it).
 """
 
 from __future__ import annotations
@@ -17,11 +18,13 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
 #: the variable that tells a worker which environment it is for
 ENV_ID_VAR = "TASKMESH_RUNTIME_ENV_ID"
+_REFERENCE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 
 
 def wire_form(env: dict[str, Any], pack: Callable[[str, list[str], bool], dict]) -> dict:
@@ -66,7 +69,7 @@ def launch(ready: Ready, argv: list[str], base_env: dict[str, str]
     """The argv, environment and current directory of a worker for ``ready``, given the
     default worker's argv (``[python, "-m", ...]``) and environment."""
     env = dict(base_env)
-    env.update(ready.env_vars)
+    env.update({k: _expand(v, base_env) for k, v in ready.env_vars.items()})
     front = ([ready.working_dir] if ready.working_dir else []) + list(ready.py_paths)
     if front:
         rest = env.get("PYTHONPATH", "")
@@ -75,3 +78,11 @@ def launch(ready: Ready, argv: list[str], base_env: dict[str, str]
     if ready.python:
         argv = [ready.python, *argv[1:]]
     return argv, env, ready.working_dir
+
+
+def _expand(value: str, base_env: dict[str, str]) -> str:
+    """``${NAME}`` in an env_vars value is the node's value of NAME (as Ray: ``"PATH":
+    "/opt/bin:${PATH}"`` prepends); a name the node does not have is left as written."""
+    if "${" not in value:
+        return value
+    return _REFERENCE.sub(lambda m: base_env.get(m.group(1), m.group(0)), value)

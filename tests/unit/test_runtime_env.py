@@ -276,6 +276,10 @@ def test_a_worker_for_an_environment_starts_in_it():
     assert argv == ["/c/pip_x/bin/python", *base_argv[1:]] and cwd == "/c/pkg_w"
     assert env["PYTHONPATH"] == os.pathsep.join(["/c/pkg_w", "/c/pkg_m", "/site"])
     assert env["OMP_NUM_THREADS"] == "1" and env["PATH"] == "/x" and env[ENV_ID_VAR] == "env_2"
+    # ${NAME}: the node's value (as Ray); a name the node lacks is left as written
+    ref = Ready("env_3", env_vars={"PATH": "/opt/bin:${PATH}", "X": "${NOPE}-${HOME}"})
+    _, env, _ = launch(ref, base_argv, {"PATH": "/bin", "HOME": "/root"})
+    assert env["PATH"] == "/opt/bin:/bin" and env["X"] == "${NOPE}-/root"
 
 
 # ------------------------------------------------------------------ set-up on a node
