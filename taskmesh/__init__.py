@@ -38,6 +38,7 @@ from .errors import (
     ObjectLostError,
     ObjectStoreFullError,
     ProtocolVersionError,
+    RuntimeEnvSetupError,
     SecretError,
     SerializationError,
     TaskError,
@@ -57,5 +58,5 @@ __all__ = [
     "NodeAffinitySchedulingStrategy",
     "TaskmeshError", "TaskError", "GetTimeoutError", "WorkerCrashedError", "NodeLostError",
     "ObjectLostError", "ObjectStoreFullError", "SerializationError", "HeadConnectionError", "ProtocolVersionError",
-    "AuthenticationError", "SecretError",
+    "AuthenticationError", "SecretError", "RuntimeEnvSetupError",
 ]

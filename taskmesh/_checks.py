@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import Any, Callable
 
 from ._resources import CPU, to_units
+from ._runtime_env.spec import validate as validate_runtime_env
 
 
 def non_negative_number(name: str) -> Callable[[Any], Any]:
@@ -94,6 +95,16 @@ def boolean(name: str) -> Callable[[Any], Any]:
         return v
 
     return check
+
+
+def runtime_env(v: Any) -> dict | None:
+    """Ray's ``runtime_env`` option, checked (``_runtime_env.spec``): None for none."""
+    env = validate_runtime_env(v)
+    for key in ("working_dir", "py_modules"):
+        if key in env:
+            raise ValueError(f"runtime_env[{key!r}] is not available yet in this version of "
+                             "taskmesh (env_vars, pip and config are)")
+    return env or None
 
 
 #: options that belong to actors, not to remote functions (a clearer error than "unknown")

@@ -38,7 +38,7 @@ import msgpack
 #: Cancel.recursive, Rejected; actor handles are counted through their handle object
 #: 4: Assignment.job; WorkerOutput (node agent -> head) and Output (head -> driver): what
 #: tasks print, shown on the driver of their job; LogRequest, ReadLogs, LogsRead: log files
-PROTOCOL_VERSION = 4
+PROTOCOL_VERSION = 5
 
 #: the most return values a task may have (the head drops a Submit asking for more)
 MAX_RETURNS = 100_000
@@ -164,6 +164,8 @@ class TaskSpec(NamedTuple):
     #: with retry_exceptions: the exception classes that are retried (cloudpickled tuple,
     #: opaque to the head; b"": any exception)
     retry_filter: bytes = b""
+    #: its runtime environment's id ("": the default; see RegisterEnv)
+    runtime_env: str = ""
 
 
 class Assignment(NamedTuple):
@@ -368,7 +370,7 @@ def _resources(v: Any) -> dict:
 _TASK_SPEC = _record(
     TaskSpec,
     [_BYTES, _STR, _BYTES, _optional(_serialized), _list_of(_BYTES), _INT, _resources, _INT, _BOOL,
-     _BYTES, _STR, _FLOAT, _STR, _BYTES, _BYTES],
+     _BYTES, _STR, _FLOAT, _STR, _BYTES, _BYTES, _STR],
 )
 _ASSIGNMENT = _record(
     Assignment,
@@ -648,11 +650,14 @@ class WorkerExited(NamedTuple):
     exitcode: int
 
 
-@_message(32, _INT)
+@_message(32, _INT, _STR, _STR)
 class StartWorkers(NamedTuple):
-    """Node agent: start this many more worker processes."""
+    """Node agent: start this many more worker processes (for the runtime environment
+    ``env``, whose wire form is ``wire``; "": the default)."""
 
     count: int
+    env: str = ""
+    wire: str = ""
 
 
 @_message(33, _STR)
@@ -701,6 +706,28 @@ class LogsRead(NamedTuple):
 
     request_id: int
     reply: dict
+
+
+# -- runtime environments ----------------------------------------------------
+
+
+@_message(83, _STR, _STR)
+class RegisterEnv(NamedTuple):
+    """A runtime environment's wire form (JSON; the head keeps it without reading it), sent
+    once per environment before the first task that runs in it; ``env_id`` names it in
+    ``TaskSpec.runtime_env``."""
+
+    env_id: str
+    wire: str
+
+
+@_message(84, _STR, _STR)
+class EnvFailed(NamedTuple):
+    """Node agent: the runtime environment ``env_id`` could not be set up here (``message``:
+    why, e.g. pip's error)."""
+
+    env_id: str
+    message: str
 
 
 # -- flow control -----------------------------------------------------------

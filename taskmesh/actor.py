@@ -19,7 +19,8 @@ from ._protocol import actor_handle_id, return_ids
 from ._refs import ObjectRef, is_ref, rebuild_ref
 from ._signature import checker, describe, method_signature, no_check
 from ._checks import (boolean, check_options, int_at_least, name_or_none, non_negative_number,
-                      resource_units, resources_dict, retry_exceptions, retry_filter)
+                      resource_units, resources_dict, retry_exceptions, retry_filter,
+                      runtime_env)
 
 #: the attribute ``@taskmesh.method(...)`` sets on a method: its options
 _ATTR_METHOD_OPTIONS = "__taskmesh_method_options__"
@@ -48,6 +49,9 @@ ACTOR_OPTIONS: dict[str, tuple[Any, Callable[[Any], Any], str]] = {
                          "re-runs of a call lost with the actor's process (-1: forever)"),
     "max_concurrency": (None, int_at_least("max_concurrency", 1),
                         "calls run at once (threads; async actors: coroutines, default 1000)"),
+    "runtime_env": (None, runtime_env,
+                    "what the actor's process needs: {'env_vars': {...}, 'pip': [...]} (merged "
+                    "over the job's, as Ray merges them)"),
 }
 
 
@@ -210,9 +214,11 @@ class ActorClass:
         if args_obj is not None and args_obj.nbytes > core.config.store_threshold_bytes:
             args_obj = core.store_args(args_obj)
         actor_id = core.next_task_id()
+        env = (core.env_id_for(o["runtime_env"])
+               if o["runtime_env"] is not None or core.runtime_env else "")
         spec = P.TaskSpec(actor_id, name, self._fid, args_obj, [d._id for d in deps], 1,
                           resources, 0, False, actor_id, "__init__", 0.0, "",
-                          CTX.current_task_id or b"")
+                          CTX.current_task_id or b"", b"", env)
         concurrency = o["max_concurrency"] or (1000 if self._is_async else 1)
         wire = {"class_name": self._qualname, "methods": self._methods, "is_async": self._is_async,
                 "name": o["name"] or "", "namespace": o["namespace"] or "",

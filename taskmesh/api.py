@@ -14,6 +14,7 @@ from typing import Any, Callable, Sequence, TypeVar, overload
 
 from . import _protocol as P
 from . import _serialize as S
+from ._checks import runtime_env as runtime_env_option
 from ._client.core import CoreClient
 from ._context import CTX, current_core
 from ._dashboard.auth import dashboard_url, token_for
@@ -39,6 +40,7 @@ def init(
     resources: dict[str, float] | None = None,
     ignore_reinit_error: bool = False,
     log_to_driver: bool = True,
+    runtime_env: dict[str, Any] | None = None,
     **config: Any,
 ) -> dict[str, Any]:
     """Connect this process to a taskmesh cluster, starting a local one if needed.
@@ -54,6 +56,9 @@ def init(
         ignore_reinit_error: return quietly if taskmesh is already initialized.
         log_to_driver: show what tasks and actors print here, each line prefixed with
             ``(name pid=..., ip=...)`` (the nodes' log files keep it either way).
+        runtime_env: the job's runtime environment (Ray's ``runtime_env``: ``env_vars``,
+            ``pip``, ``config``): every task and actor of this driver runs in it, their own
+            ``runtime_env`` option merged over it.
         **config: overrides of :class:`taskmesh.config.Config` fields (e.g. connect_timeout_s,
             or ``secret_file`` when the cluster secret is not at ~/.taskmesh/cluster-secret).
 
@@ -69,6 +74,7 @@ def init(
                 return {"address": CTX.core.address}
             raise RuntimeError("taskmesh.init() was already called in this process; call "
                                "taskmesh.shutdown() first, or pass ignore_reinit_error=True")
+        job_env = runtime_env_option(runtime_env) or {}  # (checked before anything starts)
         cfg = Config.from_env(**config)
         if address is None:
             address = os.environ.get("TASKMESH_ADDRESS") or None
@@ -116,6 +122,7 @@ def init(
             if cluster is not None:
                 cluster.stop()
             raise
+        core.runtime_env = job_env
         CTX.core = core
         CTX.cluster = cluster
         CTX.node_id = node_id
@@ -381,6 +388,16 @@ class RuntimeContext:
     @property
     def gcs_address(self) -> str:
         return current_core().address
+
+    @property
+    def runtime_env(self) -> dict[str, Any]:
+        """The runtime environment this process runs in (a driver: the job's, as given to
+        ``init``; a worker: its own, in wire form); ``{}`` for the default."""
+        return dict(current_core().runtime_env)
+
+    def get_runtime_env_string(self) -> str:
+        """``runtime_env`` as JSON (Ray's name)."""
+        return json.dumps(current_core().runtime_env, sort_keys=True)
 
 
 def get_runtime_context() -> RuntimeContext:

@@ -117,6 +117,13 @@ class Config:
     state_finished_tasks: int = 10_000
     #: directory of state files for CLI-started processes
     run_dir: str = field(default_factory=default_run_dir)
+    #: where nodes keep runtime environments (pip environments, unpacked packages), shared
+    #: by the nodes of one machine; "": ``<run_dir>/runtime_env``
+    runtime_env_dir: str = ""
+
+    def runtime_env_cache(self) -> str:
+        """The directory of this machine's runtime environments."""
+        return self.runtime_env_dir or os.path.join(self.run_dir, "runtime_env")
 
     def node_log_dir(self, node_id: str) -> str:
         """The directory of one node's log files (the head's: ``head-<port>``)."""

@@ -168,6 +168,12 @@ class ActorDiedError(TaskmeshError):
     the cause."""
 
 
+class RuntimeEnvSetupError(TaskmeshError):
+    """A task's or actor's ``runtime_env`` could not be set up on the node chosen for it
+    (e.g. pip could not install a requirement): the message names the node and ends with the
+    cause (pip's own error)."""
+
+
 class ObjectLostError(TaskmeshError):
     """An object is no longer stored anywhere and cannot be rebuilt."""
 
@@ -208,7 +214,7 @@ _SYSTEM_ERRORS: dict[str, type[TaskmeshError]] = {
     cls.__name__: cls
     for cls in (WorkerCrashedError, NodeLostError, ObjectLostError, ObjectStoreFullError,
                 ActorDiedError, TaskCancelledError, TaskTimeoutError, TaskUnschedulableError,
-                SerializationError, HeadConnectionError, TaskmeshError)
+                SerializationError, HeadConnectionError, RuntimeEnvSetupError, TaskmeshError)
 }
 
 

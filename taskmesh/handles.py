@@ -74,10 +74,12 @@ class RemoteFunction:
         oids = return_ids(task_id, n)
         core.new_ref_ids(oids)  # before sending: the result may come back at once
         refs = [ObjectRef(oid, core) for oid in oids]
+        env = (core.env_id_for(opts.runtime_env)
+               if opts.runtime_env is not None or core.runtime_env else "")
         spec = P.TaskSpec(task_id, name, self._fid, args_obj, [d._id for d in deps], n,
                           opts.resources, opts.max_retries, opts.retry_exceptions, b"", "",
                           opts.timeout_s, opts.strategy, CTX.current_task_id or b"",
-                          opts.retry_filter)
+                          opts.retry_filter, env)
         core.submit(spec, oids)
         if n == 1:
             return refs[0]

@@ -10,7 +10,8 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 from ._checks import (check_options, int_at_least, name_or_none, non_negative_number,
-                      resource_units, resources_dict, retry_exceptions, retry_filter, timeout)
+                      resource_units, resources_dict, retry_exceptions, retry_filter,
+                      runtime_env, timeout)
 from ._protocol import MAX_RETURNS
 
 
@@ -55,6 +56,9 @@ TASK_OPTIONS: dict[str, tuple[Any, Callable[[Any], Any], str]] = {
     "timeout_s": (None, timeout, "stop the task once it ran this many seconds (TaskTimeoutError)"),
     "scheduling_strategy": (None, lambda v: (strategy_code(v), v)[1],
                             "'DEFAULT', 'SPREAD' or NodeAffinitySchedulingStrategy(node_id, soft)"),
+    "runtime_env": (None, runtime_env,
+                    "what the task needs on its worker: {'env_vars': {...}, 'pip': [...]} "
+                    "(merged over the job's, as Ray merges them)"),
 }
 
 
@@ -75,6 +79,7 @@ class TaskOptions:
     timeout_s: float = 0.0
     strategy: str = ""
     retry_filter: bytes = b""  # retry_exceptions as a list of classes, pickled
+    runtime_env: dict | None = None  # its own runtime_env, checked (None: none of its own)
 
 
 def compile_options(options: dict[str, Any]) -> TaskOptions:
@@ -83,4 +88,5 @@ def compile_options(options: dict[str, Any]) -> TaskOptions:
     retry = merged["retry_exceptions"]
     return TaskOptions(resource_units(merged), merged["num_returns"], merged["max_retries"],
                        bool(retry), merged["name"], float(merged["timeout_s"] or 0.0),
-                       strategy_code(merged["scheduling_strategy"]), retry_filter(retry))
+                       strategy_code(merged["scheduling_strategy"]), retry_filter(retry),
+                       merged["runtime_env"])

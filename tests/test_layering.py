@@ -16,7 +16,7 @@ ROOT = Path(__file__).resolve().parents[1] / "taskmesh"
 SANS_IO = {
     "taskmesh._head.state", "taskmesh._head.policy", "taskmesh._head.actors",
     "taskmesh._head.intake", "taskmesh._head._outbox", "taskmesh._head.events",
-    "taskmesh._head.views",
+    "taskmesh._head.views", "taskmesh._head.runtime_envs",
     "taskmesh._head.membership", "taskmesh._head.tasks", "taskmesh._head.scheduler",
     "taskmesh._head.directory", "taskmesh._head.actor_table", "taskmesh._head.records",
     "taskmesh._head.context", "taskmesh._head.commands", "taskmesh._head.snapshot",

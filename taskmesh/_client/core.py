@@ -20,6 +20,7 @@ from __future__ import annotations
 import collections
 import hashlib
 import itertools
+import json
 import logging
 import os
 import threading
@@ -27,6 +28,8 @@ import time
 from typing import Any, Callable, Iterable, Sequence
 
 from .. import _protocol as P
+from .._runtime_env.apply import env_id, wire_form
+from .._runtime_env.spec import merge
 from .._secret import Security
 from .._transport import POLLIN, POLLOUT, LocalClientSocket, Poller, new_context, open_client
 from ..config import Config
@@ -112,6 +115,12 @@ class CoreClient:
         self._beat_s: float | None = None  # a TCP driver pings the head this often
         self._last_sent = 0.0
         self._registered_fns: set[bytes] = set()
+        #: the runtime_env tasks submitted here inherit (the job's; a worker's own), checked
+        self.runtime_env: dict = {}
+        self._env_ids: dict[str, str] = {}  # a merged runtime_env (JSON) -> its id
+        self._registered_envs: set[str] = set()
+        #: id(a task's runtime_env) -> (it, the parent env it was merged over, the env id)
+        self._env_by_obj: dict[int, tuple] = {}
         self._pending: collections.deque = collections.deque()
         self._info: dict[int, Any] = {}
         self._info_ids = itertools.count(1)
@@ -516,6 +525,32 @@ class CoreClient:
             self._registered_fns.add(function_id)
             self.send(P.RegisterFunction(function_id, name, blob))
 
+    def env_id_for(self, task_env: dict | None) -> str:
+        """The id of the runtime environment a task with ``task_env`` (checked; None: none
+        of its own) runs in: its own merged over this process's, as Ray merges them; "" for
+        the default. Registered with the head the first time it is used here."""
+        mine = self._env_by_obj.get(id(task_env))
+        if mine is not None and mine[0] is task_env and mine[1] is self.runtime_env:
+            return mine[2]  # (a task's options are one object: worked out once per process)
+        env = merge(self.runtime_env, task_env or {})
+        if not env:
+            return ""
+        if len(self._env_by_obj) > 1000:
+            self._env_by_obj.clear()
+        self._env_by_obj[id(task_env)] = (task_env, self.runtime_env, self._env_id(env))
+        return self._env_by_obj[id(task_env)][2]
+
+    def _env_id(self, env: dict) -> str:
+        key = json.dumps(env, sort_keys=True)
+        ident = self._env_ids.get(key)
+        if ident is None:
+            wire = wire_form(env, _no_packages)
+            ident = self._env_ids[key] = env_id(wire)
+            if ident and ident not in self._registered_envs:
+                self._registered_envs.add(ident)
+                self.send(P.RegisterEnv(ident, json.dumps(wire, sort_keys=True)))
+        return ident
+
     def submit(self, spec: P.TaskSpec, return_ids: list[bytes]) -> None:
         credits = self._credits
         if credits is not None:  # a driver: at most max_pending_tasks in flight
@@ -724,3 +759,8 @@ class _Refusal:
 
 def function_id_for(blob: bytes) -> bytes:
     return hashlib.blake2b(blob, digest_size=16).digest()
+
+
+def _no_packages(path: str, excludes: list[str], keep_name: bool) -> dict:
+    raise ValueError("runtime_env working_dir and py_modules are not available yet in this "
+                     "version of taskmesh (env_vars and pip are)")

@@ -24,9 +24,10 @@ from . import actors as A
 from .actors import ActorRec
 from .context import ERR, Context
 from .policy import fits
-from .records import ASSIGNED, DONE, READY, TaskRec, WorkerRec, add_to, require, sub_from
+from .records import ASSIGNED, DONE, READY, NodeRec, TaskRec, WorkerRec, add_to, require, sub_from
 
 if TYPE_CHECKING:
+    from .runtime_envs import RuntimeEnvs
     from .directory import ObjectDirectory
     from .membership import Membership
     from .scheduler import Scheduler
@@ -52,6 +53,7 @@ class ActorTable:
         self.directory: ObjectDirectory
         self.table: TaskTable
         self.scheduler: Scheduler
+        self.runtime_envs: RuntimeEnvs
         self.actors: dict[bytes, ActorRec] = {}
         self.actor_names: dict[tuple[str, str], bytes] = {}  # (namespace, name) -> live actor
         self.unplaced: list[ActorRec] = []  # constructors ready, but no node has room yet
@@ -90,6 +92,13 @@ class ActorTable:
             else:
                 self.ctx.reject(peer, "CreateActor", f"actor {spec.name}: invalid actor creation: "
                              f"{problem}")
+            return
+        if spec.runtime_env and spec.runtime_env not in self.runtime_envs.envs:
+            problem = f"its runtime_env {spec.runtime_env} was never registered with the head"
+            if reply:
+                self.out.send(peer, P.ActorReply(reply, {"error": problem}))
+            else:
+                self.ctx.reject(peer, "CreateActor", f"actor {spec.name}: {problem}")
             return
         actor = ActorRec(spec._replace(num_returns=1), peer, opts)
         if actor.name_key is not None:
@@ -155,10 +164,12 @@ class ActorTable:
         if actor.state == A.DEAD or actor.node is not None:  # (dead, or placed already)
             return
         demand = actor.resources
+        env = actor.spec.runtime_env
         best = None
         for n in self.members.nodes.values():
             if n.alive and fits(n.avail, demand):
-                key = (not n.idle, len(n.actor_workers) + len(n.actor_queue))
+                key = (not (n.env_idle.get(env) if env else n.idle),
+                       len(n.actor_workers) + len(n.actor_queue))
                 if best is None or key < best[0]:
                     best = (key, n)
         if best is None:
@@ -181,22 +192,32 @@ class ActorTable:
             actor.gpu_alloc = alloc
         sub_from(node.avail, demand)
         actor.node = node
-        if node.idle:
-            w = node.idle.pop()
+        pool = node.env_idle.get(env) if env else node.idle
+        if pool:
+            w = pool.pop()
             node.workers.pop(w.peer, None)
             self.start_actor(actor, w)
-        else:  # the next worker that joins this node is the actor's
+        elif not env:  # the next worker that joins this node is the actor's
             node.actor_queue.append(actor)
             if node.starting < len(node.actor_queue):  # none on its way for it yet
                 node.starting += 1
                 self.out.send(node.peer, P.StartWorkers(1))
+        else:  # the next worker of its runtime environment that joins this node is the actor's
+            node.actor_queue.append(actor)
+            waiting = sum(1 for a in node.actor_queue if a.spec.runtime_env == env)
+            starting = node.env_starting.get(env, 0)
+            if starting < waiting:
+                node.starting += 1
+                node.env_starting[env] = starting + 1
+                self.out.send(node.peer, P.StartWorkers(1, env, self.runtime_envs.envs.get(env, "")))
 
     def start_actor(self, actor: ActorRec, w: WorkerRec) -> None:
         """A worker leaves its node's pool for the actor (a replacement starts) and gets the
         constructor."""
         node = w.node
         node.actor_workers[w.peer] = w
-        if node.alive and len(node.workers) + node.starting - len(node.actor_queue) < node.num_cpus:
+        if (node.alive and not w.env
+                and len(node.workers) + node.starting - len(node.actor_queue) < node.num_cpus):
             node.starting += 1  # a replacement keeps the pool at its size
             self.out.send(node.peer, P.StartWorkers(1))
         w.actor = actor
@@ -306,6 +327,12 @@ class ActorTable:
                         actor.restarts)
             self._start_constructor(actor)
         else:
+            self._actor_dead(actor, why)
+
+    def env_failed(self, node: NodeRec, env: str, why: str) -> None:
+        """A node could not set up runtime environment ``env``: the actors waiting there for a
+        worker of it die, saying why."""
+        for actor in [a for a in node.actor_queue if a.spec.runtime_env == env]:
             self._actor_dead(actor, why)
 
     def kill_actor(self, actor: ActorRec, why: str) -> None:

@@ -21,7 +21,8 @@ from .. import _protocol as P
 from .._resources import CPU, UNIT, describe, valid
 from . import actors as A
 from .context import Context
-from .records import ASSIGNED, NodeRec, WorkerRec, add_to, exit_cause, int_field, require, sub_from
+from .records import (ASSIGNED, NodeRec, WorkerRec, add_to, exit_cause, idle_pool, int_field,
+                      require, sub_from)
 
 if TYPE_CHECKING:
     from .actor_table import ActorTable
@@ -190,6 +191,11 @@ class Membership:
                     self.client_left(peer, f"silent for {now - last:.1f} s", silent=True)
         idle_deadline = now - self.config.idle_worker_timeout_s
         for node in self.nodes.values():
+            for env, pool in list(node.env_idle.items()):  # a runtime environment's: all
+                for w in [w for w in pool if w.idle_since < idle_deadline]:
+                    self.retire(w, "idle worker of a runtime environment")
+                if not pool:
+                    del node.env_idle[env]
             surplus = len(node.workers) - max(node.num_cpus, 1)
             if surplus <= 0:
                 continue
@@ -197,12 +203,20 @@ class Membership:
                 if surplus <= 0:
                     break
                 if w.idle_since < idle_deadline:
-                    node.idle.remove(w)
-                    node.workers.pop(w.peer, None)
-                    node.retiring.add(w.worker_id)
-                    self.forget_worker(w)
-                    self.out.send(w.peer, P.Exit("idle surplus worker"))
+                    self.retire(w, "idle surplus worker")
                     surplus -= 1
+
+    def retire(self, w: WorkerRec, why: str) -> None:
+        """An idle worker leaves its node's pool and is told to exit (its exit is expected)."""
+        node = w.node
+        assert node is not None
+        pool = idle_pool(node, w.env)
+        if w in pool:
+            pool.remove(w)
+        node.workers.pop(w.peer, None)
+        node.retiring.add(w.worker_id)
+        self.forget_worker(w)
+        self.out.send(w.peer, P.Exit(why))
 
     def forgive(self, stalled: float) -> None:
         """The head did not run for ``stalled`` seconds: move every liveness clock on by
@@ -284,8 +298,10 @@ class Membership:
             self.events.add(("NodeJoined", self.ctx.now, node_id, node.address, node.incarnation))
         elif msg.kind == "worker":
             node_id = str(info.get("node_id", ""))
+            env = info.get("runtime_env", "")
             w = WorkerRec(peer, str(info.get("worker_id", "")), None, int_field(info.get("pid")),
-                          self.ctx.now, int_field(info.get("incarnation")))
+                          self.ctx.now, int_field(info.get("incarnation")),
+                          env if type(env) is str else "")
             self.workers[peer] = w
             node = self.nodes.get(node_id)
             early = node is None or w.incarnation > node.incarnation  # its node's Hello next
@@ -329,12 +345,22 @@ class Membership:
             self.move(w.peer, PeerKind.WORKER, "attached")
         w.node = node
         node.starting = max(0, node.starting - 1)
-        if node.actor_queue:  # it was started for an actor placed here
-            self.actor_table.start_actor(node.actor_queue.popleft(), w)
-            return
+        env = w.env
+        if env:
+            left = node.env_starting.get(env, 0) - 1
+            if left > 0:
+                node.env_starting[env] = left
+            else:
+                node.env_starting.pop(env, None)
+        if node.actor_queue:  # it was started for an actor placed here (of its environment)
+            actor = next((a for a in node.actor_queue if a.spec.runtime_env == env), None)
+            if actor is not None:
+                node.actor_queue.remove(actor)
+                self.actor_table.start_actor(actor, w)
+                return
         node.workers[w.peer] = w
         w.idle_since = self.ctx.now
-        node.idle.append(w)
+        idle_pool(node, env).append(w)
 
     def on_goodbye(self, peer: bytes, msg: P.Goodbye) -> None:
         """A driver left: drop what it owned and cancel its tasks nobody else needs. A node
@@ -422,8 +448,9 @@ class Membership:
         node = w.node
         if node is not None:
             node.workers.pop(w.peer, None)
-            if w in node.idle:
-                node.idle.remove(w)
+            pool = idle_pool(node, w.env)
+            if w in pool:
+                pool.remove(w)
             if w.lease is not None and not w.blocked:
                 add_to(node.avail, w.lease)
             self.scheduler.free_gpus(w.gpu_alloc, node)
@@ -433,7 +460,8 @@ class Membership:
         w.assigned.clear()
         self.forget_worker(w)
         self.table.worker_lost(w, assigned, kind, why)
-        if node is not None and node.alive and len(node.workers) + node.starting < node.num_cpus:
+        if (node is not None and node.alive and not w.env
+                and len(node.workers) + node.starting < node.num_cpus):
             node.starting += 1  # keep the pool at its size: a replacement starts now
             self.out.send(node.peer, P.StartWorkers(1))
 
@@ -452,7 +480,9 @@ class Membership:
             actor.node = None
             self.actor_table.place_actor(actor)
         node.idle.clear()
+        node.env_idle.clear()
         node.starting = 0
+        node.env_starting.clear()
         held, node.objects = node.objects, set()
         self.directory.node_lost(node, held)
         if self.node_by_peer.get(node.peer) is node:
@@ -537,50 +567,7 @@ class Membership:
         # workers, leases and free resources, per node
         placed_on: dict[int, NodeRec] = {}  # id(WorkerRec) -> its node
         for node_id, node in self.nodes.items():
-            name = f"node {node_id}"
-            require(node.node_id == node_id, f"{name} is filed under the wrong id")
-            require(node.starting >= 0, f"{name}: {node.starting} workers starting")
-            if not node.alive:
-                require(not node.workers and not node.actor_workers and not node.idle
-                        and not node.actor_queue and not node.objects,
-                        f"{name} is dead but still has workers, actors or objects")
-                continue
-            require(self.node_by_peer.get(node.peer) is node, f"{name} is alive but its peer "
-                    "maps elsewhere")
-            expected = dict(node.total)
-            gpus_taken: dict[str, int] = {}
-            for w in node.workers.values():
-                require(self.workers.get(w.peer) is w and w.node is node and w.actor is None,
-                        f"{name}: pool worker {w.worker_id} is not its live record")
-                placed_on[id(w)] = node
-                if w.lease is not None and not w.blocked:
-                    sub_from(expected, w.lease)
-                require(w.lease is not None or not w.assigned,
-                        f"{name}: worker {w.worker_id} runs tasks without a lease")
-                add_to(gpus_taken, w.gpu_alloc or {})
-            for w in node.actor_workers.values():
-                require(self.workers.get(w.peer) is w and w.node is node and w.actor is not None
-                        and w.actor.worker is w, f"{name}: actor worker {w.worker_id} is not "
-                        "its actor's live worker")
-                placed_on[id(w)] = node
-                sub_from(expected, w.actor.resources)
-                add_to(gpus_taken, w.actor.gpu_alloc or {})
-            for actor in node.actor_queue:
-                require(actor.node is node and actor.worker is None and actor.state != A.DEAD,
-                        f"{name}: {actor.label()} waits for a worker there but is not placed there")
-                sub_from(expected, actor.resources)
-                add_to(gpus_taken, actor.gpu_alloc or {})
-            for k in expected.keys() | node.avail.keys():
-                require(node.avail.get(k, 0) == expected.get(k, 0), f"{name}: {k} free is "
-                        f"{node.avail.get(k, 0)}, but its leases leave {expected.get(k, 0)}")
-            for device, free in node.gpus.items():
-                require(0 <= free <= UNIT and free + gpus_taken.get(device, 0) == UNIT,
-                        f"{name}: GPU {device} has {free} units free, {gpus_taken.get(device, 0)} taken")
-            require(len(node.idle) == len({id(w) for w in node.idle}), f"{name}: a worker is "
-                    "idle twice")
-            for w in node.idle:
-                require(node.workers.get(w.peer) is w and not w.assigned and w.lease is None,
-                        f"{name}: idle worker {w.worker_id} is busy or not in the pool")
+            _check_node(self, node_id, node, placed_on)
         for node_id, orphans in self.orphan_workers.items():
             for w in orphans:
                 require(self.workers.get(w.peer) is w and w.node is None,
@@ -593,3 +580,55 @@ class Membership:
                         and self.table.tasks.get(t.spec.task_id) is t,
                         f"worker {w.worker_id} lists task {t.spec.task_id.hex()}, which is not "
                         "assigned to it")
+
+
+def _check_node(members: Membership, node_id: str, node: NodeRec, placed_on: dict) -> None:
+    """``Membership.check_invariants`` for one node: its workers, leases, free resources,
+    GPUs and idle pools (workers found are added to ``placed_on``)."""
+    name = f"node {node_id}"
+    require(node.node_id == node_id, f"{name} is filed under the wrong id")
+    require(node.starting >= 0, f"{name}: {node.starting} workers starting")
+    if not node.alive:
+        require(not node.workers and not node.actor_workers and not node.idle
+                and not node.env_idle and not node.actor_queue and not node.objects,
+                f"{name} is dead but still has workers, actors or objects")
+        return
+    require(members.node_by_peer.get(node.peer) is node, f"{name} is alive but its peer "
+            "maps elsewhere")
+    expected = dict(node.total)
+    gpus_taken: dict[str, int] = {}
+    for w in node.workers.values():
+        require(members.workers.get(w.peer) is w and w.node is node and w.actor is None,
+                f"{name}: pool worker {w.worker_id} is not its live record")
+        placed_on[id(w)] = node
+        if w.lease is not None and not w.blocked:
+            sub_from(expected, w.lease)
+        require(w.lease is not None or not w.assigned,
+                f"{name}: worker {w.worker_id} runs tasks without a lease")
+        add_to(gpus_taken, w.gpu_alloc or {})
+    for w in node.actor_workers.values():
+        require(members.workers.get(w.peer) is w and w.node is node and w.actor is not None
+                and w.actor.worker is w, f"{name}: actor worker {w.worker_id} is not "
+                "its actor's live worker")
+        placed_on[id(w)] = node
+        sub_from(expected, w.actor.resources)
+        add_to(gpus_taken, w.actor.gpu_alloc or {})
+    for actor in node.actor_queue:
+        require(actor.node is node and actor.worker is None and actor.state != A.DEAD,
+                f"{name}: {actor.label()} waits for a worker there but is not placed there")
+        sub_from(expected, actor.resources)
+        add_to(gpus_taken, actor.gpu_alloc or {})
+    for k in expected.keys() | node.avail.keys():
+        require(node.avail.get(k, 0) == expected.get(k, 0), f"{name}: {k} free is "
+                f"{node.avail.get(k, 0)}, but its leases leave {expected.get(k, 0)}")
+    for device, free in node.gpus.items():
+        require(0 <= free <= UNIT and free + gpus_taken.get(device, 0) == UNIT,
+                f"{name}: GPU {device} has {free} units free, {gpus_taken.get(device, 0)} taken")
+    pools = [("", node.idle), *node.env_idle.items()]
+    idle = [w for _, pool in pools for w in pool]
+    require(len(idle) == len({id(w) for w in idle}), f"{name}: a worker is idle twice")
+    for env, pool in pools:
+        for w in pool:
+            require(node.workers.get(w.peer) is w and not w.assigned and w.lease is None
+                    and w.env == env, f"{name}: idle worker {w.worker_id} is busy, not "
+                    "in the pool, or in another environment's pool")

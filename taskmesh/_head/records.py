@@ -24,7 +24,7 @@ class NodeRec:
     __slots__ = ("node_id", "peer", "address", "hostname", "pid", "total", "avail", "workers",
                  "idle", "starting", "last_seen", "alive", "finished", "stats", "retiring",
                  "gone_workers", "transfer", "objects", "incarnation", "actor_workers",
-                 "actor_queue", "gpus")
+                 "actor_queue", "gpus", "env_idle", "env_starting")
 
     def __init__(self, node_id: str, peer: bytes, info: dict, now: float) -> None:
         self.node_id = node_id
@@ -48,6 +48,10 @@ class NodeRec:
         self.incarnation = int_field(info.get("incarnation"))  # +1 each time the agent joins again
         self.actor_workers: dict[bytes, WorkerRec] = {}  # out of the pool: one actor each
         self.actor_queue: deque[ActorRec] = deque()  # placed here, waiting for a new worker
+        #: runtime environment -> its idle workers here (the default one's are ``idle``)
+        self.env_idle: dict[str, list[WorkerRec]] = {}
+        #: runtime environment -> its workers asked for and not joined yet (in ``starting`` too)
+        self.env_starting: dict[str, int] = {}
         gpus = info.get("gpus")
         if not isinstance(gpus, list) or not gpus:  # no ids given: 0..n-1 for its GPU total
             gpus = [str(i) for i in range(self.total.get(GPU, 0) // UNIT)]
@@ -62,11 +66,12 @@ class NodeRec:
 class WorkerRec:
     __slots__ = ("peer", "worker_id", "node", "pid", "assigned", "lease", "blocked",
                  "functions", "idle_since", "blocked_since", "incarnation", "actor", "revoking",
-                 "slow", "last_result", "gpu_alloc")
+                 "slow", "last_result", "gpu_alloc", "env")
 
     def __init__(self, peer: bytes, worker_id: str, node: NodeRec | None, pid: int, now: float,
-                 incarnation: int = 0) -> None:
+                 incarnation: int = 0, env: str = "") -> None:
         self.peer = peer
+        self.env = env  # the runtime environment it was started for ("": the default)
         self.incarnation = incarnation  # of the node agent that started it
         self.actor: ActorRec | None = None  # the actor it runs (it left the pool for it)
         self.revoking = False  # asked to give back queued tasks (Revoke), no answer yet
@@ -123,6 +128,8 @@ class TaskRec:
         self.shape = tuple(sorted(spec.resources.items()))
         if spec.strategy:  # one queue per strategy too: a queue's tasks are placed alike
             self.shape += (("strategy", spec.strategy),)
+        if spec.runtime_env:  # and per runtime environment: its workers are its own
+            self.shape += (("env", spec.runtime_env),)
         #: its scheduling strategy, read once here (the scheduler reads it every round)
         self.strategy = parse_strategy(spec.strategy) if spec.strategy else DEFAULT
         self.queued = False  # an entry for it sits in a ready queue (maybe stale)
@@ -217,3 +224,13 @@ def int_field(value: Any) -> int:
 def queued_load(n: NodeRec) -> int:
     """Tasks on a node's workers (running or queued there), for SPREAD."""
     return sum(len(w.assigned) for w in n.workers.values())
+
+
+def idle_pool(node: NodeRec, env: str) -> list[WorkerRec]:
+    """The list of a node's idle workers for runtime environment ``env`` (made if none)."""
+    if not env:
+        return node.idle
+    pool = node.env_idle.get(env)
+    if pool is None:
+        pool = node.env_idle[env] = []
+    return pool

@@ -32,6 +32,7 @@ from .records import (
     TaskRec,
     WorkerRec,
     add_to,
+    idle_pool,
     int_field,
     pop_front,
     queued_load,
@@ -41,6 +42,7 @@ from .records import (
 
 if TYPE_CHECKING:
     from .actor_table import ActorTable
+    from .runtime_envs import RuntimeEnvs
     from .directory import ObjectDirectory
     from .membership import Membership
     from .tasks import TaskTable
@@ -69,6 +71,7 @@ class Scheduler:
         self.directory: ObjectDirectory
         self.table: TaskTable
         self.actor_table: ActorTable
+        self.runtime_envs: RuntimeEnvs
         self.queues: dict[tuple, deque[TaskRec]] = {}
         self.warned_shapes: set[tuple] = set()
         self.fn_mean_s: dict[bytes, float] = {}  # function id -> its tasks' mean duration
@@ -172,6 +175,7 @@ class Scheduler:
             seen.add(tid)
             t = self.table.tasks.get(tid)
             if (t is not None and t.state == READY and t.spec.resources == w.lease
+                    and t.spec.runtime_env == w.env  # (another environment's: not here)
                     and not t.spec.actor_id and self.directory.inputs_ready(t)):  # (actors run their own)
                 help_tasks.append(t)  # left in its queue; the scheduler skips non-READY ones
         if not help_tasks:
@@ -337,6 +341,10 @@ class Scheduler:
             return
         demand = queue[0].spec.resources
         strategy = queue[0].strategy
+        env = queue[0].spec.runtime_env
+        if env:
+            self.runtime_envs.schedule(queue, env)
+            return
         nodes = [n for n in self.members.nodes.values() if n.alive]
         prefer = None
         if strategy.kind == "NODE":
@@ -500,8 +508,10 @@ class Scheduler:
         w.lease = None
         w.blocked = False
         w.idle_since = self.ctx.now
-        if node is not None and node.alive and w.peer in node.workers and w not in node.idle:
-            node.idle.append(w)
+        if node is not None and node.alive and w.peer in node.workers:
+            pool = idle_pool(node, w.env)
+            if w not in pool:
+                pool.append(w)
 
     # ------------------------------------------------------------------ checks
 

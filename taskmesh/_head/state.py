@@ -39,6 +39,7 @@ from .intake import DISCONNECTED
 from .logrelay import HEAD_SELF, LogRelay
 from .membership import Membership, PeerKind
 from .records import ASSIGNED, READY, WAITING, add_to
+from .runtime_envs import RuntimeEnvs
 from .scheduler import Scheduler
 from .tasks import TaskTable
 from .views import QueryError, StateView, parse_query, select
@@ -61,8 +62,10 @@ class HeadState:
         self.actor_table = ActorTable(ctx)
         self.logs = LogRelay(ctx)  # taskmesh logs: queries to the nodes, their answers
         self.logs.members = self.members
+        self.runtime_envs = RuntimeEnvs(ctx)
         parts = {"members": self.members, "table": self.table, "scheduler": self.scheduler,
-                 "directory": self.directory, "actor_table": self.actor_table}
+                 "directory": self.directory, "actor_table": self.actor_table,
+                 "runtime_envs": self.runtime_envs}
         for part in parts.values():  # each part knows the others (typed in its __init__)
             for name, other in parts.items():
                 if other is not part:
@@ -104,6 +107,8 @@ class HeadState:
             P.WorkerOutput: (self._on_worker_output, (PeerKind.NODE,)),
             P.LogRequest: (self.logs.on_request, (*_CLIENT, PeerKind.STATUS)),
             P.LogsRead: (self.logs.on_read, (PeerKind.NODE,)),
+            P.RegisterEnv: (self.runtime_envs.on_register_env, _CLIENT),
+            P.EnvFailed: (self.runtime_envs.on_env_failed, (PeerKind.NODE,)),
         }
 
     # ------------------------------------------------------------------ the way in

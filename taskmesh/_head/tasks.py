@@ -35,6 +35,7 @@ from .records import (
 )
 
 if TYPE_CHECKING:
+    from .runtime_envs import RuntimeEnvs
     from .actor_table import ActorTable
     from .directory import ObjectDirectory
     from .membership import Membership
@@ -78,6 +79,7 @@ class TaskTable:
         self.members: Membership
         self.directory: ObjectDirectory
         self.scheduler: Scheduler
+        self.runtime_envs: RuntimeEnvs
         self.actor_table: ActorTable
         self.tasks: dict[bytes, TaskRec] = {}
         self.functions: dict[bytes, bytes] = {}  # function id -> its pickled function
@@ -211,6 +213,11 @@ class TaskTable:
             if spec.function_id not in self.functions:
                 self._refuse_now(t, ERR("TaskmeshError", f"task {spec.name}: its function was "
                                         "never registered with the head"))
+                continue
+            if spec.runtime_env and spec.runtime_env not in self.runtime_envs.envs:
+                self._refuse_now(t, ERR("RuntimeEnvSetupError", f"task {spec.name}: its "
+                                        f"runtime_env {spec.runtime_env} was never registered "
+                                        "with the head"))
                 continue
             unknown = next((d for d in spec.deps if d not in objects or d in rids), None)
             if unknown is not None:

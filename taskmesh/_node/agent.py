@@ -41,6 +41,7 @@ from .._secret import Security
 from ..config import Config
 from .._logfiles import LogDirectory
 from .inbox import Inbox
+from .envs import NodeEnvs
 from .output import NodeOutput
 from .spawner import Spawner, ZygoteChild
 from .state import (
@@ -59,6 +60,7 @@ from .state import (
     Kill,
     LifelineEnded,
     Log,
+    PrepareEnv,
     ReportReady,
     Send,
     SendHeartbeat,
@@ -174,6 +176,9 @@ class NodeAgent:
         }
         #: every decision: registration, fencing, head lost, the pool
         self.state = AgentState(config, self.node_id, head_endpoint, num_cpus, info)
+        #: runtime environments made ready here (pip builds under way)
+        self.envs = NodeEnvs(config.runtime_env_cache(), self.output.log_dir)
+        self._env_fds: set[int] = set()  # the builds' pidfds in the poller
 
     def _fetched(self, object_id: bytes, size: int) -> None:
         """The store pulled a copy from another node: the head's directory should know."""
@@ -260,8 +265,33 @@ class NodeAgent:
                 self._poller.register(fd)
             self._spawner_fd = fd
 
+    def _prepare_env(self, c: PrepareEnv) -> None:
+        """Make a runtime environment ready (at once if it is; else a build starts and its
+        end, seen in the loop, reports back)."""
+        self._env_events(self.envs.prepare(c.env, c.wire, c.count, time.monotonic()))
+
+    def _env_events(self, events: list) -> None:
+        poller = self._poller
+        assert poller is not None
+        for fd in self.envs.builds.keys() - self._env_fds:
+            poller.register(fd)
+            self._env_fds.add(fd)
+        for event in events:
+            self._feed(event)
+
+    def _env_built(self, pidfd: int) -> None:
+        assert self._poller is not None
+        self._poller.unregister(pidfd)
+        self._env_fds.discard(pidfd)
+        self._env_events(self.envs.finished(pidfd))
+
     def _spawn_workers(self, c: SpawnWorkers) -> None:
         spawner = self._spawner()
+        ready = self.envs.ready.get(c.env) if c.env else None
+        if c.env and ready is None:  # (cannot happen: EnvReady comes after the env is ready)
+            for worker_id in c.worker_ids:
+                self._feed(WorkerSpawnFailed(worker_id, f"runtime_env {c.env} is not ready"))
+            return
         for worker_id in c.worker_ids:
             control_r, control_w = os.pipe()
             os.set_blocking(control_w, False)
@@ -271,7 +301,7 @@ class NodeAgent:
                     "--worker-id", worker_id, "--incarnation", str(c.incarnation),
                     "--lifeline-fd", str(self._life_r), "--control-fd", "{control_fd}"]
             try:
-                proc = spawner.spawn(argv, control_r, out_w, err_w)
+                proc = spawner.spawn(argv, control_r, out_w, err_w, ready)
             except OSError as exc:
                 for fd in (control_r, control_w, out_r, out_w, err_r, err_w):
                     os.close(fd)
@@ -443,6 +473,7 @@ class NodeAgent:
             self._flush_output()  # (before the Goodbye: the head drops what comes after)
             self._say_goodbye()
             self._stop_workers()
+            self.envs.close()
             self._close_output()  # what is left goes to the files
             if self._log_thread is not None:
                 self._log_thread.shutdown(wait=False, cancel_futures=True)
@@ -511,6 +542,9 @@ class NodeAgent:
                 self._read_output(fd)
             for fd in [fd for fd in ready if fd in self.workers]:
                 self._reap(fd)
+            if self._env_fds:
+                for fd in [fd for fd in ready if fd in self._env_fds]:
+                    self._env_built(fd)
             if sock.poll_target in ready:
                 while self._exit is None and (msg := sock.recv_nowait()) is not None:
                     self._feed(FromHead(msg))
@@ -520,6 +554,8 @@ class NodeAgent:
                     break
             now = time.monotonic()
             self.store.tick(now)
+            if self.envs.setups.envs:  # (set-up time-outs)
+                self._env_events(self.envs.tick(now))
             if not state.registered and (refusal := sock.refusal()) is not None:
                 self._feed(HandshakeRefused(refusal), now)
             else:
@@ -543,4 +579,5 @@ _COMMANDS: dict[type, Callable[[NodeAgent, Any], None]] = {
     Drop: NodeAgent._drop,
     Exit: NodeAgent._on_exit,
     AnswerLogs: NodeAgent._answer_logs,
+    PrepareEnv: NodeAgent._prepare_env,
 }

@@ -19,6 +19,7 @@ import sys
 import time
 
 from .. import _protocol as P
+from .._runtime_env.apply import Ready, launch
 
 log = logging.getLogger("taskmesh.node")
 
@@ -91,18 +92,23 @@ class Spawner:
 
     # ------------------------------------------------------------------ spawning
 
-    def spawn(self, argv: list[str], control_fd: int, stdout_fd: int,
-              stderr_fd: int) -> "subprocess.Popen | ZygoteChild":
+    def spawn(self, argv: list[str], control_fd: int, stdout_fd: int, stderr_fd: int,
+              ready: Ready | None = None) -> "subprocess.Popen | ZygoteChild":
         """Start ``python -m taskmesh._worker ARGV``; ``{control_fd}`` in ``argv`` stands for
         the worker's end of its control pipe (``control_fd`` here); its stdout and stderr are
-        ``stdout_fd`` and ``stderr_fd`` (the write ends of the pipes the agent reads)."""
-        if self._sock is not None:
+        ``stdout_fd`` and ``stderr_fd`` (the write ends of the pipes the agent reads). A
+        worker of a runtime environment (``ready``) is a new interpreter started in it
+        (``apply.launch``), never a fork of the fork server, whose imports are the node's."""
+        if self._sock is not None and ready is None:
             child = self._fork(argv, [control_fd, stdout_fd, stderr_fd])
             if child is not None:
                 return child
         cmd = [sys.executable, "-m", "taskmesh._worker",
                *[a.replace("{control_fd}", str(control_fd)) for a in argv]]
-        return subprocess.Popen(cmd, pass_fds=(self.lifeline_fd, control_fd), env=self.env,
+        env, cwd = self.env, None
+        if ready is not None:
+            cmd, env, cwd = launch(ready, cmd, self.env)
+        return subprocess.Popen(cmd, pass_fds=(self.lifeline_fd, control_fd), env=env, cwd=cwd,
                                 stdin=subprocess.DEVNULL, stdout=stdout_fd, stderr=stderr_fd)
 
     def _fork(self, argv: list[str], fds: list[int]) -> "ZygoteChild | None":

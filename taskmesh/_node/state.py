@@ -52,9 +52,11 @@ from .. import _protocol as P
 from ..config import Config
 
 __all__ = [
-    "AgentState", "AnswerLogs", "Command", "DeleteObjects", "Drop", "DropAllObjects", "Event", "Exit",
+    "AgentState", "AnswerLogs", "Command", "DeleteObjects", "Drop", "DropAllObjects", "EnvReady",
+    "EnvSetupFailed", "Event", "Exit",
     "FromHead", "HandshakeRefused", "HeadClosed", "Interrupt", "Kill", "LifelineEnded", "Log",
-    "Phase", "ReportReady", "Send", "SendHeartbeat", "SpawnWorkers", "Start", "StopRequested",
+    "Phase", "PrepareEnv", "ReportReady", "Send", "SendHeartbeat", "SpawnWorkers", "Start",
+    "StopRequested",
     "StopWorkers", "Tick", "Woke", "WorkerEnded", "WorkerSpawnFailed", "WorkerSpawned",
 ]
 
@@ -114,6 +116,22 @@ class WorkerSpawnFailed:
 
 
 @dataclass(frozen=True, slots=True)
+class EnvReady:
+    """A ``PrepareEnv``'s environment is ready: start ``count`` workers of it."""
+
+    env: str
+    count: int
+
+
+@dataclass(frozen=True, slots=True)
+class EnvSetupFailed:
+    """A ``PrepareEnv``'s environment could not be made ready; ``message`` says why."""
+
+    env: str
+    message: str
+
+
+@dataclass(frozen=True, slots=True)
 class WorkerEnded:
     """A worker process ended (``exitcode`` < 0: killed by that signal), maybe before its
     ``WorkerSpawned``."""
@@ -146,7 +164,8 @@ class LifelineEnded:
 
 
 Event = (Start | FromHead | Woke | Tick | WorkerSpawned | WorkerSpawnFailed | WorkerEnded
-         | HeadClosed | HandshakeRefused | StopRequested | LifelineEnded)
+         | HeadClosed | HandshakeRefused | StopRequested | LifelineEnded | EnvReady
+         | EnvSetupFailed)
 
 
 # --------------------------------------------------------------------------- commands
@@ -174,6 +193,17 @@ class SpawnWorkers:
 
     worker_ids: tuple[str, ...]
     incarnation: int
+    env: str = ""  # the runtime environment they are for (made ready by a PrepareEnv)
+
+
+@dataclass(frozen=True, slots=True)
+class PrepareEnv:
+    """Make runtime environment ``env`` (wire form ``wire``) ready here, then report
+    ``EnvReady`` (``count`` workers of it to start) or ``EnvSetupFailed``."""
+
+    env: str
+    wire: str
+    count: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -252,7 +282,7 @@ class Exit:
 
 
 Command = (Send | SendHeartbeat | SpawnWorkers | Kill | Interrupt | StopWorkers | DeleteObjects
-           | DropAllObjects | ReportReady | Log | Drop | Exit | AnswerLogs)
+           | DropAllObjects | ReportReady | Log | Drop | Exit | AnswerLogs | PrepareEnv)
 
 
 # --------------------------------------------------------------------------- phases
@@ -397,14 +427,14 @@ class AgentState:
         # start the pool at once: workers connect to the head while it welcomes us
         out.append(self._spawn(self.num_cpus))
 
-    def _spawn(self, count: int) -> SpawnWorkers:
+    def _spawn(self, count: int, env: str = "") -> SpawnWorkers:
         ids = []
         for _ in range(count):
             self._seq += 1
             worker_id = f"{self.node_id}-{self._seq}"
             self.workers[worker_id] = _Worker(worker_id)
             ids.append(worker_id)
-        return SpawnWorkers(tuple(ids), self.incarnation)
+        return SpawnWorkers(tuple(ids), self.incarnation, env)
 
     def _fence(self, why: str, now: float, out: list[Command]) -> None:
         """The head forgot this node and ran its tasks elsewhere (it declared it dead, or it
@@ -533,7 +563,20 @@ class AgentState:
             self._exit(1, f"the head refused this node: {msg.reason}", out)
 
     def _on_start_workers(self, msg: P.StartWorkers, now: float, out: list[Command]) -> None:
-        out.append(self._spawn(max(0, min(msg.count, MAX_START))))
+        count = max(0, min(msg.count, MAX_START))
+        if msg.env:  # its environment first (packages, pip): EnvReady or EnvSetupFailed
+            out.append(PrepareEnv(msg.env, msg.wire, count))
+        else:
+            out.append(self._spawn(count))
+
+    def _on_env_ready(self, event: EnvReady, now: float, out: list[Command]) -> None:
+        if self.phase in (Phase.JOINED, Phase.HEAD_LOST) and event.count > 0:
+            out.append(self._spawn(event.count, event.env))
+
+    def _on_env_failed(self, event: EnvSetupFailed, now: float, out: list[Command]) -> None:
+        out.append(Log(WARNING, "runtime_env %s could not be set up: %s",
+                       (event.env, event.message)))
+        out.append(Send(P.EnvFailed(event.env, event.message)))
 
     def _on_free_objects(self, msg: P.FreeObjects, now: float, out: list[Command]) -> None:
         out.append(DeleteObjects(tuple(msg.object_ids)))
@@ -576,6 +619,8 @@ _EVENTS: dict[type, _Handler] = {
     WorkerSpawned: AgentState._on_spawned,
     WorkerSpawnFailed: AgentState._on_spawn_failed,
     WorkerEnded: AgentState._on_ended,
+    EnvReady: AgentState._on_env_ready,
+    EnvSetupFailed: AgentState._on_env_failed,
     HeadClosed: AgentState._on_head_closed,
     HandshakeRefused: AgentState._on_handshake_refused,
     StopRequested: AgentState._on_stop,

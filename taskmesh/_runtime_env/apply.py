@@ -24,6 +24,8 @@ from typing import Any, Callable
 
 #: the variable that tells a worker which environment it is for
 ENV_ID_VAR = "TASKMESH_RUNTIME_ENV_ID"
+#: and the one with its wire form (JSON): what the tasks it submits inherit
+ENV_WIRE_VAR = "TASKMESH_RUNTIME_ENV"
 _REFERENCE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 
 
@@ -33,10 +35,14 @@ def wire_form(env: dict[str, Any], pack: Callable[[str, list[str], bool], dict])
     the package uploaded or found); ``excludes`` has done its work and does not travel."""
     out: dict[str, Any] = {}
     excludes = env.get("excludes", [])
+
+    def packed(path: Any, keep_name: bool) -> dict:  # (a parent's wire form is packed already)
+        return path if isinstance(path, dict) else pack(path, excludes, keep_name)
+
     if "working_dir" in env:
-        out["working_dir"] = pack(env["working_dir"], excludes, False)
+        out["working_dir"] = packed(env["working_dir"], False)
     if "py_modules" in env:
-        out["py_modules"] = [pack(p, excludes, True) for p in env["py_modules"]]
+        out["py_modules"] = [packed(p, True) for p in env["py_modules"]]
     for key in ("env_vars", "pip", "config"):
         if key in env:
             out[key] = env[key]
@@ -62,6 +68,7 @@ class Ready:
     py_paths: tuple[str, ...] = ()  # what goes on sys.path for py_modules
     python: str | None = None  # the pip environment's interpreter (None: the node's)
     env_vars: dict[str, str] = field(default_factory=dict)
+    wire: str = ""  # its wire form (JSON), for the tasks its workers submit
 
 
 def launch(ready: Ready, argv: list[str], base_env: dict[str, str]
@@ -75,6 +82,8 @@ def launch(ready: Ready, argv: list[str], base_env: dict[str, str]
         rest = env.get("PYTHONPATH", "")
         env["PYTHONPATH"] = os.pathsep.join(front + ([rest] if rest else []))
     env[ENV_ID_VAR] = ready.env_id
+    if ready.wire:
+        env[ENV_WIRE_VAR] = ready.wire
     if ready.python:
         argv = [ready.python, *argv[1:]]
     return argv, env, ready.working_dir

@@ -18,6 +18,7 @@ workers are all gone; its parts stay on disk for the cache's clean-up to judge.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from typing import Any, Union
 
@@ -170,7 +171,8 @@ class Setups:
                          else paths[wd["pkg"]]) if wd else None,
             py_paths=tuple(paths[p["pkg"]] for p in wire.get("py_modules", ())),
             python=paths[self._pip_name(wire["pip"])] + "/bin/python" if wire.get("pip") else None,
-            env_vars=dict(wire.get("env_vars") or {}))
+            env_vars=dict(wire.get("env_vars") or {}),
+            wire=json.dumps(wire, sort_keys=True))
         count, env.waiting = env.waiting, 0
         return [Start(env.ready, count)] if count > 0 else []
 

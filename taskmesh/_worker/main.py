@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import collections
 import inspect
+import json
 import logging
 import os
 import pickle
@@ -37,6 +38,7 @@ from .._output_marks import NO_CONTEXT, Context
 from ..errors import ObjectLostError, SerializationError, TaskmeshError
 from . import output
 from .results import ResultBatch
+from .._runtime_env.apply import ENV_ID_VAR, ENV_WIRE_VAR
 
 log = logging.getLogger("taskmesh.worker")
 
@@ -63,6 +65,14 @@ class Worker:
         self.core = CoreClient(config, endpoint, "worker", endpoint.replace("tcp://", ""),
                                security, identity=b"W" + worker_id.encode(), hooks=self.hooks,
                                node_id=node_id)
+        #: the runtime environment it was started in ("": the default): the node agent
+        #: says which in its environment, with the wire form its nested tasks inherit
+        self.runtime_env_id = os.environ.get(ENV_ID_VAR, "")
+        if self.runtime_env_id:
+            try:
+                self.core.runtime_env = json.loads(os.environ.get(ENV_WIRE_VAR, "{}"))
+            except ValueError:
+                log.warning("unreadable %s: nested tasks get no runtime_env", ENV_WIRE_VAR)
         #: results held back for batching (they may hold refs: no Release may overtake them)
         self.results = ResultBatch(self.core.send, config.result_batch_s)
         self.queue: collections.deque[P.Assignment] = collections.deque()
@@ -521,6 +531,8 @@ class Worker:
     def run(self) -> int:
         info = {"node_id": self.node_id, "worker_id": self.worker_id, "pid": self.pid,
                 "incarnation": self.incarnation}
+        if self.runtime_env_id:  # a worker of a runtime environment: only its tasks come here
+            info["runtime_env"] = self.runtime_env_id
         self.core.send(P.Hello(P.PROTOCOL_VERSION, "worker", info))
         queue = self.queue
         core = self.core

@@ -40,6 +40,9 @@ PV = P.PROTOCOL_VERSION
 FRAME_THRESHOLD = 48
 
 
+#: the runtime environments the fuzzed peers use
+ENVS = ("env_f1", "env_f2")
+
 class Crash(Exception):
     """What went wrong, where, and how to replay it."""
 
@@ -235,8 +238,11 @@ class HeadWorld:
         peer = self._peer("W")
         worker_id = f"{node_id}-{self.seq}"
         self.workers[peer] = (node_id, worker_id, 1000 + self.seq)
-        self.send(peer, P.Hello(PV, "worker", {"node_id": node_id, "worker_id": worker_id,
-                                                "pid": 1000 + self.seq, "incarnation": incarnation}))
+        info = {"node_id": node_id, "worker_id": worker_id, "pid": 1000 + self.seq,
+                "incarnation": incarnation}
+        if self.rng.random() < 0.2:  # a worker started for a runtime environment
+            info["runtime_env"] = self.rng.choice(ENVS)
+        self.send(peer, P.Hello(PV, "worker", info))
 
     def hello_driver(self) -> bytes:
         peer = self._peer("D")
@@ -470,11 +476,19 @@ class HeadWorld:
                                actor, method, self.task_ids)
             if actor and r.random() < 0.8:
                 spec = spec._replace(resources={})
+            if r.random() < 0.15:  # a runtime environment (registered first, mostly)
+                spec = spec._replace(runtime_env=self.some_env(peer))
             specs.append(spec)
             self.task_ids.append(tid)
             if 0 <= spec.num_returns < 8:
                 self.object_ids.extend(return_ids(tid, spec.num_returns))
         self.send(peer, P.Submit(specs))
+
+    def some_env(self, peer: bytes) -> str:
+        env = self.rng.choice(ENVS)
+        if self.rng.random() < 0.8:
+            self.send(peer, P.RegisterEnv(env, '{"env_vars": {"A": "%s"}}' % env))
+        return env
 
     def create_actor(self, peer: bytes) -> None:
         r, v = self.rng, self.v
@@ -515,6 +529,8 @@ class HeadWorld:
         if x < 0.4 and self.exits:
             node_peer, worker_id, pid, code = self.exits.popleft()
             self.send(node_peer, P.WorkerExited(worker_id, pid, code))
+        elif x < 0.43:  # a runtime environment could not be set up there
+            self.send(peer, P.EnvFailed(r.choice(ENVS), "pip install x failed (fuzz)"))
         elif x < 0.55:  # a worker dies on its own
             mine = [(p, w) for p, w in self.workers.items() if w[0] == node_id]
             if mine:

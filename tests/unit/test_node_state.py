@@ -22,6 +22,8 @@ from taskmesh._node.state import (
     DeleteObjects,
     Drop,
     DropAllObjects,
+    EnvReady,
+    EnvSetupFailed,
     Exit,
     FromHead,
     HandshakeRefused,
@@ -31,6 +33,7 @@ from taskmesh._node.state import (
     LifelineEnded,
     Log,
     Phase,
+    PrepareEnv,
     ReportReady,
     Send,
     SendHeartbeat,
@@ -276,6 +279,19 @@ def test_start_workers_is_bounded_and_ids_count_up():
     assert of(a.head(P.StartWorkers(-5)), SpawnWorkers) == [SpawnWorkers((), 0)]
     assert len(a.state.workers) == 67
     assert a.feed(Tick(), 0.3) == [SendHeartbeat(67)]
+
+
+def test_workers_of_a_runtime_env_start_once_it_is_ready_and_a_failure_is_told():
+    a = Agent(num_cpus=2).joined()
+    cmds = a.head(P.StartWorkers(3, "env_1", '{"env_vars": {"A": "1"}}'))
+    assert of(cmds, SpawnWorkers) == []  # (its environment first)
+    assert of(cmds, PrepareEnv) == [PrepareEnv("env_1", '{"env_vars": {"A": "1"}}', 3)]
+    assert of(a.feed(EnvReady("env_1", 3)), SpawnWorkers) == [
+        SpawnWorkers(("n1-3", "n1-4", "n1-5"), 0, "env_1")]
+    cmds = a.feed(EnvSetupFailed("env_2", "pip install nope failed"))
+    assert sent(cmds) == [P.EnvFailed("env_2", "pip install nope failed")]
+    assert logged(cmds, WARNING) == ["runtime_env env_2 could not be set up: pip install nope failed"]
+    assert of(a.head(P.StartWorkers(100, "env_3", "{}")), PrepareEnv)[0].count == 64
 
 
 def test_worker_exits_are_reported_with_a_level_that_fits():

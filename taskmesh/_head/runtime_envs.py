@@ -1,0 +1,173 @@
+"""Runtime environments at the head: their wire forms, and the placement of their tasks.
+
+    RegisterEnv(env_id, wire) ──▶ envs (kept as sent: the head never reads a wire form)
+    a queue of env tasks ──schedule()──▶ 1. an idle worker of that env (argument bytes, free CPU)
+                                         2. nodes with room start workers of it
+                                            (StartWorkers(count, env, wire)), retiring idle
+                                            workers of other environments first if the node
+                                            has as many processes as it may
+                                         3. short tasks pipelined behind its busy workers
+    EnvFailed(env, message) ──▶ its queued tasks fail with RuntimeEnvSetupError, and so do the
+                                actors waiting for a worker of it on that node
+
+The default environment never comes here: its tasks keep the scheduler's own path (the hot
+path is unchanged). Sans-IO, like every part of the head.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from typing import TYPE_CHECKING
+
+from .. import _protocol as P
+from .._resources import CPU, GPU, assign_gpus
+from .context import ERR, Context
+from .policy import fits, is_short, pick_node, pick_spread, pipeline_window, workers_to_start
+from .records import READY, TaskRec, pop_front, queued_load, sub_from
+
+if TYPE_CHECKING:
+    from .actor_table import ActorTable
+    from .directory import ObjectDirectory
+    from .membership import Membership
+    from .scheduler import Scheduler
+    from .tasks import TaskTable
+
+#: a runtime environment's wire form (RegisterEnv) may be this long at most
+MAX_ENV_WIRE = 1 << 20
+
+
+class RuntimeEnvs:
+    """The runtime environments the head knows, and where their tasks run."""
+
+    def __init__(self, ctx: Context) -> None:
+        self.ctx = ctx
+        self.config = ctx.config
+        self.out = ctx.out
+        self.members: Membership
+        self.table: TaskTable
+        self.scheduler: Scheduler
+        self.directory: ObjectDirectory
+        self.actor_table: ActorTable
+        #: runtime environment id -> its wire form (JSON, not read here), from RegisterEnv
+        self.envs: dict[str, str] = {}
+
+    def on_register_env(self, peer: bytes, msg: P.RegisterEnv) -> None:
+        """A runtime environment's wire form, kept for the nodes that start its workers."""
+        if not msg.env_id or len(msg.wire) > MAX_ENV_WIRE:
+            self.ctx.reject(peer, "RegisterEnv", f"runtime_env {msg.env_id!r}: no id, or its "
+                            f"wire form is over {MAX_ENV_WIRE:,} characters")
+            return
+        self.envs.setdefault(msg.env_id, msg.wire)
+
+    def on_env_failed(self, peer: bytes, msg: P.EnvFailed) -> None:
+        """A node could not set up a runtime environment: the tasks queued for it fail (the
+        node's error says why: pip's own, a time-out), and so do actors waiting on that node
+        for a worker of it."""
+        node = self.members.node_by_peer.get(peer)
+        if node is None:
+            return
+        env = msg.env_id
+        node.env_starting.pop(env, None)
+        why = (f"the runtime_env could not be set up on node {node.node_id} "
+               f"({node.address}): {msg.message}")
+        for shape, queue in list(self.scheduler.queues.items()):
+            if ("env", env) not in shape:
+                continue
+            for t in list(queue):
+                if t.state == READY:
+                    t.queued = False
+                    self.table.fail_task(t, ERR("RuntimeEnvSetupError", f"task {t.spec.name}: {why}"))
+            queue.clear()
+        self.actor_table.env_failed(node, env, why)
+
+    def schedule(self, queue: deque[TaskRec], env: str) -> None:
+        """``Scheduler._schedule_shape`` for the tasks of a runtime environment: its own idle workers
+        (on the node with most argument bytes, then most free CPU), else new workers for it
+        where there is room, made by retiring idle workers of other environments if the node
+        has as many processes as it may; short tasks pipelined behind its busy workers."""
+        t0 = queue[0]
+        demand = t0.spec.resources
+        strategy = t0.strategy
+        nodes = [n for n in self.members.nodes.values() if n.alive]
+        prefer = None
+        if strategy.kind == "NODE":
+            there = [n for n in nodes if n.node_id == strategy.node_id]
+            if strategy.soft:
+                prefer = strategy.node_id
+            elif not there:
+                self.scheduler._fail_unplaceable(queue, strategy.node_id)
+                return
+            else:
+                nodes = there
+        by_id = {n.node_id: n for n in nodes}
+        while queue:
+            t = queue[0]
+            spec = t.spec
+            held = (self.directory.held_bytes(t) if spec.deps or (spec.args is not None
+                                                          and spec.args.is_stored) else None)
+            with_idle = ((n.node_id, n.avail) for n in nodes if n.env_idle.get(env))
+            if strategy.kind == "SPREAD":
+                node_id = pick_spread(((n.node_id, n.avail, queued_load(n)) for n in nodes
+                                       if n.env_idle.get(env)), demand)
+            else:
+                node_id = pick_node(with_idle, demand, held, prefer)
+            if node_id is None:
+                break
+            best = by_id[node_id]
+            alloc = None
+            if demand.get(GPU):
+                alloc = assign_gpus(best.gpus, demand[GPU])
+                if alloc is None:
+                    break
+            w = best.env_idle[env].pop()
+            w.lease = dict(demand)
+            w.gpu_alloc = alloc
+            sub_from(best.avail, demand)
+            self.scheduler.assign(pop_front(queue), w)
+            self.scheduler._skip_unready(queue)
+        if not queue:
+            return
+        wire = self.envs.get(env, "")
+        demand_cpu = demand.get(CPU, 0)
+        for n in nodes:
+            if n.env_idle.get(env) or not fits(n.avail, demand):
+                continue
+            blocked = sum(1 for w in n.workers.values() if w.blocked)
+            cap = max(n.num_cpus, 1) + blocked + 2
+            starting = n.env_starting.get(env, 0)
+            want = workers_to_start(n.avail.get(CPU, 0), demand_cpu, len(queue), starting,
+                                    0, len(queue))
+            room = cap - len(n.workers) - n.starting
+            if want > room:  # make room: idle workers of other environments go first
+                others = [w for e, pool in [("", n.idle), *n.env_idle.items()] if e != env
+                          for w in pool]
+                others.sort(key=lambda w: w.idle_since)
+                for w in others[:want - room]:
+                    self.members.retire(w, "making room for workers of another runtime_env")
+                room = cap - len(n.workers) - n.starting
+            count = min(want, room)
+            if count > 0:
+                n.starting += count
+                n.env_starting[env] = starting + count
+                self.out.send(n.peer, P.StartWorkers(count, env, wire))
+        fn_mean = self.scheduler.fn_mean_s
+        busy = [w for n in nodes for w in n.workers.values()
+                if w.env == env and w.lease == demand and not w.blocked and w.assigned
+                and not w.slow and is_short(fn_mean.get(w.assigned[-1].spec.function_id))]
+        if not busy or strategy.kind == "SPREAD":
+            return
+        busy.sort(key=lambda w: len(w.assigned))
+        max_pipe = self.config.max_pipeline
+        progress = True
+        while queue and progress:
+            progress = False
+            for w in busy:
+                self.scheduler._skip_unready(queue)
+                if not queue:
+                    break
+                t = queue[0]
+                window = pipeline_window(fn_mean.get(t.spec.function_id), len(queue),
+                                         len(busy), max_pipe)
+                if len(w.assigned) < window:
+                    self.scheduler.assign(pop_front(queue), w)
+                    progress = True
