@@ -99,12 +99,7 @@ def boolean(name: str) -> Callable[[Any], Any]:
 
 def runtime_env(v: Any) -> dict | None:
     """Ray's ``runtime_env`` option, checked (``_runtime_env.spec``): None for none."""
-    env = validate_runtime_env(v)
-    for key in ("working_dir", "py_modules"):
-        if key in env:
-            raise ValueError(f"runtime_env[{key!r}] is not available yet in this version of "
-                             "taskmesh (env_vars, pip and config are)")
-    return env or None
+    return validate_runtime_env(v) or None
 
 
 #: options that belong to actors, not to remote functions (a clearer error than "unknown")

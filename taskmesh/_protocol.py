@@ -721,6 +721,16 @@ class RegisterEnv(NamedTuple):
     wire: str
 
 
+@_message(85, _STR, _BYTES)
+class RegisterPackage(NamedTuple):
+    """A runtime_env package (a working_dir or py_module, zipped) is the object
+    ``object_id``, which this client just put: the head keeps it for every later run
+    (``InfoRequest("package:<name>")`` finds it)."""
+
+    name: str
+    object_id: bytes
+
+
 @_message(84, _STR, _STR)
 class EnvFailed(NamedTuple):
     """Node agent: the runtime environment ``env_id`` could not be set up here (``message``:

@@ -50,8 +50,8 @@ ACTOR_OPTIONS: dict[str, tuple[Any, Callable[[Any], Any], str]] = {
     "max_concurrency": (None, int_at_least("max_concurrency", 1),
                         "calls run at once (threads; async actors: coroutines, default 1000)"),
     "runtime_env": (None, runtime_env,
-                    "what the actor's process needs: {'env_vars': {...}, 'pip': [...]} (merged "
-                    "over the job's, as Ray merges them)"),
+                    "what the actor's process needs: {'working_dir': ..., 'py_modules': [...], "
+                    "'env_vars': {...}, 'pip': [...]} (merged over the job's, as Ray merges them)"),
 }
 
 

@@ -56,9 +56,9 @@ def init(
         ignore_reinit_error: return quietly if taskmesh is already initialized.
         log_to_driver: show what tasks and actors print here, each line prefixed with
             ``(name pid=..., ip=...)`` (the nodes' log files keep it either way).
-        runtime_env: the job's runtime environment (Ray's ``runtime_env``: ``env_vars``,
-            ``pip``, ``config``): every task and actor of this driver runs in it, their own
-            ``runtime_env`` option merged over it.
+        runtime_env: the job's runtime environment (Ray's ``runtime_env``: ``working_dir``,
+            ``py_modules``, ``excludes``, ``env_vars``, ``pip``, ``config``): every task and
+            actor of this driver runs in it, their own ``runtime_env`` option merged over it.
         **config: overrides of :class:`taskmesh.config.Config` fields (e.g. connect_timeout_s,
             or ``secret_file`` when the cluster secret is not at ~/.taskmesh/cluster-secret).
 

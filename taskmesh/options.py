@@ -57,8 +57,8 @@ TASK_OPTIONS: dict[str, tuple[Any, Callable[[Any], Any], str]] = {
     "scheduling_strategy": (None, lambda v: (strategy_code(v), v)[1],
                             "'DEFAULT', 'SPREAD' or NodeAffinitySchedulingStrategy(node_id, soft)"),
     "runtime_env": (None, runtime_env,
-                    "what the task needs on its worker: {'env_vars': {...}, 'pip': [...]} "
-                    "(merged over the job's, as Ray merges them)"),
+                    "what the task needs on its worker: {'working_dir': ..., 'py_modules': [...], "
+                    "'env_vars': {...}, 'pip': [...]} (merged over the job's, as Ray merges them)"),
 }
 
 

@@ -28,6 +28,8 @@ import time
 from typing import Any, Callable, Iterable, Sequence
 
 from .. import _protocol as P
+from .. import _serialize as S
+from .._runtime_env import package
 from .._runtime_env.apply import env_id, wire_form
 from .._runtime_env.spec import merge
 from .._secret import Security
@@ -119,6 +121,7 @@ class CoreClient:
         self.runtime_env: dict = {}
         self._env_ids: dict[str, str] = {}  # a merged runtime_env (JSON) -> its id
         self._registered_envs: set[str] = set()
+        self._packages: dict[str, bytes] = {}  # package name -> its object (put or found)
         #: id(a task's runtime_env) -> (it, the parent env it was merged over, the env id)
         self._env_by_obj: dict[int, tuple] = {}
         self._pending: collections.deque = collections.deque()
@@ -544,12 +547,40 @@ class CoreClient:
         key = json.dumps(env, sort_keys=True)
         ident = self._env_ids.get(key)
         if ident is None:
-            wire = wire_form(env, _no_packages)
+            wire = wire_form(env, self._pack)
             ident = self._env_ids[key] = env_id(wire)
             if ident and ident not in self._registered_envs:
                 self._registered_envs.add(ident)
                 self.send(P.RegisterEnv(ident, json.dumps(wire, sort_keys=True)))
         return ident
+
+    def _pack(self, path: str, excludes: list[str], keep_name: bool) -> dict:
+        """A working_dir or py_module in wire form: its package, uploaded unless the head
+        keeps one of that name already (a second run with the same files uploads nothing)."""
+        tree = package.scan(path, excludes, what="py_modules" if keep_name else "working_dir",
+                            keep_name=keep_name)
+        name = package.digest(tree)
+        oid = self._packages.get(name)
+        if oid is None:
+            known = self.info(f"package:{name}")
+            if isinstance(known, dict) and known.get("object"):
+                oid = bytes.fromhex(known["object"])
+            else:
+                oid = self._upload(package.zip_bytes(tree))
+                self.send(P.RegisterPackage(name, oid))
+            self._packages[name] = oid
+        return {"pkg": name, "archive": tree.archive, "object": oid.hex()}
+
+    def _upload(self, data: bytes) -> bytes:
+        """Put a package's zip as an object of this process (held by the head once it is
+        registered; this process keeps its ref until it ends)."""
+        obj = S.dumps(data)
+        oid = self.new_object_id()
+        stored = (self.store_large(oid, obj) if obj.nbytes > self.config.store_threshold_bytes
+                  else None)
+        self.put_serialized(oid, stored if stored is not None else S.snapshot(obj))
+        self.new_ref_ids((oid,))
+        return oid
 
     def submit(self, spec: P.TaskSpec, return_ids: list[bytes]) -> None:
         credits = self._credits
@@ -760,7 +791,3 @@ class _Refusal:
 def function_id_for(blob: bytes) -> bytes:
     return hashlib.blake2b(blob, digest_size=16).digest()
 
-
-def _no_packages(path: str, excludes: list[str], keep_name: bool) -> dict:
-    raise ValueError("runtime_env working_dir and py_modules are not available yet in this "
-                     "version of taskmesh (env_vars and pip are)")

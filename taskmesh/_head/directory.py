@@ -24,6 +24,7 @@ from .context import CHORE_SLICE, ERR, Context
 from .records import WAITING, NodeRec, ObjectRec, TaskRec, is_lost, require
 
 if TYPE_CHECKING:
+    from .runtime_envs import RuntimeEnvs
     from .actor_table import ActorTable
     from .membership import Membership
     from .scheduler import Scheduler
@@ -49,6 +50,7 @@ class ObjectDirectory:
         self.table: TaskTable
         self.scheduler: Scheduler
         self.actor_table: ActorTable
+        self.runtime_envs: RuntimeEnvs
         self.objects: dict[bytes, ObjectRec] = {}
         self.borrowed: dict[bytes, set[bytes]] = {}  # peer -> objects it said Borrow for
         #: owner -> bytes of its objects' values the head holds inline (small puts and
@@ -514,12 +516,14 @@ class ObjectDirectory:
         for oid, obj in self.objects.items():
             for inner in obj.contained or ():
                 holds[inner] = holds.get(inner, 0) + 1
+        for oid in self.runtime_envs.packages.values():  # (runtime_env packages the head keeps)
+            holds[oid] = holds.get(oid, 0) + 1
         for oid, obj in self.objects.items():
             name = f"object {oid.hex()}"
             require(obj.dependents == dependents.get(oid, 0), f"{name}: {obj.dependents} "
                     f"dependents counted, {dependents.get(oid, 0)} pending tasks use it")
             require(obj.holds == holds.get(oid, 0), f"{name}: {obj.holds} holds counted, "
-                    f"{holds.get(oid, 0)} values and tasks refer to it")
+                    f"{holds.get(oid, 0)} values, tasks and packages refer to it")
             require(obj.needed() or obj.value is None or bool(obj.subscribers),
                     f"{name} has a value but nothing refers to it")
             for peer in obj.borrowers or ():

@@ -34,6 +34,8 @@ if TYPE_CHECKING:
 
 #: a runtime environment's wire form (RegisterEnv) may be this long at most
 MAX_ENV_WIRE = 1 << 20
+#: packages kept (their objects held); beyond it the one used least recently is let go
+MAX_PACKAGES = 256
 
 
 class RuntimeEnvs:
@@ -50,6 +52,38 @@ class RuntimeEnvs:
         self.actor_table: ActorTable
         #: runtime environment id -> its wire form (JSON, not read here), from RegisterEnv
         self.envs: dict[str, str] = {}
+        #: package name (``pkg_<sha256>``) -> the object holding its zip, held by the head
+        #: (the last used last): a second run with the same files uploads nothing
+        self.packages: dict[str, bytes] = {}
+
+    def on_register_package(self, peer: bytes, msg: P.RegisterPackage) -> None:
+        """A client put a package's zip: hold the object for every later run."""
+        name, oid = msg.name, bytes(msg.object_id)
+        if not name.startswith("pkg_") or len(name) > 100:
+            self.ctx.reject(peer, "RegisterPackage", f"{name!r} is not a package name")
+            return
+        old = self.packages.pop(name, None)
+        if old is not None:  # (known already: kept, as the one used last)
+            self.packages[name] = old
+            return
+        if not self.directory.hold([oid]):
+            self.ctx.reject(peer, "RegisterPackage", f"package {name}: object {oid.hex()} is "
+                            "not known to the head")
+            return
+        self.packages[name] = oid
+        while len(self.packages) > MAX_PACKAGES:
+            gone = next(iter(self.packages))
+            self.directory.unhold([self.packages.pop(gone)])
+
+    def package(self, name: str) -> dict:
+        """``InfoRequest("package:<name>")``: ``{"object": hex}`` if the head keeps it (and
+        its object is there), else ``{}``."""
+        oid = self.packages.get(name)
+        obj = self.directory.objects.get(oid) if oid is not None else None
+        if obj is None or (obj.value is not None and obj.value.is_error):
+            return {}
+        self.packages[name] = self.packages.pop(name)  # (used last)
+        return {"object": oid.hex()}
 
     def on_register_env(self, peer: bytes, msg: P.RegisterEnv) -> None:
         """A runtime environment's wire form, kept for the nodes that start its workers."""

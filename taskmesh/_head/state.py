@@ -108,6 +108,7 @@ class HeadState:
             P.LogRequest: (self.logs.on_request, (*_CLIENT, PeerKind.STATUS)),
             P.LogsRead: (self.logs.on_read, (PeerKind.NODE,)),
             P.RegisterEnv: (self.runtime_envs.on_register_env, _CLIENT),
+            P.RegisterPackage: (self.runtime_envs.on_register_package, _CLIENT),
             P.EnvFailed: (self.runtime_envs.on_env_failed, (PeerKind.NODE,)),
         }
 
@@ -320,6 +321,8 @@ class HeadState:
             return {}
         if what == "dashboard":  # where its HTTP endpoints listen: {"host", "port"}
             return self.shell.get("dashboard", {})
+        if what.startswith("package:"):  # a runtime_env package the head keeps
+            return self.runtime_envs.package(what[len("package:"):])
         alive = [n for n in self.members.nodes.values() if n.alive]
         if what == "nodes":
             return [self.members.node_info(n) for n in self.members.nodes.values()]

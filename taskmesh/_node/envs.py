@@ -5,6 +5,8 @@
                                      ◀──part_ready / part_failed── its exit
                                  ──▶ EnvReady(env, count) | EnvSetupFailed(env, message)
 
+(A working_dir and py_modules are the workers' to fetch and unpack: ``_worker/envsetup.py``.)
+
 A pip environment is built by a helper process (pip takes seconds to minutes; the agent's
 loop never waits for it). Its output goes to ``runtime_env-<name>.log`` in the node's log
 directory (``taskmesh logs`` shows it). The environments live in the machine's runtime_env
@@ -21,9 +23,9 @@ import subprocess
 import sys
 from typing import Any
 
-from .._runtime_env import cache, package, pip_env
+from .._runtime_env import cache, pip_env
 from .._runtime_env.apply import Ready
-from .._runtime_env.setups import Build, Failed, Fetch, Setups, Start
+from .._runtime_env.setups import Build, Failed, Setups, Start
 from .state import EnvReady, EnvSetupFailed
 
 log = logging.getLogger("taskmesh.node")
@@ -44,7 +46,7 @@ class NodeEnvs:
     def __init__(self, cache_dir: str, log_dir: str) -> None:
         self.cache_dir = cache_dir
         self.log_dir = log_dir
-        self.setups = Setups(pip_env.env_name, lambda p: package.working_path(p, True))
+        self.setups = Setups(pip_env.env_name)
         self.ready: dict[str, Ready] = {}  # env id -> where its parts are
         self.builds: dict[int, _BuildProc] = {}  # pidfd -> the helper building a pip env
         self._collected = False
@@ -99,9 +101,6 @@ class NodeEnvs:
                 events.append(EnvSetupFailed(c.env_id, c.message))
             elif type(c) is Build:
                 events.extend(self._build(c))
-            elif type(c) is Fetch:  # (the client sends no packages yet)
-                events.extend(self._carry_out(self.setups.part_failed(
-                    c.name, "packages (working_dir, py_modules) are not supported yet")))
         return events
 
     def _build(self, c: Build) -> list[Any]:

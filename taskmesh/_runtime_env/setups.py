@@ -1,19 +1,20 @@
-"""Making runtime environments ready on a node, as a sans-IO state machine: which packages to
-fetch and unpack, which pip environments to build, when an environment's workers may start,
-and when its set-up failed. The node agent carries out the commands and reports back.
+"""Making runtime environments ready on a node, as a sans-IO state machine: which pip
+environments to build, when an environment's workers may start, and when its set-up failed.
+The node agent carries out the commands and reports back. (Packages, a working_dir and
+py_modules, are fetched and unpacked by the environment's workers themselves, as they start:
+they read objects as any client does.)
 
-    need(env_id, wire, count) ──▶ Fetch(pkg) per package not there   ─┐ package_ready /
-                                  Build(pip) if its pip env is not    ─┤ package_failed /
-                                                                       │ pip_ready / pip_failed
-                                  Start(Ready, count) once all parts ◀─┘
-                                  Failed(env_id, message) if a part failed or the set-up
+    need(env_id, wire, count) ──▶ Build(pip) if its pip env is not made ─┐ part_ready /
+                                                                         │ part_failed
+                                  Start(Ready, count) once it is ready  ◀┘
+                                  Failed(env_id, message) if the build failed or the set-up
                                   time-out passed (the tasks waiting for it fail with it)
 
-Parts are shared: two environments with one package fetch it once; one pip requirement set
-is built once for every environment that has it. A part that failed is forgotten, so the
-next environment that needs it tries again (a network hiccup is not for ever; a typo fails
-again, with pip's error, each time it is asked for). ``forget`` drops an environment whose
-workers are all gone; its parts stay on disk for the cache's clean-up to judge.
+Parts are shared: one pip requirement set is built once for every environment that has it.
+A part that failed is forgotten, so the next environment that needs it tries again (a
+network hiccup is not for ever; a typo fails again, with pip's error, each time it is asked
+for). ``forget`` drops an environment whose workers are all gone; its parts stay on disk for
+the cache's clean-up to judge.
 """
 
 from __future__ import annotations
@@ -26,14 +27,6 @@ from .apply import Ready
 from .spec import SETUP_TIMEOUT_S
 
 READY, WORKING = "ready", "working"
-
-
-@dataclass(frozen=True)
-class Fetch:
-    """Fetch and unpack package ``name`` (``source``: its wire entry, which says where)."""
-
-    name: str
-    source: dict
 
 
 @dataclass(frozen=True)
@@ -61,20 +54,20 @@ class Failed:
     message: str
 
 
-Command = Union[Fetch, Build, Start, Failed]
+Command = Union[Build, Start, Failed]
 
 
 @dataclass
 class _Part:
     state: str  # WORKING or READY
-    path: str = ""  # READY: the unpacked package, or the pip environment's directory
+    path: str = ""  # READY: the pip environment's directory
     envs: set[str] = field(default_factory=set)  # environments waiting for it
 
 
 @dataclass
 class _Env:
     wire: dict
-    parts: list[str]  # the names of its packages and pip environment
+    parts: list[str]  # the name of its pip environment, if it has one
     waiting: int  # workers asked for, to start once ready
     deadline: float | None
     ready: Ready | None = None
@@ -83,10 +76,8 @@ class _Env:
 class Setups:
     """The runtime environments of one node: their parts and who waits for them."""
 
-    def __init__(self, pip_name: Any, inside_archive: Any) -> None:
+    def __init__(self, pip_name: Any) -> None:
         self._pip_name = pip_name  # pip spec -> its environment's name (pip_env.env_name)
-        #: an unpacked .zip working_dir -> the directory to run in (package.working_path)
-        self._inside = inside_archive
         self.envs: dict[str, _Env] = {}
         self.parts: dict[str, _Part] = {}
 
@@ -102,8 +93,7 @@ class Setups:
         env = _Env(wire, [], count, None if timeout == -1 else now + timeout)
         self.envs[env_id] = env
         out: list[Command] = []
-        wanted: list[tuple[str, Command]] = [
-            (p["pkg"], Fetch(p["pkg"], p)) for p in _packages(wire)]
+        wanted: list[tuple[str, Command]] = []
         if wire.get("pip"):
             name = self._pip_name(wire["pip"])
             wanted.append((name, Build(name, wire["pip"], None if timeout == -1 else timeout)))
@@ -164,12 +154,8 @@ class Setups:
             return []
         paths = dict(zip(env.parts, (p.path for p in parts if p is not None)))
         wire = env.wire
-        wd = wire.get("working_dir")
         env.ready = Ready(
             env_id,
-            working_dir=(self._inside(paths[wd["pkg"]]) if wd.get("archive")
-                         else paths[wd["pkg"]]) if wd else None,
-            py_paths=tuple(paths[p["pkg"]] for p in wire.get("py_modules", ())),
             python=paths[self._pip_name(wire["pip"])] + "/bin/python" if wire.get("pip") else None,
             env_vars=dict(wire.get("env_vars") or {}),
             wire=json.dumps(wire, sort_keys=True))
@@ -186,8 +172,3 @@ class Setups:
                 part.envs.discard(env_id)
         return [Failed(env_id, message)]
 
-
-def _packages(wire: dict) -> list[dict]:
-    out = [wire["working_dir"]] if wire.get("working_dir") else []
-    out.extend(wire.get("py_modules") or ())
-    return out

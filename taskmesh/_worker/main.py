@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import collections
 import inspect
-import json
 import logging
 import os
 import pickle
@@ -37,8 +36,8 @@ from ..config import Config
 from .._output_marks import NO_CONTEXT, Context
 from ..errors import ObjectLostError, SerializationError, TaskmeshError
 from . import output
+from . import envsetup
 from .results import ResultBatch
-from .._runtime_env.apply import ENV_ID_VAR, ENV_WIRE_VAR
 
 log = logging.getLogger("taskmesh.worker")
 
@@ -65,14 +64,10 @@ class Worker:
         self.core = CoreClient(config, endpoint, "worker", endpoint.replace("tcp://", ""),
                                security, identity=b"W" + worker_id.encode(), hooks=self.hooks,
                                node_id=node_id)
-        #: the runtime environment it was started in ("": the default): the node agent
-        #: says which in its environment, with the wire form its nested tasks inherit
-        self.runtime_env_id = os.environ.get(ENV_ID_VAR, "")
-        if self.runtime_env_id:
-            try:
-                self.core.runtime_env = json.loads(os.environ.get(ENV_WIRE_VAR, "{}"))
-            except ValueError:
-                log.warning("unreadable %s: nested tasks get no runtime_env", ENV_WIRE_VAR)
+        #: the runtime environment it was started in ("": the default), and what the tasks
+        #: it submits inherit; why its packages could not be set up (its tasks fail so)
+        self.runtime_env_id, self.core.runtime_env = envsetup.from_environment()
+        self.env_error: str | None = None
         #: results held back for batching (they may hold refs: no Release may overtake them)
         self.results = ResultBatch(self.core.send, config.result_batch_s)
         self.queue: collections.deque[P.Assignment] = collections.deque()
@@ -219,6 +214,9 @@ class Worker:
     def _run(self, a: P.Assignment) -> None:
         if a.task_id in self.cancelled:  # cancelled before it started: the head failed it
             self.cancelled.discard(a.task_id)
+            return
+        if self.env_error is not None:  # its runtime environment is not there: nothing runs
+            self.results.add(envsetup.failed(a, self.env_error, self.node_id, self.pid))
             return
         if self._concurrent is not None and a.method:
             self._run_concurrently(a)
@@ -534,6 +532,8 @@ class Worker:
         if self.runtime_env_id:  # a worker of a runtime environment: only its tasks come here
             info["runtime_env"] = self.runtime_env_id
         self.core.send(P.Hello(P.PROTOCOL_VERSION, "worker", info))
+        if self.runtime_env_id:  # its working_dir and py_modules, before any task runs
+            self.env_error = envsetup.set_up(self.core, self.config.runtime_env_cache())
         queue = self.queue
         core = self.core
         spinner = Spinner(self.config.spin_s)

@@ -129,10 +129,112 @@ def test_bad_runtime_envs_are_refused_before_anything_runs(env_cluster, tmp_path
         env_of.options(runtime_env={"envvars": {}})
     with pytest.raises(ValueError, match=r"\['TM'\] must be a str"):
         env_of.options(runtime_env={"env_vars": {"TM": 1}})
-    with pytest.raises(ValueError, match="not available yet"):
-        env_of.options(runtime_env={"working_dir": str(tmp_path)})
+    with pytest.raises(ValueError, match="does not exist"):
+        env_of.options(runtime_env={"working_dir": str(tmp_path / "missing")})
     with pytest.raises(ValueError, match="'conda'.*not supported"):
 
         @taskmesh.remote(runtime_env={"conda": "env.yml"})
         class Never:
             pass
+
+
+def _project(root):
+    proj = root / "proj"
+    proj.mkdir()
+    (proj / "mylib.py").write_text("def hello():\n    return 'hello from mylib'\n")
+    (proj / "data.txt").write_text("data in the working_dir\n")
+    (proj / ".gitignore").write_text("*.log\n")
+    (proj / "run.log").write_text("left out by .gitignore")
+    lib = root / "libs" / "helpers"
+    lib.mkdir(parents=True)
+    (lib / "__init__.py").write_text("HELP = 'helpers from py_modules'\n")
+    return proj, lib
+
+
+def test_a_project_imports_its_own_modules_and_a_second_run_uploads_nothing(env_cluster,
+                                                                            tmp_path):
+    proj, lib = _project(tmp_path)
+
+    @taskmesh.remote
+    def use():
+        import helpers
+        import mylib
+        with open("data.txt") as f:
+            data = f.read().strip()
+        return mylib.hello(), helpers.HELP, data, os.path.exists("run.log")
+
+    @taskmesh.remote
+    def plain():
+        try:
+            import mylib  # noqa: F401
+        except ImportError:
+            return "no mylib here"
+        return "mylib leaked"
+
+    env = {"working_dir": str(proj), "py_modules": [str(lib)]}
+    expected = ("hello from mylib", "helpers from py_modules", "data in the working_dir", False)
+    assert tuple(taskmesh.get(use.options(runtime_env=env).remote(), timeout=120)) == expected
+    assert taskmesh.get(plain.remote(), timeout=60) == "no mylib here"
+    # another run (as a new driver would: nothing remembered here) finds the packages at the
+    # head and uploads nothing; a changed file is uploaded again
+    core = taskmesh._context.CTX.core
+    uploads: list[int] = []
+    upload = core._upload
+    core._upload = lambda data: uploads.append(len(data)) or upload(data)
+    try:
+        core._packages.clear()
+        again = use.options(runtime_env={**env, "env_vars": {"RUN": "2"}})
+        assert tuple(taskmesh.get(again.remote(), timeout=120)) == expected
+        assert uploads == []
+        (proj / "mylib.py").write_text("def hello():\n    return 'changed'\n")
+        changed = use.options(runtime_env={**env, "env_vars": {"RUN": "3"}})
+        assert taskmesh.get(changed.remote(), timeout=120)[0] == "changed"
+        assert len(uploads) == 1  # (the working_dir; py_modules unchanged)
+    finally:
+        core._upload = upload
+
+
+def test_a_zip_working_dir_and_a_project_over_the_size_limit(env_cluster, tmp_path, monkeypatch):
+    import zipfile
+
+    with zipfile.ZipFile(tmp_path / "proj.zip", "w") as z:
+        z.writestr("proj/zipped.py", "WHERE = 'from the zip'\n")
+
+    @taskmesh.remote
+    def zipped():
+        import zipped as m
+        return m.WHERE, os.path.basename(os.getcwd())
+
+    got = taskmesh.get(zipped.options(runtime_env={"working_dir": str(tmp_path / "proj.zip")})
+                       .remote(), timeout=120)
+    assert tuple(got) == ("from the zip", "proj")  # (its one top directory: the working_dir)
+    big = tmp_path / "big"
+    big.mkdir()
+    (big / "model.ckpt").write_bytes(b"\0" * 300_000)
+    (big / "main.py").write_text("")
+    monkeypatch.setenv("TASKMESH_RUNTIME_ENV_MAX_MB", "0.1")
+    with pytest.raises(ValueError, match=r"over the limit.*model\.ckpt \(0\.3 MiB\)"):
+        env_of.options(runtime_env={"working_dir": str(big)}).remote("X")
+    monkeypatch.delenv("TASKMESH_RUNTIME_ENV_MAX_MB")
+    assert taskmesh.get(env_of.options(runtime_env={"working_dir": str(big),
+                                                    "excludes": ["*.ckpt"]}).remote("TM_JOB"),
+                        timeout=120) == ["job"]
+
+
+def test_a_package_that_cannot_be_read_fails_the_tasks_with_the_cause(env_cluster, tmp_path):
+    from taskmesh._runtime_env import package
+
+    proj = tmp_path / "lost"
+    proj.mkdir()
+    (proj / "m.py").write_text("X = 1\n")
+    name = package.digest(package.scan(str(proj)))
+    core = taskmesh._context.CTX.core
+    core._packages[name] = b"\x01" * 20  # (as if its object were gone: no such object)
+    try:
+        with pytest.raises(taskmesh.RuntimeEnvSetupError) as info:
+            taskmesh.get(env_of.options(runtime_env={"working_dir": str(proj)}).remote("X"),
+                         timeout=120)
+    finally:
+        core._packages.pop(name, None)
+    assert "its packages could not be set up" in str(info.value)
+    assert taskmesh.get(env_of.remote("TM_JOB"), timeout=60) == ["job"]

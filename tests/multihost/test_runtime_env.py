@@ -1,6 +1,7 @@
 """runtime_env across real hosts: head on h0, worker nodes on h1 and h2 (each with its own
-run directory, so its own runtime_env cache), the driver on h3. env_vars and a pip
-requirement reach tasks on both nodes; each node installs the requirement once, however many
+run directory, so its own runtime_env cache), the driver on h3 (no node there: the project's
+package travels from it through the head). A working_dir with the project's own module,
+env_vars and a pip requirement reach tasks on both nodes; each node installs the requirement once, however many
 tasks need it; a requirement that cannot be installed fails its task with pip's error and
 the node named."""
 
@@ -26,10 +27,12 @@ pip = ["tmdemo==0.1", "--no-index", f"--find-links {wheels}"]
 @taskmesh.remote
 def where():
     import tmdemo
+    import mylib  # (the project's own module: its working_dir)
     return (taskmesh.get_runtime_context().get_node_id(), tmdemo.VALUE,
-            os.environ.get("TM_JOB"), os.environ.get("TM_TASK"))
+            os.environ.get("TM_JOB"), os.environ.get("TM_TASK"), mylib.NAME)
 
-env = {"pip": pip, "env_vars": {"TM_TASK": "task"}}
+project = os.path.join(os.path.dirname(os.path.abspath(__file__)), "project")
+env = {"pip": pip, "env_vars": {"TM_TASK": "task"}, "working_dir": project}
 nodes = [n["NodeID"] for n in taskmesh.nodes() if n["Alive"] and n["Resources"].get("CPU")]
 on = lambda node: taskmesh.NodeAffinitySchedulingStrategy(node)
 rows = taskmesh.get([where.options(runtime_env=env, scheduling_strategy=on(n)).remote()
@@ -50,6 +53,9 @@ def test_env_vars_and_pip_reach_tasks_on_other_hosts_installed_once_per_node(hos
     wheels = tmp_path / "wheels"
     wheels.mkdir()
     _wheel(str(wheels), value=7)
+    project = tmp_path / "project"
+    project.mkdir()
+    (project / "mylib.py").write_text("NAME = 'mylib from the project'\n")
     address = start_head(hosts, tmp_path, 7330)
     join_node(hosts, tmp_path, 1, address, 2)
     join_node(hosts, tmp_path, 2, address, 2)
@@ -58,7 +64,7 @@ def test_env_vars_and_pip_reach_tasks_on_other_hosts_installed_once_per_node(hos
     assert proc.returncode == 0, err
     result = json.loads(next(line for line in out.splitlines() if line.startswith("RESULT "))[7:])
     rows = result["rows"]
-    assert {tuple(r[1:]) for r in rows} == {(7, "job", "task")}
+    assert {tuple(r[1:]) for r in rows} == {(7, "job", "task", "mylib from the project")}
     nodes = {r[0] for r in rows}
     assert len(nodes) == 2, rows  # (six tasks pinned to each node)
     for i in (1, 2):  # one pip install per node, in that node's own log directory

@@ -91,6 +91,7 @@ EXAMPLES: dict[type, list] = {
                      build(P.WorkerExited, worker_id="w2", pid=5, exitcode=0)],
     P.StartWorkers: [P.StartWorkers(3), P.StartWorkers(1, "env_ab", '{"env_vars": {"A": "1"}}')],
     P.RegisterEnv: [P.RegisterEnv("env_ab", '{"env_vars": {"A": "1"}}')],
+    P.RegisterPackage: [P.RegisterPackage("pkg_" + "ab" * 32, b"o" * 20)],
     P.EnvFailed: [P.EnvFailed("env_ab", "pip install x failed (exit code 1):\nNo matching ...")],
     P.Shutdown: [P.Shutdown("taskmesh stop")],
     P.HeartbeatAck: [P.HeartbeatAck()],

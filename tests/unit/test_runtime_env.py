@@ -287,49 +287,41 @@ def test_a_worker_for_an_environment_starts_in_it():
 
 def _setups():
     from taskmesh._runtime_env.setups import Setups
-    return Setups(lambda pip: "pip_" + "_".join(pip["packages"]),
-                  lambda unpacked: unpacked + "/inside")
+    return Setups(lambda pip: "pip_" + "_".join(pip["packages"]))
 
 
-def test_an_environment_starts_its_workers_once_every_part_is_ready_and_parts_are_shared():
-    from taskmesh._runtime_env.setups import Build, Fetch, Start
+def test_an_environment_starts_its_workers_once_its_pip_env_is_made_which_is_shared():
+    from taskmesh._runtime_env.setups import Build, Start
     s = _setups()
-    wd, mod = {"pkg": "pkg_w", "archive": False}, {"pkg": "pkg_m", "archive": False}
     pip = {"packages": ["six"], "pip_check": False}
-    a = {"working_dir": wd, "py_modules": [mod], "pip": pip, "env_vars": {"A": "1"}}
-    b = {"working_dir": wd, "env_vars": {"B": "2"}}
-    assert s.need("env_a", a, 2, now=0.0) == [
-        Fetch("pkg_w", wd), Fetch("pkg_m", mod), Build("pip_six", pip, 600)]
-    assert s.need("env_b", b, 1, now=0.1) == []  # (its one package is being fetched)
+    a = {"pip": pip, "env_vars": {"A": "1"}}
+    b = {"pip": pip, "env_vars": {"B": "2"}}
+    assert s.need("env_a", a, 2, now=0.0) == [Build("pip_six", pip, 600)]
+    assert s.need("env_b", b, 1, now=0.1) == []  # (its pip env is being made)
     assert s.need("env_a", a, 1, now=0.2) == []  # (more workers, when it is ready)
-    (start_b,) = s.part_ready("pkg_w", "/c/pkg_w")
-    assert start_b == Start(start_b.ready, 1) and start_b.ready.env_id == "env_b"
-    assert start_b.ready.working_dir == "/c/pkg_w" and start_b.ready.env_vars == {"B": "2"}
-    assert s.part_ready("pkg_m", "/c/pkg_m") == []  # (pip still building)
-    (start_a,) = s.part_ready("pip_six", "/c/pip_six")
-    assert start_a.count == 3 and start_a.ready.python == "/c/pip_six/bin/python"
-    assert start_a.ready.py_paths == ("/c/pkg_m",) and start_a.ready.working_dir == "/c/pkg_w"
-    # ready: more workers start at once, nothing fetched again
-    assert s.need("env_a", a, 1, now=5.0) == [Start(start_a.ready, 1)]
-    assert s.part_ready("pkg_unknown", "/x") == [] and s.part_failed("pkg_unknown", "x") == []
+    starts = s.part_ready("pip_six", "/c/pip_six")
+    assert [(x.ready.env_id, x.count) for x in starts] == [("env_a", 3), ("env_b", 1)]
+    ready_a = starts[0].ready
+    assert ready_a.python == "/c/pip_six/bin/python" and ready_a.env_vars == {"A": "1"}
+    assert json.loads(ready_a.wire) == a
+    # ready: more workers start at once, nothing built again
+    assert s.need("env_a", a, 1, now=5.0) == [Start(ready_a, 1)]
+    # no pip: ready at once
+    (plain,) = s.need("env_c", {"env_vars": {"C": "3"}}, 2, now=5.0)
+    assert plain.count == 2 and plain.ready.python is None
+    assert s.part_ready("pip_unknown", "/x") == [] and s.part_failed("pip_unknown", "x") == []
 
 
-def test_a_failed_part_fails_every_environment_waiting_for_it_and_is_tried_again_later():
-    from taskmesh._runtime_env.setups import Build, Failed, Fetch
+def test_a_failed_build_fails_every_environment_waiting_for_it_and_is_tried_again_later():
+    from taskmesh._runtime_env.setups import Build, Failed
     s = _setups()
     pip = {"packages": ["nope==9"], "pip_check": False}
-    wd = {"pkg": "pkg_z", "archive": True}
     s.need("env_1", {"pip": pip}, 1, now=0.0)
-    s.need("env_2", {"pip": pip, "working_dir": wd}, 1, now=0.0)
+    s.need("env_2", {"pip": pip, "env_vars": {"X": "1"}}, 1, now=0.0)
     error = "pip install nope==9 failed (exit code 1):\nNo matching distribution found"
     assert s.part_failed("pip_nope==9", error) == [Failed("env_1", error), Failed("env_2", error)]
-    assert s.part_ready("pkg_z", "/c/pkg_z") == []  # (env_2 is gone: nothing starts)
     assert s.need("env_1", {"pip": pip}, 1, now=1.0) == [
         Build("pip_nope==9", pip, 600)]  # (asked again: tried again)
-    # a zip's single top directory is the working_dir
-    (start,) = s.need("env_3", {"working_dir": wd}, 1, now=1.0)
-    assert start.ready.working_dir == "/c/pkg_z/inside"
-    assert Fetch("pkg_z", wd) not in s.need("env_4", {"working_dir": wd}, 0, now=1.0)
 
 
 def test_an_environment_not_ready_within_its_set_up_time_out_fails_and_none_is_no_limit():
