@@ -166,7 +166,7 @@ def test_a_project_imports_its_own_modules_and_a_second_run_uploads_nothing(env_
     @taskmesh.remote
     def plain():
         try:
-            import mylib  # noqa: F401
+            __import__("mylib")
         except ImportError:
             return "no mylib here"
         return "mylib leaked"
