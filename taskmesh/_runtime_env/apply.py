@@ -2,15 +2,18 @@
 not local paths), the environment's id (which workers may share), and how a worker for it
 is started on a node.
 
-    driver: validate() ──▶ wire_form(env, pack) ──▶ {"working_dir": "pkg_…", ...} ──▶ env_id()
-    node:   the packages unpacked, the pip environment made ──▶ Ready ──▶ launch(...)
+    driver: validate() ──▶ wire_form(env, pack) ──▶ {"working_dir": {"pkg": …}, ...} ──▶ env_id()
+    node:   the pip environment made ──▶ Ready ──▶ launch(...) (the worker then unpacks the
+            packages itself: ``_worker/envsetup.py``)
 
 Two runtime_envs with the same wire form are one environment: their tasks may share workers,
 whichever driver sent them. A worker for an environment is a new interpreter (the
-environment's, for pip) started in its working_dir, with ``PYTHONPATH`` = working_dir, then
-py_modules, then whatever ``PYTHONPATH`` it had, and its env_vars set before anything runs
-(so that variables read at import, such as ``OMP_NUM_THREADS``, take effect; ``${NAME}`` in a
-value is the node's NAME, as Ray expands it).
+environment's, for pip) with its env_vars set before anything runs (so that variables read
+at import, such as ``OMP_NUM_THREADS``, take effect; ``${NAME}`` in a value is the node's
+NAME, as Ray expands it). ``launch`` can also start it in a directory with ``PYTHONPATH`` =
+that directory, then more paths, then whatever ``PYTHONPATH`` it had (``Ready.working_dir``
+and ``py_paths``); packages shipped with the environment are put in place by the worker
+itself as it starts instead (it reads them from the object store).
 """
 
 from __future__ import annotations

@@ -3,7 +3,8 @@ zipped for the object store, and unpacked once per node.
 
     driver:  scan(path, excludes) ──▶ Tree ──digest()──▶ "pkg_<sha256>"  (the cluster has it?
                                         └──zip_bytes()──▶ bytes             no: upload these)
-    node:    unpack(bytes, cache_dir, name) ──▶ <cache_dir>/<name>/         (once; atomic)
+    worker:  unpack(bytes, cache_dir, name) ──▶ <cache_dir>/<name>/         (once per machine;
+                                                                             atomic)
 
 What is left out: ``.git`` and ``__pycache__`` directories, what a ``.gitignore`` in the tree
 ignores (below the directory that holds it), and the ``excludes`` patterns (gitignore syntax,
