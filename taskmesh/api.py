@@ -252,14 +252,7 @@ def put(value: Any) -> ObjectRef:
     if type(value) is ObjectRef:
         raise TypeError("put() of an ObjectRef is not allowed; pass the ref itself instead")
     core = current_core()
-    obj = S.dumps(value)
-    oid = core.new_object_id()
-    stored = None
-    if obj.nbytes > core.config.store_threshold_bytes:
-        stored = core.store_large(oid, obj)  # one copy, into shared memory
-    core.put_serialized(oid, stored if stored is not None else S.snapshot(obj))
-    core.new_ref_ids((oid,))
-    return ObjectRef(oid, core)
+    return ObjectRef(core.put_value(value), core)
 
 
 def wait(

@@ -566,18 +566,19 @@ class CoreClient:
             if isinstance(known, dict) and known.get("object"):
                 oid = bytes.fromhex(known["object"])
             else:
-                oid = self._upload(package.zip_bytes(tree))
-                self.send(P.RegisterPackage(name, oid))
+                oid = self.put_value(package.zip_bytes(tree))  # (this process keeps its
+                self.send(P.RegisterPackage(name, oid))          # ref until it ends)
             self._packages[name] = oid
         return {"pkg": name, "archive": tree.archive, "object": oid.hex()}
 
-    def _upload(self, data: bytes) -> bytes:
-        """Put a package's zip as an object of this process (held by the head once it is
-        registered; this process keeps its ref until it ends)."""
-        obj = S.dumps(data)
+    def put_value(self, value: Any) -> bytes:
+        """``put()``: store ``value`` as a new object of this process (large ones into this
+        machine's node store, one copy); return its id, counted as one ref held here."""
+        obj = S.dumps(value)
         oid = self.new_object_id()
-        stored = (self.store_large(oid, obj) if obj.nbytes > self.config.store_threshold_bytes
-                  else None)
+        stored = None
+        if obj.nbytes > self.config.store_threshold_bytes:
+            stored = self.store_large(oid, obj)  # one copy, into shared memory
         self.put_serialized(oid, stored if stored is not None else S.snapshot(obj))
         self.new_ref_ids((oid,))
         return oid

@@ -1,17 +1,17 @@
 """Runtime environments at the head: their wire forms, and the placement of their tasks.
 
     RegisterEnv(env_id, wire) ──▶ envs (kept as sent: the head never reads a wire form)
-    a queue of env tasks ──schedule()──▶ 1. an idle worker of that env (argument bytes, free CPU)
-                                         2. nodes with room start workers of it
-                                            (StartWorkers(count, env, wire)), retiring idle
-                                            workers of other environments first if the node
-                                            has as many processes as it may
-                                         3. short tasks pipelined behind its busy workers
+    a queue of env tasks ──Scheduler._schedule_shape──▶ its own idle workers, and short tasks
+                                         pipelined behind its busy workers, as any queue's;
+                           ──start_workers()──▶ nodes with room start workers of it
+                                         (StartWorkers(count, env, wire)), retiring idle
+                                         workers of other environments first if the node
+                                         has as many processes as it may
     EnvFailed(env, message) ──▶ its queued tasks fail with RuntimeEnvSetupError, and so do the
                                 actors waiting for a worker of it on that node
 
-The default environment never comes here: its tasks keep the scheduler's own path (the hot
-path is unchanged). Sans-IO, like every part of the head.
+The default environment never comes here: its tasks start workers on the scheduler's own
+path. Sans-IO, like every part of the head.
 """
 
 from __future__ import annotations
@@ -20,10 +20,10 @@ from collections import deque
 from typing import TYPE_CHECKING
 
 from .. import _protocol as P
-from .._resources import CPU, GPU, assign_gpus
+from .._resources import CPU
 from .context import ERR, Context
-from .policy import fits, is_short, pick_node, pick_spread, pipeline_window, workers_to_start
-from .records import READY, TaskRec, pop_front, queued_load, sub_from
+from .policy import fits, workers_to_start
+from .records import READY, NodeRec, TaskRec
 
 if TYPE_CHECKING:
     from .actor_table import ActorTable
@@ -114,53 +114,12 @@ class RuntimeEnvs:
             queue.clear()
         self.actor_table.env_failed(node, env, why)
 
-    def schedule(self, queue: deque[TaskRec], env: str) -> None:
-        """``Scheduler._schedule_shape`` for the tasks of a runtime environment: its own idle workers
-        (on the node with most argument bytes, then most free CPU), else new workers for it
-        where there is room, made by retiring idle workers of other environments if the node
-        has as many processes as it may; short tasks pipelined behind its busy workers."""
-        t0 = queue[0]
-        demand = t0.spec.resources
-        strategy = t0.strategy
-        nodes = [n for n in self.members.nodes.values() if n.alive]
-        prefer = None
-        if strategy.kind == "NODE":
-            there = [n for n in nodes if n.node_id == strategy.node_id]
-            if strategy.soft:
-                prefer = strategy.node_id
-            elif not there:
-                self.scheduler._fail_unplaceable(queue, strategy.node_id)
-                return
-            else:
-                nodes = there
-        by_id = {n.node_id: n for n in nodes}
-        while queue:
-            t = queue[0]
-            spec = t.spec
-            held = (self.directory.held_bytes(t) if spec.deps or (spec.args is not None
-                                                          and spec.args.is_stored) else None)
-            with_idle = ((n.node_id, n.avail) for n in nodes if n.env_idle.get(env))
-            if strategy.kind == "SPREAD":
-                node_id = pick_spread(((n.node_id, n.avail, queued_load(n)) for n in nodes
-                                       if n.env_idle.get(env)), demand)
-            else:
-                node_id = pick_node(with_idle, demand, held, prefer)
-            if node_id is None:
-                break
-            best = by_id[node_id]
-            alloc = None
-            if demand.get(GPU):
-                alloc = assign_gpus(best.gpus, demand[GPU])
-                if alloc is None:
-                    break
-            w = best.env_idle[env].pop()
-            w.lease = dict(demand)
-            w.gpu_alloc = alloc
-            sub_from(best.avail, demand)
-            self.scheduler.assign(pop_front(queue), w)
-            self.scheduler._skip_unready(queue)
-        if not queue:
-            return
+    def start_workers(self, queue: deque[TaskRec], env: str, nodes: list[NodeRec],
+                      demand: dict) -> None:
+        """Step 2 of ``Scheduler._schedule_shape`` for the tasks of a runtime environment:
+        nodes with room but no idle worker of it start workers of it, retiring idle workers
+        of other environments (the longest idle first) if the node has as many processes as
+        it may."""
         wire = self.envs.get(env, "")
         demand_cpu = demand.get(CPU, 0)
         for n in nodes:
@@ -184,24 +143,3 @@ class RuntimeEnvs:
                 n.starting += count
                 n.env_starting[env] = starting + count
                 self.out.send(n.peer, P.StartWorkers(count, env, wire))
-        fn_mean = self.scheduler.fn_mean_s
-        busy = [w for n in nodes for w in n.workers.values()
-                if w.env == env and w.lease == demand and not w.blocked and w.assigned
-                and not w.slow and is_short(fn_mean.get(w.assigned[-1].spec.function_id))]
-        if not busy or strategy.kind == "SPREAD":
-            return
-        busy.sort(key=lambda w: len(w.assigned))
-        max_pipe = self.config.max_pipeline
-        progress = True
-        while queue and progress:
-            progress = False
-            for w in busy:
-                self.scheduler._skip_unready(queue)
-                if not queue:
-                    break
-                t = queue[0]
-                window = pipeline_window(fn_mean.get(t.spec.function_id), len(queue),
-                                         len(busy), max_pipe)
-                if len(w.assigned) < window:
-                    self.scheduler.assign(pop_front(queue), w)
-                    progress = True

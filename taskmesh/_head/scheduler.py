@@ -341,10 +341,7 @@ class Scheduler:
             return
         demand = queue[0].spec.resources
         strategy = queue[0].strategy
-        env = queue[0].spec.runtime_env
-        if env:
-            self.runtime_envs.schedule(queue, env)
-            return
+        env = queue[0].spec.runtime_env  # ("": the default; else only its own workers)
         nodes = [n for n in self.members.nodes.values() if n.alive]
         prefer = None
         if strategy.kind == "NODE":
@@ -358,16 +355,19 @@ class Scheduler:
                 nodes = there
         spread = strategy.kind == "SPREAD"
         by_id = {n.node_id: n for n in nodes}
+        # each node's idle workers of the queue's environment (the lists themselves: a pop
+        # below shows in them)
+        idle = [(n, n.env_idle.get(env) or ()) if env else (n, n.idle) for n in nodes]
         # 1. idle workers, on the node holding most argument bytes, then most free CPU
         while queue:
             spec = queue[0].spec
             held = (self.directory.held_bytes(queue[0]) if spec.deps or (spec.args is not None
                                                                  and spec.args.is_stored) else None)
             if spread:
-                node_id = pick_spread(((n.node_id, n.avail, queued_load(n)) for n in nodes if n.idle),
-                                      demand)
+                node_id = pick_spread(((n.node_id, n.avail, queued_load(n)) for n, pool in idle
+                                       if pool), demand)
             else:
-                node_id = pick_node(((n.node_id, n.avail) for n in nodes if n.idle), demand,
+                node_id = pick_node(((n.node_id, n.avail) for n, pool in idle if pool), demand,
                                     held, prefer)
             if node_id is None:
                 break
@@ -377,7 +377,7 @@ class Scheduler:
                 alloc = assign_gpus(best.gpus, demand[GPU])
                 if alloc is None:  # enough GPU in total, but not on the devices it needs
                     break
-            w = best.idle.pop()
+            w = (best.env_idle[env] if env else best.idle).pop()
             w.lease = dict(demand)
             w.gpu_alloc = alloc
             sub_from(best.avail, demand)
@@ -388,7 +388,9 @@ class Scheduler:
         # 2. nodes with room but no idle worker start more workers
         demand_cpu = demand.get(CPU, 0)
         recent = self.ctx.now - START_GRACE_S
-        for n in nodes:
+        if env:  # (workers of its own, made room for: runtime_envs.py)
+            self.runtime_envs.start_workers(queue, env, nodes, demand)
+        for n in nodes if not env else ():
             if not n.idle and fits(n.avail, demand):
                 blocked = [w for w in n.workers.values() if w.blocked]
                 cap = max(n.num_cpus, 1) + len(blocked) + 2
@@ -406,7 +408,7 @@ class Scheduler:
         fn_mean = self.fn_mean_s
         busy = [w for n in nodes for w in n.workers.values()
                 if w.lease == demand and not w.blocked and w.assigned and not w.slow
-                and is_short(fn_mean.get(w.assigned[-1].spec.function_id))]
+                and w.env == env and is_short(fn_mean.get(w.assigned[-1].spec.function_id))]
         if not busy:
             return
         busy.sort(key=lambda w: len(w.assigned))

@@ -179,8 +179,8 @@ def test_a_project_imports_its_own_modules_and_a_second_run_uploads_nothing(env_
     # head and uploads nothing; a changed file is uploaded again
     core = taskmesh._context.CTX.core
     uploads: list[int] = []
-    upload = core._upload
-    core._upload = lambda data: uploads.append(len(data)) or upload(data)
+    upload = core.put_value
+    core.put_value = lambda data: uploads.append(len(data)) or upload(data)
     try:
         core._packages.clear()
         again = use.options(runtime_env={**env, "env_vars": {"RUN": "2"}})
@@ -191,7 +191,7 @@ def test_a_project_imports_its_own_modules_and_a_second_run_uploads_nothing(env_
         assert taskmesh.get(changed.remote(), timeout=120)[0] == "changed"
         assert len(uploads) == 1  # (the working_dir; py_modules unchanged)
     finally:
-        core._upload = upload
+        core.put_value = upload
 
 
 def test_a_zip_working_dir_and_a_project_over_the_size_limit(env_cluster, tmp_path, monkeypatch):
